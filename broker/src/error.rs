@@ -1,0 +1,169 @@
+//! The one mapping from eddy errors to what a client sees: SQLSTATE and message.
+//! Internal details (RocksDB paths, DataFusion plan dumps) stay in the server log.
+
+use datafusion::error::DataFusionError;
+use eddy_query::Error as QueryError;
+use eddy_storage::Error as StorageError;
+use pgwire::error::{ErrorInfo, PgWireError};
+
+/// SQLSTATE codes used by eddy (PostgreSQL's where one fits).
+pub mod sqlstate {
+    /// successful? no: syntax_error
+    pub const SYNTAX_ERROR: &str = "42601";
+    /// undefined_table
+    pub const UNDEFINED_TABLE: &str = "42P01";
+    /// undefined_column
+    pub const UNDEFINED_COLUMN: &str = "42703";
+    /// undefined_function
+    pub const UNDEFINED_FUNCTION: &str = "42883";
+    /// duplicate_table
+    pub const DUPLICATE_TABLE: &str = "42P07";
+    /// wrong_object_type
+    pub const WRONG_OBJECT_TYPE: &str = "42809";
+    /// datatype_mismatch
+    pub const DATATYPE_MISMATCH: &str = "42804";
+    /// generated_always: writing a column eddy assigns
+    pub const GENERATED_ALWAYS: &str = "428C9";
+    /// unique_violation
+    pub const UNIQUE_VIOLATION: &str = "23505";
+    /// not_null_violation
+    pub const NOT_NULL_VIOLATION: &str = "23502";
+    /// invalid_text_representation
+    pub const INVALID_TEXT: &str = "22P02";
+    /// numeric_value_out_of_range
+    pub const OUT_OF_RANGE: &str = "22003";
+    /// division_by_zero
+    pub const DIVISION_BY_ZERO: &str = "22012";
+    /// invalid_parameter_value
+    pub const INVALID_PARAMETER: &str = "22023";
+    /// bad_copy_file_format
+    pub const BAD_COPY_FORMAT: &str = "22P04";
+    /// program_limit_exceeded: oversize message
+    pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    /// feature_not_supported
+    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    /// query_canceled
+    pub const QUERY_CANCELED: &str = "57014";
+    /// admin_shutdown
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    /// io_error
+    pub const IO_ERROR: &str = "58030";
+    /// internal_error
+    pub const INTERNAL_ERROR: &str = "XX000";
+    /// data_corrupted
+    pub const DATA_CORRUPTED: &str = "XX001";
+}
+
+use sqlstate::*;
+
+/// SQLSTATE and client-facing message of an error.
+pub fn classify(e: &QueryError) -> (&'static str, String) {
+    let msg = e.to_string();
+    let code = match e {
+        QueryError::Syntax(_) => SYNTAX_ERROR,
+        QueryError::UndefinedObject { .. } => UNDEFINED_TABLE,
+        QueryError::UndefinedColumn { .. } => UNDEFINED_COLUMN,
+        QueryError::InvalidText { .. } => INVALID_TEXT,
+        QueryError::OutOfRange { .. } => OUT_OF_RANGE,
+        QueryError::DatatypeMismatch(_) => DATATYPE_MISMATCH,
+        QueryError::MessageTooLarge { .. } => PROGRAM_LIMIT_EXCEEDED,
+        QueryError::ReadOnlyColumn { .. } => GENERATED_ALWAYS,
+        QueryError::NotSupported(_) => FEATURE_NOT_SUPPORTED,
+        QueryError::InvalidParameter(_) => INVALID_PARAMETER,
+        QueryError::WrongObjectType { .. } => WRONG_OBJECT_TYPE,
+        QueryError::BadCopyData(inner) => {
+            return (if inner.contains("invalid input syntax") { INVALID_TEXT } else { BAD_COPY_FORMAT }, msg)
+        }
+        QueryError::Cancelled => QUERY_CANCELED,
+        QueryError::Storage(s) => return classify_storage(s),
+        QueryError::DataFusion(d) => return classify_datafusion(d),
+    };
+    (code, msg)
+}
+
+fn classify_storage(e: &StorageError) -> (&'static str, String) {
+    let code = match e {
+        StorageError::DuplicateKey { .. } => UNIQUE_VIOLATION,
+        StorageError::NotNull { .. } => NOT_NULL_VIOLATION,
+        StorageError::ObjectExists { .. } => DUPLICATE_TABLE,
+        StorageError::ObjectNotFound { .. } => UNDEFINED_TABLE,
+        StorageError::NoSuchPartition { .. } | StorageError::InvalidValue(_) => INVALID_PARAMETER,
+        StorageError::ShuttingDown => ADMIN_SHUTDOWN,
+        StorageError::Engine(inner) => {
+            tracing::error!(error = %inner, "storage engine error");
+            return (IO_ERROR, "storage error (see the server log)".into());
+        }
+        StorageError::Corrupt { what } => {
+            tracing::error!(%what, "corrupt data");
+            return (DATA_CORRUPTED, "stored data is corrupt (see the server log)".into());
+        }
+    };
+    (code, e.to_string())
+}
+
+/// DataFusion errors carry no codes; sort them by kind and by the shape of their message.
+fn classify_datafusion(e: &DataFusionError) -> (&'static str, String) {
+    let text = e.strip_backtrace();
+    let text = text
+        .trim_start_matches("Error during planning: ")
+        .trim_start_matches("Schema error: ")
+        .trim_start_matches("Execution error: ")
+        .trim_start_matches("Arrow error: ")
+        .to_owned();
+    match e {
+        DataFusionError::SQL(..) => return (SYNTAX_ERROR, text),
+        DataFusionError::SchemaError(..) => return (UNDEFINED_COLUMN, text),
+        DataFusionError::NotImplemented(_) => return (FEATURE_NOT_SUPPORTED, text),
+        _ => {}
+    }
+    if let Some(rest) = text.strip_prefix("table '") {
+        if let Some(name) = rest.split('\'').next() {
+            let short = name.rsplit('.').next().unwrap_or(name);
+            return (UNDEFINED_TABLE, format!("relation \"{short}\" does not exist"));
+        }
+    }
+    let lower = text.to_ascii_lowercase();
+    let code = if lower.contains("no field named") {
+        UNDEFINED_COLUMN
+    } else if lower.contains("invalid function") || lower.contains("no function matches") {
+        UNDEFINED_FUNCTION
+    } else if lower.contains("divide by zero") || lower.contains("division by zero") {
+        DIVISION_BY_ZERO
+    } else if lower.contains("cannot cast") || lower.contains("cast error") || lower.contains("parser error") {
+        INVALID_TEXT
+    } else if lower.contains("overflow") {
+        OUT_OF_RANGE
+    } else if matches!(e, DataFusionError::Plan(_)) {
+        SYNTAX_ERROR
+    } else {
+        INTERNAL_ERROR
+    };
+    (code, text)
+}
+
+/// An ERROR-severity wire error (the connection stays usable).
+pub fn user_error(code: &str, message: impl Into<String>) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), message.into())))
+}
+
+/// The wire error for a query error.
+pub fn to_pg(e: QueryError) -> PgWireError {
+    let (code, msg) = classify(&e);
+    user_error(code, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes() {
+        assert_eq!(classify(&QueryError::Syntax("x".into())).0, "42601");
+        assert_eq!(classify(&QueryError::Storage(StorageError::DuplicateKey { table: "t".into() })).0, "23505");
+        let df = DataFusionError::Plan("table 'eddy.public.nope' not found".into());
+        let (code, msg) = classify(&QueryError::from(df));
+        assert_eq!(code, "42P01");
+        assert_eq!(msg, "relation \"nope\" does not exist");
+        assert_eq!(classify(&QueryError::MessageTooLarge { size: 2, limit: 1 }).0, "54000");
+    }
+}

@@ -1,0 +1,222 @@
+//! The Postgres wire protocol frontend (pgwire): startup, simple and extended queries,
+//! COPY, cancel. Statements go to the [`Engine`]; [`Output`]s come back as wire responses.
+//!
+//! ```text
+//!  TCP ─► pgwire connection loop ─► Handlers
+//!                                   ├─ startup: trust auth, server parameters, cancel key
+//!                                   ├─ simple query: parse → run each statement → Response
+//!                                   ├─ extended: Parse = plan once, Bind/Execute = run with params
+//!                                   └─ COPY FROM data → CopyInSink → batched writes
+//! ```
+
+mod copy;
+mod extended;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
+use async_trait::async_trait;
+use bytes::Bytes;
+use datafusion::execution::SendableRecordBatchStream;
+use eddy_query::{CopyOptions, Engine, Output, Session};
+use futures::{stream, Sink, StreamExt};
+use parking_lot::Mutex;
+use pgwire::api::auth::{self, DefaultServerParameterProvider, StartupHandler};
+use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::portal::Format;
+use pgwire::api::query::SimpleQueryHandler;
+use pgwire::api::results::{CopyResponse, QueryResponse, Response, Tag};
+use pgwire::api::{
+    ClientInfo, ConnectionGuard, ConnectionHandle, ConnectionManager, PgWireServerHandlers, PidSecretKeyGenerator,
+    RandomPidSecretKeyGenerator,
+};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::copy::CopyData;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::types::format::FormatOptions;
+
+use crate::error::to_pg;
+
+
+/// Shared by every connection of a node.
+pub struct Backend {
+    pub(crate) engine: Arc<Engine>,
+    params: DefaultServerParameterProvider,
+    pids: RandomPidSecretKeyGenerator,
+    connections: Arc<ConnectionManager>,
+}
+
+impl Backend {
+    /// A backend serving `engine`.
+    pub fn new(engine: Arc<Engine>) -> Arc<Backend> {
+        let mut params = DefaultServerParameterProvider::default();
+        params.server_version = eddy_query::DEFAULT_SETTINGS[0].1.to_owned();
+        params.time_zone = "UTC".into();
+        Arc::new(Backend {
+            engine,
+            params,
+            pids: RandomPidSecretKeyGenerator::default(),
+            connections: Arc::new(ConnectionManager::new()),
+        })
+    }
+}
+
+/// The handler set pgwire asks for, once per connection.
+#[derive(Clone)]
+pub struct Handlers(pub Arc<Backend>);
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.0.clone()
+    }
+    fn extended_query_handler(&self) -> Arc<impl pgwire::api::query::ExtendedQueryHandler> {
+        self.0.clone()
+    }
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.0.clone()
+    }
+    fn copy_handler(&self) -> Arc<impl pgwire::api::copy::CopyHandler> {
+        self.0.clone()
+    }
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        Arc::new(DefaultCancelHandler::new(self.0.connections.clone()))
+    }
+}
+
+#[async_trait]
+impl StartupHandler for Backend {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let PgWireFrontendMessage::Startup(ref startup) = message {
+            auth::protocol_negotiation(client, startup).await?;
+            auth::save_startup_parameters_to_metadata(client, startup);
+            let (pid, key) = self.pids.generate(client);
+            client.set_pid_and_secret_key(pid, key.clone());
+            // Registering the connection makes CancelRequest work for it.
+            let (handle, guard) = self.connections.register(pid, key);
+            client.session_extensions().insert::<Arc<ConnectionHandle>>(handle);
+            client.session_extensions().insert::<ConnectionGuard>(guard);
+            // Trust authentication: no password is asked (see docs/sql.md, "Connecting").
+            auth::finish_authentication(client, &self.params).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The connection's session settings.
+pub(crate) fn session_of<C: ClientInfo>(client: &C) -> Arc<Mutex<Session>> {
+    client.session_extensions().get_or_insert_with(|| Mutex::new(Session::new()))
+}
+
+pub(crate) fn format_options<C: ClientInfo>(client: &C) -> Arc<FormatOptions> {
+    Arc::new(FormatOptions::from_client_metadata(client.metadata()))
+}
+
+/// Turns an engine output into a wire response.
+pub(crate) fn respond<C: ClientInfo>(client: &C, output: Output, format: &Format) -> PgWireResult<Response> {
+    Ok(match output {
+        Output::Rows { tag, stream } => rows_response(&tag, stream, format, format_options(client))?,
+        Output::Command { tag, rows } => {
+            let t = Tag::new(&tag);
+            Response::Execution(match rows {
+                Some(n) => t.with_rows(n as usize),
+                None => t,
+            })
+        }
+        Output::TransactionStart => Response::TransactionStart(Tag::new("BEGIN")),
+        Output::TransactionEnd { tag } => Response::TransactionEnd(Tag::new(tag)),
+        Output::CopyIn(sink) => {
+            let columns = sink.columns();
+            copy::begin(client, sink);
+            Response::CopyIn(CopyResponse::new(0, columns, stream::empty()))
+        }
+        Output::CopyOut { stream, options } => copy_out(stream, options),
+    })
+}
+
+fn rows_response(
+    tag: &str,
+    stream: SendableRecordBatchStream,
+    format: &Format,
+    options: Arc<FormatOptions>,
+) -> PgWireResult<Response> {
+    let schema = stream.schema();
+    let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, Some(options))?);
+    let row_fields = fields.clone();
+    let rows = stream
+        .map(move |batch| match batch {
+            Ok(b) => stream::iter(encode_recordbatch(row_fields.clone(), b)).left_stream(),
+            Err(e) => stream::once(async move { Err(to_pg(e.into())) }).right_stream(),
+        })
+        .flatten();
+    let mut response = QueryResponse::new(fields, rows);
+    response.set_command_tag(tag);
+    Ok(Response::Query(response))
+}
+
+fn copy_out(stream: SendableRecordBatchStream, options: CopyOptions) -> Response {
+    let schema = stream.schema();
+    let columns = schema.fields().len();
+    let mut header = options.header.then(|| options.encode_header(&schema));
+    let data = stream
+        .map(move |batch| {
+            let lines = batch.map_err(|e| to_pg(e.into())).and_then(|b| options.encode_batch(&b).map_err(to_pg));
+            match lines {
+                Ok(lines) => {
+                    let mut msgs: Vec<PgWireResult<CopyData>> = Vec::with_capacity(lines.len());
+                    for mut line in lines {
+                        // The header rides in the first row's message so it is not counted as a row.
+                        if let Some(mut h) = header.take() {
+                            h.append(&mut line);
+                            line = h;
+                        }
+                        msgs.push(Ok(CopyData::new(Bytes::from(line))));
+                    }
+                    stream::iter(msgs)
+                }
+                Err(e) => stream::iter(vec![Err(e)]),
+            }
+        })
+        .flatten();
+    Response::CopyOut(CopyResponse::new(0, columns, data))
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Backend {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statements = self.engine.parse(query).map_err(to_pg)?;
+        let session = session_of(client);
+        let mut out = Vec::with_capacity(statements.len());
+        for stmt in statements {
+            // The session is cloned out and back so no lock is held across an await.
+            let mut s = session.lock().clone();
+            let result = self.engine.run(&mut s, stmt).await;
+            *session.lock() = s;
+            match result.map_err(to_pg).and_then(|o| respond(client, o, &Format::UnifiedText)) {
+                Ok(r) => {
+                    let copy_in = matches!(r, Response::CopyIn(_));
+                    out.push(r);
+                    if copy_in {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    // PostgreSQL stops at the first failing statement of a query string.
+                    out.push(Response::Error(Box::new(e.into())));
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,536 @@
+//! COPY: text and CSV, from STDIN (publish) and to STDOUT (export).
+//!
+//! COPY FROM data arrives in arbitrary chunks. [`CopyInSink::push`] cuts complete lines
+//! (CSV: complete records, which may span lines inside quotes), parses them into typed
+//! rows and holds at most `copy_batch_rows` of them before the wire layer writes them
+//! with [`Engine::copy_write`], so a large COPY never sits in memory whole. Rows written
+//! before a later bad line stay written (like a producer's earlier acknowledged batches);
+//! COPY answers only after everything it reports is durable.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, BinaryArray, BooleanArray, RecordBatch};
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::sql::sqlparser::ast::{CopyLegacyOption, CopyOption, CopySource, CopyTarget};
+use eddy_storage::{ColumnType, ObjectDef, OnConflict, Value, WriteOp, WriteResult};
+
+use crate::engine::{normalize_ident, object_name, Engine, Output};
+use crate::error::{Error, Result};
+use crate::types::parse_text;
+
+/// Text or CSV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyFormat {
+    /// PostgreSQL's text format: tab-separated, `\N` for NULL, backslash escapes.
+    Text,
+    /// CSV: comma-separated, quoted fields, empty unquoted field for NULL.
+    Csv,
+}
+
+/// How COPY data is laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyOptions {
+    /// Text or CSV.
+    pub format: CopyFormat,
+    /// Field separator.
+    pub delimiter: char,
+    /// The spelling of NULL.
+    pub null: String,
+    /// CSV: the first line is a header.
+    pub header: bool,
+    /// CSV quote character.
+    pub quote: char,
+    /// CSV escape character (inside quotes).
+    pub escape: char,
+}
+
+impl CopyOptions {
+    fn new(format: CopyFormat) -> Self {
+        match format {
+            CopyFormat::Text => {
+                Self { format, delimiter: '\t', null: "\\N".into(), header: false, quote: '"', escape: '"' }
+            }
+            CopyFormat::Csv => Self { format, delimiter: ',', null: String::new(), header: false, quote: '"', escape: '"' },
+        }
+    }
+
+    fn from_ast(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<Self> {
+        let mut format = CopyFormat::Text;
+        for o in options {
+            if let CopyOption::Format(f) = o {
+                format = match f.value.to_ascii_lowercase().as_str() {
+                    "text" => CopyFormat::Text,
+                    "csv" => CopyFormat::Csv,
+                    "binary" => return Err(Error::NotSupported("COPY binary format".into())),
+                    other => return Err(Error::InvalidParameter(format!("COPY format \"{other}\" not recognized"))),
+                };
+            }
+        }
+        for o in legacy {
+            match o {
+                CopyLegacyOption::Csv(_) => format = CopyFormat::Csv,
+                CopyLegacyOption::Binary => return Err(Error::NotSupported("COPY binary format".into())),
+                _ => {}
+            }
+        }
+        let mut out = Self::new(format);
+        for o in options {
+            match o {
+                CopyOption::Format(_) => {}
+                CopyOption::Delimiter(c) => out.delimiter = *c,
+                CopyOption::Null(s) => out.null = s.clone(),
+                CopyOption::Header(h) => out.header = *h,
+                CopyOption::Quote(c) => out.quote = *c,
+                CopyOption::Escape(c) => out.escape = *c,
+                CopyOption::Encoding(e) if e.eq_ignore_ascii_case("utf8") || e.eq_ignore_ascii_case("utf-8") => {}
+                other => return Err(Error::NotSupported(format!("COPY option {other}"))),
+            }
+        }
+        for o in legacy {
+            match o {
+                CopyLegacyOption::Csv(csv) => {
+                    for c in csv {
+                        use datafusion::sql::sqlparser::ast::CopyLegacyCsvOption as L;
+                        match c {
+                            L::Header => out.header = true,
+                            L::Quote(q) => out.quote = *q,
+                            L::Escape(e) => out.escape = *e,
+                            other => return Err(Error::NotSupported(format!("COPY option {other}"))),
+                        }
+                    }
+                }
+                CopyLegacyOption::Delimiter(c) => out.delimiter = *c,
+                CopyLegacyOption::Null(s) => out.null = s.clone(),
+                CopyLegacyOption::Header => out.header = true,
+                other => return Err(Error::NotSupported(format!("COPY option {other}"))),
+            }
+        }
+        if out.header && out.format == CopyFormat::Text {
+            return Err(Error::NotSupported("COPY HEADER in text format (use FORMAT csv)".into()));
+        }
+        Ok(out)
+    }
+
+    /// The header line of a CSV export (with trailing newline).
+    pub fn encode_header(&self, schema: &SchemaRef) -> Vec<u8> {
+        let names: Vec<String> = schema.fields().iter().map(|f| self.csv_field(f.name())).collect();
+        let mut line = names.join(&self.delimiter.to_string()).into_bytes();
+        line.push(b'\n');
+        line
+    }
+
+    fn csv_field(&self, s: &str) -> String {
+        let needs = s.is_empty()
+            || s.contains(self.delimiter)
+            || s.contains(self.quote)
+            || s.contains('\n')
+            || s.contains('\r')
+            || s == self.null;
+        if !needs {
+            return s.to_owned();
+        }
+        let q = self.quote.to_string();
+        let escaped = s.replace(&q, &format!("{}{}", self.escape, self.quote));
+        format!("{q}{escaped}{q}")
+    }
+
+    fn text_field(&self, s: &str) -> String {
+        let mut out = String::with_capacity(s.len());
+        for ch in s.chars() {
+            match ch {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if c == self.delimiter => {
+                    out.push('\\');
+                    out.push(c);
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// Encodes each row of a batch as one line (with trailing newline).
+    pub fn encode_batch(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+        let fmt = FormatOptions::new()
+            .with_timestamp_format(Some("%Y-%m-%d %H:%M:%S%.f"))
+            .with_timestamp_tz_format(Some("%Y-%m-%d %H:%M:%S%.f%:z"));
+        let formatters: Vec<ArrayFormatter<'_>> =
+            batch.columns().iter().map(|a| ArrayFormatter::try_new(a.as_ref(), &fmt)).collect::<Result<_, _>>()?;
+        let mut lines = Vec::with_capacity(batch.num_rows());
+        let delim = self.delimiter.to_string();
+        for r in 0..batch.num_rows() {
+            let mut fields = Vec::with_capacity(batch.num_columns());
+            for (c, f) in formatters.iter().enumerate() {
+                let a = batch.column(c);
+                if a.is_null(r) {
+                    fields.push(self.null.clone());
+                    continue;
+                }
+                let text = match a.data_type() {
+                    DataType::Boolean => {
+                        let b = a.as_any().downcast_ref::<BooleanArray>().map(|b| b.value(r)).unwrap_or(false);
+                        if b { "t" } else { "f" }.to_owned()
+                    }
+                    DataType::Binary => {
+                        let b = a.as_any().downcast_ref::<BinaryArray>().map(|b| b.value(r)).unwrap_or(&[]);
+                        let mut s = String::from("\\x");
+                        for byte in b {
+                            s.push_str(&format!("{byte:02x}"));
+                        }
+                        s
+                    }
+                    _ => f.value(r).to_string(),
+                };
+                fields.push(match self.format {
+                    CopyFormat::Text => self.text_field(&text),
+                    CopyFormat::Csv => self.csv_field(&text),
+                });
+            }
+            let mut line = fields.join(&delim).into_bytes();
+            line.push(b'\n');
+            lines.push(line);
+        }
+        Ok(lines)
+    }
+}
+
+/// Plans a COPY statement.
+pub(crate) async fn plan_copy(
+    engine: &Engine,
+    source: &CopySource,
+    to: bool,
+    target: &CopyTarget,
+    options: &[CopyOption],
+    legacy: &[CopyLegacyOption],
+) -> Result<Output> {
+    let opts = CopyOptions::from_ast(options, legacy)?;
+    match (to, target) {
+        (true, CopyTarget::Stdout) => {
+            let sql = match source {
+                CopySource::Query(q) => q.to_string(),
+                CopySource::Table { table_name, columns } => {
+                    let cols = if columns.is_empty() {
+                        "*".to_owned()
+                    } else {
+                        columns.iter().map(|c| format!("\"{}\"", normalize_ident(c))).collect::<Vec<_>>().join(", ")
+                    };
+                    let name = object_name(table_name)?;
+                    if engine.store().catalog().get(&name).is_none() {
+                        return Err(Error::UndefinedObject { name });
+                    }
+                    format!("SELECT {cols} FROM \"{name}\"")
+                }
+            };
+            let stmts = engine.parse(&sql)?;
+            let [crate::dialect::Statement::Sql(s)] = stmts.as_slice() else { return Err(Error::Syntax(sql)) };
+            let plan = engine.plan_sql(s).await?;
+            let stream = engine.run_plan(&plan, &datafusion::common::ParamValues::List(vec![])).await?;
+            Ok(Output::CopyOut { stream, options: opts })
+        }
+        (false, CopyTarget::Stdin) => {
+            let CopySource::Table { table_name, columns } = source else {
+                return Err(Error::Syntax("COPY (query) FROM is not valid".into()));
+            };
+            let name = object_name(table_name)?;
+            let def = engine.store().catalog().get(&name).ok_or(Error::UndefinedObject { name: name.clone() })?;
+            let all: Vec<(String, ColumnType)> = match &*def {
+                ObjectDef::Topic(t) => std::iter::once(("_key".to_owned(), ColumnType::Text))
+                    .chain(t.columns.iter().map(|c| (c.name.clone(), c.ty)))
+                    .collect(),
+                ObjectDef::Table(t) => t.columns.iter().map(|c| (c.name.clone(), c.ty)).collect(),
+            };
+            let is_topic = matches!(*def, ObjectDef::Topic(_));
+            let targets: Vec<usize> = if columns.is_empty() {
+                (usize::from(is_topic)..all.len()).collect()
+            } else {
+                columns
+                    .iter()
+                    .map(|c| {
+                        let n = normalize_ident(c);
+                        all.iter().position(|(x, _)| *x == n).ok_or_else(|| {
+                            if is_topic && ["_partition", "_offset", "_ts"].contains(&n.as_str()) {
+                                Error::ReadOnlyColumn { column: n.clone() }
+                            } else {
+                                Error::UndefinedColumn { relation: name.clone(), column: n.clone() }
+                            }
+                        })
+                    })
+                    .collect::<Result<_>>()?
+            };
+            Ok(Output::CopyIn(Box::new(CopyInSink {
+                target: def,
+                header_pending: opts.header,
+                options: opts,
+                all,
+                targets,
+                partial: Vec::new(),
+                rows: Vec::new(),
+                line: 0,
+                ended: false,
+            })))
+        }
+        _ => Err(Error::NotSupported("COPY to or from a file or program (use STDIN / STDOUT)".into())),
+    }
+}
+
+/// An in-progress COPY FROM STDIN.
+#[derive(Debug)]
+pub struct CopyInSink {
+    target: Arc<ObjectDef>,
+    options: CopyOptions,
+    /// Writable columns of the target (topics: `_key` first).
+    all: Vec<(String, ColumnType)>,
+    /// Which of `all` each input field fills.
+    targets: Vec<usize>,
+    /// Bytes of an incomplete line.
+    partial: Vec<u8>,
+    /// Parsed rows not yet written.
+    rows: Vec<Vec<Value>>,
+    line: u64,
+    header_pending: bool,
+    /// Saw the `\.` end marker.
+    ended: bool,
+}
+
+impl CopyInSink {
+    /// Number of fields each line has.
+    pub fn columns(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Rows parsed and waiting to be written.
+    pub fn pending(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Takes the parsed rows for writing.
+    pub fn take_rows(&mut self) -> Vec<Vec<Value>> {
+        std::mem::take(&mut self.rows)
+    }
+
+    /// Parses a chunk of COPY data.
+    pub fn push(&mut self, data: &[u8]) -> Result<()> {
+        self.partial.extend_from_slice(data);
+        let mut start = 0;
+        let mut in_quotes = false;
+        let buf = std::mem::take(&mut self.partial);
+        let quote = self.options.quote as u8;
+        for (i, &b) in buf.iter().enumerate() {
+            if self.options.format == CopyFormat::Csv && b == quote {
+                in_quotes = !in_quotes;
+            }
+            if b == b'\n' && !in_quotes {
+                let mut line = &buf[start..i];
+                if line.last() == Some(&b'\r') {
+                    line = &line[..line.len() - 1];
+                }
+                self.line(line)?;
+                start = i + 1;
+            }
+        }
+        self.partial = buf[start..].to_vec();
+        Ok(())
+    }
+
+    /// Ends the input (a last line without newline counts).
+    pub fn finish_input(&mut self) -> Result<()> {
+        let rest = std::mem::take(&mut self.partial);
+        if !rest.is_empty() {
+            self.line(&rest)?;
+        }
+        Ok(())
+    }
+
+    fn line(&mut self, line: &[u8]) -> Result<()> {
+        self.line += 1;
+        if self.ended {
+            return Ok(());
+        }
+        if line == b"\\." {
+            self.ended = true;
+            return Ok(());
+        }
+        if self.header_pending {
+            self.header_pending = false;
+            return Ok(());
+        }
+        let text = std::str::from_utf8(line)
+            .map_err(|_| Error::BadCopyData(format!("line {}: invalid UTF-8", self.line)))?;
+        let fields = match self.options.format {
+            CopyFormat::Text => split_text(text, self.options.delimiter, &self.options.null),
+            CopyFormat::Csv => split_csv(text, &self.options),
+        }
+        .map_err(|e| Error::BadCopyData(format!("line {}: {e}", self.line)))?;
+        if fields.len() != self.targets.len() {
+            return Err(Error::BadCopyData(format!(
+                "line {}: expected {} columns, found {}",
+                self.line,
+                self.targets.len(),
+                fields.len()
+            )));
+        }
+        let mut row = vec![Value::Null; self.all.len()];
+        for (f, &t) in fields.into_iter().zip(&self.targets) {
+            if let Some(text) = f {
+                row[t] = parse_text(self.all[t].1, &text).map_err(|e| Error::BadCopyData(format!("line {}: {e}", self.line)))?;
+            }
+        }
+        self.rows.push(row);
+        Ok(())
+    }
+}
+
+/// Splits a text-format line into fields (`None` = NULL) and undoes backslash escapes.
+fn split_text(line: &str, delim: char, null: &str) -> std::result::Result<Vec<Option<String>>, String> {
+    let mut fields = Vec::new();
+    let mut raw = String::new();
+    let mut cur = String::new();
+    let mut chars = line.chars().peekable();
+    let push = |fields: &mut Vec<Option<String>>, raw: &mut String, cur: &mut String| {
+        fields.push(if raw == null { None } else { Some(std::mem::take(cur)) });
+        raw.clear();
+        cur.clear();
+    };
+    while let Some(c) = chars.next() {
+        if c == delim {
+            push(&mut fields, &mut raw, &mut cur);
+            continue;
+        }
+        raw.push(c);
+        if c != '\\' {
+            cur.push(c);
+            continue;
+        }
+        let Some(n) = chars.next() else { return Err("line ends with a backslash".into()) };
+        raw.push(n);
+        match n {
+            'b' => cur.push('\u{8}'),
+            'f' => cur.push('\u{c}'),
+            'n' => cur.push('\n'),
+            'r' => cur.push('\r'),
+            't' => cur.push('\t'),
+            'v' => cur.push('\u{b}'),
+            'x' => {
+                let mut v = 0u32;
+                let mut k = 0;
+                while k < 2 {
+                    match chars.peek().and_then(|c| c.to_digit(16)) {
+                        Some(d) => {
+                            v = v * 16 + d;
+                            raw.push(chars.next().unwrap_or('0'));
+                            k += 1;
+                        }
+                        None => break,
+                    }
+                }
+                cur.push(char::from_u32(v).ok_or("bad \\x escape")?);
+            }
+            '0'..='7' => {
+                let mut v = n.to_digit(8).unwrap_or(0);
+                for _ in 0..2 {
+                    match chars.peek().and_then(|c| c.to_digit(8)) {
+                        Some(d) => {
+                            v = v * 8 + d;
+                            raw.push(chars.next().unwrap_or('0'));
+                        }
+                        None => break,
+                    }
+                }
+                cur.push(char::from_u32(v).ok_or("bad octal escape")?);
+            }
+            other => cur.push(other),
+        }
+    }
+    push(&mut fields, &mut raw, &mut cur);
+    Ok(fields)
+}
+
+/// Splits a CSV record into fields (`None` = NULL: an unquoted field equal to the NULL string).
+fn split_csv(line: &str, o: &CopyOptions) -> std::result::Result<Vec<Option<String>>, String> {
+    let mut fields = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut in_quotes = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_quotes {
+            if c == o.escape && chars.peek() == Some(&o.quote) && (o.escape != o.quote || true) {
+                if o.escape == o.quote {
+                    // "" inside quotes is a literal quote; a lone " closes.
+                    chars.next();
+                    cur.push(o.quote);
+                } else {
+                    chars.next();
+                    cur.push(o.quote);
+                }
+            } else if c == o.quote {
+                in_quotes = false;
+            } else {
+                cur.push(c);
+            }
+        } else if c == o.quote {
+            in_quotes = true;
+            quoted = true;
+        } else if c == o.delimiter {
+            fields.push(if !quoted && cur == o.null { None } else { Some(std::mem::take(&mut cur)) });
+            cur.clear();
+            quoted = false;
+        } else {
+            cur.push(c);
+        }
+    }
+    if in_quotes {
+        return Err("unterminated CSV quoted field".into());
+    }
+    fields.push(if !quoted && cur == o.null { None } else { Some(cur) });
+    Ok(fields)
+}
+
+impl Engine {
+    /// Writes rows parsed by a COPY sink; returns how many were written.
+    pub async fn copy_write(&self, sink: &CopyInSink, rows: Vec<Vec<Value>>) -> Result<u64> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        match &*sink.target {
+            ObjectDef::Topic(t) => crate::dml::append_rows(self, t, rows).await,
+            ObjectDef::Table(t) => {
+                let res = self.write(vec![WriteOp::Insert { table: t.id, rows, on_conflict: OnConflict::Error }]).await?;
+                Ok(match res.first() {
+                    Some(WriteResult::Rows(n)) => *n,
+                    _ => 0,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_fields() {
+        let f = split_text("a\\tb\t\\N\t\\\\x\t", '\t', "\\N").unwrap();
+        assert_eq!(f, vec![Some("a\tb".into()), None, Some("\\x".into()), Some(String::new())]);
+        assert_eq!(split_text("\\101", '\t', "\\N").unwrap(), vec![Some("A".into())]);
+        assert!(split_text("oops\\", '\t', "\\N").is_err());
+    }
+
+    #[test]
+    fn csv_fields() {
+        let o = CopyOptions::new(CopyFormat::Csv);
+        let f = split_csv("1,\"a,b\",,\"\",\"say \"\"hi\"\"\"", &o).unwrap();
+        assert_eq!(
+            f,
+            vec![Some("1".into()), Some("a,b".into()), None, Some(String::new()), Some("say \"hi\"".into())]
+        );
+        assert!(split_csv("\"open", &o).is_err());
+        assert_eq!(o.csv_field("a,b"), "\"a,b\"");
+        assert_eq!(o.csv_field("plain"), "plain");
+    }
+}

@@ -1,0 +1,225 @@
+//! eddy's SQL dialect: PostgreSQL as sqlparser (DataFusion's copy) reads it, plus eddy's
+//! own statements, parsed with the same parser so there is one AST and one tokenizer.
+//!
+//! A query string is split into statements on top-level semicolons (the tokenizer knows
+//! quotes, dollar quoting and comments). Each statement is eddy's own when it starts with
+//! one of eddy's keyword pairs; anything else goes through datafusion-pg-catalog's
+//! compatibility parser, which rewrites the catalog queries psql and drivers send.
+
+use datafusion::sql::sqlparser::ast::{ColumnDef, Expr, ObjectName, SqlOption, Statement as SqlStatement};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+
+use crate::error::{Error, Result};
+
+/// One parsed statement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Statement {
+    /// `CREATE TOPIC [IF NOT EXISTS] name [(columns)] [WITH (options)]`
+    CreateTopic {
+        /// Topic name.
+        name: ObjectName,
+        /// Declared columns (none = a single `payload TEXT`).
+        columns: Vec<ColumnDef>,
+        /// `WITH (...)` options.
+        options: Vec<SqlOption>,
+        /// `IF NOT EXISTS`.
+        if_not_exists: bool,
+    },
+    /// `ALTER TOPIC name SET (options)`
+    AlterTopic {
+        /// Topic name.
+        name: ObjectName,
+        /// Options to change.
+        options: Vec<SqlOption>,
+    },
+    /// `DROP TOPIC [IF EXISTS] name`
+    DropTopic {
+        /// Topic name.
+        name: ObjectName,
+        /// `IF EXISTS`.
+        if_exists: bool,
+    },
+    /// `SHOW TOPICS`
+    ShowTopics,
+    /// Anything PostgreSQL-shaped.
+    Sql(Box<SqlStatement>),
+}
+
+/// Splits `sql` into statement texts on top-level semicolons, dropping empty ones.
+pub fn split_statements(sql: &str) -> Result<Vec<String>> {
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, sql).tokenize_with_location().map_err(|e| Error::Syntax(e.to_string()))?;
+    // Locations are (line, column) in characters; map them to byte offsets.
+    let line_starts: Vec<usize> =
+        std::iter::once(0).chain(sql.match_indices('\n').map(|(i, _)| i + 1)).collect();
+    let byte_at = |line: u64, col: u64| -> usize {
+        let start = line_starts.get(line.saturating_sub(1) as usize).copied().unwrap_or(sql.len());
+        sql[start..].char_indices().nth(col.saturating_sub(1) as usize).map(|(i, _)| start + i).unwrap_or(sql.len())
+    };
+    let mut out = Vec::new();
+    let mut begin = 0;
+    let mut has_content = false;
+    for t in &tokens {
+        match &t.token {
+            Token::SemiColon => {
+                let end = byte_at(t.span.start.line, t.span.start.column);
+                if has_content {
+                    out.push(sql[begin..end].to_owned());
+                }
+                begin = end + 1;
+                has_content = false;
+            }
+            Token::Whitespace(_) => {}
+            _ => has_content = true,
+        }
+    }
+    if has_content {
+        out.push(sql[begin..].to_owned());
+    }
+    Ok(out)
+}
+
+fn syntax(e: ParserError) -> Error {
+    Error::Syntax(match e {
+        ParserError::ParserError(m) | ParserError::TokenizerError(m) => m,
+        ParserError::RecursionLimitExceeded => "statement nested too deeply".into(),
+    })
+}
+
+/// The first two words of a statement, upper-cased (comments and whitespace skipped).
+fn leading_words(sql: &str) -> Vec<String> {
+    let dialect = PostgreSqlDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else { return vec![] };
+    tokens
+        .into_iter()
+        .filter(|t| !matches!(t, Token::Whitespace(Whitespace::Space | Whitespace::Newline | Whitespace::Tab) | Token::Whitespace(_)))
+        .take(2)
+        .map(|t| match t {
+            Token::Word(w) => w.value.to_ascii_uppercase(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+/// Parses one statement text (as produced by [`split_statements`]).
+pub fn parse_statement(sql: &str, compat: &PostgresCompatibilityParser) -> Result<Statement> {
+    let words = leading_words(sql);
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["CREATE", "TOPIC"] | ["ALTER", "TOPIC"] | ["DROP", "TOPIC"] | ["SHOW", "TOPICS"] => {
+            parse_eddy(sql).map_err(syntax)
+        }
+        _ => {
+            let mut stmts = compat.parse(sql).map_err(syntax)?;
+            match stmts.len() {
+                1 => Ok(Statement::Sql(Box::new(stmts.remove(0)))),
+                0 => Err(Error::Syntax("empty statement".into())),
+                _ => Err(Error::Syntax("expected one statement".into())),
+            }
+        }
+    }
+}
+
+/// Splits and parses a whole query string.
+pub fn parse_sql(sql: &str, compat: &PostgresCompatibilityParser) -> Result<Vec<Statement>> {
+    split_statements(sql)?.iter().map(|s| parse_statement(s, compat)).collect()
+}
+
+fn expect_word(p: &mut Parser<'_>, word: &str) -> Result<(), ParserError> {
+    let t = p.next_token();
+    match &t.token {
+        Token::Word(w) if w.value.eq_ignore_ascii_case(word) => Ok(()),
+        other => Err(ParserError::ParserError(format!("expected {word}, found: {other}"))),
+    }
+}
+
+fn parse_eddy(sql: &str) -> Result<Statement, ParserError> {
+    let dialect = PostgreSqlDialect {};
+    let mut p = Parser::new(&dialect).try_with_sql(sql)?;
+    let stmt = if p.parse_keyword(Keyword::CREATE) {
+        expect_word(&mut p, "TOPIC")?;
+        let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+        let name = p.parse_object_name(false)?;
+        let columns = if p.consume_token(&Token::LParen) {
+            let cols = p.parse_comma_separated(Parser::parse_column_def)?;
+            p.expect_token(&Token::RParen)?;
+            cols
+        } else {
+            vec![]
+        };
+        let options = if p.parse_keyword(Keyword::WITH) { parse_option_list(&mut p)? } else { vec![] };
+        Statement::CreateTopic { name, columns, options, if_not_exists }
+    } else if p.parse_keyword(Keyword::ALTER) {
+        expect_word(&mut p, "TOPIC")?;
+        let name = p.parse_object_name(false)?;
+        p.expect_keyword(Keyword::SET)?;
+        Statement::AlterTopic { name, options: parse_option_list(&mut p)? }
+    } else if p.parse_keyword(Keyword::DROP) {
+        expect_word(&mut p, "TOPIC")?;
+        let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        Statement::DropTopic { name: p.parse_object_name(false)?, if_exists }
+    } else {
+        p.expect_keyword(Keyword::SHOW)?;
+        expect_word(&mut p, "TOPICS")?;
+        Statement::ShowTopics
+    };
+    match p.peek_token().token {
+        Token::EOF => Ok(stmt),
+        other => Err(ParserError::ParserError(format!("unexpected {other} at the end of the statement"))),
+    }
+}
+
+/// `( key = value, ... )`
+fn parse_option_list(p: &mut Parser<'_>) -> Result<Vec<SqlOption>, ParserError> {
+    p.expect_token(&Token::LParen)?;
+    let opts = p.parse_comma_separated(|p| {
+        let key = p.parse_identifier()?;
+        p.expect_token(&Token::Eq)?;
+        let value: Expr = p.parse_expr()?;
+        Ok(SqlOption::KeyValue { key, value })
+    })?;
+    p.expect_token(&Token::RParen)?;
+    Ok(opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(sql: &str) -> Result<Vec<Statement>> {
+        parse_sql(sql, &PostgresCompatibilityParser::new())
+    }
+
+    #[test]
+    fn splits_on_top_level_semicolons_only() {
+        let parts = split_statements("SELECT ';'; -- c;\n SELECT $$a;b$$ ;;  ").unwrap();
+        assert_eq!(parts.len(), 2, "{parts:?}");
+        assert_eq!(parts[0].trim(), "SELECT ';'");
+        assert!(parts[1].contains("$$a;b$$"));
+        assert!(split_statements(" ; ; ").unwrap().is_empty());
+        assert_eq!(split_statements("SELECT 'ü;'; SELECT 2").unwrap()[0], "SELECT 'ü;'");
+    }
+
+    #[test]
+    fn eddy_statements() -> Result<()> {
+        let s = parse("create topic readings (sensor text, temp double precision) with (partitions = 4, retention = '7 days')").unwrap();
+        let Statement::CreateTopic { name, columns, options, if_not_exists } = &s[0] else { panic!("{s:?}") };
+        assert_eq!(name.to_string(), "readings");
+        assert_eq!(columns.len(), 2);
+        assert_eq!(options.len(), 2);
+        assert!(!if_not_exists);
+        assert!(matches!(&parse("CREATE TOPIC events")?[0], Statement::CreateTopic { columns, .. } if columns.is_empty()));
+        assert!(matches!(&parse("ALTER TOPIC t SET (retention = '1 day')")?[0], Statement::AlterTopic { .. }));
+        assert!(matches!(&parse("DROP TOPIC IF EXISTS t")?[0], Statement::DropTopic { if_exists: true, .. }));
+        assert_eq!(parse("SHOW TOPICS")?, vec![Statement::ShowTopics]);
+        assert!(matches!(parse("CREATE TOPIC"), Err(Error::Syntax(_))));
+        assert!(matches!(parse("SHOW TOPICS extra"), Err(Error::Syntax(_))));
+        assert!(matches!(&parse("SELECT 1")?[0], Statement::Sql(_)));
+        assert!(matches!(parse("SELEC 1"), Err(Error::Syntax(_))));
+        Ok(())
+    }
+}

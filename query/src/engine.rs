@@ -1,0 +1,702 @@
+//! [`Engine`]: turns statements into [`Output`]s. One per node, shared by all sessions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::ParamValues;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::scalar::ScalarValue;
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{
+    self as ast, ColumnOption, Expr as SqlExpr, ObjectName, ObjectType, SqlOption, Statement as SqlStatement,
+    TableConstraint, Value as SqlValue,
+};
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use eddy_storage::{ColumnDef, ObjectDef, ObjectId, Replication, Store, TableDef, TopicDef, WriteOp, WriteResult};
+use serde::{Deserialize, Serialize};
+
+use crate::copy::{CopyInSink, CopyOptions};
+use crate::dialect::{self, Statement};
+use crate::dml::{self, DmlPlan};
+use crate::error::{Error, Result};
+use crate::provider::EddySchemaProvider;
+use crate::types::{column_type_of, format_duration_ms, parse_duration_ms};
+
+/// Settings of the query layer (the `[query]` section of `eddy.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    /// Largest encoded message (topic row) or table row accepted, in bytes (larger: SQLSTATE 54000).
+    pub max_message_bytes: usize,
+    /// Partitions of a topic created without `partitions = N`.
+    pub default_partitions: u32,
+    /// Rows a COPY FROM buffers before writing them (bounds its memory).
+    pub copy_batch_rows: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self { max_message_bytes: 1 << 20, default_partitions: 1, copy_batch_rows: 8192 }
+    }
+}
+
+impl QueryConfig {
+    /// Checks that the settings make sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_message_bytes == 0 {
+            return Err("query.max_message_bytes must be at least 1".into());
+        }
+        if !(1..=MAX_PARTITIONS).contains(&self.default_partitions) {
+            return Err(format!("query.default_partitions must be between 1 and {MAX_PARTITIONS}"));
+        }
+        if self.copy_batch_rows == 0 {
+            return Err("query.copy_batch_rows must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Most partitions a topic may have.
+pub const MAX_PARTITIONS: u32 = 4096;
+
+/// What a statement produced.
+pub enum Output {
+    /// Rows (SELECT, SHOW, RETURNING). `tag` is the command tag without the row count.
+    Rows {
+        /// Command tag ("SELECT", "INSERT 0", ...); the wire layer appends the row count.
+        tag: String,
+        /// The rows.
+        stream: SendableRecordBatchStream,
+    },
+    /// A command without rows; `rows` is appended to the tag when present.
+    Command {
+        /// Command tag.
+        tag: String,
+        /// Rows affected.
+        rows: Option<u64>,
+    },
+    /// COPY ... FROM STDIN: the wire layer feeds the sink.
+    CopyIn(Box<CopyInSink>),
+    /// COPY ... TO STDOUT: rows to encode as text or CSV lines.
+    CopyOut {
+        /// The rows.
+        stream: SendableRecordBatchStream,
+        /// Format of the lines.
+        options: CopyOptions,
+    },
+    /// BEGIN / START TRANSACTION (eddy runs each statement on its own; see docs).
+    TransactionStart,
+    /// COMMIT / ROLLBACK.
+    TransactionEnd {
+        /// "COMMIT" or "ROLLBACK".
+        tag: &'static str,
+    },
+}
+
+/// A statement ready to execute, possibly many times with different parameters
+/// (the extended protocol's prepared statements).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The statement.
+    pub statement: Statement,
+    pub(crate) kind: Kind,
+    /// Types of `$1..$n` (None where unknown).
+    pub param_types: Vec<Option<DataType>>,
+    /// Result columns, if the statement returns rows.
+    pub schema: Option<SchemaRef>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Kind {
+    Query(Box<LogicalPlan>),
+    Dml(Arc<DmlPlan>),
+    Other,
+}
+
+/// Per-connection state: settings changed with SET.
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    vars: BTreeMap<String, String>,
+}
+
+/// Defaults reported by SHOW (and as ParameterStatus at startup).
+pub const DEFAULT_SETTINGS: [(&str, &str); 13] = [
+    ("server_version", "16.6"),
+    ("server_version_num", "160006"),
+    ("server_encoding", "UTF8"),
+    ("client_encoding", "UTF8"),
+    ("datestyle", "ISO, MDY"),
+    ("timezone", "UTC"),
+    ("intervalstyle", "postgres"),
+    ("standard_conforming_strings", "on"),
+    ("integer_datetimes", "on"),
+    ("search_path", "public"),
+    ("transaction_isolation", "read committed"),
+    ("default_transaction_isolation", "read committed"),
+    ("max_identifier_length", "63"),
+];
+
+impl Session {
+    /// A session with default settings.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// The current value of a setting.
+    pub fn get(&self, name: &str) -> Option<String> {
+        let name = name.to_ascii_lowercase();
+        self.vars
+            .get(&name)
+            .cloned()
+            .or_else(|| DEFAULT_SETTINGS.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned()))
+    }
+    /// Changes a setting.
+    pub fn set(&mut self, name: &str, value: String) {
+        self.vars.insert(name.to_ascii_lowercase(), value);
+    }
+}
+
+/// The query engine of one node.
+pub struct Engine {
+    pub(crate) store: Store,
+    pub(crate) ctx: SessionContext,
+    compat: PostgresCompatibilityParser,
+    pub(crate) config: QueryConfig,
+    /// Round-robin cursor per topic for messages without a key.
+    round_robin: parking_lot::Mutex<HashMap<ObjectId, Arc<AtomicU64>>>,
+    /// Serialises read-modify-write statements (UPDATE, ON CONFLICT DO UPDATE) so two of
+    /// them never interleave their read and write. Plain INSERT/DELETE do not take it.
+    pub(crate) rmw: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+fn one_text_column(name: &str, values: Vec<String>) -> Result<SendableRecordBatchStream> {
+    let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, true)]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(values)) as ArrayRef])?;
+    Ok(Box::pin(MemoryStream::try_new(vec![batch], schema, None)?))
+}
+
+/// Lower-cases unquoted identifiers, as PostgreSQL does.
+pub(crate) fn normalize_ident(id: &ast::Ident) -> String {
+    if id.quote_style.is_some() {
+        id.value.clone()
+    } else {
+        id.value.to_lowercase()
+    }
+}
+
+/// The object name, accepting `name` and `public.name`.
+pub(crate) fn object_name(name: &ObjectName) -> Result<String> {
+    let parts: Vec<String> =
+        name.0.iter().map(|p| p.as_ident().map(normalize_ident).unwrap_or_else(|| p.to_string())).collect();
+    match parts.as_slice() {
+        [n] => Ok(n.clone()),
+        [schema, n] if schema == "public" => Ok(n.clone()),
+        _ => Err(Error::UndefinedObject { name: name.to_string() }),
+    }
+}
+
+fn option_value(v: &SqlExpr) -> String {
+    match v {
+        SqlExpr::Value(v) => match &v.value {
+            SqlValue::SingleQuotedString(s) | SqlValue::DoubleQuotedString(s) => s.clone(),
+            SqlValue::Number(n, _) => n.clone(),
+            SqlValue::Boolean(b) => b.to_string(),
+            other => other.to_string(),
+        },
+        SqlExpr::Identifier(i) => i.value.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `WITH (...)` options as lower-case key → value text.
+fn options_map(options: &[SqlOption]) -> Result<Vec<(String, String)>> {
+    options
+        .iter()
+        .map(|o| match o {
+            SqlOption::KeyValue { key, value } => Ok((key.value.to_ascii_lowercase(), option_value(value))),
+            other => Err(Error::InvalidParameter(format!("unrecognized option {other}"))),
+        })
+        .collect()
+}
+
+fn parse_replication(v: &str) -> Result<Replication> {
+    match v.to_ascii_lowercase().as_str() {
+        "raft" => Ok(Replication::Raft),
+        "gossip" => Ok(Replication::Gossip),
+        _ => Err(Error::InvalidParameter(format!("replication must be 'raft' or 'gossip', not '{v}'"))),
+    }
+}
+
+fn parse_count(key: &str, v: &str, max: u32) -> Result<u32> {
+    match v.parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(Error::InvalidParameter(format!("{key} must be an integer between 1 and {max}, not '{v}'"))),
+    }
+}
+
+fn retention_value(v: &str) -> Result<Option<u64>> {
+    match v.to_ascii_lowercase().as_str() {
+        "forever" | "none" | "infinite" | "-1" => Ok(None),
+        _ => parse_duration_ms(v).map(Some),
+    }
+}
+
+impl Engine {
+    /// An engine over `store`.
+    pub fn new(store: Store, config: QueryConfig) -> Result<Arc<Engine>> {
+        config.validate().map_err(Error::InvalidParameter)?;
+        let cfg = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema("eddy", "public")
+            .with_create_default_catalog_and_schema(true);
+        let ctx = SessionContext::new_with_config(cfg);
+        let catalog = ctx
+            .catalog("eddy")
+            .ok_or_else(|| Error::InvalidParameter("default catalog missing".into()))?;
+        catalog.register_schema("public", Arc::new(EddySchemaProvider::new(store.clone())))?;
+        datafusion_pg_catalog::setup_pg_catalog(
+            &ctx,
+            "eddy",
+            datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider,
+        )
+        .map_err(|e| Error::from(*e))?;
+        crate::functions::register(&ctx);
+        Ok(Arc::new(Engine {
+            store,
+            ctx,
+            compat: PostgresCompatibilityParser::new(),
+            config,
+            round_robin: parking_lot::Mutex::new(HashMap::new()),
+            rmw: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &QueryConfig {
+        &self.config
+    }
+
+    /// Splits and parses a query string.
+    pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
+        dialect::parse_sql(sql, &self.compat)
+    }
+
+    /// Parses one statement (the extended protocol's Parse takes exactly one).
+    pub fn parse_one(&self, sql: &str) -> Result<Option<Statement>> {
+        let mut stmts = self.parse(sql)?;
+        match stmts.len() {
+            0 => Ok(None),
+            1 => Ok(stmts.pop()),
+            _ => Err(Error::Syntax("cannot insert multiple commands into a prepared statement".into())),
+        }
+    }
+
+    /// Plans a statement. `hints` are parameter types the client declared.
+    pub async fn prepare(&self, statement: Statement, hints: &[Option<DataType>]) -> Result<Prepared> {
+        let (kind, mut param_types, schema) = match &statement {
+            Statement::Sql(s) => match &**s {
+                SqlStatement::Query(_) | SqlStatement::Explain { .. } => {
+                    let plan = self.plan_sql(s).await?;
+                    let types = param_types_of(&plan)?;
+                    let schema = Arc::new(plan.schema().as_arrow().clone());
+                    (Kind::Query(Box::new(plan)), types, Some(schema))
+                }
+                SqlStatement::Insert(_) | SqlStatement::Update(_) | SqlStatement::Delete(_) => {
+                    let plan = dml::plan(self, s).await?;
+                    let types = plan.param_types.clone();
+                    let schema = plan.returning_schema();
+                    (Kind::Dml(Arc::new(plan)), types, schema)
+                }
+                SqlStatement::ShowVariable { variable } => {
+                    let name = variable.iter().map(|i| i.value.to_ascii_lowercase()).collect::<Vec<_>>().join(" ");
+                    let schema = Arc::new(Schema::new(vec![Field::new(show_column(&name), DataType::Utf8, true)]));
+                    (Kind::Other, vec![], Some(schema))
+                }
+                _ => (Kind::Other, vec![], None),
+            },
+            Statement::ShowTopics => (Kind::Other, vec![], Some(show_topics_schema())),
+            _ => (Kind::Other, vec![], None),
+        };
+        for (i, h) in hints.iter().enumerate() {
+            if let Some(h) = h {
+                if param_types.len() <= i {
+                    param_types.resize(i + 1, None);
+                }
+                param_types[i].get_or_insert_with(|| h.clone());
+            }
+        }
+        Ok(Prepared { statement, kind, param_types, schema })
+    }
+
+    pub(crate) async fn plan_sql(&self, stmt: &SqlStatement) -> Result<LogicalPlan> {
+        let state = self.ctx.state();
+        let plan = state.statement_to_plan(DfStatement::Statement(Box::new(stmt.clone()))).await?;
+        Ok(plan)
+    }
+
+    pub(crate) async fn run_plan(&self, plan: &LogicalPlan, params: &ParamValues) -> Result<SendableRecordBatchStream> {
+        let plan = if matches!(params, ParamValues::List(l) if l.is_empty()) {
+            plan.clone()
+        } else {
+            plan.clone().replace_params_with_values(params)?
+        };
+        let df = self.ctx.execute_logical_plan(plan).await?;
+        Ok(df.execute_stream().await?)
+    }
+
+    /// Runs a prepared statement with parameter values.
+    pub async fn execute(&self, session: &mut Session, p: &Prepared, params: &ParamValues) -> Result<Output> {
+        match &p.kind {
+            Kind::Query(plan) => {
+                Ok(Output::Rows { tag: "SELECT".into(), stream: self.run_plan(plan, params).await? })
+            }
+            Kind::Dml(plan) => dml::execute(self, plan, params).await,
+            Kind::Other => self.execute_other(session, &p.statement).await,
+        }
+    }
+
+    /// Parses, plans and runs a statement without parameters (the simple protocol).
+    pub async fn run(&self, session: &mut Session, statement: Statement) -> Result<Output> {
+        let p = self.prepare(statement, &[]).await?;
+        self.execute(session, &p, &ParamValues::List(vec![])).await
+    }
+
+    async fn execute_other(&self, session: &mut Session, statement: &Statement) -> Result<Output> {
+        match statement {
+            Statement::CreateTopic { name, columns, options, if_not_exists } => {
+                self.create_topic(name, columns, options, *if_not_exists).await
+            }
+            Statement::AlterTopic { name, options } => self.alter_topic(name, options).await,
+            Statement::DropTopic { name, if_exists } => self.drop_object(name, *if_exists, true).await,
+            Statement::ShowTopics => self.show_topics(),
+            Statement::Sql(s) => self.execute_sql_other(session, s).await,
+        }
+    }
+
+    async fn execute_sql_other(&self, session: &mut Session, s: &SqlStatement) -> Result<Output> {
+        let command = |tag: &str| Ok(Output::Command { tag: tag.into(), rows: None });
+        match s {
+            SqlStatement::CreateTable(ct) => self.create_table(ct).await,
+            SqlStatement::Drop { object_type: ObjectType::Table, if_exists, names, .. } => {
+                for name in names {
+                    self.drop_object(name, *if_exists, false).await?;
+                }
+                command("DROP TABLE")
+            }
+            SqlStatement::Copy { source, to, target, options, legacy_options, .. } => {
+                crate::copy::plan_copy(self, source, *to, target, options, legacy_options).await
+            }
+            SqlStatement::Set(set) => {
+                use ast::Set;
+                match set {
+                    Set::SingleAssignment { variable, values, .. } => {
+                        let name = variable.to_string().to_ascii_lowercase();
+                        let value = values.iter().map(option_value).collect::<Vec<_>>().join(", ");
+                        if name == "consistency" && !["strong", "local"].contains(&value.as_str()) {
+                            return Err(Error::InvalidParameter(format!(
+                                "consistency must be 'strong' or 'local', not '{value}'"
+                            )));
+                        }
+                        session.set(&name, value);
+                    }
+                    Set::SetTimeZone { value, .. } => session.set("timezone", option_value(value)),
+                    _ => {}
+                }
+                command("SET")
+            }
+            SqlStatement::ShowVariable { variable } => {
+                let name = variable.iter().map(|i| i.value.to_ascii_lowercase()).collect::<Vec<_>>().join(" ");
+                let key = match name.as_str() {
+                    "time zone" => "timezone",
+                    "transaction isolation level" => "transaction_isolation",
+                    other => other,
+                };
+                let value = session.get(key).ok_or_else(|| {
+                    Error::InvalidParameter(format!("unrecognized configuration parameter \"{name}\""))
+                })?;
+                Ok(Output::Rows { tag: "SHOW".into(), stream: one_text_column(&show_column(&name), vec![value])? })
+            }
+            SqlStatement::StartTransaction { .. } => Ok(Output::TransactionStart),
+            SqlStatement::Commit { .. } => Ok(Output::TransactionEnd { tag: "COMMIT" }),
+            SqlStatement::Rollback { .. } => Ok(Output::TransactionEnd { tag: "ROLLBACK" }),
+            SqlStatement::Discard { .. } => command("DISCARD ALL"),
+            SqlStatement::Deallocate { .. } => command("DEALLOCATE"),
+            other => Err(Error::NotSupported(format!("statement \"{}\"", first_words(&other.to_string())))),
+        }
+    }
+
+    async fn create_object(&self, def: ObjectDef, if_not_exists: bool) -> Result<()> {
+        match self.store.write(vec![WriteOp::Create(def)]).await {
+            Ok(_) => Ok(()),
+            Err(eddy_storage::Error::ObjectExists { .. }) if if_not_exists => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn create_topic(
+        &self,
+        name: &ObjectName,
+        columns: &[ast::ColumnDef],
+        options: &[SqlOption],
+        if_not_exists: bool,
+    ) -> Result<Output> {
+        let name = object_name(name)?;
+        let mut cols = Vec::new();
+        for c in columns {
+            let col = column_def(c)?;
+            if col.name.starts_with('_') {
+                return Err(Error::InvalidParameter(format!(
+                    "column name \"{}\" is reserved: names starting with _ are topic metadata",
+                    col.name
+                )));
+            }
+            if cols.iter().any(|x: &ColumnDef| x.name == col.name) {
+                return Err(Error::InvalidParameter(format!("column \"{}\" specified more than once", col.name)));
+            }
+            cols.push(col);
+        }
+        if cols.is_empty() {
+            cols.push(ColumnDef { name: "payload".into(), ty: eddy_storage::ColumnType::Text, nullable: true });
+        }
+        let mut topic = TopicDef {
+            id: 0,
+            name,
+            columns: cols,
+            partitions: self.config.default_partitions,
+            retention_ms: None,
+            replication: Replication::Raft,
+            replicas: None,
+        };
+        for (k, v) in options_map(options)? {
+            match k.as_str() {
+                "partitions" => topic.partitions = parse_count("partitions", &v, MAX_PARTITIONS)?,
+                "retention" => topic.retention_ms = retention_value(&v)?,
+                "replication" => topic.replication = parse_replication(&v)?,
+                "replicas" => topic.replicas = Some(parse_count("replicas", &v, 9)?),
+                other => return Err(Error::InvalidParameter(format!("unrecognized topic option \"{other}\""))),
+            }
+        }
+        self.create_object(ObjectDef::Topic(topic), if_not_exists).await?;
+        Ok(Output::Command { tag: "CREATE TOPIC".into(), rows: None })
+    }
+
+    async fn alter_topic(&self, name: &ObjectName, options: &[SqlOption]) -> Result<Output> {
+        let name = object_name(name)?;
+        let def = self.store.catalog().get(&name).ok_or_else(|| Error::UndefinedObject { name: name.clone() })?;
+        let ObjectDef::Topic(mut topic) = (*def).clone() else {
+            return Err(Error::WrongObjectType { name, expected: "topic" });
+        };
+        for (k, v) in options_map(options)? {
+            match k.as_str() {
+                "retention" => topic.retention_ms = retention_value(&v)?,
+                "partitions" | "replication" => {
+                    return Err(Error::NotSupported(format!("changing {k} of an existing topic")))
+                }
+                other => return Err(Error::InvalidParameter(format!("unrecognized topic option \"{other}\""))),
+            }
+        }
+        self.store.write(vec![WriteOp::Alter(ObjectDef::Topic(topic))]).await?;
+        Ok(Output::Command { tag: "ALTER TOPIC".into(), rows: None })
+    }
+
+    async fn drop_object(&self, name: &ObjectName, if_exists: bool, topic: bool) -> Result<Output> {
+        let name = object_name(name)?;
+        match self.store.catalog().get(&name) {
+            None if if_exists => {}
+            None => return Err(Error::UndefinedObject { name }),
+            Some(def) => {
+                let is_topic = matches!(*def, ObjectDef::Topic(_));
+                if is_topic != topic {
+                    return Err(Error::WrongObjectType { name, expected: if topic { "topic" } else { "table" } });
+                }
+                self.store.write(vec![WriteOp::Drop { name }]).await?;
+            }
+        }
+        Ok(Output::Command { tag: if topic { "DROP TOPIC" } else { "DROP TABLE" }.into(), rows: None })
+    }
+
+    async fn create_table(&self, ct: &ast::CreateTable) -> Result<Output> {
+        let name = object_name(&ct.name)?;
+        if ct.query.is_some() || ct.like.is_some() {
+            return Err(Error::NotSupported("CREATE TABLE AS / LIKE".into()));
+        }
+        let mut columns = Vec::new();
+        let mut pk_names: Vec<String> = Vec::new();
+        for c in &ct.columns {
+            let col = column_def(c)?;
+            if c.options.iter().any(|o| matches!(o.option, ColumnOption::PrimaryKey(_))) {
+                pk_names.push(col.name.clone());
+            }
+            if columns.iter().any(|x: &ColumnDef| x.name == col.name) {
+                return Err(Error::InvalidParameter(format!("column \"{}\" specified more than once", col.name)));
+            }
+            columns.push(col);
+        }
+        for tc in &ct.constraints {
+            if let TableConstraint::PrimaryKey(pk) = tc {
+                if !pk_names.is_empty() {
+                    return Err(Error::InvalidParameter("multiple primary keys are not allowed".into()));
+                }
+                for ic in &pk.columns {
+                    match &ic.column.expr {
+                        SqlExpr::Identifier(id) => pk_names.push(normalize_ident(id)),
+                        other => return Err(Error::NotSupported(format!("primary key expression {other}"))),
+                    }
+                }
+            }
+        }
+        if pk_names.is_empty() {
+            return Err(Error::InvalidParameter(format!("table \"{name}\" needs a PRIMARY KEY")));
+        }
+        let mut primary_key = Vec::new();
+        for pk in &pk_names {
+            let i = columns.iter().position(|c| &c.name == pk).ok_or_else(|| Error::UndefinedColumn {
+                relation: name.clone(),
+                column: pk.clone(),
+            })?;
+            columns[i].nullable = false;
+            primary_key.push(i);
+        }
+        let mut replication = Replication::Raft;
+        let opts = match &ct.table_options {
+            ast::CreateTableOptions::With(o) | ast::CreateTableOptions::Options(o) => o.clone(),
+            _ => vec![],
+        };
+        for (k, v) in options_map(&opts)? {
+            match k.as_str() {
+                "replication" => replication = parse_replication(&v)?,
+                "replicas" => {
+                    parse_count("replicas", &v, 9)?;
+                }
+                other => return Err(Error::InvalidParameter(format!("unrecognized table option \"{other}\""))),
+            }
+        }
+        let def = TableDef { id: 0, name, columns, primary_key, replication };
+        self.create_object(ObjectDef::Table(def), ct.if_not_exists).await?;
+        Ok(Output::Command { tag: "CREATE TABLE".into(), rows: None })
+    }
+
+    fn show_topics(&self) -> Result<Output> {
+        let topics: Vec<TopicDef> = self
+            .store
+            .catalog()
+            .list()
+            .iter()
+            .filter_map(|o| match &**o {
+                ObjectDef::Topic(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut messages = Vec::new();
+        for t in &topics {
+            let mut n = 0u64;
+            for p in 0..t.partitions {
+                let st = self.store.partition(t, p)?;
+                n += st.next_offset() - st.start_offset();
+            }
+            messages.push(n as i64);
+        }
+        let schema = show_topics_schema();
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(topics.iter().map(|t| t.name.clone()))),
+            Arc::new(arrow::array::Int32Array::from_iter_values(topics.iter().map(|t| t.partitions as i32))),
+            Arc::new(StringArray::from_iter_values(topics.iter().map(|t| t.replication.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                topics.iter().map(|t| t.retention_ms.map(format_duration_ms).unwrap_or_else(|| "forever".into())),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                topics.iter().map(|t| t.columns.iter().map(|c| format!("{} {}", c.name, c.ty.sql_name())).collect::<Vec<_>>().join(", ")),
+            )),
+            Arc::new(arrow::array::Int64Array::from(messages)),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), cols)?;
+        Ok(Output::Rows { tag: "SHOW".into(), stream: Box::pin(MemoryStream::try_new(vec![batch], schema, None)?) })
+    }
+
+    /// The partition of the next keyless message of `topic`.
+    pub(crate) fn next_round_robin(&self, topic: &TopicDef) -> u32 {
+        let cursor = self.round_robin.lock().entry(topic.id).or_default().clone();
+        (cursor.fetch_add(1, Ordering::Relaxed) % u64::from(topic.partitions)) as u32
+    }
+
+    /// Writes ops and returns their results (the one place the query layer writes).
+    pub(crate) async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>> {
+        Ok(self.store.write(ops).await?)
+    }
+}
+
+fn show_topics_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("partitions", DataType::Int32, false),
+        Field::new("replication", DataType::Utf8, false),
+        Field::new("retention", DataType::Utf8, false),
+        Field::new("columns", DataType::Utf8, false),
+        Field::new("messages", DataType::Int64, false),
+    ]))
+}
+
+fn show_column(name: &str) -> String {
+    match name {
+        "time zone" => "TimeZone".into(),
+        "transaction isolation level" => "transaction_isolation".into(),
+        other => other.to_owned(),
+    }
+}
+
+fn first_words(sql: &str) -> String {
+    sql.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+fn column_def(c: &ast::ColumnDef) -> Result<ColumnDef> {
+    let ty = column_type_of(&c.data_type)?;
+    let not_null = c.options.iter().any(|o| matches!(o.option, ColumnOption::NotNull | ColumnOption::PrimaryKey(_)));
+    for o in &c.options {
+        match &o.option {
+            ColumnOption::Null | ColumnOption::NotNull | ColumnOption::PrimaryKey(_) => {}
+            other => return Err(Error::NotSupported(format!("column option {other}"))),
+        }
+    }
+    Ok(ColumnDef { name: normalize_ident(&c.name), ty, nullable: !not_null })
+}
+
+/// Parameter types of a DataFusion plan, ordered by `$n`.
+pub(crate) fn param_types_of(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
+    let map = plan.get_parameter_types()?;
+    let mut out: Vec<Option<DataType>> = Vec::new();
+    for (k, v) in map {
+        let Some(n) = k.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) else { continue };
+        if n == 0 {
+            continue;
+        }
+        if out.len() < n {
+            out.resize(n, None);
+        }
+        out[n - 1] = v;
+    }
+    Ok(out)
+}
+
+/// The parameter values as scalars, by position.
+pub(crate) fn param_list(params: &ParamValues) -> Vec<ScalarValue> {
+    match params {
+        ParamValues::List(l) => l.iter().map(|s| s.value.clone()).collect(),
+        ParamValues::Map(_) => vec![],
+    }
+}

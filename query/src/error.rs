@@ -1,0 +1,107 @@
+//! The query crate's one error type. SQLSTATE codes are assigned in the broker.
+
+use datafusion::error::DataFusionError;
+
+/// What can go wrong planning or running a statement.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// From storage (duplicate key, unknown object, I/O, ...).
+    #[error(transparent)]
+    Storage(#[from] eddy_storage::Error),
+    /// The SQL text does not parse.
+    #[error("syntax error: {0}")]
+    Syntax(String),
+    /// No topic or table of that name.
+    #[error("relation \"{name}\" does not exist")]
+    UndefinedObject {
+        /// The name.
+        name: String,
+    },
+    /// No column of that name.
+    #[error("column \"{column}\" of relation \"{relation}\" does not exist")]
+    UndefinedColumn {
+        /// The relation.
+        relation: String,
+        /// The column.
+        column: String,
+    },
+    /// A text value that does not parse as the column's type.
+    #[error("invalid input syntax for type {ty}: \"{value}\"")]
+    InvalidText {
+        /// SQL type name.
+        ty: &'static str,
+        /// The offending text.
+        value: String,
+    },
+    /// A number that does not fit the column's type.
+    #[error("value out of range for type {ty}: \"{value}\"")]
+    OutOfRange {
+        /// SQL type name.
+        ty: &'static str,
+        /// The offending value.
+        value: String,
+    },
+    /// A value of the wrong type for its column.
+    #[error("{0}")]
+    DatatypeMismatch(String),
+    /// A message larger than the configured limit.
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes (max_message_bytes)")]
+    MessageTooLarge {
+        /// Encoded size of the message.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A write to a topic's metadata column other than `_key`.
+    #[error("column \"{column}\" is assigned by eddy and cannot be written; only _key may be set")]
+    ReadOnlyColumn {
+        /// The column.
+        column: String,
+    },
+    /// Valid SQL that eddy does not do (yet).
+    #[error("{0} is not supported")]
+    NotSupported(String),
+    /// A bad option value (`WITH (partitions = 0)`, an unknown setting, ...).
+    #[error("{0}")]
+    InvalidParameter(String),
+    /// The object exists but is the wrong kind for the statement.
+    #[error("\"{name}\" is not a {expected}")]
+    WrongObjectType {
+        /// The object.
+        name: String,
+        /// What the statement needs.
+        expected: &'static str,
+    },
+    /// COPY data that does not fit the target.
+    #[error("COPY: {0}")]
+    BadCopyData(String),
+    /// The statement was cancelled.
+    #[error("canceling statement due to user request")]
+    Cancelled,
+    /// DataFusion planning or execution.
+    #[error("{0}")]
+    DataFusion(Box<DataFusionError>),
+}
+
+impl From<DataFusionError> for Error {
+    fn from(e: DataFusionError) -> Self {
+        // Our own errors come back wrapped when they were raised inside a DataFusion plan.
+        match e {
+            DataFusionError::External(inner) => match inner.downcast::<Error>() {
+                Ok(ours) => *ours,
+                Err(other) => Error::DataFusion(Box::new(DataFusionError::External(other))),
+            },
+            DataFusionError::Context(_, inner) => Error::from(*inner),
+            other => Error::DataFusion(Box::new(other)),
+        }
+    }
+}
+
+impl From<arrow::error::ArrowError> for Error {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        Error::from(DataFusionError::from(e))
+    }
+}
+
+/// Result with the query [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

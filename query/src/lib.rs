@@ -1,0 +1,40 @@
+//! eddy-query: eddy's SQL dialect and its execution over storage.
+//!
+//! # Layout
+//! - [`Engine`] — one per node: parses ([`dialect`]), plans and runs statements, producing
+//!   an [`Output`] (rows, a command tag, or a COPY in/out to drive).
+//! - [`Session`] — per-connection settings (SET/SHOW).
+//! - `provider` — DataFusion table providers for topics (pushdown of `_partition`,
+//!   `_offset`, `_ts`) and tables (primary-key point reads).
+//! - `dml` — INSERT (with a fast path that never plans through DataFusion), UPDATE, DELETE.
+//! - [`CopyInSink`], [`CopyOptions`] — COPY FROM STDIN parsing and COPY TO encoding.
+//!
+//! # Example
+//! ```no_run
+//! # async fn demo(store: eddy_storage::Store) -> eddy_query::Result<()> {
+//! use eddy_query::{Engine, QueryConfig, Session};
+//! let engine = Engine::new(store, QueryConfig::default())?;
+//! let mut session = Session::new();
+//! for stmt in engine.parse("CREATE TOPIC events; INSERT INTO events VALUES ('hi')")? {
+//!     engine.run(&mut session, stmt).await?;
+//! }
+//! # Ok(()) }
+//! ```
+
+mod convert;
+mod copy;
+pub mod dialect;
+mod dml;
+mod engine;
+mod error;
+mod functions;
+mod provider;
+mod types;
+
+pub use copy::{CopyFormat, CopyInSink, CopyOptions};
+pub use dialect::Statement;
+pub use engine::{Engine, Output, Prepared, QueryConfig, Session, DEFAULT_SETTINGS, MAX_PARTITIONS};
+pub use error::{Error, Result};
+pub use functions::version_string;
+pub use provider::{table_schema, topic_schema};
+pub use types::{parse_duration_ms, parse_text};

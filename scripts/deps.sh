@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what building and testing eddy needs, when it is missing:
+#   clang + libclang-dev   (RocksDB's bindings are generated with libclang)
+#   postgresql-client      (psql, used by the tests and the walk-through)
+#   python3 psycopg        (driver compatibility test; tests only: pass --tests)
+# Uses apt-get when run as root; otherwise says what to install and stops.
+set -euo pipefail
+
+want_tests=0
+[ "${1:-}" = "--tests" ] && want_tests=1
+
+missing=()
+command -v clang >/dev/null 2>&1 || missing+=(clang)
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+  missing+=(libclang-dev)
+fi
+command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "eddy: installing ${missing[*]} with apt-get" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "eddy: missing ${missing[*]}." >&2
+    echo "      Install them (Debian/Ubuntu: sudo apt-get install ${missing[*]}) and run this again." >&2
+    exit 1
+  fi
+fi
+
+if [ "$want_tests" = 1 ]; then
+  if ! python3 -c "import psycopg" >/dev/null 2>&1; then
+    if ! command -v python3 >/dev/null 2>&1; then
+      echo "eddy: python3 is missing (needed for the psycopg test). Install python3 and python3-pip." >&2
+      exit 1
+    fi
+    echo "eddy: installing psycopg for the driver test (pip)" >&2
+    if [ "$(id -u)" = "0" ]; then
+      python3 -m pip install --quiet --disable-pip-version-check "psycopg[binary]" \
+        || python3 -m pip install --quiet --break-system-packages "psycopg[binary]"
+    else
+      python3 -m pip install --quiet --user --disable-pip-version-check "psycopg[binary]"
+    fi
+  fi
+fi

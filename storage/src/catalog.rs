@@ -1,0 +1,169 @@
+//! The catalog: definitions of topics and tables, kept in memory and persisted in the
+//! `catalog` column family by the committer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::value::ColumnType;
+
+/// Numeric id of a topic or table; the first four bytes of every key of its data.
+/// Ids are never reused, so a dropped object's leftovers can never be read as a new one's.
+pub type ObjectId = u32;
+
+/// How an object is replicated (recorded now; a single node stores both locally).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Replication {
+    /// Writes go through the object's Raft group (the default).
+    #[default]
+    Raft,
+    /// Writes are accepted anywhere and spread by delta gossip.
+    Gossip,
+}
+
+impl Replication {
+    /// The name used in `WITH (replication = '...')`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Replication::Raft => "raft",
+            Replication::Gossip => "gossip",
+        }
+    }
+}
+
+/// One user column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnDef {
+    /// Column name (already case-folded).
+    pub name: String,
+    /// Stored type.
+    pub ty: ColumnType,
+    /// False for NOT NULL and primary key columns.
+    pub nullable: bool,
+}
+
+/// A partitioned append-only log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicDef {
+    /// Object id (assigned by the committer).
+    pub id: ObjectId,
+    /// Topic name.
+    pub name: String,
+    /// User columns; the metadata columns `_partition`, `_offset`, `_ts`, `_key` are implied.
+    pub columns: Vec<ColumnDef>,
+    /// Number of partitions, fixed at creation.
+    pub partitions: u32,
+    /// Messages older than this are removed in the background; `None` keeps them forever.
+    pub retention_ms: Option<u64>,
+    /// Replication mode.
+    pub replication: Replication,
+    /// Requested replica count (`None` = cluster default).
+    pub replicas: Option<u32>,
+}
+
+/// Rows with a primary key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableDef {
+    /// Object id (assigned by the committer).
+    pub id: ObjectId,
+    /// Table name.
+    pub name: String,
+    /// Columns in declaration order.
+    pub columns: Vec<ColumnDef>,
+    /// Indexes into `columns` forming the primary key, in key order.
+    pub primary_key: Vec<usize>,
+    /// Replication mode.
+    pub replication: Replication,
+}
+
+impl TableDef {
+    /// The column types in declaration order.
+    pub fn column_types(&self) -> Vec<ColumnType> {
+        self.columns.iter().map(|c| c.ty).collect()
+    }
+}
+
+impl TopicDef {
+    /// The user column types in declaration order.
+    pub fn column_types(&self) -> Vec<ColumnType> {
+        self.columns.iter().map(|c| c.ty).collect()
+    }
+}
+
+/// A catalog object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ObjectDef {
+    /// A topic.
+    Topic(TopicDef),
+    /// A table.
+    Table(TableDef),
+}
+
+impl ObjectDef {
+    /// The object's name.
+    pub fn name(&self) -> &str {
+        match self {
+            ObjectDef::Topic(t) => &t.name,
+            ObjectDef::Table(t) => &t.name,
+        }
+    }
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        match self {
+            ObjectDef::Topic(t) => t.id,
+            ObjectDef::Table(t) => t.id,
+        }
+    }
+    pub(crate) fn set_id(&mut self, id: ObjectId) {
+        match self {
+            ObjectDef::Topic(t) => t.id = id,
+            ObjectDef::Table(t) => t.id = id,
+        }
+    }
+}
+
+/// In-memory view of the catalog. Readers take cheap `Arc` snapshots of definitions;
+/// only the committer changes it, after the change is durable.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    by_name: RwLock<BTreeMap<String, Arc<ObjectDef>>>,
+}
+
+impl Catalog {
+    /// The object with this name.
+    pub fn get(&self, name: &str) -> Option<Arc<ObjectDef>> {
+        self.by_name.read().get(name).cloned()
+    }
+
+    /// The topic with this name.
+    pub fn topic(&self, name: &str) -> Option<Arc<ObjectDef>> {
+        self.get(name).filter(|o| matches!(**o, ObjectDef::Topic(_)))
+    }
+
+    /// The table with this name.
+    pub fn table(&self, name: &str) -> Option<Arc<ObjectDef>> {
+        self.get(name).filter(|o| matches!(**o, ObjectDef::Table(_)))
+    }
+
+    /// Every object, ordered by name.
+    pub fn list(&self) -> Vec<Arc<ObjectDef>> {
+        self.by_name.read().values().cloned().collect()
+    }
+
+    /// The object with this id.
+    pub fn by_id(&self, id: ObjectId) -> Option<Arc<ObjectDef>> {
+        self.by_name.read().values().find(|o| o.id() == id).cloned()
+    }
+
+    pub(crate) fn insert(&self, def: ObjectDef) {
+        self.by_name.write().insert(def.name().to_owned(), Arc::new(def));
+    }
+
+    pub(crate) fn remove(&self, name: &str) -> Option<Arc<ObjectDef>> {
+        self.by_name.write().remove(name)
+    }
+}

@@ -1,0 +1,485 @@
+//! The committer: the one thread that changes the database.
+//!
+//! ```text
+//!  writers ──► bounded queue ──► committer thread
+//!                                  │ drain up to max_batch_requests requests
+//!                                  │ apply each request (all or nothing) into one WriteBatch
+//!                                  │ one write + one fsync for the whole batch   (group commit)
+//!                                  │ publish new offsets / catalog, then reply to every writer
+//! ```
+//!
+//! Everything that must be decided in order — offset assignment, append timestamps,
+//! duplicate-key checks, object ids — is decided here, deterministically from the stored
+//! state and the order of requests. That is what lets a Raft state machine feed the same
+//! [`WriteOp`]s later and get the same results on every replica.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rocksdb::{WriteBatch, WriteOptions};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::catalog::{ObjectDef, ObjectId};
+use crate::error::{Error, Result};
+use crate::layout::{
+    catalog_key, encode_record, log_key, row_key, table_prefix, CF_CATALOG, CF_LOG, CF_META, CF_ROWS,
+    META_NEXT_OBJECT_ID,
+};
+use crate::store::Inner;
+use crate::value::{encode_row, Value};
+
+/// One message to append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The `_key` column.
+    pub key: Option<String>,
+    /// User column values, typed like the topic's columns.
+    pub values: Vec<Value>,
+}
+
+/// What to do when an inserted row's primary key already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnConflict {
+    /// Fail the whole request with [`Error::DuplicateKey`].
+    Error,
+    /// Keep the existing row and skip the new one.
+    Ignore,
+    /// Overwrite the existing row.
+    Replace,
+}
+
+/// One change to the database.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOp {
+    /// Append messages to one partition; they get consecutive offsets and one append time.
+    Append {
+        /// Topic id.
+        topic: ObjectId,
+        /// Partition (must exist).
+        partition: u32,
+        /// The messages.
+        records: Vec<Record>,
+    },
+    /// Insert or upsert table rows (full rows in column order).
+    Insert {
+        /// Table id.
+        table: ObjectId,
+        /// The rows.
+        rows: Vec<Vec<Value>>,
+        /// Conflict behaviour.
+        on_conflict: OnConflict,
+    },
+    /// Delete table rows by primary key (values in key order).
+    Delete {
+        /// Table id.
+        table: ObjectId,
+        /// Primary keys.
+        keys: Vec<Vec<Value>>,
+    },
+    /// Create a topic or table (its id is assigned here).
+    Create(ObjectDef),
+    /// Replace an existing object's definition (same id and name), e.g. a new retention.
+    Alter(ObjectDef),
+    /// Drop an object and all its data.
+    Drop {
+        /// Object name.
+        name: String,
+    },
+    /// Remove a partition's messages below an offset (retention).
+    Trim {
+        /// Topic id.
+        topic: ObjectId,
+        /// Partition.
+        partition: u32,
+        /// First offset to keep.
+        before: u64,
+    },
+}
+
+impl WriteOp {
+    fn is_catalog(&self) -> bool {
+        matches!(self, WriteOp::Create(_) | WriteOp::Alter(_) | WriteOp::Drop { .. })
+    }
+}
+
+/// The outcome of one [`WriteOp`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteResult {
+    /// Messages appended at `first_offset..first_offset + n`, all with append time `ts_micros`.
+    Appended {
+        /// Partition written.
+        partition: u32,
+        /// Offset of the first message.
+        first_offset: u64,
+        /// Append time of every message of the op.
+        ts_micros: i64,
+    },
+    /// Table rows changed (inserted, replaced or deleted).
+    Rows(u64),
+    /// The created object, with its id.
+    Created(Arc<ObjectDef>),
+    /// A catalog change or trim without further detail.
+    Done,
+}
+
+pub(crate) struct CommitRequest {
+    pub(crate) ops: Vec<WriteOp>,
+    pub(crate) reply: oneshot::Sender<Result<Vec<WriteResult>>>,
+}
+
+pub(crate) fn spawn_committer(inner: Arc<Inner>, rx: mpsc::Receiver<CommitRequest>) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("eddy-commit".into())
+        .spawn(move || Committer { inner }.run(rx))
+        .map_err(|e| Error::InvalidValue(format!("cannot start committer thread: {e}")))
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+struct Committer {
+    inner: Arc<Inner>,
+}
+
+/// Puts and deletes of one request, in order, before they join the group's WriteBatch.
+#[derive(Default)]
+struct StagedBatch {
+    items: Vec<(&'static str, Vec<u8>, BatchItem)>,
+}
+
+enum BatchItem {
+    Put(Vec<u8>),
+    Delete,
+    /// Deletes `[key, to)`.
+    DeleteRange(Vec<u8>),
+}
+
+impl StagedBatch {
+    fn put(&mut self, cf: &'static str, key: Vec<u8>, value: Vec<u8>) {
+        self.items.push((cf, key, BatchItem::Put(value)));
+    }
+    fn delete(&mut self, cf: &'static str, key: Vec<u8>) {
+        self.items.push((cf, key, BatchItem::Delete));
+    }
+    fn delete_range(&mut self, cf: &'static str, from: Vec<u8>, to: Vec<u8>) {
+        self.items.push((cf, from, BatchItem::DeleteRange(to)));
+    }
+}
+
+/// Changes staged in the current batch but not yet durable; lookups see them before the
+/// database so that requests in one batch observe each other in queue order.
+#[derive(Default)]
+struct Staged {
+    /// (topic, partition) -> (next offset, last append time)
+    offsets: HashMap<(ObjectId, u32), (u64, i64)>,
+    /// row key -> exists
+    rows: HashMap<Vec<u8>, bool>,
+    /// (topic, partition) -> new start offset
+    trims: HashMap<(ObjectId, u32), u64>,
+}
+
+impl Staged {
+    fn merge(&mut self, layer: Staged) {
+        self.offsets.extend(layer.offsets);
+        self.rows.extend(layer.rows);
+        for (k, v) in layer.trims {
+            let e = self.trims.entry(k).or_insert(0);
+            *e = (*e).max(v);
+        }
+    }
+}
+
+impl Committer {
+    fn run(self, mut rx: mpsc::Receiver<CommitRequest>) {
+        let max = self.inner.config.max_batch_requests;
+        while let Some(first) = rx.blocking_recv() {
+            let mut reqs = vec![first];
+            while reqs.len() < max {
+                match rx.try_recv() {
+                    Ok(r) => reqs.push(r),
+                    Err(_) => break,
+                }
+            }
+            // Catalog changes commit on their own so that data ops never see a half-made object.
+            let mut data = Vec::with_capacity(reqs.len());
+            for req in reqs {
+                if req.ops.iter().any(WriteOp::is_catalog) {
+                    self.commit_data(std::mem::take(&mut data));
+                    self.commit_catalog(req);
+                } else {
+                    data.push(req);
+                }
+            }
+            self.commit_data(data);
+        }
+    }
+
+    fn write_options(&self) -> WriteOptions {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.inner.config.sync);
+        wo
+    }
+
+    fn commit_data(&self, reqs: Vec<CommitRequest>) {
+        if reqs.is_empty() {
+            return;
+        }
+        let mut batch = WriteBatch::default();
+        let mut staged = Staged::default();
+        let mut outcomes = Vec::with_capacity(reqs.len());
+        for req in &reqs {
+            // Each request applies all-or-nothing: it stages into its own layer on top of
+            // the group's, and the layer joins the group only if every op succeeded.
+            let mut items = StagedBatch::default();
+            let mut layer = Staged::default();
+            match self.apply_data(&req.ops, &mut items, &mut layer, &staged) {
+                Ok(results) => {
+                    for (cf, key, item) in items.items {
+                        let cf = self.inner.cf(cf);
+                        match item {
+                            BatchItem::Put(val) => batch.put_cf(cf, key, val),
+                            BatchItem::Delete => batch.delete_cf(cf, key),
+                            BatchItem::DeleteRange(to) => batch.delete_range_cf(cf, key, to),
+                        }
+                    }
+                    staged.merge(layer);
+                    outcomes.push(Ok(results));
+                }
+                Err(e) => outcomes.push(Err(e)),
+            }
+        }
+        let written = if batch.is_empty() { Ok(()) } else { self.inner.db.write_opt(batch, &self.write_options()) };
+        match written {
+            Ok(()) => {
+                self.publish(&staged);
+                for (req, outcome) in reqs.into_iter().zip(outcomes) {
+                    let _ = req.reply.send(outcome);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "group commit failed");
+                for req in reqs {
+                    let _ = req.reply.send(Err(Error::Engine(e.clone())));
+                }
+            }
+        }
+    }
+
+    /// Makes durable changes visible: offsets, watermarks, trims.
+    fn publish(&self, staged: &Staged) {
+        for (&(topic, partition), &(next, last_ts)) in &staged.offsets {
+            if let Ok(p) = self.inner.partition(topic, partition) {
+                p.last_ts.store(last_ts, Ordering::Release);
+                p.next_offset.store(next, Ordering::Release);
+                p.watermark.send_replace(next);
+            }
+        }
+        for (&(topic, partition), &start) in &staged.trims {
+            if let Ok(p) = self.inner.partition(topic, partition) {
+                p.start_offset.fetch_max(start, Ordering::AcqRel);
+            }
+        }
+    }
+
+    fn apply_data(
+        &self,
+        ops: &[WriteOp],
+        batch: &mut StagedBatch,
+        staged: &mut Staged,
+        group: &Staged,
+    ) -> Result<Vec<WriteResult>> {
+        let mut results = Vec::with_capacity(ops.len());
+        let mut buf = Vec::new();
+        for op in ops {
+            results.push(match op {
+                WriteOp::Append { topic, partition, records } => {
+                    let def = self.inner.catalog.by_id(*topic).ok_or_else(|| Error::ObjectNotFound {
+                        name: format!("object #{topic}"),
+                    })?;
+                    let ObjectDef::Topic(def) = &*def else {
+                        return Err(Error::InvalidValue(format!("\"{}\" is not a topic", def.name())));
+                    };
+                    if *partition >= def.partitions {
+                        return Err(Error::NoSuchPartition { topic: def.name.clone(), partition: *partition });
+                    }
+                    for r in records {
+                        check_row(&def.columns, &r.values)?;
+                    }
+                    let pos = (*topic, *partition);
+                    let (next, last_ts) = match staged.offsets.get(&pos).or_else(|| group.offsets.get(&pos)) {
+                        Some(v) => *v,
+                        None => {
+                            let p = self.inner.partition(*topic, *partition)?;
+                            (p.next_offset(), p.last_ts.load(Ordering::Acquire))
+                        }
+                    };
+                    let ts = now_micros().max(last_ts);
+                    for (i, r) in records.iter().enumerate() {
+                        buf.clear();
+                        encode_record(ts, r.key.as_deref(), &r.values, &mut buf);
+                        batch.put(CF_LOG, log_key(*topic, *partition, next + i as u64).to_vec(), buf.clone());
+                    }
+                    staged.offsets.insert((*topic, *partition), (next + records.len() as u64, ts));
+                    WriteResult::Appended { partition: *partition, first_offset: next, ts_micros: ts }
+                }
+                WriteOp::Insert { table, rows, on_conflict } => {
+                    let def = self.table(*table)?;
+                    let mut written = 0;
+                    for row in rows {
+                        check_row(&def.columns, row)?;
+                        let pk: Vec<&Value> = def.primary_key.iter().map(|&i| &row[i]).collect();
+                        let key = row_key(def.id, &pk)?;
+                        let exists = self.row_exists(&key, staged, group)?;
+                        if exists {
+                            match on_conflict {
+                                OnConflict::Error => return Err(Error::DuplicateKey { table: def.name.clone() }),
+                                OnConflict::Ignore => continue,
+                                OnConflict::Replace => {}
+                            }
+                        }
+                        buf.clear();
+                        encode_row(row, &mut buf);
+                        batch.put(CF_ROWS, key.clone(), buf.clone());
+                        staged.rows.insert(key, true);
+                        written += 1;
+                    }
+                    WriteResult::Rows(written)
+                }
+                WriteOp::Delete { table, keys } => {
+                    let def = self.table(*table)?;
+                    let mut deleted = 0;
+                    for pk in keys {
+                        let key = row_key(def.id, &pk.iter().collect::<Vec<_>>())?;
+                        if self.row_exists(&key, staged, group)? {
+                            batch.delete(CF_ROWS, key.clone());
+                            staged.rows.insert(key, false);
+                            deleted += 1;
+                        }
+                    }
+                    WriteResult::Rows(deleted)
+                }
+                WriteOp::Trim { topic, partition, before } => {
+                    batch.delete_range(
+                        CF_LOG,
+                        log_key(*topic, *partition, 0).to_vec(),
+                        log_key(*topic, *partition, *before).to_vec(),
+                    );
+                    staged.trims.insert((*topic, *partition), *before);
+                    WriteResult::Done
+                }
+                WriteOp::Create(_) | WriteOp::Alter(_) | WriteOp::Drop { .. } => {
+                    return Err(Error::InvalidValue("catalog change mixed with data changes".into()))
+                }
+            });
+        }
+        Ok(results)
+    }
+
+    fn table(&self, id: ObjectId) -> Result<Arc<crate::catalog::TableDef>> {
+        let def = self.inner.catalog.by_id(id).ok_or_else(|| Error::ObjectNotFound { name: format!("object #{id}") })?;
+        match &*def {
+            ObjectDef::Table(t) => Ok(Arc::new(t.clone())),
+            other => Err(Error::InvalidValue(format!("\"{}\" is not a table", other.name()))),
+        }
+    }
+
+    fn row_exists(&self, key: &[u8], staged: &Staged, group: &Staged) -> Result<bool> {
+        if let Some(&e) = staged.rows.get(key).or_else(|| group.rows.get(key)) {
+            return Ok(e);
+        }
+        Ok(self.inner.db.get_pinned_cf(self.inner.cf(CF_ROWS), key)?.is_some())
+    }
+
+    fn commit_catalog(&self, req: CommitRequest) {
+        let outcome = self.apply_catalog(&req.ops);
+        let _ = req.reply.send(outcome);
+    }
+
+    fn apply_catalog(&self, ops: &[WriteOp]) -> Result<Vec<WriteResult>> {
+        let mut batch = WriteBatch::default();
+        let mut results = Vec::new();
+        let mut created = Vec::new();
+        let mut dropped = Vec::new();
+        let mut next_id = self.inner.next_object_id.load(Ordering::Acquire) as u32;
+        for op in ops {
+            match op {
+                WriteOp::Create(def) => {
+                    if self.inner.catalog.get(def.name()).is_some() || created.iter().any(|d: &ObjectDef| d.name() == def.name()) {
+                        return Err(Error::ObjectExists { name: def.name().to_owned() });
+                    }
+                    let mut def = def.clone();
+                    def.set_id(next_id);
+                    next_id += 1;
+                    batch.put_cf(self.inner.cf(CF_CATALOG), catalog_key(def.id()), to_json(&def)?);
+                    results.push(WriteResult::Created(Arc::new(def.clone())));
+                    created.push(def);
+                }
+                WriteOp::Alter(def) => {
+                    let current = self.inner.catalog.get(def.name()).ok_or_else(|| Error::ObjectNotFound {
+                        name: def.name().to_owned(),
+                    })?;
+                    if current.id() != def.id() {
+                        return Err(Error::ObjectNotFound { name: def.name().to_owned() });
+                    }
+                    batch.put_cf(self.inner.cf(CF_CATALOG), catalog_key(def.id()), to_json(def)?);
+                    results.push(WriteResult::Done);
+                    created.push(def.clone());
+                }
+                WriteOp::Drop { name } => {
+                    let def = self.inner.catalog.get(name).ok_or_else(|| Error::ObjectNotFound { name: name.clone() })?;
+                    let id = def.id();
+                    batch.delete_cf(self.inner.cf(CF_CATALOG), catalog_key(id));
+                    let cf = match &*def {
+                        ObjectDef::Topic(_) => CF_LOG,
+                        ObjectDef::Table(_) => CF_ROWS,
+                    };
+                    batch.delete_range_cf(self.inner.cf(cf), table_prefix(id), table_prefix(id + 1));
+                    results.push(WriteResult::Done);
+                    dropped.push((name.clone(), id));
+                }
+                _ => return Err(Error::InvalidValue("data change mixed with catalog changes".into())),
+            }
+        }
+        batch.put_cf(self.inner.cf(CF_META), META_NEXT_OBJECT_ID, next_id.to_be_bytes());
+        self.inner.db.write_opt(batch, &self.write_options())?;
+        self.inner.next_object_id.store(u64::from(next_id), Ordering::Release);
+        for (name, id) in dropped {
+            self.inner.catalog.remove(&name);
+            self.inner.partitions.write().retain(|(t, _), _| *t != id);
+        }
+        for def in created {
+            self.inner.catalog.insert(def);
+        }
+        Ok(results)
+    }
+}
+
+fn to_json(def: &ObjectDef) -> Result<Vec<u8>> {
+    serde_json::to_vec(def).map_err(|e| Error::InvalidValue(format!("cannot encode catalog entry: {e}")))
+}
+
+/// Checks arity, types and NOT NULL of a row against its columns.
+fn check_row(columns: &[crate::catalog::ColumnDef], row: &[Value]) -> Result<()> {
+    if row.len() != columns.len() {
+        return Err(Error::InvalidValue(format!("row has {} values, expected {}", row.len(), columns.len())));
+    }
+    for (c, v) in columns.iter().zip(row) {
+        match v.column_type() {
+            None if !c.nullable => return Err(Error::NotNull { column: c.name.clone() }),
+            Some(t) if t != c.ty => {
+                return Err(Error::InvalidValue(format!(
+                    "column \"{}\" is of type {} but the value is {}",
+                    c.name,
+                    c.ty.sql_name(),
+                    t.sql_name()
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! eddy-tests: the shared harness for end-to-end tests.
+//!
+//! # Layout
+//! - [`TestNode`] — an in-process node on port 0 in a temp dir.
+//! - [`ProcessNode`] — the real `eddy` binary as a child process (kill -9, restart).
+//! - [`psql`] — runs the real `psql` client.
+//! - [`slt`] — a small sqllogictest-style runner over the wire protocol.
+//! - [`wait_for`] — condition waits instead of sleeps.
+//!
+//! Test binaries: `tests/sql` (golden files, drivers, psql, psycopg) and
+//! `tests/process` (real processes: durability, malformed frames, CLI).
+
+pub mod slt;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use eddy_broker::{spawn_node, Config, NodeHandle};
+use tokio_postgres::{Client, NoTls};
+
+/// Connects tokio-postgres to a node and drives the connection in the background.
+pub async fn connect(addr: SocketAddr) -> anyhow::Result<Client> {
+    let conn_str = format!("host={} port={} user=eddy dbname=eddy", addr.ip(), addr.port());
+    let (client, conn) = tokio_postgres::connect(&conn_str, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// A node running inside the test process.
+pub struct TestNode {
+    handle: Option<NodeHandle>,
+    addr: SocketAddr,
+    /// Kept so the data directory lives as long as the node.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    /// Starts a node with default settings.
+    pub async fn start() -> anyhow::Result<TestNode> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a node after letting `f` adjust the config.
+    pub async fn start_with(f: impl FnOnce(&mut Config)) -> anyhow::Result<TestNode> {
+        let dir = tempfile::tempdir()?;
+        let mut config = Config::default();
+        config.node.data_dir = dir.path().to_path_buf();
+        config.node.pg_addr = "127.0.0.1:0".parse()?;
+        f(&mut config);
+        let handle = spawn_node(config).await?;
+        let addr = handle.pg_addr();
+        Ok(TestNode { handle: Some(handle), addr, dir })
+    }
+
+    /// The Postgres address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The node's storage (for read counters).
+    pub fn store(&self) -> &eddy_storage::Store {
+        // The handle is only taken by `shutdown`, which consumes the node.
+        #[allow(clippy::expect_used)]
+        self.handle.as_ref().expect("node is running").engine().store()
+    }
+
+    /// A new tokio-postgres connection.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        connect(self.addr).await
+    }
+
+    /// Stops the node cleanly.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(h) = self.handle.take() {
+            h.shutdown().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Path of the `eddy` binary next to the test executable (built by `scripts/test.sh`);
+/// builds it if it is missing.
+pub fn eddy_bin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/debug/deps/<test> -> target/debug/eddy
+    let dir = exe.parent().and_then(Path::parent).ok_or_else(|| anyhow::anyhow!("odd test path"))?;
+    let bin = dir.join("eddy");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO")).args(["build", "--bin", "eddy"]).status()?;
+        anyhow::ensure!(status.success(), "cargo build --bin eddy failed");
+    }
+    Ok(bin)
+}
+
+/// The real `eddy` binary running as a child process.
+pub struct ProcessNode {
+    child: Child,
+    addr: SocketAddr,
+    /// Where its stderr (logs) goes.
+    pub log: PathBuf,
+}
+
+impl ProcessNode {
+    /// Starts `eddy start` on `data_dir` with a free port, plus `extra` flags, and waits
+    /// until it prints the address it listens on.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> anyhow::Result<ProcessNode> {
+        let log = data_dir.with_extension("log");
+        let mut child = Command::new(eddy_bin()?)
+            .arg("start")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--pg-addr", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("eddy listening on ")
+            .ok_or_else(|| {
+                let logs = std::fs::read_to_string(&log).unwrap_or_default();
+                anyhow::anyhow!("eddy did not start: {line:?}\n{logs}")
+            })?
+            .parse()?;
+        Ok(ProcessNode { child, addr, log })
+    }
+
+    /// The Postgres address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `kill -9`: no shutdown code runs.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?; // SIGKILL
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        Ok(self.child.wait()?)
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for ProcessNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Output of a psql run.
+pub struct PsqlOutput {
+    /// Exit status success.
+    pub ok: bool,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs `psql` against `addr` with `args` (e.g. `["-c", "SELECT 1"]`), feeding `stdin`.
+/// The subprocess runs on the blocking pool, so an in-process node keeps serving.
+pub async fn psql(addr: SocketAddr, args: &[&str], stdin: &str) -> anyhow::Result<PsqlOutput> {
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    let stdin = stdin.to_owned();
+    tokio::task::spawn_blocking(move || psql_blocking(addr, &args, &stdin)).await?
+}
+
+fn psql_blocking(addr: SocketAddr, args: &[String], stdin: &str) -> anyhow::Result<PsqlOutput> {
+    let mut child = Command::new("psql")
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(addr.ip().to_string())
+        .arg("-p")
+        .arg(addr.port().to_string())
+        .args(["-U", "eddy", "-d", "eddy"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot run psql (install postgresql-client): {e}"))?;
+    child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?.write_all(stdin.as_bytes())?;
+    let out = child.wait_with_output()?;
+    Ok(PsqlOutput {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// Polls `f` until it returns `Some`, or fails after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        anyhow::ensure!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Directory of the SQL golden files.
+pub fn slt_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("slt")
+}

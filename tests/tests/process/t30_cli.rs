@@ -1,0 +1,65 @@
+//! The command line: help, config file, clean shutdown on SIGTERM.
+
+use std::process::Command;
+
+use eddy_tests::{connect, eddy_bin, ProcessNode};
+use tokio_postgres::error::SqlState;
+
+#[test]
+fn help_lists_the_flags() -> anyhow::Result<()> {
+    let out = Command::new(eddy_bin()?).args(["start", "--help"]).output()?;
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--data-dir", "--pg-addr", "--config", "--max-message-bytes"] {
+        assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
+    }
+    let out = Command::new(eddy_bin()?).arg("--version").output()?;
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("eddy "));
+    let out = Command::new(eddy_bin()?).args(["start", "--bogus"]).output()?;
+    assert!(!out.status.success(), "unknown flags are rejected");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_and_sigterm() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfg = dir.path().join("eddy.toml");
+    std::fs::write(&cfg, "[query]\nmax_message_bytes = 100\n")?;
+    let data = dir.path().join("data");
+    let cfg_s = cfg.to_string_lossy().into_owned();
+    let mut node = ProcessNode::start(&data, &["--config", &cfg_s])?;
+    let c = connect(node.addr()).await?;
+    c.batch_execute("CREATE TOPIC t (body TEXT)").await?;
+    let e = c.execute("INSERT INTO t VALUES ($1)", &[&"x".repeat(200)]).await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::PROGRAM_LIMIT_EXCEEDED), "the config file's limit applies");
+    c.execute("INSERT INTO t VALUES ($1)", &[&"small"]).await?;
+    drop(c);
+
+    let status = tokio::task::spawn_blocking(move || node.terminate()).await??;
+    assert!(status.success(), "SIGTERM exits cleanly: {status:?}");
+
+    // A flag overrides the file.
+    let node = ProcessNode::start(&data, &["--config", &cfg_s, "--max-message-bytes", "1000"])?;
+    let c = connect(node.addr()).await?;
+    c.execute("INSERT INTO t VALUES ($1)", &[&"x".repeat(200)]).await?;
+    let n: i64 = c.query_one("SELECT count(*) FROM t", &[]).await?.get(0);
+    assert_eq!(n, 2, "data written before SIGTERM is there after restart");
+    Ok(())
+}
+
+#[test]
+fn bad_config_is_a_clear_error() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[node]\nnope = 1\n")?;
+    let out = Command::new(eddy_bin()?)
+        .args(["start", "--config"])
+        .arg(&cfg)
+        .args(["--pg-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("d"))
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope"), "{err}");
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! SQL behaviour through the real pgwire server: golden files, tokio-postgres (extended
+//! protocol), psql as a subprocess, and psycopg.
+
+mod t10_slt;
+mod t20_driver;
+mod t30_psql;
+mod t40_psycopg;

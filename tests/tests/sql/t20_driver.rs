@@ -1,0 +1,164 @@
+//! tokio-postgres: the extended protocol with parameters and prepared statements, typed
+//! results, errors with SQLSTATEs, and filter pushdown seen through read counters.
+
+use std::sync::atomic::Ordering;
+
+use eddy_tests::TestNode;
+use tokio_postgres::error::SqlState;
+
+#[tokio::test]
+async fn prepared_statements_with_parameters() -> anyhow::Result<()> {
+    let node = TestNode::start().await?;
+    let c = node.client().await?;
+    c.batch_execute(
+        "CREATE TOPIC readings (sensor TEXT, temp DOUBLE PRECISION, n BIGINT) WITH (partitions = 3);
+         CREATE TABLE users (id BIGINT PRIMARY KEY, name TEXT, active BOOLEAN);",
+    )
+    .await?;
+
+    // Publish through a prepared INSERT ... RETURNING (the fast path binds the params).
+    let ins = c.prepare("INSERT INTO readings (_key, sensor, temp, n) VALUES ($1, $2, $3, $4) RETURNING _partition, _offset").await?;
+    let mut positions = Vec::new();
+    for i in 0..30i64 {
+        let key = format!("k{}", i % 5);
+        let row = c.query_one(&ins, &[&key, &format!("s{i}"), &(i as f64 / 2.0), &i]).await?;
+        let p: i32 = row.get(0);
+        let o: i64 = row.get(1);
+        positions.push((key, p, o));
+    }
+    // The same key always maps to the same partition, and offsets in a partition are dense.
+    for (k, p, _) in &positions {
+        assert!(positions.iter().filter(|(k2, _, _)| k2 == k).all(|(_, p2, _)| p2 == p));
+    }
+    for part in 0..3 {
+        let mut offs: Vec<i64> = positions.iter().filter(|(_, p, _)| *p == part).map(|(_, _, o)| *o).collect();
+        offs.sort();
+        assert_eq!(offs, (0..offs.len() as i64).collect::<Vec<_>>(), "partition {part}");
+    }
+
+    // SELECT with parameters, typed (binary) results.
+    let sel = c.prepare("SELECT sensor, temp, n FROM readings WHERE n >= $1 AND sensor <> $2 ORDER BY n").await?;
+    let rows = c.query(&sel, &[&25i64, &"s26"]).await?;
+    let got: Vec<(String, f64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert_eq!(got, vec![("s25".into(), 12.5, 25), ("s27".into(), 13.5, 27), ("s28".into(), 14.0, 28), ("s29".into(), 14.5, 29)]);
+
+    // Tables: insert, point lookup, update, delete, upsert — all with parameters.
+    let put = c.prepare("INSERT INTO users (id, name, active) VALUES ($1, $2, $3)").await?;
+    for (id, name) in [(1i64, "ann"), (2, "bob"), (3, "cy")] {
+        assert_eq!(c.execute(&put, &[&id, &name, &true]).await?, 1);
+    }
+    let get = c.prepare("SELECT name, active FROM users WHERE id = $1").await?;
+    let r = c.query_one(&get, &[&2i64]).await?;
+    assert_eq!((r.get::<_, String>(0), r.get::<_, bool>(1)), ("bob".to_owned(), true));
+    assert_eq!(c.execute("UPDATE users SET name = $1 WHERE id = $2", &[&"bobby", &2i64]).await?, 1);
+    assert_eq!(c.execute("DELETE FROM users WHERE id = $1", &[&3i64]).await?, 1);
+    assert_eq!(
+        c.execute("INSERT INTO users (id, name, active) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET name = excluded.name", &[&1i64, &"anna", &false]).await?,
+        1
+    );
+    let names: Vec<String> = c.query("SELECT name FROM users ORDER BY id", &[]).await?.iter().map(|r| r.get(0)).collect();
+    assert_eq!(names, vec!["anna", "bobby"]);
+    // NULL parameters.
+    c.execute(&put, &[&7i64, &None::<String>, &None::<bool>]).await?;
+    let r = c.query_one(&get, &[&7i64]).await?;
+    assert_eq!(r.get::<_, Option<String>>(0), None);
+    node.shutdown().await
+}
+
+#[tokio::test]
+async fn errors_have_sqlstates_and_the_connection_survives() -> anyhow::Result<()> {
+    let node = TestNode::start_with(|c| c.query.max_message_bytes = 1024).await?;
+    let c = node.client().await?;
+    c.batch_execute("CREATE TOPIC t (body TEXT); CREATE TABLE k (id INT PRIMARY KEY)").await?;
+    let code = |e: tokio_postgres::Error| e.code().cloned();
+
+    assert_eq!(code(c.batch_execute("SELEC 1").await.unwrap_err()), Some(SqlState::SYNTAX_ERROR));
+    assert_eq!(code(c.query("SELECT * FROM nope", &[]).await.unwrap_err()), Some(SqlState::UNDEFINED_TABLE));
+    assert_eq!(code(c.query("SELECT nope FROM t", &[]).await.unwrap_err()), Some(SqlState::UNDEFINED_COLUMN));
+    c.execute("INSERT INTO k VALUES ($1)", &[&1i32]).await?;
+    assert_eq!(code(c.execute("INSERT INTO k VALUES ($1)", &[&1i32]).await.unwrap_err()), Some(SqlState::UNIQUE_VIOLATION));
+    assert_eq!(
+        code(c.batch_execute("INSERT INTO k VALUES ('one')").await.unwrap_err()),
+        Some(SqlState::INVALID_TEXT_REPRESENTATION)
+    );
+    let big = "x".repeat(2000);
+    let e = c.execute("INSERT INTO t (body) VALUES ($1)", &[&big]).await.unwrap_err();
+    assert_eq!(code(e), Some(SqlState::PROGRAM_LIMIT_EXCEEDED));
+    let e = c.batch_execute("INSERT INTO t (_ts, body) VALUES (now(), 'x')").await.unwrap_err();
+    assert_eq!(code(e), Some(SqlState::GENERATED_ALWAYS));
+
+    // Still usable, and the oversize message was not written.
+    let n: i64 = c.query_one("SELECT count(*) FROM t", &[]).await?.get(0);
+    assert_eq!(n, 0);
+    c.execute("INSERT INTO t (body) VALUES ($1)", &[&"small"]).await?;
+    let n: i64 = c.query_one("SELECT count(*) FROM t", &[]).await?.get(0);
+    assert_eq!(n, 1);
+    node.shutdown().await
+}
+
+#[tokio::test]
+async fn what_drivers_send_on_connect() -> anyhow::Result<()> {
+    let node = TestNode::start().await?;
+    let c = node.client().await?;
+    let v: String = c.query_one("SELECT version()", &[]).await?.get(0);
+    assert!(v.starts_with("PostgreSQL 16") && v.contains("eddy"), "{v}");
+    let s: String = c.query_one("SELECT current_schema()", &[]).await?.get(0);
+    assert_eq!(s, "public");
+    c.batch_execute("SET application_name = 'drv'; SET extra_float_digits = 3; SET DateStyle = 'ISO'").await?;
+    let rows = c.simple_query("SHOW application_name").await?;
+    let value = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(value.as_deref(), Some("drv"));
+    let tz: String = c.query_one("SHOW TimeZone", &[]).await?.get(0);
+    assert_eq!(tz, "UTC");
+    node.shutdown().await
+}
+
+#[tokio::test]
+async fn filters_on_partition_offset_and_key_read_only_what_they_need() -> anyhow::Result<()> {
+    let node = TestNode::start().await?;
+    let c = node.client().await?;
+    c.batch_execute("CREATE TOPIC t (n BIGINT) WITH (partitions = 2); CREATE TABLE u (id BIGINT PRIMARY KEY, v TEXT)").await?;
+    // 1000 messages into partition 0 (one key), 10 into partition 1.
+    let values: Vec<String> = (0..1000).map(|i| format!("('a', {i})")).collect();
+    c.batch_execute(&format!("INSERT INTO t (_key, n) VALUES {}", values.join(","))).await?;
+    let p_a: i32 = c.query_one("SELECT _partition FROM t LIMIT 1", &[]).await?.get(0);
+    let other = if p_a == 0 { "b" } else { "a" };
+    let _ = other;
+    let u_rows: Vec<String> = (0..500).map(|i| format!("({i}, 'v{i}')")).collect();
+    c.batch_execute(&format!("INSERT INTO u VALUES {}", u_rows.join(","))).await?;
+
+    let stats = node_stats(&node);
+    let before = stats.log_records_read.load(Ordering::Relaxed);
+    let rows = c.query("SELECT n FROM t WHERE _partition = $1 AND _offset >= 990", &[&p_a]).await?;
+    assert_eq!(rows.len(), 10);
+    let read = stats.log_records_read.load(Ordering::Relaxed) - before;
+    assert_eq!(read, 10, "an offset range scan reads only that range");
+
+    let before = stats.log_records_read.load(Ordering::Relaxed);
+    let rows = c.query("SELECT n FROM t WHERE _partition = $1 AND _offset BETWEEN 100 AND 104", &[&p_a]).await?;
+    assert_eq!(rows.len(), 5);
+    assert_eq!(stats.log_records_read.load(Ordering::Relaxed) - before, 5);
+
+    let before = stats.log_records_read.load(Ordering::Relaxed);
+    let n: i64 = c.query_one("SELECT count(*) FROM t WHERE _ts > now() + INTERVAL '1 hour'", &[]).await?.get(0);
+    assert_eq!(n, 0);
+    assert_eq!(stats.log_records_read.load(Ordering::Relaxed) - before, 0, "a future _ts bound reads nothing");
+
+    let before = stats.table_rows_read.load(Ordering::Relaxed);
+    let v: String = c.query_one("SELECT v FROM u WHERE id = $1", &[&250i64]).await?.get(0);
+    assert_eq!(v, "v250");
+    assert_eq!(stats.table_rows_read.load(Ordering::Relaxed) - before, 1, "a primary key lookup reads one row");
+
+    let before = stats.table_rows_read.load(Ordering::Relaxed);
+    let n: i64 = c.query_one("SELECT count(*) FROM u WHERE v = 'v7'", &[]).await?.get(0);
+    assert_eq!(n, 1);
+    assert_eq!(stats.table_rows_read.load(Ordering::Relaxed) - before, 500, "a non-key filter scans (the counter counts)");
+    node.shutdown().await
+}
+
+fn node_stats(node: &TestNode) -> &eddy_storage::StoreStats {
+    node.store().stats()
+}
