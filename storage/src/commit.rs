@@ -252,9 +252,13 @@ impl Committer {
                 Err(e) => outcomes.push(Err(e)),
             }
         }
-        let written = if batch.is_empty() { Ok(()) } else { self.inner.db.write_opt(batch, &self.write_options()) };
+        let batch_was_empty = batch.is_empty();
+        let written = if batch_was_empty { Ok(()) } else { self.inner.db.write_opt(batch, &self.write_options()) };
         match written {
             Ok(()) => {
+                let stats = &self.inner.stats;
+                stats.write_requests.fetch_add(reqs.len() as u64, Ordering::Relaxed);
+                stats.commits.fetch_add(u64::from(!batch_was_empty), Ordering::Relaxed);
                 self.publish(&staged);
                 for (req, outcome) in reqs.into_iter().zip(outcomes) {
                     let _ = req.reply.send(outcome);
@@ -446,6 +450,8 @@ impl Committer {
         }
         batch.put_cf(self.inner.cf(CF_META), META_NEXT_OBJECT_ID, next_id.to_be_bytes());
         self.inner.db.write_opt(batch, &self.write_options())?;
+        self.inner.stats.write_requests.fetch_add(1, Ordering::Relaxed);
+        self.inner.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.inner.next_object_id.store(u64::from(next_id), Ordering::Release);
         for (name, id) in dropped {
             self.inner.catalog.remove(&name);

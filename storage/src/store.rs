@@ -57,6 +57,10 @@ pub struct StoreStats {
     pub log_records_read: AtomicU64,
     /// Table rows read (point gets that found a row, and scanned rows).
     pub table_rows_read: AtomicU64,
+    /// Write requests committed (each answered after its batch's fsync).
+    pub write_requests: AtomicU64,
+    /// RocksDB write batches committed, each with one fsync (group commit: fewer than requests).
+    pub commits: AtomicU64,
 }
 
 pub(crate) struct Inner {

@@ -91,8 +91,8 @@ async fn append_assigns_consecutive_offsets_and_survives_reopen() {
     assert!(matches!(r[0], WriteResult::Appended { first_offset: 3, .. }));
 }
 
-#[tokio::test]
-async fn concurrent_writers_get_distinct_offsets() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_get_distinct_offsets_and_share_fsyncs() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
     let t = create(&store, topic("t", 1)).await;
@@ -117,6 +117,13 @@ async fn concurrent_writers_get_distinct_offsets() {
     }
     offsets.sort();
     assert_eq!(offsets, (0..64).collect::<Vec<_>>());
+    // Group commit: the 64 concurrent requests shared fsyncs. (Each commit is an fsync'd
+    // batch; while one is being synced the others queue and go together in the next.)
+    let stats = store.stats();
+    let requests = stats.write_requests.load(std::sync::atomic::Ordering::Relaxed);
+    let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(requests, 65, "64 appends + the CREATE");
+    assert!(commits < requests, "{commits} commits for {requests} requests: no batching");
     let t = store.catalog().topic("t").unwrap();
     let recs = store.read_log(as_topic(&t), 0, 0, 64, 1000).unwrap();
     let ts: Vec<_> = recs.iter().map(|(_, r)| r.ts_micros).collect();

@@ -162,3 +162,47 @@ async fn filters_on_partition_offset_and_key_read_only_what_they_need() -> anyho
 fn node_stats(node: &TestNode) -> &eddy_storage::StoreStats {
     node.store().stats()
 }
+
+#[tokio::test]
+async fn output_columns_are_named_like_postgres() -> anyhow::Result<()> {
+    let node = TestNode::start().await?;
+    let c = node.client().await?;
+    c.batch_execute("CREATE TOPIC t (a INT, b TEXT); INSERT INTO t VALUES (1, 'x'), (2, 'y')").await?;
+    let stmt = c.prepare("SELECT count(*), max(a), a + 1, b, t.a, sum(a) AS total, count(b) FROM t GROUP BY a, b ORDER BY a").await?;
+    let names: Vec<&str> = stmt.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names[..6], ["count", "max", "?column?", "b", "a", "total"]);
+    // A duplicate name keeps a unique DataFusion name rather than failing the query.
+    assert_ne!(names[6], "count");
+    let rows = c.query(&stmt, &[]).await?;
+    assert_eq!(rows.len(), 2);
+    let n: i64 = rows[0].get("count");
+    assert_eq!(n, 1);
+    let star = c.prepare("SELECT * FROM t").await?;
+    let names: Vec<&str> = star.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["_partition", "_offset", "_ts", "_key", "a", "b"]);
+    node.shutdown().await
+}
+
+#[tokio::test]
+async fn retention_removes_old_messages_in_the_background() -> anyhow::Result<()> {
+    let node = TestNode::start_with(|c| c.storage.retention_check_ms = 50).await?;
+    let c = node.client().await?;
+    c.batch_execute("CREATE TOPIC short (n INT) WITH (retention = '1s'); CREATE TOPIC kept (n INT)").await?;
+    c.batch_execute("INSERT INTO short VALUES (1), (2), (3); INSERT INTO kept VALUES (1), (2), (3)").await?;
+    let n: i64 = c.query_one("SELECT count(*) FROM short", &[]).await?.get(0);
+    assert_eq!(n, 3);
+    eddy_tests::wait_for("retention to trim", std::time::Duration::from_secs(30), || {
+        let c = &c;
+        async move {
+            let n: i64 = c.query_one("SELECT count(*) FROM short", &[]).await.ok()?.get(0);
+            (n == 0).then_some(())
+        }
+    })
+    .await?;
+    let kept: i64 = c.query_one("SELECT count(*) FROM kept", &[]).await?.get(0);
+    assert_eq!(kept, 3, "a topic without retention keeps everything");
+    // Offsets continue after the trimmed range.
+    let o: i64 = c.query_one("INSERT INTO short VALUES (4) RETURNING _offset", &[]).await?.get(0);
+    assert_eq!(o, 3);
+    node.shutdown().await
+}
