@@ -9,6 +9,7 @@
 //!                                   └─ COPY FROM data → CopyInSink → batched writes
 //! ```
 
+pub(crate) mod conn;
 mod copy;
 mod extended;
 

@@ -92,7 +92,7 @@ async fn accept_loop(listener: TcpListener, handlers: Handlers, cancel: Cancella
                     let h = handlers.clone();
                     connections.spawn(async move {
                         // A malformed frame ends this connection only; the node stays up.
-                        if let Err(e) = pgwire::tokio::process_socket(socket, None, h).await {
+                        if let Err(e) = crate::pg::conn::serve(socket, h).await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
                     });

@@ -64,6 +64,17 @@ async fn malformed_frames_close_only_that_connection() -> anyhow::Result<()> {
             s.write_all(&[b'!', 0, 0, 0, 4])?;
             Ok(s)
         })),
+        ("length shorter than its header", Box::new(move || {
+            let mut s = startup(addr)?;
+            s.write_all(&[b'Q', 0, 0, 0, 1])?;
+            Ok(s)
+        })),
+        ("startup packet shorter than its header", Box::new(move || {
+            let mut s = TcpStream::connect(addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(&[0, 0, 0, 2, 0, 3, 0, 0])?;
+            Ok(s)
+        })),
         ("absurd length", Box::new(move || {
             let mut s = startup(addr)?;
             s.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff, b'S'])?;

@@ -1,0 +1,215 @@
+//! One client connection: pgwire's pieces driven by our own loop, with a guard under the
+//! codec that checks every frame header.
+//!
+//! pgwire decodes a frame whose length field is below 4 (shorter than the length field
+//! itself) as an empty message and carries on; PostgreSQL treats it as a protocol
+//! violation and closes the connection. [`FrameGuard`] watches the raw bytes, and on a
+//! malformed header fails the read, which ends this connection (and only it). Owning the
+//! loop is also where server-initiated messages (notifications) will be sent from.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::StreamExt;
+use pgwire::api::{ClientInfo, PgWireConnectionState, PgWireServerHandlers};
+use pgwire::api::ErrorHandler;
+use pgwire::messages::PgWireFrontendMessage;
+use pgwire::tokio::server::{negotiate_tls, process_error, process_message, MaybeTls};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::codec::{Framed, FramedParts};
+
+/// Startup must finish within this time (as pgwire's own loop does).
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// SSLRequest and GSSENCRequest codes: more untyped messages follow them.
+const NEGOTIATION_CODES: [i32; 2] = [80_877_103, 80_877_104];
+
+/// Tracks frame boundaries in the client's byte stream and rejects impossible lengths.
+#[derive(Debug, Default)]
+pub(crate) struct FrameCheck {
+    /// After the startup message every frame starts with a type byte.
+    typed: bool,
+    header: [u8; 8],
+    have: usize,
+    /// Body bytes of the current frame still to pass.
+    skip: u64,
+}
+
+impl FrameCheck {
+    /// Feeds bytes read from the client; an error means the stream is malformed.
+    pub(crate) fn observe(&mut self, mut data: &[u8]) -> Result<(), String> {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = (self.skip as usize).min(data.len());
+                self.skip -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            // Typed: type byte + length. Untyped (startup phase): length + protocol code.
+            let need = if self.typed { 5 } else { 8 };
+            let take = (need - self.have).min(data.len());
+            self.header[self.have..self.have + take].copy_from_slice(&data[..take]);
+            self.have += take;
+            data = &data[take..];
+            if self.have < need {
+                break;
+            }
+            self.have = 0;
+            let at = if self.typed { 1 } else { 0 };
+            let len = i32::from_be_bytes([self.header[at], self.header[at + 1], self.header[at + 2], self.header[at + 3]]);
+            if self.typed {
+                if len < 4 {
+                    return Err(format!("invalid message length {len}"));
+                }
+                self.skip = len as u64 - 4;
+            } else {
+                if len < 8 {
+                    return Err(format!("invalid startup packet length {len}"));
+                }
+                let code = i32::from_be_bytes([self.header[4], self.header[5], self.header[6], self.header[7]]);
+                self.typed = !NEGOTIATION_CODES.contains(&code);
+                self.skip = len as u64 - 8;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The socket under pgwire's codec, with a [`FrameCheck`] on everything read.
+pub(crate) struct FrameGuard<S> {
+    inner: S,
+    check: FrameCheck,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FrameGuard<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let fresh = &buf.filled()[before..];
+                match this.check.observe(fresh) {
+                    Ok(()) => Poll::Ready(Ok(())),
+                    Err(msg) => Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, msg))),
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FrameGuard<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves one client until it disconnects, sends a malformed frame, or fails startup.
+pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> {
+    let deadline = tokio::time::sleep(STARTUP_TIMEOUT);
+    tokio::pin!(deadline);
+    // SSL negotiation (refused: no TLS configured yet) is pgwire's.
+    let negotiated = tokio::select! {
+        _ = &mut deadline => return Ok(()),
+        s = negotiate_tls::<std::sync::Arc<eddy_query::Prepared>>(tcp, None) => s?,
+    };
+    let Some(socket) = negotiated else { return Ok(()) };
+    let parts = socket.into_parts();
+    let mut check = FrameCheck::default();
+    // Bytes pgwire already buffered belong to the startup message; check them too.
+    check.observe(&parts.read_buf).map_err(|m| io::Error::new(io::ErrorKind::InvalidData, m))?;
+    let mut new_parts = FramedParts::new(FrameGuard { inner: parts.io, check }, parts.codec);
+    new_parts.read_buf = parts.read_buf;
+    new_parts.write_buf = parts.write_buf;
+    let mut socket: Framed<FrameGuard<MaybeTls>, _> = Framed::from_parts(new_parts);
+
+    // The backend itself (not the opaque handler types) so the statement type is known.
+    let backend = handlers.0.clone();
+    let (startup, simple, extended, copy) = (backend.clone(), backend.clone(), backend.clone(), backend);
+    let cancel = handlers.cancel_handler();
+    let errors = handlers.error_handler();
+    loop {
+        let starting = matches!(
+            socket.state(),
+            PgWireConnectionState::AwaitingStartup | PgWireConnectionState::AuthenticationInProgress
+        );
+        let msg = if starting {
+            tokio::select! {
+                _ = &mut deadline => None,
+                m = socket.next() => m,
+            }
+        } else {
+            socket.next().await
+        };
+        // None: EOF or startup timeout. Err: a frame pgwire or the guard could not decode.
+        let Some(Ok(msg)) = msg else { break };
+        if matches!(msg, PgWireFrontendMessage::Terminate(_)) {
+            break;
+        }
+        let is_extended = match socket.state() {
+            PgWireConnectionState::CopyInProgress(ext) => ext,
+            _ => msg.is_extended_query(),
+        };
+        if let Err(mut e) =
+            process_message(msg, &mut socket, startup.clone(), simple.clone(), extended.clone(), copy.clone(), cancel.clone())
+                .await
+        {
+            errors.on_error(&socket, &mut e);
+            process_error(&mut socket, e, is_extended).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn startup_packet() -> Vec<u8> {
+        let body = b"\x00\x03\x00\x00user\x00eddy\x00\x00";
+        let mut p = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        p.extend_from_slice(body);
+        p
+    }
+
+    #[test]
+    fn accepts_well_formed_streams_in_any_chunking() {
+        let mut bytes = Vec::new();
+        // SSLRequest, then startup, then Query("SELECT 1"), then Sync.
+        bytes.extend_from_slice(&8i32.to_be_bytes());
+        bytes.extend_from_slice(&80_877_103i32.to_be_bytes());
+        bytes.extend_from_slice(&startup_packet());
+        bytes.push(b'Q');
+        bytes.extend_from_slice(&13i32.to_be_bytes());
+        bytes.extend_from_slice(b"SELECT 1\0");
+        bytes.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+        for chunk in 1..bytes.len() {
+            let mut c = FrameCheck::default();
+            for piece in bytes.chunks(chunk) {
+                c.observe(piece).unwrap();
+            }
+            assert!(c.typed && c.skip == 0 && c.have == 0, "chunk size {chunk}");
+        }
+    }
+
+    #[test]
+    fn rejects_impossible_lengths() {
+        let mut c = FrameCheck::default();
+        c.observe(&startup_packet()).unwrap();
+        assert!(c.observe(&[b'Q', 0, 0, 0, 1]).is_err());
+        let mut c = FrameCheck::default();
+        c.observe(&startup_packet()).unwrap();
+        assert!(c.observe(&[b'Q', 0xff, 0xff, 0xff, 0xff]).is_err(), "negative length");
+        let mut c = FrameCheck::default();
+        assert!(c.observe(&[0, 0, 0, 2, 0, 3, 0, 0]).is_err(), "startup shorter than its header");
+    }
+}
