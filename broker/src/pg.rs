@@ -9,6 +9,7 @@
 //!                                   └─ COPY FROM data → CopyInSink → batched writes
 //! ```
 
+mod cancel;
 pub(crate) mod conn;
 mod copy;
 mod extended;
@@ -36,6 +37,7 @@ use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::copy::CopyData;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::to_pg;
 
@@ -46,6 +48,7 @@ pub struct Backend {
     params: DefaultServerParameterProvider,
     pids: RandomPidSecretKeyGenerator,
     connections: Arc<ConnectionManager>,
+    pub(crate) cancels: Arc<cancel::CancelRegistry>,
 }
 
 impl Backend {
@@ -59,6 +62,7 @@ impl Backend {
             params,
             pids: RandomPidSecretKeyGenerator::default(),
             connections: Arc::new(ConnectionManager::new()),
+            cancels: Arc::new(cancel::CancelRegistry::default()),
         })
     }
 }
@@ -81,7 +85,10 @@ impl PgWireServerHandlers for Handlers {
         self.0.clone()
     }
     fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
-        Arc::new(DefaultCancelHandler::new(self.0.connections.clone()))
+        Arc::new(cancel::EddyCancelHandler {
+            registry: self.0.cancels.clone(),
+            inner: DefaultCancelHandler::new(self.0.connections.clone()),
+        })
     }
 }
 
@@ -99,6 +106,8 @@ impl StartupHandler for Backend {
             let (pid, key) = self.pids.generate(client);
             client.set_pid_and_secret_key(pid, key.clone());
             // Registering the connection makes CancelRequest work for it.
+            let qc = client.session_extensions().get_or_insert_with(cancel::QueryCancel::default);
+            self.cancels.register(pid, key.clone(), qc);
             let (handle, guard) = self.connections.register(pid, key);
             client.session_extensions().insert::<Arc<ConnectionHandle>>(handle);
             client.session_extensions().insert::<ConnectionGuard>(guard);
@@ -118,10 +127,15 @@ pub(crate) fn format_options<C: ClientInfo>(client: &C) -> Arc<FormatOptions> {
     Arc::new(FormatOptions::from_client_metadata(client.metadata()))
 }
 
-/// Turns an engine output into a wire response.
-pub(crate) fn respond<C: ClientInfo>(client: &C, output: Output, format: &Format) -> PgWireResult<Response> {
+/// Turns an engine output into a wire response; its rows stop when `token` is cancelled.
+pub(crate) fn respond<C: ClientInfo>(
+    client: &C,
+    output: Output,
+    format: &Format,
+    token: CancellationToken,
+) -> PgWireResult<Response> {
     Ok(match output {
-        Output::Rows { tag, stream } => rows_response(&tag, stream, format, format_options(client))?,
+        Output::Rows { tag, stream } => rows_response(&tag, stream, format, format_options(client), token)?,
         Output::Command { tag, rows } => {
             let t = Tag::new(&tag);
             Response::Execution(match rows {
@@ -136,7 +150,7 @@ pub(crate) fn respond<C: ClientInfo>(client: &C, output: Output, format: &Format
             copy::begin(client, sink);
             Response::CopyIn(CopyResponse::new(0, columns, stream::empty()))
         }
-        Output::CopyOut { stream, options } => copy_out(stream, options),
+        Output::CopyOut { stream, options } => copy_out(stream, options, token),
     })
 }
 
@@ -145,6 +159,7 @@ fn rows_response(
     stream: SendableRecordBatchStream,
     format: &Format,
     options: Arc<FormatOptions>,
+    token: CancellationToken,
 ) -> PgWireResult<Response> {
     let schema = stream.schema();
     let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, Some(options))?);
@@ -154,13 +169,14 @@ fn rows_response(
             Ok(b) => stream::iter(encode_recordbatch(row_fields.clone(), b)).left_stream(),
             Err(e) => stream::once(async move { Err(to_pg(e.into())) }).right_stream(),
         })
-        .flatten();
-    let mut response = QueryResponse::new(fields, rows);
+        .flatten()
+        .boxed();
+    let mut response = QueryResponse::new(fields, cancel::cancellable(rows, token));
     response.set_command_tag(tag);
     Ok(Response::Query(response))
 }
 
-fn copy_out(stream: SendableRecordBatchStream, options: CopyOptions) -> Response {
+fn copy_out(stream: SendableRecordBatchStream, options: CopyOptions, token: CancellationToken) -> Response {
     let schema = stream.schema();
     let columns = schema.fields().len();
     let mut header = options.header.then(|| options.encode_header(&schema));
@@ -183,8 +199,9 @@ fn copy_out(stream: SendableRecordBatchStream, options: CopyOptions) -> Response
                 Err(e) => stream::iter(vec![Err(e)]),
             }
         })
-        .flatten();
-    Response::CopyOut(CopyResponse::new(0, columns, data))
+        .flatten()
+        .boxed();
+    Response::CopyOut(CopyResponse::new(0, columns, cancel::cancellable(data, token)))
 }
 
 #[async_trait]
@@ -196,6 +213,7 @@ impl SimpleQueryHandler for Backend {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let statements = self.engine.parse(query).map_err(to_pg)?;
+        let token = cancel::begin_statement(client);
         let session = session_of(client);
         let mut out = Vec::with_capacity(statements.len());
         for stmt in statements {
@@ -203,7 +221,7 @@ impl SimpleQueryHandler for Backend {
             let mut s = session.lock().clone();
             let result = self.engine.run(&mut s, stmt).await;
             *session.lock() = s;
-            match result.map_err(to_pg).and_then(|o| respond(client, o, &Format::UnifiedText)) {
+            match result.map_err(to_pg).and_then(|o| respond(client, o, &Format::UnifiedText, token.clone())) {
                 Ok(r) => {
                     let copy_in = matches!(r, Response::CopyIn(_));
                     out.push(r);

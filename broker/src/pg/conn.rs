@@ -134,6 +134,7 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
 
     // The backend itself (not the opaque handler types) so the statement type is known.
     let backend = handlers.0.clone();
+    let cancels = backend.cancels.clone();
     let (startup, simple, extended, copy) = (backend.clone(), backend.clone(), backend.clone(), backend);
     let cancel = handlers.cancel_handler();
     let errors = handlers.error_handler();
@@ -164,9 +165,12 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
                 .await
         {
             errors.on_error(&socket, &mut e);
-            process_error(&mut socket, e, is_extended).await?;
+            if process_error(&mut socket, e, is_extended).await.is_err() {
+                break;
+            }
         }
     }
+    cancels.unregister(socket.pid_and_secret_key().0);
     Ok(())
 }
 

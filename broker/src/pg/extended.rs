@@ -93,10 +93,11 @@ impl ExtendedQueryHandler for Backend {
             types.resize(portal.parameter_len(), None);
         }
         let params = deserialize_parameters(portal, &types)?;
+        let token = super::cancel::begin_statement(client);
         let session = session_of(client);
         let mut s = session.lock().clone();
         let result = self.engine.execute(&mut s, prepared, &params).await;
         *session.lock() = s;
-        respond(client, result.map_err(to_pg)?, &portal.result_column_format)
+        respond(client, result.map_err(to_pg)?, &portal.result_column_format, token)
     }
 }

@@ -206,3 +206,60 @@ async fn retention_removes_old_messages_in_the_background() -> anyhow::Result<()
     assert_eq!(o, 3);
     node.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_request_stops_a_running_query() -> anyhow::Result<()> {
+    let node = TestNode::start().await?;
+    let c = std::sync::Arc::new(node.client().await?);
+    c.batch_execute("CREATE TABLE n (i INT PRIMARY KEY)").await?;
+    let values: Vec<String> = (0..600).map(|i| format!("({i})")).collect();
+    c.batch_execute(&format!("INSERT INTO n VALUES {}", values.join(","))).await?;
+    let token = c.cancel_token();
+    let q = c.clone();
+    // 600^3 = 216M joined rows: far longer than the cancel takes to arrive.
+    let running = tokio::spawn(async move { q.query("SELECT count(*) FROM n a, n b, n c WHERE a.i + b.i + c.i >= 0", &[]).await });
+    let result = loop {
+        token.cancel_query(tokio_postgres::NoTls).await?;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if running.is_finished() {
+            break running.await?;
+        }
+    };
+    let err = result.expect_err("the query was cancelled");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err:?}");
+    // The connection is still usable afterwards.
+    let n: i64 = c.query_one("SELECT count(*) FROM n", &[]).await?.get(0);
+    assert_eq!(n, 600);
+    node.shutdown().await
+}
+
+#[tokio::test]
+async fn copy_in_and_out_from_tokio_postgres() -> anyhow::Result<()> {
+    use futures::{SinkExt, TryStreamExt};
+    let node = TestNode::start().await?;
+    let c = node.client().await?;
+    c.batch_execute("CREATE TOPIC m (id BIGINT, note TEXT) WITH (partitions = 2)").await?;
+    let sink = c.copy_in("COPY m (_key, id, note) FROM STDIN WITH (FORMAT csv)").await?;
+    futures::pin_mut!(sink);
+    let mut data = String::new();
+    for i in 0..500 {
+        data.push_str(&format!("k{},{i},\"n,{i}\"\n", i % 7));
+    }
+    // Split mid-line on purpose: COPY data arrives in arbitrary chunks.
+    let (a, b) = data.split_at(data.len() / 2 + 3);
+    sink.send(bytes::Bytes::from(a.to_owned())).await?;
+    sink.send(bytes::Bytes::from(b.to_owned())).await?;
+    let n = sink.finish().await?;
+    assert_eq!(n, 500);
+
+    let stream = c.copy_out("COPY (SELECT id, note FROM m WHERE id < 3 ORDER BY id) TO STDOUT").await?;
+    let chunks: Vec<bytes::Bytes> = stream.try_collect().await?;
+    let text: String = chunks.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+    assert_eq!(text, "0\tn,0\n1\tn,1\n2\tn,2\n");
+    let stream = c.copy_out("COPY m (id) TO STDOUT WITH (FORMAT csv, HEADER)").await?;
+    let chunks: Vec<bytes::Bytes> = stream.try_collect().await?;
+    let text: String = chunks.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+    assert!(text.starts_with("id\n"), "{text}");
+    assert_eq!(text.lines().count(), 501);
+    node.shutdown().await
+}

@@ -1,0 +1,94 @@
+//! CancelRequest. pgwire's own cancel drops the running `do_query` future, but a SELECT's
+//! rows (and COPY TO's lines) stream after `do_query` has returned, so a long query would
+//! run on. Each statement therefore gets a [`CancellationToken`] that its output stream
+//! watches; a CancelRequest with the right pid and secret trips the connection's current
+//! token (and pgwire's mechanism too). A cancel that arrives between statements finds an
+//! already-finished token and affects nothing, as in PostgreSQL.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
+use pgwire::api::ClientInfo;
+use pgwire::error::PgWireResult;
+use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::startup::SecretKey;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{sqlstate, user_error};
+
+/// The token of the statement a connection is running.
+#[derive(Default)]
+pub struct QueryCancel(Mutex<CancellationToken>);
+
+/// Connections by pid, for CancelRequest.
+#[derive(Default)]
+pub struct CancelRegistry {
+    by_pid: Mutex<HashMap<i32, (SecretKey, Arc<QueryCancel>)>>,
+}
+
+impl CancelRegistry {
+    pub(crate) fn register(&self, pid: i32, key: SecretKey, cancel: Arc<QueryCancel>) {
+        self.by_pid.lock().insert(pid, (key, cancel));
+    }
+
+    pub(crate) fn unregister(&self, pid: i32) {
+        self.by_pid.lock().remove(&pid);
+    }
+
+    fn cancel(&self, pid: i32, key: &SecretKey) {
+        match self.by_pid.lock().get(&pid) {
+            // By value: a protocol 3.0 client's 4-byte key is issued as an i32 but decoded
+            // as bytes on the cancel connection.
+            Some((k, c)) if k.eq_value(key) => c.0.lock().cancel(),
+            Some(_) => tracing::debug!(pid, "cancel request with a wrong key ignored"),
+            None => tracing::debug!(pid, "cancel request for an unknown connection ignored"),
+        }
+    }
+}
+
+/// A fresh token for the statement the connection starts now.
+pub(crate) fn begin_statement<C: ClientInfo>(client: &C) -> CancellationToken {
+    let qc = client.session_extensions().get_or_insert_with(QueryCancel::default);
+    let token = CancellationToken::new();
+    *qc.0.lock() = token.clone();
+    token
+}
+
+/// Ends `stream` with SQLSTATE 57014 once `token` is cancelled.
+pub(crate) fn cancellable<T: Send + 'static>(
+    stream: BoxStream<'static, PgWireResult<T>>,
+    token: CancellationToken,
+) -> BoxStream<'static, PgWireResult<T>> {
+    futures::stream::unfold(Some((stream, token)), |state| async move {
+        let (mut stream, token) = state?;
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => Some((
+                Err(user_error(sqlstate::QUERY_CANCELED, "canceling statement due to user request")),
+                None,
+            )),
+            item = stream.next() => item.map(|i| (i, Some((stream, token)))),
+        }
+    })
+    .boxed()
+}
+
+/// Trips our token and pgwire's.
+pub struct EddyCancelHandler {
+    pub(crate) registry: Arc<CancelRegistry>,
+    pub(crate) inner: DefaultCancelHandler,
+}
+
+#[async_trait]
+impl CancelHandler for EddyCancelHandler {
+    async fn on_cancel_request(&self, request: CancelRequest) {
+        tracing::debug!(pid = request.pid, "cancel request");
+        self.registry.cancel(request.pid, &request.secret_key);
+        self.inner.on_cancel_request(request).await;
+    }
+}
