@@ -237,29 +237,13 @@ pub(crate) async fn plan_copy(
             };
             let name = object_name(table_name)?;
             let def = engine.store().catalog().get(&name).ok_or(Error::UndefinedObject { name: name.clone() })?;
-            let all: Vec<(String, ColumnType)> = match &*def {
-                ObjectDef::Topic(t) => std::iter::once(("_key".to_owned(), ColumnType::Text))
-                    .chain(t.columns.iter().map(|c| (c.name.clone(), c.ty)))
-                    .collect(),
-                ObjectDef::Table(t) => t.columns.iter().map(|c| (c.name.clone(), c.ty)).collect(),
-            };
-            let is_topic = matches!(*def, ObjectDef::Topic(_));
+            let all = crate::dml::write_columns(&def);
+            // Without a column list a topic takes its user columns (not _key), as INSERT does.
+            let skip = usize::from(matches!(*def, ObjectDef::Topic(_)));
             let targets: Vec<usize> = if columns.is_empty() {
-                (usize::from(is_topic)..all.len()).collect()
+                (skip..all.len()).collect()
             } else {
-                columns
-                    .iter()
-                    .map(|c| {
-                        let n = normalize_ident(c);
-                        all.iter().position(|(x, _)| *x == n).ok_or_else(|| {
-                            if is_topic && ["_partition", "_offset", "_ts"].contains(&n.as_str()) {
-                                Error::ReadOnlyColumn { column: n.clone() }
-                            } else {
-                                Error::UndefinedColumn { relation: name.clone(), column: n.clone() }
-                            }
-                        })
-                    })
-                    .collect::<Result<_>>()?
+                columns.iter().map(|c| crate::dml::column_index(&def, &all, &normalize_ident(c))).collect::<Result<_>>()?
             };
             Ok(Output::CopyIn(Box::new(CopyInSink {
                 target: def,

@@ -71,7 +71,7 @@ enum Conflict {
 }
 
 /// The columns an INSERT may name: for topics `_key` then the user columns.
-fn write_columns(def: &ObjectDef) -> Vec<(String, ColumnType)> {
+pub(crate) fn write_columns(def: &ObjectDef) -> Vec<(String, ColumnType)> {
     match def {
         ObjectDef::Topic(t) => std::iter::once(("_key".to_owned(), ColumnType::Text))
             .chain(t.columns.iter().map(|c| (c.name.clone(), c.ty)))
@@ -93,7 +93,7 @@ fn target(engine: &Engine, name: &ast::ObjectName) -> Result<Arc<ObjectDef>> {
     engine.store().catalog().get(&name).ok_or(Error::UndefinedObject { name })
 }
 
-fn column_index(def: &ObjectDef, cols: &[(String, ColumnType)], name: &str) -> Result<usize> {
+pub(crate) fn column_index(def: &ObjectDef, cols: &[(String, ColumnType)], name: &str) -> Result<usize> {
     if let Some(i) = cols.iter().position(|(n, _)| n == name) {
         return Ok(i);
     }
@@ -520,6 +520,9 @@ pub(crate) async fn execute(engine: &Engine, plan: &DmlPlan, params: &ParamValue
         }
         Action::Delete { plan: select } => {
             let table = table_of(&plan.target, "DELETE")?;
+            // Serialised with UPDATE / upserts, so an UPDATE that read a row before this
+            // DELETE removed it cannot write it back afterwards.
+            let _guard = engine.rmw.lock().await;
             let rows = collect_rows(engine, select, params, &cols).await?;
             let keys: Vec<Vec<Value>> = rows.iter().map(|r| table.primary_key.iter().map(|&i| r[i].clone()).collect()).collect();
             let mut deleted = Vec::new();

@@ -169,8 +169,10 @@ pub struct Engine {
     pub(crate) config: QueryConfig,
     /// Round-robin cursor per topic for messages without a key.
     round_robin: parking_lot::Mutex<HashMap<ObjectId, Arc<AtomicU64>>>,
-    /// Serialises read-modify-write statements (UPDATE, ON CONFLICT DO UPDATE) so two of
-    /// them never interleave their read and write. Plain INSERT/DELETE do not take it.
+    /// Serialises statements that read rows and then write based on them (UPDATE,
+    /// ON CONFLICT DO UPDATE, DELETE) so none of them acts on a row another changed
+    /// between its read and its write. Plain INSERT does not take it: its duplicate-key
+    /// check is atomic in the committer.
     pub(crate) rmw: tokio::sync::Mutex<()>,
 }
 

@@ -164,25 +164,11 @@ fn column_comparison(e: &Expr) -> Option<(&str, Operator, i128)> {
             other => other.clone(),
         }
     };
+    // The metadata columns a topic scan can narrow by.
+    let meta = |c: &datafusion::common::Column| TOPIC_META_COLUMNS[..3].iter().copied().find(|m| *m == c.name);
     match (strip(left), strip(right)) {
-        (Expr::Column(c), Expr::Literal(v, _)) => {
-            let name = match c.name.as_str() {
-                "_partition" => "_partition",
-                "_offset" => "_offset",
-                "_ts" => "_ts",
-                _ => return None,
-            };
-            Some((name, *op, literal_i128(&v)?))
-        }
-        (Expr::Literal(v, _), Expr::Column(c)) => {
-            let name = match c.name.as_str() {
-                "_partition" => "_partition",
-                "_offset" => "_offset",
-                "_ts" => "_ts",
-                _ => return None,
-            };
-            Some((name, flip(*op)?, literal_i128(&v)?))
-        }
+        (Expr::Column(c), Expr::Literal(v, _)) => Some((meta(&c)?, *op, literal_i128(&v)?)),
+        (Expr::Literal(v, _), Expr::Column(c)) => Some((meta(&c)?, flip(*op)?, literal_i128(&v)?)),
         _ => None,
     }
 }

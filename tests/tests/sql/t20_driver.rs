@@ -263,3 +263,38 @@ async fn copy_in_and_out_from_tokio_postgres() -> anyhow::Result<()> {
     assert_eq!(text.lines().count(), 501);
     node.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_upserts_and_updates_lose_no_increment() -> anyhow::Result<()> {
+    let node = TestNode::start().await?;
+    let c = node.client().await?;
+    c.batch_execute("CREATE TABLE counters (id TEXT PRIMARY KEY, n BIGINT)").await?;
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let client = node.client().await?;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                if (w + i) % 2 == 0 {
+                    client
+                        .execute("INSERT INTO counters VALUES ('k', 1) ON CONFLICT (id) DO UPDATE SET n = counters.n + excluded.n", &[])
+                        .await?;
+                } else {
+                    // The row exists after the first upsert; before that this may touch 0 rows.
+                    let touched = client.execute("UPDATE counters SET n = n + 1 WHERE id = 'k'", &[]).await?;
+                    if touched == 0 {
+                        client
+                            .execute("INSERT INTO counters VALUES ('k', 1) ON CONFLICT (id) DO UPDATE SET n = counters.n + excluded.n", &[])
+                            .await?;
+                    }
+                }
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let n: i64 = c.query_one("SELECT n FROM counters WHERE id = 'k'", &[]).await?.get(0);
+    assert_eq!(n, 100, "every increment counted");
+    node.shutdown().await
+}
