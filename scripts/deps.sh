@@ -30,18 +30,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-if [ "$want_tests" = 1 ]; then
-  if ! python3 -c "import psycopg" >/dev/null 2>&1; then
-    if ! command -v python3 >/dev/null 2>&1; then
-      echo "eddy: python3 is missing (needed for the psycopg test). Install python3 and python3-pip." >&2
-      exit 1
-    fi
+if [ "$want_tests" = 1 ] && ! python3 -c "import psycopg" >/dev/null 2>&1; then
+  if command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1; then
     echo "eddy: installing psycopg for the driver test (pip)" >&2
     if [ "$(id -u)" = "0" ]; then
-      python3 -m pip install --quiet --disable-pip-version-check "psycopg[binary]" \
-        || python3 -m pip install --quiet --break-system-packages "psycopg[binary]"
+      python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "psycopg[binary]" \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "psycopg[binary]"
     else
-      python3 -m pip install --quiet --user --disable-pip-version-check "psycopg[binary]"
+      python3 -m pip install --quiet --disable-pip-version-check --user "psycopg[binary]"
     fi
+  elif [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "eddy: installing python3 and psycopg with apt-get for the driver test" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq python3 python3-psycopg >/dev/null
+  else
+    echo "eddy: the driver test needs Python's psycopg: sudo apt-get install python3-psycopg" >&2
+    echo "      (or: python3 -m pip install --user 'psycopg[binary]') and run this again." >&2
+    exit 1
   fi
+  python3 -c "import psycopg" >/dev/null 2>&1 || { echo "eddy: psycopg still not importable by python3" >&2; exit 1; }
 fi
