@@ -298,3 +298,35 @@ async fn concurrent_upserts_and_updates_lose_no_increment() -> anyhow::Result<()
     assert_eq!(n, 100, "every increment counted");
     node.shutdown().await
 }
+
+#[tokio::test]
+async fn binary_results_for_every_column_type() -> anyhow::Result<()> {
+    let node = TestNode::start().await?;
+    let c = node.client().await?;
+    c.batch_execute(
+        "CREATE TABLE all_types (id BIGINT PRIMARY KEY, b BOOLEAN, s SMALLINT, i INT, r REAL, d DOUBLE PRECISION,
+                                 t TEXT, y BYTEA, ts TIMESTAMP);
+         INSERT INTO all_types VALUES (1, true, -3, 70000, 1.5, -2.25, 'héllo', '\\x00ff', '2024-01-02 03:04:05.5');
+         CREATE TOPIC e (n INT);",
+    )
+    .await?;
+    let r = c.query_one("SELECT b, s, i, r, d, t, y, ts FROM all_types WHERE id = $1", &[&1i64]).await?;
+    assert!(r.get::<_, bool>(0));
+    assert_eq!(r.get::<_, i16>(1), -3);
+    assert_eq!(r.get::<_, i32>(2), 70000);
+    assert_eq!(r.get::<_, f32>(3), 1.5);
+    assert_eq!(r.get::<_, f64>(4), -2.25);
+    assert_eq!(r.get::<_, String>(5), "héllo");
+    assert_eq!(r.get::<_, Vec<u8>>(6), vec![0u8, 255]);
+    let ts: std::time::SystemTime = r.get(7);
+    let micros = ts.duration_since(std::time::UNIX_EPOCH)?.as_micros();
+    assert_eq!(micros, 1_704_164_645_500_000, "2024-01-02 03:04:05.5 UTC");
+
+    // _ts of a message is the append time: between before and after the INSERT.
+    let before = std::time::SystemTime::now();
+    let r = c.query_one("INSERT INTO e VALUES (1) RETURNING _ts", &[]).await?;
+    let after = std::time::SystemTime::now();
+    let appended: std::time::SystemTime = r.get(0);
+    assert!(appended >= before - std::time::Duration::from_millis(1) && appended <= after, "{appended:?}");
+    node.shutdown().await
+}
