@@ -48,6 +48,8 @@ pub mod sqlstate {
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     /// io_error
     pub const IO_ERROR: &str = "58030";
+    /// eddy: a subscription position older than retention kept (class YE: eddy's own)
+    pub const POSITION_OUTSIDE_RETENTION: &str = "YE002";
     /// internal_error
     pub const INTERNAL_ERROR: &str = "XX000";
     /// data_corrupted
@@ -75,6 +77,7 @@ pub fn classify(e: &QueryError) -> (&'static str, String) {
             return (if inner.contains("invalid input syntax") { INVALID_TEXT } else { BAD_COPY_FORMAT }, msg)
         }
         QueryError::Cancelled => QUERY_CANCELED,
+        QueryError::PositionOutsideRetention { .. } => POSITION_OUTSIDE_RETENTION,
         QueryError::Storage(s) => return classify_storage(s),
         QueryError::DataFusion(d) => return classify_datafusion(d),
     };

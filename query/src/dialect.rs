@@ -45,6 +45,8 @@ pub enum Statement {
     },
     /// `SHOW TOPICS`
     ShowTopics,
+    /// `SUBSCRIBE topic [WHERE expr] [FROM BEGINNING | NOW | OFFSET n | TIMESTAMP '...']`
+    Subscribe(crate::subscribe::SubscribeSpec),
     /// Anything PostgreSQL-shaped.
     Sql(Box<SqlStatement>),
 }
@@ -110,7 +112,7 @@ pub fn parse_statement(sql: &str, compat: &PostgresCompatibilityParser) -> Resul
     let words = leading_words(sql);
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     match words.as_slice() {
-        ["CREATE", "TOPIC"] | ["ALTER", "TOPIC"] | ["DROP", "TOPIC"] | ["SHOW", "TOPICS"] => {
+        ["CREATE", "TOPIC"] | ["ALTER", "TOPIC"] | ["DROP", "TOPIC"] | ["SHOW", "TOPICS"] | ["SUBSCRIBE", _] => {
             parse_eddy(sql).map_err(syntax)
         }
         _ => {
@@ -162,15 +164,52 @@ fn parse_eddy(sql: &str) -> Result<Statement, ParserError> {
         expect_word(&mut p, "TOPIC")?;
         let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
         Statement::DropTopic { name: p.parse_object_name(false)?, if_exists }
-    } else {
-        p.expect_keyword(Keyword::SHOW)?;
+    } else if p.parse_keyword(Keyword::SHOW) {
         expect_word(&mut p, "TOPICS")?;
         Statement::ShowTopics
+    } else {
+        expect_word(&mut p, "SUBSCRIBE")?;
+        Statement::Subscribe(parse_subscribe(&mut p)?)
     };
     match p.peek_token().token {
         Token::EOF => Ok(stmt),
         other => Err(ParserError::ParserError(format!("unexpected {other} at the end of the statement"))),
     }
+}
+
+/// `topic [WHERE expr] [FROM BEGINNING | NOW | OFFSET n | TIMESTAMP '...']` (after SUBSCRIBE).
+fn parse_subscribe(p: &mut Parser<'_>) -> Result<crate::subscribe::SubscribeSpec, ParserError> {
+    use crate::subscribe::{StartPosition, SubscribeSpec};
+    let topic = p.parse_object_name(false)?;
+    let filter = if p.parse_keyword(Keyword::WHERE) { Some(p.parse_expr()?) } else { None };
+    let from = if p.parse_keyword(Keyword::FROM) {
+        let t = p.next_token();
+        match &t.token {
+            Token::Word(w) if w.value.eq_ignore_ascii_case("beginning") => StartPosition::Beginning,
+            Token::Word(w) if w.value.eq_ignore_ascii_case("now") => StartPosition::Now,
+            Token::Word(w) if w.value.eq_ignore_ascii_case("offset") => match p.next_token().token {
+                Token::Number(n, _) => StartPosition::Offset(
+                    n.parse().map_err(|_| ParserError::ParserError(format!("bad offset {n}")))?,
+                ),
+                other => return Err(ParserError::ParserError(format!("expected an offset, found: {other}"))),
+            },
+            Token::Word(w) if w.value.eq_ignore_ascii_case("timestamp") => match p.next_token().token {
+                Token::SingleQuotedString(s) => StartPosition::Timestamp(
+                    crate::types::parse_timestamp(&s)
+                        .ok_or_else(|| ParserError::ParserError(format!("bad timestamp '{s}'")))?,
+                ),
+                other => return Err(ParserError::ParserError(format!("expected a timestamp, found: {other}"))),
+            },
+            other => {
+                return Err(ParserError::ParserError(format!(
+                    "expected BEGINNING, NOW, OFFSET or TIMESTAMP after FROM, found: {other}"
+                )))
+            }
+        }
+    } else {
+        StartPosition::Now
+    };
+    Ok(SubscribeSpec { topic, filter, from })
 }
 
 /// `( key = value, ... )`
@@ -219,6 +258,17 @@ mod tests {
         assert!(matches!(parse("CREATE TOPIC"), Err(Error::Syntax(_))));
         assert!(matches!(parse("SHOW TOPICS extra"), Err(Error::Syntax(_))));
         assert!(matches!(&parse("SELECT 1")?[0], Statement::Sql(_)));
+        use crate::subscribe::StartPosition;
+        let s = parse("SUBSCRIBE readings WHERE temp > 30 FROM OFFSET 5")?;
+        let Statement::Subscribe(spec) = &s[0] else { panic!("{s:?}") };
+        assert_eq!(spec.from, StartPosition::Offset(5));
+        assert_eq!(spec.filter.as_ref().map(|f| f.to_string()).as_deref(), Some("temp > 30"));
+        let s = parse("subscribe r from beginning")?;
+        assert!(matches!(&s[0], Statement::Subscribe(spec) if spec.from == StartPosition::Beginning && spec.filter.is_none()));
+        let s = parse("SUBSCRIBE r FROM TIMESTAMP '1970-01-01 00:00:01'")?;
+        assert!(matches!(&s[0], Statement::Subscribe(spec) if spec.from == StartPosition::Timestamp(1_000_000)));
+        assert!(matches!(&parse("SUBSCRIBE r")?[0], Statement::Subscribe(spec) if spec.from == StartPosition::Now));
+        assert!(matches!(parse("SUBSCRIBE r FROM YESTERDAY"), Err(Error::Syntax(_))));
         assert!(matches!(parse("SELEC 1"), Err(Error::Syntax(_))));
         Ok(())
     }

@@ -75,6 +75,16 @@ pub enum Error {
     /// COPY data that does not fit the target.
     #[error("COPY: {0}")]
     BadCopyData(String),
+    /// A subscription position older than what retention kept.
+    #[error("offset {offset} of partition {partition} is outside retention (oldest kept: {start})")]
+    PositionOutsideRetention {
+        /// The partition.
+        partition: u32,
+        /// The offset asked for.
+        offset: u64,
+        /// The oldest offset still retained.
+        start: u64,
+    },
     /// The statement was cancelled.
     #[error("canceling statement due to user request")]
     Cancelled,

@@ -29,6 +29,7 @@ mod engine;
 mod error;
 mod functions;
 mod provider;
+mod subscribe;
 mod types;
 
 pub use copy::{CopyFormat, CopyInSink, CopyOptions};
@@ -37,4 +38,5 @@ pub use engine::{Engine, Output, Prepared, QueryConfig, Session, DEFAULT_SETTING
 pub use error::{Error, Result};
 pub use functions::version_string;
 pub use provider::{table_schema, topic_schema};
+pub use subscribe::{StartPosition, SubscribeSpec};
 pub use types::{parse_duration_ms, parse_text};

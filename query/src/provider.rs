@@ -360,7 +360,7 @@ fn offset_range(store: &Store, topic: &TopicDef, partition: u32, b: &ScanBounds)
     Ok((from, to.max(from)))
 }
 
-fn log_batch(schema: &SchemaRef, topic: &TopicDef, partition: u32, rows: &[(u64, eddy_storage::LogRecord)]) -> datafusion::error::Result<RecordBatch> {
+pub(crate) fn log_batch(schema: &SchemaRef, topic: &TopicDef, partition: u32, rows: &[(u64, eddy_storage::LogRecord)]) -> datafusion::error::Result<RecordBatch> {
     let mut cols: Vec<ArrayRef> = vec![
         Arc::new(Int32Array::from(vec![partition as i32; rows.len()])),
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|(o, _)| *o as i64))),
