@@ -4,6 +4,8 @@
 //! - [`Engine`] — one per node: parses ([`dialect`]), plans and runs statements, producing
 //!   an [`Output`] (rows, a command tag, or a COPY in/out to drive).
 //! - [`Session`] — per-connection settings (SET/SHOW).
+//! - `ddl` — CREATE/ALTER/DROP TOPIC, CREATE/DROP TABLE, SHOW TOPICS.
+//! - [`SubscribeSpec`] / `Engine::subscribe` — live, filtered streams of a topic's rows.
 //! - `provider` — DataFusion table providers for topics (pushdown of `_partition`,
 //!   `_offset`, `_ts`) and tables (primary-key point reads).
 //! - `dml` — INSERT (with a fast path that never plans through DataFusion), UPDATE, DELETE.
@@ -23,6 +25,7 @@
 
 mod convert;
 mod copy;
+mod ddl;
 pub mod dialect;
 mod dml;
 mod engine;
