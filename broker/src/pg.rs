@@ -13,6 +13,7 @@ mod cancel;
 pub(crate) mod conn;
 mod copy;
 mod extended;
+mod subscription;
 
 use std::fmt::Debug;
 use std::sync::Arc;

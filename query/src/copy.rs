@@ -55,7 +55,7 @@ impl CopyOptions {
         }
     }
 
-    fn from_ast(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<Self> {
+    pub(crate) fn from_ast(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<Self> {
         let mut format = CopyFormat::Text;
         for o in options {
             if let CopyOption::Format(f) = o {

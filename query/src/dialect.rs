@@ -47,6 +47,13 @@ pub enum Statement {
     ShowTopics,
     /// `SUBSCRIBE topic [WHERE expr] [FROM BEGINNING | NOW | OFFSET n | TIMESTAMP '...']`
     Subscribe(crate::subscribe::SubscribeSpec),
+    /// `COPY (SUBSCRIBE ...) TO STDOUT [WITH (FORMAT text | csv, HEADER, DELIMITER 'c', NULL 's')]`
+    CopySubscribe {
+        /// The subscription.
+        spec: crate::subscribe::SubscribeSpec,
+        /// How rows are written.
+        options: Vec<datafusion::sql::sqlparser::ast::CopyOption>,
+    },
     /// Anything PostgreSQL-shaped.
     Sql(Box<SqlStatement>),
 }
@@ -92,14 +99,14 @@ fn syntax(e: ParserError) -> Error {
     })
 }
 
-/// The first two words of a statement, upper-cased (comments and whitespace skipped).
+/// The first three tokens of a statement, upper-cased (comments and whitespace skipped).
 fn leading_words(sql: &str) -> Vec<String> {
     let dialect = PostgreSqlDialect {};
     let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else { return vec![] };
     tokens
         .into_iter()
         .filter(|t| !matches!(t, Token::Whitespace(Whitespace::Space | Whitespace::Newline | Whitespace::Tab) | Token::Whitespace(_)))
-        .take(2)
+        .take(3)
         .map(|t| match t {
             Token::Word(w) => w.value.to_ascii_uppercase(),
             other => other.to_string(),
@@ -112,7 +119,8 @@ pub fn parse_statement(sql: &str, compat: &PostgresCompatibilityParser) -> Resul
     let words = leading_words(sql);
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     match words.as_slice() {
-        ["CREATE", "TOPIC"] | ["ALTER", "TOPIC"] | ["DROP", "TOPIC"] | ["SHOW", "TOPICS"] | ["SUBSCRIBE", _] => {
+        ["CREATE", "TOPIC", ..] | ["ALTER", "TOPIC", ..] | ["DROP", "TOPIC", ..] | ["SHOW", "TOPICS", ..]
+        | ["SUBSCRIBE", ..] | ["COPY", "(", "SUBSCRIBE"] => {
             parse_eddy(sql).map_err(syntax)
         }
         _ => {
@@ -164,6 +172,15 @@ fn parse_eddy(sql: &str) -> Result<Statement, ParserError> {
         expect_word(&mut p, "TOPIC")?;
         let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
         Statement::DropTopic { name: p.parse_object_name(false)?, if_exists }
+    } else if p.parse_keyword(Keyword::COPY) {
+        p.expect_token(&Token::LParen)?;
+        expect_word(&mut p, "SUBSCRIBE")?;
+        let spec = parse_subscribe(&mut p)?;
+        p.expect_token(&Token::RParen)?;
+        p.expect_keyword(Keyword::TO)?;
+        expect_word(&mut p, "STDOUT")?;
+        let options = parse_copy_options(&mut p)?;
+        Statement::CopySubscribe { spec, options }
     } else if p.parse_keyword(Keyword::SHOW) {
         expect_word(&mut p, "TOPICS")?;
         Statement::ShowTopics
@@ -210,6 +227,42 @@ fn parse_subscribe(p: &mut Parser<'_>) -> Result<crate::subscribe::SubscribeSpec
         StartPosition::Now
     };
     Ok(SubscribeSpec { topic, filter, from })
+}
+
+/// `[WITH] (FORMAT x, HEADER [bool], DELIMITER 'c', NULL 's')` of a COPY ... TO STDOUT.
+fn parse_copy_options(p: &mut Parser<'_>) -> Result<Vec<datafusion::sql::sqlparser::ast::CopyOption>, ParserError> {
+    use datafusion::sql::sqlparser::ast::CopyOption;
+    let with = p.parse_keyword(Keyword::WITH);
+    if !p.consume_token(&Token::LParen) {
+        return if with { Err(ParserError::ParserError("expected ( after WITH".into())) } else { Ok(vec![]) };
+    }
+    let single_char = |p: &mut Parser<'_>, what: &str| -> Result<char, ParserError> {
+        match p.next_token().token {
+            Token::SingleQuotedString(s) if s.chars().count() == 1 => Ok(s.chars().next().unwrap_or(',')),
+            other => Err(ParserError::ParserError(format!("{what} must be a single character, found: {other}"))),
+        }
+    };
+    let opts = p.parse_comma_separated(|p| {
+        let t = p.next_token();
+        let Token::Word(w) = &t.token else { return Err(ParserError::ParserError(format!("unexpected {t}"))) };
+        Ok(match w.value.to_ascii_lowercase().as_str() {
+            "format" => CopyOption::Format(p.parse_identifier()?),
+            "header" => {
+                let on = !p.parse_keyword(Keyword::FALSE);
+                let _explicit_true = p.parse_keyword(Keyword::TRUE);
+                CopyOption::Header(on)
+            }
+            "delimiter" => CopyOption::Delimiter(single_char(p, "DELIMITER")?),
+            "quote" => CopyOption::Quote(single_char(p, "QUOTE")?),
+            "null" => match p.next_token().token {
+                Token::SingleQuotedString(s) => CopyOption::Null(s),
+                other => return Err(ParserError::ParserError(format!("NULL needs a string, found: {other}"))),
+            },
+            other => return Err(ParserError::ParserError(format!("COPY option \"{other}\" not recognized"))),
+        })
+    })?;
+    p.expect_token(&Token::RParen)?;
+    Ok(opts)
 }
 
 /// `( key = value, ... )`
@@ -269,6 +322,12 @@ mod tests {
         assert!(matches!(&s[0], Statement::Subscribe(spec) if spec.from == StartPosition::Timestamp(1_000_000)));
         assert!(matches!(&parse("SUBSCRIBE r")?[0], Statement::Subscribe(spec) if spec.from == StartPosition::Now));
         assert!(matches!(parse("SUBSCRIBE r FROM YESTERDAY"), Err(Error::Syntax(_))));
+        let s = parse("COPY (SUBSCRIBE r WHERE x = 1 FROM BEGINNING) TO STDOUT WITH (FORMAT csv, HEADER)")?;
+        let Statement::CopySubscribe { spec, options } = &s[0] else { panic!("{s:?}") };
+        assert_eq!(spec.from, StartPosition::Beginning);
+        assert_eq!(options.len(), 2);
+        assert!(matches!(&parse("copy (subscribe r) to stdout")?[0], Statement::CopySubscribe { options, .. } if options.is_empty()));
+        assert!(matches!(&parse("COPY (SELECT 1) TO STDOUT")?[0], Statement::Sql(_)));
         assert!(matches!(parse("SELEC 1"), Err(Error::Syntax(_))));
         Ok(())
     }

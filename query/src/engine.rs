@@ -338,6 +338,9 @@ impl Engine {
             Statement::AlterTopic { name, options } => self.alter_topic(name, options).await,
             Statement::DropTopic { name, if_exists } => self.drop_object(name, *if_exists, true).await,
             Statement::ShowTopics => self.show_topics(),
+            Statement::CopySubscribe { .. } => Err(Error::NotSupported(
+                "COPY (SUBSCRIBE ...) here: the connection drives subscriptions itself".into(),
+            )),
             Statement::Subscribe(_) => Err(Error::NotSupported(
                 "SUBSCRIBE as a statement of its own (its transports, COPY (SUBSCRIBE ...) TO STDOUT and cursors, come next)"
                     .into(),

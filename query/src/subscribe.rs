@@ -124,6 +124,16 @@ impl PartitionReader {
 }
 
 impl Engine {
+    /// Starts `COPY (SUBSCRIBE ...) TO STDOUT`: the rows and how to write them.
+    pub async fn copy_subscribe(
+        &self,
+        spec: &SubscribeSpec,
+        options: &[datafusion::sql::sqlparser::ast::CopyOption],
+    ) -> Result<(SendableRecordBatchStream, crate::CopyOptions)> {
+        let opts = crate::CopyOptions::from_ast(options, &[])?;
+        Ok((self.subscribe(spec).await?, opts))
+    }
+
     /// Starts a subscription: an endless stream of the topic's rows (with `_partition`,
     /// `_offset`, `_ts`, `_key`), per-partition in offset order.
     pub async fn subscribe(&self, spec: &SubscribeSpec) -> Result<SendableRecordBatchStream> {

@@ -135,26 +135,44 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
     // The backend itself (not the opaque handler types) so the statement type is known.
     let backend = handlers.0.clone();
     let cancels = backend.cancels.clone();
+    let engine = backend.engine.clone();
     let (startup, simple, extended, copy) = (backend.clone(), backend.clone(), backend.clone(), backend);
     let cancel = handlers.cancel_handler();
     let errors = handlers.error_handler();
+    // Messages that arrived while a subscription streamed, handled before reading more.
+    let mut pending = std::collections::VecDeque::new();
     loop {
-        let starting = matches!(
-            socket.state(),
-            PgWireConnectionState::AwaitingStartup | PgWireConnectionState::AuthenticationInProgress
-        );
-        let msg = if starting {
-            tokio::select! {
-                _ = &mut deadline => None,
-                m = socket.next() => m,
+        let msg = match pending.pop_front() {
+            Some(m) => m,
+            None => {
+                let starting = matches!(
+                    socket.state(),
+                    PgWireConnectionState::AwaitingStartup | PgWireConnectionState::AuthenticationInProgress
+                );
+                let msg = if starting {
+                    tokio::select! {
+                        _ = &mut deadline => None,
+                        m = socket.next() => m,
+                    }
+                } else {
+                    socket.next().await
+                };
+                // None: EOF or startup timeout. Err: a frame pgwire or the guard could not decode.
+                let Some(Ok(msg)) = msg else { break };
+                msg
             }
-        } else {
-            socket.next().await
         };
-        // None: EOF or startup timeout. Err: a frame pgwire or the guard could not decode.
-        let Some(Ok(msg)) = msg else { break };
         if matches!(msg, PgWireFrontendMessage::Terminate(_)) {
             break;
+        }
+        if matches!(socket.state(), PgWireConnectionState::ReadyForQuery) {
+            if let Some(req) = super::subscription::requested(&engine, &msg, &socket) {
+                match super::subscription::drive(&engine, &mut socket, req).await {
+                    Ok(queued) => pending.extend(queued),
+                    Err(_) => break,
+                }
+                continue;
+            }
         }
         let is_extended = match socket.state() {
             PgWireConnectionState::CopyInProgress(ext) => ext,

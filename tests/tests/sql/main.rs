@@ -5,3 +5,4 @@ mod t10_slt;
 mod t20_driver;
 mod t30_psql;
 mod t40_psycopg;
+mod t50_subscribe;

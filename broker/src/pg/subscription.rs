@@ -1,0 +1,147 @@
+//! `COPY (SUBSCRIBE ...) TO STDOUT`, driven by the connection loop itself.
+//!
+//! pgwire's COPY OUT sender only queues (`feed`s) messages, so a live row could wait in
+//! the write buffer until more arrive. Here each batch's rows are written and then
+//! flushed, so a subscriber sees a message as soon as it is durable. The stream ends on
+//! CancelRequest (57014), on a client disconnect, or when the topic is dropped.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::execution::SendableRecordBatchStream;
+use eddy_query::{CopyOptions, Engine, Prepared, Statement};
+use futures::{SinkExt, StreamExt};
+use pgwire::api::results::Tag;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireConnectionState};
+use pgwire::error::ErrorInfo;
+use pgwire::messages::copy::{CopyData, CopyDone, CopyOutResponse};
+use pgwire::messages::response::ReadyForQuery;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::tokio::server::PgWireMessageServerCodec;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::Framed;
+
+use crate::error::{sqlstate, to_pg, user_error};
+
+/// A subscription a message asks for, found before pgwire handles the message.
+pub(crate) struct Requested {
+    statement: Statement,
+    /// Extended protocol (Execute): ReadyForQuery answers the client's Sync, not the COPY.
+    extended: bool,
+}
+
+/// The subscription `msg` starts, if it starts one.
+pub(crate) fn requested<S>(engine: &Engine, msg: &PgWireFrontendMessage, socket: &S) -> Option<Requested>
+where
+    S: ClientPortalStore,
+    S::PortalStore: PortalStore<Statement = Arc<Prepared>>,
+{
+    match msg {
+        PgWireFrontendMessage::Query(q) => match engine.parse(&q.query) {
+            Ok(mut stmts) if stmts.len() == 1 && matches!(stmts[0], Statement::CopySubscribe { .. }) => {
+                Some(Requested { statement: stmts.remove(0), extended: false })
+            }
+            _ => None,
+        },
+        PgWireFrontendMessage::Execute(e) => {
+            let portal = socket.portal_store().get_portal(e.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME))?;
+            let statement = &portal.value()?.statement.statement.statement;
+            matches!(statement, Statement::CopySubscribe { .. })
+                .then(|| Requested { statement: statement.clone(), extended: true })
+        }
+        _ => None,
+    }
+}
+
+/// Streams the subscription to the client until it ends. Messages the client sends
+/// meanwhile (a driver's Close and Sync, say) are returned, in order, to be handled after
+/// the COPY, as PostgreSQL reads them only then.
+pub(crate) async fn drive<T, ST>(
+    engine: &Engine,
+    socket: &mut Framed<T, PgWireMessageServerCodec<ST>>,
+    req: Requested,
+) -> std::io::Result<Vec<PgWireFrontendMessage>>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+{
+    let token = super::cancel::begin_statement(socket);
+    let Statement::CopySubscribe { spec, options } = &req.statement else { return Ok(Vec::new()) };
+    let started = engine.copy_subscribe(spec, options).await;
+    let (stream, opts): (SendableRecordBatchStream, CopyOptions) = match started {
+        Ok(v) => v,
+        Err(e) => return finish_with_error(socket, ErrorInfo::from(to_pg(e)), req.extended, Vec::new()).await,
+    };
+    let columns = stream.schema().fields().len();
+    socket
+        .send(PgWireBackendMessage::CopyOutResponse(CopyOutResponse::new(0, columns as i16, vec![0; columns])))
+        .await?;
+    if opts.header {
+        socket.send(PgWireBackendMessage::CopyData(CopyData::new(Bytes::from(opts.encode_header(&stream.schema()))))).await?;
+    }
+    let mut stream = stream;
+    let mut rows = 0usize;
+    let mut queued = Vec::new();
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => {
+                let e = user_error(sqlstate::QUERY_CANCELED, "canceling statement due to user request");
+                return finish_with_error(socket, ErrorInfo::from(e), req.extended, queued).await;
+            }
+            // While streaming, the client only talks to end the session (Terminate or EOF).
+            msg = socket.next() => {
+                match msg {
+                    Some(Ok(PgWireFrontendMessage::Terminate(_))) | None | Some(Err(_)) => {
+                        return Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "client left a subscription"));
+                    }
+                    Some(Ok(m)) => queued.push(m),
+                }
+            }
+            batch = stream.next() => match batch {
+                Some(Ok(b)) => {
+                    let lines = match opts.encode_batch(&b) {
+                        Ok(l) => l,
+                        Err(e) => return finish_with_error(socket, ErrorInfo::from(to_pg(e)), req.extended, queued).await,
+                    };
+                    rows += lines.len();
+                    for line in lines {
+                        socket.feed(PgWireBackendMessage::CopyData(CopyData::new(Bytes::from(line)))).await?;
+                    }
+                    socket.flush().await?;
+                }
+                Some(Err(e)) => {
+                    return finish_with_error(socket, ErrorInfo::from(to_pg(e.into())), req.extended, queued).await;
+                }
+                None => break, // the topic was dropped
+            }
+        }
+    }
+    socket.feed(PgWireBackendMessage::CopyDone(CopyDone::new())).await?;
+    socket.feed(PgWireBackendMessage::CommandComplete(Tag::new("COPY").with_rows(rows).into())).await?;
+    // Simple protocol: the COPY was the whole query. Extended: the client's Sync answers.
+    if !req.extended {
+        socket.feed(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(socket.transaction_status()))).await?;
+    }
+    socket.flush().await?;
+    Ok(queued)
+}
+
+async fn finish_with_error<T, ST>(
+    socket: &mut Framed<T, PgWireMessageServerCodec<ST>>,
+    error: ErrorInfo,
+    extended: bool,
+    queued: Vec<PgWireFrontendMessage>,
+) -> std::io::Result<Vec<PgWireFrontendMessage>>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+{
+    socket.feed(PgWireBackendMessage::ErrorResponse(error.into())).await?;
+    if extended {
+        // As after any error in the extended protocol: skip messages until Sync.
+        socket.set_state(PgWireConnectionState::AwaitingSync);
+    } else {
+        socket.feed(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(socket.transaction_status()))).await?;
+    }
+    socket.flush().await?;
+    Ok(queued)
+}
