@@ -387,7 +387,7 @@ async fn plan_update(engine: &Engine, up: &ast::Update) -> Result<DmlPlan> {
         return Err(Error::NotSupported("UPDATE of a derived table".into()));
     };
     let def = target(engine, name)?;
-    let table = table_of(&def, "UPDATE")?;
+    table_of(&def, "UPDATE")?;
     let cols = write_columns(&def);
     let mut assigned = Vec::new();
     let mut exprs = Vec::new();
@@ -407,7 +407,6 @@ async fn plan_update(engine: &Engine, up: &ast::Update) -> Result<DmlPlan> {
     let plan = plan_select(engine, &sql).await?;
     merge_types(&mut param_types, param_types_of(&plan)?);
     let returning = plan_returning(&def, &up.returning)?;
-    let _ = table;
     Ok(DmlPlan { target: def, action: Action::Update { plan: Box::new(plan), assigned }, param_types, returning })
 }
 

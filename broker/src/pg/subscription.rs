@@ -38,7 +38,8 @@ where
     S::PortalStore: PortalStore<Statement = Arc<Prepared>>,
 {
     match msg {
-        PgWireFrontendMessage::Query(q) => match engine.parse(&q.query) {
+        // A cheap scan first, so ordinary queries are not parsed twice.
+        PgWireFrontendMessage::Query(q) if mentions_subscribe(&q.query) => match engine.parse(&q.query) {
             Ok(mut stmts) if stmts.len() == 1 && matches!(stmts[0], Statement::CopySubscribe { .. }) => {
                 Some(Requested { statement: stmts.remove(0), extended: false })
             }
@@ -52,6 +53,12 @@ where
         }
         _ => None,
     }
+}
+
+/// True when `sql` contains the word SUBSCRIBE in any case (a superset of the queries
+/// that start a subscription).
+fn mentions_subscribe(sql: &str) -> bool {
+    sql.as_bytes().windows(9).any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
 }
 
 /// Streams the subscription to the client until it ends. Messages the client sends

@@ -4,13 +4,6 @@ use std::sync::Arc;
 
 use eddy_tests::{connect, ProcessNode};
 
-
-mod acked {
-    /// Keys whose INSERT or COPY was acknowledged.
-    #[derive(Default)]
-    pub struct Acked(pub std::sync::Mutex<Vec<i64>>);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -21,8 +14,9 @@ async fn acknowledged_writes_survive_kill_9() -> anyhow::Result<()> {
     c.batch_execute("CREATE TOPIC t (n BIGINT) WITH (partitions = 4); CREATE TABLE kv (id BIGINT PRIMARY KEY, v TEXT)").await?;
     drop(c);
 
+    // Keys whose INSERT was acknowledged.
     // Eight concurrent writers (so group commit batches them) insert until killed.
-    let acked = Arc::new(acked::Acked::default());
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
     let mut writers = Vec::new();
     for w in 0..8i64 {
         let acked = acked.clone();
@@ -38,13 +32,13 @@ async fn acknowledged_writes_survive_kill_9() -> anyhow::Result<()> {
                 if !ok {
                     return;
                 }
-                acked.0.lock().unwrap_or_else(|e| e.into_inner()).push(n);
+                acked.lock().unwrap_or_else(|e| e.into_inner()).push(n);
             }
         }));
     }
     // Let a few hundred writes be acknowledged, then kill -9 mid-stream.
     eddy_tests::wait_for("acknowledged writes", std::time::Duration::from_secs(60), || {
-        let n = acked.0.lock().map(|v| v.len()).unwrap_or(0);
+        let n = acked.lock().map(|v| v.len()).unwrap_or(0);
         async move { (n >= 300).then_some(()) }
     })
     .await?;
@@ -52,7 +46,7 @@ async fn acknowledged_writes_survive_kill_9() -> anyhow::Result<()> {
     for w in writers {
         let _ = w.await;
     }
-    let acked: Vec<i64> = acked.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let acked: Vec<i64> = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
     assert!(acked.len() >= 300);
 
     let node = ProcessNode::start(&data, &[])?;
