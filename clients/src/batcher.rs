@@ -5,19 +5,21 @@
 //!                                 collect rows until `max_rows`, `linger` after the
 //!                                 batch's first row, a flush, or the queue closing
 //!                                 wait for one of `max_in_flight` slots (still topping
-//!                                 the batch up meanwhile), then hand the batch to the sink
-//!                                 on a task of its own ──► one INSERT ──► one ack per row
+//!                                 the batch up meanwhile) and for the turn to send, then
+//!                                 hand the batch to the sink on a task of its own
+//!                                 ──► one INSERT ──► one ack per row
 //! ```
 //!
-//! Batches are handed over in the order rows were queued, so with one slot they are also
-//! written in that order; with several, batches are pipelined on the one connection and
-//! the server runs them in the order they arrive.
+//! Batches are written in the order their rows were queued, also when several are in
+//! flight: each sink holds the [`Turn`] until its statement is on the connection, and
+//! turns are taken one after another in queue order. The server runs the statements of
+//! one connection in the order they arrive, so rows of one key keep their order.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Mutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// What the queue carries.
@@ -28,6 +30,10 @@ pub(crate) enum Command<R> {
     Flush(oneshot::Sender<()>),
 }
 
+/// The right to send the next statement; the sink drops it once its statement is handed
+/// to the connection, and the next batch's sink cannot start sending before that.
+pub(crate) type Turn = OwnedMutexGuard<()>;
+
 /// How batches are cut.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -37,16 +43,18 @@ pub(crate) struct Limits {
 }
 
 /// Runs until the queue closes and every batch is done. `sink` writes one batch and
-/// answers its rows; it runs on a task of its own, holding one in-flight slot.
+/// answers its rows; it runs on a task of its own, holding one in-flight slot and, until
+/// its statement is sent, the [`Turn`].
 pub(crate) async fn run<R, S, F>(mut rx: mpsc::Receiver<Command<R>>, limits: Limits, sink: S)
 where
     R: Send + 'static,
-    S: Fn(Vec<R>) -> F,
+    S: Fn(Vec<R>, Turn) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
     let max_in_flight = limits.max_in_flight.max(1);
     let slots = Arc::new(Semaphore::new(max_in_flight));
     let max_rows = limits.max_rows.max(1);
+    let turns = Arc::new(Mutex::new(()));
     let mut closed = false;
     while !closed {
         let mut batch = Vec::new();
@@ -86,7 +94,8 @@ where
                 },
             }
         };
-        let write = sink(batch);
+        let turn = turns.clone().lock_owned().await;
+        let write = sink(batch, turn);
         tokio::spawn(async move {
             write.await;
             drop(slot);
@@ -125,6 +134,7 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         sizes: Mutex<Vec<usize>>,
+        sent: Mutex<Vec<u32>>,
         in_flight: AtomicUsize,
         most_in_flight: AtomicUsize,
     }
@@ -133,13 +143,18 @@ mod tests {
         Limits { max_rows, linger: Duration::from_secs(3600), max_in_flight }
     }
 
-    fn sink(rec: &Arc<Recorder>) -> impl Fn(Vec<u32>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    /// Records each batch's size, and its rows in the order batches take their turn.
+    fn sink(rec: &Arc<Recorder>) -> impl Fn(Vec<u32>, Turn) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
         let rec = rec.clone();
-        move |batch: Vec<u32>| {
+        move |batch: Vec<u32>, turn: Turn| {
             let rec = rec.clone();
             Box::pin(async move {
                 let now = rec.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                 rec.most_in_flight.fetch_max(now, Ordering::SeqCst);
+                // Tasks start in any order; the turn puts their "sends" in queue order.
+                tokio::task::yield_now().await;
+                rec.sent.lock().unwrap().extend(&batch);
+                drop(turn);
                 tokio::task::yield_now().await;
                 rec.sizes.lock().unwrap().push(batch.len());
                 rec.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -196,6 +211,8 @@ mod tests {
         assert!(sizes.iter().all(|&s| s <= 10), "{sizes:?}");
         let most = rec.most_in_flight.load(Ordering::SeqCst);
         assert!((1..=3).contains(&most), "{most}");
+        // Sent in the order queued, although batches ran on tasks of their own.
+        assert!(rec.sent.lock().unwrap().iter().copied().eq(0..10_000));
     }
 
     #[tokio::test]

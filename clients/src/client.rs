@@ -17,8 +17,9 @@ use crate::subscription::SubscribeBuilder;
 /// A connection to an eddy node. Cheap to clone; clones share the connection, and
 /// statements from concurrent tasks are pipelined on it.
 ///
-/// After the connection is lost, the call that saw it fails with a retryable error
-/// ([`Error::is_retryable`]) and the next call connects again. Subscriptions and durable
+/// After the connection is lost, the next call connects again; a call that was under way
+/// when it was lost fails with a retryable error ([`Error::is_retryable`]) and is not
+/// repeated (a publish may or may not have been written). Subscriptions and durable
 /// consumers use connections of their own.
 #[derive(Clone, Debug)]
 pub struct Client {

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_postgres::types::{ToSql, Type};
 
-use crate::batcher::{self, Command, Limits};
+use crate::batcher::{self, Command, Limits, Turn};
 use crate::error::{Error, Result};
 use crate::link::Link;
 use crate::message::{Position, Value};
@@ -79,9 +79,9 @@ impl ProducerBuilder {
         // Room for every in-flight batch plus one being filled; `send` waits when it is full.
         let (tx, rx) = mpsc::channel(max_rows * (self.max_in_flight + 1));
         let limits = Limits { max_rows, linger: self.linger, max_in_flight: self.max_in_flight };
-        let task = tokio::spawn(batcher::run(rx, limits, move |rows| {
+        let task = tokio::spawn(batcher::run(rx, limits, move |rows, turn| {
             let writer = writer.clone();
-            async move { writer.write(rows).await }
+            async move { writer.write(rows, turn).await }
         }));
         Ok(Producer { tx: Some(tx), task: Some(task), columns })
     }
@@ -104,8 +104,8 @@ struct Writer {
 }
 
 impl Writer {
-    async fn write(&self, rows: Vec<Pending>) {
-        match self.insert(&rows).await {
+    async fn write(&self, rows: Vec<Pending>, turn: Turn) {
+        match self.insert(&rows, turn).await {
             Ok(positions) => {
                 for (row, position) in rows.into_iter().zip(positions) {
                     let _ = row.ack.send(Ok(position));
@@ -119,7 +119,7 @@ impl Writer {
         }
     }
 
-    async fn insert(&self, rows: &[Pending]) -> Result<Vec<Position>> {
+    async fn insert(&self, rows: &[Pending], turn: Turn) -> Result<Vec<Position>> {
         let sql = sql::insert(&self.topic, &self.columns, rows.len());
         let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::with_capacity(rows.len() * self.types.len());
         for row in rows {
@@ -128,7 +128,20 @@ impl Writer {
                 params.push((v.as_ref() as &(dyn ToSql + Sync), t.clone()));
             }
         }
-        let answer = self.link.call(|session| async move { Ok(session.query_typed(&sql, &params).await?) }).await?;
+        let answer = self
+            .link
+            .call(|session| async move {
+                let mut query = std::pin::pin!(session.query_typed(&sql, &params));
+                // tokio-postgres puts the statement on the connection in the first poll;
+                // after that the next batch may send.
+                let first = futures::poll!(query.as_mut());
+                drop(turn);
+                match first {
+                    Poll::Ready(answer) => Ok(answer?),
+                    Poll::Pending => Ok(query.await?),
+                }
+            })
+            .await?;
         // RETURNING rows come back in VALUES order.
         if answer.len() != rows.len() {
             return Err(Error::UnexpectedAnswer(format!(

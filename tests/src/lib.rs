@@ -6,10 +6,13 @@
 //! - [`psql`] — runs the real `psql` client.
 //! - [`slt`] — a small sqllogictest-style runner over the wire protocol.
 //! - [`wait_for`] — condition waits instead of sleeps.
+//! - [`proxy::TcpProxy`] — a TCP proxy that cuts connections (client reconnect tests).
 //!
-//! Test binaries: `tests/sql` (golden files, drivers, psql, psycopg) and
-//! `tests/process` (real processes: durability, malformed frames, CLI).
+//! Test binaries: `tests/sql` (golden files, drivers, psql, psycopg),
+//! `tests/process` (real processes: durability, malformed frames, CLI) and `tests/client`
+//! (the `eddy-client` crate against a real node).
 
+pub mod proxy;
 pub mod slt;
 
 use std::io::{BufRead, BufReader, Write};

@@ -1,0 +1,16 @@
+//! The `eddy-client` crate against a real node over real sockets: publish, the batching
+//! producer, subscription streams that resume after a lost connection, durable consumers,
+//! and the crate's examples run as programs.
+
+mod t10_publish;
+mod t20_producer;
+mod t30_subscribe;
+mod t40_consumer;
+mod t50_examples;
+
+use std::net::SocketAddr;
+
+/// The connection string of a node (or a proxy in front of one).
+pub fn url(addr: SocketAddr) -> String {
+    format!("host={} port={} user=eddy dbname=eddy", addr.ip(), addr.port())
+}
