@@ -13,6 +13,7 @@ mod cancel;
 pub(crate) mod conn;
 mod copy;
 mod extended;
+mod listen;
 mod subscription;
 
 use std::fmt::Debug;

@@ -11,13 +11,13 @@ use parking_lot::{Mutex, RwLock};
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, DB};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::catalog::{Catalog, ObjectDef, ObjectId, TableDef, TopicDef};
+use crate::catalog::{Catalog, ObjectDef, ObjectId, SubscriptionDef, TableDef, TopicDef};
 use crate::commit::{spawn_committer, CommitRequest, WriteOp, WriteResult};
 use crate::config::StorageConfig;
 use crate::error::{Error, Result};
 use crate::layout::{
-    decode_record, log_key, log_key_offset, record_ts, row_key, table_prefix, LogRecord, ALL_CFS, CF_CATALOG,
-    CF_LOG, CF_META, CF_ROWS, META_NEXT_OBJECT_ID,
+    decode_record, log_key, log_key_offset, record_ts, row_key, sub_next_key, table_prefix, LogRecord, ALL_CFS,
+    CF_CATALOG, CF_LOG, CF_META, CF_ROWS, CF_SUBS, META_NEXT_OBJECT_ID,
 };
 use crate::value::{decode_row, Value};
 
@@ -48,6 +48,15 @@ impl PartitionState {
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.watermark.subscribe()
     }
+}
+
+/// The stored state of one partition of a durable subscription.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionSubState {
+    /// First offset not yet read.
+    pub next: u64,
+    /// Pending (unacked) rows: offset and deliveries so far, in offset order.
+    pub pending: Vec<(u64, u32)>,
 }
 
 /// Counters of what reads touched (for metrics, and for tests that prove pushdown).
@@ -344,7 +353,13 @@ impl Store {
     pub fn enforce_retention(&self, now_micros: i64) -> Result<usize> {
         let mut ops = Vec::new();
         for obj in self.catalog().list() {
-            let ObjectDef::Topic(topic) = &*obj else { continue };
+            // Topics, and tables' change logs.
+            let topic = match &*obj {
+                ObjectDef::Topic(t) => t.clone(),
+                ObjectDef::Table(t) => t.change_log(),
+                ObjectDef::Subscription(_) => continue,
+            };
+            let topic = &topic;
             let Some(retention_ms) = topic.retention_ms else { continue };
             let cutoff = now_micros.saturating_sub((retention_ms as i64).saturating_mul(1000));
             for p in 0..topic.partitions {
@@ -359,6 +374,61 @@ impl Store {
             self.write_blocking(ops)?;
         }
         Ok(n)
+    }
+
+    /// Every row of `table` and the next offset of its change log, read from one
+    /// consistent point in time: the rows are exactly the state after every change below
+    /// that offset (what `SUBSCRIBE table WITH (snapshot = true)` starts from).
+    pub fn table_snapshot(&self, table: &TableDef) -> Result<(Vec<Vec<Value>>, u64)> {
+        let snap = self.inner.db.snapshot();
+        let log = log_key(table.id, 0, 0);
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&snap);
+        let mut it = self.inner.db.raw_iterator_cf_opt(self.inner.cf(CF_LOG), ro);
+        it.seek_for_prev(log_key(table.id, 0, u64::MAX));
+        let next = match it.key() {
+            Some(k) if k >= log.as_slice() => log_key_offset(k)? + 1,
+            _ => self.inner.partition(table.id, 0)?.start_offset(),
+        };
+        it.status()?;
+        let types = table.column_types();
+        let prefix = table_prefix(table.id);
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&snap);
+        ro.set_iterate_upper_bound(table_prefix(table.id + 1).to_vec());
+        let mut rows = Vec::new();
+        for item in self.inner.db.iterator_cf_opt(self.inner.cf(CF_ROWS), ro, IteratorMode::From(&prefix, Direction::Forward)) {
+            let (_, v) = item?;
+            rows.push(decode_row(&types, &v)?);
+        }
+        self.inner.stats.table_rows_read.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        Ok((rows, next))
+    }
+
+    /// The stored positions and pending rows of a durable subscription, one entry per
+    /// partition of its topic (`partitions` of them).
+    pub fn subscription_state(&self, sub: &SubscriptionDef, partitions: u32) -> Result<Vec<PartitionSubState>> {
+        let mut out: Vec<PartitionSubState> = (0..partitions)
+            .map(|p| PartitionSubState { next: sub.start.get(p as usize).copied().unwrap_or(0), pending: vec![] })
+            .collect();
+        let cf = self.inner.cf(CF_SUBS);
+        let prefix = table_prefix(sub.id);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(table_prefix(sub.id + 1).to_vec());
+        for item in self.inner.db.iterator_cf_opt(cf, ro, IteratorMode::From(&prefix, Direction::Forward)) {
+            let (k, v) = item?;
+            let bad = || Error::corrupt("subscription state entry");
+            let p = u32::from_be_bytes(k.get(4..8).and_then(|b| b.try_into().ok()).ok_or_else(bad)?);
+            let Some(state) = out.get_mut(p as usize) else { continue };
+            if k.len() == sub_next_key(0, 0).len() {
+                state.next = u64::from_be_bytes(v.as_ref().try_into().map_err(|_| bad())?);
+            } else {
+                let offset = u64::from_be_bytes(k.get(9..17).and_then(|b| b.try_into().ok()).ok_or_else(bad)?);
+                let deliveries = u32::from_be_bytes(v.as_ref().try_into().map_err(|_| bad())?);
+                state.pending.push((offset, deliveries));
+            }
+        }
+        Ok(out)
     }
 
     /// Approximate bytes of live data (for `SHOW TOPICS` and metrics).
