@@ -576,4 +576,35 @@ mod tests {
         assert!(matches!(parse("SELEC 1"), Err(Error::Syntax(_))));
         Ok(())
     }
+
+    #[test]
+    fn subscription_statements() -> Result<()> {
+        use std::time::Duration;
+        let s = parse("DECLARE \"C1\" NO SCROLL CURSOR WITHOUT HOLD FOR SUBSCRIBE t FROM OFFSETS ((0, 5), (2, 7))")?;
+        let Statement::DeclareCursor { name, source: CursorSource::Subscribe(spec) } = &s[0] else { panic!("{s:?}") };
+        assert_eq!(name, "C1");
+        assert_eq!(spec.from, crate::subscribe::StartPosition::Offsets(vec![(0, 5), (2, 7)]));
+        assert!(matches!(&parse("declare c cursor for select 1")?[0], Statement::DeclareCursor { source: CursorSource::Query(_), .. }));
+        let fetch = |sql: &str| parse(sql).map(|mut v| v.remove(0));
+        assert_eq!(fetch("FETCH 10 c WITH (timeout = '1s')")?, Statement::Fetch { cursor: "c".into(), count: Some(10), timeout: Some(Duration::from_secs(1)) });
+        assert_eq!(fetch("FETCH NEXT FROM c")?, Statement::Fetch { cursor: "c".into(), count: Some(1), timeout: None });
+        assert_eq!(fetch("fetch forward all in c")?, Statement::Fetch { cursor: "c".into(), count: None, timeout: None });
+        assert!(matches!(fetch("FETCH 5 FROM SUBSCRIPTION s WITH (timeout = '250ms')")?,
+            Statement::FetchSubscription { count: 5, timeout: Some(t), .. } if t == Duration::from_millis(250)));
+        assert!(matches!(fetch("FETCH 5 c WITH (timeout = 'soon')"), Err(Error::Syntax(_))));
+        assert!(matches!(fetch("FETCH ALL FROM SUBSCRIPTION s"), Err(Error::Syntax(_))));
+        assert_eq!(fetch("CLOSE ALL")?, Statement::Close { cursor: None });
+        assert!(matches!(fetch("ACK SUBSCRIPTION s (0, 41), (1, 17)")?, Statement::Ack { positions, nack: false, .. } if positions == vec![(0, 41), (1, 17)]));
+        assert!(matches!(fetch("NACK SUBSCRIPTION s ((3, 4))")?, Statement::Ack { positions, nack: true, .. } if positions == vec![(3, 4)]));
+        assert!(matches!(fetch("ACK SUBSCRIPTION s (0, -1)"), Err(Error::Syntax(_))));
+        assert!(matches!(fetch("CREATE SUBSCRIPTION IF NOT EXISTS s ON t WHERE n > 1 FROM BEGINNING WITH (ack_wait = '5s')")?,
+            Statement::CreateSubscription { if_not_exists: true, spec, .. } if spec.options.len() == 1 && spec.filter.is_some()));
+        assert!(matches!(fetch("DROP SUBSCRIPTION IF EXISTS s")?, Statement::DropSubscription { if_exists: true, .. }));
+        assert_eq!(fetch("SHOW SUBSCRIPTIONS")?, Statement::ShowSubscriptions);
+        assert!(matches!(fetch("LISTEN t")?, Statement::Listen(_)));
+        assert_eq!(fetch("UNLISTEN *")?, Statement::Unlisten(None));
+        // CREATE TABLE and DROP TABLE still go to the PostgreSQL parser.
+        assert!(matches!(fetch("CREATE TABLE x (id INT PRIMARY KEY)")?, Statement::Sql(_)));
+        Ok(())
+    }
 }

@@ -67,32 +67,27 @@ with psycopg.connect(**args) as pub, psycopg.connect(**args) as sub:
 print("psycopg subscriptions ok")
 "#;
 
-#[tokio::test]
-async fn psycopg_subscriptions() -> anyhow::Result<()> {
+/// Runs a psycopg script against a fresh node; it must exit 0 and print `marker`.
+async fn run_script(script: &'static str, marker: &str) -> anyhow::Result<()> {
     let node = TestNode::start().await?;
     let port = node.addr().port().to_string();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3").args(["-c", SUBSCRIBE_SCRIPT, &port]).output()
+        std::process::Command::new("python3").args(["-c", script, &port]).output()
     })
     .await??;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "psycopg script failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("psycopg subscriptions ok"), "{stdout}");
+    assert!(stdout.contains(marker), "{stdout}");
     node.shutdown().await
 }
 
 #[tokio::test]
 async fn psycopg_driver() -> anyhow::Result<()> {
-    let node = TestNode::start().await?;
-    let port = node.addr().port().to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3").args(["-c", SCRIPT, &port]).output()
-    })
-    .await??;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "psycopg script failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("psycopg ok"), "{stdout}");
-    node.shutdown().await
+    run_script(SCRIPT, "psycopg ok").await
+}
+
+#[tokio::test]
+async fn psycopg_subscriptions() -> anyhow::Result<()> {
+    run_script(SUBSCRIBE_SCRIPT, "psycopg subscriptions ok").await
 }
