@@ -10,7 +10,8 @@
 //!
 //! Nothing is buffered ahead of the consumer: a partition reader reads one chunk when
 //! polled, so a slow subscriber holds at most one chunk per partition and publishers never
-//! wait on it. A reader whose next offset was removed by retention fails with
+//! wait on it. A reader that keeps up reads the partition's in-memory tail (the newest
+//! records, kept by the committer); one that fell behind reads RocksDB. A reader whose next offset was removed by retention fails with
 //! [`Error::PositionOutsideRetention`] instead of skipping silently.
 
 use std::collections::BTreeMap;
@@ -216,6 +217,10 @@ pub(crate) async fn read_chunk(
     from: u64,
     high: u64,
 ) -> Result<Option<Vec<(u64, LogRecord)>>> {
+    // A subscriber that keeps up finds its rows in the partition's in-memory tail.
+    if let Some(rows) = store.read_recent(log, p, from, high, CHUNK)? {
+        return Ok(Some(rows));
+    }
     let (store, log2) = (store.clone(), log.clone());
     let read = tokio::task::spawn_blocking(move || {
         let start = store.partition(&log2, p)?.start_offset();
@@ -521,6 +526,30 @@ mod tests {
             let offs: Vec<i64> = got.iter().filter(|r| r.0 == p).map(|r| r.1).collect();
             assert_eq!(offs, (0..offs.len() as i64).collect::<Vec<_>>(), "partition {p} in offset order");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keeping_up_reads_memory_and_falling_behind_reads_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        // A tail of about a dozen records, so the backlog below cannot come from memory.
+        let cfg = StorageConfig { tail_cache_bytes: 256, ..StorageConfig::default() };
+        let e = Engine::new(Store::open(dir.path(), cfg).unwrap(), QueryConfig::default()).unwrap();
+        run(&e, "CREATE TOPIC t (n INT)").await;
+        let values: Vec<String> = (0..100).map(|i| format!("({i})")).collect();
+        run(&e, &format!("INSERT INTO t (n) VALUES {}", values.join(","))).await;
+        let stats = e.store().stats();
+        let (disk0, mem0) = (stats.log_records_read.load(Ordering::Relaxed), stats.log_records_from_memory.load(Ordering::Relaxed));
+        let mut s = e.subscribe(&spec(&e, "SUBSCRIBE t FROM BEGINNING"), "test").await.unwrap();
+        assert_eq!(take(&mut s, 100).await.len(), 100);
+        let disk1 = stats.log_records_read.load(Ordering::Relaxed);
+        assert!(disk1 - disk0 >= 80, "the old backlog is read from storage ({} rows)", disk1 - disk0);
+        // Caught up: new rows are served from the in-memory tail, not RocksDB.
+        for n in 0..3 {
+            run(&e, &format!("INSERT INTO t (n) VALUES ({})", 1000 + n)).await;
+            assert_eq!(take(&mut s, 1).await[0].2, 1000 + n);
+        }
+        assert_eq!(stats.log_records_read.load(Ordering::Relaxed), disk1, "no storage reads while keeping up");
+        assert_eq!(stats.log_records_from_memory.load(Ordering::Relaxed) - mem0, 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

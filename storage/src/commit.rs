@@ -222,12 +222,17 @@ struct Staged {
     rows: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// (topic, partition) -> new start offset
     trims: HashMap<(ObjectId, u32), u64>,
+    /// (log, partition) -> appended records (offset, encoded), for the in-memory tail
+    appended: HashMap<(ObjectId, u32), Vec<(u64, Arc<[u8]>)>>,
 }
 
 impl Staged {
     fn merge(&mut self, layer: Staged) {
         self.offsets.extend(layer.offsets);
         self.rows.extend(layer.rows);
+        for (k, mut v) in layer.appended {
+            self.appended.entry(k).or_default().append(&mut v);
+        }
         for (k, v) in layer.trims {
             let e = self.trims.entry(k).or_insert(0);
             *e = (*e).max(v);
@@ -315,10 +320,14 @@ impl Committer {
         }
     }
 
-    /// Makes durable changes visible: offsets, watermarks, trims.
+    /// Makes durable changes visible: the in-memory tail, offsets, watermarks, trims.
     fn publish(&self, staged: &Staged) {
         for (&(topic, partition), &(next, last_ts)) in &staged.offsets {
             if let Ok(p) = self.inner.partition(topic, partition) {
+                // The tail first: a reader woken by the watermark finds the records there.
+                if let Some(records) = staged.appended.get(&(topic, partition)) {
+                    p.tail.lock().push(records, self.inner.config.tail_cache_bytes);
+                }
                 p.last_ts.store(last_ts, Ordering::Release);
                 p.next_offset.store(next, Ordering::Release);
                 p.watermark.send_replace(next);
@@ -356,10 +365,12 @@ impl Committer {
                         check_row(&def.columns, &r.values)?;
                     }
                     let (next, ts) = self.next_position(*topic, *partition, staged, group)?;
+                    let tail = staged.appended.entry((*topic, *partition)).or_default();
                     for (i, r) in records.iter().enumerate() {
                         buf.clear();
                         encode_record(ts, r.key.as_deref(), &r.values, &mut buf);
                         batch.put(CF_LOG, log_key(*topic, *partition, next + i as u64).to_vec(), buf.clone());
+                        tail.push((next + i as u64, Arc::from(buf.as_slice())));
                     }
                     staged.offsets.insert((*topic, *partition), (next + records.len() as u64, ts));
                     WriteResult::Appended { partition: *partition, first_offset: next, ts_micros: ts }
@@ -486,7 +497,8 @@ impl Committer {
         let mut rec = Vec::with_capacity(row.len() + 16);
         encode_record_head(ts, Some(kind), &mut rec);
         rec.extend_from_slice(row);
-        batch.put(CF_LOG, log_key(table.id, 0, next).to_vec(), rec);
+        batch.put(CF_LOG, log_key(table.id, 0, next).to_vec(), rec.clone());
+        staged.appended.entry((table.id, 0)).or_default().push((next, Arc::from(rec)));
         staged.offsets.insert((table.id, 0), (next + 1, ts));
         Ok(())
     }

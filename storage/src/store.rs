@@ -33,6 +33,34 @@ pub struct PartitionState {
     pub(crate) last_ts: AtomicI64,
     /// Publishes the high watermark to subscribers (holds one value, never queues).
     pub(crate) watermark: watch::Sender<u64>,
+    /// The newest records, for subscribers that keep up.
+    pub(crate) tail: Mutex<Tail>,
+}
+
+/// The newest records of a partition, consecutive offsets, bounded in bytes.
+#[derive(Debug, Default)]
+pub(crate) struct Tail {
+    records: std::collections::VecDeque<(u64, Arc<[u8]>)>,
+    bytes: usize,
+}
+
+impl Tail {
+    /// Appends records that follow the newest one and evicts the oldest beyond `cap` bytes.
+    pub(crate) fn push(&mut self, records: &[(u64, Arc<[u8]>)], cap: usize) {
+        for (offset, rec) in records {
+            if self.records.back().is_some_and(|(last, _)| last + 1 != *offset) {
+                // A gap (never expected): start over rather than serve a hole.
+                self.records.clear();
+                self.bytes = 0;
+            }
+            self.bytes += rec.len();
+            self.records.push_back((*offset, rec.clone()));
+        }
+        while self.bytes > cap {
+            let Some((_, r)) = self.records.pop_front() else { break };
+            self.bytes -= r.len();
+        }
+    }
 }
 
 impl PartitionState {
@@ -70,6 +98,8 @@ pub struct StoreStats {
     pub write_requests: AtomicU64,
     /// RocksDB write batches committed, each with one fsync (group commit: fewer than requests).
     pub commits: AtomicU64,
+    /// Messages subscribers read from the in-memory tail instead of RocksDB.
+    pub log_records_from_memory: AtomicU64,
 }
 
 pub(crate) struct Inner {
@@ -101,6 +131,7 @@ impl Inner {
                 start_offset: AtomicU64::new(start),
                 last_ts: AtomicI64::new(last_ts),
                 watermark: watch::channel(next).0,
+                tail: Mutex::new(Tail::default()),
             })
         });
         Ok(state.clone())
@@ -271,6 +302,44 @@ impl Store {
         }
         self.inner.stats.log_records_read.fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(out)
+    }
+
+    /// Like [`Store::read_log`], from the in-memory tail of the partition's newest records;
+    /// `None` when `from` is not there (older, or trimmed): then read the log. Never blocks
+    /// on I/O.
+    pub fn read_recent(
+        &self,
+        topic: &TopicDef,
+        partition: u32,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> Result<Option<Vec<(u64, LogRecord)>>> {
+        let state = self.partition(topic, partition)?;
+        if from < state.start_offset() {
+            return Ok(None);
+        }
+        let picked: Vec<(u64, Arc<[u8]>)> = {
+            let tail = state.tail.lock();
+            match tail.records.front() {
+                Some((first, _)) if *first <= from => tail
+                    .records
+                    .iter()
+                    .skip((from - first) as usize)
+                    .take_while(|(o, _)| *o < to)
+                    .take(max)
+                    .cloned()
+                    .collect(),
+                _ => return Ok(None),
+            }
+        };
+        if picked.is_empty() {
+            return Ok(None);
+        }
+        let types = topic.column_types();
+        let out = picked.iter().map(|(o, r)| Ok((*o, decode_record(&types, r)?))).collect::<Result<Vec<_>>>()?;
+        self.inner.stats.log_records_from_memory.fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok(Some(out))
     }
 
     /// The first offset of the partition whose append time is at or after `ts_micros`
