@@ -18,8 +18,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::sql::sqlparser::ast::ObjectName;
 use eddy_storage::{
-    ColumnDef, ColumnType, LogRecord, ObjectDef, ObjectId, Record, Replication, SubChange, SubscriptionDef, TopicDef,
-    Value, WriteOp,
+    ColumnDef, ColumnType, LogRecord, ObjectDef, ObjectId, Record, Replication, Store, SubChange, SubscriptionDef,
+    TopicDef, Value, WriteOp,
 };
 
 use crate::engine::{object_name, Engine, Output};
@@ -58,6 +58,7 @@ pub(crate) struct DurableCounters {
 
 /// One durable subscription as this node serves it.
 pub(crate) struct Durable {
+    store: Store,
     pub(crate) def: SubscriptionDef,
     pub(crate) topic: Arc<TopicDef>,
     schema: SchemaRef,
@@ -257,6 +258,7 @@ impl Engine {
         .await
         .map_err(|e| Error::InvalidParameter(e.to_string()))??;
         let durable = Arc::new(Durable {
+            store: self.store().clone(),
             def: sub.clone(),
             out_schema: fetch_schema(&topic),
             topic,
@@ -282,7 +284,13 @@ impl Engine {
             let watches: Vec<_> = (0..d.topic.partitions)
                 .map(|p| self.store().partition(&d.topic, p).map(|s| s.watch()))
                 .collect::<Result<_, _>>()?;
-            let (batch, next_lease) = self.fetch_once(&d, count as usize).await?;
+            // In a task of its own: a cancelled FETCH never leaves the stored and the served
+            // state apart (the write and the in-memory update happen together or not at all).
+            let task = tokio::spawn({
+                let d = d.clone();
+                async move { d.fetch_once(count as usize).await }
+            });
+            let (batch, next_lease) = task.await.map_err(|e| Error::InvalidParameter(format!("FETCH failed: {e}")))??;
             if batch.num_rows() > 0 || Instant::now() >= deadline {
                 let stream = datafusion::physical_plan::memory::MemoryStream::try_new(vec![batch], d.out_schema.clone(), None)?;
                 return Ok(Output::Rows { tag: "FETCH".into(), stream: Box::pin(stream) });
@@ -297,13 +305,16 @@ impl Engine {
         }
     }
 
+}
+
+impl Durable {
     /// One pass: picks up to `n` rows, persists the leases, returns the rows and the
     /// earliest lease deadline still running (when waiting, that is when rows come back).
-    async fn fetch_once(&self, d: &Durable, n: usize) -> Result<(RecordBatch, Option<Instant>)> {
-        let mut st = d.state.lock().await;
+    async fn fetch_once(&self, n: usize) -> Result<(RecordBatch, Option<Instant>)> {
+        let mut st = self.state.lock().await;
         let now = Instant::now();
-        let lease = now + Duration::from_millis(d.def.ack_wait_ms);
-        self.check_lag(d, &mut st).await?;
+        let lease = now + Duration::from_millis(self.def.ack_wait_ms);
+        self.check_lag(&mut st).await?;
         let mut picks: Vec<Pick> = Vec::new();
         let mut waiting: Vec<Pick> = Vec::new();
         let mut dead: Vec<Pick> = Vec::new();
@@ -319,29 +330,29 @@ impl Engine {
                 if let Some(l) = pend.lease.filter(|l| *l > now) {
                     next_lease = Some(next_lease.map_or(l, |n| n.min(l)));
                 }
-                let blocked = d.def.ordering_key && busy.contains(&pend.key);
-                if d.def.ordering_key {
+                let blocked = self.def.ordering_key && busy.contains(&pend.key);
+                if self.def.ordering_key {
                     busy.insert(pend.key.clone());
                 }
                 if !available || blocked || picks.len() >= n {
                     continue;
                 }
                 let pick = Pick { partition: p, offset, deliveries: pend.deliveries + 1, key: pend.key.clone(), record: None };
-                if d.def.max_deliver > 0 && pend.deliveries >= d.def.max_deliver {
+                if self.def.max_deliver > 0 && pend.deliveries >= self.def.max_deliver {
                     dead.push(pick);
                 } else {
                     picks.push(pick);
                 }
             }
             // New rows from the log.
-            let high = self.store().partition(&d.topic, p)?.next_offset();
-            'read: while picks.len() < n && pending_total < d.def.max_pending as usize && new_next[p as usize] < high {
+            let high = self.store.partition(&self.topic, p)?.next_offset();
+            'read: while picks.len() < n && pending_total < self.def.max_pending as usize && new_next[p as usize] < high {
                 let from = new_next[p as usize];
-                let Some(rows) = crate::subscribe::read_chunk(self.store(), &d.topic, p, from, high).await? else { break };
-                let batch = log_batch(&d.schema, &d.topic, p, &rows)?;
-                let kept = self.kept_rows(d, batch)?;
+                let Some(rows) = crate::subscribe::read_chunk(&self.store, &self.topic, p, from, high).await? else { break };
+                let batch = log_batch(&self.schema, &self.topic, p, &rows)?;
+                let kept = self.kept_rows(batch)?;
                 for (i, (offset, record)) in rows.into_iter().enumerate() {
-                    if picks.len() >= n || pending_total >= d.def.max_pending as usize {
+                    if picks.len() >= n || pending_total >= self.def.max_pending as usize {
                         break 'read;
                     }
                     new_next[p as usize] = offset + 1;
@@ -351,7 +362,7 @@ impl Engine {
                     pending_total += 1;
                     let key = record.key.clone();
                     let pick = Pick { partition: p, offset, deliveries: 1, key: key.clone(), record: Some(record) };
-                    if d.def.ordering_key && !busy.insert(key) {
+                    if self.def.ordering_key && !busy.insert(key) {
                         waiting.push(Pick { deliveries: 0, record: None, ..pick });
                     } else {
                         picks.push(pick);
@@ -361,7 +372,7 @@ impl Engine {
         }
         // Rows being delivered again, or dead-lettered, are read back from the log.
         for pick in picks.iter_mut().chain(dead.iter_mut()).filter(|p| p.record.is_none()) {
-            let (store, topic, (p, o)) = (self.store().clone(), d.topic.clone(), (pick.partition, pick.offset));
+            let (store, topic, (p, o)) = (self.store.clone(), self.topic.clone(), (pick.partition, pick.offset));
             let row = tokio::task::spawn_blocking(move || store.read_log(&topic, p, o, o + 1, 1))
                 .await
                 .map_err(|e| Error::InvalidParameter(e.to_string()))??;
@@ -382,9 +393,9 @@ impl Engine {
             changes.push(SubChange::Done { partition: pick.partition, offset: pick.offset });
         }
         if changes.is_empty() {
-            return Ok((RecordBatch::new_empty(d.out_schema.clone()), next_lease));
+            return Ok((RecordBatch::new_empty(self.out_schema.clone()), next_lease));
         }
-        let mut ops = vec![WriteOp::SubState { sub: d.def.id, changes }];
+        let mut ops = vec![WriteOp::SubState { sub: self.def.id, changes }];
         let dlq_records: Vec<Record> = dead
             .iter()
             .filter_map(|pick| {
@@ -399,11 +410,11 @@ impl Engine {
             })
             .collect();
         if !dlq_records.is_empty() {
-            let dlq = self.store().catalog().topic(&d.def.dlq).ok_or_else(|| Error::UndefinedObject { name: d.def.dlq.clone() })?;
+            let dlq = self.store.catalog().topic(&self.def.dlq).ok_or_else(|| Error::UndefinedObject { name: self.def.dlq.clone() })?;
             ops.push(WriteOp::Append { topic: dlq.id(), partition: 0, records: dlq_records });
         }
         // Durable before anything is handed out.
-        self.store().write(ops).await?;
+        self.store.write(ops).await?;
         for (part, next) in st.iter_mut().zip(&new_next) {
             part.next = *next;
         }
@@ -418,18 +429,18 @@ impl Engine {
                 .pending
                 .insert(pick.offset, Pending { deliveries: pick.deliveries, key: pick.key.clone(), lease: Some(lease) });
         }
-        let c = &d.counters;
+        let c = &self.counters;
         c.delivered.fetch_add(picks.len() as u64, Ordering::Relaxed);
         c.redelivered.fetch_add(picks.iter().filter(|p| p.deliveries > 1).count() as u64, Ordering::Relaxed);
         c.dead_lettered.fetch_add(dead.len() as u64, Ordering::Relaxed);
         drop(st);
         let next_lease = if picks.is_empty() { next_lease } else { Some(lease) };
-        Ok((self.deliveries_batch(d, picks)?, next_lease))
+        Ok((self.deliveries_batch(picks)?, next_lease))
     }
 
     /// Which rows of a freshly read batch pass the subscription's filter.
-    fn kept_rows(&self, d: &Durable, batch: RecordBatch) -> Result<Vec<bool>> {
-        let Some(f) = &d.filter else { return Ok(vec![true; batch.num_rows()]) };
+    fn kept_rows(&self, batch: RecordBatch) -> Result<Vec<bool>> {
+        let Some(f) = &self.filter else { return Ok(vec![true; batch.num_rows()]) };
         let n = batch.num_rows();
         // Tag each row with its index, filter, and read the surviving indexes back.
         let mut columns = batch.columns().to_vec();
@@ -448,25 +459,25 @@ impl Engine {
     }
 
     /// The rows handed to the consumer, in partition then offset order.
-    fn deliveries_batch(&self, d: &Durable, mut picks: Vec<Pick>) -> Result<RecordBatch> {
+    fn deliveries_batch(&self, mut picks: Vec<Pick>) -> Result<RecordBatch> {
         picks.sort_by_key(|p| (p.partition, p.offset));
         let mut batches = Vec::new();
         for chunk in picks.chunk_by(|a, b| a.partition == b.partition) {
             let rows: Vec<(u64, LogRecord)> =
                 chunk.iter().filter_map(|p| p.record.clone().map(|r| (p.offset, r))).collect();
-            let b = log_batch(&d.schema, &d.topic, chunk[0].partition, &rows)?;
+            let b = log_batch(&self.schema, &self.topic, chunk[0].partition, &rows)?;
             let mut columns = b.columns().to_vec();
             columns.insert(4, Arc::new(Int32Array::from_iter_values(chunk.iter().map(|p| p.deliveries as i32))));
-            batches.push(RecordBatch::try_new(d.out_schema.clone(), columns)?);
+            batches.push(RecordBatch::try_new(self.out_schema.clone(), columns)?);
         }
-        Ok(concat_batches(&d.out_schema, &batches)?)
+        Ok(concat_batches(&self.out_schema, &batches)?)
     }
 
     /// Rows below a partition's retained start can no longer be delivered: move past them
     /// (durably) and report it once, with its own SQLSTATE.
-    async fn check_lag(&self, d: &Durable, st: &mut [PartState]) -> Result<()> {
+    async fn check_lag(&self, st: &mut [PartState]) -> Result<()> {
         for (p, part) in st.iter_mut().enumerate() {
-            let start = self.store().partition(&d.topic, p as u32)?.start_offset();
+            let start = self.store.partition(&self.topic, p as u32)?.start_offset();
             let lost_pending: Vec<u64> = part.pending.range(..start).map(|(o, _)| *o).collect();
             if part.next >= start && lost_pending.is_empty() {
                 continue;
@@ -474,21 +485,34 @@ impl Engine {
             let lost = start.saturating_sub(part.next) + lost_pending.len() as u64;
             let mut changes = vec![SubChange::Next { partition: p as u32, next: part.next.max(start) }];
             changes.extend(lost_pending.iter().map(|&o| SubChange::Done { partition: p as u32, offset: o }));
-            self.store().write(vec![WriteOp::SubState { sub: d.def.id, changes }]).await?;
+            self.store.write(vec![WriteOp::SubState { sub: self.def.id, changes }]).await?;
             part.next = part.next.max(start);
             for o in lost_pending {
                 part.pending.remove(&o);
             }
-            return Err(Error::LaggedOut { name: d.def.name.clone(), partition: p as u32, lost, resume: part.next });
+            return Err(Error::LaggedOut { name: self.def.name.clone(), partition: p as u32, lost, resume: part.next });
         }
         Ok(())
     }
 
+}
+
+impl Engine {
     /// `ACK SUBSCRIPTION s (p, o), ...` (done with these rows) or `NACK ...` (deliver them
     /// again now). Positions that are not pending are ignored; the tag counts the others.
     pub(crate) async fn ack_subscription(&self, name: &ObjectName, positions: &[(u32, u64)], nack: bool) -> Result<Output> {
         let d = self.durable(name).await?;
-        let mut st = d.state.lock().await;
+        let positions = positions.to_vec();
+        // In a task of its own, like FETCH's critical section (cancel-safe).
+        let task = tokio::spawn(async move { d.ack(&positions, nack).await });
+        let n = task.await.map_err(|e| Error::InvalidParameter(format!("ACK failed: {e}")))??;
+        Ok(Output::Command { tag: if nack { "NACK".into() } else { "ACK".into() }, rows: Some(n) })
+    }
+}
+
+impl Durable {
+    async fn ack(&self, positions: &[(u32, u64)], nack: bool) -> Result<u64> {
+        let mut st = self.state.lock().await;
         let mut hit: Vec<(u32, u64)> = Vec::new();
         for &(p, o) in positions {
             if st.get(p as usize).is_some_and(|part| part.pending.get(&o).is_some_and(|e| e.deliveries > 0)) && !hit.contains(&(p, o)) {
@@ -503,16 +527,19 @@ impl Engine {
             }
         } else if !hit.is_empty() {
             let changes = hit.iter().map(|&(partition, offset)| SubChange::Done { partition, offset }).collect();
-            self.store().write(vec![WriteOp::SubState { sub: d.def.id, changes }]).await?;
+            self.store.write(vec![WriteOp::SubState { sub: self.def.id, changes }]).await?;
             for &(p, o) in &hit {
                 st[p as usize].pending.remove(&o);
             }
-            d.counters.acked.fetch_add(hit.len() as u64, Ordering::Relaxed);
+            self.counters.acked.fetch_add(hit.len() as u64, Ordering::Relaxed);
         }
         drop(st);
-        d.changed.notify_waiters();
-        Ok(Output::Command { tag: if nack { "NACK".into() } else { "ACK".into() }, rows: Some(hit.len() as u64) })
+        self.changed.notify_waiters();
+        Ok(hit.len() as u64)
     }
+}
+
+impl Engine {
 
     /// The schema `FETCH ... FROM SUBSCRIPTION s` returns (for Describe).
     pub(crate) fn fetch_subscription_schema(&self, name: &ObjectName) -> Option<SchemaRef> {

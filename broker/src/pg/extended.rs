@@ -97,7 +97,7 @@ impl ExtendedQueryHandler for Backend {
         let token = super::cancel::begin_statement(client);
         let session = session_of(client);
         let mut s = session.lock().clone();
-        let result = self.engine.execute(&mut s, prepared, &params).await;
+        let result = super::cancel::until_cancelled(&token, self.engine.execute(&mut s, prepared, &params)).await;
         *session.lock() = s;
         respond(client, result.map_err(to_pg)?, &portal.result_column_format, token)
     }

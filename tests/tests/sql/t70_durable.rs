@@ -191,3 +191,24 @@ async fn a_stopped_node_releases_its_data_directory() -> anyhow::Result<()> {
     assert_eq!(c.query("FETCH 1 FROM SUBSCRIPTION s", &[]).await?.len(), 0);
     node.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_fetch_can_be_cancelled_and_loses_nothing() -> anyhow::Result<()> {
+    let node = TestNode::start().await?;
+    let c = node.client().await?;
+    c.batch_execute("CREATE TOPIC t (n INT); CREATE SUBSCRIPTION s ON t").await?;
+    let cancel = c.cancel_token();
+    let waiting = tokio::spawn(async move {
+        let r = c.query("FETCH 10 FROM SUBSCRIPTION s WITH (timeout = '1h')", &[]).await;
+        (c, r)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cancel.cancel_query(tokio_postgres::NoTls).await?;
+    let (c, r) = tokio::time::timeout(Duration::from_secs(20), waiting).await??;
+    let e = r.expect_err("cancelled");
+    assert_eq!(e.code(), Some(&SqlState::QUERY_CANCELED), "{e:?}");
+    publish(&c, 0..3).await?;
+    let got = fetch(&c, "FETCH 10 FROM SUBSCRIPTION s WITH (timeout = '5s')").await?;
+    assert_eq!(got.iter().map(|r| r.2).collect::<BTreeSet<_>>(), (0..3).collect(), "{got:?}");
+    node.shutdown().await
+}
