@@ -441,7 +441,7 @@ fn split_csv(line: &str, o: &CopyOptions) -> std::result::Result<Vec<Option<Stri
     let mut chars = line.chars().peekable();
     while let Some(c) = chars.next() {
         if in_quotes {
-            if c == o.escape && chars.peek() == Some(&o.quote) && (o.escape != o.quote || true) {
+            if c == o.escape && chars.peek() == Some(&o.quote) {
                 if o.escape == o.quote {
                     // "" inside quotes is a literal quote; a lone " closes.
                     chars.next();

@@ -123,7 +123,7 @@ pub enum Statement {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CursorSource {
     /// A live subscription: FETCH waits for rows.
-    Subscribe(crate::subscribe::SubscribeSpec),
+    Subscribe(Box<crate::subscribe::SubscribeSpec>),
     /// An ordinary query: FETCH pages through its rows.
     Query(Box<SqlStatement>),
 }
@@ -345,7 +345,7 @@ fn parse_subscription_statement(p: &mut Parser<'_>) -> Result<Option<Statement>,
         }
         p.expect_keyword(Keyword::FOR)?;
         let source = if parse_word(p, "SUBSCRIBE") {
-            CursorSource::Subscribe(parse_subscribe(p)?)
+            CursorSource::Subscribe(Box::new(parse_subscribe(p)?))
         } else {
             CursorSource::Query(Box::new(SqlStatement::Query(p.parse_query()?)))
         };

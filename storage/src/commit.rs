@@ -40,6 +40,9 @@ pub struct Record {
     pub values: Vec<Value>,
 }
 
+/// An appended record as the in-memory tail keeps it: offset and encoded record.
+pub(crate) type TailRecord = (u64, Arc<[u8]>);
+
 /// What to do when an inserted row's primary key already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnConflict {
@@ -222,8 +225,8 @@ struct Staged {
     rows: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// (topic, partition) -> new start offset
     trims: HashMap<(ObjectId, u32), u64>,
-    /// (log, partition) -> appended records (offset, encoded), for the in-memory tail
-    appended: HashMap<(ObjectId, u32), Vec<(u64, Arc<[u8]>)>>,
+    /// (log, partition) -> appended records, for the in-memory tail
+    appended: HashMap<(ObjectId, u32), Vec<TailRecord>>,
 }
 
 impl Staged {

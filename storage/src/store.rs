@@ -40,13 +40,13 @@ pub struct PartitionState {
 /// The newest records of a partition, consecutive offsets, bounded in bytes.
 #[derive(Debug, Default)]
 pub(crate) struct Tail {
-    records: std::collections::VecDeque<(u64, Arc<[u8]>)>,
+    records: std::collections::VecDeque<crate::commit::TailRecord>,
     bytes: usize,
 }
 
 impl Tail {
     /// Appends records that follow the newest one and evicts the oldest beyond `cap` bytes.
-    pub(crate) fn push(&mut self, records: &[(u64, Arc<[u8]>)], cap: usize) {
+    pub(crate) fn push(&mut self, records: &[crate::commit::TailRecord], cap: usize) {
         for (offset, rec) in records {
             if self.records.back().is_some_and(|(last, _)| last + 1 != *offset) {
                 // A gap (never expected): start over rather than serve a hole.
@@ -319,7 +319,7 @@ impl Store {
         if from < state.start_offset() {
             return Ok(None);
         }
-        let picked: Vec<(u64, Arc<[u8]>)> = {
+        let picked: Vec<crate::commit::TailRecord> = {
             let tail = state.tail.lock();
             match tail.records.front() {
                 Some((first, _)) if *first <= from => tail
