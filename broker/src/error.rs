@@ -50,6 +50,14 @@ pub mod sqlstate {
     pub const IO_ERROR: &str = "58030";
     /// eddy: a subscription position older than retention kept (class YE: eddy's own)
     pub const POSITION_OUTSIDE_RETENTION: &str = "YE002";
+    /// eddy: a durable subscription lost rows to retention before delivering them
+    pub const LAGGED_OUT: &str = "YE003";
+    /// invalid_cursor_name
+    pub const INVALID_CURSOR_NAME: &str = "34000";
+    /// duplicate_cursor
+    pub const DUPLICATE_CURSOR: &str = "42P03";
+    /// dependent_objects_still_exist
+    pub const DEPENDENT_OBJECTS: &str = "2BP01";
     /// internal_error
     pub const INTERNAL_ERROR: &str = "XX000";
     /// data_corrupted
@@ -78,6 +86,9 @@ pub fn classify(e: &QueryError) -> (&'static str, String) {
         }
         QueryError::Cancelled => QUERY_CANCELED,
         QueryError::PositionOutsideRetention { .. } => POSITION_OUTSIDE_RETENTION,
+        QueryError::LaggedOut { .. } => LAGGED_OUT,
+        QueryError::UndefinedCursor(_) => INVALID_CURSOR_NAME,
+        QueryError::DuplicateCursor(_) => DUPLICATE_CURSOR,
         QueryError::Storage(s) => return classify_storage(s),
         QueryError::DataFusion(d) => return classify_datafusion(d),
     };
@@ -92,6 +103,7 @@ fn classify_storage(e: &StorageError) -> (&'static str, String) {
         StorageError::ObjectNotFound { .. } => UNDEFINED_TABLE,
         StorageError::NoSuchPartition { .. } | StorageError::InvalidValue(_) => INVALID_PARAMETER,
         StorageError::ShuttingDown => ADMIN_SHUTDOWN,
+        StorageError::DependentObjects { .. } => DEPENDENT_OBJECTS,
         StorageError::Engine(inner) => {
             tracing::error!(error = %inner, "storage engine error");
             return (IO_ERROR, "storage error (see the server log)".into());

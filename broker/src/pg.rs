@@ -13,6 +13,7 @@ mod cancel;
 pub(crate) mod conn;
 mod copy;
 mod extended;
+mod listen;
 mod subscription;
 
 use std::fmt::Debug;
@@ -220,7 +221,7 @@ impl SimpleQueryHandler for Backend {
         for stmt in statements {
             // The session is cloned out and back so no lock is held across an await.
             let mut s = session.lock().clone();
-            let result = self.engine.run(&mut s, stmt).await;
+            let result = cancel::until_cancelled(&token, self.engine.run(&mut s, stmt)).await;
             *session.lock() = s;
             match result.map_err(to_pg).and_then(|o| respond(client, o, &Format::UnifiedText, token.clone())) {
                 Ok(r) => {

@@ -43,6 +43,7 @@ impl NodeHandle {
         self.cancel.cancel();
         let _ = self.accept.await;
         let _ = self.retention.await;
+        self.engine.close();
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.shutdown()).await??;
         tracing::info!("node stopped");

@@ -235,8 +235,7 @@ pub(crate) async fn plan_copy(
             let CopySource::Table { table_name, columns } = source else {
                 return Err(Error::Syntax("COPY (query) FROM is not valid".into()));
             };
-            let name = object_name(table_name)?;
-            let def = engine.store().catalog().get(&name).ok_or(Error::UndefinedObject { name: name.clone() })?;
+            let def = crate::dml::target(engine, table_name)?;
             let all = crate::dml::write_columns(&def);
             // Without a column list a topic takes its user columns (not _key), as INSERT does.
             let skip = usize::from(matches!(*def, ObjectDef::Topic(_)));
@@ -442,7 +441,7 @@ fn split_csv(line: &str, o: &CopyOptions) -> std::result::Result<Vec<Option<Stri
     let mut chars = line.chars().peekable();
     while let Some(c) = chars.next() {
         if in_quotes {
-            if c == o.escape && chars.peek() == Some(&o.quote) && (o.escape != o.quote || true) {
+            if c == o.escape && chars.peek() == Some(&o.quote) {
                 if o.escape == o.quote {
                     // "" inside quotes is a literal quote; a lone " closes.
                     chars.next();
@@ -481,6 +480,7 @@ impl Engine {
             return Ok(0);
         }
         match &*sink.target {
+            ObjectDef::Subscription(s) => Err(Error::WrongObjectType { name: s.name.clone(), expected: "topic or table" }),
             ObjectDef::Topic(t) => crate::dml::append_rows(self, t, rows).await,
             ObjectDef::Table(t) => {
                 let res = self.write(vec![WriteOp::Insert { table: t.id, rows, on_conflict: OnConflict::Error }]).await?;

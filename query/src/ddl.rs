@@ -29,7 +29,7 @@ pub(crate) fn option_value(v: &SqlExpr) -> String {
 }
 
 /// `WITH (...)` options as lower-case key → value text.
-fn options_map(options: &[SqlOption]) -> Result<Vec<(String, String)>> {
+pub(crate) fn options_map(options: &[SqlOption]) -> Result<Vec<(String, String)>> {
     options
         .iter()
         .map(|o| match o {
@@ -142,8 +142,8 @@ impl Engine {
             None if if_exists => {}
             None => return Err(Error::UndefinedObject { name }),
             Some(def) => {
-                let is_topic = matches!(*def, ObjectDef::Topic(_));
-                if is_topic != topic {
+                let right_kind = if topic { matches!(*def, ObjectDef::Topic(_)) } else { matches!(*def, ObjectDef::Table(_)) };
+                if !right_kind {
                     return Err(Error::WrongObjectType { name, expected: if topic { "topic" } else { "table" } });
                 }
                 self.store.write(vec![WriteOp::Drop { name }]).await?;
@@ -195,6 +195,7 @@ impl Engine {
             primary_key.push(i);
         }
         let mut replication = Replication::Raft;
+        let mut change_retention_ms = Some(eddy_storage::DEFAULT_CHANGE_RETENTION_MS);
         let opts = match &ct.table_options {
             ast::CreateTableOptions::With(o) | ast::CreateTableOptions::Options(o) => o.clone(),
             _ => vec![],
@@ -205,10 +206,18 @@ impl Engine {
                 "replicas" => {
                     parse_count("replicas", &v, 9)?;
                 }
+                "change_retention" => change_retention_ms = retention_value(&v)?,
                 other => return Err(Error::InvalidParameter(format!("unrecognized table option \"{other}\""))),
             }
         }
-        let def = TableDef { id: 0, name, columns, primary_key, replication };
+        let def = TableDef {
+            id: 0,
+            name,
+            columns,
+            primary_key,
+            replication,
+            change_retention_ms,
+        };
         self.create_object(ObjectDef::Table(def), ct.if_not_exists).await?;
         Ok(Output::Command { tag: "CREATE TABLE".into(), rows: None })
     }

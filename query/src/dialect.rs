@@ -54,8 +54,78 @@ pub enum Statement {
         /// How rows are written.
         options: Vec<datafusion::sql::sqlparser::ast::CopyOption>,
     },
+    /// `DECLARE name CURSOR FOR SUBSCRIBE ... | SELECT ...`
+    DeclareCursor {
+        /// Cursor name.
+        name: String,
+        /// What it reads.
+        source: CursorSource,
+    },
+    /// `FETCH [FORWARD | NEXT] [n | ALL] [FROM | IN] cursor [WITH (timeout = '1s')]`
+    Fetch {
+        /// Cursor name.
+        cursor: String,
+        /// Most rows to return (`None` = ALL).
+        count: Option<u64>,
+        /// Longest wait for the first row of a subscription cursor (`None` = until one comes).
+        timeout: Option<std::time::Duration>,
+    },
+    /// `CLOSE cursor | ALL`
+    Close {
+        /// Cursor name (`None` = ALL).
+        cursor: Option<String>,
+    },
+    /// `LISTEN topic`
+    Listen(ObjectName),
+    /// `UNLISTEN topic | *`
+    Unlisten(Option<ObjectName>),
+    /// `CREATE SUBSCRIPTION [IF NOT EXISTS] s ON topic [WHERE ...] [FROM ...] [WITH (...)]`
+    CreateSubscription {
+        /// Subscription name.
+        name: ObjectName,
+        /// Topic, filter, start position and options.
+        spec: crate::subscribe::SubscribeSpec,
+        /// `IF NOT EXISTS`.
+        if_not_exists: bool,
+    },
+    /// `DROP SUBSCRIPTION [IF EXISTS] s`
+    DropSubscription {
+        /// Subscription name.
+        name: ObjectName,
+        /// `IF EXISTS`.
+        if_exists: bool,
+    },
+    /// `SHOW SUBSCRIPTIONS`
+    ShowSubscriptions,
+    /// `FETCH n FROM SUBSCRIPTION s [WITH (timeout = '5s')]`
+    FetchSubscription {
+        /// Subscription name.
+        name: ObjectName,
+        /// Most rows to return.
+        count: u64,
+        /// Longest wait for the first row (`None` = return at once).
+        timeout: Option<std::time::Duration>,
+    },
+    /// `ACK SUBSCRIPTION s (partition, offset), ...` or `NACK ...`
+    Ack {
+        /// Subscription name.
+        name: ObjectName,
+        /// (partition, offset) pairs.
+        positions: Vec<(u32, u64)>,
+        /// NACK: deliver these again at once.
+        nack: bool,
+    },
     /// Anything PostgreSQL-shaped.
     Sql(Box<SqlStatement>),
+}
+
+/// What a cursor reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CursorSource {
+    /// A live subscription: FETCH waits for rows.
+    Subscribe(Box<crate::subscribe::SubscribeSpec>),
+    /// An ordinary query: FETCH pages through its rows.
+    Query(Box<SqlStatement>),
 }
 
 /// Splits `sql` into statement texts on top-level semicolons, dropping empty ones.
@@ -119,10 +189,22 @@ pub fn parse_statement(sql: &str, compat: &PostgresCompatibilityParser) -> Resul
     let words = leading_words(sql);
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     match words.as_slice() {
-        ["CREATE", "TOPIC", ..] | ["ALTER", "TOPIC", ..] | ["DROP", "TOPIC", ..] | ["SHOW", "TOPICS", ..]
-        | ["SUBSCRIBE", ..] | ["COPY", "(", "SUBSCRIBE"] => {
-            parse_eddy(sql).map_err(syntax)
-        }
+        ["CREATE", "TOPIC", ..]
+        | ["ALTER", "TOPIC", ..]
+        | ["DROP", "TOPIC", ..]
+        | ["SHOW", "TOPICS", ..]
+        | ["SUBSCRIBE", ..]
+        | ["COPY", "(", "SUBSCRIBE"]
+        | ["CREATE", "SUBSCRIPTION", ..]
+        | ["DROP", "SUBSCRIPTION", ..]
+        | ["SHOW", "SUBSCRIPTIONS", ..]
+        | ["DECLARE", ..]
+        | ["FETCH", ..]
+        | ["CLOSE", ..]
+        | ["LISTEN", ..]
+        | ["UNLISTEN", ..]
+        | ["ACK", ..]
+        | ["NACK", ..] => parse_eddy(sql).map_err(syntax),
         _ => {
             let mut stmts = compat.parse(sql).map_err(syntax)?;
             match stmts.len() {
@@ -150,7 +232,9 @@ fn expect_word(p: &mut Parser<'_>, word: &str) -> Result<(), ParserError> {
 fn parse_eddy(sql: &str) -> Result<Statement, ParserError> {
     let dialect = PostgreSqlDialect {};
     let mut p = Parser::new(&dialect).try_with_sql(sql)?;
-    let stmt = if p.parse_keyword(Keyword::CREATE) {
+    let stmt = if let Some(stmt) = parse_subscription_statement(&mut p)? {
+        stmt
+    } else if p.parse_keyword(Keyword::CREATE) {
         expect_word(&mut p, "TOPIC")?;
         let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
         let name = p.parse_object_name(false)?;
@@ -194,7 +278,161 @@ fn parse_eddy(sql: &str) -> Result<Statement, ParserError> {
     }
 }
 
-/// `topic [WHERE expr] [FROM BEGINNING | NOW | OFFSET n | TIMESTAMP '...']` (after SUBSCRIBE).
+fn next_is_word(p: &Parser<'_>, word: &str) -> bool {
+    matches!(&p.peek_token().token, Token::Word(w) if w.value.eq_ignore_ascii_case(word))
+}
+
+fn parse_word(p: &mut Parser<'_>, word: &str) -> bool {
+    let yes = next_is_word(p, word);
+    if yes {
+        p.next_token();
+    }
+    yes
+}
+
+fn parse_u64(p: &mut Parser<'_>, what: &str) -> Result<u64, ParserError> {
+    match p.next_token().token {
+        Token::Number(n, _) => n.parse().map_err(|_| ParserError::ParserError(format!("bad {what} {n}"))),
+        other => Err(ParserError::ParserError(format!("expected {what}, found: {other}"))),
+    }
+}
+
+/// `(p, o), (p, o)` (with or without an outer pair of parentheses).
+fn parse_positions(p: &mut Parser<'_>) -> Result<Vec<(u32, u64)>, ParserError> {
+    p.parse_comma_separated(|p| {
+        p.expect_token(&Token::LParen)?;
+        let part = parse_u64(p, "a partition")?;
+        p.expect_token(&Token::Comma)?;
+        let offset = parse_u64(p, "an offset")?;
+        p.expect_token(&Token::RParen)?;
+        let part = u32::try_from(part).map_err(|_| ParserError::ParserError(format!("bad partition {part}")))?;
+        Ok((part, offset))
+    })
+}
+
+/// `[WITH (timeout = '1s')]` of FETCH.
+fn parse_fetch_timeout(p: &mut Parser<'_>) -> Result<Option<std::time::Duration>, ParserError> {
+    if !p.parse_keyword(Keyword::WITH) {
+        return Ok(None);
+    }
+    let mut timeout = None;
+    for opt in parse_option_list(p)? {
+        let SqlOption::KeyValue { key, value } = opt else { continue };
+        if !key.value.eq_ignore_ascii_case("timeout") {
+            return Err(ParserError::ParserError(format!("FETCH option \"{}\" not recognized", key.value)));
+        }
+        let text = crate::ddl::option_value(&value);
+        let ms = crate::types::parse_duration_ms(&text)
+            .map_err(|_| ParserError::ParserError(format!("invalid timeout '{text}' (try '1s', '500ms')")))?;
+        timeout = Some(std::time::Duration::from_millis(ms));
+    }
+    Ok(timeout)
+}
+
+/// The cursor, subscription, LISTEN and ACK statements; `None` if `p` holds another one.
+fn parse_subscription_statement(p: &mut Parser<'_>) -> Result<Option<Statement>, ParserError> {
+    let ident = |p: &mut Parser<'_>| p.parse_identifier().map(|i| crate::engine::normalize_ident(&i));
+    let stmt = if parse_word(p, "DECLARE") {
+        let name = ident(p)?;
+        // PostgreSQL's cursor options; eddy's cursors are all forward-only and need no transaction.
+        while parse_word(p, "BINARY") || parse_word(p, "INSENSITIVE") || parse_word(p, "SCROLL") || parse_word(p, "ASENSITIVE") {}
+        if parse_word(p, "NO") {
+            expect_word(p, "SCROLL")?;
+        }
+        expect_word(p, "CURSOR")?;
+        if p.parse_keyword(Keyword::WITH) || p.parse_keyword(Keyword::WITHOUT) {
+            expect_word(p, "HOLD")?;
+        }
+        p.expect_keyword(Keyword::FOR)?;
+        let source = if parse_word(p, "SUBSCRIBE") {
+            CursorSource::Subscribe(Box::new(parse_subscribe(p)?))
+        } else {
+            CursorSource::Query(Box::new(SqlStatement::Query(p.parse_query()?)))
+        };
+        Statement::DeclareCursor { name, source }
+    } else if parse_word(p, "FETCH") {
+        // FETCH [FORWARD | NEXT] [n | ALL] [FROM | IN] name | FETCH n FROM SUBSCRIPTION s
+        let mut count = Some(1);
+        if parse_word(p, "NEXT") {
+        } else {
+            parse_word(p, "FORWARD");
+            if p.parse_keyword(Keyword::ALL) {
+                count = None;
+            } else if matches!(p.peek_token().token, Token::Number(..)) {
+                count = Some(parse_u64(p, "a row count")?);
+            }
+        }
+        let _ = p.parse_keyword(Keyword::FROM) || p.parse_keyword(Keyword::IN);
+        if parse_word(p, "SUBSCRIPTION") {
+            let name = p.parse_object_name(false)?;
+            let count =
+                count.ok_or_else(|| ParserError::ParserError("FETCH ALL FROM SUBSCRIPTION: give a row count".into()))?;
+            Statement::FetchSubscription { name, count, timeout: parse_fetch_timeout(p)? }
+        } else {
+            let cursor = ident(p)?;
+            Statement::Fetch { cursor, count, timeout: parse_fetch_timeout(p)? }
+        }
+    } else if parse_word(p, "CLOSE") {
+        let cursor = if p.parse_keyword(Keyword::ALL) { None } else { Some(ident(p)?) };
+        Statement::Close { cursor }
+    } else if parse_word(p, "LISTEN") {
+        Statement::Listen(p.parse_object_name(false)?)
+    } else if parse_word(p, "UNLISTEN") {
+        if p.consume_token(&Token::Mul) {
+            Statement::Unlisten(None)
+        } else {
+            Statement::Unlisten(Some(p.parse_object_name(false)?))
+        }
+    } else if next_is_word(p, "ACK") || next_is_word(p, "NACK") {
+        let nack = parse_word(p, "NACK");
+        if !nack {
+            p.next_token();
+        }
+        expect_word(p, "SUBSCRIPTION")?;
+        let name = p.parse_object_name(false)?;
+        let positions = if p.consume_token(&Token::LParen) && matches!(p.peek_token().token, Token::LParen) {
+            // ACK SUBSCRIPTION s ((0, 1), (1, 2))
+            let v = parse_positions(p)?;
+            p.expect_token(&Token::RParen)?;
+            v
+        } else {
+            // ACK SUBSCRIPTION s (0, 1), (1, 2): the first "(" is already consumed.
+            let part = parse_u64(p, "a partition")?;
+            p.expect_token(&Token::Comma)?;
+            let offset = parse_u64(p, "an offset")?;
+            p.expect_token(&Token::RParen)?;
+            let part = u32::try_from(part).map_err(|_| ParserError::ParserError(format!("bad partition {part}")))?;
+            let mut v = vec![(part, offset)];
+            if p.consume_token(&Token::Comma) {
+                v.extend(parse_positions(p)?);
+            }
+            v
+        };
+        Statement::Ack { name, positions, nack }
+    } else if next_is_word(p, "CREATE") && matches!(&p.peek_nth_token(1).token, Token::Word(w) if w.value.eq_ignore_ascii_case("SUBSCRIPTION")) {
+        p.next_token();
+        p.next_token();
+        let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+        let name = p.parse_object_name(false)?;
+        p.expect_keyword(Keyword::ON)?;
+        Statement::CreateSubscription { name, spec: parse_subscribe(p)?, if_not_exists }
+    } else if next_is_word(p, "DROP") && matches!(&p.peek_nth_token(1).token, Token::Word(w) if w.value.eq_ignore_ascii_case("SUBSCRIPTION")) {
+        p.next_token();
+        p.next_token();
+        let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        Statement::DropSubscription { name: p.parse_object_name(false)?, if_exists }
+    } else if next_is_word(p, "SHOW") && matches!(&p.peek_nth_token(1).token, Token::Word(w) if w.value.eq_ignore_ascii_case("SUBSCRIPTIONS")) {
+        p.next_token();
+        p.next_token();
+        Statement::ShowSubscriptions
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(stmt))
+}
+
+/// `topic [WHERE expr] [FROM BEGINNING | NOW | OFFSET n | OFFSETS ((p, o), ...) | TIMESTAMP '...']
+/// [WITH (option = value, ...)]` (after SUBSCRIBE).
 fn parse_subscribe(p: &mut Parser<'_>) -> Result<crate::subscribe::SubscribeSpec, ParserError> {
     use crate::subscribe::{StartPosition, SubscribeSpec};
     let topic = p.parse_object_name(false)?;
@@ -204,6 +442,12 @@ fn parse_subscribe(p: &mut Parser<'_>) -> Result<crate::subscribe::SubscribeSpec
         match &t.token {
             Token::Word(w) if w.value.eq_ignore_ascii_case("beginning") => StartPosition::Beginning,
             Token::Word(w) if w.value.eq_ignore_ascii_case("now") => StartPosition::Now,
+            Token::Word(w) if w.value.eq_ignore_ascii_case("offsets") => {
+                p.expect_token(&Token::LParen)?;
+                let v = parse_positions(p)?;
+                p.expect_token(&Token::RParen)?;
+                StartPosition::Offsets(v)
+            }
             Token::Word(w) if w.value.eq_ignore_ascii_case("offset") => match p.next_token().token {
                 Token::Number(n, _) => StartPosition::Offset(
                     n.parse().map_err(|_| ParserError::ParserError(format!("bad offset {n}")))?,
@@ -226,7 +470,8 @@ fn parse_subscribe(p: &mut Parser<'_>) -> Result<crate::subscribe::SubscribeSpec
     } else {
         StartPosition::Now
     };
-    Ok(SubscribeSpec { topic, filter, from })
+    let options = if p.parse_keyword(Keyword::WITH) { parse_option_list(p)? } else { vec![] };
+    Ok(SubscribeSpec { topic, filter, from, options })
 }
 
 /// `[WITH] (FORMAT x, HEADER [bool], DELIMITER 'c', NULL 's')` of a COPY ... TO STDOUT.
@@ -329,6 +574,37 @@ mod tests {
         assert!(matches!(&parse("copy (subscribe r) to stdout")?[0], Statement::CopySubscribe { options, .. } if options.is_empty()));
         assert!(matches!(&parse("COPY (SELECT 1) TO STDOUT")?[0], Statement::Sql(_)));
         assert!(matches!(parse("SELEC 1"), Err(Error::Syntax(_))));
+        Ok(())
+    }
+
+    #[test]
+    fn subscription_statements() -> Result<()> {
+        use std::time::Duration;
+        let s = parse("DECLARE \"C1\" NO SCROLL CURSOR WITHOUT HOLD FOR SUBSCRIBE t FROM OFFSETS ((0, 5), (2, 7))")?;
+        let Statement::DeclareCursor { name, source: CursorSource::Subscribe(spec) } = &s[0] else { panic!("{s:?}") };
+        assert_eq!(name, "C1");
+        assert_eq!(spec.from, crate::subscribe::StartPosition::Offsets(vec![(0, 5), (2, 7)]));
+        assert!(matches!(&parse("declare c cursor for select 1")?[0], Statement::DeclareCursor { source: CursorSource::Query(_), .. }));
+        let fetch = |sql: &str| parse(sql).map(|mut v| v.remove(0));
+        assert_eq!(fetch("FETCH 10 c WITH (timeout = '1s')")?, Statement::Fetch { cursor: "c".into(), count: Some(10), timeout: Some(Duration::from_secs(1)) });
+        assert_eq!(fetch("FETCH NEXT FROM c")?, Statement::Fetch { cursor: "c".into(), count: Some(1), timeout: None });
+        assert_eq!(fetch("fetch forward all in c")?, Statement::Fetch { cursor: "c".into(), count: None, timeout: None });
+        assert!(matches!(fetch("FETCH 5 FROM SUBSCRIPTION s WITH (timeout = '250ms')")?,
+            Statement::FetchSubscription { count: 5, timeout: Some(t), .. } if t == Duration::from_millis(250)));
+        assert!(matches!(fetch("FETCH 5 c WITH (timeout = 'soon')"), Err(Error::Syntax(_))));
+        assert!(matches!(fetch("FETCH ALL FROM SUBSCRIPTION s"), Err(Error::Syntax(_))));
+        assert_eq!(fetch("CLOSE ALL")?, Statement::Close { cursor: None });
+        assert!(matches!(fetch("ACK SUBSCRIPTION s (0, 41), (1, 17)")?, Statement::Ack { positions, nack: false, .. } if positions == vec![(0, 41), (1, 17)]));
+        assert!(matches!(fetch("NACK SUBSCRIPTION s ((3, 4))")?, Statement::Ack { positions, nack: true, .. } if positions == vec![(3, 4)]));
+        assert!(matches!(fetch("ACK SUBSCRIPTION s (0, -1)"), Err(Error::Syntax(_))));
+        assert!(matches!(fetch("CREATE SUBSCRIPTION IF NOT EXISTS s ON t WHERE n > 1 FROM BEGINNING WITH (ack_wait = '5s')")?,
+            Statement::CreateSubscription { if_not_exists: true, spec, .. } if spec.options.len() == 1 && spec.filter.is_some()));
+        assert!(matches!(fetch("DROP SUBSCRIPTION IF EXISTS s")?, Statement::DropSubscription { if_exists: true, .. }));
+        assert_eq!(fetch("SHOW SUBSCRIPTIONS")?, Statement::ShowSubscriptions);
+        assert!(matches!(fetch("LISTEN t")?, Statement::Listen(_)));
+        assert_eq!(fetch("UNLISTEN *")?, Statement::Unlisten(None));
+        // CREATE TABLE and DROP TABLE still go to the PostgreSQL parser.
+        assert!(matches!(fetch("CREATE TABLE x (id INT PRIMARY KEY)")?, Statement::Sql(_)));
         Ok(())
     }
 }

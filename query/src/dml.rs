@@ -77,6 +77,7 @@ pub(crate) fn write_columns(def: &ObjectDef) -> Vec<(String, ColumnType)> {
             .chain(t.columns.iter().map(|c| (c.name.clone(), c.ty)))
             .collect(),
         ObjectDef::Table(t) => t.columns.iter().map(|c| (c.name.clone(), c.ty)).collect(),
+        ObjectDef::Subscription(_) => vec![],
     }
 }
 
@@ -85,12 +86,17 @@ fn written_schema(def: &ObjectDef) -> SchemaRef {
     match def {
         ObjectDef::Topic(t) => topic_schema(t),
         ObjectDef::Table(t) => table_schema(t),
+        ObjectDef::Subscription(_) => Arc::new(arrow::datatypes::Schema::empty()),
     }
 }
 
-fn target(engine: &Engine, name: &ast::ObjectName) -> Result<Arc<ObjectDef>> {
+/// The topic or table a statement writes.
+pub(crate) fn target(engine: &Engine, name: &ast::ObjectName) -> Result<Arc<ObjectDef>> {
     let name = object_name(name)?;
-    engine.store().catalog().get(&name).ok_or(Error::UndefinedObject { name })
+    match engine.store().catalog().get(&name) {
+        Some(def) if !matches!(*def, ObjectDef::Subscription(_)) => Ok(def),
+        _ => Err(Error::UndefinedObject { name }),
+    }
 }
 
 pub(crate) fn column_index(def: &ObjectDef, cols: &[(String, ColumnType)], name: &str) -> Result<usize> {
@@ -368,6 +374,7 @@ fn table_of(def: &Arc<ObjectDef>, verb: &str) -> Result<TableDef> {
             name: t.name.clone(),
             expected: if verb == "UPDATE" { "table (topics are append-only; UPDATE needs a table)" } else { "table (topics are append-only; DELETE needs a table, retention removes old messages)" },
         }),
+        ObjectDef::Subscription(s) => Err(Error::WrongObjectType { name: s.name.clone(), expected: "table" }),
     }
 }
 
@@ -550,6 +557,7 @@ fn check_size(engine: &Engine, values: &[Value]) -> Result<()> {
 /// Writes full rows (for topics: `_key` first, then the user columns).
 async fn write_rows(engine: &Engine, plan: &DmlPlan, rows: Vec<Vec<Value>>, conflict: &Conflict, params: &ParamValues) -> Result<Output> {
     match &*plan.target {
+        ObjectDef::Subscription(s) => Err(Error::WrongObjectType { name: s.name.clone(), expected: "topic or table" }),
         ObjectDef::Topic(topic) => {
             let written = append(engine, topic, rows).await?;
             finish_topic(plan, topic, written)

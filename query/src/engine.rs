@@ -19,6 +19,8 @@ use eddy_storage::{ObjectId, Store, TopicDef, WriteOp, WriteResult};
 use serde::{Deserialize, Serialize};
 
 use crate::copy::{CopyInSink, CopyOptions};
+use crate::cursor::Cursor;
+use crate::dialect::CursorSource;
 use crate::dialect::{self, Statement};
 use crate::dml::{self, DmlPlan};
 use crate::error::{Error, Result};
@@ -35,11 +37,14 @@ pub struct QueryConfig {
     pub default_partitions: u32,
     /// Rows a COPY FROM buffers before writing them (bounds its memory).
     pub copy_batch_rows: usize,
+    /// An idle `COPY (SUBSCRIBE ...)` sends a heartbeat row after this many milliseconds
+    /// without rows (0 = never; a subscription's `WITH (heartbeat = '5s')` overrides it).
+    pub subscription_heartbeat_ms: u64,
 }
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        Self { max_message_bytes: 1 << 20, default_partitions: 1, copy_batch_rows: 8192 }
+        Self { max_message_bytes: 1 << 20, default_partitions: 1, copy_batch_rows: 8192, subscription_heartbeat_ms: 0 }
     }
 }
 
@@ -116,10 +121,13 @@ pub(crate) enum Kind {
     Other,
 }
 
-/// Per-connection state: settings changed with SET.
+/// Per-connection state: settings changed with SET, open cursors, LISTENed topics.
 #[derive(Debug, Clone, Default)]
 pub struct Session {
     vars: BTreeMap<String, String>,
+    cursors: BTreeMap<String, Cursor>,
+    /// Topic -> the next offset of each partition when LISTEN ran.
+    listens: BTreeMap<String, Vec<u64>>,
 }
 
 /// Defaults reported by SHOW (and as ParameterStatus at startup).
@@ -156,6 +164,11 @@ impl Session {
     pub fn set(&mut self, name: &str, value: String) {
         self.vars.insert(name.to_ascii_lowercase(), value);
     }
+    /// The topics (or tables) this session LISTENs to, with the per-partition offsets the
+    /// notifications start from.
+    pub fn listens(&self) -> &BTreeMap<String, Vec<u64>> {
+        &self.listens
+    }
 }
 
 /// The query engine of one node.
@@ -171,6 +184,10 @@ pub struct Engine {
     /// between its read and its write. Plain INSERT does not take it: its duplicate-key
     /// check is atomic in the committer.
     pub(crate) rmw: tokio::sync::Mutex<()>,
+    /// Live ephemeral subscriptions (for `eddy.subscriptions`).
+    pub(crate) subscriptions: crate::subscribe::Registry,
+    /// Durable subscriptions this node serves.
+    pub(crate) durable: crate::durable::DurableSubs,
 }
 
 impl std::fmt::Debug for Engine {
@@ -225,14 +242,31 @@ impl Engine {
         )
         .map_err(|e| Error::from(*e))?;
         crate::functions::register(&ctx);
-        Ok(Arc::new(Engine {
-            store,
-            ctx,
-            compat: PostgresCompatibilityParser::new(),
-            config,
-            round_robin: parking_lot::Mutex::new(HashMap::new()),
-            rmw: tokio::sync::Mutex::new(()),
+        Ok(Arc::new_cyclic(|me| {
+            let system = Arc::new(crate::system::SystemSchema { engine: me.clone() });
+            if let Err(e) = catalog.register_schema("eddy", system) {
+                tracing::error!(error = %e, "cannot register the eddy system schema");
+            }
+            Engine {
+                store,
+                ctx,
+                compat: PostgresCompatibilityParser::new(),
+                config,
+                round_robin: parking_lot::Mutex::new(HashMap::new()),
+                rmw: tokio::sync::Mutex::new(()),
+                subscriptions: crate::subscribe::Registry::default(),
+                durable: crate::durable::DurableSubs::default(),
+            }
         }))
+    }
+
+    /// Releases what the engine's SQL catalog holds. datafusion-pg-catalog's `pg_catalog`
+    /// schema keeps the catalog list that contains it (a reference cycle), which would keep
+    /// the store, and so the database lock, alive after the node stops. Call on shutdown.
+    pub fn close(&self) {
+        let empty = Arc::new(datafusion::catalog::MemoryCatalogProvider::new());
+        self.ctx.state().catalog_list().register_catalog("eddy".into(), empty);
+        self.durable.clear();
     }
 
     /// The store underneath.
@@ -260,8 +294,9 @@ impl Engine {
         }
     }
 
-    /// Plans a statement. `hints` are parameter types the client declared.
-    pub async fn prepare(&self, statement: Statement, hints: &[Option<DataType>]) -> Result<Prepared> {
+    /// Plans a statement. `hints` are parameter types the client declared; `session`
+    /// resolves cursors (FETCH returns the rows of the cursor's query).
+    pub async fn prepare(&self, statement: Statement, hints: &[Option<DataType>], session: &Session) -> Result<Prepared> {
         let (kind, mut param_types, schema) = match &statement {
             Statement::Sql(s) => match &**s {
                 SqlStatement::Query(_) | SqlStatement::Explain { .. } => {
@@ -284,6 +319,9 @@ impl Engine {
                 _ => (Kind::Other, vec![], None),
             },
             Statement::ShowTopics => (Kind::Other, vec![], Some(show_topics_schema())),
+            Statement::ShowSubscriptions => (Kind::Other, vec![], Some(Engine::subscriptions_schema())),
+            Statement::Fetch { cursor, .. } => (Kind::Other, vec![], session.cursors.get(cursor).map(|c| c.schema.clone())),
+            Statement::FetchSubscription { name, .. } => (Kind::Other, vec![], self.fetch_subscription_schema(name)),
             _ => (Kind::Other, vec![], None),
         };
         for (i, h) in hints.iter().enumerate() {
@@ -326,7 +364,7 @@ impl Engine {
 
     /// Parses, plans and runs a statement without parameters (the simple protocol).
     pub async fn run(&self, session: &mut Session, statement: Statement) -> Result<Output> {
-        let p = self.prepare(statement, &[]).await?;
+        let p = self.prepare(statement, &[], session).await?;
         self.execute(session, &p, &ParamValues::List(vec![])).await
     }
 
@@ -342,9 +380,68 @@ impl Engine {
                 "COPY (SUBSCRIBE ...) here: the connection drives subscriptions itself".into(),
             )),
             Statement::Subscribe(_) => Err(Error::NotSupported(
-                "SUBSCRIBE as a statement of its own (its transports, COPY (SUBSCRIBE ...) TO STDOUT and cursors, come next)"
+                "SUBSCRIBE on its own; use COPY (SUBSCRIBE ...) TO STDOUT, DECLARE c CURSOR FOR SUBSCRIBE ..., or LISTEN"
                     .into(),
             )),
+            Statement::DeclareCursor { name, source } => {
+                if session.cursors.contains_key(name) {
+                    return Err(Error::DuplicateCursor(name.clone()));
+                }
+                let cursor = match source {
+                    CursorSource::Subscribe(spec) => Cursor::new(self.subscribe(spec, "cursor").await?, true),
+                    CursorSource::Query(q) => {
+                        let plan = pg_column_names(q, self.plan_sql(q).await?)?;
+                        Cursor::new(self.run_plan(&plan, &ParamValues::List(vec![])).await?, false)
+                    }
+                };
+                session.cursors.insert(name.clone(), cursor);
+                Ok(Output::Command { tag: "DECLARE CURSOR".into(), rows: None })
+            }
+            Statement::Fetch { cursor, count, timeout } => {
+                let c = session.cursors.get(cursor).ok_or_else(|| Error::UndefinedCursor(cursor.clone()))?;
+                Ok(Output::Rows { tag: "FETCH".into(), stream: c.fetch(*count, *timeout) })
+            }
+            Statement::Close { cursor } => {
+                match cursor {
+                    Some(c) => {
+                        session.cursors.remove(c).ok_or_else(|| Error::UndefinedCursor(c.clone()))?;
+                    }
+                    None => session.cursors.clear(),
+                }
+                Ok(Output::Command { tag: "CLOSE CURSOR".into(), rows: None })
+            }
+            Statement::Listen(name) => {
+                let source = self.source(name)?;
+                let positions = self.resolve_positions(&source.log, &crate::subscribe::StartPosition::Now).await?;
+                session.listens.entry(source.log.name.clone()).or_insert(positions);
+                Ok(Output::Command { tag: "LISTEN".into(), rows: None })
+            }
+            Statement::Unlisten(name) => {
+                match name {
+                    Some(n) => {
+                        session.listens.remove(&object_name(n)?);
+                    }
+                    None => session.listens.clear(),
+                }
+                Ok(Output::Command { tag: "UNLISTEN".into(), rows: None })
+            }
+            Statement::CreateSubscription { name, spec, if_not_exists } => {
+                self.create_subscription(name, spec, *if_not_exists).await
+            }
+            Statement::DropSubscription { name, if_exists } => self.drop_subscription(name, *if_exists).await,
+            Statement::ShowSubscriptions => {
+                let all = self.subscriptions_batch().await?;
+                let kinds = all.column(1).as_any().downcast_ref::<StringArray>().cloned();
+                let durable: arrow::array::BooleanArray =
+                    kinds.iter().flat_map(|k| k.iter()).map(|k| Some(k == Some("durable"))).collect();
+                let batch = arrow::compute::filter_record_batch(&all, &durable)?;
+                let stream = MemoryStream::try_new(vec![batch], Engine::subscriptions_schema(), None)?;
+                Ok(Output::Rows { tag: "SHOW".into(), stream: Box::pin(stream) })
+            }
+            Statement::FetchSubscription { name, count, timeout } => {
+                self.fetch_subscription(name, *count, *timeout).await
+            }
+            Statement::Ack { name, positions, nack } => self.ack_subscription(name, positions, *nack).await,
             Statement::Sql(s) => self.execute_sql_other(session, s).await,
         }
     }
@@ -399,6 +496,19 @@ impl Engine {
             SqlStatement::Deallocate { .. } => command("DEALLOCATE"),
             other => Err(Error::NotSupported(format!("statement \"{}\"", first_words(&other.to_string())))),
         }
+    }
+
+    /// The rows a LISTEN on `name` notifies, from the offsets LISTEN recorded.
+    pub async fn listen_stream(&self, name: &str, positions: &[u64]) -> Result<SendableRecordBatchStream> {
+        let spec = crate::subscribe::SubscribeSpec {
+            topic: ObjectName::from(vec![ast::Ident::with_quote('"', name)]),
+            filter: None,
+            from: crate::subscribe::StartPosition::Offsets(
+                positions.iter().enumerate().map(|(p, o)| (p as u32, *o)).collect(),
+            ),
+            options: vec![],
+        };
+        self.subscribe(&spec, "listen").await
     }
 
     /// The partition of the next keyless message of `topic`.

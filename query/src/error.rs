@@ -85,6 +85,24 @@ pub enum Error {
         /// The oldest offset still retained.
         start: u64,
     },
+    /// Rows of a durable subscription were removed by retention before delivery.
+    #[error("subscription \"{name}\" lagged out: {lost} rows of partition {partition} were removed by retention before delivery; it continues at offset {resume}")]
+    LaggedOut {
+        /// The subscription.
+        name: String,
+        /// The partition.
+        partition: u32,
+        /// Rows lost.
+        lost: u64,
+        /// Where delivery continues.
+        resume: u64,
+    },
+    /// FETCH or CLOSE of a cursor that does not exist.
+    #[error("cursor \"{0}\" does not exist")]
+    UndefinedCursor(String),
+    /// DECLARE of a cursor name already in use.
+    #[error("cursor \"{0}\" already exists")]
+    DuplicateCursor(String),
     /// The statement was cancelled.
     #[error("canceling statement due to user request")]
     Cancelled,

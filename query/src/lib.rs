@@ -5,7 +5,9 @@
 //!   an [`Output`] (rows, a command tag, or a COPY in/out to drive).
 //! - [`Session`] — per-connection settings (SET/SHOW).
 //! - `ddl` — CREATE/ALTER/DROP TOPIC, CREATE/DROP TABLE, SHOW TOPICS.
-//! - [`SubscribeSpec`] / `Engine::subscribe` — live, filtered streams of a topic's rows.
+//! - [`SubscribeSpec`] / `Engine::subscribe` — live, filtered streams of a topic's rows or
+//!   a table's changes; `cursor` — DECLARE/FETCH/CLOSE; `durable` — CREATE SUBSCRIPTION,
+//!   FETCH FROM SUBSCRIPTION, ACK/NACK; `system` — `eddy.partitions`, `eddy.subscriptions`.
 //! - `provider` — DataFusion table providers for topics (pushdown of `_partition`,
 //!   `_offset`, `_ts`) and tables (primary-key point reads).
 //! - `dml` — INSERT (with a fast path that never plans through DataFusion), UPDATE, DELETE.
@@ -25,14 +27,17 @@
 
 mod convert;
 mod copy;
+mod cursor;
 mod ddl;
 pub mod dialect;
 mod dml;
+mod durable;
 mod engine;
 mod error;
 mod functions;
 mod provider;
 mod subscribe;
+mod system;
 mod types;
 
 pub use copy::{CopyFormat, CopyInSink, CopyOptions};
@@ -41,5 +46,5 @@ pub use engine::{Engine, Output, Prepared, QueryConfig, Session, DEFAULT_SETTING
 pub use error::{Error, Result};
 pub use functions::version_string;
 pub use provider::{table_schema, topic_schema};
-pub use subscribe::{StartPosition, SubscribeSpec};
+pub use subscribe::{rows_as_json, StartPosition, SubscribeOptions, SubscribeSpec};
 pub use types::{parse_duration_ms, parse_text};

@@ -71,24 +71,26 @@ impl EddySchemaProvider {
     }
 }
 
-/// The provider for one catalog object.
-pub fn provider_for(store: &Store, def: &ObjectDef) -> Arc<dyn TableProvider> {
+/// The provider for one catalog object (`None` for objects that are not relations).
+pub fn provider_for(store: &Store, def: &ObjectDef) -> Option<Arc<dyn TableProvider>> {
     match def {
-        ObjectDef::Topic(t) => Arc::new(TopicProvider::new(store.clone(), t.clone())),
-        ObjectDef::Table(t) => Arc::new(RowsProvider::new(store.clone(), t.clone())),
+        ObjectDef::Topic(t) => Some(Arc::new(TopicProvider::new(store.clone(), t.clone()))),
+        ObjectDef::Table(t) => Some(Arc::new(RowsProvider::new(store.clone(), t.clone()))),
+        ObjectDef::Subscription(_) => None,
     }
 }
 
 #[async_trait]
 impl SchemaProvider for EddySchemaProvider {
     fn table_names(&self) -> Vec<String> {
-        self.store.catalog().list().iter().map(|o| o.name().to_owned()).collect()
+        let list = self.store.catalog().list();
+        list.iter().filter(|o| !matches!(***o, ObjectDef::Subscription(_))).map(|o| o.name().to_owned()).collect()
     }
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
-        Ok(self.store.catalog().get(name).map(|def| provider_for(&self.store, &def)))
+        Ok(self.store.catalog().get(name).and_then(|def| provider_for(&self.store, &def)))
     }
     fn table_exist(&self, name: &str) -> bool {
-        self.store.catalog().get(name).is_some()
+        self.store.catalog().get(name).is_some_and(|d| !matches!(*d, ObjectDef::Subscription(_)))
     }
 }
 

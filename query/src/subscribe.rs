@@ -10,20 +10,24 @@
 //!
 //! Nothing is buffered ahead of the consumer: a partition reader reads one chunk when
 //! polled, so a slow subscriber holds at most one chunk per partition and publishers never
-//! wait on it. A reader whose next offset was removed by retention fails with
+//! wait on it. A reader that keeps up reads the partition's in-memory tail (the newest
+//! records, kept by the committer); one that fell behind reads RocksDB. A reader whose next offset was removed by retention fails with
 //! [`Error::PositionOutsideRetention`] instead of skipping silently.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-use arrow::array::{Array, BooleanArray, RecordBatch};
+use arrow::array::{new_null_array, Array, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, ObjectName};
-use eddy_storage::{ObjectDef, Store, TopicDef};
+use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, ObjectName, SqlOption};
+use eddy_storage::{LogRecord, ObjectDef, Store, TableDef, TopicDef};
 use futures::StreamExt;
 
 use crate::engine::{object_name, Engine};
@@ -31,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::provider::{log_batch, topic_schema};
 
 /// Where a subscription starts, in every partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartPosition {
     /// The oldest retained message.
     Beginning,
@@ -39,154 +43,416 @@ pub enum StartPosition {
     Now,
     /// This offset (the same in every partition).
     Offset(u64),
+    /// These offsets, as (partition, offset); partitions not listed start at the beginning.
+    Offsets(Vec<(u32, u64)>),
     /// The first message appended at or after this time (microseconds since the epoch).
     Timestamp(i64),
 }
 
-/// `SUBSCRIBE topic [WHERE expr] [FROM ...]`
+/// `SUBSCRIBE topic [WHERE expr] [FROM ...] [WITH (...)]`
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubscribeSpec {
-    /// The topic.
+    /// The topic (or table, for its changes).
     pub topic: ObjectName,
     /// Rows to keep.
     pub filter: Option<SqlExpr>,
     /// Start position.
     pub from: StartPosition,
+    /// `WITH (...)` options: `snapshot` (tables), `heartbeat` (COPY).
+    pub options: Vec<SqlOption>,
+}
+
+/// The parsed `WITH (...)` options of a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SubscribeOptions {
+    /// Tables: stream the current rows (as inserts) before the changes.
+    pub snapshot: bool,
+    /// COPY: a heartbeat row after this long without rows (`None` = never).
+    pub heartbeat: Option<Duration>,
+}
+
+impl SubscribeSpec {
+    /// The `WITH (...)` options; `heartbeat` defaults to `default_heartbeat_ms` (0 = off).
+    pub fn parsed_options(&self, default_heartbeat_ms: u64) -> Result<SubscribeOptions> {
+        let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
+        let mut out = SubscribeOptions { snapshot: false, heartbeat: ms(default_heartbeat_ms) };
+        for (k, v) in crate::ddl::options_map(&self.options)? {
+            match k.as_str() {
+                "snapshot" => {
+                    out.snapshot = match v.to_ascii_lowercase().as_str() {
+                        "true" | "on" | "yes" | "1" => true,
+                        "false" | "off" | "no" | "0" => false,
+                        _ => return Err(Error::InvalidParameter(format!("snapshot must be true or false, not '{v}'"))),
+                    }
+                }
+                "heartbeat" => out.heartbeat = ms(crate::types::parse_duration_ms(&v)?),
+                other => return Err(Error::InvalidParameter(format!("unrecognized subscription option \"{other}\""))),
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Rows read from storage per step of one partition's reader.
 const CHUNK: usize = 1024;
 
+/// What a subscription reads: a topic, or a table's change log (a one-partition log whose
+/// record keys are the change kinds).
+#[derive(Debug, Clone)]
+pub(crate) struct Source {
+    pub(crate) log: Arc<TopicDef>,
+    pub(crate) schema: SchemaRef,
+    pub(crate) table: Option<Arc<TableDef>>,
+}
+
+/// The schema of a table's change stream: like a topic's, with `_op` for `_key`, and
+/// `_offset` NULL for snapshot rows.
+fn change_schema(log: &TopicDef) -> SchemaRef {
+    let base = topic_schema(log);
+    let fields: Vec<Field> = base
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| match i {
+            1 => Field::new("_offset", DataType::Int64, true),
+            3 => Field::new("_op", DataType::Utf8, false),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// Live counters of one subscription, shown in `eddy.subscriptions`.
+#[derive(Debug)]
+pub struct SubStats {
+    /// Which transport: `copy`, `cursor`, `listen`.
+    pub kind: &'static str,
+    /// The topic or table.
+    pub object: String,
+    /// The WHERE text, if any.
+    pub filter: Option<String>,
+    /// The log read (for the head positions).
+    pub(crate) log: Arc<TopicDef>,
+    /// Next offset per partition.
+    pub next: Vec<AtomicU64>,
+    /// Rows handed to the consumer.
+    pub rows: AtomicU64,
+    /// Bytes read from storage and handed over but not yet taken by the consumer: the
+    /// last batch until the consumer asks for the next one.
+    pub buffered_bytes: AtomicU64,
+}
+
+/// The live ephemeral subscriptions of a node (weak: a subscription ends when its stream
+/// is dropped, and then it disappears from here).
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    next_id: AtomicU64,
+    live: parking_lot::Mutex<BTreeMap<u64, Weak<SubStats>>>,
+}
+
+impl Registry {
+    fn register(&self, stats: &Arc<SubStats>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut live = self.live.lock();
+        live.retain(|_, w| w.strong_count() > 0);
+        live.insert(id, Arc::downgrade(stats));
+    }
+
+    /// The subscriptions still running.
+    pub(crate) fn list(&self) -> Vec<Arc<SubStats>> {
+        self.live.lock().values().filter_map(Weak::upgrade).collect()
+    }
+}
+
 struct PartitionReader {
     store: Store,
-    topic: Arc<TopicDef>,
-    schema: SchemaRef,
+    source: Source,
     partition: u32,
     next: u64,
     watermark: tokio::sync::watch::Receiver<u64>,
     filter: Option<Arc<dyn PhysicalExpr>>,
+    stats: Arc<SubStats>,
 }
 
 impl PartitionReader {
-    /// The next non-empty batch; waits while caught up. `None` when the topic is dropped.
+    /// The next non-empty batch; waits while caught up. `None` when the log is dropped.
     async fn next_batch(&mut self) -> Option<Result<RecordBatch>> {
         loop {
             let high = *self.watermark.borrow_and_update();
             if self.next >= high {
-                // Caught up: wait for the committer to publish more (or the topic to go away).
+                // Caught up: wait for the committer to publish more (or the log to go away).
                 if self.watermark.changed().await.is_err() {
                     return None;
                 }
                 continue;
             }
-            let (store, topic, p, from) = (self.store.clone(), self.topic.clone(), self.partition, self.next);
-            let read = tokio::task::spawn_blocking(move || {
-                let start = store.partition(&topic, p)?.start_offset();
-                let rows = store.read_log(&topic, p, from, high, CHUNK)?;
-                Ok::<_, eddy_storage::Error>((start, rows))
-            })
-            .await;
-            let (start, rows) = match read {
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => return Some(Err(e.into())),
-                Err(e) => return Some(Err(Error::InvalidParameter(format!("subscription reader failed: {e}")))),
+            let rows = match read_chunk(&self.store, &self.source.log, self.partition, self.next, high).await {
+                Ok(Some(rows)) => rows,
+                Ok(None) => return None, // dropped while we read
+                Err(e) => return Some(Err(e)),
             };
-            if from < start {
-                return Some(Err(Error::PositionOutsideRetention { partition: p, offset: from, start }));
-            }
-            let Some(last) = rows.last().map(|(o, _)| *o) else {
-                // The topic was dropped while we read: end the stream.
-                return None;
-            };
+            let last = rows.last().map(|(o, _)| *o).unwrap_or(self.next);
             self.next = last + 1;
-            let batch = match log_batch(&self.schema, &self.topic, p, &rows) {
+            if let Some(n) = self.stats.next.get(self.partition as usize) {
+                n.store(self.next, Ordering::Relaxed);
+            }
+            let batch = match log_batch(&self.source.schema, &self.source.log, self.partition, &rows) {
                 Ok(b) => b,
                 Err(e) => return Some(Err(e.into())),
             };
-            match self.apply_filter(batch) {
+            match apply_filter(self.filter.as_ref(), batch) {
                 Ok(b) if b.num_rows() == 0 => continue,
                 other => return Some(other),
             }
         }
     }
+}
 
-    fn apply_filter(&self, batch: RecordBatch) -> Result<RecordBatch> {
-        let Some(f) = &self.filter else { return Ok(batch) };
-        let mask = f.evaluate(&batch)?.into_array(batch.num_rows())?;
-        let mask = mask
-            .as_any()
-            .downcast_ref::<BooleanArray>()
-            .ok_or_else(|| Error::DatatypeMismatch("WHERE of a subscription must be boolean".into()))?;
-        // NULL counts as false, as in a WHERE clause.
-        let mask: BooleanArray = mask.iter().map(|v| Some(v == Some(true))).collect();
-        Ok(filter_record_batch(&batch, &mask)?)
+/// Reads up to one chunk of `[from, high)`; `None` if the log was dropped. A `from` below
+/// the retained start is an error, never a silent skip.
+pub(crate) async fn read_chunk(
+    store: &Store,
+    log: &Arc<TopicDef>,
+    p: u32,
+    from: u64,
+    high: u64,
+) -> Result<Option<Vec<(u64, LogRecord)>>> {
+    // A subscriber that keeps up finds its rows in the partition's in-memory tail.
+    if let Some(rows) = store.read_recent(log, p, from, high, CHUNK)? {
+        return Ok(Some(rows));
     }
+    let (store, log2) = (store.clone(), log.clone());
+    let read = tokio::task::spawn_blocking(move || {
+        let start = store.partition(&log2, p)?.start_offset();
+        let rows = store.read_log(&log2, p, from, high, CHUNK)?;
+        Ok::<_, eddy_storage::Error>((start, rows))
+    })
+    .await
+    .map_err(|e| Error::InvalidParameter(format!("subscription reader failed: {e}")))?;
+    let (start, rows) = read?;
+    if from < start {
+        return Err(Error::PositionOutsideRetention { partition: p, offset: from, start });
+    }
+    Ok((!rows.is_empty()).then_some(rows))
+}
+
+pub(crate) fn apply_filter(filter: Option<&Arc<dyn PhysicalExpr>>, batch: RecordBatch) -> Result<RecordBatch> {
+    let Some(f) = filter else { return Ok(batch) };
+    let mask = f.evaluate(&batch)?.into_array(batch.num_rows())?;
+    let mask = mask
+        .as_any()
+        .downcast_ref::<BooleanArray>()
+        .ok_or_else(|| Error::DatatypeMismatch("WHERE of a subscription must be boolean".into()))?;
+    // NULL counts as false, as in a WHERE clause.
+    let mask: BooleanArray = mask.iter().map(|v| Some(v == Some(true))).collect();
+    Ok(filter_record_batch(&batch, &mask)?)
+}
+
+/// Each row of `batch` as a JSON object (the payload of a LISTEN notification).
+pub fn rows_as_json(batch: &RecordBatch) -> Result<Vec<String>> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow::json::writer::LineDelimited>(&mut buf);
+        w.write(batch)?;
+        w.finish()?;
+    }
+    let text = String::from_utf8(buf).map_err(|e| Error::InvalidParameter(format!("JSON encoding: {e}")))?;
+    Ok(text.lines().map(str::to_owned).collect())
+}
+
+fn to_df(e: Error) -> datafusion::error::DataFusionError {
+    datafusion::error::DataFusionError::External(Box::new(e))
 }
 
 impl Engine {
-    /// Starts `COPY (SUBSCRIBE ...) TO STDOUT`: the rows and how to write them.
+    /// Starts `COPY (SUBSCRIBE ...) TO STDOUT`: the rows, how to write them, and the heartbeat.
     pub async fn copy_subscribe(
         &self,
         spec: &SubscribeSpec,
         options: &[datafusion::sql::sqlparser::ast::CopyOption],
-    ) -> Result<(SendableRecordBatchStream, crate::CopyOptions)> {
+    ) -> Result<(SendableRecordBatchStream, crate::CopyOptions, Option<Duration>)> {
         let opts = crate::CopyOptions::from_ast(options, &[])?;
-        Ok((self.subscribe(spec).await?, opts))
+        let heartbeat = spec.parsed_options(self.config.subscription_heartbeat_ms)?.heartbeat;
+        Ok((self.subscribe(spec, "copy").await?, opts, heartbeat))
+    }
+
+    /// What `name` subscribes to: a topic, or a table's changes.
+    pub(crate) fn source(&self, name: &ObjectName) -> Result<Source> {
+        let name = object_name(name)?;
+        let def = self.store().catalog().get(&name).ok_or(Error::UndefinedObject { name: name.clone() })?;
+        Ok(match &*def {
+            ObjectDef::Topic(t) => Source { schema: topic_schema(t), log: Arc::new(t.clone()), table: None },
+            ObjectDef::Table(t) => {
+                let log = t.change_log();
+                Source { schema: change_schema(&log), log: Arc::new(log), table: Some(Arc::new(t.clone())) }
+            }
+            ObjectDef::Subscription(_) => {
+                return Err(Error::WrongObjectType { name, expected: "a topic or table" })
+            }
+        })
+    }
+
+    /// Compiles a subscription's WHERE once, against the rows it filters.
+    pub(crate) fn compile_filter(&self, schema: &SchemaRef, filter: Option<&str>) -> Result<Option<Arc<dyn PhysicalExpr>>> {
+        let Some(text) = filter else { return Ok(None) };
+        let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+        let logical = self.ctx.parse_sql_expr(text, &df_schema)?;
+        Ok(Some(self.ctx.create_physical_expr(logical, &df_schema)?))
+    }
+
+    /// The first offset to read in each partition of `log` for a start position.
+    pub(crate) async fn resolve_positions(&self, log: &Arc<TopicDef>, from: &StartPosition) -> Result<Vec<u64>> {
+        let (store, log, from) = (self.store().clone(), log.clone(), from.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(log.partitions as usize);
+            for p in 0..log.partitions {
+                let state = store.partition(&log, p)?;
+                let next = match &from {
+                    StartPosition::Beginning => state.start_offset(),
+                    StartPosition::Now => state.next_offset(),
+                    StartPosition::Offset(o) => *o,
+                    StartPosition::Offsets(list) => list
+                        .iter()
+                        .rev()
+                        .find(|(part, _)| *part == p)
+                        .map_or_else(|| state.start_offset(), |(_, o)| *o),
+                    StartPosition::Timestamp(ts) => store.offset_for_ts(&log, p, *ts)?,
+                };
+                if next < state.start_offset() {
+                    return Err(Error::PositionOutsideRetention { partition: p, offset: next, start: state.start_offset() });
+                }
+                out.push(next);
+            }
+            if let StartPosition::Offsets(list) = &from {
+                if let Some((p, _)) = list.iter().find(|(p, _)| *p >= log.partitions) {
+                    return Err(Error::InvalidParameter(format!("partition {p} does not exist in \"{}\"", log.name)));
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Error::InvalidParameter(e.to_string()))?
     }
 
     /// Starts a subscription: an endless stream of the topic's rows (with `_partition`,
-    /// `_offset`, `_ts`, `_key`), per-partition in offset order.
-    pub async fn subscribe(&self, spec: &SubscribeSpec) -> Result<SendableRecordBatchStream> {
-        let name = object_name(&spec.topic)?;
-        let def = self.store().catalog().get(&name).ok_or(Error::UndefinedObject { name: name.clone() })?;
-        let ObjectDef::Topic(topic) = &*def else {
-            return Err(Error::NotSupported("SUBSCRIBE to a table (change streams come later)".into()));
-        };
-        let topic = Arc::new(topic.clone());
-        let schema = topic_schema(&topic);
-        let filter = match &spec.filter {
-            None => None,
-            Some(e) => {
-                let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
-                let logical = self.ctx.parse_sql_expr(&e.to_string(), &df_schema)?;
-                Some(self.ctx.create_physical_expr(logical, &df_schema)?)
+    /// `_offset`, `_ts`, `_key`), per-partition in offset order; for a table, its changes
+    /// (`_op` in place of `_key`), after its current rows when `snapshot = true`.
+    /// `kind` names the transport in `eddy.subscriptions`.
+    pub async fn subscribe(&self, spec: &SubscribeSpec, kind: &'static str) -> Result<SendableRecordBatchStream> {
+        let source = self.source(&spec.topic)?;
+        let options = spec.parsed_options(0)?;
+        if options.snapshot && source.table.is_none() {
+            return Err(Error::InvalidParameter("snapshot applies to tables; for a topic use FROM BEGINNING".into()));
+        }
+        let filter_text = spec.filter.as_ref().map(|f| f.to_string());
+        let filter = self.compile_filter(&source.schema, filter_text.as_deref())?;
+        // A snapshot and the change log position it is consistent with, read together.
+        let (snapshot_rows, positions) = match (&source.table, options.snapshot) {
+            (Some(table), true) => {
+                let (store, t) = (self.store().clone(), table.clone());
+                let (rows, next) = tokio::task::spawn_blocking(move || store.table_snapshot(&t))
+                    .await
+                    .map_err(|e| Error::InvalidParameter(e.to_string()))??;
+                (Some(rows), vec![next])
             }
+            _ => (None, self.resolve_positions(&source.log, &spec.from).await?),
         };
-        let mut readers = Vec::with_capacity(topic.partitions as usize);
-        for p in 0..topic.partitions {
-            let store = self.store().clone();
-            let (t, from) = (topic.clone(), spec.from);
-            let (state, next) = tokio::task::spawn_blocking(move || {
-                let state = store.partition(&t, p)?;
-                let next = match from {
-                    StartPosition::Beginning => state.start_offset(),
-                    StartPosition::Now => state.next_offset(),
-                    StartPosition::Offset(o) => o,
-                    StartPosition::Timestamp(ts) => store.offset_for_ts(&t, p, ts)?,
-                };
-                Ok::<_, eddy_storage::Error>((state, next))
-            })
-            .await
-            .map_err(|e| Error::InvalidParameter(e.to_string()))??;
-            if next < state.start_offset() {
-                return Err(Error::PositionOutsideRetention { partition: p, offset: next, start: state.start_offset() });
+        let stats = Arc::new(SubStats {
+            kind,
+            object: source.log.name.clone(),
+            filter: filter_text,
+            log: source.log.clone(),
+            next: positions.iter().map(|&o| AtomicU64::new(o)).collect(),
+            rows: AtomicU64::new(0),
+            buffered_bytes: AtomicU64::new(0),
+        });
+        self.subscriptions.register(&stats);
+        let schema = source.schema.clone();
+        let snapshot =
+            snapshot_rows.map(|rows| snapshot_stream(rows, source.log.clone(), schema.clone(), filter.clone()));
+        let live = self.subscribe_at(source, filter, positions, stats.clone())?;
+        let rows = match snapshot {
+            Some(s) => s.chain(live).boxed(),
+            None => live.boxed(),
+        };
+        // Count what the consumer holds: the last batch, until it asks for the next one.
+        let tracked = futures::stream::unfold((rows, stats), |(mut rows, stats)| async move {
+            stats.buffered_bytes.store(0, Ordering::Relaxed);
+            let item = rows.next().await?;
+            if let Ok(b) = &item {
+                stats.buffered_bytes.store(b.get_array_memory_size() as u64, Ordering::Relaxed);
+                stats.rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
             }
+            Some((item, (rows, stats)))
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, tracked)))
+    }
+
+    /// The live part of a subscription: one reader per partition from `positions`, merged.
+    pub(crate) fn subscribe_at(
+        &self,
+        source: Source,
+        filter: Option<Arc<dyn PhysicalExpr>>,
+        positions: Vec<u64>,
+        stats: Arc<SubStats>,
+    ) -> Result<futures::stream::BoxStream<'static, datafusion::error::Result<RecordBatch>>> {
+        let mut readers = Vec::with_capacity(positions.len());
+        for (p, next) in positions.into_iter().enumerate() {
+            let state = self.store().partition(&source.log, p as u32)?;
             readers.push(PartitionReader {
                 store: self.store().clone(),
-                topic: topic.clone(),
-                schema: schema.clone(),
-                partition: p,
+                source: source.clone(),
+                partition: p as u32,
                 next,
                 watermark: state.watch(),
                 filter: filter.clone(),
+                stats: stats.clone(),
             });
         }
+        // A reader ends after its first error (the consumer decides what the error means).
         let streams = readers.into_iter().map(|r| {
-            futures::stream::unfold(r, |mut r| async move { r.next_batch().await.map(|b| (b, r)) }).boxed()
+            futures::stream::unfold(Some(r), |r| async move {
+                let mut r = r?;
+                match r.next_batch().await? {
+                    Ok(b) => Some((Ok(b), Some(r))),
+                    Err(e) => Some((Err(e), None)),
+                }
+            })
+            .boxed()
         });
-        let merged = futures::stream::select_all(streams).map(|b| b.map_err(|e| datafusion::error::DataFusionError::External(Box::new(e))));
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, merged)))
+        Ok(futures::stream::select_all(streams).map(|b| b.map_err(to_df)).boxed())
     }
+}
+
+/// A table's rows (read at one point in time) as `insert` changes with a NULL `_offset`.
+fn snapshot_stream(
+    rows: Vec<Vec<eddy_storage::Value>>,
+    log: Arc<TopicDef>,
+    schema: SchemaRef,
+    filter: Option<Arc<dyn PhysicalExpr>>,
+) -> futures::stream::BoxStream<'static, datafusion::error::Result<RecordBatch>> {
+    let now = chrono::Utc::now().timestamp_micros();
+    let mut rows = rows.into_iter().peekable();
+    let chunks = std::iter::from_fn(move || {
+        rows.peek()?;
+        Some(rows.by_ref().take(CHUNK).collect::<Vec<_>>())
+    });
+    futures::stream::iter(chunks)
+        .map(move |chunk| {
+            let records: Vec<(u64, LogRecord)> = chunk
+                .into_iter()
+                .map(|values| (0, LogRecord { ts_micros: now, key: Some("insert".into()), values }))
+                .collect();
+            let batch = log_batch(&schema, &log, 0, &records)?;
+            let mut columns = batch.columns().to_vec();
+            columns[1] = new_null_array(&DataType::Int64, batch.num_rows());
+            let batch = RecordBatch::try_new(schema.clone(), columns)?;
+            apply_filter(filter.as_ref(), batch).map_err(to_df)
+        })
+        .filter(|b| futures::future::ready(!matches!(b, Ok(b) if b.num_rows() == 0)))
+        .boxed()
 }
 
 #[cfg(test)]
@@ -246,7 +512,7 @@ mod tests {
         run(&e, "CREATE TOPIC t (n INT) WITH (partitions = 3)").await;
         let values: Vec<String> = (0..30).map(|i| format!("('k{}', {i})", i % 4)).collect();
         run(&e, &format!("INSERT INTO t (_key, n) VALUES {}", values.join(","))).await;
-        let mut s = e.subscribe(&spec(&e, "SUBSCRIBE t FROM BEGINNING")).await.unwrap();
+        let mut s = e.subscribe(&spec(&e, "SUBSCRIBE t FROM BEGINNING"), "test").await.unwrap();
         let mut got = take(&mut s, 30).await;
         // Then live rows, published after the subscription caught up.
         run(&e, "INSERT INTO t (_key, n) VALUES ('k1', 100), ('k2', 101)").await;
@@ -263,13 +529,37 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keeping_up_reads_memory_and_falling_behind_reads_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        // A tail of about a dozen records, so the backlog below cannot come from memory.
+        let cfg = StorageConfig { tail_cache_bytes: 256, ..StorageConfig::default() };
+        let e = Engine::new(Store::open(dir.path(), cfg).unwrap(), QueryConfig::default()).unwrap();
+        run(&e, "CREATE TOPIC t (n INT)").await;
+        let values: Vec<String> = (0..100).map(|i| format!("({i})")).collect();
+        run(&e, &format!("INSERT INTO t (n) VALUES {}", values.join(","))).await;
+        let stats = e.store().stats();
+        let (disk0, mem0) = (stats.log_records_read.load(Ordering::Relaxed), stats.log_records_from_memory.load(Ordering::Relaxed));
+        let mut s = e.subscribe(&spec(&e, "SUBSCRIBE t FROM BEGINNING"), "test").await.unwrap();
+        assert_eq!(take(&mut s, 100).await.len(), 100);
+        let disk1 = stats.log_records_read.load(Ordering::Relaxed);
+        assert!(disk1 - disk0 >= 80, "the old backlog is read from storage ({} rows)", disk1 - disk0);
+        // Caught up: new rows are served from the in-memory tail, not RocksDB.
+        for n in 0..3 {
+            run(&e, &format!("INSERT INTO t (n) VALUES ({})", 1000 + n)).await;
+            assert_eq!(take(&mut s, 1).await[0].2, 1000 + n);
+        }
+        assert_eq!(stats.log_records_read.load(Ordering::Relaxed), disk1, "no storage reads while keeping up");
+        assert_eq!(stats.log_records_from_memory.load(Ordering::Relaxed) - mem0, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn filters_and_start_positions() {
         let (_dir, e) = engine().await;
         run(&e, "CREATE TOPIC t (n INT)").await;
         run(&e, "INSERT INTO t (n) VALUES (1), (50), (2), (60)").await;
-        let mut now = e.subscribe(&spec(&e, "SUBSCRIBE t WHERE n > 10")).await.unwrap();
-        let mut from2 = e.subscribe(&spec(&e, "SUBSCRIBE t WHERE n > 10 FROM OFFSET 2")).await.unwrap();
-        let mut begin = e.subscribe(&spec(&e, "SUBSCRIBE t WHERE n > 10 FROM BEGINNING")).await.unwrap();
+        let mut now = e.subscribe(&spec(&e, "SUBSCRIBE t WHERE n > 10"), "test").await.unwrap();
+        let mut from2 = e.subscribe(&spec(&e, "SUBSCRIBE t WHERE n > 10 FROM OFFSET 2"), "test").await.unwrap();
+        let mut begin = e.subscribe(&spec(&e, "SUBSCRIBE t WHERE n > 10 FROM BEGINNING"), "test").await.unwrap();
         run(&e, "INSERT INTO t (n) VALUES (3), (70)").await;
         assert_eq!(take(&mut now, 1).await, vec![(0, 5, 70)], "FROM NOW: only rows published later");
         assert_eq!(take(&mut from2, 2).await, vec![(0, 3, 60), (0, 5, 70)]);
@@ -287,25 +577,25 @@ mod tests {
             _ => unreachable!(),
         };
         e.store().write(vec![eddy_storage::WriteOp::Trim { topic: def.id, partition: 0, before: 2 }]).await.unwrap();
-        let err = e.subscribe(&spec(&e, "SUBSCRIBE t FROM OFFSET 0")).await.err().expect("refused");
+        let err = e.subscribe(&spec(&e, "SUBSCRIBE t FROM OFFSET 0"), "test").await.err().expect("refused");
         assert!(matches!(err, Error::PositionOutsideRetention { offset: 0, start: 2, .. }), "{err:?}");
-        let mut s = e.subscribe(&spec(&e, "SUBSCRIBE t FROM BEGINNING")).await.unwrap();
+        let mut s = e.subscribe(&spec(&e, "SUBSCRIBE t FROM BEGINNING"), "test").await.unwrap();
         assert_eq!(take(&mut s, 1).await, vec![(0, 2, 3)], "BEGINNING is the oldest retained row");
-        assert!(matches!(e.subscribe(&spec(&e, "SUBSCRIBE nope")).await, Err(Error::UndefinedObject { .. })));
+        assert!(matches!(e.subscribe(&spec(&e, "SUBSCRIBE nope"), "test").await, Err(Error::UndefinedObject { .. })));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_subscriber_that_does_not_read_never_stalls_publishers() {
         let (_dir, e) = engine().await;
         run(&e, "CREATE TOPIC t (n INT) WITH (partitions = 2)").await;
-        let _idle = e.subscribe(&spec(&e, "SUBSCRIBE t FROM BEGINNING")).await.unwrap();
+        let _idle = e.subscribe(&spec(&e, "SUBSCRIBE t FROM BEGINNING"), "test").await.unwrap();
         // 5,000 rows while the subscriber reads nothing: publishing completes, since
         // readers pull from storage only when polled and hold nothing for the subscriber.
         for chunk in 0..5 {
             let values: Vec<String> = (0..1000).map(|i| format!("({})", chunk * 1000 + i)).collect();
             run(&e, &format!("INSERT INTO t (n) VALUES {}", values.join(","))).await;
         }
-        let mut late = e.subscribe(&spec(&e, "SUBSCRIBE t FROM BEGINNING")).await.unwrap();
+        let mut late = e.subscribe(&spec(&e, "SUBSCRIBE t FROM BEGINNING"), "test").await.unwrap();
         assert_eq!(take(&mut late, 5000).await.len(), 5000);
     }
 }

@@ -77,6 +77,17 @@ pub struct TableDef {
     pub primary_key: Vec<usize>,
     /// Replication mode.
     pub replication: Replication,
+    /// Entries of the change log (what `SUBSCRIBE table` reads) older than this are removed;
+    /// `None` keeps them forever.
+    #[serde(default = "default_change_retention")]
+    pub change_retention_ms: Option<u64>,
+}
+
+/// How long a table's change log is kept unless the table says otherwise: one day.
+pub const DEFAULT_CHANGE_RETENTION_MS: u64 = 24 * 3600 * 1000;
+
+fn default_change_retention() -> Option<u64> {
+    Some(DEFAULT_CHANGE_RETENTION_MS)
 }
 
 impl TableDef {
@@ -84,6 +95,45 @@ impl TableDef {
     pub fn column_types(&self) -> Vec<ColumnType> {
         self.columns.iter().map(|c| c.ty).collect()
     }
+
+    /// The table's change log seen as a one-partition topic: same id, the table's columns,
+    /// and the change kind (`insert`, `update`, `delete`) as each record's key.
+    pub fn change_log(&self) -> TopicDef {
+        TopicDef {
+            id: self.id,
+            name: self.name.clone(),
+            columns: self.columns.clone(),
+            partitions: 1,
+            retention_ms: self.change_retention_ms,
+            replication: self.replication,
+            replicas: None,
+        }
+    }
+}
+
+/// A durable subscription: a named, server-side position in a topic with leases and acks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionDef {
+    /// Object id (assigned by the committer); the prefix of its state keys.
+    pub id: ObjectId,
+    /// Subscription name.
+    pub name: String,
+    /// The topic it reads.
+    pub topic: ObjectId,
+    /// `WHERE` expression as SQL text, evaluated against the topic's rows.
+    pub filter: Option<String>,
+    /// Offset each partition starts at until the subscription has state for it.
+    pub start: Vec<u64>,
+    /// How long a delivered row stays leased before it is delivered again.
+    pub ack_wait_ms: u64,
+    /// Deliveries after which an unacked row moves to the dead-letter topic.
+    pub max_deliver: u32,
+    /// Hold a row back while an earlier row with the same key is unacked.
+    pub ordering_key: bool,
+    /// Most rows leased or waiting at once (bounds the subscription's memory).
+    pub max_pending: u32,
+    /// Name of the dead-letter topic.
+    pub dlq: String,
 }
 
 impl TopicDef {
@@ -101,6 +151,8 @@ pub enum ObjectDef {
     Topic(TopicDef),
     /// A table.
     Table(TableDef),
+    /// A durable subscription.
+    Subscription(SubscriptionDef),
 }
 
 impl ObjectDef {
@@ -109,6 +161,7 @@ impl ObjectDef {
         match self {
             ObjectDef::Topic(t) => &t.name,
             ObjectDef::Table(t) => &t.name,
+            ObjectDef::Subscription(s) => &s.name,
         }
     }
     /// The object's id.
@@ -116,12 +169,14 @@ impl ObjectDef {
         match self {
             ObjectDef::Topic(t) => t.id,
             ObjectDef::Table(t) => t.id,
+            ObjectDef::Subscription(s) => s.id,
         }
     }
     pub(crate) fn set_id(&mut self, id: ObjectId) {
         match self {
             ObjectDef::Topic(t) => t.id = id,
             ObjectDef::Table(t) => t.id = id,
+            ObjectDef::Subscription(s) => s.id = id,
         }
     }
 }
@@ -147,6 +202,21 @@ impl Catalog {
     /// The table with this name.
     pub fn table(&self, name: &str) -> Option<Arc<ObjectDef>> {
         self.get(name).filter(|o| matches!(**o, ObjectDef::Table(_)))
+    }
+
+    /// The durable subscription with this name.
+    pub fn subscription(&self, name: &str) -> Option<Arc<ObjectDef>> {
+        self.get(name).filter(|o| matches!(**o, ObjectDef::Subscription(_)))
+    }
+
+    /// Durable subscriptions reading the topic with this id.
+    pub fn subscriptions_of(&self, topic: ObjectId) -> Vec<Arc<ObjectDef>> {
+        self.by_name
+            .read()
+            .values()
+            .filter(|o| matches!(&***o, ObjectDef::Subscription(s) if s.topic == topic))
+            .cloned()
+            .collect()
     }
 
     /// Every object, ordered by name.

@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::catalog::{ObjectDef, ObjectId};
 use crate::error::{Error, Result};
 use crate::layout::{
-    catalog_key, encode_record, log_key, row_key, table_prefix, CF_CATALOG, CF_LOG, CF_META, CF_ROWS,
-    META_NEXT_OBJECT_ID,
+    catalog_key, encode_record, encode_record_head, log_key, row_key, sub_next_key, sub_pending_key, table_prefix,
+    CF_CATALOG, CF_LOG, CF_META, CF_ROWS, CF_SUBS, META_NEXT_OBJECT_ID,
 };
 use crate::store::Inner;
 use crate::value::{encode_row, Value};
@@ -39,6 +39,9 @@ pub struct Record {
     /// User column values, typed like the topic's columns.
     pub values: Vec<Value>,
 }
+
+/// An appended record as the in-memory tail keeps it: offset and encoded record.
+pub(crate) type TailRecord = (u64, Arc<[u8]>);
 
 /// What to do when an inserted row's primary key already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +91,13 @@ pub enum WriteOp {
         /// Object name.
         name: String,
     },
+    /// Change a durable subscription's positions and pending rows.
+    SubState {
+        /// Subscription id.
+        sub: ObjectId,
+        /// The changes, applied in order.
+        changes: Vec<SubChange>,
+    },
     /// Remove a partition's messages below an offset (retention).
     Trim {
         /// Topic id.
@@ -98,6 +108,41 @@ pub enum WriteOp {
         before: u64,
     },
 }
+
+/// One change to a durable subscription's stored state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubChange {
+    /// Every offset of `partition` below `next` has been read.
+    Next {
+        /// Partition.
+        partition: u32,
+        /// First offset not yet read.
+        next: u64,
+    },
+    /// A row is pending (unacked) after `deliveries` deliveries.
+    Pending {
+        /// Partition.
+        partition: u32,
+        /// Offset of the row.
+        offset: u64,
+        /// Times delivered so far.
+        deliveries: u32,
+    },
+    /// A pending row is done with (acknowledged, or moved to the dead-letter topic).
+    Done {
+        /// Partition.
+        partition: u32,
+        /// Offset of the row.
+        offset: u64,
+    },
+}
+
+/// The change kinds recorded in a table's change log (as each record's key).
+pub const CHANGE_INSERT: &str = "insert";
+/// See [`CHANGE_INSERT`].
+pub const CHANGE_UPDATE: &str = "update";
+/// See [`CHANGE_INSERT`].
+pub const CHANGE_DELETE: &str = "delete";
 
 impl WriteOp {
     fn is_catalog(&self) -> bool {
@@ -176,16 +221,21 @@ impl StagedBatch {
 struct Staged {
     /// (topic, partition) -> (next offset, last append time)
     offsets: HashMap<(ObjectId, u32), (u64, i64)>,
-    /// row key -> exists
-    rows: HashMap<Vec<u8>, bool>,
+    /// row key -> the row's encoded value (None: deleted)
+    rows: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// (topic, partition) -> new start offset
     trims: HashMap<(ObjectId, u32), u64>,
+    /// (log, partition) -> appended records, for the in-memory tail
+    appended: HashMap<(ObjectId, u32), Vec<TailRecord>>,
 }
 
 impl Staged {
     fn merge(&mut self, layer: Staged) {
         self.offsets.extend(layer.offsets);
         self.rows.extend(layer.rows);
+        for (k, mut v) in layer.appended {
+            self.appended.entry(k).or_default().append(&mut v);
+        }
         for (k, v) in layer.trims {
             let e = self.trims.entry(k).or_insert(0);
             *e = (*e).max(v);
@@ -273,10 +323,14 @@ impl Committer {
         }
     }
 
-    /// Makes durable changes visible: offsets, watermarks, trims.
+    /// Makes durable changes visible: the in-memory tail, offsets, watermarks, trims.
     fn publish(&self, staged: &Staged) {
         for (&(topic, partition), &(next, last_ts)) in &staged.offsets {
             if let Ok(p) = self.inner.partition(topic, partition) {
+                // The tail first: a reader woken by the watermark finds the records there.
+                if let Some(records) = staged.appended.get(&(topic, partition)) {
+                    p.tail.lock().push(records, self.inner.config.tail_cache_bytes);
+                }
                 p.last_ts.store(last_ts, Ordering::Release);
                 p.next_offset.store(next, Ordering::Release);
                 p.watermark.send_replace(next);
@@ -313,19 +367,13 @@ impl Committer {
                     for r in records {
                         check_row(&def.columns, &r.values)?;
                     }
-                    let pos = (*topic, *partition);
-                    let (next, last_ts) = match staged.offsets.get(&pos).or_else(|| group.offsets.get(&pos)) {
-                        Some(v) => *v,
-                        None => {
-                            let p = self.inner.partition(*topic, *partition)?;
-                            (p.next_offset(), p.last_ts.load(Ordering::Acquire))
-                        }
-                    };
-                    let ts = now_micros().max(last_ts);
+                    let (next, ts) = self.next_position(*topic, *partition, staged, group)?;
+                    let tail = staged.appended.entry((*topic, *partition)).or_default();
                     for (i, r) in records.iter().enumerate() {
                         buf.clear();
                         encode_record(ts, r.key.as_deref(), &r.values, &mut buf);
                         batch.put(CF_LOG, log_key(*topic, *partition, next + i as u64).to_vec(), buf.clone());
+                        tail.push((next + i as u64, Arc::from(buf.as_slice())));
                     }
                     staged.offsets.insert((*topic, *partition), (next + records.len() as u64, ts));
                     WriteResult::Appended { partition: *partition, first_offset: next, ts_micros: ts }
@@ -337,7 +385,7 @@ impl Committer {
                         check_row(&def.columns, row)?;
                         let pk: Vec<&Value> = def.primary_key.iter().map(|&i| &row[i]).collect();
                         let key = row_key(def.id, &pk)?;
-                        let exists = self.row_exists(&key, staged, group)?;
+                        let exists = self.current_row(&key, staged, group)?.is_some();
                         if exists {
                             match on_conflict {
                                 OnConflict::Error => return Err(Error::DuplicateKey { table: def.name.clone() }),
@@ -348,7 +396,9 @@ impl Committer {
                         buf.clear();
                         encode_row(row, &mut buf);
                         batch.put(CF_ROWS, key.clone(), buf.clone());
-                        staged.rows.insert(key, true);
+                        let kind = if exists { CHANGE_UPDATE } else { CHANGE_INSERT };
+                        self.log_change(&def, kind, &buf, batch, staged, group)?;
+                        staged.rows.insert(key, Some(buf.clone()));
                         written += 1;
                     }
                     WriteResult::Rows(written)
@@ -358,13 +408,36 @@ impl Committer {
                     let mut deleted = 0;
                     for pk in keys {
                         let key = row_key(def.id, &pk.iter().collect::<Vec<_>>())?;
-                        if self.row_exists(&key, staged, group)? {
+                        if let Some(old) = self.current_row(&key, staged, group)? {
                             batch.delete(CF_ROWS, key.clone());
-                            staged.rows.insert(key, false);
+                            self.log_change(&def, CHANGE_DELETE, &old, batch, staged, group)?;
+                            staged.rows.insert(key, None);
                             deleted += 1;
                         }
                     }
                     WriteResult::Rows(deleted)
+                }
+                WriteOp::SubState { sub, changes } => {
+                    match self.inner.catalog.by_id(*sub).as_deref() {
+                        Some(ObjectDef::Subscription(_)) => {}
+                        _ => return Err(Error::ObjectNotFound { name: format!("subscription #{sub}") }),
+                    }
+                    for c in changes {
+                        match *c {
+                            SubChange::Next { partition, next } => {
+                                batch.put(CF_SUBS, sub_next_key(*sub, partition).to_vec(), next.to_be_bytes().to_vec())
+                            }
+                            SubChange::Pending { partition, offset, deliveries } => batch.put(
+                                CF_SUBS,
+                                sub_pending_key(*sub, partition, offset).to_vec(),
+                                deliveries.to_be_bytes().to_vec(),
+                            ),
+                            SubChange::Done { partition, offset } => {
+                                batch.delete(CF_SUBS, sub_pending_key(*sub, partition, offset).to_vec())
+                            }
+                        }
+                    }
+                    WriteResult::Done
                 }
                 WriteOp::Trim { topic, partition, before } => {
                     batch.delete_range(
@@ -391,11 +464,46 @@ impl Committer {
         }
     }
 
-    fn row_exists(&self, key: &[u8], staged: &Staged, group: &Staged) -> Result<bool> {
-        if let Some(&e) = staged.rows.get(key).or_else(|| group.rows.get(key)) {
-            return Ok(e);
+    /// The encoded row stored under `key`, as this batch has left it so far.
+    fn current_row(&self, key: &[u8], staged: &Staged, group: &Staged) -> Result<Option<Vec<u8>>> {
+        if let Some(e) = staged.rows.get(key).or_else(|| group.rows.get(key)) {
+            return Ok(e.clone());
         }
-        Ok(self.inner.db.get_pinned_cf(self.inner.cf(CF_ROWS), key)?.is_some())
+        Ok(self.inner.db.get_pinned_cf(self.inner.cf(CF_ROWS), key)?.map(|v| v.to_vec()))
+    }
+
+    /// The next offset of a log (a topic partition or a table's change log) and the append
+    /// time for new records: now, but never earlier than the log's newest record.
+    fn next_position(&self, log: ObjectId, partition: u32, staged: &Staged, group: &Staged) -> Result<(u64, i64)> {
+        let pos = (log, partition);
+        let (next, last_ts) = match staged.offsets.get(&pos).or_else(|| group.offsets.get(&pos)) {
+            Some(v) => *v,
+            None => {
+                let p = self.inner.partition(log, partition)?;
+                (p.next_offset(), p.last_ts.load(Ordering::Acquire))
+            }
+        };
+        Ok((next, now_micros().max(last_ts)))
+    }
+
+    /// Appends one change (`kind` and the encoded row) to a table's change log.
+    fn log_change(
+        &self,
+        table: &crate::catalog::TableDef,
+        kind: &str,
+        row: &[u8],
+        batch: &mut StagedBatch,
+        staged: &mut Staged,
+        group: &Staged,
+    ) -> Result<()> {
+        let (next, ts) = self.next_position(table.id, 0, staged, group)?;
+        let mut rec = Vec::with_capacity(row.len() + 16);
+        encode_record_head(ts, Some(kind), &mut rec);
+        rec.extend_from_slice(row);
+        batch.put(CF_LOG, log_key(table.id, 0, next).to_vec(), rec.clone());
+        staged.appended.entry((table.id, 0)).or_default().push((next, Arc::from(rec)));
+        staged.offsets.insert((table.id, 0), (next + 1, ts));
+        Ok(())
     }
 
     fn commit_catalog(&self, req: CommitRequest) {
@@ -436,12 +544,20 @@ impl Committer {
                 WriteOp::Drop { name } => {
                     let def = self.inner.catalog.get(name).ok_or_else(|| Error::ObjectNotFound { name: name.clone() })?;
                     let id = def.id();
+                    let dropping = |n: &str| ops.iter().any(|o| matches!(o, WriteOp::Drop { name } if name == n));
+                    if let Some(user) = self.inner.catalog.subscriptions_of(id).iter().find(|s| !dropping(s.name())) {
+                        return Err(Error::DependentObjects { name: name.clone(), dependent: user.name().to_owned() });
+                    }
                     batch.delete_cf(self.inner.cf(CF_CATALOG), catalog_key(id));
-                    let cf = match &*def {
-                        ObjectDef::Topic(_) => CF_LOG,
-                        ObjectDef::Table(_) => CF_ROWS,
+                    // Topics: the log. Tables: the rows and the change log. Subscriptions: their state.
+                    let cfs: &[&str] = match &*def {
+                        ObjectDef::Topic(_) => &[CF_LOG],
+                        ObjectDef::Table(_) => &[CF_ROWS, CF_LOG],
+                        ObjectDef::Subscription(_) => &[CF_SUBS],
                     };
-                    batch.delete_range_cf(self.inner.cf(cf), table_prefix(id), table_prefix(id + 1));
+                    for cf in cfs {
+                        batch.delete_range_cf(self.inner.cf(cf), table_prefix(id), table_prefix(id + 1));
+                    }
                     results.push(WriteResult::Done);
                     dropped.push((name.clone(), id));
                 }

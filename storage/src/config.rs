@@ -15,11 +15,14 @@ pub struct StorageConfig {
     pub sync: bool,
     /// How often the background task removes messages older than a topic's retention.
     pub retention_check_ms: u64,
+    /// Bytes of each partition's newest messages kept in memory, so subscribers that keep
+    /// up read them without touching RocksDB (0 = off).
+    pub tail_cache_bytes: usize,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { max_batch_requests: 1024, queue_depth: 4096, sync: true, retention_check_ms: 1000 }
+        Self { max_batch_requests: 1024, queue_depth: 4096, sync: true, retention_check_ms: 1000, tail_cache_bytes: 1 << 20 }
     }
 }
 

@@ -38,6 +38,14 @@ pub enum Error {
         /// The partition asked for.
         partition: u32,
     },
+    /// An object cannot be dropped while another one uses it.
+    #[error("cannot drop \"{name}\" because subscription \"{dependent}\" depends on it")]
+    DependentObjects {
+        /// The object to drop.
+        name: String,
+        /// One object that depends on it.
+        dependent: String,
+    },
     /// NULL written to a NOT NULL column.
     #[error("null value in column \"{column}\" violates not-null constraint")]
     NotNull {

@@ -6,6 +6,9 @@
 //! | `meta`        | ASCII name (`next_object_id`)         | big-endian u32                 |
 //! | `log`         | `u32 topic id, u32 partition, u64 offset` | [`encode_record`]         |
 //! | `rows`        | `u32 table id ++ memcomparable primary key` | [`crate::value::encode_row`] |
+//! | `log`         | `u32 table id, u32 0, u64 offset` (a table's change log) | [`encode_record`], key = `insert`/`update`/`delete` |
+//! | `subs`        | `u32 sub id, u32 partition, 0x00`     | `u64` next offset to read      |
+//! | `subs`        | `u32 sub id, u32 partition, 0x01, u64 offset` | `u32` deliveries of a pending row |
 //!
 //! Every key starts with the object id, so dropping an object is one range delete and a
 //! scan of one partition's offset range is one bounded iterator.
@@ -19,7 +22,26 @@ pub(crate) const CF_CATALOG: &str = "catalog";
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_ROWS: &str = "rows";
-pub(crate) const ALL_CFS: [&str; 4] = [CF_CATALOG, CF_META, CF_LOG, CF_ROWS];
+pub(crate) const CF_SUBS: &str = "subs";
+pub(crate) const ALL_CFS: [&str; 5] = [CF_CATALOG, CF_META, CF_LOG, CF_ROWS, CF_SUBS];
+
+/// Key of a subscription partition's read position.
+pub(crate) fn sub_next_key(sub: ObjectId, partition: u32) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[..4].copy_from_slice(&sub.to_be_bytes());
+    k[4..8].copy_from_slice(&partition.to_be_bytes());
+    k
+}
+
+/// Key of one pending (delivered or waiting, unacked) row of a subscription.
+pub(crate) fn sub_pending_key(sub: ObjectId, partition: u32, offset: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[..4].copy_from_slice(&sub.to_be_bytes());
+    k[4..8].copy_from_slice(&partition.to_be_bytes());
+    k[8] = 1;
+    k[9..].copy_from_slice(&offset.to_be_bytes());
+    k
+}
 
 pub(crate) const META_NEXT_OBJECT_ID: &[u8] = b"next_object_id";
 
@@ -73,6 +95,12 @@ pub struct LogRecord {
 
 /// Encodes a stored message: `i64 LE ts`, `varint(len+1)` key (0 = NULL), then the row.
 pub fn encode_record(ts_micros: i64, key: Option<&str>, values: &[Value], out: &mut Vec<u8>) {
+    encode_record_head(ts_micros, key, out);
+    encode_row(values, out);
+}
+
+/// The part of [`encode_record`] before the row; an already encoded row may follow.
+pub(crate) fn encode_record_head(ts_micros: i64, key: Option<&str>, out: &mut Vec<u8>) {
     out.extend_from_slice(&ts_micros.to_le_bytes());
     match key {
         None => out.push(0),
@@ -82,7 +110,6 @@ pub fn encode_record(ts_micros: i64, key: Option<&str>, values: &[Value], out: &
             out.extend_from_slice(k.as_bytes());
         }
     }
-    encode_row(values, out);
 }
 
 /// Decodes a stored message against the topic's column types.

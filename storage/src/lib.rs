@@ -38,12 +38,14 @@ pub mod layout;
 mod store;
 mod value;
 
-pub use catalog::{Catalog, ColumnDef, ObjectDef, ObjectId, Replication, TableDef, TopicDef};
-pub use commit::{OnConflict, Record, WriteOp, WriteResult};
+pub use catalog::{
+    Catalog, ColumnDef, ObjectDef, ObjectId, Replication, SubscriptionDef, TableDef, TopicDef, DEFAULT_CHANGE_RETENTION_MS,
+};
+pub use commit::{OnConflict, Record, SubChange, WriteOp, WriteResult};
 pub use config::StorageConfig;
 pub use error::{Error, Result};
 pub use layout::LogRecord;
-pub use store::{PartitionState, Store, StoreStats};
+pub use store::{PartitionState, PartitionSubState, Store, StoreStats};
 pub use value::{decode_row, encode_row, ColumnType, Value};
 
 /// The partition a message key maps to: FNV-1a (64-bit) of the key's UTF-8 bytes modulo the

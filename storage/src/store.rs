@@ -11,13 +11,13 @@ use parking_lot::{Mutex, RwLock};
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, DB};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::catalog::{Catalog, ObjectDef, ObjectId, TableDef, TopicDef};
+use crate::catalog::{Catalog, ObjectDef, ObjectId, SubscriptionDef, TableDef, TopicDef};
 use crate::commit::{spawn_committer, CommitRequest, WriteOp, WriteResult};
 use crate::config::StorageConfig;
 use crate::error::{Error, Result};
 use crate::layout::{
-    decode_record, log_key, log_key_offset, record_ts, row_key, table_prefix, LogRecord, ALL_CFS, CF_CATALOG,
-    CF_LOG, CF_META, CF_ROWS, META_NEXT_OBJECT_ID,
+    decode_record, log_key, log_key_offset, record_ts, row_key, sub_next_key, table_prefix, LogRecord, ALL_CFS,
+    CF_CATALOG, CF_LOG, CF_META, CF_ROWS, CF_SUBS, META_NEXT_OBJECT_ID,
 };
 use crate::value::{decode_row, Value};
 
@@ -33,6 +33,34 @@ pub struct PartitionState {
     pub(crate) last_ts: AtomicI64,
     /// Publishes the high watermark to subscribers (holds one value, never queues).
     pub(crate) watermark: watch::Sender<u64>,
+    /// The newest records, for subscribers that keep up.
+    pub(crate) tail: Mutex<Tail>,
+}
+
+/// The newest records of a partition, consecutive offsets, bounded in bytes.
+#[derive(Debug, Default)]
+pub(crate) struct Tail {
+    records: std::collections::VecDeque<crate::commit::TailRecord>,
+    bytes: usize,
+}
+
+impl Tail {
+    /// Appends records that follow the newest one and evicts the oldest beyond `cap` bytes.
+    pub(crate) fn push(&mut self, records: &[crate::commit::TailRecord], cap: usize) {
+        for (offset, rec) in records {
+            if self.records.back().is_some_and(|(last, _)| last + 1 != *offset) {
+                // A gap (never expected): start over rather than serve a hole.
+                self.records.clear();
+                self.bytes = 0;
+            }
+            self.bytes += rec.len();
+            self.records.push_back((*offset, rec.clone()));
+        }
+        while self.bytes > cap {
+            let Some((_, r)) = self.records.pop_front() else { break };
+            self.bytes -= r.len();
+        }
+    }
 }
 
 impl PartitionState {
@@ -50,6 +78,15 @@ impl PartitionState {
     }
 }
 
+/// The stored state of one partition of a durable subscription.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionSubState {
+    /// First offset not yet read.
+    pub next: u64,
+    /// Pending (unacked) rows: offset and deliveries so far, in offset order.
+    pub pending: Vec<(u64, u32)>,
+}
+
 /// Counters of what reads touched (for metrics, and for tests that prove pushdown).
 #[derive(Debug, Default)]
 pub struct StoreStats {
@@ -61,6 +98,8 @@ pub struct StoreStats {
     pub write_requests: AtomicU64,
     /// RocksDB write batches committed, each with one fsync (group commit: fewer than requests).
     pub commits: AtomicU64,
+    /// Messages subscribers read from the in-memory tail instead of RocksDB.
+    pub log_records_from_memory: AtomicU64,
 }
 
 pub(crate) struct Inner {
@@ -92,6 +131,7 @@ impl Inner {
                 start_offset: AtomicU64::new(start),
                 last_ts: AtomicI64::new(last_ts),
                 watermark: watch::channel(next).0,
+                tail: Mutex::new(Tail::default()),
             })
         });
         Ok(state.clone())
@@ -264,6 +304,44 @@ impl Store {
         Ok(out)
     }
 
+    /// Like [`Store::read_log`], from the in-memory tail of the partition's newest records;
+    /// `None` when `from` is not there (older, or trimmed): then read the log. Never blocks
+    /// on I/O.
+    pub fn read_recent(
+        &self,
+        topic: &TopicDef,
+        partition: u32,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> Result<Option<Vec<(u64, LogRecord)>>> {
+        let state = self.partition(topic, partition)?;
+        if from < state.start_offset() {
+            return Ok(None);
+        }
+        let picked: Vec<crate::commit::TailRecord> = {
+            let tail = state.tail.lock();
+            match tail.records.front() {
+                Some((first, _)) if *first <= from => tail
+                    .records
+                    .iter()
+                    .skip((from - first) as usize)
+                    .take_while(|(o, _)| *o < to)
+                    .take(max)
+                    .cloned()
+                    .collect(),
+                _ => return Ok(None),
+            }
+        };
+        if picked.is_empty() {
+            return Ok(None);
+        }
+        let types = topic.column_types();
+        let out = picked.iter().map(|(o, r)| Ok((*o, decode_record(&types, r)?))).collect::<Result<Vec<_>>>()?;
+        self.inner.stats.log_records_from_memory.fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok(Some(out))
+    }
+
     /// The first offset of the partition whose append time is at or after `ts_micros`
     /// (the high watermark if there is none). Append times never decrease within a
     /// partition, so this is a binary search over offsets.
@@ -344,7 +422,13 @@ impl Store {
     pub fn enforce_retention(&self, now_micros: i64) -> Result<usize> {
         let mut ops = Vec::new();
         for obj in self.catalog().list() {
-            let ObjectDef::Topic(topic) = &*obj else { continue };
+            // Topics, and tables' change logs.
+            let topic = match &*obj {
+                ObjectDef::Topic(t) => t.clone(),
+                ObjectDef::Table(t) => t.change_log(),
+                ObjectDef::Subscription(_) => continue,
+            };
+            let topic = &topic;
             let Some(retention_ms) = topic.retention_ms else { continue };
             let cutoff = now_micros.saturating_sub((retention_ms as i64).saturating_mul(1000));
             for p in 0..topic.partitions {
@@ -359,6 +443,61 @@ impl Store {
             self.write_blocking(ops)?;
         }
         Ok(n)
+    }
+
+    /// Every row of `table` and the next offset of its change log, read from one
+    /// consistent point in time: the rows are exactly the state after every change below
+    /// that offset (what `SUBSCRIBE table WITH (snapshot = true)` starts from).
+    pub fn table_snapshot(&self, table: &TableDef) -> Result<(Vec<Vec<Value>>, u64)> {
+        let snap = self.inner.db.snapshot();
+        let log = log_key(table.id, 0, 0);
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&snap);
+        let mut it = self.inner.db.raw_iterator_cf_opt(self.inner.cf(CF_LOG), ro);
+        it.seek_for_prev(log_key(table.id, 0, u64::MAX));
+        let next = match it.key() {
+            Some(k) if k >= log.as_slice() => log_key_offset(k)? + 1,
+            _ => self.inner.partition(table.id, 0)?.start_offset(),
+        };
+        it.status()?;
+        let types = table.column_types();
+        let prefix = table_prefix(table.id);
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&snap);
+        ro.set_iterate_upper_bound(table_prefix(table.id + 1).to_vec());
+        let mut rows = Vec::new();
+        for item in self.inner.db.iterator_cf_opt(self.inner.cf(CF_ROWS), ro, IteratorMode::From(&prefix, Direction::Forward)) {
+            let (_, v) = item?;
+            rows.push(decode_row(&types, &v)?);
+        }
+        self.inner.stats.table_rows_read.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        Ok((rows, next))
+    }
+
+    /// The stored positions and pending rows of a durable subscription, one entry per
+    /// partition of its topic (`partitions` of them).
+    pub fn subscription_state(&self, sub: &SubscriptionDef, partitions: u32) -> Result<Vec<PartitionSubState>> {
+        let mut out: Vec<PartitionSubState> = (0..partitions)
+            .map(|p| PartitionSubState { next: sub.start.get(p as usize).copied().unwrap_or(0), pending: vec![] })
+            .collect();
+        let cf = self.inner.cf(CF_SUBS);
+        let prefix = table_prefix(sub.id);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(table_prefix(sub.id + 1).to_vec());
+        for item in self.inner.db.iterator_cf_opt(cf, ro, IteratorMode::From(&prefix, Direction::Forward)) {
+            let (k, v) = item?;
+            let bad = || Error::corrupt("subscription state entry");
+            let p = u32::from_be_bytes(k.get(4..8).and_then(|b| b.try_into().ok()).ok_or_else(bad)?);
+            let Some(state) = out.get_mut(p as usize) else { continue };
+            if k.len() == sub_next_key(0, 0).len() {
+                state.next = u64::from_be_bytes(v.as_ref().try_into().map_err(|_| bad())?);
+            } else {
+                let offset = u64::from_be_bytes(k.get(9..17).and_then(|b| b.try_into().ok()).ok_or_else(bad)?);
+                let deliveries = u32::from_be_bytes(v.as_ref().try_into().map_err(|_| bad())?);
+                state.pending.push((offset, deliveries));
+            }
+        }
+        Ok(out)
     }
 
     /// Approximate bytes of live data (for `SHOW TOPICS` and metrics).

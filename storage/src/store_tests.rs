@@ -26,6 +26,7 @@ fn table(name: &str) -> ObjectDef {
         ],
         primary_key: vec![0],
         replication: Replication::Gossip,
+        change_retention_ms: None,
     })
 }
 
@@ -295,4 +296,83 @@ fn partition_for_key_is_stable_and_in_range() {
         assert_eq!(partition_for_key(k, 7), partition_for_key(k, 7));
     }
     assert_ne!(partition_for_key("s1", 1024), partition_for_key("s2", 1024));
+}
+
+#[tokio::test]
+async fn table_changes_are_logged_with_their_kind_in_the_same_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
+    let t = create(&store, table("users")).await;
+    let t = as_table(&t).clone();
+    let row = |id: i64, name: &str| vec![Value::Int64(id), Value::Text(name.into())];
+    let insert = |rows, on_conflict| WriteOp::Insert { table: t.id, rows, on_conflict };
+    store.write(vec![insert(vec![row(1, "ann"), row(2, "bob")], OnConflict::Error)]).await.unwrap();
+    store.write(vec![insert(vec![row(1, "anna")], OnConflict::Replace)]).await.unwrap();
+    store.write(vec![insert(vec![row(2, "ignored")], OnConflict::Ignore)]).await.unwrap();
+    store.write(vec![WriteOp::Delete { table: t.id, keys: vec![vec![Value::Int64(2)], vec![Value::Int64(9)]] }]).await.unwrap();
+    // A failed request logs nothing.
+    assert!(store.write(vec![insert(vec![row(1, "dup")], OnConflict::Error)]).await.is_err());
+    let log = t.change_log();
+    assert_eq!(store.partition(&log, 0).unwrap().next_offset(), 4);
+    let changes: Vec<(u64, Option<String>, Vec<Value>)> =
+        store.read_log(&log, 0, 0, 10, 10).unwrap().into_iter().map(|(o, r)| (o, r.key, r.values)).collect();
+    let kind = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        changes,
+        vec![
+            (0, kind("insert"), row(1, "ann")),
+            (1, kind("insert"), row(2, "bob")),
+            (2, kind("update"), row(1, "anna")),
+            (3, kind("delete"), row(2, "bob")),
+        ],
+        "a delete logs the row it removed; ignored conflicts and missing keys log nothing"
+    );
+    // Dropping the table removes its change log too.
+    store.write(vec![WriteOp::Drop { name: "users".into() }]).await.unwrap();
+    assert!(store.read_log(&log, 0, 0, 10, 10).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn subscription_state_survives_reopen_and_blocks_dropping_its_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub_def = |topic: ObjectId| {
+        ObjectDef::Subscription(SubscriptionDef {
+            id: 0,
+            name: "s".into(),
+            topic,
+            filter: None,
+            start: vec![5, 7],
+            ack_wait_ms: 1000,
+            max_deliver: 3,
+            ordering_key: false,
+            max_pending: 100,
+            dlq: "s_dlq".into(),
+        })
+    };
+    {
+        let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
+        let t = create(&store, topic("events", 2)).await;
+        let s = create(&store, sub_def(t.id())).await;
+        let changes = vec![
+            SubChange::Next { partition: 0, next: 12 },
+            SubChange::Pending { partition: 0, offset: 9, deliveries: 1 },
+            SubChange::Pending { partition: 0, offset: 10, deliveries: 2 },
+            SubChange::Pending { partition: 0, offset: 11, deliveries: 1 },
+            SubChange::Done { partition: 0, offset: 10 },
+        ];
+        store.write(vec![WriteOp::SubState { sub: s.id(), changes }]).await.unwrap();
+        let err = store.write(vec![WriteOp::Drop { name: "events".into() }]).await.unwrap_err();
+        assert!(matches!(err, Error::DependentObjects { .. }), "{err:?}");
+        store.shutdown().unwrap();
+    }
+    let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
+    let s = store.catalog().subscription("s").expect("subscription survives reopen");
+    let ObjectDef::Subscription(def) = &*s else { unreachable!() };
+    let state = store.subscription_state(def, 2).unwrap();
+    assert_eq!(state[0], PartitionSubState { next: 12, pending: vec![(9, 1), (11, 1)] });
+    assert_eq!(state[1], PartitionSubState { next: 7, pending: vec![] }, "no state yet: the start offset");
+    // Dropping the subscription and its topic together is allowed, and clears the state.
+    store.write(vec![WriteOp::Drop { name: "s".into() }, WriteOp::Drop { name: "events".into() }]).await.unwrap();
+    assert_eq!(store.subscription_state(def, 2).unwrap()[0], PartitionSubState { next: 5, pending: vec![] });
+    assert!(store.write(vec![WriteOp::SubState { sub: def.id, changes: vec![] }]).await.is_err());
 }

@@ -38,6 +38,7 @@ pub async fn connect(addr: SocketAddr) -> anyhow::Result<Client> {
 pub struct TestNode {
     handle: Option<NodeHandle>,
     addr: SocketAddr,
+    config: Config,
     /// Kept so the data directory lives as long as the node.
     pub dir: tempfile::TempDir,
 }
@@ -55,9 +56,21 @@ impl TestNode {
         config.node.data_dir = dir.path().to_path_buf();
         config.node.pg_addr = "127.0.0.1:0".parse()?;
         f(&mut config);
-        let handle = spawn_node(config).await?;
+        let handle = spawn_node(config.clone()).await?;
         let addr = handle.pg_addr();
-        Ok(TestNode { handle: Some(handle), addr, dir })
+        Ok(TestNode { handle: Some(handle), addr, config, dir })
+    }
+
+    /// Stops the node cleanly and starts it again on the same data directory (new port).
+    pub async fn restart(mut self) -> anyhow::Result<TestNode> {
+        if let Some(h) = self.handle.take() {
+            h.shutdown().await?;
+        }
+        // The old node released the data directory (its lock) when shutdown returned.
+        let handle = spawn_node(self.config.clone()).await?;
+        self.addr = handle.pg_addr();
+        self.handle = Some(handle);
+        Ok(self)
     }
 
     /// The Postgres address.
@@ -206,6 +219,24 @@ fn psql_blocking(addr: SocketAddr, args: &[String], stdin: &str) -> anyhow::Resu
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
+}
+
+/// Connects tokio-postgres and forwards the connection's notifications (LISTEN) as
+/// (channel, payload) pairs.
+pub async fn connect_listening(
+    addr: SocketAddr,
+) -> anyhow::Result<(Client, tokio::sync::mpsc::UnboundedReceiver<(String, String)>)> {
+    let conn_str = format!("host={} port={} user=eddy dbname=eddy", addr.ip(), addr.port());
+    let (client, mut conn) = tokio_postgres::connect(&conn_str, NoTls).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = futures::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = msg {
+                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+            }
+        }
+    });
+    Ok((client, rx))
 }
 
 /// Polls `f` until it returns `Some`, or fails after `timeout`.

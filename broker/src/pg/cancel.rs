@@ -92,3 +92,16 @@ impl CancelHandler for EddyCancelHandler {
         self.inner.on_cancel_request(request).await;
     }
 }
+
+/// Runs a statement until it finishes or `token` is cancelled (then 57014). Statements that
+/// wait (FETCH ... WITH (timeout), a long plan) stop waiting at once; what they already
+/// sent to storage still commits, as with PostgreSQL's cancel racing a commit.
+pub(crate) async fn until_cancelled<T>(
+    token: &CancellationToken,
+    work: impl std::future::Future<Output = eddy_query::Result<T>>,
+) -> eddy_query::Result<T> {
+    tokio::select! {
+        r = work => r,
+        _ = token.cancelled() => Err(eddy_query::Error::Cancelled),
+    }
+}

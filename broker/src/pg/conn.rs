@@ -141,6 +141,7 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
     let errors = handlers.error_handler();
     // Messages that arrived while a subscription streamed, handled before reading more.
     let mut pending = std::collections::VecDeque::new();
+    let mut listeners = super::listen::Listeners::default();
     loop {
         let msg = match pending.pop_front() {
             Some(m) => m,
@@ -154,8 +155,16 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
                         _ = &mut deadline => None,
                         m = socket.next() => m,
                     }
-                } else {
+                } else if listeners.is_empty() {
                     socket.next().await
+                } else {
+                    // Between statements: deliver LISTEN notifications until the client speaks.
+                    loop {
+                        tokio::select! {
+                            m = socket.next() => break m,
+                            (channel, rows) = listeners.next() => notify(&mut socket, &channel, rows).await?,
+                        }
+                    }
                 };
                 // None: EOF or startup timeout. Err: a frame pgwire or the guard could not decode.
                 let Some(Ok(msg)) = msg else { break };
@@ -187,9 +196,41 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
                 break;
             }
         }
+        if matches!(socket.state(), PgWireConnectionState::ReadyForQuery) {
+            let wanted = super::session_of(&socket).lock().listens().clone();
+            listeners.reconcile(&engine, &wanted).await;
+        }
     }
     cancels.unregister(socket.pid_and_secret_key().0);
     Ok(())
+}
+
+/// Sends each row of `rows` as a NotificationResponse on `channel`.
+async fn notify<T, ST>(
+    socket: &mut Framed<T, pgwire::tokio::server::PgWireMessageServerCodec<ST>>,
+    channel: &str,
+    rows: Result<arrow::array::RecordBatch, datafusion::error::DataFusionError>,
+) -> io::Result<()>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static,
+{
+    use futures::SinkExt;
+    use pgwire::messages::response::NotificationResponse;
+    use pgwire::messages::PgWireBackendMessage;
+    let payloads = match rows.map_err(eddy_query::Error::from).and_then(|b| eddy_query::rows_as_json(&b)) {
+        Ok(p) => p,
+        Err(e) => {
+            // A LISTEN that can no longer deliver (its topic dropped, say) just stops.
+            tracing::debug!(%channel, error = %e, "LISTEN stream failed");
+            return Ok(());
+        }
+    };
+    let pid = socket.pid_and_secret_key().0;
+    for payload in payloads {
+        let n = NotificationResponse::new(pid, channel.to_owned(), payload);
+        socket.feed(PgWireBackendMessage::NotificationResponse(n)).await?;
+    }
+    socket.flush().await
 }
 
 #[cfg(test)]

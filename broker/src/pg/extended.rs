@@ -49,13 +49,14 @@ pub struct EddyParser {
 impl QueryParser for EddyParser {
     type Statement = Arc<Prepared>;
 
-    async fn parse_sql<C>(&self, _client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<Arc<Prepared>>>
+    async fn parse_sql<C>(&self, client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<Arc<Prepared>>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
         let Some(stmt) = self.engine.parse_one(sql).map_err(to_pg)? else { return Ok(None) };
         let hints: Vec<Option<DataType>> = types.iter().map(|t| t.as_ref().and_then(arrow_of_pg)).collect();
-        let prepared = self.engine.prepare(stmt, &hints).await.map_err(to_pg)?;
+        let session = session_of(client).lock().clone();
+        let prepared = self.engine.prepare(stmt, &hints, &session).await.map_err(to_pg)?;
         Ok(Some(Arc::new(prepared)))
     }
 
@@ -96,7 +97,7 @@ impl ExtendedQueryHandler for Backend {
         let token = super::cancel::begin_statement(client);
         let session = session_of(client);
         let mut s = session.lock().clone();
-        let result = self.engine.execute(&mut s, prepared, &params).await;
+        let result = super::cancel::until_cancelled(&token, self.engine.execute(&mut s, prepared, &params)).await;
         *session.lock() = s;
         respond(client, result.map_err(to_pg)?, &portal.result_column_format, token)
     }

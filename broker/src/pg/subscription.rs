@@ -2,10 +2,16 @@
 //!
 //! pgwire's COPY OUT sender only queues (`feed`s) messages, so a live row could wait in
 //! the write buffer until more arrive. Here each batch's rows are written and then
-//! flushed, so a subscriber sees a message as soon as it is durable. The stream ends on
-//! CancelRequest (57014), on a client disconnect, or when the topic is dropped.
+//! flushed, so a subscriber sees a message as soon as it is durable. While no row comes for
+//! the heartbeat interval, a heartbeat row (NULL `_partition`/`_offset`, `_ts` = now) is
+//! sent. The stream ends on CancelRequest (57014), on a client disconnect, or when the
+//! topic is dropped.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{new_null_array, ArrayRef, RecordBatch, TimestampMicrosecondArray};
+use arrow::datatypes::{Field, Schema, SchemaRef};
 
 use bytes::Bytes;
 use datafusion::execution::SendableRecordBatchStream;
@@ -75,7 +81,7 @@ where
     let token = super::cancel::begin_statement(socket);
     let Statement::CopySubscribe { spec, options } = &req.statement else { return Ok(Vec::new()) };
     let started = engine.copy_subscribe(spec, options).await;
-    let (stream, opts): (SendableRecordBatchStream, CopyOptions) = match started {
+    let (stream, opts, heartbeat): (SendableRecordBatchStream, CopyOptions, Option<Duration>) = match started {
         Ok(v) => v,
         Err(e) => return finish_with_error(socket, ErrorInfo::from(to_pg(e)), req.extended, Vec::new()).await,
     };
@@ -89,8 +95,24 @@ where
     let mut stream = stream;
     let mut rows = 0usize;
     let mut queued = Vec::new();
+    let mut last_sent = Instant::now();
     loop {
+        let beat = async {
+            match heartbeat {
+                Some(every) => tokio::time::sleep_until((last_sent + every).into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            _ = beat => {
+                // Idle: a heartbeat row (NULL _partition and _offset, _ts = now) shows the stream is alive.
+                let line = match heartbeat_row(&stream.schema()).and_then(|b| opts.encode_batch(&b)) {
+                    Ok(mut l) => l.pop().unwrap_or_default(),
+                    Err(e) => return finish_with_error(socket, ErrorInfo::from(to_pg(e)), req.extended, queued).await,
+                };
+                socket.send(PgWireBackendMessage::CopyData(CopyData::new(Bytes::from(line)))).await?;
+                last_sent = Instant::now();
+            }
             _ = token.cancelled() => {
                 let e = user_error(sqlstate::QUERY_CANCELED, "canceling statement due to user request");
                 return finish_with_error(socket, ErrorInfo::from(e), req.extended, queued).await;
@@ -115,6 +137,7 @@ where
                         socket.feed(PgWireBackendMessage::CopyData(CopyData::new(Bytes::from(line)))).await?;
                     }
                     socket.flush().await?;
+                    last_sent = Instant::now();
                 }
                 Some(Err(e)) => {
                     return finish_with_error(socket, ErrorInfo::from(to_pg(e.into())), req.extended, queued).await;
@@ -131,6 +154,20 @@ where
     }
     socket.flush().await?;
     Ok(queued)
+}
+
+/// A heartbeat: every column NULL except `_ts`, the current time.
+fn heartbeat_row(schema: &SchemaRef) -> eddy_query::Result<RecordBatch> {
+    let fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    let now = chrono::Utc::now().timestamp_micros();
+    let columns = fields
+        .iter()
+        .map(|f| match f.name().as_str() {
+            "_ts" => Arc::new(TimestampMicrosecondArray::from(vec![now])) as ArrayRef,
+            _ => new_null_array(f.data_type(), 1),
+        })
+        .collect();
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(datafusion::error::DataFusionError::from)?)
 }
 
 async fn finish_with_error<T, ST>(

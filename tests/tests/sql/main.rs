@@ -6,3 +6,5 @@ mod t20_driver;
 mod t30_psql;
 mod t40_psycopg;
 mod t50_subscribe;
+mod t60_transports;
+mod t70_durable;

@@ -88,3 +88,29 @@ async fn psql_reports_errors_with_codes() -> anyhow::Result<()> {
     assert!(out.stderr.contains("42P01"), "{}", out.stderr);
     node.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_cursor_and_durable_subscription() -> anyhow::Result<()> {
+    let node = TestNode::start().await?;
+    let a = node.addr();
+    let script = "CREATE TOPIC readings (sensor TEXT, temp INT);
+INSERT INTO readings VALUES ('a', 10), ('b', 40), ('c', 50);
+CREATE SUBSCRIPTION hot ON readings WHERE temp > 30 FROM BEGINNING;
+DECLARE c CURSOR FOR SUBSCRIBE readings WHERE temp > 30 FROM BEGINNING;
+FETCH 10 c WITH (timeout = '5s');
+FETCH 10 FROM SUBSCRIPTION hot;
+ACK SUBSCRIPTION hot (0, 1), (0, 2);
+SELECT name, topic, pending, acked FROM eddy.subscriptions WHERE name = 'hot';
+";
+    let out = psql(a, &["-A", "-t", "-F", ","], script).await?;
+    assert!(out.ok, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    // FETCH from the cursor: b and c, with their positions.
+    assert!(lines.iter().any(|l| l.starts_with("0,1,") && l.ends_with(",b,40")), "{}", out.stdout);
+    assert!(lines.iter().any(|l| l.starts_with("0,2,") && l.ends_with(",c,50")), "{}", out.stdout);
+    // FETCH FROM SUBSCRIPTION carries the delivery count after _key.
+    assert!(lines.iter().any(|l| l.starts_with("0,1,") && l.ends_with(",,1,b,40")), "{}", out.stdout);
+    assert!(lines.contains(&"ACK 2"), "{}", out.stdout);
+    assert!(lines.contains(&"hot,readings,0,2"), "{}", out.stdout);
+    node.shutdown().await
+}

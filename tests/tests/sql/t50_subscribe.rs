@@ -69,8 +69,10 @@ async fn copy_subscribe_errors() -> anyhow::Result<()> {
     assert_eq!(e.code(), Some(&SqlState::UNDEFINED_TABLE));
     let e = c.batch_execute("COPY (SUBSCRIBE r WHERE nope > 1) TO STDOUT").await.unwrap_err();
     assert_eq!(e.code(), Some(&SqlState::UNDEFINED_COLUMN), "{e:?}");
-    let e = c.batch_execute("COPY (SUBSCRIBE t) TO STDOUT").await.unwrap_err();
-    assert_eq!(e.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED));
+    let e = c.batch_execute("COPY (SUBSCRIBE r WITH (snapshot = true)) TO STDOUT").await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::INVALID_PARAMETER_VALUE), "snapshot is for tables: {e:?}");
+    let e = c.batch_execute("COPY (SUBSCRIBE r WITH (colour = 'red')) TO STDOUT").await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::INVALID_PARAMETER_VALUE));
     // Still usable.
     c.batch_execute("INSERT INTO r VALUES (1)").await?;
     node.shutdown().await

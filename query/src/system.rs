@@ -1,0 +1,196 @@
+//! The `eddy` system schema: `eddy.partitions` and `eddy.subscriptions`, computed when a
+//! query reads them.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::datasource::MemTable;
+use eddy_storage::ObjectDef;
+
+use crate::engine::Engine;
+use crate::error::Result;
+
+/// Serves `eddy.<name>`; holds the engine weakly (the engine owns the catalog holding this).
+#[derive(Debug)]
+pub(crate) struct SystemSchema {
+    pub(crate) engine: Weak<Engine>,
+}
+
+const TABLES: [&str; 2] = ["partitions", "subscriptions"];
+
+#[async_trait]
+impl SchemaProvider for SystemSchema {
+    fn table_names(&self) -> Vec<String> {
+        TABLES.iter().map(|s| (*s).to_owned()).collect()
+    }
+    async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
+        let Some(engine) = self.engine.upgrade() else { return Ok(None) };
+        let batch = match name {
+            "partitions" => engine.partitions_batch(),
+            "subscriptions" => engine.subscriptions_batch().await,
+            _ => return Ok(None),
+        }
+        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        Ok(Some(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?)))
+    }
+    fn table_exist(&self, name: &str) -> bool {
+        TABLES.contains(&name)
+    }
+}
+
+fn text(v: Vec<Option<String>>) -> ArrayRef {
+    Arc::new(StringArray::from(v))
+}
+
+fn int8(v: Vec<u64>) -> ArrayRef {
+    Arc::new(Int64Array::from_iter_values(v.into_iter().map(|x| x as i64)))
+}
+
+/// Renders per-partition offsets as `0:41 1:17`.
+fn positions_text(next: &[u64]) -> String {
+    next.iter().enumerate().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(" ")
+}
+
+impl Engine {
+    /// `eddy.partitions`: every topic partition's retained start and next offset.
+    fn partitions_batch(&self) -> Result<RecordBatch> {
+        let (mut topic, mut part, mut start, mut next) = (vec![], vec![], vec![], vec![]);
+        for obj in self.store().catalog().list() {
+            let ObjectDef::Topic(t) = &*obj else { continue };
+            for p in 0..t.partitions {
+                let s = self.store().partition(t, p)?;
+                topic.push(Some(t.name.clone()));
+                part.push(p as i32);
+                start.push(s.start_offset());
+                next.push(s.next_offset());
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("topic", DataType::Utf8, false),
+            Field::new("partition", DataType::Int32, false),
+            Field::new("start_offset", DataType::Int64, false),
+            Field::new("next_offset", DataType::Int64, false),
+        ]));
+        Ok(RecordBatch::try_new(schema, vec![text(topic), Arc::new(Int32Array::from(part)), int8(start), int8(next)])?)
+    }
+
+    /// The columns of `eddy.subscriptions`.
+    pub(crate) fn subscriptions_schema() -> SchemaRef {
+        let int8 = |n: &str| Field::new(n, DataType::Int64, false);
+        Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, true),
+            Field::new("kind", DataType::Utf8, false),
+            Field::new("topic", DataType::Utf8, false),
+            Field::new("filter", DataType::Utf8, true),
+            Field::new("position", DataType::Utf8, false),
+            int8("lag"),
+            int8("pending"),
+            int8("delivered"),
+            int8("redelivered"),
+            int8("acked"),
+            int8("dead_lettered"),
+            int8("buffered_bytes"),
+        ]))
+    }
+
+    /// `eddy.subscriptions`: durable subscriptions, then live ephemeral ones.
+    pub(crate) async fn subscriptions_batch(&self) -> Result<RecordBatch> {
+        let mut rows: Vec<SubRow> = Vec::new();
+        let loaded = self.durable.loaded();
+        for obj in self.store().catalog().list() {
+            let ObjectDef::Subscription(sub) = &*obj else { continue };
+            let Some(ObjectDef::Topic(topic)) = self.store().catalog().by_id(sub.topic).as_deref().cloned() else { continue };
+            let served = loaded.iter().find(|d| d.def.id == sub.id);
+            let (next, pending) = match served {
+                Some(d) => {
+                    let v = d.view().await;
+                    (v.next, v.pending)
+                }
+                None => {
+                    let stored = self.store().subscription_state(sub, topic.partitions)?;
+                    let pending = stored.iter().map(|s| s.pending.len() as u64).sum();
+                    (stored.into_iter().map(|s| s.next).collect(), pending)
+                }
+            };
+            let c = served.map(|d| &d.counters);
+            let count = |f: fn(&crate::durable::DurableCounters) -> u64| c.map_or(0, f);
+            rows.push(SubRow {
+                name: Some(sub.name.clone()),
+                kind: "durable",
+                topic: topic.name.clone(),
+                filter: sub.filter.clone(),
+                lag: self.lag(&topic, &next)? + pending,
+                position: positions_text(&next),
+                pending,
+                delivered: count(|c| c.delivered.load(Ordering::Relaxed)),
+                redelivered: count(|c| c.redelivered.load(Ordering::Relaxed)),
+                acked: count(|c| c.acked.load(Ordering::Relaxed)),
+                dead_lettered: count(|c| c.dead_lettered.load(Ordering::Relaxed)),
+                buffered_bytes: 0,
+            });
+        }
+        for s in self.subscriptions.list() {
+            let next: Vec<u64> = s.next.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+            rows.push(SubRow {
+                name: None,
+                kind: s.kind,
+                topic: s.object.clone(),
+                filter: s.filter.clone(),
+                lag: self.lag(&s.log, &next)?,
+                position: positions_text(&next),
+                pending: 0,
+                delivered: s.rows.load(Ordering::Relaxed),
+                redelivered: 0,
+                acked: 0,
+                dead_lettered: 0,
+                buffered_bytes: s.buffered_bytes.load(Ordering::Relaxed),
+            });
+        }
+        let col = |f: fn(&SubRow) -> u64| int8(rows.iter().map(f).collect());
+        Ok(RecordBatch::try_new(
+            Self::subscriptions_schema(),
+            vec![
+                text(rows.iter().map(|r| r.name.clone()).collect()),
+                text(rows.iter().map(|r| Some(r.kind.to_owned())).collect()),
+                text(rows.iter().map(|r| Some(r.topic.clone())).collect()),
+                text(rows.iter().map(|r| r.filter.clone()).collect()),
+                text(rows.iter().map(|r| Some(r.position.clone())).collect()),
+                col(|r| r.lag),
+                col(|r| r.pending),
+                col(|r| r.delivered),
+                col(|r| r.redelivered),
+                col(|r| r.acked),
+                col(|r| r.dead_lettered),
+                col(|r| r.buffered_bytes),
+            ],
+        )?)
+    }
+
+    /// Rows between each partition's position and its head.
+    fn lag(&self, topic: &eddy_storage::TopicDef, next: &[u64]) -> Result<u64> {
+        let mut lag = 0;
+        for (p, n) in next.iter().enumerate() {
+            lag += self.store().partition(topic, p as u32)?.next_offset().saturating_sub(*n);
+        }
+        Ok(lag)
+    }
+}
+
+struct SubRow {
+    name: Option<String>,
+    kind: &'static str,
+    topic: String,
+    filter: Option<String>,
+    position: String,
+    lag: u64,
+    pending: u64,
+    delivered: u64,
+    redelivered: u64,
+    acked: u64,
+    dead_lettered: u64,
+    buffered_bytes: u64,
+}
