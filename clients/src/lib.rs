@@ -58,6 +58,8 @@
 //! # }
 //! ```
 #![warn(missing_docs)]
+// Unit tests may unwrap; the library itself is still linted (clippy checks it without cfg(test)).
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod backoff;
 mod batcher;
