@@ -29,7 +29,7 @@ async fn main() -> eddy_client::Result<()> {
         from: Some(StartFrom::Beginning),
         ack_wait: Some(Duration::from_secs(30)),
         max_deliver: Some(5),
-        ordering_key: None,
+        ..SubscriptionOptions::default()
     };
     let consumer = client.consumer("readings_hot").create_on("readings", options).build().await?;
 

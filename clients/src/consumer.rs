@@ -22,6 +22,10 @@ use crate::link::Link;
 use crate::sql::{self, StartFrom, SubscriptionSpec};
 use crate::subscription::STALL_GRACE;
 
+/// SQLSTATE of a FETCH that found rows removed by retention before they were delivered;
+/// delivery goes on after them.
+const LAGGED_OUT: &str = "YE003";
+
 /// How a durable subscription is created when it does not exist yet; every `None` takes
 /// the server's default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -37,6 +41,9 @@ pub struct SubscriptionOptions {
     /// `true`: rows of one key are delivered one at a time, in order (`ordering = 'key'`);
     /// `false`: no ordering between fetches (`ordering = 'none'`).
     pub ordering_key: Option<bool>,
+    /// Most rows leased or held back at once; while that many are pending, FETCH only
+    /// redelivers.
+    pub max_pending: Option<u32>,
 }
 
 /// Settings of a durable consumer; made by [`Client::consumer`](crate::Client::consumer).
@@ -65,14 +72,7 @@ impl ConsumerBuilder {
     /// Creates the subscription on `topic` with `options` if it does not exist yet
     /// (`CREATE SUBSCRIPTION IF NOT EXISTS`); an existing one is used as it is.
     pub fn create_on(mut self, topic: &str, options: SubscriptionOptions) -> Self {
-        self.create = Some(SubscriptionSpec {
-            topic: topic.to_owned(),
-            filter: options.filter,
-            from: options.from,
-            ack_wait: options.ack_wait,
-            max_deliver: options.max_deliver,
-            ordering_key: options.ordering_key,
-        });
+        self.create = Some(SubscriptionSpec { topic: topic.to_owned(), options });
         self
     }
 
@@ -194,7 +194,8 @@ impl Consumer {
 
     /// Fetches in a loop and yields rows one by one, reconnecting with backoff after a
     /// lost connection. Ack each row (or batch) yourself; unacked rows come back after
-    /// `ack_wait`. Errors other than a lost connection end the stream.
+    /// `ack_wait`. A "lagged out" error (`YE003`: rows removed by retention before they
+    /// were delivered) is yielded and the stream goes on after them; other errors end it.
     pub fn stream(&self) -> ConsumerStream {
         let state = (self.clone(), self.inner.backoff.clone(), std::collections::VecDeque::new(), false);
         let inner = futures::stream::unfold(state, |(consumer, mut backoff, mut buffer, ended)| async move {
@@ -216,7 +217,10 @@ impl Consumer {
                         tracing::warn!(subscription = %consumer.inner.name, error = %e, ?wait, "consumer lost its connection; retrying");
                         tokio::time::sleep(wait).await;
                     }
-                    Err(e) => return Some((Err(e), (consumer, backoff, buffer, true))),
+                    Err(e) => {
+                        let lagged_out = e.code().is_some_and(|c| c.code() == LAGGED_OUT);
+                        return Some((Err(e), (consumer, backoff, buffer, !lagged_out)));
+                    }
                 }
             }
         })

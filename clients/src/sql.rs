@@ -8,6 +8,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::consumer::SubscriptionOptions;
+
 /// Most parameters one statement carries. The wire protocol counts them in 16 bits
 /// (at most 65535); we stay one below that.
 pub(crate) const MAX_PARAMS: usize = 65_534;
@@ -129,36 +131,36 @@ pub(crate) fn fetch_cursor(cursor: &str, n: u32, timeout: Duration) -> String {
     format!("FETCH {n} {} WITH (timeout = {})", quote_ident(cursor), duration_literal(timeout))
 }
 
-/// How a durable subscription is created when it does not exist yet.
+/// A durable subscription to create when it does not exist yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SubscriptionSpec {
     pub topic: String,
-    pub filter: Option<String>,
-    pub from: Option<StartFrom>,
-    pub ack_wait: Option<Duration>,
-    pub max_deliver: Option<u32>,
-    pub ordering_key: Option<bool>,
+    pub options: SubscriptionOptions,
 }
 
 /// `CREATE SUBSCRIPTION IF NOT EXISTS "s" ON "t" [WHERE ..] [FROM ..] [WITH (..)]`.
 pub(crate) fn create_subscription(name: &str, spec: &SubscriptionSpec) -> String {
+    let o = &spec.options;
     let mut s = format!("CREATE SUBSCRIPTION IF NOT EXISTS {} ON {}", quote_ident(name), quote_ident(&spec.topic));
-    if let Some(f) = &spec.filter {
+    if let Some(f) = &o.filter {
         let _ = write!(s, " WHERE ({f})");
     }
-    if let Some(from) = &spec.from {
+    if let Some(from) = &o.from {
         s.push(' ');
         s.push_str(&from.clause());
     }
     let mut options = Vec::new();
-    if let Some(d) = spec.ack_wait {
+    if let Some(d) = o.ack_wait {
         options.push(format!("ack_wait = {}", duration_literal(d)));
     }
-    if let Some(n) = spec.max_deliver {
+    if let Some(n) = o.max_deliver {
         options.push(format!("max_deliver = {n}"));
     }
-    if let Some(key) = spec.ordering_key {
+    if let Some(key) = o.ordering_key {
         options.push(format!("ordering = '{}'", if key { "key" } else { "none" }));
+    }
+    if let Some(n) = o.max_pending {
+        options.push(format!("max_pending = {n}"));
     }
     if !options.is_empty() {
         let _ = write!(s, " WITH ({})", options.join(", "));
@@ -241,23 +243,19 @@ mod tests {
 
     #[test]
     fn durable_subscription_statements() {
-        let mut spec = SubscriptionSpec {
-            topic: "readings".into(),
-            filter: None,
-            from: None,
-            ack_wait: None,
-            max_deliver: None,
-            ordering_key: None,
-        };
+        let mut spec = SubscriptionSpec { topic: "readings".into(), options: SubscriptionOptions::default() };
         assert_eq!(create_subscription("alerts", &spec), r#"CREATE SUBSCRIPTION IF NOT EXISTS "alerts" ON "readings""#);
-        spec.filter = Some("temp > 30".into());
-        spec.from = Some(StartFrom::Beginning);
-        spec.ack_wait = Some(Duration::from_secs(30));
-        spec.max_deliver = Some(5);
-        spec.ordering_key = Some(true);
+        spec.options = SubscriptionOptions {
+            filter: Some("temp > 30".into()),
+            from: Some(StartFrom::Beginning),
+            ack_wait: Some(Duration::from_secs(30)),
+            max_deliver: Some(5),
+            ordering_key: Some(true),
+            max_pending: Some(1000),
+        };
         assert_eq!(
             create_subscription("alerts", &spec),
-            r#"CREATE SUBSCRIPTION IF NOT EXISTS "alerts" ON "readings" WHERE (temp > 30) FROM BEGINNING WITH (ack_wait = '30s', max_deliver = 5, ordering = 'key')"#
+            r#"CREATE SUBSCRIPTION IF NOT EXISTS "alerts" ON "readings" WHERE (temp > 30) FROM BEGINNING WITH (ack_wait = '30s', max_deliver = 5, ordering = 'key', max_pending = 1000)"#
         );
         assert_eq!(
             fetch_subscription("alerts", 10, Duration::from_millis(250)),
