@@ -4,7 +4,7 @@ use std::time::Duration;
 
 /// Delays between reconnect attempts: `initial`, doubling up to `max`, where it stays.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     initial: Duration,
     max: Duration,
     /// The delay the next failure waits.
@@ -13,19 +13,19 @@ pub struct Backoff {
 
 impl Backoff {
     /// A schedule from `initial` doubling to `max`.
-    pub fn new(initial: Duration, max: Duration) -> Backoff {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Backoff {
         Backoff { initial, max: max.max(initial), next: initial }
     }
 
     /// The delay to wait after a failure; each call doubles the next one, up to `max`.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let d = self.next;
         self.next = (self.next * 2).min(self.max);
         d
     }
 
     /// Back to `initial`, after a success.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.next = self.initial;
     }
 }

@@ -36,6 +36,10 @@ impl Client {
 
     /// Connects with a tokio-postgres [`Config`].
     pub async fn connect_with(config: Config) -> Result<Client> {
+        // Caught here, or the driver would report it like a refused connection (retryable).
+        if config.get_hosts().is_empty() {
+            return Err(Error::InvalidSetting("the connection string names no host".into()));
+        }
         let link = Arc::new(Link::new(config));
         link.session().await?;
         Ok(Client { link })

@@ -6,6 +6,7 @@
 //! or another consumer of the same subscription — carries on where the server says: acked
 //! rows never come again, unacked ones come again after `ack_wait`.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -197,35 +198,52 @@ impl Consumer {
     /// `ack_wait`. A "lagged out" error (`YE003`: rows removed by retention before they
     /// were delivered) is yielded and the stream goes on after them; other errors end it.
     pub fn stream(&self) -> ConsumerStream {
-        let state = (self.clone(), self.inner.backoff.clone(), std::collections::VecDeque::new(), false);
-        let inner = futures::stream::unfold(state, |(consumer, mut backoff, mut buffer, ended)| async move {
-            if ended {
-                return None;
-            }
-            loop {
-                if let Some(d) = buffer.pop_front() {
-                    return Some((Ok(d), (consumer, backoff, buffer, false)));
-                }
-                let (n, timeout) = (consumer.inner.fetch_size, consumer.inner.fetch_timeout);
-                match consumer.fetch(n, timeout).await {
-                    Ok(rows) => {
-                        backoff.reset();
-                        buffer.extend(rows);
-                    }
-                    Err(e) if e.is_retryable() => {
-                        let wait = backoff.next_delay();
-                        tracing::warn!(subscription = %consumer.inner.name, error = %e, ?wait, "consumer lost its connection; retrying");
-                        tokio::time::sleep(wait).await;
-                    }
-                    Err(e) => {
-                        let lagged_out = e.code().is_some_and(|c| c.code() == LAGGED_OUT);
-                        return Some((Err(e), (consumer, backoff, buffer, !lagged_out)));
-                    }
-                }
-            }
+        let poller = Poller { consumer: self.clone(), backoff: self.inner.backoff.clone(), buffer: VecDeque::new(), ended: false };
+        let inner = futures::stream::unfold(poller, |mut poller| async move {
+            let item = poller.next().await?;
+            Some((item, poller))
         })
         .boxed();
         ConsumerStream { inner }
+    }
+}
+
+/// The state of [`Consumer::stream`] between polls.
+struct Poller {
+    consumer: Consumer,
+    backoff: Backoff,
+    /// Fetched rows not yet yielded.
+    buffer: VecDeque<Delivery>,
+    /// Set once an error that ends the stream was yielded.
+    ended: bool,
+}
+
+impl Poller {
+    async fn next(&mut self) -> Option<Result<Delivery>> {
+        loop {
+            if let Some(d) = self.buffer.pop_front() {
+                return Some(Ok(d));
+            }
+            if self.ended {
+                return None;
+            }
+            let inner = &self.consumer.inner;
+            match self.consumer.fetch(inner.fetch_size, inner.fetch_timeout).await {
+                Ok(rows) => {
+                    self.backoff.reset();
+                    self.buffer.extend(rows);
+                }
+                Err(e) if e.is_retryable() => {
+                    let wait = self.backoff.next_delay();
+                    tracing::warn!(subscription = %inner.name, error = %e, ?wait, "consumer lost its connection; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => {
+                    self.ended = e.code().is_none_or(|c| c.code() != LAGGED_OUT);
+                    return Some(Err(e));
+                }
+            }
+        }
     }
 }
 

@@ -73,7 +73,6 @@ mod producer;
 mod sql;
 mod subscription;
 
-pub use backoff::Backoff;
 pub use client::Client;
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerStream, SubscriptionOptions};
 pub use delivery::{Delivery, Positioned};

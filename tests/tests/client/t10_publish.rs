@@ -66,6 +66,7 @@ async fn publish_errors_carry_the_sqlstate() -> anyhow::Result<()> {
     let at = client.publish("t", &Message::new().set("n", 7i32)).await?;
     assert_eq!(at.offset, 0);
     assert!(matches!(Client::connect("port=notanumber").await, Err(Error::BadUrl(_))));
+    assert!(matches!(Client::connect("user=eddy").await, Err(Error::InvalidSetting(_))));
     node.shutdown().await
 }
 
