@@ -129,7 +129,8 @@ impl SubscribeBuilder {
             fatal: None,
             ended: false,
         };
-        tail.declare(pg).await?;
+        tail.declare_on(&pg).await?;
+        tail.pg = Some(pg);
         let inner = futures::stream::unfold(tail, |mut tail| async move {
             let item = tail.next().await?;
             Some((item, tail))
@@ -222,12 +223,6 @@ impl Tail {
             self.positions.advance(d.partition(), d.offset());
             self.buffer.push_back(d);
         }
-        Ok(())
-    }
-
-    async fn declare(&mut self, pg: tokio_postgres::Client) -> Result<()> {
-        self.declare_on(&pg).await?;
-        self.pg = Some(pg);
         Ok(())
     }
 
