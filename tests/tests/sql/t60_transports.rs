@@ -239,6 +239,7 @@ async fn a_paused_subscriber_neither_stalls_publishers_nor_grows_server_memory()
         (s.2 == again.2).then_some(again)
     })
     .await?;
+    println!("paused subscriber: lag {lag} rows, delivered {delivered}, server buffers {buffered} bytes for it");
     assert!(lag > 10_000, "the subscriber is far behind (lag {lag}, delivered {delivered})");
     assert!(buffered <= 4 << 20, "at most one chunk buffered for it, got {buffered} bytes");
     let rows: Vec<SimpleQueryMessage> = publisher.simple_query("SELECT 1").await?;
