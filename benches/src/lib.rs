@@ -5,10 +5,13 @@
 //! - [`Scenario`] — what a run does: `point-select` (prepared primary-key SELECTs) and
 //!   `publish-durable` (one publish in flight per connection, acknowledged after fsync).
 //! - [`Target`] — where it runs: eddy, or PostgreSQL (the SQL differs only in setup).
+//! - [`peer::PostgresPeer`] — a PostgreSQL of the tool's own, in a temp dir.
 //! - [`run`] — N connections for a duration, each recording every operation's latency in
 //!   its own HDR histogram, merged into one [`Summary`].
 //!
 //! Tests check counting (every acknowledged publish is stored exactly once), never timings.
+
+pub mod peer;
 
 use std::time::{Duration, Instant};
 

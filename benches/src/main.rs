@@ -4,7 +4,14 @@
 use std::time::Duration;
 
 use clap::Parser;
-use eddy_bench::{run, setup, Options, Scenario, Target};
+use eddy_bench::{peer::PostgresPeer, run, setup, Options, Scenario, Target};
+
+/// Peers the tool can start itself.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Peer {
+    /// PostgreSQL (initdb + pg_ctl; `apt-get install postgresql`).
+    Postgres,
+}
 
 /// Load benchmarks for eddy.
 #[derive(Debug, Parser)]
@@ -17,9 +24,12 @@ struct Args {
     /// in a temporary directory.
     #[arg(long)]
     url: Option<String>,
-    /// Also run against this PostgreSQL (a connection string), interleaved with eddy.
-    #[arg(long)]
+    /// Also run against this PostgreSQL (a connection string).
+    #[arg(long, conflicts_with = "peer")]
     postgres: Option<String>,
+    /// Start a peer of the tool's own (a temp dir on loopback) and run against it too.
+    #[arg(long, value_enum)]
+    peer: Option<Peer>,
     /// Seconds each run issues operations.
     #[arg(long, default_value_t = 10)]
     duration: u64,
@@ -53,7 +63,12 @@ async fn main() -> anyhow::Result<()> {
     };
     setup(&eddy_bench::connect(&url).await?, args.scenario, Target::Eddy).await?;
     let eddy = run(&url, args.scenario, Target::Eddy, &opts).await?;
-    let peer = match &args.postgres {
+    let own_peer = match args.peer {
+        Some(Peer::Postgres) => Some(PostgresPeer::start()?),
+        None => None,
+    };
+    let peer_url = args.postgres.clone().or_else(|| own_peer.as_ref().map(|p| p.url.clone()));
+    let peer = match &peer_url {
         Some(pg) => {
             setup(&eddy_bench::connect(pg).await?, args.scenario, Target::Postgres).await?;
             Some(run(pg, args.scenario, Target::Postgres, &opts).await?)
