@@ -147,7 +147,7 @@ fn plan_returning(def: &ObjectDef, items: &Option<Vec<SelectItem>>) -> Result<Op
 }
 
 /// True when `e` can be evaluated without DataFusion.
-fn is_simple(e: &SqlExpr) -> bool {
+pub(crate) fn is_simple(e: &SqlExpr) -> bool {
     match e {
         SqlExpr::Value(v) => matches!(
             v.value,
@@ -172,7 +172,7 @@ fn placeholder_index(p: &str) -> Result<usize> {
 }
 
 /// Records `$n` → `ty` for a (possibly cast) bare placeholder.
-fn note_param(e: &SqlExpr, ty: ColumnType, types: &mut Vec<Option<DataType>>) -> Result<()> {
+pub(crate) fn note_param(e: &SqlExpr, ty: ColumnType, types: &mut Vec<Option<DataType>>) -> Result<()> {
     match e {
         SqlExpr::Value(v) => {
             if let SqlValue::Placeholder(p) = &v.value {
@@ -190,7 +190,7 @@ fn note_param(e: &SqlExpr, ty: ColumnType, types: &mut Vec<Option<DataType>>) ->
 }
 
 /// Evaluates a simple expression (see [`is_simple`]) as a value of `ty`.
-fn eval_simple(e: &SqlExpr, ty: ColumnType, column: &str, params: &[ScalarValue]) -> Result<Value> {
+pub(crate) fn eval_simple(e: &SqlExpr, ty: ColumnType, column: &str, params: &[ScalarValue]) -> Result<Value> {
     match e {
         SqlExpr::Value(v) => match &v.value {
             SqlValue::Null => Ok(Value::Null),

@@ -117,6 +117,8 @@ pub struct Prepared {
 #[derive(Debug, Clone)]
 pub(crate) enum Kind {
     Query(Box<LogicalPlan>),
+    /// `SELECT ... WHERE pk = ...`: one storage get (see `point`).
+    Point(Arc<crate::point::PointRead>),
     Dml(Arc<DmlPlan>),
     Other,
 }
@@ -299,12 +301,18 @@ impl Engine {
     pub async fn prepare(&self, statement: Statement, hints: &[Option<DataType>], session: &Session) -> Result<Prepared> {
         let (kind, mut param_types, schema) = match &statement {
             Statement::Sql(s) => match &**s {
-                SqlStatement::Query(_) | SqlStatement::Explain { .. } => {
-                    let plan = pg_column_names(s, self.plan_sql(s).await?)?;
-                    let types = param_types_of(&plan)?;
-                    let schema = Arc::new(plan.schema().as_arrow().clone());
-                    (Kind::Query(Box::new(plan)), types, Some(schema))
-                }
+                SqlStatement::Query(_) | SqlStatement::Explain { .. } => match crate::point::PointRead::plan(self, s)? {
+                    Some((read, types)) => {
+                        let schema = read.schema.clone();
+                        (Kind::Point(Arc::new(read)), types, Some(schema))
+                    }
+                    None => {
+                        let plan = pg_column_names(s, self.plan_sql(s).await?)?;
+                        let types = param_types_of(&plan)?;
+                        let schema = Arc::new(plan.schema().as_arrow().clone());
+                        (Kind::Query(Box::new(plan)), types, Some(schema))
+                    }
+                },
                 SqlStatement::Insert(_) | SqlStatement::Update(_) | SqlStatement::Delete(_) => {
                     let plan = dml::plan(self, s).await?;
                     let types = plan.param_types.clone();
@@ -357,6 +365,7 @@ impl Engine {
             Kind::Query(plan) => {
                 Ok(Output::Rows { tag: "SELECT".into(), stream: self.run_plan(plan, params).await? })
             }
+            Kind::Point(read) => Ok(Output::Rows { tag: "SELECT".into(), stream: read.execute(self, params)? }),
             Kind::Dml(plan) => dml::execute(self, plan, params).await,
             Kind::Other => self.execute_other(session, &p.statement).await,
         }

@@ -35,6 +35,7 @@ mod durable;
 mod engine;
 mod error;
 mod functions;
+mod point;
 mod provider;
 mod subscribe;
 mod system;

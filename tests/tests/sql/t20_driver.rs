@@ -330,3 +330,28 @@ async fn binary_results_for_every_column_type() -> anyhow::Result<()> {
     assert!(appended >= before - std::time::Duration::from_millis(1) && appended <= after, "{appended:?}");
     node.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_key_point_reads_take_the_fast_path_with_the_same_answers() -> anyhow::Result<()> {
+    let node = TestNode::start().await?;
+    let c = node.client().await?;
+    c.batch_execute("CREATE TABLE kv (a INT, b TEXT, v DOUBLE PRECISION, PRIMARY KEY (a, b))").await?;
+    c.batch_execute("INSERT INTO kv VALUES (1, 'x', 1.5), (1, 'y', NULL), (2, 'x', 3.0)").await?;
+    let get = c.prepare("SELECT v AS value, a FROM kv WHERE b = $2 AND a = $1").await?;
+    assert_eq!(get.columns().iter().map(|c| c.name()).collect::<Vec<_>>(), vec!["value", "a"]);
+    let row = c.query_one(&get, &[&1i32, &"x"]).await?;
+    assert_eq!((row.get::<_, Option<f64>>(0), row.get::<_, i32>(1)), (Some(1.5), 1));
+    assert_eq!(c.query_one(&get, &[&1i32, &"y"]).await?.get::<_, Option<f64>>(0), None);
+    assert!(c.query(&get, &[&3i32, &"x"]).await?.is_empty(), "a missing key is no rows");
+    let star = c.query("SELECT * FROM kv WHERE a = 2 AND b = 'x'", &[]).await?;
+    assert_eq!(star.len(), 1);
+    assert_eq!(star[0].get::<_, String>("b"), "x");
+    let before = node.store().stats().table_rows_read.load(std::sync::atomic::Ordering::Relaxed);
+    c.query_one(&get, &[&2i32, &"x"]).await?;
+    let after = node.store().stats().table_rows_read.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(after - before, 1, "one row read");
+    c.batch_execute("DROP TABLE kv").await?;
+    let e = c.query(&get, &[&1i32, &"x"]).await.unwrap_err();
+    assert_eq!(e.code(), Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE), "{e:?}");
+    node.shutdown().await
+}
