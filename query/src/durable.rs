@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, Int32Array, RecordBatch};
+use arrow::array::{Int32Array, RecordBatch};
 use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::physical_expr::PhysicalExpr;
@@ -25,7 +25,7 @@ use eddy_storage::{
 use crate::engine::{object_name, Engine, Output};
 use crate::error::{Error, Result};
 use crate::provider::{log_batch, topic_schema};
-use crate::subscribe::{apply_filter, SubscribeSpec};
+use crate::subscribe::{filter_mask, SubscribeSpec};
 
 /// Defaults of `CREATE SUBSCRIPTION ... WITH (...)`.
 const DEFAULT_ACK_WAIT_MS: u64 = 30_000;
@@ -381,8 +381,8 @@ impl Durable {
         // A row removed by retention meanwhile cannot be delivered: drop its entry.
         let (gone, picks): (Vec<Pick>, Vec<Pick>) = picks.into_iter().partition(|p| p.record.is_none());
         let mut changes: Vec<SubChange> = Vec::new();
-        for (p, (&old, &new)) in st.iter().map(|s| s.next).collect::<Vec<_>>().iter().zip(&new_next).enumerate() {
-            if new != old {
+        for (p, (part, &new)) in st.iter().zip(&new_next).enumerate() {
+            if new != part.next {
                 changes.push(SubChange::Next { partition: p as u32, next: new });
             }
         }
@@ -440,22 +440,10 @@ impl Durable {
 
     /// Which rows of a freshly read batch pass the subscription's filter.
     fn kept_rows(&self, batch: RecordBatch) -> Result<Vec<bool>> {
-        let Some(f) = &self.filter else { return Ok(vec![true; batch.num_rows()]) };
-        let n = batch.num_rows();
-        // Tag each row with its index, filter, and read the surviving indexes back.
-        let mut columns = batch.columns().to_vec();
-        let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
-        columns.push(Arc::new(Int32Array::from_iter_values(0..n as i32)) as ArrayRef);
-        fields.push(Field::new("__row", DataType::Int32, false));
-        let tagged = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
-        let kept = apply_filter(Some(f), tagged)?;
-        let mut out = vec![false; n];
-        if let Some(idx) = kept.columns().last().and_then(|c| c.as_any().downcast_ref::<Int32Array>()) {
-            for i in idx.values() {
-                out[*i as usize] = true;
-            }
+        match &self.filter {
+            None => Ok(vec![true; batch.num_rows()]),
+            Some(f) => Ok(filter_mask(f, &batch)?.values().iter().collect()),
         }
-        Ok(out)
     }
 
     /// The rows handed to the consumer, in partition then offset order.

@@ -236,16 +236,19 @@ pub(crate) async fn read_chunk(
     Ok((!rows.is_empty()).then_some(rows))
 }
 
-pub(crate) fn apply_filter(filter: Option<&Arc<dyn PhysicalExpr>>, batch: RecordBatch) -> Result<RecordBatch> {
-    let Some(f) = filter else { return Ok(batch) };
-    let mask = f.evaluate(&batch)?.into_array(batch.num_rows())?;
+/// Which rows of `batch` pass a subscription's WHERE (NULL counts as false, as in SQL).
+pub(crate) fn filter_mask(filter: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<BooleanArray> {
+    let mask = filter.evaluate(batch)?.into_array(batch.num_rows())?;
     let mask = mask
         .as_any()
         .downcast_ref::<BooleanArray>()
         .ok_or_else(|| Error::DatatypeMismatch("WHERE of a subscription must be boolean".into()))?;
-    // NULL counts as false, as in a WHERE clause.
-    let mask: BooleanArray = mask.iter().map(|v| Some(v == Some(true))).collect();
-    Ok(filter_record_batch(&batch, &mask)?)
+    Ok(mask.iter().map(|v| Some(v == Some(true))).collect())
+}
+
+pub(crate) fn apply_filter(filter: Option<&Arc<dyn PhysicalExpr>>, batch: RecordBatch) -> Result<RecordBatch> {
+    let Some(f) = filter else { return Ok(batch) };
+    Ok(filter_record_batch(&batch, &filter_mask(f, &batch)?)?)
 }
 
 /// Each row of `batch` as a JSON object (the payload of a LISTEN notification).
