@@ -103,6 +103,28 @@ fn operation(scenario: Scenario, target: Target) -> &'static str {
     }
 }
 
+/// An eddy node of the tool's own, in a temporary directory (kept while the node runs).
+pub struct OwnNode {
+    /// The running node.
+    pub node: eddy_broker::NodeHandle,
+    /// tokio-postgres connection string.
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnNode {
+    /// Starts a node with default settings on a free loopback port.
+    pub async fn start() -> anyhow::Result<OwnNode> {
+        let dir = tempfile::tempdir()?;
+        let mut config = eddy_broker::Config::default();
+        config.node.data_dir = dir.path().to_path_buf();
+        config.node.pg_addr = "127.0.0.1:0".parse()?;
+        let node = eddy_broker::spawn_node(config).await?;
+        let url = format!("host=127.0.0.1 port={} user=eddy dbname=eddy", node.pg_addr().port());
+        Ok(OwnNode { node, url, _dir: dir })
+    }
+}
+
 /// Connects tokio-postgres and drives the connection in the background.
 pub async fn connect(conn: &str) -> anyhow::Result<Client> {
     let (client, connection) = tokio_postgres::connect(conn, NoTls).await?;

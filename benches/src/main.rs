@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use eddy_bench::{peer::PostgresPeer, run, setup, Options, Scenario, Target};
+use eddy_bench::{peer::PostgresPeer, run, setup, Options, OwnNode, Scenario, Target};
 
 /// Peers the tool can start itself.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -49,16 +49,12 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let opts = Options { connections: args.connections, duration: Duration::from_secs(args.duration), size: args.size };
     // Our own node unless given one; kept alive for the whole run.
-    let (_dir, _node, url) = match &args.url {
-        Some(u) => (None, None, u.clone()),
+    let (_own, url) = match &args.url {
+        Some(u) => (None, u.clone()),
         None => {
-            let dir = tempfile::tempdir()?;
-            let mut config = eddy_broker::Config::default();
-            config.node.data_dir = dir.path().to_path_buf();
-            config.node.pg_addr = "127.0.0.1:0".parse()?;
-            let node = eddy_broker::spawn_node(config).await?;
-            let url = format!("host=127.0.0.1 port={} user=eddy dbname=eddy", node.pg_addr().port());
-            (Some(dir), Some(node), url)
+            let own = OwnNode::start().await?;
+            let url = own.url.clone();
+            (Some(own), url)
         }
     };
     setup(&eddy_bench::connect(&url).await?, args.scenario, Target::Eddy).await?;
