@@ -1,59 +1,197 @@
 //! eddy-bench: load scenarios run against eddy and, in the same run, against the systems
-//! people would otherwise pick (issue 4; this is its first part).
+//! people would otherwise pick (PostgreSQL, Redis, NATS).
 //!
 //! # Layout
-//! - [`Scenario`] — what a run does: `point-select` (prepared primary-key SELECTs) and
-//!   `publish-durable` (one publish in flight per connection, acknowledged after fsync).
-//! - [`Target`] — where it runs: eddy, or PostgreSQL (the SQL differs only in setup).
-//! - [`peer::PostgresPeer`] — a PostgreSQL of the tool's own, in a temp dir.
-//! - [`run`] — N connections for a duration, each recording every operation's latency in
-//!   its own HDR histogram, merged into one [`Summary`].
+//! - [`Scenario`] — what a run does; [`System`] — what it runs against.
+//! - [`servers`] — eddy and its peers started as processes of their own on loopback, in
+//!   temp dirs, with their CPU seconds read from `/proc`.
+//! - [`scenarios`] — the workloads, one module each, written against each system's own
+//!   Rust client (tokio-postgres, eddy-client, redis, async-nats).
+//! - [`run`] — one measured run: setup, workload, CPU accounting, [`Summary`].
+//! - [`report`] — the table, JSON (ratio above 1 means eddy wins) and SVG chart.
 //!
-//! Tests check counting (every acknowledged publish is stored exactly once), never timings.
+//! Tests check counting (every acknowledged message is stored or received exactly once),
+//! never timings.
 
-pub mod peer;
+pub mod report;
+pub mod scenarios;
+pub mod servers;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio_postgres::{Client, NoTls};
+
+pub use servers::Server;
 
 /// A workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
-    /// Prepared `SELECT ... WHERE id = $1` over a 10,000-row table.
+    /// Prepared `SELECT ... WHERE id = $1` over a 10,000-row table (peer: PostgreSQL).
     PointSelect,
-    /// Single-row publishes, one in flight per connection, each durable before its ack.
+    /// A fixed number of rows written in bulk: COPY and the client's batching producer
+    /// (peers: PostgreSQL COPY, Redis pipelined XADD).
+    PublishBulk,
+    /// Single-row publishes, one in flight per connection, each durable before its ack
+    /// (peers: PostgreSQL INSERT, Redis XADD with appendfsync always, NATS JetStream).
     PublishDurable,
+    /// One publisher, many subscribers; deliveries per second (peers: Redis pub/sub, NATS).
+    Fanout,
+    /// Publish to receive latency at a fixed rate (peers: Redis pub/sub, NATS,
+    /// PostgreSQL LISTEN/NOTIFY).
+    Latency,
 }
 
-/// The kind of server a run talks to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+impl Scenario {
+    /// The peers this scenario has an equivalent workload for.
+    pub fn peers(self) -> &'static [System] {
+        match self {
+            Scenario::PointSelect => &[System::Postgres],
+            Scenario::PublishBulk => &[System::Postgres, System::Redis],
+            Scenario::PublishDurable => &[System::Postgres, System::Redis, System::Nats],
+            Scenario::Fanout => &[System::Redis, System::Nats],
+            Scenario::Latency => &[System::Redis, System::Nats, System::Postgres],
+        }
+    }
+
+    /// Connections (publishers) used unless `--connections` says otherwise.
+    pub fn default_connections(self) -> usize {
+        match self {
+            Scenario::PointSelect | Scenario::PublishBulk => 4,
+            Scenario::PublishDurable => 50,
+            Scenario::Fanout | Scenario::Latency => 1,
+        }
+    }
+
+    /// True when latency (p99) rather than throughput decides the ratio.
+    pub fn latency_bound(self) -> bool {
+        self == Scenario::Latency
+    }
+}
+
+/// A server kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Target {
+pub enum System {
     /// eddy.
     Eddy,
     /// PostgreSQL.
     Postgres,
+    /// Redis.
+    Redis,
+    /// NATS (core, and JetStream for durable publishing).
+    Nats,
+}
+
+impl System {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Eddy => "eddy",
+            System::Postgres => "postgres",
+            System::Redis => "redis",
+            System::Nats => "nats",
+        }
+    }
+}
+
+/// How eddy is written to in `publish-bulk`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// `COPY ... FROM STDIN` (and COPY for PostgreSQL, pipelined XADD for Redis).
+    Copy,
+    /// eddy-client's batching `Producer`.
+    Producer,
 }
 
 /// How a run is shaped.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Concurrent connections, each with one operation in flight.
+    /// Concurrent connections (publishers), each with its own client.
     pub connections: usize,
-    /// How long operations are issued.
+    /// How long operations are issued (all scenarios but `publish-bulk`).
     pub duration: Duration,
     /// Payload bytes per published message.
     pub size: usize,
+    /// Operations per second over all connections; `None` issues as fast as acks allow.
+    pub rate: Option<u64>,
+    /// Rows written by `publish-bulk`, over all connections.
+    pub messages: u64,
+    /// Rows per COPY statement or Redis pipeline in `publish-bulk`.
+    pub batch: usize,
+    /// Subscribers in `fanout` (`latency` has one).
+    pub subscribers: usize,
+    /// `publish-bulk` on eddy: COPY or the producer.
+    pub via: Via,
+}
+
+impl Options {
+    /// The scenario's defaults: 10 s, 100-byte messages, 1M bulk rows in COPYs of 10,000,
+    /// 10 fanout subscribers, latency at 1,000 msg/s.
+    pub fn defaults(scenario: Scenario) -> Options {
+        Options {
+            connections: scenario.default_connections(),
+            duration: Duration::from_secs(10),
+            size: 100,
+            rate: scenario.latency_bound().then_some(1000),
+            messages: 1_000_000,
+            batch: 10_000,
+            subscribers: 10,
+            via: Via::Copy,
+        }
+    }
+}
+
+/// Operations completed so far in the current run, for the progress bar.
+#[derive(Debug, Clone, Default)]
+pub struct Meter(Arc<AtomicU64>);
+
+impl Meter {
+    /// Counts `n` more operations.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Operations so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Starts from zero.
+    pub fn reset(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
+
+/// A latency histogram in microseconds, 1 µs to 60 s, three significant digits.
+pub fn histogram() -> Histogram<u64> {
+    #[allow(clippy::unwrap_used)] // constant, valid bounds
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap()
+}
+
+/// Records `since.elapsed()` into `hist` (saturating at its upper bound).
+pub fn record(hist: &mut Histogram<u64>, since: Instant) {
+    hist.saturating_record(since.elapsed().as_micros().max(1) as u64);
+}
+
+/// What a workload measured before CPU accounting.
+pub struct Measured {
+    /// Operations completed (acknowledged, or deliveries received).
+    pub ops: u64,
+    /// Wall-clock duration of the measured part.
+    pub elapsed: Duration,
+    /// Per-operation latency.
+    pub latency: Histogram<u64>,
 }
 
 /// What a run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
-    /// Operations completed (acknowledged).
+    /// Operations completed (acknowledged, or deliveries received).
     pub ops: u64,
     /// Wall-clock seconds of the measured part.
     pub seconds: f64,
@@ -67,116 +205,81 @@ pub struct Summary {
     pub p99_us: u64,
     /// 99.9th percentile.
     pub p999_us: u64,
+    /// CPU seconds the server's processes used during the run (own servers only).
+    pub cpu_seconds: Option<f64>,
+    /// Operations per server CPU second.
+    pub ops_per_cpu_second: Option<f64>,
 }
 
-/// Rows of the point-select table.
-const POINT_ROWS: i64 = 10_000;
+/// Paces a loop at `rate` operations per second: each call waits for the next slot and
+/// returns the time the operation was due, so latency counts from when it should have
+/// started (no coordinated omission).
+pub struct Pacer {
+    start: Instant,
+    interval: Option<Duration>,
+    n: u32,
+}
 
-/// Creates what the scenario needs (idempotent).
-pub async fn setup(c: &Client, scenario: Scenario, target: Target) -> anyhow::Result<()> {
-    match (scenario, target) {
-        (Scenario::PointSelect, _) => {
-            c.batch_execute("DROP TABLE IF EXISTS bench_points").await?;
-            c.batch_execute("CREATE TABLE bench_points (id BIGINT PRIMARY KEY, name TEXT)").await?;
-            for chunk in (0..POINT_ROWS).collect::<Vec<_>>().chunks(1000) {
-                let values: Vec<String> = chunk.iter().map(|i| format!("({i}, 'name {i}')")).collect();
-                c.batch_execute(&format!("INSERT INTO bench_points VALUES {}", values.join(","))).await?;
-            }
-        }
-        (Scenario::PublishDurable, Target::Eddy) => {
-            c.batch_execute("CREATE TOPIC IF NOT EXISTS bench_publish (payload TEXT) WITH (partitions = 4)").await?;
-        }
-        (Scenario::PublishDurable, Target::Postgres) => {
-            c.batch_execute("DROP TABLE IF EXISTS bench_publish").await?;
-            c.batch_execute("CREATE TABLE bench_publish (id BIGSERIAL PRIMARY KEY, payload TEXT)").await?;
+impl Pacer {
+    /// A pacer for `rate` per second (`None`: no waiting).
+    pub fn new(rate: Option<f64>) -> Pacer {
+        let interval = rate
+            .filter(|r| *r > 0.0)
+            .map(|r| Duration::from_secs_f64(1.0 / r));
+        Pacer {
+            start: Instant::now(),
+            interval,
+            n: 0,
         }
     }
-    Ok(())
-}
 
-/// The statement each operation runs.
-fn operation(scenario: Scenario, target: Target) -> &'static str {
-    match (scenario, target) {
-        (Scenario::PointSelect, _) => "SELECT name FROM bench_points WHERE id = $1",
-        (Scenario::PublishDurable, Target::Eddy) => "INSERT INTO bench_publish (payload) VALUES ($1) RETURNING _offset",
-        (Scenario::PublishDurable, Target::Postgres) => "INSERT INTO bench_publish (payload) VALUES ($1) RETURNING id",
+    /// Waits for the next slot; returns when the operation was due.
+    pub async fn next(&mut self) -> Instant {
+        let Some(interval) = self.interval else {
+            return Instant::now();
+        };
+        let due = self.start + interval * self.n;
+        self.n += 1;
+        tokio::time::sleep_until(due.into()).await;
+        due
     }
 }
 
-/// An eddy node of the tool's own, in a temporary directory (kept while the node runs).
-pub struct OwnNode {
-    /// The running node.
-    pub node: eddy_broker::NodeHandle,
-    /// tokio-postgres connection string.
-    pub url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl OwnNode {
-    /// Starts a node with default settings on a free loopback port.
-    pub async fn start() -> anyhow::Result<OwnNode> {
-        let dir = tempfile::tempdir()?;
-        let mut config = eddy_broker::Config::default();
-        config.node.data_dir = dir.path().to_path_buf();
-        config.node.pg_addr = "127.0.0.1:0".parse()?;
-        let node = eddy_broker::spawn_node(config).await?;
-        let url = format!("host=127.0.0.1 port={} user=eddy dbname=eddy", node.pg_addr().port());
-        Ok(OwnNode { node, url, _dir: dir })
-    }
+/// Runs `scenario` against `server` once: sets up (dropping what an earlier run left),
+/// runs the workload and reads the server's CPU seconds around it.
+pub async fn run(
+    scenario: Scenario,
+    server: &Server,
+    opts: &Options,
+    meter: &Meter,
+) -> anyhow::Result<Summary> {
+    meter.reset();
+    scenarios::setup(scenario, server, opts).await?;
+    let cpu_before = server.cpu_seconds();
+    let m = scenarios::run(scenario, server, opts, meter).await?;
+    let cpu = server
+        .cpu_seconds()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
+    let seconds = m.elapsed.as_secs_f64();
+    Ok(Summary {
+        ops: m.ops,
+        seconds,
+        throughput: m.ops as f64 / seconds,
+        p50_us: m.latency.value_at_quantile(0.50),
+        p90_us: m.latency.value_at_quantile(0.90),
+        p99_us: m.latency.value_at_quantile(0.99),
+        p999_us: m.latency.value_at_quantile(0.999),
+        cpu_seconds: cpu,
+        ops_per_cpu_second: cpu.filter(|c| *c > 0.0).map(|c| m.ops as f64 / c),
+    })
 }
 
 /// Connects tokio-postgres and drives the connection in the background.
-pub async fn connect(conn: &str) -> anyhow::Result<Client> {
-    let (client, connection) = tokio_postgres::connect(conn, NoTls).await?;
+pub async fn connect(conn: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(conn, tokio_postgres::NoTls).await?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
     Ok(client)
-}
-
-/// Runs `scenario` against the server at `conn` (already set up) and measures it.
-pub async fn run(conn: &str, scenario: Scenario, target: Target, opts: &Options) -> anyhow::Result<Summary> {
-    let start = Instant::now();
-    let deadline = start + opts.duration;
-    let mut tasks = Vec::with_capacity(opts.connections);
-    for worker in 0..opts.connections {
-        let c = connect(conn).await?;
-        let payload = "x".repeat(opts.size);
-        tasks.push(tokio::spawn(async move {
-            let stmt = c.prepare(operation(scenario, target)).await?;
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            // A cheap generator of ids spread over the table (no RNG crate needed).
-            let mut id = (worker as i64 * 7919) % POINT_ROWS;
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                match scenario {
-                    Scenario::PointSelect => {
-                        id = (id * 31 + 17) % POINT_ROWS;
-                        let rows = c.query(&stmt, &[&id]).await?;
-                        anyhow::ensure!(rows.len() == 1, "id {id} not found");
-                    }
-                    Scenario::PublishDurable => {
-                        c.query_one(&stmt, &[&payload]).await?;
-                    }
-                }
-                hist.record(t.elapsed().as_micros().max(1) as u64)?;
-            }
-            Ok::<_, anyhow::Error>(hist)
-        }));
-    }
-    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for t in tasks {
-        total.add(t.await??)?;
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    let ops = total.len();
-    Ok(Summary {
-        ops,
-        seconds,
-        throughput: ops as f64 / seconds,
-        p50_us: total.value_at_quantile(0.50),
-        p90_us: total.value_at_quantile(0.90),
-        p99_us: total.value_at_quantile(0.99),
-        p999_us: total.value_at_quantile(0.999),
-    })
 }

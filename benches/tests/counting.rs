@@ -1,33 +1,126 @@
-//! The tool counts right: every acknowledged publish is stored once, every point select
-//! finds its row. Timings are never asserted.
+//! The tool counts right: a tiny run of every scenario against a real eddy process, checking
+//! that every acknowledged message is stored (or received by every subscriber) exactly
+//! once. Timings are never asserted.
 
 use std::time::Duration;
 
-use eddy_bench::{connect, run, setup, Options, OwnNode, Scenario, Target};
+use eddy_bench::{connect, run, Meter, Options, Scenario, Server, System, Via};
+
+fn tiny(scenario: Scenario) -> Options {
+    let mut o = Options::defaults(scenario);
+    o.duration = Duration::from_millis(300);
+    o.connections = o.connections.min(3);
+    o.messages = 2_500;
+    o.batch = 400;
+    o.subscribers = 3;
+    o
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_durable_counts_every_acknowledged_message_once() -> anyhow::Result<()> {
-    let own = OwnNode::start().await?;
-    let url = own.url.clone();
-    let c = connect(&url).await?;
-    setup(&c, Scenario::PublishDurable, Target::Eddy).await?;
-    let opts = Options { connections: 3, duration: Duration::from_millis(300), size: 10 };
-    let s = run(&url, Scenario::PublishDurable, Target::Eddy, &opts).await?;
+    let eddy = Server::start(System::Eddy)?;
+    let s = run(
+        Scenario::PublishDurable,
+        &eddy,
+        &tiny(Scenario::PublishDurable),
+        &Meter::default(),
+    )
+    .await?;
     assert!(s.ops > 0);
-    let stored: i64 = c.query_one("SELECT count(*) FROM bench_publish", &[]).await?.get(0);
-    assert_eq!(stored as u64, s.ops, "acknowledged publishes = stored messages");
+    let stored: i64 = connect(&eddy.url)
+        .await?
+        .query_one("SELECT count(*) FROM bench_publish", &[])
+        .await?
+        .get(0);
+    assert_eq!(
+        stored as u64, s.ops,
+        "acknowledged publishes = stored messages"
+    );
     assert!(s.p50_us <= s.p99_us && s.p99_us <= s.p999_us);
-    own.node.shutdown().await
+    assert!(
+        s.cpu_seconds.is_some_and(|c| c >= 0.0),
+        "the child's CPU seconds are read: {s:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_bulk_stores_exactly_the_rows_by_copy_and_by_producer() -> anyhow::Result<()> {
+    let eddy = Server::start(System::Eddy)?;
+    for via in [Via::Copy, Via::Producer] {
+        let opts = Options {
+            via,
+            ..tiny(Scenario::PublishBulk)
+        };
+        // A second run starts from an empty topic: setup drops what the first left.
+        let s = run(Scenario::PublishBulk, &eddy, &opts, &Meter::default()).await?;
+        assert_eq!(s.ops, 2_500, "{via:?}");
+        let c = connect(&eddy.url).await?;
+        let row = c
+            .query_one(
+                "SELECT count(*), count(DISTINCT (_partition, _offset)) FROM bench_bulk",
+                &[],
+            )
+            .await?;
+        assert_eq!(
+            (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+            (2_500, 2_500),
+            "{via:?}: every row once"
+        );
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn point_select_finds_every_row_it_asks_for() -> anyhow::Result<()> {
-    let own = OwnNode::start().await?;
-    let url = own.url.clone();
-    setup(&connect(&url).await?, Scenario::PointSelect, Target::Eddy).await?;
-    let opts = Options { connections: 2, duration: Duration::from_millis(300), size: 10 };
+    let eddy = Server::start(System::Eddy)?;
     // `run` fails if any lookup misses its row.
-    let s = run(&url, Scenario::PointSelect, Target::Eddy, &opts).await?;
+    let meter = Meter::default();
+    let s = run(
+        Scenario::PointSelect,
+        &eddy,
+        &tiny(Scenario::PointSelect),
+        &meter,
+    )
+    .await?;
     assert!(s.ops > 0);
-    own.node.shutdown().await
+    assert_eq!(meter.get(), s.ops, "the progress meter saw every operation");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_delivers_every_message_to_every_subscriber_once() -> anyhow::Result<()> {
+    let eddy = Server::start(System::Eddy)?;
+    let opts = tiny(Scenario::Fanout);
+    // `run` fails unless each subscriber got every published message exactly once.
+    let s = run(Scenario::Fanout, &eddy, &opts, &Meter::default()).await?;
+    let published: i64 = connect(&eddy.url)
+        .await?
+        .query_one("SELECT count(*) FROM bench_fanout", &[])
+        .await?
+        .get(0);
+    assert!(published > 0);
+    assert_eq!(
+        s.ops,
+        published as u64 * 3,
+        "deliveries = published x subscribers"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_run_receives_what_it_paced_out() -> anyhow::Result<()> {
+    let eddy = Server::start(System::Eddy)?;
+    let mut opts = tiny(Scenario::Latency);
+    opts.rate = Some(200);
+    let s = run(Scenario::Latency, &eddy, &opts, &Meter::default()).await?;
+    let published: i64 = connect(&eddy.url)
+        .await?
+        .query_one("SELECT count(*) FROM bench_fanout", &[])
+        .await?
+        .get(0);
+    assert_eq!(s.ops, published as u64);
+    // 300 ms at 200/s: the pacer has 61 slots at most, however fast the machine.
+    assert!(s.ops > 0 && s.ops <= 61, "paced: {}", s.ops);
+    Ok(())
 }

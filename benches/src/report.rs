@@ -1,0 +1,223 @@
+//! Results: the summary table, the JSON object, the SVG chart.
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::{Scenario, Summary, System};
+
+/// One measured line of a report: a system (or a variant of eddy) and its median run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    /// "eddy", "eddy (producer)", "postgres", ...
+    pub label: String,
+    /// The system measured.
+    pub system: System,
+    /// The median round (by throughput, or by p99 for latency scenarios).
+    #[serde(flatten)]
+    pub summary: Summary,
+    /// Every round, in the order run.
+    pub rounds: Vec<Summary>,
+}
+
+impl Entry {
+    /// The entry of `rounds` (at least one): the median by the scenario's deciding figure.
+    pub fn median(
+        label: String,
+        system: System,
+        scenario: Scenario,
+        rounds: Vec<Summary>,
+    ) -> Entry {
+        let mut sorted = rounds.clone();
+        if scenario.latency_bound() {
+            sorted.sort_by_key(|s| s.p99_us);
+        } else {
+            sorted.sort_by(|a, b| a.throughput.total_cmp(&b.throughput));
+        }
+        let summary = sorted[sorted.len() / 2].clone();
+        Entry {
+            label,
+            system,
+            summary,
+            rounds,
+        }
+    }
+}
+
+/// eddy over the peer: throughput ratio, or p99 latency ratio (peer / eddy) for latency
+/// scenarios. Above 1 means eddy wins.
+pub fn ratio(scenario: Scenario, eddy: &Summary, peer: &Summary) -> f64 {
+    if scenario.latency_bound() {
+        peer.p99_us as f64 / eddy.p99_us.max(1) as f64
+    } else {
+        eddy.throughput / peer.throughput
+    }
+}
+
+/// A scenario's results: eddy's entries (the first is the one compared) and the peers'.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// A one-line description of the shape (sizes, connections, rounds).
+    pub shape: String,
+    /// eddy, then any variants (publish-bulk's producer).
+    pub eddy: Vec<Entry>,
+    /// Each peer run.
+    pub peers: Vec<Entry>,
+}
+
+impl Report {
+    /// The summary table and ratio lines, as printed.
+    pub fn table(&self) -> String {
+        let mut out = format!("{:?} — {}\n", self.scenario, self.shape);
+        out.push_str(&format!(
+            "{:<16} {:>12} {:>9} {:>9} {:>9} {:>9} {:>8} {:>12}\n",
+            "system", "ops/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "cpu s", "ops/cpu-s"
+        ));
+        for e in self.eddy.iter().chain(&self.peers) {
+            let s = &e.summary;
+            let cpu = s.cpu_seconds.map_or("-".into(), |c| format!("{c:.2}"));
+            let per_cpu = s
+                .ops_per_cpu_second
+                .map_or("-".into(), |c| format!("{c:.0}"));
+            out.push_str(&format!(
+                "{:<16} {:>12.0} {:>9} {:>9} {:>9} {:>9} {:>8} {:>12}\n",
+                e.label, s.throughput, s.p50_us, s.p90_us, s.p99_us, s.p999_us, cpu, per_cpu
+            ));
+        }
+        let basis = if self.scenario.latency_bound() {
+            "p99 latency, peer/eddy"
+        } else {
+            "throughput, eddy/peer"
+        };
+        for (peer, r) in self.ratios() {
+            let verdict = if r >= 1.0 { "eddy wins" } else { "peer wins" };
+            out.push_str(&format!("ratio vs {peer} ({basis}): {r:.2} — {verdict}\n"));
+        }
+        out
+    }
+
+    /// (peer, ratio) for each peer.
+    pub fn ratios(&self) -> Vec<(&'static str, f64)> {
+        let Some(eddy) = self.eddy.first() else {
+            return Vec::new();
+        };
+        self.peers
+            .iter()
+            .map(|p| {
+                (
+                    p.system.name(),
+                    ratio(self.scenario, &eddy.summary, &p.summary),
+                )
+            })
+            .collect()
+    }
+
+    /// The JSON object: `scenario`, `eddy`, `peer` (by name), `ratio` (by peer name).
+    pub fn json(&self) -> serde_json::Value {
+        let peer: serde_json::Map<String, serde_json::Value> = self
+            .peers
+            .iter()
+            .map(|p| (p.system.name().to_owned(), serde_json::json!(p)))
+            .collect();
+        let ratio: serde_json::Map<String, serde_json::Value> = self
+            .ratios()
+            .into_iter()
+            .map(|(p, r)| (p.to_owned(), r.into()))
+            .collect();
+        serde_json::json!({
+            "scenario": self.scenario,
+            "shape": self.shape,
+            "ratio_basis": if self.scenario.latency_bound() { "p99 latency: peer / eddy" } else { "throughput: eddy / peer" },
+            "eddy": self.eddy.first(),
+            "eddy_variants": &self.eddy[self.eddy.len().min(1)..],
+            "peer": peer,
+            "ratio": ratio,
+        })
+    }
+
+    /// An SVG chart: throughput per system on the left, latency percentiles on the right.
+    pub fn chart(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        let entries: Vec<&Entry> = self.eddy.iter().chain(&self.peers).collect();
+        let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let root = root.titled(
+            &format!("eddy-bench {:?}: {}", self.scenario, self.shape),
+            ("sans-serif", 16),
+        )?;
+        let (left, right) = root.split_horizontally(440);
+        let colors = [
+            RGBColor(31, 119, 180),
+            RGBColor(44, 160, 44),
+            RGBColor(214, 39, 40),
+            RGBColor(255, 127, 14),
+            RGBColor(148, 103, 189),
+        ];
+
+        let top = entries
+            .iter()
+            .map(|e| e.summary.throughput)
+            .fold(1.0, f64::max)
+            * 1.15;
+        let mut bars = ChartBuilder::on(&left)
+            .caption("throughput (ops/s)", ("sans-serif", 14))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(70)
+            .build_cartesian_2d((0..entries.len()).into_segmented(), 0.0..top)?;
+        bars.configure_mesh()
+            .disable_x_mesh()
+            .x_label_formatter(&|x| match x {
+                SegmentValue::CenterOf(i) => {
+                    entries.get(*i).map(|e| e.label.clone()).unwrap_or_default()
+                }
+                _ => String::new(),
+            })
+            .draw()?;
+        bars.draw_series(entries.iter().enumerate().map(|(i, e)| {
+            let c = colors[i % colors.len()];
+            Rectangle::new(
+                [
+                    (SegmentValue::Exact(i), 0.0),
+                    (SegmentValue::Exact(i + 1), e.summary.throughput),
+                ],
+                c.filled(),
+            )
+        }))?;
+
+        let percentiles = ["p50", "p90", "p99", "p99.9"];
+        let values =
+            |s: &Summary| [s.p50_us, s.p90_us, s.p99_us, s.p999_us].map(|v| v.max(1) as f64);
+        let high = entries
+            .iter()
+            .flat_map(|e| values(&e.summary))
+            .fold(10.0, f64::max)
+            * 2.0;
+        let mut lat = ChartBuilder::on(&right)
+            .caption("latency (µs, log scale)", ("sans-serif", 14))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0usize..3usize, (1.0..high).log_scale())?;
+        lat.configure_mesh()
+            .x_labels(4)
+            .x_label_formatter(&|x| percentiles.get(*x).copied().unwrap_or("").to_owned())
+            .draw()?;
+        for (i, e) in entries.iter().enumerate() {
+            let c = colors[i % colors.len()];
+            lat.draw_series(LineSeries::new(
+                values(&e.summary).into_iter().enumerate(),
+                c.stroke_width(2),
+            ))?
+            .label(e.label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
+        }
+        lat.configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,88 @@
+//! The workloads. Each is written once per system against that system's own Rust client,
+//! doing the same work: the same rows, payloads, connections and durability.
+
+mod point;
+mod publish;
+mod pubsub;
+
+use crate::{Measured, Meter, Options, Scenario, Server, System};
+
+/// Prepares `server` for a run of `scenario`, dropping whatever an earlier run left.
+pub async fn setup(scenario: Scenario, server: &Server, opts: &Options) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        server.system == System::Eddy || scenario.peers().contains(&server.system),
+        "{scenario:?} has no workload for {}",
+        server.system.name()
+    );
+    match scenario {
+        Scenario::PointSelect => point::setup(server).await,
+        Scenario::PublishBulk | Scenario::PublishDurable => publish::setup(scenario, server).await,
+        Scenario::Fanout | Scenario::Latency => pubsub::setup(server, opts).await,
+    }
+}
+
+/// Runs the workload (after [`setup`]).
+pub async fn run(
+    scenario: Scenario,
+    server: &Server,
+    opts: &Options,
+    meter: &Meter,
+) -> anyhow::Result<Measured> {
+    match scenario {
+        Scenario::PointSelect => point::run(server, opts, meter).await,
+        Scenario::PublishBulk => publish::bulk(server, opts, meter).await,
+        Scenario::PublishDurable => publish::durable(server, opts, meter).await,
+        Scenario::Fanout | Scenario::Latency => pubsub::run(scenario, server, opts, meter).await,
+    }
+}
+
+/// Spawns `n` workers and gathers their histograms and operation counts; the first error
+/// wins.
+async fn gather<F, Fut>(n: usize, worker: F) -> anyhow::Result<(u64, hdrhistogram::Histogram<u64>)>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(u64, hdrhistogram::Histogram<u64>)>>
+        + Send
+        + 'static,
+{
+    let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(worker(i))).collect();
+    let mut total = crate::histogram();
+    let mut ops = 0;
+    for t in tasks {
+        let (n, h) = t.await??;
+        ops += n;
+        total.add(h)?;
+    }
+    Ok((ops, total))
+}
+
+/// A payload of `size` bytes that starts with `seq` and the send time (nanoseconds since
+/// the run's base instant), 20 digits each, padded with 'x'.
+pub(crate) fn stamped(seq: u64, sent_ns: u64, size: usize) -> String {
+    let mut s = format!("{seq:020}{sent_ns:020}");
+    if s.len() < size {
+        s.extend(std::iter::repeat_n('x', size - s.len()));
+    }
+    s
+}
+
+/// Reads back what [`stamped`] wrote.
+pub(crate) fn unstamp(payload: &[u8]) -> Option<(u64, u64)> {
+    let digits =
+        |r: std::ops::Range<usize>| std::str::from_utf8(payload.get(r)?).ok()?.parse().ok();
+    Some((digits(0..20)?, digits(20..40)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_round_trip_and_pad() {
+        let p = stamped(7, 123_456_789, 100);
+        assert_eq!(p.len(), 100);
+        assert_eq!(unstamp(p.as_bytes()), Some((7, 123_456_789)));
+        assert_eq!(stamped(1, 2, 10).len(), 40, "never shorter than the stamp");
+        assert_eq!(unstamp(b"12"), None);
+    }
+}

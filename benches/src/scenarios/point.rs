@@ -1,0 +1,71 @@
+//! `point-select`: prepared primary-key SELECTs, one in flight per connection (eddy and
+//! PostgreSQL run the same SQL).
+
+use std::time::Instant;
+
+use crate::{connect, histogram, record, Measured, Meter, Options, Pacer, Server};
+
+/// Rows of the point-select table.
+const ROWS: i64 = 10_000;
+
+pub(super) async fn setup(server: &Server) -> anyhow::Result<()> {
+    let c = connect(&server.url).await?;
+    c.batch_execute("DROP TABLE IF EXISTS bench_points").await?;
+    c.batch_execute("CREATE TABLE bench_points (id BIGINT PRIMARY KEY, name TEXT)")
+        .await?;
+    for chunk in (0..ROWS).collect::<Vec<_>>().chunks(1000) {
+        let values: Vec<String> = chunk.iter().map(|i| format!("({i}, 'name {i}')")).collect();
+        c.batch_execute(&format!(
+            "INSERT INTO bench_points VALUES {}",
+            values.join(",")
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+pub(super) async fn run(
+    server: &Server,
+    opts: &Options,
+    meter: &Meter,
+) -> anyhow::Result<Measured> {
+    let mut clients = Vec::with_capacity(opts.connections);
+    for _ in 0..opts.connections {
+        clients.push(connect(&server.url).await?);
+    }
+    let start = Instant::now();
+    let deadline = start + opts.duration;
+    let rate = opts.rate.map(|r| r as f64 / opts.connections as f64);
+    let clients = std::sync::Mutex::new(clients);
+    let (ops, latency) = super::gather(opts.connections, |worker| {
+        #[allow(clippy::unwrap_used)] // one client per worker, taken once
+        let c = clients.lock().unwrap().pop().unwrap();
+        let meter = meter.clone();
+        async move {
+            let stmt = c
+                .prepare("SELECT name FROM bench_points WHERE id = $1")
+                .await?;
+            let mut hist = histogram();
+            let mut pacer = Pacer::new(rate);
+            // A cheap spread of ids over the table (no RNG needed).
+            let mut id = (worker as i64 * 7919) % ROWS;
+            let mut ops = 0;
+            while Instant::now() < deadline {
+                let due = pacer.next().await;
+                id = (id * 31 + 17) % ROWS;
+                let rows = c.query(&stmt, &[&id]).await?;
+                anyhow::ensure!(rows.len() == 1, "id {id} not found");
+                record(&mut hist, due);
+                ops += 1;
+                meter.add(1);
+            }
+            Ok((ops, hist))
+        }
+    })
+    .await?;
+    Ok(Measured {
+        ops,
+        elapsed: start.elapsed(),
+        latency,
+    })
+}

@@ -1,0 +1,387 @@
+//! The servers a run talks to, each started by the tool as its own process on loopback in a
+//! temporary directory (so its CPU seconds can be read from `/proc`), or given by URL.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::System;
+
+/// A running server: where to connect, and (when the tool started it) its process.
+pub struct Server {
+    /// Which system it is.
+    pub system: System,
+    /// Connection string for the system's client (tokio-postgres, redis://, nats://).
+    pub url: String,
+    /// The root of its process tree, when started by the tool.
+    pub pid: Option<u32>,
+    /// Keeps the process and its directory alive; dropping it stops the server.
+    _guard: Option<Box<dyn Send + Sync>>,
+}
+
+impl Server {
+    /// A server started elsewhere: no CPU accounting.
+    pub fn external(system: System, url: String) -> Server {
+        Server {
+            system,
+            url,
+            pid: None,
+            _guard: None,
+        }
+    }
+
+    /// Starts `system` on a free loopback port in a temp dir. Fails with install advice
+    /// when its server binary is missing.
+    pub fn start(system: System) -> anyhow::Result<Server> {
+        match system {
+            System::Eddy => start_eddy(),
+            System::Postgres => start_postgres(),
+            System::Redis => start_redis(),
+            System::Nats => start_nats(),
+        }
+    }
+
+    /// CPU seconds (user + system) used so far by the server's whole process tree, counting
+    /// exited children it reaped (PostgreSQL's backends). `None` for external servers.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        self.pid.map(tree_cpu_seconds)
+    }
+}
+
+/// A child process killed (and reaped) on drop, with its temp dir removed after.
+struct ChildGuard {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits until something accepts connections on `port`, or the child exits.
+fn wait_listening(child: &mut Child, port: u16, what: &str, log: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        let exited = child.try_wait()?;
+        if exited.is_some() || Instant::now() > deadline {
+            let logs = std::fs::read_to_string(log).unwrap_or_default();
+            anyhow::bail!("{what} did not start ({exited:?}):\n{logs}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Finds a server binary on `PATH` (or in `extra` directories).
+fn find_on_path(name: &str, extra: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(extra.iter().map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The `eddy` binary: `$EDDY_BIN`, else next to this executable (target/release/eddy for
+/// target/release/eddy-bench; target/debug/eddy for a test in target/debug/deps).
+pub fn eddy_bin() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("EDDY_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let candidates = exe.ancestors().skip(1).take(2).map(|d| d.join("eddy"));
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        anyhow::anyhow!("the eddy binary is not built next to {}: run `cargo build --release --bin eddy` (or set EDDY_BIN)", exe.display())
+    })
+}
+
+fn start_eddy() -> anyhow::Result<Server> {
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("eddy.log");
+    let mut child = Command::new(eddy_bin()?)
+        .arg("start")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--pg-addr", "127.0.0.1:0", "--log", "warn"])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("eddy: no stdout"))?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let Some(addr) = line.trim().strip_prefix("eddy listening on ") else {
+        let _ = child.kill();
+        let logs = std::fs::read_to_string(&log).unwrap_or_default();
+        anyhow::bail!("eddy did not start: {line:?}\n{logs}");
+    };
+    let addr: std::net::SocketAddr = addr.parse()?;
+    Ok(Server {
+        system: System::Eddy,
+        url: format!("host=127.0.0.1 port={} user=eddy dbname=eddy", addr.port()),
+        pid: Some(child.id()),
+        _guard: Some(Box::new(ChildGuard { child, _dir: dir })),
+    })
+}
+
+fn start_redis() -> anyhow::Result<Server> {
+    let bin = find_on_path("redis-server", &[])
+        .ok_or_else(|| anyhow::anyhow!("redis-server not found: apt-get install redis-server"))?;
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let log = dir.path().join("redis.log");
+    // Durable like eddy: the append-only file is fsynced before a write is acknowledged.
+    let mut child = Command::new(bin)
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+        ])
+        .args([
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--daemonize",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(Stdio::null())
+        .spawn()?;
+    wait_listening(&mut child, port, "redis-server", &log)?;
+    Ok(Server {
+        system: System::Redis,
+        url: format!("redis://127.0.0.1:{port}/"),
+        pid: Some(child.id()),
+        _guard: Some(Box::new(ChildGuard { child, _dir: dir })),
+    })
+}
+
+fn start_nats() -> anyhow::Result<Server> {
+    let bin = find_on_path("nats-server", &["/usr/sbin"])
+        .ok_or_else(|| anyhow::anyhow!("nats-server not found: apt-get install nats-server"))?;
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let log = dir.path().join("nats.log");
+    let mut child = Command::new(bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir.path().join("js"))
+        .arg("-l")
+        .arg(&log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    wait_listening(&mut child, port, "nats-server", &log)?;
+    Ok(Server {
+        system: System::Nats,
+        url: format!("nats://127.0.0.1:{port}"),
+        pid: Some(child.id()),
+        _guard: Some(Box::new(ChildGuard { child, _dir: dir })),
+    })
+}
+
+/// PostgreSQL's server binaries: `$PG_BIN`, then Debian's layout, then `PATH`.
+fn postgres_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PG_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .into_iter()
+        .rev()
+        .find(|b| b.join("postgres").exists())
+        .or_else(|| find_on_path("postgres", &[]).and_then(|p| p.parent().map(Path::to_path_buf)))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A PostgreSQL cluster of our own: initdb into a temp dir, trust auth on 127.0.0.1,
+/// `pg_ctl stop` on drop. As root its tools run as `postgres` (PostgreSQL refuses root).
+struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    user: Option<String>,
+}
+
+impl Postgres {
+    fn data(&self) -> String {
+        self.dir.path().join("data").to_string_lossy().into_owned()
+    }
+
+    fn tool(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
+        let exe = self.bin.join(tool);
+        let mut cmd = match &self.user {
+            Some(u) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", u, "--"]).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let out = cmd.args(args).current_dir("/").output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{tool} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self.tool("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+    }
+}
+
+fn start_postgres() -> anyhow::Result<Server> {
+    let bin = postgres_bin().ok_or_else(|| {
+        anyhow::anyhow!(
+            "PostgreSQL server binaries not found: apt-get install postgresql (or set PG_BIN)"
+        )
+    })?;
+    let dir = tempfile::tempdir()?;
+    let user = is_root().then(|| "postgres".to_owned());
+    if let Some(u) = &user {
+        let ok = Command::new("chown")
+            .args(["-R", u])
+            .arg(dir.path())
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "cannot hand {} to {u}", dir.path().display());
+    }
+    let port = free_port()?;
+    let pg = Postgres { dir, bin, user };
+    pg.tool(
+        "initdb",
+        &["-A", "trust", "-U", "postgres", "-D", &pg.data()],
+    )?;
+    // Durable like eddy: fsync and synchronous_commit stay on (the defaults).
+    let opts = format!(
+        "-p {port} -c listen_addresses=127.0.0.1 -c max_connections=200 -k {}",
+        pg.dir.path().display()
+    );
+    let log = pg
+        .dir
+        .path()
+        .join("postgres.log")
+        .to_string_lossy()
+        .into_owned();
+    pg.tool(
+        "pg_ctl",
+        &["-D", &pg.data(), "-o", &opts, "-l", &log, "-w", "start"],
+    )?;
+    let pidfile = std::fs::read_to_string(Path::new(&pg.data()).join("postmaster.pid"))?;
+    let pid = pidfile.lines().next().and_then(|l| l.trim().parse().ok());
+    Ok(Server {
+        system: System::Postgres,
+        url: format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
+        pid,
+        _guard: Some(Box::new(pg)),
+    })
+}
+
+/// Clock ticks per second for `/proc/<pid>/stat` times (`getconf CLK_TCK`, 100 on Linux).
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// (ppid, utime + stime + cutime + cstime) from a `/proc/<pid>/stat` line.
+fn parse_stat(stat: &str) -> Option<(u32, u64)> {
+    // The command name is in parentheses and may hold spaces; fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields from 3 (state): ppid is 4, utime 14, stime 15, cutime 16, cstime 17.
+    let ppid = f.get(1)?.parse().ok()?;
+    let ticks: u64 = f
+        .get(11..15)?
+        .iter()
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    Some((ppid, ticks))
+}
+
+/// CPU seconds of `root` and every live descendant (reaped children count through
+/// cutime/cstime, so nothing is counted twice).
+pub fn tree_cpu_seconds(root: u32) -> f64 {
+    let mut procs: HashMap<u32, (u32, u64)> = HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Some(s) = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .as_deref()
+            .and_then(parse_stat)
+        {
+            procs.insert(pid, s);
+        }
+    }
+    let mut total = 0u64;
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        if let Some((_, t)) = procs.get(&p) {
+            total += t;
+        }
+        frontier.extend(
+            procs
+                .iter()
+                .filter(|(_, (ppid, _))| *ppid == p)
+                .map(|(pid, _)| *pid),
+        );
+    }
+    total as f64 / clock_ticks()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_with_spaces_in_the_name_parse() {
+        let line = "4242 (my proc) S 1 4242 4242 0 -1 4194560 100 0 0 0 7 3 5 1 20 0 1 0 100 0 0";
+        assert_eq!(parse_stat(line), Some((1, 16)));
+    }
+
+    #[test]
+    fn this_process_has_used_some_cpu() {
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        assert!(x != 1);
+        assert!(tree_cpu_seconds(std::process::id()) > 0.0);
+    }
+}
