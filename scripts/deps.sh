@@ -3,11 +3,14 @@
 #   clang + libclang-dev   (RocksDB's bindings are generated with libclang)
 #   postgresql-client      (psql, used by the tests and the walk-through)
 #   python3 psycopg        (driver compatibility test; tests only: pass --tests)
+#   postgresql redis-server nats-server  (benchmark peers; pass --peers)
 # Uses apt-get when run as root; otherwise says what to install and stops.
 set -euo pipefail
 
 want_tests=0
+want_peers=0
 [ "${1:-}" = "--tests" ] && want_tests=1
+[ "${1:-}" = "--peers" ] && want_peers=1
 
 missing=()
 command -v clang >/dev/null 2>&1 || missing+=(clang)
@@ -16,6 +19,11 @@ if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_6
 fi
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
+if [ "$want_peers" = 1 ]; then
+  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then

@@ -13,6 +13,11 @@ trap 'rm -f "$log"' EXIT
 set +e
 cargo test --locked --workspace -- --test-threads="${EDDY_TEST_THREADS:-2}" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# The criterion micro-benchmarks, each run once (test mode) so they keep working.
+if [ "$status" = 0 ]; then
+  cargo test --locked -p eddy-bench --bench micro 2>&1 | tee -a "$log"
+  status=${PIPESTATUS[0]}
+fi
 set -e
 # One closing line for the whole run (cargo's last line is often an empty doc-test crate).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }

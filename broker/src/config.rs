@@ -80,6 +80,9 @@ mod tests {
     #[test]
     fn unknown_keys_are_rejected() {
         assert!(Config::from_toml("[node]\nbogus = 1\n").is_err());
-        assert!(Config::from_toml("[query]\nmax_message_bytes = 0\n").unwrap().validate().is_err());
+        assert!(Config::from_toml("[query]\nmax_message_bytes = 0\n")
+            .unwrap()
+            .validate()
+            .is_err());
     }
 }

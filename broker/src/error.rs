@@ -82,7 +82,14 @@ pub fn classify(e: &QueryError) -> (&'static str, String) {
         QueryError::InvalidParameter(_) => INVALID_PARAMETER,
         QueryError::WrongObjectType { .. } => WRONG_OBJECT_TYPE,
         QueryError::BadCopyData(inner) => {
-            return (if inner.contains("invalid input syntax") { INVALID_TEXT } else { BAD_COPY_FORMAT }, msg)
+            return (
+                if inner.contains("invalid input syntax") {
+                    INVALID_TEXT
+                } else {
+                    BAD_COPY_FORMAT
+                },
+                msg,
+            )
         }
         QueryError::Cancelled => QUERY_CANCELED,
         QueryError::PositionOutsideRetention { .. } => POSITION_OUTSIDE_RETENTION,
@@ -110,7 +117,10 @@ fn classify_storage(e: &StorageError) -> (&'static str, String) {
         }
         StorageError::Corrupt { what } => {
             tracing::error!(%what, "corrupt data");
-            return (DATA_CORRUPTED, "stored data is corrupt (see the server log)".into());
+            return (
+                DATA_CORRUPTED,
+                "stored data is corrupt (see the server log)".into(),
+            );
         }
     };
     (code, e.to_string())
@@ -134,7 +144,10 @@ fn classify_datafusion(e: &DataFusionError) -> (&'static str, String) {
     if let Some(rest) = text.strip_prefix("table '") {
         if let Some(name) = rest.split('\'').next() {
             let short = name.rsplit('.').next().unwrap_or(name);
-            return (UNDEFINED_TABLE, format!("relation \"{short}\" does not exist"));
+            return (
+                UNDEFINED_TABLE,
+                format!("relation \"{short}\" does not exist"),
+            );
         }
     }
     let lower = text.to_ascii_lowercase();
@@ -144,7 +157,10 @@ fn classify_datafusion(e: &DataFusionError) -> (&'static str, String) {
         UNDEFINED_FUNCTION
     } else if lower.contains("divide by zero") || lower.contains("division by zero") {
         DIVISION_BY_ZERO
-    } else if lower.contains("cannot cast") || lower.contains("cast error") || lower.contains("parser error") {
+    } else if lower.contains("cannot cast")
+        || lower.contains("cast error")
+        || lower.contains("parser error")
+    {
         INVALID_TEXT
     } else if lower.contains("overflow") {
         OUT_OF_RANGE
@@ -158,7 +174,11 @@ fn classify_datafusion(e: &DataFusionError) -> (&'static str, String) {
 
 /// An ERROR-severity wire error (the connection stays usable).
 pub fn user_error(code: &str, message: impl Into<String>) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), message.into())))
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".into(),
+        code.into(),
+        message.into(),
+    )))
 }
 
 /// The wire error for a query error.
@@ -174,11 +194,20 @@ mod tests {
     #[test]
     fn codes() {
         assert_eq!(classify(&QueryError::Syntax("x".into())).0, "42601");
-        assert_eq!(classify(&QueryError::Storage(StorageError::DuplicateKey { table: "t".into() })).0, "23505");
+        assert_eq!(
+            classify(&QueryError::Storage(StorageError::DuplicateKey {
+                table: "t".into()
+            }))
+            .0,
+            "23505"
+        );
         let df = DataFusionError::Plan("table 'eddy.public.nope' not found".into());
         let (code, msg) = classify(&QueryError::from(df));
         assert_eq!(code, "42P01");
         assert_eq!(msg, "relation \"nope\" does not exist");
-        assert_eq!(classify(&QueryError::MessageTooLarge { size: 2, limit: 1 }).0, "54000");
+        assert_eq!(
+            classify(&QueryError::MessageTooLarge { size: 2, limit: 1 }).0,
+            "54000"
+        );
     }
 }

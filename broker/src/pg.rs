@@ -32,8 +32,8 @@ use pgwire::api::portal::Format;
 use pgwire::api::query::SimpleQueryHandler;
 use pgwire::api::results::{CopyResponse, QueryResponse, Response, Tag};
 use pgwire::api::{
-    ClientInfo, ConnectionGuard, ConnectionHandle, ConnectionManager, PgWireServerHandlers, PidSecretKeyGenerator,
-    RandomPidSecretKeyGenerator,
+    ClientInfo, ConnectionGuard, ConnectionHandle, ConnectionManager, PgWireServerHandlers,
+    PidSecretKeyGenerator, RandomPidSecretKeyGenerator,
 };
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::copy::CopyData;
@@ -42,7 +42,6 @@ use pgwire::types::format::FormatOptions;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::to_pg;
-
 
 /// Shared by every connection of a node.
 pub struct Backend {
@@ -96,7 +95,11 @@ impl PgWireServerHandlers for Handlers {
 
 #[async_trait]
 impl StartupHandler for Backend {
-    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -108,10 +111,14 @@ impl StartupHandler for Backend {
             let (pid, key) = self.pids.generate(client);
             client.set_pid_and_secret_key(pid, key.clone());
             // Registering the connection makes CancelRequest work for it.
-            let qc = client.session_extensions().get_or_insert_with(cancel::QueryCancel::default);
+            let qc = client
+                .session_extensions()
+                .get_or_insert_with(cancel::QueryCancel::default);
             self.cancels.register(pid, key.clone(), qc);
             let (handle, guard) = self.connections.register(pid, key);
-            client.session_extensions().insert::<Arc<ConnectionHandle>>(handle);
+            client
+                .session_extensions()
+                .insert::<Arc<ConnectionHandle>>(handle);
             client.session_extensions().insert::<ConnectionGuard>(guard);
             // Trust authentication: no password is asked (see docs/sql.md, "Connecting").
             auth::finish_authentication(client, &self.params).await?;
@@ -122,7 +129,9 @@ impl StartupHandler for Backend {
 
 /// The connection's session settings.
 pub(crate) fn session_of<C: ClientInfo>(client: &C) -> Arc<Mutex<Session>> {
-    client.session_extensions().get_or_insert_with(|| Mutex::new(Session::new()))
+    client
+        .session_extensions()
+        .get_or_insert_with(|| Mutex::new(Session::new()))
 }
 
 pub(crate) fn format_options<C: ClientInfo>(client: &C) -> Arc<FormatOptions> {
@@ -137,7 +146,9 @@ pub(crate) fn respond<C: ClientInfo>(
     token: CancellationToken,
 ) -> PgWireResult<Response> {
     Ok(match output {
-        Output::Rows { tag, stream } => rows_response(&tag, stream, format, format_options(client), token)?,
+        Output::Rows { tag, stream } => {
+            rows_response(&tag, stream, format, format_options(client), token)?
+        }
         Output::Command { tag, rows } => {
             let t = Tag::new(&tag);
             Response::Execution(match rows {
@@ -178,13 +189,19 @@ fn rows_response(
     Ok(Response::Query(response))
 }
 
-fn copy_out(stream: SendableRecordBatchStream, options: CopyOptions, token: CancellationToken) -> Response {
+fn copy_out(
+    stream: SendableRecordBatchStream,
+    options: CopyOptions,
+    token: CancellationToken,
+) -> Response {
     let schema = stream.schema();
     let columns = schema.fields().len();
     let mut header = options.header.then(|| options.encode_header(&schema));
     let data = stream
         .map(move |batch| {
-            let lines = batch.map_err(|e| to_pg(e.into())).and_then(|b| options.encode_batch(&b).map_err(to_pg));
+            let lines = batch
+                .map_err(|e| to_pg(e.into()))
+                .and_then(|b| options.encode_batch(&b).map_err(to_pg));
             match lines {
                 Ok(lines) => {
                     let mut msgs: Vec<PgWireResult<CopyData>> = Vec::with_capacity(lines.len());
@@ -203,7 +220,11 @@ fn copy_out(stream: SendableRecordBatchStream, options: CopyOptions, token: Canc
         })
         .flatten()
         .boxed();
-    Response::CopyOut(CopyResponse::new(0, columns, cancel::cancellable(data, token)))
+    Response::CopyOut(CopyResponse::new(
+        0,
+        columns,
+        cancel::cancellable(data, token),
+    ))
 }
 
 #[async_trait]
@@ -223,7 +244,10 @@ impl SimpleQueryHandler for Backend {
             let mut s = session.lock().clone();
             let result = cancel::until_cancelled(&token, self.engine.run(&mut s, stmt)).await;
             *session.lock() = s;
-            match result.map_err(to_pg).and_then(|o| respond(client, o, &Format::UnifiedText, token.clone())) {
+            match result
+                .map_err(to_pg)
+                .and_then(|o| respond(client, o, &Format::UnifiedText, token.clone()))
+            {
                 Ok(r) => {
                     let copy_in = matches!(r, Response::CopyIn(_));
                     out.push(r);

@@ -54,13 +54,22 @@ impl NodeHandle {
 /// Opens storage, binds the listener and starts serving.
 pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
     config.validate()?;
-    std::fs::create_dir_all(&config.node.data_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", config.node.data_dir.display()))?;
+    std::fs::create_dir_all(&config.node.data_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create data dir {}: {e}",
+            config.node.data_dir.display()
+        )
+    })?;
     let dir = config.node.data_dir.clone();
     let storage_cfg = config.storage.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&dir, storage_cfg))
         .await?
-        .map_err(|e| anyhow::anyhow!("cannot open data dir {}: {e}", config.node.data_dir.display()))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open data dir {}: {e}",
+                config.node.data_dir.display()
+            )
+        })?;
     let engine = Engine::new(store.clone(), config.query.clone())?;
     let listener = TcpListener::bind(config.node.pg_addr)
         .await
@@ -79,10 +88,22 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
         Duration::from_millis(config.storage.retention_check_ms),
         cancel.clone(),
     ));
-    Ok(NodeHandle { pg_addr, cancel, accept, retention, store, engine })
+    Ok(NodeHandle {
+        pg_addr,
+        cancel,
+        accept,
+        retention,
+        store,
+        engine,
+    })
 }
 
-async fn accept_loop(listener: TcpListener, handlers: Handlers, cancel: CancellationToken, grace: Duration) {
+async fn accept_loop(
+    listener: TcpListener,
+    handlers: Handlers,
+    cancel: CancellationToken,
+    grace: Duration,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -109,7 +130,10 @@ async fn accept_loop(listener: TcpListener, handlers: Handlers, cancel: Cancella
     drop(listener);
     let drain = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(grace, drain).await.is_err() {
-        tracing::info!(open = connections.len(), "closing connections still open after the grace period");
+        tracing::info!(
+            open = connections.len(),
+            "closing connections still open after the grace period"
+        );
         connections.shutdown().await;
     }
 }

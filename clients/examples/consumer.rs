@@ -31,11 +31,22 @@ async fn main() -> eddy_client::Result<()> {
         max_deliver: Some(5),
         ..SubscriptionOptions::default()
     };
-    let consumer = client.consumer("readings_hot").create_on("readings", options).build().await?;
+    let consumer = client
+        .consumer("readings_hot")
+        .create_on("readings", options)
+        .build()
+        .await?;
 
     // Some hot readings, so there is something to consume on a fresh node.
     for i in 0..ROWS {
-        client.publish("readings", &Message::new().set("sensor", format!("hot{i}")).set("temp", 35.0 + i as f64)).await?;
+        client
+            .publish(
+                "readings",
+                &Message::new()
+                    .set("sensor", format!("hot{i}"))
+                    .set("temp", 35.0 + i as f64),
+            )
+            .await?;
     }
 
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -45,7 +56,9 @@ async fn main() -> eddy_client::Result<()> {
             eprintln!("acknowledged only {acked} rows within 30 s");
             std::process::exit(1);
         }
-        let rows = consumer.fetch((ROWS - acked) as u32, Duration::from_secs(5)).await?;
+        let rows = consumer
+            .fetch((ROWS - acked) as u32, Duration::from_secs(5))
+            .await?;
         for row in &rows {
             let temp: Option<f64> = row.get("temp")?;
             println!(

@@ -22,8 +22,19 @@ async fn main() -> eddy_client::Result<()> {
         .batch_execute("CREATE TOPIC IF NOT EXISTS readings (sensor TEXT, temp DOUBLE PRECISION) WITH (partitions = 4)")
         .await?;
 
-    let at = client.publish("readings", &Message::new().key("s1").set("sensor", "s1").set("temp", 21.5)).await?;
-    println!("published s1 at partition {} offset {}", at.partition, at.offset);
+    let at = client
+        .publish(
+            "readings",
+            &Message::new()
+                .key("s1")
+                .set("sensor", "s1")
+                .set("temp", 21.5),
+        )
+        .await?;
+    println!(
+        "published s1 at partition {} offset {}",
+        at.partition, at.offset
+    );
 
     let producer = client
         .producer("readings", &["sensor", "temp"])
@@ -43,6 +54,10 @@ async fn main() -> eddy_client::Result<()> {
         positions.insert(ack?);
     }
     producer.close().await?;
-    println!("producer: {} rows acknowledged at {} distinct positions", 1000, positions.len());
+    println!(
+        "producer: {} rows acknowledged at {} distinct positions",
+        1000,
+        positions.len()
+    );
     Ok(())
 }

@@ -26,10 +26,22 @@ async fn main() -> eddy_client::Result<()> {
         .await?;
     for i in 0..ROWS {
         let sensor = format!("s{i}");
-        client.publish("readings", &Message::new().key(sensor.clone()).set("sensor", sensor).set("temp", 20.0 + i as f64)).await?;
+        client
+            .publish(
+                "readings",
+                &Message::new()
+                    .key(sensor.clone())
+                    .set("sensor", sensor)
+                    .set("temp", 20.0 + i as f64),
+            )
+            .await?;
     }
 
-    let mut stream = client.subscribe("readings").from_beginning().stream().await?;
+    let mut stream = client
+        .subscribe("readings")
+        .from_beginning()
+        .stream()
+        .await?;
     let mut printed = 0;
     while printed < ROWS {
         // A bound, so the example never hangs in CI.

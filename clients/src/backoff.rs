@@ -14,7 +14,11 @@ pub(crate) struct Backoff {
 impl Backoff {
     /// A schedule from `initial` doubling to `max`.
     pub(crate) fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff { initial, max: max.max(initial), next: initial }
+        Backoff {
+            initial,
+            max: max.max(initial),
+            next: initial,
+        }
     }
 
     /// The delay to wait after a failure; each call doubles the next one, up to `max`.

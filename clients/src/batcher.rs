@@ -69,14 +69,26 @@ where
             }
             Some(Command::Row(r)) => batch.push(r),
         }
-        // Fill until full, lingered, flushed or closed.
+        // Fill until full, lingered, flushed or closed. What is queued already joins without
+        // waiting; only then does the linger timer run (tokio's timer rounds up to the next
+        // millisecond, so a zero linger must not touch it).
         let deadline = Instant::now() + limits.linger;
         while batch.len() < max_rows && flush.is_none() && !closed {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Err(_lingered) => break,
-                Ok(None) => closed = true,
-                Ok(Some(Command::Row(r))) => batch.push(r),
-                Ok(Some(Command::Flush(done))) => flush = Some(done),
+            let next = match rx.try_recv() {
+                Ok(cmd) => Some(cmd),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) if limits.linger.is_zero() => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Err(_lingered) => break,
+                        Ok(cmd) => cmd,
+                    }
+                }
+            };
+            match next {
+                None => closed = true,
+                Some(Command::Row(r)) => batch.push(r),
+                Some(Command::Flush(done)) => flush = Some(done),
             }
         }
         // Wait for a slot; rows that arrive meanwhile still join this batch.
@@ -111,7 +123,11 @@ where
 async fn acquire(slots: &Arc<Semaphore>) -> OwnedSemaphorePermit {
     // The semaphore lives as long as this loop and is never closed.
     #[allow(clippy::expect_used)]
-    slots.clone().acquire_owned().await.expect("semaphore is never closed")
+    slots
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("semaphore is never closed")
 }
 
 /// Waits until no batch is in flight: every slot free at once.
@@ -140,11 +156,17 @@ mod tests {
     }
 
     fn limits(max_rows: usize, max_in_flight: usize) -> Limits {
-        Limits { max_rows, linger: Duration::from_secs(3600), max_in_flight }
+        Limits {
+            max_rows,
+            linger: Duration::from_secs(3600),
+            max_in_flight,
+        }
     }
 
     /// Records each batch's size, and its rows in the order batches take their turn.
-    fn sink(rec: &Arc<Recorder>) -> impl Fn(Vec<u32>, Turn) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    fn sink(
+        rec: &Arc<Recorder>,
+    ) -> impl Fn(Vec<u32>, Turn) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
         let rec = rec.clone();
         move |batch: Vec<u32>, turn: Turn| {
             let rec = rec.clone();
@@ -219,7 +241,11 @@ mod tests {
     async fn linger_sends_a_partial_batch() {
         let rec = Arc::new(Recorder::default());
         let (tx, rx) = mpsc::channel(100);
-        let l = Limits { max_rows: 500, linger: Duration::from_millis(1), max_in_flight: 1 };
+        let l = Limits {
+            max_rows: 500,
+            linger: Duration::from_millis(1),
+            max_in_flight: 1,
+        };
         let task = tokio::spawn(run(rx, l, sink(&rec)));
         tx.send(Command::Row(1)).await.unwrap();
         // The queue stays open: only the linger can cut this batch.

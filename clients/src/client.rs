@@ -38,7 +38,9 @@ impl Client {
     pub async fn connect_with(config: Config) -> Result<Client> {
         // Caught here, or the driver would report it like a refused connection (retryable).
         if config.get_hosts().is_empty() {
-            return Err(Error::InvalidSetting("the connection string names no host".into()));
+            return Err(Error::InvalidSetting(
+                "the connection string names no host".into(),
+            ));
         }
         let link = Arc::new(Link::new(config));
         link.session().await?;
@@ -59,7 +61,12 @@ impl Client {
         let sql = sql::insert(topic, &message.columns, 1);
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(message.values.len() + 1);
         params.push(&message.key);
-        params.extend(message.values.iter().map(|v| v.as_ref() as &(dyn ToSql + Sync)));
+        params.extend(
+            message
+                .values
+                .iter()
+                .map(|v| v.as_ref() as &(dyn ToSql + Sync)),
+        );
         let rows = self
             .link
             .call(|session| async move {
@@ -69,7 +76,10 @@ impl Client {
             .await?;
         match rows.as_slice() {
             [row] => Position::from_row(row),
-            _ => Err(Error::UnexpectedAnswer(format!("a one-row INSERT returned {} rows", rows.len()))),
+            _ => Err(Error::UnexpectedAnswer(format!(
+                "a one-row INSERT returned {} rows",
+                rows.len()
+            ))),
         }
     }
 

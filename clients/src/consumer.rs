@@ -73,7 +73,10 @@ impl ConsumerBuilder {
     /// Creates the subscription on `topic` with `options` if it does not exist yet
     /// (`CREATE SUBSCRIPTION IF NOT EXISTS`); an existing one is used as it is.
     pub fn create_on(mut self, topic: &str, options: SubscriptionOptions) -> Self {
-        self.create = Some(SubscriptionSpec { topic: topic.to_owned(), options });
+        self.create = Some(SubscriptionSpec {
+            topic: topic.to_owned(),
+            options,
+        });
         self
     }
 
@@ -99,7 +102,9 @@ impl ConsumerBuilder {
     pub async fn build(self) -> Result<Consumer> {
         let session = self.link.session().await?;
         if let Some(spec) = &self.create {
-            session.batch_execute(&sql::create_subscription(&self.name, spec)).await?;
+            session
+                .batch_execute(&sql::create_subscription(&self.name, spec))
+                .await?;
         }
         Ok(Consumer {
             inner: Arc::new(Inner {
@@ -133,7 +138,9 @@ struct Inner {
 
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Consumer").field("name", &self.inner.name).finish_non_exhaustive()
+        f.debug_struct("Consumer")
+            .field("name", &self.inner.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -153,10 +160,15 @@ impl Consumer {
             .link
             .call(|session| async move {
                 let wait = timeout + STALL_GRACE;
-                tokio::time::timeout(wait, session.query_typed(&sql, &[])).await.map_err(|_| Error::Stalled(wait))?.map_err(Error::from_pg)
+                tokio::time::timeout(wait, session.query_typed(&sql, &[]))
+                    .await
+                    .map_err(|_| Error::Stalled(wait))?
+                    .map_err(Error::from_pg)
             })
             .await?;
-        rows.into_iter().map(|row| Delivery::from_row(row, Some(self.clone()))).collect()
+        rows.into_iter()
+            .map(|row| Delivery::from_row(row, Some(self.clone())))
+            .collect()
     }
 
     /// Acknowledges rows: they are done and will not be delivered again. Returns how many
@@ -171,7 +183,11 @@ impl Consumer {
         self.settle("NACK", rows).await
     }
 
-    async fn settle<P: Positioned>(&self, verb: &str, rows: impl IntoIterator<Item = P>) -> Result<u64> {
+    async fn settle<P: Positioned>(
+        &self,
+        verb: &str,
+        rows: impl IntoIterator<Item = P>,
+    ) -> Result<u64> {
         let positions: Vec<(i32, i64)> = rows
             .into_iter()
             .map(|r| {
@@ -183,7 +199,11 @@ impl Consumer {
             return Ok(0);
         }
         let sql = sql::settle(verb, &self.inner.name, positions);
-        let answer = self.inner.link.call(|session| async move { Ok(session.simple_query(&sql).await?) }).await?;
+        let answer = self
+            .inner
+            .link
+            .call(|session| async move { Ok(session.simple_query(&sql).await?) })
+            .await?;
         Ok(answer
             .iter()
             .find_map(|m| match m {
@@ -198,7 +218,12 @@ impl Consumer {
     /// `ack_wait`. A "lagged out" error (`YE003`: rows removed by retention before they
     /// were delivered) is yielded and the stream goes on after them; other errors end it.
     pub fn stream(&self) -> ConsumerStream {
-        let poller = Poller { consumer: self.clone(), backoff: self.inner.backoff.clone(), buffer: VecDeque::new(), ended: false };
+        let poller = Poller {
+            consumer: self.clone(),
+            backoff: self.inner.backoff.clone(),
+            buffer: VecDeque::new(),
+            ended: false,
+        };
         let inner = futures::stream::unfold(poller, |mut poller| async move {
             let item = poller.next().await?;
             Some((item, poller))
@@ -228,7 +253,11 @@ impl Poller {
                 return None;
             }
             let inner = &self.consumer.inner;
-            match self.consumer.fetch(inner.fetch_size, inner.fetch_timeout).await {
+            match self
+                .consumer
+                .fetch(inner.fetch_size, inner.fetch_timeout)
+                .await
+            {
                 Ok(rows) => {
                     self.backoff.reset();
                     self.buffer.extend(rows);

@@ -25,14 +25,23 @@ impl Delivery {
     /// Wraps a row of `FETCH`, checking the metadata columns eddy always sends.
     pub(crate) fn from_row(row: Row, consumer: Option<Consumer>) -> Result<Delivery> {
         let position = Position::from_row(&row)?;
-        let ts = row.try_get("_ts").map_err(|e| Error::UnexpectedAnswer(format!("column _ts: {e}")))?;
+        let ts = row
+            .try_get("_ts")
+            .map_err(|e| Error::UnexpectedAnswer(format!("column _ts: {e}")))?;
         let deliveries = match consumer {
-            Some(_) => {
-                Some(row.try_get("_deliveries").map_err(|e| Error::UnexpectedAnswer(format!("column _deliveries: {e}")))?)
-            }
+            Some(_) => Some(
+                row.try_get("_deliveries")
+                    .map_err(|e| Error::UnexpectedAnswer(format!("column _deliveries: {e}")))?,
+            ),
             None => None,
         };
-        Ok(Delivery { row, position, ts, deliveries, consumer })
+        Ok(Delivery {
+            row,
+            position,
+            ts,
+            deliveries,
+            consumer,
+        })
     }
 
     /// The partition.
@@ -84,13 +93,23 @@ impl Delivery {
     /// Acknowledges this row to the durable consumer that fetched it: it will not be
     /// delivered again. Fails with [`Error::NotDurable`] for ephemeral subscriptions.
     pub async fn ack(&self) -> Result<()> {
-        self.consumer.as_ref().ok_or(Error::NotDurable)?.ack([self]).await.map(drop)
+        self.consumer
+            .as_ref()
+            .ok_or(Error::NotDurable)?
+            .ack([self])
+            .await
+            .map(drop)
     }
 
     /// Gives the row back to the durable consumer that fetched it, for redelivery at once.
     /// Fails with [`Error::NotDurable`] for ephemeral subscriptions.
     pub async fn nak(&self) -> Result<()> {
-        self.consumer.as_ref().ok_or(Error::NotDurable)?.nak([self]).await.map(drop)
+        self.consumer
+            .as_ref()
+            .ok_or(Error::NotDurable)?
+            .nak([self])
+            .await
+            .map(drop)
     }
 }
 

@@ -77,7 +77,11 @@ impl Error {
     /// Classifies an error from a statement on an established connection.
     pub(crate) fn from_pg(e: tokio_postgres::Error) -> Error {
         if let Some(db) = e.as_db_error() {
-            return Error::Server { code: db.code().clone(), message: db.message().to_owned(), source: Arc::new(e) };
+            return Error::Server {
+                code: db.code().clone(),
+                message: db.message().to_owned(),
+                source: Arc::new(e),
+            };
         }
         // Lost connections show up as "closed" (the connection task ended) or carry the
         // socket's I/O error; everything else went wrong on this side of the wire.

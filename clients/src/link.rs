@@ -43,7 +43,10 @@ pub struct Session {
 
 impl Session {
     fn new(pg: tokio_postgres::Client) -> Session {
-        Session { pg, statements: Mutex::new(HashMap::new()) }
+        Session {
+            pg,
+            statements: Mutex::new(HashMap::new()),
+        }
     }
 
     /// `sql` prepared on this connection, from the cache when it was prepared before.
@@ -81,7 +84,11 @@ pub(crate) struct Link {
 
 impl Link {
     pub(crate) fn new(config: Config) -> Link {
-        Link { config, current: Mutex::new(None), connecting: tokio::sync::Mutex::new(()) }
+        Link {
+            config,
+            current: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// The connection settings, for connections of their own (subscriptions).
@@ -90,7 +97,10 @@ impl Link {
     }
 
     fn live(&self) -> Option<Arc<Session>> {
-        lock(&self.current).as_ref().filter(|s| !s.pg.is_closed()).cloned()
+        lock(&self.current)
+            .as_ref()
+            .filter(|s| !s.pg.is_closed())
+            .cloned()
     }
 
     /// The open connection, or a new one when there is none or it was lost.

@@ -20,7 +20,9 @@ pub struct Position {
 impl Position {
     /// Reads `_partition` and `_offset` from a row eddy returned.
     pub(crate) fn from_row(row: &Row) -> Result<Position> {
-        let partition = row.try_get("_partition").map_err(|e| missing("_partition", e))?;
+        let partition = row
+            .try_get("_partition")
+            .map_err(|e| missing("_partition", e))?;
         let offset = row.try_get("_offset").map_err(|e| missing("_offset", e))?;
         Ok(Position { partition, offset })
     }
@@ -65,7 +67,11 @@ impl Message {
 
     /// Sets column `name` to `value` (replacing an earlier value for the same column).
     /// Column names are used exactly as given (see [`quote_ident`](crate::quote_ident)).
-    pub fn set(mut self, name: impl Into<String>, value: impl ToSql + Send + Sync + 'static) -> Message {
+    pub fn set(
+        mut self,
+        name: impl Into<String>,
+        value: impl ToSql + Send + Sync + 'static,
+    ) -> Message {
         let name = name.into();
         let value: Value = Box::new(value);
         match self.columns.iter().position(|c| *c == name) {

@@ -63,27 +63,46 @@ impl ProducerBuilder {
     /// task.
     pub async fn build(self) -> Result<Producer> {
         if self.batch_size == 0 {
-            return Err(Error::InvalidSetting("batch_size must be at least 1".into()));
+            return Err(Error::InvalidSetting(
+                "batch_size must be at least 1".into(),
+            ));
         }
         if !(1..=1024).contains(&self.max_in_flight) {
-            return Err(Error::InvalidSetting("max_in_flight must be between 1 and 1024".into()));
+            return Err(Error::InvalidSetting(
+                "max_in_flight must be between 1 and 1024".into(),
+            ));
         }
         let max_rows = self.batch_size.min(sql::max_rows(self.columns.len()));
         // The one-row statement tells us the parameter types, so later batches of any
         // size go out as one Parse/Bind/Execute round trip (`query_typed`).
         let session = self.link.session().await?;
-        let statement = session.prepared(&sql::insert(&self.topic, &self.columns, 1)).await?;
+        let statement = session
+            .prepared(&sql::insert(&self.topic, &self.columns, 1))
+            .await?;
         let types = statement.params().to_vec();
         let columns = self.columns.len();
-        let writer = Arc::new(Writer { link: self.link, topic: self.topic, columns: self.columns, types });
+        let writer = Arc::new(Writer {
+            link: self.link,
+            topic: self.topic,
+            columns: self.columns,
+            types,
+        });
         // Room for every in-flight batch plus one being filled; `send` waits when it is full.
         let (tx, rx) = mpsc::channel(max_rows * (self.max_in_flight + 1));
-        let limits = Limits { max_rows, linger: self.linger, max_in_flight: self.max_in_flight };
+        let limits = Limits {
+            max_rows,
+            linger: self.linger,
+            max_in_flight: self.max_in_flight,
+        };
         let task = tokio::spawn(batcher::run(rx, limits, move |rows, turn| {
             let writer = writer.clone();
             async move { writer.write(rows, turn).await }
         }));
-        Ok(Producer { tx: Some(tx), task: Some(task), columns })
+        Ok(Producer {
+            tx: Some(tx),
+            task: Some(task),
+            columns,
+        })
     }
 }
 
@@ -121,7 +140,8 @@ impl Writer {
 
     async fn insert(&self, rows: &[Pending], turn: Turn) -> Result<Vec<Position>> {
         let sql = sql::insert(&self.topic, &self.columns, rows.len());
-        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::with_capacity(rows.len() * self.types.len());
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
+            Vec::with_capacity(rows.len() * self.types.len());
         for row in rows {
             params.push((&row.key, self.types[0].clone()));
             for (v, t) in row.values.iter().zip(&self.types[1..]) {
@@ -186,8 +206,14 @@ impl Producer {
         }
         let tx = self.tx.as_ref().ok_or(Error::Closed("producer"))?;
         let (ack, rx) = oneshot::channel();
-        let row = Pending { key: key.map(str::to_owned), values, ack };
-        tx.send(Command::Row(row)).await.map_err(|_| Error::Closed("producer"))?;
+        let row = Pending {
+            key: key.map(str::to_owned),
+            values,
+            ack,
+        };
+        tx.send(Command::Row(row))
+            .await
+            .map_err(|_| Error::Closed("producer"))?;
         Ok(Ack { rx })
     }
 
@@ -203,7 +229,9 @@ impl Producer {
     pub async fn flush(&self) -> Result<()> {
         let tx = self.tx.as_ref().ok_or(Error::Closed("producer"))?;
         let (done, flushed) = oneshot::channel();
-        tx.send(Command::Flush(done)).await.map_err(|_| Error::Closed("producer"))?;
+        tx.send(Command::Flush(done))
+            .await
+            .map_err(|_| Error::Closed("producer"))?;
         flushed.await.map_err(|_| Error::Closed("producer"))
     }
 
@@ -232,6 +260,8 @@ impl Future for Ack {
     type Output = Result<Position>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx).poll(cx).map(|r| r.unwrap_or(Err(Error::Closed("producer"))))
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(Error::Closed("producer"))))
     }
 }

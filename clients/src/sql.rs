@@ -116,7 +116,11 @@ impl StartFrom {
 
 /// `DECLARE "cursor" CURSOR FOR SUBSCRIBE "topic" [WHERE filter] FROM ...`.
 pub(crate) fn declare(cursor: &str, topic: &str, filter: Option<&str>, from: &StartFrom) -> String {
-    let mut s = format!("DECLARE {} CURSOR FOR SUBSCRIBE {}", quote_ident(cursor), quote_ident(topic));
+    let mut s = format!(
+        "DECLARE {} CURSOR FOR SUBSCRIBE {}",
+        quote_ident(cursor),
+        quote_ident(topic)
+    );
     if let Some(f) = filter {
         // The filter is SQL by contract; parentheses keep it one expression.
         let _ = write!(s, " WHERE ({f})");
@@ -128,7 +132,11 @@ pub(crate) fn declare(cursor: &str, topic: &str, filter: Option<&str>, from: &St
 
 /// `FETCH n "cursor" WITH (timeout = '...')`.
 pub(crate) fn fetch_cursor(cursor: &str, n: u32, timeout: Duration) -> String {
-    format!("FETCH {n} {} WITH (timeout = {})", quote_ident(cursor), duration_literal(timeout))
+    format!(
+        "FETCH {n} {} WITH (timeout = {})",
+        quote_ident(cursor),
+        duration_literal(timeout)
+    )
 }
 
 /// A durable subscription to create when it does not exist yet.
@@ -141,7 +149,11 @@ pub(crate) struct SubscriptionSpec {
 /// `CREATE SUBSCRIPTION IF NOT EXISTS "s" ON "t" [WHERE ..] [FROM ..] [WITH (..)]`.
 pub(crate) fn create_subscription(name: &str, spec: &SubscriptionSpec) -> String {
     let o = &spec.options;
-    let mut s = format!("CREATE SUBSCRIPTION IF NOT EXISTS {} ON {}", quote_ident(name), quote_ident(&spec.topic));
+    let mut s = format!(
+        "CREATE SUBSCRIPTION IF NOT EXISTS {} ON {}",
+        quote_ident(name),
+        quote_ident(&spec.topic)
+    );
     if let Some(f) = &o.filter {
         let _ = write!(s, " WHERE ({f})");
     }
@@ -170,13 +182,28 @@ pub(crate) fn create_subscription(name: &str, spec: &SubscriptionSpec) -> String
 
 /// `FETCH n FROM SUBSCRIPTION "s" WITH (timeout = '...')`.
 pub(crate) fn fetch_subscription(name: &str, n: u32, timeout: Duration) -> String {
-    format!("FETCH {n} FROM SUBSCRIPTION {} WITH (timeout = {})", quote_ident(name), duration_literal(timeout))
+    format!(
+        "FETCH {n} FROM SUBSCRIPTION {} WITH (timeout = {})",
+        quote_ident(name),
+        duration_literal(timeout)
+    )
 }
 
 /// `ACK SUBSCRIPTION "s" (p, o), ...` (`verb` = `ACK`) or `NACK SUBSCRIPTION ...`.
-pub(crate) fn settle(verb: &str, name: &str, positions: impl IntoIterator<Item = (i32, i64)>) -> String {
-    let pairs: Vec<String> = positions.into_iter().map(|(p, o)| format!("({p}, {o})")).collect();
-    format!("{verb} SUBSCRIPTION {} {}", quote_ident(name), pairs.join(", "))
+pub(crate) fn settle(
+    verb: &str,
+    name: &str,
+    positions: impl IntoIterator<Item = (i32, i64)>,
+) -> String {
+    let pairs: Vec<String> = positions
+        .into_iter()
+        .map(|(p, o)| format!("({p}, {o})"))
+        .collect();
+    format!(
+        "{verb} SUBSCRIPTION {} {}",
+        quote_ident(name),
+        pairs.join(", ")
+    )
 }
 
 /// The partitions of one topic and their offset ranges.
@@ -192,7 +219,10 @@ mod tests {
         assert_eq!(quote_ident("readings"), r#""readings""#);
         assert_eq!(quote_ident("Mixed Case"), r#""Mixed Case""#);
         assert_eq!(quote_ident(r#"a"b"#), r#""a""b""#);
-        assert_eq!(quote_ident(r#"x"; DROP TOPIC t; --"#), r#""x""; DROP TOPIC t; --""#);
+        assert_eq!(
+            quote_ident(r#"x"; DROP TOPIC t; --"#),
+            r#""x""; DROP TOPIC t; --""#
+        );
         assert_eq!(quote_literal("it's"), "'it''s'");
         assert_eq!(quote_literal(""), "''");
     }
@@ -216,7 +246,10 @@ mod tests {
             insert("r", &cols, 2),
             r#"INSERT INTO "r" ("_key", "sensor", "temp") VALUES ($1, $2, $3), ($4, $5, $6) RETURNING _partition, _offset"#
         );
-        assert_eq!(insert("e", &[], 2), r#"INSERT INTO "e" ("_key") VALUES ($1), ($2) RETURNING _partition, _offset"#);
+        assert_eq!(
+            insert("e", &[], 2),
+            r#"INSERT INTO "e" ("_key") VALUES ($1), ($2) RETURNING _partition, _offset"#
+        );
     }
 
     #[test]
@@ -225,26 +258,46 @@ mod tests {
             let rows = max_rows(cols);
             assert!(rows >= 1, "{cols}");
             assert!(rows * (cols + 1) < 65_535, "{cols}");
-            assert!((rows + 1) * (cols + 1) > MAX_PARAMS, "{cols}: could carry more rows");
+            assert!(
+                (rows + 1) * (cols + 1) > MAX_PARAMS,
+                "{cols}: could carry more rows"
+            );
         }
     }
 
     #[test]
     fn declare_and_fetch() {
-        assert_eq!(declare("c", "r", None, &StartFrom::Now), r#"DECLARE "c" CURSOR FOR SUBSCRIBE "r" FROM NOW"#);
         assert_eq!(
-            declare("c", "r", Some("temp > 30"), &StartFrom::Offsets(vec![(0, 5), (1, 0)])),
+            declare("c", "r", None, &StartFrom::Now),
+            r#"DECLARE "c" CURSOR FOR SUBSCRIBE "r" FROM NOW"#
+        );
+        assert_eq!(
+            declare(
+                "c",
+                "r",
+                Some("temp > 30"),
+                &StartFrom::Offsets(vec![(0, 5), (1, 0)])
+            ),
             r#"DECLARE "c" CURSOR FOR SUBSCRIBE "r" WHERE (temp > 30) FROM OFFSETS ((0, 5), (1, 0))"#
         );
         assert_eq!(StartFrom::Beginning.clause(), "FROM BEGINNING");
         assert_eq!(StartFrom::Offset(7).clause(), "FROM OFFSET 7");
-        assert_eq!(fetch_cursor("c", 100, Duration::from_secs(1)), r#"FETCH 100 "c" WITH (timeout = '1s')"#);
+        assert_eq!(
+            fetch_cursor("c", 100, Duration::from_secs(1)),
+            r#"FETCH 100 "c" WITH (timeout = '1s')"#
+        );
     }
 
     #[test]
     fn durable_subscription_statements() {
-        let mut spec = SubscriptionSpec { topic: "readings".into(), options: SubscriptionOptions::default() };
-        assert_eq!(create_subscription("alerts", &spec), r#"CREATE SUBSCRIPTION IF NOT EXISTS "alerts" ON "readings""#);
+        let mut spec = SubscriptionSpec {
+            topic: "readings".into(),
+            options: SubscriptionOptions::default(),
+        };
+        assert_eq!(
+            create_subscription("alerts", &spec),
+            r#"CREATE SUBSCRIPTION IF NOT EXISTS "alerts" ON "readings""#
+        );
         spec.options = SubscriptionOptions {
             filter: Some("temp > 30".into()),
             from: Some(StartFrom::Beginning),
@@ -261,7 +314,13 @@ mod tests {
             fetch_subscription("alerts", 10, Duration::from_millis(250)),
             r#"FETCH 10 FROM SUBSCRIPTION "alerts" WITH (timeout = '250ms')"#
         );
-        assert_eq!(settle("ACK", "alerts", [(0, 41), (1, 17)]), r#"ACK SUBSCRIPTION "alerts" (0, 41), (1, 17)"#);
-        assert_eq!(settle("NACK", "a", [(2, 3)]), r#"NACK SUBSCRIPTION "a" (2, 3)"#);
+        assert_eq!(
+            settle("ACK", "alerts", [(0, 41), (1, 17)]),
+            r#"ACK SUBSCRIPTION "alerts" (0, 41), (1, 17)"#
+        );
+        assert_eq!(
+            settle("NACK", "a", [(2, 3)]),
+            r#"NACK SUBSCRIPTION "a" (2, 3)"#
+        );
     }
 }

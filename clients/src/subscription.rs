@@ -214,9 +214,12 @@ impl Tail {
             }
         };
         let fetch = sql::fetch_cursor(CURSOR, self.fetch_size, self.fetch_timeout);
-        let rows = tokio::time::timeout(self.fetch_timeout + STALL_GRACE, pg.query_typed(&fetch, &[]))
-            .await
-            .map_err(|_| Error::Stalled(self.fetch_timeout + STALL_GRACE))??;
+        let rows = tokio::time::timeout(
+            self.fetch_timeout + STALL_GRACE,
+            pg.query_typed(&fetch, &[]),
+        )
+        .await
+        .map_err(|_| Error::Stalled(self.fetch_timeout + STALL_GRACE))??;
         self.pg = Some(pg);
         for row in rows {
             let d = Delivery::from_row(row, None)?;
@@ -230,7 +233,13 @@ impl Tail {
         // No partitions listed means the topic is unknown to eddy.partitions: declare from
         // the caller's position and let the server say what is wrong.
         let from = self.positions.start().unwrap_or_else(|| self.from.clone());
-        pg.batch_execute(&sql::declare(CURSOR, &self.topic, self.filter.as_deref(), &from)).await?;
+        pg.batch_execute(&sql::declare(
+            CURSOR,
+            &self.topic,
+            self.filter.as_deref(),
+            &from,
+        ))
+        .await?;
         Ok(())
     }
 }
@@ -244,7 +253,11 @@ pub(crate) struct Positions {
 impl Positions {
     /// Turns a start position into an explicit offset for every partition of `topic`
     /// (`BEGINNING` = the oldest offset still held, `NOW` = the next offset to be written).
-    async fn resolve(pg: &tokio_postgres::Client, topic: &str, from: &StartFrom) -> Result<Positions> {
+    async fn resolve(
+        pg: &tokio_postgres::Client,
+        topic: &str,
+        from: &StartFrom,
+    ) -> Result<Positions> {
         let rows = pg.query(sql::PARTITIONS, &[&topic]).await?;
         let mut ranges = Vec::with_capacity(rows.len());
         for row in rows {
@@ -262,7 +275,10 @@ impl Positions {
                     StartFrom::Beginning => start,
                     StartFrom::Now => end,
                     StartFrom::Offset(n) => *n,
-                    StartFrom::Offsets(list) => list.iter().find(|(lp, _)| *lp == p).map_or(start, |(_, o)| *o),
+                    StartFrom::Offsets(list) => list
+                        .iter()
+                        .find(|(lp, _)| *lp == p)
+                        .map_or(start, |(_, o)| *o),
                 };
                 (p, o)
             })
@@ -279,7 +295,8 @@ impl Positions {
     /// Where a cursor resumes: every known partition at its next offset; `None` when no
     /// partition is known.
     pub(crate) fn start(&self) -> Option<StartFrom> {
-        (!self.next.is_empty()).then(|| StartFrom::Offsets(self.next.iter().map(|(&p, &o)| (p, o)).collect()))
+        (!self.next.is_empty())
+            .then(|| StartFrom::Offsets(self.next.iter().map(|(&p, &o)| (p, o)).collect()))
     }
 }
 
@@ -292,11 +309,23 @@ mod tests {
     #[test]
     fn start_positions_become_explicit_offsets() {
         let at = |from: StartFrom| Positions::from_ranges(&RANGES, &from).start().unwrap();
-        assert_eq!(at(StartFrom::Beginning), StartFrom::Offsets(vec![(0, 0), (1, 5), (2, 0)]));
-        assert_eq!(at(StartFrom::Now), StartFrom::Offsets(vec![(0, 10), (1, 7), (2, 0)]));
-        assert_eq!(at(StartFrom::Offset(3)), StartFrom::Offsets(vec![(0, 3), (1, 3), (2, 3)]));
+        assert_eq!(
+            at(StartFrom::Beginning),
+            StartFrom::Offsets(vec![(0, 0), (1, 5), (2, 0)])
+        );
+        assert_eq!(
+            at(StartFrom::Now),
+            StartFrom::Offsets(vec![(0, 10), (1, 7), (2, 0)])
+        );
+        assert_eq!(
+            at(StartFrom::Offset(3)),
+            StartFrom::Offsets(vec![(0, 3), (1, 3), (2, 3)])
+        );
         // Unlisted partitions start at the beginning, as the server's FROM OFFSETS does.
-        assert_eq!(at(StartFrom::Offsets(vec![(1, 6)])), StartFrom::Offsets(vec![(0, 0), (1, 6), (2, 0)]));
+        assert_eq!(
+            at(StartFrom::Offsets(vec![(1, 6)])),
+            StartFrom::Offsets(vec![(0, 0), (1, 6), (2, 0)])
+        );
     }
 
     #[test]
@@ -307,8 +336,14 @@ mod tests {
         p.advance(1, 6);
         // An older offset (cannot happen in order, but must not move back).
         p.advance(1, 5);
-        assert_eq!(p.start(), Some(StartFrom::Offsets(vec![(0, 2), (1, 7), (2, 0)])));
-        assert_eq!(p.start().unwrap().clause(), "FROM OFFSETS ((0, 2), (1, 7), (2, 0))");
+        assert_eq!(
+            p.start(),
+            Some(StartFrom::Offsets(vec![(0, 2), (1, 7), (2, 0)]))
+        );
+        assert_eq!(
+            p.start().unwrap().clause(),
+            "FROM OFFSETS ((0, 2), (1, 7), (2, 0))"
+        );
         assert_eq!(Positions::from_ranges(&[], &StartFrom::Now).start(), None);
     }
 }

@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Date32Array, Date32Builder,
-    Float32Array, Float32Builder, Float64Array, Float64Builder, Int16Array, Int16Builder, Int32Array, Int32Builder,
-    Int64Array, Int64Builder, StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Date32Array,
+    Date32Builder, Float32Array, Float32Builder, Float64Array, Float64Builder, Int16Array,
+    Int16Builder, Int32Array, Int32Builder, Int64Array, Int64Builder, StringArray, StringBuilder,
+    TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::DataType;
@@ -61,11 +62,24 @@ pub fn cast_column(array: &ArrayRef, ty: ColumnType, column: &str) -> Result<Arr
         return Ok(array.clone());
     }
     // Text goes through our own parser so errors read like Postgres's (22P02).
-    if matches!(array.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) && ty != ColumnType::Text {
+    if matches!(
+        array.data_type(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    ) && ty != ColumnType::Text
+    {
         let strings = cast_with_options(array, &DataType::Utf8, &CastOptions::default())?;
-        let strings = strings.as_any().downcast_ref::<StringArray>().ok_or_else(|| Error::DatatypeMismatch("text".into()))?;
+        let strings = strings
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| Error::DatatypeMismatch("text".into()))?;
         let values = (0..strings.len())
-            .map(|i| if strings.is_null(i) { Ok(Value::Null) } else { parse_text(ty, strings.value(i)) })
+            .map(|i| {
+                if strings.is_null(i) {
+                    Ok(Value::Null)
+                } else {
+                    parse_text(ty, strings.value(i))
+                }
+            })
             .collect::<Result<Vec<_>>>()?;
         return Ok(build_array(ty, values.iter()));
     }
@@ -79,10 +93,18 @@ pub fn cast_column(array: &ArrayRef, ty: ColumnType, column: &str) -> Result<Arr
             array.data_type()
         )));
     }
-    let opts = CastOptions { safe: false, format_options: FormatOptions::default() };
+    let opts = CastOptions {
+        safe: false,
+        format_options: FormatOptions::default(),
+    };
     cast_with_options(array, &target, &opts).map_err(|e| match e {
-        arrow::error::ArrowError::CastError(msg) if msg.contains("overflow") || msg.contains("Can't cast") => {
-            Error::OutOfRange { ty: ty.sql_name(), value: msg }
+        arrow::error::ArrowError::CastError(msg)
+            if msg.contains("overflow") || msg.contains("Can't cast") =>
+        {
+            Error::OutOfRange {
+                ty: ty.sql_name(),
+                value: msg,
+            }
         }
         other => Error::from(other),
     })

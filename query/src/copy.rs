@@ -48,10 +48,22 @@ pub struct CopyOptions {
 impl CopyOptions {
     fn new(format: CopyFormat) -> Self {
         match format {
-            CopyFormat::Text => {
-                Self { format, delimiter: '\t', null: "\\N".into(), header: false, quote: '"', escape: '"' }
-            }
-            CopyFormat::Csv => Self { format, delimiter: ',', null: String::new(), header: false, quote: '"', escape: '"' },
+            CopyFormat::Text => Self {
+                format,
+                delimiter: '\t',
+                null: "\\N".into(),
+                header: false,
+                quote: '"',
+                escape: '"',
+            },
+            CopyFormat::Csv => Self {
+                format,
+                delimiter: ',',
+                null: String::new(),
+                header: false,
+                quote: '"',
+                escape: '"',
+            },
         }
     }
 
@@ -63,14 +75,20 @@ impl CopyOptions {
                     "text" => CopyFormat::Text,
                     "csv" => CopyFormat::Csv,
                     "binary" => return Err(Error::NotSupported("COPY binary format".into())),
-                    other => return Err(Error::InvalidParameter(format!("COPY format \"{other}\" not recognized"))),
+                    other => {
+                        return Err(Error::InvalidParameter(format!(
+                            "COPY format \"{other}\" not recognized"
+                        )))
+                    }
                 };
             }
         }
         for o in legacy {
             match o {
                 CopyLegacyOption::Csv(_) => format = CopyFormat::Csv,
-                CopyLegacyOption::Binary => return Err(Error::NotSupported("COPY binary format".into())),
+                CopyLegacyOption::Binary => {
+                    return Err(Error::NotSupported("COPY binary format".into()))
+                }
                 _ => {}
             }
         }
@@ -83,7 +101,8 @@ impl CopyOptions {
                 CopyOption::Header(h) => out.header = *h,
                 CopyOption::Quote(c) => out.quote = *c,
                 CopyOption::Escape(c) => out.escape = *c,
-                CopyOption::Encoding(e) if e.eq_ignore_ascii_case("utf8") || e.eq_ignore_ascii_case("utf-8") => {}
+                CopyOption::Encoding(e)
+                    if e.eq_ignore_ascii_case("utf8") || e.eq_ignore_ascii_case("utf-8") => {}
                 other => return Err(Error::NotSupported(format!("COPY option {other}"))),
             }
         }
@@ -96,7 +115,9 @@ impl CopyOptions {
                             L::Header => out.header = true,
                             L::Quote(q) => out.quote = *q,
                             L::Escape(e) => out.escape = *e,
-                            other => return Err(Error::NotSupported(format!("COPY option {other}"))),
+                            other => {
+                                return Err(Error::NotSupported(format!("COPY option {other}")))
+                            }
                         }
                     }
                 }
@@ -107,14 +128,20 @@ impl CopyOptions {
             }
         }
         if out.header && out.format == CopyFormat::Text {
-            return Err(Error::NotSupported("COPY HEADER in text format (use FORMAT csv)".into()));
+            return Err(Error::NotSupported(
+                "COPY HEADER in text format (use FORMAT csv)".into(),
+            ));
         }
         Ok(out)
     }
 
     /// The header line of a CSV export (with trailing newline).
     pub fn encode_header(&self, schema: &SchemaRef) -> Vec<u8> {
-        let names: Vec<String> = schema.fields().iter().map(|f| self.csv_field(f.name())).collect();
+        let names: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| self.csv_field(f.name()))
+            .collect();
         let mut line = names.join(&self.delimiter.to_string()).into_bytes();
         line.push(b'\n');
         line
@@ -158,8 +185,11 @@ impl CopyOptions {
         let fmt = FormatOptions::new()
             .with_timestamp_format(Some("%Y-%m-%d %H:%M:%S%.f"))
             .with_timestamp_tz_format(Some("%Y-%m-%d %H:%M:%S%.f%:z"));
-        let formatters: Vec<ArrayFormatter<'_>> =
-            batch.columns().iter().map(|a| ArrayFormatter::try_new(a.as_ref(), &fmt)).collect::<Result<_, _>>()?;
+        let formatters: Vec<ArrayFormatter<'_>> = batch
+            .columns()
+            .iter()
+            .map(|a| ArrayFormatter::try_new(a.as_ref(), &fmt))
+            .collect::<Result<_, _>>()?;
         let mut lines = Vec::with_capacity(batch.num_rows());
         let delim = self.delimiter.to_string();
         for r in 0..batch.num_rows() {
@@ -172,11 +202,19 @@ impl CopyOptions {
                 }
                 let text = match a.data_type() {
                     DataType::Boolean => {
-                        let b = a.as_any().downcast_ref::<BooleanArray>().map(|b| b.value(r)).unwrap_or(false);
+                        let b = a
+                            .as_any()
+                            .downcast_ref::<BooleanArray>()
+                            .map(|b| b.value(r))
+                            .unwrap_or(false);
                         if b { "t" } else { "f" }.to_owned()
                     }
                     DataType::Binary => {
-                        let b = a.as_any().downcast_ref::<BinaryArray>().map(|b| b.value(r)).unwrap_or(&[]);
+                        let b = a
+                            .as_any()
+                            .downcast_ref::<BinaryArray>()
+                            .map(|b| b.value(r))
+                            .unwrap_or(&[]);
                         let mut s = String::from("\\x");
                         for byte in b {
                             s.push_str(&format!("{byte:02x}"));
@@ -212,11 +250,18 @@ pub(crate) async fn plan_copy(
         (true, CopyTarget::Stdout) => {
             let sql = match source {
                 CopySource::Query(q) => q.to_string(),
-                CopySource::Table { table_name, columns } => {
+                CopySource::Table {
+                    table_name,
+                    columns,
+                } => {
                     let cols = if columns.is_empty() {
                         "*".to_owned()
                     } else {
-                        columns.iter().map(|c| format!("\"{}\"", normalize_ident(c))).collect::<Vec<_>>().join(", ")
+                        columns
+                            .iter()
+                            .map(|c| format!("\"{}\"", normalize_ident(c)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     };
                     let name = object_name(table_name)?;
                     if engine.store().catalog().get(&name).is_none() {
@@ -226,13 +271,24 @@ pub(crate) async fn plan_copy(
                 }
             };
             let stmts = engine.parse(&sql)?;
-            let [crate::dialect::Statement::Sql(s)] = stmts.as_slice() else { return Err(Error::Syntax(sql)) };
+            let [crate::dialect::Statement::Sql(s)] = stmts.as_slice() else {
+                return Err(Error::Syntax(sql));
+            };
             let plan = engine.plan_sql(s).await?;
-            let stream = engine.run_plan(&plan, &datafusion::common::ParamValues::List(vec![])).await?;
-            Ok(Output::CopyOut { stream, options: opts })
+            let stream = engine
+                .run_plan(&plan, &datafusion::common::ParamValues::List(vec![]))
+                .await?;
+            Ok(Output::CopyOut {
+                stream,
+                options: opts,
+            })
         }
         (false, CopyTarget::Stdin) => {
-            let CopySource::Table { table_name, columns } = source else {
+            let CopySource::Table {
+                table_name,
+                columns,
+            } = source
+            else {
                 return Err(Error::Syntax("COPY (query) FROM is not valid".into()));
             };
             let def = crate::dml::target(engine, table_name)?;
@@ -242,7 +298,10 @@ pub(crate) async fn plan_copy(
             let targets: Vec<usize> = if columns.is_empty() {
                 (skip..all.len()).collect()
             } else {
-                columns.iter().map(|c| crate::dml::column_index(&def, &all, &normalize_ident(c))).collect::<Result<_>>()?
+                columns
+                    .iter()
+                    .map(|c| crate::dml::column_index(&def, &all, &normalize_ident(c)))
+                    .collect::<Result<_>>()?
             };
             Ok(Output::CopyIn(Box::new(CopyInSink {
                 target: def,
@@ -256,7 +315,9 @@ pub(crate) async fn plan_copy(
                 ended: false,
             })))
         }
-        _ => Err(Error::NotSupported("COPY to or from a file or program (use STDIN / STDOUT)".into())),
+        _ => Err(Error::NotSupported(
+            "COPY to or from a file or program (use STDIN / STDOUT)".into(),
+        )),
     }
 }
 
@@ -359,7 +420,8 @@ impl CopyInSink {
         let mut row = vec![Value::Null; self.all.len()];
         for (f, &t) in fields.into_iter().zip(&self.targets) {
             if let Some(text) = f {
-                row[t] = parse_text(self.all[t].1, &text).map_err(|e| Error::BadCopyData(format!("line {}: {e}", self.line)))?;
+                row[t] = parse_text(self.all[t].1, &text)
+                    .map_err(|e| Error::BadCopyData(format!("line {}: {e}", self.line)))?;
             }
         }
         self.rows.push(row);
@@ -368,13 +430,21 @@ impl CopyInSink {
 }
 
 /// Splits a text-format line into fields (`None` = NULL) and undoes backslash escapes.
-fn split_text(line: &str, delim: char, null: &str) -> std::result::Result<Vec<Option<String>>, String> {
+fn split_text(
+    line: &str,
+    delim: char,
+    null: &str,
+) -> std::result::Result<Vec<Option<String>>, String> {
     let mut fields = Vec::new();
     let mut raw = String::new();
     let mut cur = String::new();
     let mut chars = line.chars().peekable();
     let push = |fields: &mut Vec<Option<String>>, raw: &mut String, cur: &mut String| {
-        fields.push(if raw == null { None } else { Some(std::mem::take(cur)) });
+        fields.push(if raw == null {
+            None
+        } else {
+            Some(std::mem::take(cur))
+        });
         raw.clear();
         cur.clear();
     };
@@ -388,7 +458,9 @@ fn split_text(line: &str, delim: char, null: &str) -> std::result::Result<Vec<Op
             cur.push(c);
             continue;
         }
-        let Some(n) = chars.next() else { return Err("line ends with a backslash".into()) };
+        let Some(n) = chars.next() else {
+            return Err("line ends with a backslash".into());
+        };
         raw.push(n);
         match n {
             'b' => cur.push('\u{8}'),
@@ -459,7 +531,11 @@ fn split_csv(line: &str, o: &CopyOptions) -> std::result::Result<Vec<Option<Stri
             in_quotes = true;
             quoted = true;
         } else if c == o.delimiter {
-            fields.push(if !quoted && cur == o.null { None } else { Some(std::mem::take(&mut cur)) });
+            fields.push(if !quoted && cur == o.null {
+                None
+            } else {
+                Some(std::mem::take(&mut cur))
+            });
             cur.clear();
             quoted = false;
         } else {
@@ -469,7 +545,11 @@ fn split_csv(line: &str, o: &CopyOptions) -> std::result::Result<Vec<Option<Stri
     if in_quotes {
         return Err("unterminated CSV quoted field".into());
     }
-    fields.push(if !quoted && cur == o.null { None } else { Some(cur) });
+    fields.push(if !quoted && cur == o.null {
+        None
+    } else {
+        Some(cur)
+    });
     Ok(fields)
 }
 
@@ -480,10 +560,19 @@ impl Engine {
             return Ok(0);
         }
         match &*sink.target {
-            ObjectDef::Subscription(s) => Err(Error::WrongObjectType { name: s.name.clone(), expected: "topic or table" }),
+            ObjectDef::Subscription(s) => Err(Error::WrongObjectType {
+                name: s.name.clone(),
+                expected: "topic or table",
+            }),
             ObjectDef::Topic(t) => crate::dml::append_rows(self, t, rows).await,
             ObjectDef::Table(t) => {
-                let res = self.write(vec![WriteOp::Insert { table: t.id, rows, on_conflict: OnConflict::Error }]).await?;
+                let res = self
+                    .write(vec![WriteOp::Insert {
+                        table: t.id,
+                        rows,
+                        on_conflict: OnConflict::Error,
+                    }])
+                    .await?;
                 Ok(match res.first() {
                     Some(WriteResult::Rows(n)) => *n,
                     _ => 0,
@@ -500,8 +589,19 @@ mod tests {
     #[test]
     fn text_fields() {
         let f = split_text("a\\tb\t\\N\t\\\\x\t", '\t', "\\N").unwrap();
-        assert_eq!(f, vec![Some("a\tb".into()), None, Some("\\x".into()), Some(String::new())]);
-        assert_eq!(split_text("\\101", '\t', "\\N").unwrap(), vec![Some("A".into())]);
+        assert_eq!(
+            f,
+            vec![
+                Some("a\tb".into()),
+                None,
+                Some("\\x".into()),
+                Some(String::new())
+            ]
+        );
+        assert_eq!(
+            split_text("\\101", '\t', "\\N").unwrap(),
+            vec![Some("A".into())]
+        );
         assert!(split_text("oops\\", '\t', "\\N").is_err());
     }
 
@@ -511,7 +611,13 @@ mod tests {
         let f = split_csv("1,\"a,b\",,\"\",\"say \"\"hi\"\"\"", &o).unwrap();
         assert_eq!(
             f,
-            vec![Some("1".into()), Some("a,b".into()), None, Some(String::new()), Some("say \"hi\"".into())]
+            vec![
+                Some("1".into()),
+                Some("a,b".into()),
+                None,
+                Some(String::new()),
+                Some("say \"hi\"".into())
+            ]
         );
         assert!(split_csv("\"open", &o).is_err());
         assert_eq!(o.csv_field("a,b"), "\"a,b\"");

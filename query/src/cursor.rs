@@ -40,21 +40,36 @@ struct CursorState {
 impl Cursor {
     pub(crate) fn new(stream: SendableRecordBatchStream, live: bool) -> Cursor {
         let schema = stream.schema();
-        Cursor { schema, state: Arc::new(tokio::sync::Mutex::new(CursorState { stream, leftover: None, live, done: false })) }
+        Cursor {
+            schema,
+            state: Arc::new(tokio::sync::Mutex::new(CursorState {
+                stream,
+                leftover: None,
+                live,
+                done: false,
+            })),
+        }
     }
 
     /// The rows of one FETCH, produced when the returned stream is polled (so waiting
     /// happens while the wire layer streams the response, where cancel can stop it).
-    pub(crate) fn fetch(&self, count: Option<u64>, timeout: Option<Duration>) -> SendableRecordBatchStream {
+    pub(crate) fn fetch(
+        &self,
+        count: Option<u64>,
+        timeout: Option<Duration>,
+    ) -> SendableRecordBatchStream {
         let state = self.state.clone();
         let rows = futures::stream::once(async move {
             let mut st = state.lock().await;
-            st.fetch(count.map_or(usize::MAX, |n| n as usize), timeout).await
+            st.fetch(count.map_or(usize::MAX, |n| n as usize), timeout)
+                .await
         })
         .flat_map(|r| match r {
             Ok(batches) => futures::stream::iter(batches.into_iter().map(Ok)).left_stream(),
-            Err(e) => futures::stream::iter(vec![Err(datafusion::error::DataFusionError::External(Box::new(e)))])
-                .right_stream(),
+            Err(e) => futures::stream::iter(vec![Err(
+                datafusion::error::DataFusionError::External(Box::new(e)),
+            )])
+            .right_stream(),
         });
         Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), rows))
     }

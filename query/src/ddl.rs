@@ -6,7 +6,8 @@ use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::sql::sqlparser::ast::{
-    self as ast, ColumnOption, Expr as SqlExpr, ObjectName, SqlOption, TableConstraint, Value as SqlValue,
+    self as ast, ColumnOption, Expr as SqlExpr, ObjectName, SqlOption, TableConstraint,
+    Value as SqlValue,
 };
 use eddy_storage::{ColumnDef, ObjectDef, Replication, TableDef, TopicDef, WriteOp};
 
@@ -33,8 +34,12 @@ pub(crate) fn options_map(options: &[SqlOption]) -> Result<Vec<(String, String)>
     options
         .iter()
         .map(|o| match o {
-            SqlOption::KeyValue { key, value } => Ok((key.value.to_ascii_lowercase(), option_value(value))),
-            other => Err(Error::InvalidParameter(format!("unrecognized option {other}"))),
+            SqlOption::KeyValue { key, value } => {
+                Ok((key.value.to_ascii_lowercase(), option_value(value)))
+            }
+            other => Err(Error::InvalidParameter(format!(
+                "unrecognized option {other}"
+            ))),
         })
         .collect()
 }
@@ -43,14 +48,18 @@ fn parse_replication(v: &str) -> Result<Replication> {
     match v.to_ascii_lowercase().as_str() {
         "raft" => Ok(Replication::Raft),
         "gossip" => Ok(Replication::Gossip),
-        _ => Err(Error::InvalidParameter(format!("replication must be 'raft' or 'gossip', not '{v}'"))),
+        _ => Err(Error::InvalidParameter(format!(
+            "replication must be 'raft' or 'gossip', not '{v}'"
+        ))),
     }
 }
 
 fn parse_count(key: &str, v: &str, max: u32) -> Result<u32> {
     match v.parse::<u32>() {
         Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(Error::InvalidParameter(format!("{key} must be an integer between 1 and {max}, not '{v}'"))),
+        _ => Err(Error::InvalidParameter(format!(
+            "{key} must be an integer between 1 and {max}, not '{v}'"
+        ))),
     }
 }
 
@@ -88,12 +97,19 @@ impl Engine {
                 )));
             }
             if cols.iter().any(|x: &ColumnDef| x.name == col.name) {
-                return Err(Error::InvalidParameter(format!("column \"{}\" specified more than once", col.name)));
+                return Err(Error::InvalidParameter(format!(
+                    "column \"{}\" specified more than once",
+                    col.name
+                )));
             }
             cols.push(col);
         }
         if cols.is_empty() {
-            cols.push(ColumnDef { name: "payload".into(), ty: eddy_storage::ColumnType::Text, nullable: true });
+            cols.push(ColumnDef {
+                name: "payload".into(),
+                ty: eddy_storage::ColumnType::Text,
+                nullable: true,
+            });
         }
         let mut topic = TopicDef {
             id: 0,
@@ -110,46 +126,91 @@ impl Engine {
                 "retention" => topic.retention_ms = retention_value(&v)?,
                 "replication" => topic.replication = parse_replication(&v)?,
                 "replicas" => topic.replicas = Some(parse_count("replicas", &v, 9)?),
-                other => return Err(Error::InvalidParameter(format!("unrecognized topic option \"{other}\""))),
+                other => {
+                    return Err(Error::InvalidParameter(format!(
+                        "unrecognized topic option \"{other}\""
+                    )))
+                }
             }
         }
-        self.create_object(ObjectDef::Topic(topic), if_not_exists).await?;
-        Ok(Output::Command { tag: "CREATE TOPIC".into(), rows: None })
+        self.create_object(ObjectDef::Topic(topic), if_not_exists)
+            .await?;
+        Ok(Output::Command {
+            tag: "CREATE TOPIC".into(),
+            rows: None,
+        })
     }
 
-    pub(crate) async fn alter_topic(&self, name: &ObjectName, options: &[SqlOption]) -> Result<Output> {
+    pub(crate) async fn alter_topic(
+        &self,
+        name: &ObjectName,
+        options: &[SqlOption],
+    ) -> Result<Output> {
         let name = object_name(name)?;
-        let def = self.store.catalog().get(&name).ok_or_else(|| Error::UndefinedObject { name: name.clone() })?;
+        let def = self
+            .store
+            .catalog()
+            .get(&name)
+            .ok_or_else(|| Error::UndefinedObject { name: name.clone() })?;
         let ObjectDef::Topic(mut topic) = (*def).clone() else {
-            return Err(Error::WrongObjectType { name, expected: "topic" });
+            return Err(Error::WrongObjectType {
+                name,
+                expected: "topic",
+            });
         };
         for (k, v) in options_map(options)? {
             match k.as_str() {
                 "retention" => topic.retention_ms = retention_value(&v)?,
                 "partitions" | "replication" => {
-                    return Err(Error::NotSupported(format!("changing {k} of an existing topic")))
+                    return Err(Error::NotSupported(format!(
+                        "changing {k} of an existing topic"
+                    )))
                 }
-                other => return Err(Error::InvalidParameter(format!("unrecognized topic option \"{other}\""))),
+                other => {
+                    return Err(Error::InvalidParameter(format!(
+                        "unrecognized topic option \"{other}\""
+                    )))
+                }
             }
         }
-        self.store.write(vec![WriteOp::Alter(ObjectDef::Topic(topic))]).await?;
-        Ok(Output::Command { tag: "ALTER TOPIC".into(), rows: None })
+        self.store
+            .write(vec![WriteOp::Alter(ObjectDef::Topic(topic))])
+            .await?;
+        Ok(Output::Command {
+            tag: "ALTER TOPIC".into(),
+            rows: None,
+        })
     }
 
-    pub(crate) async fn drop_object(&self, name: &ObjectName, if_exists: bool, topic: bool) -> Result<Output> {
+    pub(crate) async fn drop_object(
+        &self,
+        name: &ObjectName,
+        if_exists: bool,
+        topic: bool,
+    ) -> Result<Output> {
         let name = object_name(name)?;
         match self.store.catalog().get(&name) {
             None if if_exists => {}
             None => return Err(Error::UndefinedObject { name }),
             Some(def) => {
-                let right_kind = if topic { matches!(*def, ObjectDef::Topic(_)) } else { matches!(*def, ObjectDef::Table(_)) };
+                let right_kind = if topic {
+                    matches!(*def, ObjectDef::Topic(_))
+                } else {
+                    matches!(*def, ObjectDef::Table(_))
+                };
                 if !right_kind {
-                    return Err(Error::WrongObjectType { name, expected: if topic { "topic" } else { "table" } });
+                    return Err(Error::WrongObjectType {
+                        name,
+                        expected: if topic { "topic" } else { "table" },
+                    });
                 }
                 self.store.write(vec![WriteOp::Drop { name }]).await?;
             }
         }
-        Ok(Output::Command { tag: if topic { "DROP TOPIC" } else { "DROP TABLE" }.into(), rows: None })
+        Ok(Output::Command {
+            tag: if topic { "DROP TOPIC" } else { "DROP TABLE" }.into(),
+            rows: None,
+        })
     }
 
     pub(crate) async fn create_table(&self, ct: &ast::CreateTable) -> Result<Output> {
@@ -161,35 +222,51 @@ impl Engine {
         let mut pk_names: Vec<String> = Vec::new();
         for c in &ct.columns {
             let col = column_def(c)?;
-            if c.options.iter().any(|o| matches!(o.option, ColumnOption::PrimaryKey(_))) {
+            if c.options
+                .iter()
+                .any(|o| matches!(o.option, ColumnOption::PrimaryKey(_)))
+            {
                 pk_names.push(col.name.clone());
             }
             if columns.iter().any(|x: &ColumnDef| x.name == col.name) {
-                return Err(Error::InvalidParameter(format!("column \"{}\" specified more than once", col.name)));
+                return Err(Error::InvalidParameter(format!(
+                    "column \"{}\" specified more than once",
+                    col.name
+                )));
             }
             columns.push(col);
         }
         for tc in &ct.constraints {
             if let TableConstraint::PrimaryKey(pk) = tc {
                 if !pk_names.is_empty() {
-                    return Err(Error::InvalidParameter("multiple primary keys are not allowed".into()));
+                    return Err(Error::InvalidParameter(
+                        "multiple primary keys are not allowed".into(),
+                    ));
                 }
                 for ic in &pk.columns {
                     match &ic.column.expr {
                         SqlExpr::Identifier(id) => pk_names.push(normalize_ident(id)),
-                        other => return Err(Error::NotSupported(format!("primary key expression {other}"))),
+                        other => {
+                            return Err(Error::NotSupported(format!(
+                                "primary key expression {other}"
+                            )))
+                        }
                     }
                 }
             }
         }
         if pk_names.is_empty() {
-            return Err(Error::InvalidParameter(format!("table \"{name}\" needs a PRIMARY KEY")));
+            return Err(Error::InvalidParameter(format!(
+                "table \"{name}\" needs a PRIMARY KEY"
+            )));
         }
         let mut primary_key = Vec::new();
         for pk in &pk_names {
-            let i = columns.iter().position(|c| &c.name == pk).ok_or_else(|| Error::UndefinedColumn {
-                relation: name.clone(),
-                column: pk.clone(),
+            let i = columns.iter().position(|c| &c.name == pk).ok_or_else(|| {
+                Error::UndefinedColumn {
+                    relation: name.clone(),
+                    column: pk.clone(),
+                }
             })?;
             columns[i].nullable = false;
             primary_key.push(i);
@@ -207,7 +284,11 @@ impl Engine {
                     parse_count("replicas", &v, 9)?;
                 }
                 "change_retention" => change_retention_ms = retention_value(&v)?,
-                other => return Err(Error::InvalidParameter(format!("unrecognized table option \"{other}\""))),
+                other => {
+                    return Err(Error::InvalidParameter(format!(
+                        "unrecognized table option \"{other}\""
+                    )))
+                }
             }
         }
         let def = TableDef {
@@ -218,8 +299,12 @@ impl Engine {
             replication,
             change_retention_ms,
         };
-        self.create_object(ObjectDef::Table(def), ct.if_not_exists).await?;
-        Ok(Output::Command { tag: "CREATE TABLE".into(), rows: None })
+        self.create_object(ObjectDef::Table(def), ct.if_not_exists)
+            .await?;
+        Ok(Output::Command {
+            tag: "CREATE TABLE".into(),
+            rows: None,
+        })
     }
 
     pub(crate) fn show_topics(&self) -> Result<Output> {
@@ -244,21 +329,35 @@ impl Engine {
         }
         let schema = show_topics_schema();
         let cols: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(topics.iter().map(|t| t.name.clone()))),
-            Arc::new(arrow::array::Int32Array::from_iter_values(topics.iter().map(|t| t.partitions as i32))),
-            Arc::new(StringArray::from_iter_values(topics.iter().map(|t| t.replication.as_str()))),
             Arc::new(StringArray::from_iter_values(
-                topics.iter().map(|t| t.retention_ms.map(format_duration_ms).unwrap_or_else(|| "forever".into())),
+                topics.iter().map(|t| t.name.clone()),
+            )),
+            Arc::new(arrow::array::Int32Array::from_iter_values(
+                topics.iter().map(|t| t.partitions as i32),
             )),
             Arc::new(StringArray::from_iter_values(
-                topics.iter().map(|t| t.columns.iter().map(|c| format!("{} {}", c.name, c.ty.sql_name())).collect::<Vec<_>>().join(", ")),
+                topics.iter().map(|t| t.replication.as_str()),
             )),
+            Arc::new(StringArray::from_iter_values(topics.iter().map(|t| {
+                t.retention_ms
+                    .map(format_duration_ms)
+                    .unwrap_or_else(|| "forever".into())
+            }))),
+            Arc::new(StringArray::from_iter_values(topics.iter().map(|t| {
+                t.columns
+                    .iter()
+                    .map(|c| format!("{} {}", c.name, c.ty.sql_name()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }))),
             Arc::new(arrow::array::Int64Array::from(messages)),
         ];
         let batch = RecordBatch::try_new(schema.clone(), cols)?;
-        Ok(Output::Rows { tag: "SHOW".into(), stream: Box::pin(MemoryStream::try_new(vec![batch], schema, None)?) })
+        Ok(Output::Rows {
+            tag: "SHOW".into(),
+            stream: Box::pin(MemoryStream::try_new(vec![batch], schema, None)?),
+        })
     }
-
 }
 
 pub(crate) fn show_topics_schema() -> SchemaRef {
@@ -274,13 +373,21 @@ pub(crate) fn show_topics_schema() -> SchemaRef {
 
 fn column_def(c: &ast::ColumnDef) -> Result<ColumnDef> {
     let ty = column_type_of(&c.data_type)?;
-    let not_null = c.options.iter().any(|o| matches!(o.option, ColumnOption::NotNull | ColumnOption::PrimaryKey(_)));
+    let not_null = c.options.iter().any(|o| {
+        matches!(
+            o.option,
+            ColumnOption::NotNull | ColumnOption::PrimaryKey(_)
+        )
+    });
     for o in &c.options {
         match &o.option {
             ColumnOption::Null | ColumnOption::NotNull | ColumnOption::PrimaryKey(_) => {}
             other => return Err(Error::NotSupported(format!("column option {other}"))),
         }
     }
-    Ok(ColumnDef { name: normalize_ident(&c.name), ty, nullable: !not_null })
+    Ok(ColumnDef {
+        name: normalize_ident(&c.name),
+        ty,
+        nullable: !not_null,
+    })
 }
-

@@ -6,7 +6,9 @@
 //! one of eddy's keyword pairs; anything else goes through datafusion-pg-catalog's
 //! compatibility parser, which rewrites the catalog queries psql and drivers send.
 
-use datafusion::sql::sqlparser::ast::{ColumnDef, Expr, ObjectName, SqlOption, Statement as SqlStatement};
+use datafusion::sql::sqlparser::ast::{
+    ColumnDef, Expr, ObjectName, SqlOption, Statement as SqlStatement,
+};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -131,13 +133,23 @@ pub enum CursorSource {
 /// Splits `sql` into statement texts on top-level semicolons, dropping empty ones.
 pub fn split_statements(sql: &str) -> Result<Vec<String>> {
     let dialect = PostgreSqlDialect {};
-    let tokens = Tokenizer::new(&dialect, sql).tokenize_with_location().map_err(|e| Error::Syntax(e.to_string()))?;
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| Error::Syntax(e.to_string()))?;
     // Locations are (line, column) in characters; map them to byte offsets.
-    let line_starts: Vec<usize> =
-        std::iter::once(0).chain(sql.match_indices('\n').map(|(i, _)| i + 1)).collect();
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
     let byte_at = |line: u64, col: u64| -> usize {
-        let start = line_starts.get(line.saturating_sub(1) as usize).copied().unwrap_or(sql.len());
-        sql[start..].char_indices().nth(col.saturating_sub(1) as usize).map(|(i, _)| start + i).unwrap_or(sql.len())
+        let start = line_starts
+            .get(line.saturating_sub(1) as usize)
+            .copied()
+            .unwrap_or(sql.len());
+        sql[start..]
+            .char_indices()
+            .nth(col.saturating_sub(1) as usize)
+            .map(|(i, _)| start + i)
+            .unwrap_or(sql.len())
     };
     let mut out = Vec::new();
     let mut begin = 0;
@@ -172,10 +184,18 @@ fn syntax(e: ParserError) -> Error {
 /// The first three tokens of a statement, upper-cased (comments and whitespace skipped).
 fn leading_words(sql: &str) -> Vec<String> {
     let dialect = PostgreSqlDialect {};
-    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else { return vec![] };
+    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
+        return vec![];
+    };
     tokens
         .into_iter()
-        .filter(|t| !matches!(t, Token::Whitespace(Whitespace::Space | Whitespace::Newline | Whitespace::Tab) | Token::Whitespace(_)))
+        .filter(|t| {
+            !matches!(
+                t,
+                Token::Whitespace(Whitespace::Space | Whitespace::Newline | Whitespace::Tab)
+                    | Token::Whitespace(_)
+            )
+        })
         .take(3)
         .map(|t| match t {
             Token::Word(w) => w.value.to_ascii_uppercase(),
@@ -218,14 +238,19 @@ pub fn parse_statement(sql: &str, compat: &PostgresCompatibilityParser) -> Resul
 
 /// Splits and parses a whole query string.
 pub fn parse_sql(sql: &str, compat: &PostgresCompatibilityParser) -> Result<Vec<Statement>> {
-    split_statements(sql)?.iter().map(|s| parse_statement(s, compat)).collect()
+    split_statements(sql)?
+        .iter()
+        .map(|s| parse_statement(s, compat))
+        .collect()
 }
 
 fn expect_word(p: &mut Parser<'_>, word: &str) -> Result<(), ParserError> {
     let t = p.next_token();
     match &t.token {
         Token::Word(w) if w.value.eq_ignore_ascii_case(word) => Ok(()),
-        other => Err(ParserError::ParserError(format!("expected {word}, found: {other}"))),
+        other => Err(ParserError::ParserError(format!(
+            "expected {word}, found: {other}"
+        ))),
     }
 }
 
@@ -245,17 +270,32 @@ fn parse_eddy(sql: &str) -> Result<Statement, ParserError> {
         } else {
             vec![]
         };
-        let options = if p.parse_keyword(Keyword::WITH) { parse_option_list(&mut p)? } else { vec![] };
-        Statement::CreateTopic { name, columns, options, if_not_exists }
+        let options = if p.parse_keyword(Keyword::WITH) {
+            parse_option_list(&mut p)?
+        } else {
+            vec![]
+        };
+        Statement::CreateTopic {
+            name,
+            columns,
+            options,
+            if_not_exists,
+        }
     } else if p.parse_keyword(Keyword::ALTER) {
         expect_word(&mut p, "TOPIC")?;
         let name = p.parse_object_name(false)?;
         p.expect_keyword(Keyword::SET)?;
-        Statement::AlterTopic { name, options: parse_option_list(&mut p)? }
+        Statement::AlterTopic {
+            name,
+            options: parse_option_list(&mut p)?,
+        }
     } else if p.parse_keyword(Keyword::DROP) {
         expect_word(&mut p, "TOPIC")?;
         let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
-        Statement::DropTopic { name: p.parse_object_name(false)?, if_exists }
+        Statement::DropTopic {
+            name: p.parse_object_name(false)?,
+            if_exists,
+        }
     } else if p.parse_keyword(Keyword::COPY) {
         p.expect_token(&Token::LParen)?;
         expect_word(&mut p, "SUBSCRIBE")?;
@@ -274,7 +314,9 @@ fn parse_eddy(sql: &str) -> Result<Statement, ParserError> {
     };
     match p.peek_token().token {
         Token::EOF => Ok(stmt),
-        other => Err(ParserError::ParserError(format!("unexpected {other} at the end of the statement"))),
+        other => Err(ParserError::ParserError(format!(
+            "unexpected {other} at the end of the statement"
+        ))),
     }
 }
 
@@ -292,8 +334,12 @@ fn parse_word(p: &mut Parser<'_>, word: &str) -> bool {
 
 fn parse_u64(p: &mut Parser<'_>, what: &str) -> Result<u64, ParserError> {
     match p.next_token().token {
-        Token::Number(n, _) => n.parse().map_err(|_| ParserError::ParserError(format!("bad {what} {n}"))),
-        other => Err(ParserError::ParserError(format!("expected {what}, found: {other}"))),
+        Token::Number(n, _) => n
+            .parse()
+            .map_err(|_| ParserError::ParserError(format!("bad {what} {n}"))),
+        other => Err(ParserError::ParserError(format!(
+            "expected {what}, found: {other}"
+        ))),
     }
 }
 
@@ -305,7 +351,8 @@ fn parse_positions(p: &mut Parser<'_>) -> Result<Vec<(u32, u64)>, ParserError> {
         p.expect_token(&Token::Comma)?;
         let offset = parse_u64(p, "an offset")?;
         p.expect_token(&Token::RParen)?;
-        let part = u32::try_from(part).map_err(|_| ParserError::ParserError(format!("bad partition {part}")))?;
+        let part = u32::try_from(part)
+            .map_err(|_| ParserError::ParserError(format!("bad partition {part}")))?;
         Ok((part, offset))
     })
 }
@@ -317,13 +364,19 @@ fn parse_fetch_timeout(p: &mut Parser<'_>) -> Result<Option<std::time::Duration>
     }
     let mut timeout = None;
     for opt in parse_option_list(p)? {
-        let SqlOption::KeyValue { key, value } = opt else { continue };
+        let SqlOption::KeyValue { key, value } = opt else {
+            continue;
+        };
         if !key.value.eq_ignore_ascii_case("timeout") {
-            return Err(ParserError::ParserError(format!("FETCH option \"{}\" not recognized", key.value)));
+            return Err(ParserError::ParserError(format!(
+                "FETCH option \"{}\" not recognized",
+                key.value
+            )));
         }
         let text = crate::ddl::option_value(&value);
-        let ms = crate::types::parse_duration_ms(&text)
-            .map_err(|_| ParserError::ParserError(format!("invalid timeout '{text}' (try '1s', '500ms')")))?;
+        let ms = crate::types::parse_duration_ms(&text).map_err(|_| {
+            ParserError::ParserError(format!("invalid timeout '{text}' (try '1s', '500ms')"))
+        })?;
         timeout = Some(std::time::Duration::from_millis(ms));
     }
     Ok(timeout)
@@ -331,11 +384,18 @@ fn parse_fetch_timeout(p: &mut Parser<'_>) -> Result<Option<std::time::Duration>
 
 /// The cursor, subscription, LISTEN and ACK statements; `None` if `p` holds another one.
 fn parse_subscription_statement(p: &mut Parser<'_>) -> Result<Option<Statement>, ParserError> {
-    let ident = |p: &mut Parser<'_>| p.parse_identifier().map(|i| crate::engine::normalize_ident(&i));
+    let ident = |p: &mut Parser<'_>| {
+        p.parse_identifier()
+            .map(|i| crate::engine::normalize_ident(&i))
+    };
     let stmt = if parse_word(p, "DECLARE") {
         let name = ident(p)?;
         // PostgreSQL's cursor options; eddy's cursors are all forward-only and need no transaction.
-        while parse_word(p, "BINARY") || parse_word(p, "INSENSITIVE") || parse_word(p, "SCROLL") || parse_word(p, "ASENSITIVE") {}
+        while parse_word(p, "BINARY")
+            || parse_word(p, "INSENSITIVE")
+            || parse_word(p, "SCROLL")
+            || parse_word(p, "ASENSITIVE")
+        {}
         if parse_word(p, "NO") {
             expect_word(p, "SCROLL")?;
         }
@@ -365,15 +425,28 @@ fn parse_subscription_statement(p: &mut Parser<'_>) -> Result<Option<Statement>,
         let _ = p.parse_keyword(Keyword::FROM) || p.parse_keyword(Keyword::IN);
         if parse_word(p, "SUBSCRIPTION") {
             let name = p.parse_object_name(false)?;
-            let count =
-                count.ok_or_else(|| ParserError::ParserError("FETCH ALL FROM SUBSCRIPTION: give a row count".into()))?;
-            Statement::FetchSubscription { name, count, timeout: parse_fetch_timeout(p)? }
+            let count = count.ok_or_else(|| {
+                ParserError::ParserError("FETCH ALL FROM SUBSCRIPTION: give a row count".into())
+            })?;
+            Statement::FetchSubscription {
+                name,
+                count,
+                timeout: parse_fetch_timeout(p)?,
+            }
         } else {
             let cursor = ident(p)?;
-            Statement::Fetch { cursor, count, timeout: parse_fetch_timeout(p)? }
+            Statement::Fetch {
+                cursor,
+                count,
+                timeout: parse_fetch_timeout(p)?,
+            }
         }
     } else if parse_word(p, "CLOSE") {
-        let cursor = if p.parse_keyword(Keyword::ALL) { None } else { Some(ident(p)?) };
+        let cursor = if p.parse_keyword(Keyword::ALL) {
+            None
+        } else {
+            Some(ident(p)?)
+        };
         Statement::Close { cursor }
     } else if parse_word(p, "LISTEN") {
         Statement::Listen(p.parse_object_name(false)?)
@@ -390,38 +463,57 @@ fn parse_subscription_statement(p: &mut Parser<'_>) -> Result<Option<Statement>,
         }
         expect_word(p, "SUBSCRIPTION")?;
         let name = p.parse_object_name(false)?;
-        let positions = if p.consume_token(&Token::LParen) && matches!(p.peek_token().token, Token::LParen) {
-            // ACK SUBSCRIPTION s ((0, 1), (1, 2))
-            let v = parse_positions(p)?;
-            p.expect_token(&Token::RParen)?;
-            v
-        } else {
-            // ACK SUBSCRIPTION s (0, 1), (1, 2): the first "(" is already consumed.
-            let part = parse_u64(p, "a partition")?;
-            p.expect_token(&Token::Comma)?;
-            let offset = parse_u64(p, "an offset")?;
-            p.expect_token(&Token::RParen)?;
-            let part = u32::try_from(part).map_err(|_| ParserError::ParserError(format!("bad partition {part}")))?;
-            let mut v = vec![(part, offset)];
-            if p.consume_token(&Token::Comma) {
-                v.extend(parse_positions(p)?);
-            }
-            v
-        };
-        Statement::Ack { name, positions, nack }
-    } else if next_is_word(p, "CREATE") && matches!(&p.peek_nth_token(1).token, Token::Word(w) if w.value.eq_ignore_ascii_case("SUBSCRIPTION")) {
+        let positions =
+            if p.consume_token(&Token::LParen) && matches!(p.peek_token().token, Token::LParen) {
+                // ACK SUBSCRIPTION s ((0, 1), (1, 2))
+                let v = parse_positions(p)?;
+                p.expect_token(&Token::RParen)?;
+                v
+            } else {
+                // ACK SUBSCRIPTION s (0, 1), (1, 2): the first "(" is already consumed.
+                let part = parse_u64(p, "a partition")?;
+                p.expect_token(&Token::Comma)?;
+                let offset = parse_u64(p, "an offset")?;
+                p.expect_token(&Token::RParen)?;
+                let part = u32::try_from(part)
+                    .map_err(|_| ParserError::ParserError(format!("bad partition {part}")))?;
+                let mut v = vec![(part, offset)];
+                if p.consume_token(&Token::Comma) {
+                    v.extend(parse_positions(p)?);
+                }
+                v
+            };
+        Statement::Ack {
+            name,
+            positions,
+            nack,
+        }
+    } else if next_is_word(p, "CREATE")
+        && matches!(&p.peek_nth_token(1).token, Token::Word(w) if w.value.eq_ignore_ascii_case("SUBSCRIPTION"))
+    {
         p.next_token();
         p.next_token();
         let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
         let name = p.parse_object_name(false)?;
         p.expect_keyword(Keyword::ON)?;
-        Statement::CreateSubscription { name, spec: parse_subscribe(p)?, if_not_exists }
-    } else if next_is_word(p, "DROP") && matches!(&p.peek_nth_token(1).token, Token::Word(w) if w.value.eq_ignore_ascii_case("SUBSCRIPTION")) {
+        Statement::CreateSubscription {
+            name,
+            spec: parse_subscribe(p)?,
+            if_not_exists,
+        }
+    } else if next_is_word(p, "DROP")
+        && matches!(&p.peek_nth_token(1).token, Token::Word(w) if w.value.eq_ignore_ascii_case("SUBSCRIPTION"))
+    {
         p.next_token();
         p.next_token();
         let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
-        Statement::DropSubscription { name: p.parse_object_name(false)?, if_exists }
-    } else if next_is_word(p, "SHOW") && matches!(&p.peek_nth_token(1).token, Token::Word(w) if w.value.eq_ignore_ascii_case("SUBSCRIPTIONS")) {
+        Statement::DropSubscription {
+            name: p.parse_object_name(false)?,
+            if_exists,
+        }
+    } else if next_is_word(p, "SHOW")
+        && matches!(&p.peek_nth_token(1).token, Token::Word(w) if w.value.eq_ignore_ascii_case("SUBSCRIPTIONS"))
+    {
         p.next_token();
         p.next_token();
         Statement::ShowSubscriptions
@@ -436,7 +528,11 @@ fn parse_subscription_statement(p: &mut Parser<'_>) -> Result<Option<Statement>,
 fn parse_subscribe(p: &mut Parser<'_>) -> Result<crate::subscribe::SubscribeSpec, ParserError> {
     use crate::subscribe::{StartPosition, SubscribeSpec};
     let topic = p.parse_object_name(false)?;
-    let filter = if p.parse_keyword(Keyword::WHERE) { Some(p.parse_expr()?) } else { None };
+    let filter = if p.parse_keyword(Keyword::WHERE) {
+        Some(p.parse_expr()?)
+    } else {
+        None
+    };
     let from = if p.parse_keyword(Keyword::FROM) {
         let t = p.next_token();
         match &t.token {
@@ -448,19 +544,33 @@ fn parse_subscribe(p: &mut Parser<'_>) -> Result<crate::subscribe::SubscribeSpec
                 p.expect_token(&Token::RParen)?;
                 StartPosition::Offsets(v)
             }
-            Token::Word(w) if w.value.eq_ignore_ascii_case("offset") => match p.next_token().token {
-                Token::Number(n, _) => StartPosition::Offset(
-                    n.parse().map_err(|_| ParserError::ParserError(format!("bad offset {n}")))?,
-                ),
-                other => return Err(ParserError::ParserError(format!("expected an offset, found: {other}"))),
-            },
-            Token::Word(w) if w.value.eq_ignore_ascii_case("timestamp") => match p.next_token().token {
-                Token::SingleQuotedString(s) => StartPosition::Timestamp(
-                    crate::types::parse_timestamp(&s)
-                        .ok_or_else(|| ParserError::ParserError(format!("bad timestamp '{s}'")))?,
-                ),
-                other => return Err(ParserError::ParserError(format!("expected a timestamp, found: {other}"))),
-            },
+            Token::Word(w) if w.value.eq_ignore_ascii_case("offset") => {
+                match p.next_token().token {
+                    Token::Number(n, _) => StartPosition::Offset(
+                        n.parse()
+                            .map_err(|_| ParserError::ParserError(format!("bad offset {n}")))?,
+                    ),
+                    other => {
+                        return Err(ParserError::ParserError(format!(
+                            "expected an offset, found: {other}"
+                        )))
+                    }
+                }
+            }
+            Token::Word(w) if w.value.eq_ignore_ascii_case("timestamp") => {
+                match p.next_token().token {
+                    Token::SingleQuotedString(s) => {
+                        StartPosition::Timestamp(crate::types::parse_timestamp(&s).ok_or_else(
+                            || ParserError::ParserError(format!("bad timestamp '{s}'")),
+                        )?)
+                    }
+                    other => {
+                        return Err(ParserError::ParserError(format!(
+                            "expected a timestamp, found: {other}"
+                        )))
+                    }
+                }
+            }
             other => {
                 return Err(ParserError::ParserError(format!(
                     "expected BEGINNING, NOW, OFFSET or TIMESTAMP after FROM, found: {other}"
@@ -470,26 +580,47 @@ fn parse_subscribe(p: &mut Parser<'_>) -> Result<crate::subscribe::SubscribeSpec
     } else {
         StartPosition::Now
     };
-    let options = if p.parse_keyword(Keyword::WITH) { parse_option_list(p)? } else { vec![] };
-    Ok(SubscribeSpec { topic, filter, from, options })
+    let options = if p.parse_keyword(Keyword::WITH) {
+        parse_option_list(p)?
+    } else {
+        vec![]
+    };
+    Ok(SubscribeSpec {
+        topic,
+        filter,
+        from,
+        options,
+    })
 }
 
 /// `[WITH] (FORMAT x, HEADER [bool], DELIMITER 'c', NULL 's')` of a COPY ... TO STDOUT.
-fn parse_copy_options(p: &mut Parser<'_>) -> Result<Vec<datafusion::sql::sqlparser::ast::CopyOption>, ParserError> {
+fn parse_copy_options(
+    p: &mut Parser<'_>,
+) -> Result<Vec<datafusion::sql::sqlparser::ast::CopyOption>, ParserError> {
     use datafusion::sql::sqlparser::ast::CopyOption;
     let with = p.parse_keyword(Keyword::WITH);
     if !p.consume_token(&Token::LParen) {
-        return if with { Err(ParserError::ParserError("expected ( after WITH".into())) } else { Ok(vec![]) };
+        return if with {
+            Err(ParserError::ParserError("expected ( after WITH".into()))
+        } else {
+            Ok(vec![])
+        };
     }
     let single_char = |p: &mut Parser<'_>, what: &str| -> Result<char, ParserError> {
         match p.next_token().token {
-            Token::SingleQuotedString(s) if s.chars().count() == 1 => Ok(s.chars().next().unwrap_or(',')),
-            other => Err(ParserError::ParserError(format!("{what} must be a single character, found: {other}"))),
+            Token::SingleQuotedString(s) if s.chars().count() == 1 => {
+                Ok(s.chars().next().unwrap_or(','))
+            }
+            other => Err(ParserError::ParserError(format!(
+                "{what} must be a single character, found: {other}"
+            ))),
         }
     };
     let opts = p.parse_comma_separated(|p| {
         let t = p.next_token();
-        let Token::Word(w) = &t.token else { return Err(ParserError::ParserError(format!("unexpected {t}"))) };
+        let Token::Word(w) = &t.token else {
+            return Err(ParserError::ParserError(format!("unexpected {t}")));
+        };
         Ok(match w.value.to_ascii_lowercase().as_str() {
             "format" => CopyOption::Format(p.parse_identifier()?),
             "header" => {
@@ -501,9 +632,17 @@ fn parse_copy_options(p: &mut Parser<'_>) -> Result<Vec<datafusion::sql::sqlpars
             "quote" => CopyOption::Quote(single_char(p, "QUOTE")?),
             "null" => match p.next_token().token {
                 Token::SingleQuotedString(s) => CopyOption::Null(s),
-                other => return Err(ParserError::ParserError(format!("NULL needs a string, found: {other}"))),
+                other => {
+                    return Err(ParserError::ParserError(format!(
+                        "NULL needs a string, found: {other}"
+                    )))
+                }
             },
-            other => return Err(ParserError::ParserError(format!("COPY option \"{other}\" not recognized"))),
+            other => {
+                return Err(ParserError::ParserError(format!(
+                    "COPY option \"{other}\" not recognized"
+                )))
+            }
         })
     })?;
     p.expect_token(&Token::RParen)?;
@@ -538,41 +677,86 @@ mod tests {
         assert_eq!(parts[0].trim(), "SELECT ';'");
         assert!(parts[1].contains("$$a;b$$"));
         assert!(split_statements(" ; ; ").unwrap().is_empty());
-        assert_eq!(split_statements("SELECT 'ü;'; SELECT 2").unwrap()[0], "SELECT 'ü;'");
+        assert_eq!(
+            split_statements("SELECT 'ü;'; SELECT 2").unwrap()[0],
+            "SELECT 'ü;'"
+        );
     }
 
     #[test]
     fn eddy_statements() -> Result<()> {
         let s = parse("create topic readings (sensor text, temp double precision) with (partitions = 4, retention = '7 days')").unwrap();
-        let Statement::CreateTopic { name, columns, options, if_not_exists } = &s[0] else { panic!("{s:?}") };
+        let Statement::CreateTopic {
+            name,
+            columns,
+            options,
+            if_not_exists,
+        } = &s[0]
+        else {
+            panic!("{s:?}")
+        };
         assert_eq!(name.to_string(), "readings");
         assert_eq!(columns.len(), 2);
         assert_eq!(options.len(), 2);
         assert!(!if_not_exists);
-        assert!(matches!(&parse("CREATE TOPIC events")?[0], Statement::CreateTopic { columns, .. } if columns.is_empty()));
-        assert!(matches!(&parse("ALTER TOPIC t SET (retention = '1 day')")?[0], Statement::AlterTopic { .. }));
-        assert!(matches!(&parse("DROP TOPIC IF EXISTS t")?[0], Statement::DropTopic { if_exists: true, .. }));
+        assert!(
+            matches!(&parse("CREATE TOPIC events")?[0], Statement::CreateTopic { columns, .. } if columns.is_empty())
+        );
+        assert!(matches!(
+            &parse("ALTER TOPIC t SET (retention = '1 day')")?[0],
+            Statement::AlterTopic { .. }
+        ));
+        assert!(matches!(
+            &parse("DROP TOPIC IF EXISTS t")?[0],
+            Statement::DropTopic {
+                if_exists: true,
+                ..
+            }
+        ));
         assert_eq!(parse("SHOW TOPICS")?, vec![Statement::ShowTopics]);
         assert!(matches!(parse("CREATE TOPIC"), Err(Error::Syntax(_))));
         assert!(matches!(parse("SHOW TOPICS extra"), Err(Error::Syntax(_))));
         assert!(matches!(&parse("SELECT 1")?[0], Statement::Sql(_)));
         use crate::subscribe::StartPosition;
         let s = parse("SUBSCRIBE readings WHERE temp > 30 FROM OFFSET 5")?;
-        let Statement::Subscribe(spec) = &s[0] else { panic!("{s:?}") };
+        let Statement::Subscribe(spec) = &s[0] else {
+            panic!("{s:?}")
+        };
         assert_eq!(spec.from, StartPosition::Offset(5));
-        assert_eq!(spec.filter.as_ref().map(|f| f.to_string()).as_deref(), Some("temp > 30"));
+        assert_eq!(
+            spec.filter.as_ref().map(|f| f.to_string()).as_deref(),
+            Some("temp > 30")
+        );
         let s = parse("subscribe r from beginning")?;
-        assert!(matches!(&s[0], Statement::Subscribe(spec) if spec.from == StartPosition::Beginning && spec.filter.is_none()));
+        assert!(
+            matches!(&s[0], Statement::Subscribe(spec) if spec.from == StartPosition::Beginning && spec.filter.is_none())
+        );
         let s = parse("SUBSCRIBE r FROM TIMESTAMP '1970-01-01 00:00:01'")?;
-        assert!(matches!(&s[0], Statement::Subscribe(spec) if spec.from == StartPosition::Timestamp(1_000_000)));
-        assert!(matches!(&parse("SUBSCRIBE r")?[0], Statement::Subscribe(spec) if spec.from == StartPosition::Now));
-        assert!(matches!(parse("SUBSCRIBE r FROM YESTERDAY"), Err(Error::Syntax(_))));
-        let s = parse("COPY (SUBSCRIBE r WHERE x = 1 FROM BEGINNING) TO STDOUT WITH (FORMAT csv, HEADER)")?;
-        let Statement::CopySubscribe { spec, options } = &s[0] else { panic!("{s:?}") };
+        assert!(
+            matches!(&s[0], Statement::Subscribe(spec) if spec.from == StartPosition::Timestamp(1_000_000))
+        );
+        assert!(
+            matches!(&parse("SUBSCRIBE r")?[0], Statement::Subscribe(spec) if spec.from == StartPosition::Now)
+        );
+        assert!(matches!(
+            parse("SUBSCRIBE r FROM YESTERDAY"),
+            Err(Error::Syntax(_))
+        ));
+        let s = parse(
+            "COPY (SUBSCRIBE r WHERE x = 1 FROM BEGINNING) TO STDOUT WITH (FORMAT csv, HEADER)",
+        )?;
+        let Statement::CopySubscribe { spec, options } = &s[0] else {
+            panic!("{s:?}")
+        };
         assert_eq!(spec.from, StartPosition::Beginning);
         assert_eq!(options.len(), 2);
-        assert!(matches!(&parse("copy (subscribe r) to stdout")?[0], Statement::CopySubscribe { options, .. } if options.is_empty()));
-        assert!(matches!(&parse("COPY (SELECT 1) TO STDOUT")?[0], Statement::Sql(_)));
+        assert!(
+            matches!(&parse("copy (subscribe r) to stdout")?[0], Statement::CopySubscribe { options, .. } if options.is_empty())
+        );
+        assert!(matches!(
+            &parse("COPY (SELECT 1) TO STDOUT")?[0],
+            Statement::Sql(_)
+        ));
         assert!(matches!(parse("SELEC 1"), Err(Error::Syntax(_))));
         Ok(())
     }
@@ -581,30 +765,92 @@ mod tests {
     fn subscription_statements() -> Result<()> {
         use std::time::Duration;
         let s = parse("DECLARE \"C1\" NO SCROLL CURSOR WITHOUT HOLD FOR SUBSCRIBE t FROM OFFSETS ((0, 5), (2, 7))")?;
-        let Statement::DeclareCursor { name, source: CursorSource::Subscribe(spec) } = &s[0] else { panic!("{s:?}") };
+        let Statement::DeclareCursor {
+            name,
+            source: CursorSource::Subscribe(spec),
+        } = &s[0]
+        else {
+            panic!("{s:?}")
+        };
         assert_eq!(name, "C1");
-        assert_eq!(spec.from, crate::subscribe::StartPosition::Offsets(vec![(0, 5), (2, 7)]));
-        assert!(matches!(&parse("declare c cursor for select 1")?[0], Statement::DeclareCursor { source: CursorSource::Query(_), .. }));
+        assert_eq!(
+            spec.from,
+            crate::subscribe::StartPosition::Offsets(vec![(0, 5), (2, 7)])
+        );
+        assert!(matches!(
+            &parse("declare c cursor for select 1")?[0],
+            Statement::DeclareCursor {
+                source: CursorSource::Query(_),
+                ..
+            }
+        ));
         let fetch = |sql: &str| parse(sql).map(|mut v| v.remove(0));
-        assert_eq!(fetch("FETCH 10 c WITH (timeout = '1s')")?, Statement::Fetch { cursor: "c".into(), count: Some(10), timeout: Some(Duration::from_secs(1)) });
-        assert_eq!(fetch("FETCH NEXT FROM c")?, Statement::Fetch { cursor: "c".into(), count: Some(1), timeout: None });
-        assert_eq!(fetch("fetch forward all in c")?, Statement::Fetch { cursor: "c".into(), count: None, timeout: None });
-        assert!(matches!(fetch("FETCH 5 FROM SUBSCRIPTION s WITH (timeout = '250ms')")?,
-            Statement::FetchSubscription { count: 5, timeout: Some(t), .. } if t == Duration::from_millis(250)));
-        assert!(matches!(fetch("FETCH 5 c WITH (timeout = 'soon')"), Err(Error::Syntax(_))));
-        assert!(matches!(fetch("FETCH ALL FROM SUBSCRIPTION s"), Err(Error::Syntax(_))));
+        assert_eq!(
+            fetch("FETCH 10 c WITH (timeout = '1s')")?,
+            Statement::Fetch {
+                cursor: "c".into(),
+                count: Some(10),
+                timeout: Some(Duration::from_secs(1))
+            }
+        );
+        assert_eq!(
+            fetch("FETCH NEXT FROM c")?,
+            Statement::Fetch {
+                cursor: "c".into(),
+                count: Some(1),
+                timeout: None
+            }
+        );
+        assert_eq!(
+            fetch("fetch forward all in c")?,
+            Statement::Fetch {
+                cursor: "c".into(),
+                count: None,
+                timeout: None
+            }
+        );
+        assert!(
+            matches!(fetch("FETCH 5 FROM SUBSCRIPTION s WITH (timeout = '250ms')")?,
+            Statement::FetchSubscription { count: 5, timeout: Some(t), .. } if t == Duration::from_millis(250))
+        );
+        assert!(matches!(
+            fetch("FETCH 5 c WITH (timeout = 'soon')"),
+            Err(Error::Syntax(_))
+        ));
+        assert!(matches!(
+            fetch("FETCH ALL FROM SUBSCRIPTION s"),
+            Err(Error::Syntax(_))
+        ));
         assert_eq!(fetch("CLOSE ALL")?, Statement::Close { cursor: None });
-        assert!(matches!(fetch("ACK SUBSCRIPTION s (0, 41), (1, 17)")?, Statement::Ack { positions, nack: false, .. } if positions == vec![(0, 41), (1, 17)]));
-        assert!(matches!(fetch("NACK SUBSCRIPTION s ((3, 4))")?, Statement::Ack { positions, nack: true, .. } if positions == vec![(3, 4)]));
-        assert!(matches!(fetch("ACK SUBSCRIPTION s (0, -1)"), Err(Error::Syntax(_))));
-        assert!(matches!(fetch("CREATE SUBSCRIPTION IF NOT EXISTS s ON t WHERE n > 1 FROM BEGINNING WITH (ack_wait = '5s')")?,
-            Statement::CreateSubscription { if_not_exists: true, spec, .. } if spec.options.len() == 1 && spec.filter.is_some()));
-        assert!(matches!(fetch("DROP SUBSCRIPTION IF EXISTS s")?, Statement::DropSubscription { if_exists: true, .. }));
+        assert!(
+            matches!(fetch("ACK SUBSCRIPTION s (0, 41), (1, 17)")?, Statement::Ack { positions, nack: false, .. } if positions == vec![(0, 41), (1, 17)])
+        );
+        assert!(
+            matches!(fetch("NACK SUBSCRIPTION s ((3, 4))")?, Statement::Ack { positions, nack: true, .. } if positions == vec![(3, 4)])
+        );
+        assert!(matches!(
+            fetch("ACK SUBSCRIPTION s (0, -1)"),
+            Err(Error::Syntax(_))
+        ));
+        assert!(
+            matches!(fetch("CREATE SUBSCRIPTION IF NOT EXISTS s ON t WHERE n > 1 FROM BEGINNING WITH (ack_wait = '5s')")?,
+            Statement::CreateSubscription { if_not_exists: true, spec, .. } if spec.options.len() == 1 && spec.filter.is_some())
+        );
+        assert!(matches!(
+            fetch("DROP SUBSCRIPTION IF EXISTS s")?,
+            Statement::DropSubscription {
+                if_exists: true,
+                ..
+            }
+        ));
         assert_eq!(fetch("SHOW SUBSCRIPTIONS")?, Statement::ShowSubscriptions);
         assert!(matches!(fetch("LISTEN t")?, Statement::Listen(_)));
         assert_eq!(fetch("UNLISTEN *")?, Statement::Unlisten(None));
         // CREATE TABLE and DROP TABLE still go to the PostgreSQL parser.
-        assert!(matches!(fetch("CREATE TABLE x (id INT PRIMARY KEY)")?, Statement::Sql(_)));
+        assert!(matches!(
+            fetch("CREATE TABLE x (id INT PRIMARY KEY)")?,
+            Statement::Sql(_)
+        ));
         Ok(())
     }
 }

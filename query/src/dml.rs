@@ -15,7 +15,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::common::ParamValues;
 use datafusion::logical_expr::LogicalPlan;
@@ -23,10 +25,13 @@ use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::sqlparser::ast::{
-    self as ast, AssignmentTarget, Expr as SqlExpr, OnConflictAction, OnInsert, SelectItem, SetExpr,
-    Statement as SqlStatement, UnaryOperator, Value as SqlValue,
+    self as ast, AssignmentTarget, Expr as SqlExpr, OnConflictAction, OnInsert, SelectItem,
+    SetExpr, Statement as SqlStatement, UnaryOperator, Value as SqlValue,
 };
-use eddy_storage::{encode_row, partition_for_key, ColumnType, ObjectDef, OnConflict, Record, TableDef, TopicDef, Value, WriteOp, WriteResult};
+use eddy_storage::{
+    encode_row, partition_for_key, ColumnType, ObjectDef, OnConflict, Record, TableDef, TopicDef,
+    Value, WriteOp, WriteResult,
+};
 use futures::TryStreamExt;
 
 use crate::convert::{build_array, cast_column, scalar_to_value, value_at};
@@ -54,11 +59,22 @@ struct Returning {
 #[derive(Debug)]
 enum Action {
     /// Literal/parameter rows, evaluated without DataFusion.
-    Values { columns: Vec<usize>, rows: Vec<Vec<SqlExpr>>, conflict: Conflict },
+    Values {
+        columns: Vec<usize>,
+        rows: Vec<Vec<SqlExpr>>,
+        conflict: Conflict,
+    },
     /// Rows from a DataFusion query (INSERT ... SELECT, computed VALUES).
-    Query { columns: Vec<usize>, plan: Box<LogicalPlan>, conflict: Conflict },
+    Query {
+        columns: Vec<usize>,
+        plan: Box<LogicalPlan>,
+        conflict: Conflict,
+    },
     /// `SELECT *, <assigned values> FROM t WHERE ...`
-    Update { plan: Box<LogicalPlan>, assigned: Vec<usize> },
+    Update {
+        plan: Box<LogicalPlan>,
+        assigned: Vec<usize>,
+    },
     /// `SELECT * FROM t WHERE ...`
     Delete { plan: Box<LogicalPlan> },
 }
@@ -67,7 +83,10 @@ enum Action {
 enum Conflict {
     Error,
     Nothing,
-    Update { assignments: Vec<(usize, SqlExpr)>, table_alias: String },
+    Update {
+        assignments: Vec<(usize, SqlExpr)>,
+        table_alias: String,
+    },
 }
 
 /// The columns an INSERT may name: for topics `_key` then the user columns.
@@ -99,14 +118,23 @@ pub(crate) fn target(engine: &Engine, name: &ast::ObjectName) -> Result<Arc<Obje
     }
 }
 
-pub(crate) fn column_index(def: &ObjectDef, cols: &[(String, ColumnType)], name: &str) -> Result<usize> {
+pub(crate) fn column_index(
+    def: &ObjectDef,
+    cols: &[(String, ColumnType)],
+    name: &str,
+) -> Result<usize> {
     if let Some(i) = cols.iter().position(|(n, _)| n == name) {
         return Ok(i);
     }
     if matches!(def, ObjectDef::Topic(_)) && ["_partition", "_offset", "_ts"].contains(&name) {
-        return Err(Error::ReadOnlyColumn { column: name.to_owned() });
+        return Err(Error::ReadOnlyColumn {
+            column: name.to_owned(),
+        });
     }
-    Err(Error::UndefinedColumn { relation: def.name().to_owned(), column: name.to_owned() })
+    Err(Error::UndefinedColumn {
+        relation: def.name().to_owned(),
+        column: name.to_owned(),
+    })
 }
 
 fn plan_returning(def: &ObjectDef, items: &Option<Vec<SelectItem>>) -> Result<Option<Returning>> {
@@ -130,7 +158,11 @@ fn plan_returning(def: &ObjectDef, items: &Option<Vec<SelectItem>>) -> Result<Op
         let name = match expr {
             SqlExpr::Identifier(id) => normalize_ident(id),
             SqlExpr::CompoundIdentifier(ids) if ids.len() == 2 => normalize_ident(&ids[1]),
-            other => return Err(Error::NotSupported(format!("RETURNING expression {other} (name columns only)"))),
+            other => {
+                return Err(Error::NotSupported(format!(
+                    "RETURNING expression {other} (name columns only)"
+                )))
+            }
         };
         let i = schema.index_of(&name).map_err(|_| Error::UndefinedColumn {
             relation: def.name().to_owned(),
@@ -143,7 +175,10 @@ fn plan_returning(def: &ObjectDef, items: &Option<Vec<SelectItem>>) -> Result<Op
             None => f,
         });
     }
-    Ok(Some(Returning { indexes, schema: Arc::new(Schema::new(fields)) }))
+    Ok(Some(Returning {
+        indexes,
+        schema: Arc::new(Schema::new(fields)),
+    }))
 }
 
 /// True when `e` can be evaluated without DataFusion.
@@ -151,10 +186,18 @@ pub(crate) fn is_simple(e: &SqlExpr) -> bool {
     match e {
         SqlExpr::Value(v) => matches!(
             v.value,
-            SqlValue::Number(..) | SqlValue::SingleQuotedString(_) | SqlValue::Boolean(_) | SqlValue::Null | SqlValue::Placeholder(_)
-                | SqlValue::EscapedStringLiteral(_) | SqlValue::DollarQuotedString(_)
+            SqlValue::Number(..)
+                | SqlValue::SingleQuotedString(_)
+                | SqlValue::Boolean(_)
+                | SqlValue::Null
+                | SqlValue::Placeholder(_)
+                | SqlValue::EscapedStringLiteral(_)
+                | SqlValue::DollarQuotedString(_)
         ),
-        SqlExpr::UnaryOp { op: UnaryOperator::Minus | UnaryOperator::Plus, expr } => {
+        SqlExpr::UnaryOp {
+            op: UnaryOperator::Minus | UnaryOperator::Plus,
+            expr,
+        } => {
             matches!(&**expr, SqlExpr::Value(v) if matches!(v.value, SqlValue::Number(..)))
         }
         SqlExpr::Cast { expr, .. } => is_simple(expr),
@@ -172,7 +215,11 @@ fn placeholder_index(p: &str) -> Result<usize> {
 }
 
 /// Records `$n` → `ty` for a (possibly cast) bare placeholder.
-pub(crate) fn note_param(e: &SqlExpr, ty: ColumnType, types: &mut Vec<Option<DataType>>) -> Result<()> {
+pub(crate) fn note_param(
+    e: &SqlExpr,
+    ty: ColumnType,
+    types: &mut Vec<Option<DataType>>,
+) -> Result<()> {
     match e {
         SqlExpr::Value(v) => {
             if let SqlValue::Placeholder(p) = &v.value {
@@ -190,12 +237,19 @@ pub(crate) fn note_param(e: &SqlExpr, ty: ColumnType, types: &mut Vec<Option<Dat
 }
 
 /// Evaluates a simple expression (see [`is_simple`]) as a value of `ty`.
-pub(crate) fn eval_simple(e: &SqlExpr, ty: ColumnType, column: &str, params: &[ScalarValue]) -> Result<Value> {
+pub(crate) fn eval_simple(
+    e: &SqlExpr,
+    ty: ColumnType,
+    column: &str,
+    params: &[ScalarValue],
+) -> Result<Value> {
     match e {
         SqlExpr::Value(v) => match &v.value {
             SqlValue::Null => Ok(Value::Null),
             SqlValue::Number(n, _) => number_value(ty, n, column),
-            SqlValue::SingleQuotedString(s) | SqlValue::EscapedStringLiteral(s) => parse_text(ty, s),
+            SqlValue::SingleQuotedString(s) | SqlValue::EscapedStringLiteral(s) => {
+                parse_text(ty, s)
+            }
             SqlValue::DollarQuotedString(d) => parse_text(ty, &d.value),
             SqlValue::Boolean(b) => match ty {
                 ColumnType::Bool => Ok(Value::Bool(*b)),
@@ -204,15 +258,25 @@ pub(crate) fn eval_simple(e: &SqlExpr, ty: ColumnType, column: &str, params: &[S
             },
             SqlValue::Placeholder(p) => {
                 let i = placeholder_index(p)?;
-                let s = params.get(i).ok_or_else(|| Error::InvalidParameter(format!("no value for parameter {p}")))?;
+                let s = params.get(i).ok_or_else(|| {
+                    Error::InvalidParameter(format!("no value for parameter {p}"))
+                })?;
                 scalar_to_value(s, ty, column)
             }
             other => Err(Error::NotSupported(format!("value {other}"))),
         },
         SqlExpr::UnaryOp { op, expr } => {
-            let SqlExpr::Value(v) = &**expr else { return Err(Error::NotSupported(e.to_string())) };
-            let SqlValue::Number(n, _) = &v.value else { return Err(Error::NotSupported(e.to_string())) };
-            let n = if matches!(op, UnaryOperator::Minus) { format!("-{n}") } else { n.clone() };
+            let SqlExpr::Value(v) = &**expr else {
+                return Err(Error::NotSupported(e.to_string()));
+            };
+            let SqlValue::Number(n, _) = &v.value else {
+                return Err(Error::NotSupported(e.to_string()));
+            };
+            let n = if matches!(op, UnaryOperator::Minus) {
+                format!("-{n}")
+            } else {
+                n.clone()
+            };
             number_value(ty, &n, column)
         }
         SqlExpr::Cast { expr, .. } | SqlExpr::Nested(expr) => eval_simple(expr, ty, column, params),
@@ -221,18 +285,30 @@ pub(crate) fn eval_simple(e: &SqlExpr, ty: ColumnType, column: &str, params: &[S
 }
 
 fn mismatch(column: &str, ty: ColumnType, got: &str) -> Error {
-    Error::DatatypeMismatch(format!("column \"{column}\" is of type {} but expression is of type {got}", ty.sql_name()))
+    Error::DatatypeMismatch(format!(
+        "column \"{column}\" is of type {} but expression is of type {got}",
+        ty.sql_name()
+    ))
 }
 
 fn number_value(ty: ColumnType, n: &str, column: &str) -> Result<Value> {
     match ty {
         ColumnType::Int16 | ColumnType::Int32 | ColumnType::Int64 => {
             if let Ok(i) = n.parse::<i128>() {
-                return crate::types::int_value(ty, i).ok_or_else(|| Error::OutOfRange { ty: ty.sql_name(), value: n.into() });
+                return crate::types::int_value(ty, i).ok_or_else(|| Error::OutOfRange {
+                    ty: ty.sql_name(),
+                    value: n.into(),
+                });
             }
             // 1.5 into an integer column rounds, as PostgreSQL's assignment cast does.
-            let f: f64 = n.parse().map_err(|_| Error::InvalidText { ty: ty.sql_name(), value: n.into() })?;
-            crate::types::int_value(ty, f.round() as i128).ok_or_else(|| Error::OutOfRange { ty: ty.sql_name(), value: n.into() })
+            let f: f64 = n.parse().map_err(|_| Error::InvalidText {
+                ty: ty.sql_name(),
+                value: n.into(),
+            })?;
+            crate::types::int_value(ty, f.round() as i128).ok_or_else(|| Error::OutOfRange {
+                ty: ty.sql_name(),
+                value: n.into(),
+            })
         }
         ColumnType::Float32 | ColumnType::Float64 | ColumnType::Text => parse_text(ty, n),
         _ => Err(mismatch(column, ty, "numeric")),
@@ -263,14 +339,20 @@ async fn plan_insert(engine: &Engine, ins: &ast::Insert) -> Result<DmlPlan> {
         ins.columns
             .iter()
             .map(|c| {
-                let id = c.0.last().and_then(|p| p.as_ident()).ok_or_else(|| Error::Syntax(c.to_string()))?;
+                let id =
+                    c.0.last()
+                        .and_then(|p| p.as_ident())
+                        .ok_or_else(|| Error::Syntax(c.to_string()))?;
                 column_index(&def, &cols, &normalize_ident(id))
             })
             .collect::<Result<_>>()?
     };
     for (i, c) in columns.iter().enumerate() {
         if columns[..i].contains(c) {
-            return Err(Error::InvalidParameter(format!("column \"{}\" specified more than once", cols[*c].0)));
+            return Err(Error::InvalidParameter(format!(
+                "column \"{}\" specified more than once",
+                cols[*c].0
+            )));
         }
     }
     let conflict = plan_conflict(&def, &cols, ins.on.as_ref())?;
@@ -281,9 +363,19 @@ async fn plan_insert(engine: &Engine, ins: &ast::Insert) -> Result<DmlPlan> {
         }
     }
     let returning = plan_returning(&def, &ins.returning)?;
-    let source = ins.source.as_ref().ok_or_else(|| Error::NotSupported("INSERT without VALUES or SELECT".into()))?;
+    let source = ins
+        .source
+        .as_ref()
+        .ok_or_else(|| Error::NotSupported("INSERT without VALUES or SELECT".into()))?;
     if let SetExpr::Values(values) = &*source.body {
-        if source.order_by.is_none() && source.limit_clause.is_none() && values.rows.iter().flat_map(|r| r.content.iter()).all(is_simple) {
+        if source.order_by.is_none()
+            && source.limit_clause.is_none()
+            && values
+                .rows
+                .iter()
+                .flat_map(|r| r.content.iter())
+                .all(is_simple)
+        {
             let rows: Vec<Vec<SqlExpr>> = values.rows.iter().map(|r| r.content.clone()).collect();
             for row in &rows {
                 if row.len() != columns.len() {
@@ -297,10 +389,21 @@ async fn plan_insert(engine: &Engine, ins: &ast::Insert) -> Result<DmlPlan> {
                     note_param(e, cols[*c].1, &mut param_types)?;
                 }
             }
-            return Ok(DmlPlan { target: def, action: Action::Values { columns, rows, conflict }, param_types, returning });
+            return Ok(DmlPlan {
+                target: def,
+                action: Action::Values {
+                    columns,
+                    rows,
+                    conflict,
+                },
+                param_types,
+                returning,
+            });
         }
     }
-    let plan = engine.plan_sql(&SqlStatement::Query(source.clone())).await?;
+    let plan = engine
+        .plan_sql(&SqlStatement::Query(source.clone()))
+        .await?;
     if plan.schema().fields().len() != columns.len() {
         return Err(Error::Syntax(format!(
             "INSERT has {} expressions but {} target columns",
@@ -310,7 +413,16 @@ async fn plan_insert(engine: &Engine, ins: &ast::Insert) -> Result<DmlPlan> {
     }
     let types = param_types_of(&plan)?;
     merge_types(&mut param_types, types);
-    Ok(DmlPlan { target: def, action: Action::Query { columns, plan: Box::new(plan), conflict }, param_types, returning })
+    Ok(DmlPlan {
+        target: def,
+        action: Action::Query {
+            columns,
+            plan: Box::new(plan),
+            conflict,
+        },
+        param_types,
+        returning,
+    })
 }
 
 fn merge_types(into: &mut Vec<Option<DataType>>, from: Vec<Option<DataType>>) {
@@ -324,20 +436,36 @@ fn merge_types(into: &mut Vec<Option<DataType>>, from: Vec<Option<DataType>>) {
     }
 }
 
-fn plan_conflict(def: &ObjectDef, cols: &[(String, ColumnType)], on: Option<&OnInsert>) -> Result<Conflict> {
-    let Some(on) = on else { return Ok(Conflict::Error) };
-    let ObjectDef::Table(table) = def else {
-        return Err(Error::WrongObjectType { name: def.name().to_owned(), expected: "table (topics have no keys to conflict on)" });
+fn plan_conflict(
+    def: &ObjectDef,
+    cols: &[(String, ColumnType)],
+    on: Option<&OnInsert>,
+) -> Result<Conflict> {
+    let Some(on) = on else {
+        return Ok(Conflict::Error);
     };
-    let OnInsert::OnConflict(oc) = on else { return Err(Error::NotSupported("ON DUPLICATE KEY".into())) };
+    let ObjectDef::Table(table) = def else {
+        return Err(Error::WrongObjectType {
+            name: def.name().to_owned(),
+            expected: "table (topics have no keys to conflict on)",
+        });
+    };
+    let OnInsert::OnConflict(oc) = on else {
+        return Err(Error::NotSupported("ON DUPLICATE KEY".into()));
+    };
     if let Some(ast::ConflictTarget::Columns(c)) = &oc.conflict_target {
         let mut named: Vec<String> = c.iter().map(normalize_ident).collect();
-        let mut pk: Vec<String> = table.primary_key.iter().map(|&i| table.columns[i].name.clone()).collect();
+        let mut pk: Vec<String> = table
+            .primary_key
+            .iter()
+            .map(|&i| table.columns[i].name.clone())
+            .collect();
         named.sort();
         pk.sort();
         if named != pk {
             return Err(Error::InvalidParameter(
-                "there is no unique or exclusion constraint matching the ON CONFLICT specification".into(),
+                "there is no unique or exclusion constraint matching the ON CONFLICT specification"
+                    .into(),
             ));
         }
     }
@@ -345,7 +473,9 @@ fn plan_conflict(def: &ObjectDef, cols: &[(String, ColumnType)], on: Option<&OnI
         OnConflictAction::DoNothing => Ok(Conflict::Nothing),
         OnConflictAction::DoUpdate(du) => {
             if du.selection.is_some() {
-                return Err(Error::NotSupported("ON CONFLICT DO UPDATE ... WHERE".into()));
+                return Err(Error::NotSupported(
+                    "ON CONFLICT DO UPDATE ... WHERE".into(),
+                ));
             }
             let assignments = du
                 .assignments
@@ -354,11 +484,20 @@ fn plan_conflict(def: &ObjectDef, cols: &[(String, ColumnType)], on: Option<&OnI
                     let AssignmentTarget::ColumnName(n) = &a.target else {
                         return Err(Error::NotSupported("tuple assignment".into()));
                     };
-                    let id = n.0.last().and_then(|p| p.as_ident()).ok_or_else(|| Error::Syntax(n.to_string()))?;
-                    Ok((column_index(def, cols, &normalize_ident(id))?, a.value.clone()))
+                    let id =
+                        n.0.last()
+                            .and_then(|p| p.as_ident())
+                            .ok_or_else(|| Error::Syntax(n.to_string()))?;
+                    Ok((
+                        column_index(def, cols, &normalize_ident(id))?,
+                        a.value.clone(),
+                    ))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            Ok(Conflict::Update { assignments, table_alias: table.name.clone() })
+            Ok(Conflict::Update {
+                assignments,
+                table_alias: table.name.clone(),
+            })
         }
     }
 }
@@ -372,9 +511,16 @@ fn table_of(def: &Arc<ObjectDef>, verb: &str) -> Result<TableDef> {
         ObjectDef::Table(t) => Ok(t.clone()),
         ObjectDef::Topic(t) => Err(Error::WrongObjectType {
             name: t.name.clone(),
-            expected: if verb == "UPDATE" { "table (topics are append-only; UPDATE needs a table)" } else { "table (topics are append-only; DELETE needs a table, retention removes old messages)" },
+            expected: if verb == "UPDATE" {
+                "table (topics are append-only; UPDATE needs a table)"
+            } else {
+                "table (topics are append-only; DELETE needs a table, retention removes old messages)"
+            },
         }),
-        ObjectDef::Subscription(s) => Err(Error::WrongObjectType { name: s.name.clone(), expected: "table" }),
+        ObjectDef::Subscription(s) => Err(Error::WrongObjectType {
+            name: s.name.clone(),
+            expected: "table",
+        }),
     }
 }
 
@@ -400,8 +546,13 @@ async fn plan_update(engine: &Engine, up: &ast::Update) -> Result<DmlPlan> {
     let mut exprs = Vec::new();
     let mut param_types = Vec::new();
     for a in &up.assignments {
-        let AssignmentTarget::ColumnName(n) = &a.target else { return Err(Error::NotSupported("tuple assignment".into())) };
-        let id = n.0.last().and_then(|p| p.as_ident()).ok_or_else(|| Error::Syntax(n.to_string()))?;
+        let AssignmentTarget::ColumnName(n) = &a.target else {
+            return Err(Error::NotSupported("tuple assignment".into()));
+        };
+        let id =
+            n.0.last()
+                .and_then(|p| p.as_ident())
+                .ok_or_else(|| Error::Syntax(n.to_string()))?;
         let i = column_index(&def, &cols, &normalize_ident(id))?;
         note_param(&a.value, cols[i].1, &mut param_types)?;
         assigned.push(i);
@@ -414,7 +565,15 @@ async fn plan_update(engine: &Engine, up: &ast::Update) -> Result<DmlPlan> {
     let plan = plan_select(engine, &sql).await?;
     merge_types(&mut param_types, param_types_of(&plan)?);
     let returning = plan_returning(&def, &up.returning)?;
-    Ok(DmlPlan { target: def, action: Action::Update { plan: Box::new(plan), assigned }, param_types, returning })
+    Ok(DmlPlan {
+        target: def,
+        action: Action::Update {
+            plan: Box::new(plan),
+            assigned,
+        },
+        param_types,
+        returning,
+    })
 }
 
 async fn plan_delete(engine: &Engine, del: &ast::Delete) -> Result<DmlPlan> {
@@ -434,7 +593,14 @@ async fn plan_delete(engine: &Engine, del: &ast::Delete) -> Result<DmlPlan> {
     let plan = plan_select(engine, &sql).await?;
     let param_types = param_types_of(&plan)?;
     let returning = plan_returning(&def, &del.returning)?;
-    Ok(DmlPlan { target: def, action: Action::Delete { plan: Box::new(plan) }, param_types, returning })
+    Ok(DmlPlan {
+        target: def,
+        action: Action::Delete {
+            plan: Box::new(plan),
+        },
+        param_types,
+        returning,
+    })
 }
 
 impl DmlPlan {
@@ -445,7 +611,12 @@ impl DmlPlan {
 }
 
 /// Rows of a DataFusion result, cast to the given column types.
-async fn collect_rows(engine: &Engine, plan: &LogicalPlan, params: &ParamValues, types: &[(String, ColumnType)]) -> Result<Vec<Vec<Value>>> {
+async fn collect_rows(
+    engine: &Engine,
+    plan: &LogicalPlan,
+    params: &ParamValues,
+    types: &[(String, ColumnType)],
+) -> Result<Vec<Vec<Value>>> {
     let stream = engine.run_plan(plan, params).await?;
     let batches: Vec<RecordBatch> = stream.try_collect().await?;
     let mut rows = Vec::new();
@@ -457,17 +628,30 @@ async fn collect_rows(engine: &Engine, plan: &LogicalPlan, params: &ParamValues,
             .map(|(a, (name, ty))| cast_column(a, *ty, name))
             .collect::<Result<_>>()?;
         for r in 0..b.num_rows() {
-            rows.push(cast.iter().zip(types).map(|(a, (_, ty))| value_at(a, r, *ty)).collect::<Result<Vec<_>>>()?);
+            rows.push(
+                cast.iter()
+                    .zip(types)
+                    .map(|(a, (_, ty))| value_at(a, r, *ty))
+                    .collect::<Result<Vec<_>>>()?,
+            );
         }
     }
     Ok(rows)
 }
 
 /// Executes a planned DML statement.
-pub(crate) async fn execute(engine: &Engine, plan: &DmlPlan, params: &ParamValues) -> Result<Output> {
+pub(crate) async fn execute(
+    engine: &Engine,
+    plan: &DmlPlan,
+    params: &ParamValues,
+) -> Result<Output> {
     let cols = write_columns(&plan.target);
     match &plan.action {
-        Action::Values { columns, rows, conflict } => {
+        Action::Values {
+            columns,
+            rows,
+            conflict,
+        } => {
             let scalars = param_list(params);
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
@@ -479,8 +663,13 @@ pub(crate) async fn execute(engine: &Engine, plan: &DmlPlan, params: &ParamValue
             }
             write_rows(engine, plan, out, conflict, params).await
         }
-        Action::Query { columns, plan: source, conflict } => {
-            let types: Vec<(String, ColumnType)> = columns.iter().map(|&c| cols[c].clone()).collect();
+        Action::Query {
+            columns,
+            plan: source,
+            conflict,
+        } => {
+            let types: Vec<(String, ColumnType)> =
+                columns.iter().map(|&c| cols[c].clone()).collect();
             let got = collect_rows(engine, source, params, &types).await?;
             let rows = got
                 .into_iter()
@@ -494,7 +683,10 @@ pub(crate) async fn execute(engine: &Engine, plan: &DmlPlan, params: &ParamValue
                 .collect();
             write_rows(engine, plan, rows, conflict, params).await
         }
-        Action::Update { plan: select, assigned } => {
+        Action::Update {
+            plan: select,
+            assigned,
+        } => {
             let table = table_of(&plan.target, "UPDATE")?;
             let mut types = cols.clone();
             types.extend(assigned.iter().map(|&i| cols[i].clone()));
@@ -510,12 +702,24 @@ pub(crate) async fn execute(engine: &Engine, plan: &DmlPlan, params: &ParamValue
                 }
                 check_size(engine, &new)?;
                 let old_pk: Vec<Value> = table.primary_key.iter().map(|&i| r[i].clone()).collect();
-                let new_pk: Vec<Value> = table.primary_key.iter().map(|&i| new[i].clone()).collect();
+                let new_pk: Vec<Value> =
+                    table.primary_key.iter().map(|&i| new[i].clone()).collect();
                 if old_pk != new_pk {
-                    ops.push(WriteOp::Delete { table: table.id, keys: vec![old_pk] });
-                    ops.push(WriteOp::Insert { table: table.id, rows: vec![new.clone()], on_conflict: OnConflict::Error });
+                    ops.push(WriteOp::Delete {
+                        table: table.id,
+                        keys: vec![old_pk],
+                    });
+                    ops.push(WriteOp::Insert {
+                        table: table.id,
+                        rows: vec![new.clone()],
+                        on_conflict: OnConflict::Error,
+                    });
                 } else {
-                    ops.push(WriteOp::Insert { table: table.id, rows: vec![new.clone()], on_conflict: OnConflict::Replace });
+                    ops.push(WriteOp::Insert {
+                        table: table.id,
+                        rows: vec![new.clone()],
+                        on_conflict: OnConflict::Replace,
+                    });
                 }
                 written.push(new);
             }
@@ -530,10 +734,18 @@ pub(crate) async fn execute(engine: &Engine, plan: &DmlPlan, params: &ParamValue
             // DELETE removed it cannot write it back afterwards.
             let _guard = engine.rmw.lock().await;
             let rows = collect_rows(engine, select, params, &cols).await?;
-            let keys: Vec<Vec<Value>> = rows.iter().map(|r| table.primary_key.iter().map(|&i| r[i].clone()).collect()).collect();
+            let keys: Vec<Vec<Value>> = rows
+                .iter()
+                .map(|r| table.primary_key.iter().map(|&i| r[i].clone()).collect())
+                .collect();
             let mut deleted = Vec::new();
             if !keys.is_empty() {
-                let res = engine.write(vec![WriteOp::Delete { table: table.id, keys }]).await?;
+                let res = engine
+                    .write(vec![WriteOp::Delete {
+                        table: table.id,
+                        keys,
+                    }])
+                    .await?;
                 // Rows deleted meanwhile by someone else are not counted (nor returned).
                 if let Some(WriteResult::Rows(n)) = res.first() {
                     deleted = rows;
@@ -549,15 +761,27 @@ fn check_size(engine: &Engine, values: &[Value]) -> Result<()> {
     let mut buf = Vec::new();
     encode_row(values, &mut buf);
     if buf.len() > engine.config.max_message_bytes {
-        return Err(Error::MessageTooLarge { size: buf.len(), limit: engine.config.max_message_bytes });
+        return Err(Error::MessageTooLarge {
+            size: buf.len(),
+            limit: engine.config.max_message_bytes,
+        });
     }
     Ok(())
 }
 
 /// Writes full rows (for topics: `_key` first, then the user columns).
-async fn write_rows(engine: &Engine, plan: &DmlPlan, rows: Vec<Vec<Value>>, conflict: &Conflict, params: &ParamValues) -> Result<Output> {
+async fn write_rows(
+    engine: &Engine,
+    plan: &DmlPlan,
+    rows: Vec<Vec<Value>>,
+    conflict: &Conflict,
+    params: &ParamValues,
+) -> Result<Output> {
     match &*plan.target {
-        ObjectDef::Subscription(s) => Err(Error::WrongObjectType { name: s.name.clone(), expected: "topic or table" }),
+        ObjectDef::Subscription(s) => Err(Error::WrongObjectType {
+            name: s.name.clone(),
+            expected: "topic or table",
+        }),
         ObjectDef::Topic(topic) => {
             let written = append(engine, topic, rows).await?;
             finish_topic(plan, topic, written)
@@ -568,8 +792,20 @@ async fn write_rows(engine: &Engine, plan: &DmlPlan, rows: Vec<Vec<Value>>, conf
             }
             match conflict {
                 Conflict::Error | Conflict::Nothing => {
-                    let mode = if matches!(conflict, Conflict::Error) { OnConflict::Error } else { OnConflict::Ignore };
-                    let n = match engine.write(vec![WriteOp::Insert { table: table.id, rows: rows.clone(), on_conflict: mode }]).await?.first() {
+                    let mode = if matches!(conflict, Conflict::Error) {
+                        OnConflict::Error
+                    } else {
+                        OnConflict::Ignore
+                    };
+                    let n = match engine
+                        .write(vec![WriteOp::Insert {
+                            table: table.id,
+                            rows: rows.clone(),
+                            on_conflict: mode,
+                        }])
+                        .await?
+                        .first()
+                    {
                         Some(WriteResult::Rows(n)) => *n,
                         _ => 0,
                     };
@@ -580,12 +816,16 @@ async fn write_rows(engine: &Engine, plan: &DmlPlan, rows: Vec<Vec<Value>>, conf
                     }
                     finish(plan, "INSERT", rows)
                 }
-                Conflict::Update { assignments, table_alias } => {
+                Conflict::Update {
+                    assignments,
+                    table_alias,
+                } => {
                     let _guard = engine.rmw.lock().await;
                     let mut written = Vec::new();
                     let mut ops = Vec::new();
                     for row in rows {
-                        let pk: Vec<Value> = table.primary_key.iter().map(|&i| row[i].clone()).collect();
+                        let pk: Vec<Value> =
+                            table.primary_key.iter().map(|&i| row[i].clone()).collect();
                         let store = engine.store().clone();
                         let t = table.clone();
                         let existing = tokio::task::spawn_blocking(move || store.get_row(&t, &pk))
@@ -593,13 +833,29 @@ async fn write_rows(engine: &Engine, plan: &DmlPlan, rows: Vec<Vec<Value>>, conf
                             .map_err(|e| Error::InvalidParameter(e.to_string()))??;
                         match existing {
                             None => {
-                                ops.push(WriteOp::Insert { table: table.id, rows: vec![row.clone()], on_conflict: OnConflict::Error });
+                                ops.push(WriteOp::Insert {
+                                    table: table.id,
+                                    rows: vec![row.clone()],
+                                    on_conflict: OnConflict::Error,
+                                });
                                 written.push(row);
                             }
                             Some(old) => {
-                                let merged = merge_update(table, table_alias, &old, &row, assignments, params).await?;
+                                let merged = merge_update(
+                                    table,
+                                    table_alias,
+                                    &old,
+                                    &row,
+                                    assignments,
+                                    params,
+                                )
+                                .await?;
                                 check_size(engine, &merged)?;
-                                ops.push(WriteOp::Insert { table: table.id, rows: vec![merged.clone()], on_conflict: OnConflict::Replace });
+                                ops.push(WriteOp::Insert {
+                                    table: table.id,
+                                    rows: vec![merged.clone()],
+                                    on_conflict: OnConflict::Replace,
+                                });
                                 written.push(merged);
                             }
                         }
@@ -627,8 +883,13 @@ async fn merge_update(
     for (i, e) in assignments {
         let col = &table.columns[*i];
         let excluded_col = match e {
-            SqlExpr::CompoundIdentifier(ids) if ids.len() == 2 && normalize_ident(&ids[0]) == "excluded" => {
-                table.columns.iter().position(|c| c.name == normalize_ident(&ids[1]))
+            SqlExpr::CompoundIdentifier(ids)
+                if ids.len() == 2 && normalize_ident(&ids[0]) == "excluded" =>
+            {
+                table
+                    .columns
+                    .iter()
+                    .position(|c| c.name == normalize_ident(&ids[1]))
             }
             _ => None,
         };
@@ -648,7 +909,12 @@ async fn merge_update(
     let ctx = SessionContext::new();
     let schema = table_schema(table);
     let batch = |row: &[Value]| -> Result<RecordBatch> {
-        let cols: Vec<ArrayRef> = table.columns.iter().zip(row).map(|(c, v)| build_array(c.ty, std::iter::once(v))).collect();
+        let cols: Vec<ArrayRef> = table
+            .columns
+            .iter()
+            .zip(row)
+            .map(|(c, v)| build_array(c.ty, std::iter::once(v)))
+            .collect();
         Ok(RecordBatch::try_new(schema.clone(), cols)?)
     };
     ctx.register_batch("eddy_existing", batch(old)?)?;
@@ -660,9 +926,16 @@ async fn merge_update(
         quote(alias)
     );
     let df = ctx.sql(&sql).await?;
-    let df = if scalars.is_empty() { df } else { df.with_param_values(params.clone())? };
+    let df = if scalars.is_empty() {
+        df
+    } else {
+        df.with_param_values(params.clone())?
+    };
     let batches = df.collect().await?;
-    let b = batches.iter().find(|b| b.num_rows() > 0).ok_or_else(|| Error::InvalidParameter("upsert expression returned no row".into()))?;
+    let b = batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .ok_or_else(|| Error::InvalidParameter("upsert expression returned no row".into()))?;
     for (k, (i, _)) in complex.iter().enumerate() {
         let col = &table.columns[*i];
         let a = cast_column(b.column(k), col.ty, &col.name)?;
@@ -682,13 +955,18 @@ struct Appended {
 
 async fn append(engine: &Engine, topic: &TopicDef, rows: Vec<Vec<Value>>) -> Result<Vec<Appended>> {
     // Group by partition, keeping each row's position for the answer.
-    let mut by_partition: std::collections::BTreeMap<u32, Vec<(usize, Record)>> = Default::default();
+    let mut by_partition: std::collections::BTreeMap<u32, Vec<(usize, Record)>> =
+        Default::default();
     let n = rows.len();
     for (pos, mut row) in rows.into_iter().enumerate() {
         let key = match row.remove(0) {
             Value::Text(k) => Some(k),
             Value::Null => None,
-            other => return Err(Error::DatatypeMismatch(format!("_key must be text, got {other:?}"))),
+            other => {
+                return Err(Error::DatatypeMismatch(format!(
+                    "_key must be text, got {other:?}"
+                )))
+            }
         };
         let size = key.as_ref().map_or(0, String::len) + {
             let mut buf = Vec::new();
@@ -696,47 +974,85 @@ async fn append(engine: &Engine, topic: &TopicDef, rows: Vec<Vec<Value>>) -> Res
             buf.len()
         };
         if size > engine.config.max_message_bytes {
-            return Err(Error::MessageTooLarge { size, limit: engine.config.max_message_bytes });
+            return Err(Error::MessageTooLarge {
+                size,
+                limit: engine.config.max_message_bytes,
+            });
         }
         let partition = match &key {
             Some(k) => partition_for_key(k, topic.partitions),
             None => engine.next_round_robin(topic),
         };
-        by_partition.entry(partition).or_default().push((pos, Record { key, values: row }));
+        by_partition
+            .entry(partition)
+            .or_default()
+            .push((pos, Record { key, values: row }));
     }
     let mut positions = Vec::new();
     let mut ops = Vec::new();
     for (p, recs) in by_partition {
         let (pos, records): (Vec<usize>, Vec<Record>) = recs.into_iter().unzip();
         positions.push((pos, records.clone()));
-        ops.push(WriteOp::Append { topic: topic.id, partition: p, records });
+        ops.push(WriteOp::Append {
+            topic: topic.id,
+            partition: p,
+            records,
+        });
     }
     let results = engine.write(ops).await?;
     let mut out: Vec<Option<Appended>> = (0..n).map(|_| None).collect();
     for ((pos, records), res) in positions.into_iter().zip(results) {
-        let WriteResult::Appended { partition, first_offset, ts_micros } = res else { continue };
+        let WriteResult::Appended {
+            partition,
+            first_offset,
+            ts_micros,
+        } = res
+        else {
+            continue;
+        };
         for (k, (p, r)) in pos.into_iter().zip(records).enumerate() {
-            out[p] = Some(Appended { partition, offset: first_offset + k as u64, ts: ts_micros, key: r.key, values: r.values });
+            out[p] = Some(Appended {
+                partition,
+                offset: first_offset + k as u64,
+                ts: ts_micros,
+                key: r.key,
+                values: r.values,
+            });
         }
     }
     Ok(out.into_iter().flatten().collect())
 }
 
 /// Appends already-typed messages (`_key` first); used by COPY.
-pub(crate) async fn append_rows(engine: &Engine, topic: &TopicDef, rows: Vec<Vec<Value>>) -> Result<u64> {
+pub(crate) async fn append_rows(
+    engine: &Engine,
+    topic: &TopicDef,
+    rows: Vec<Vec<Value>>,
+) -> Result<u64> {
     Ok(append(engine, topic, rows).await?.len() as u64)
 }
 
 fn finish_topic(plan: &DmlPlan, topic: &TopicDef, written: Vec<Appended>) -> Result<Output> {
     let Some(ret) = &plan.returning else {
-        return Ok(Output::Command { tag: "INSERT 0".into(), rows: Some(written.len() as u64) });
+        return Ok(Output::Command {
+            tag: "INSERT 0".into(),
+            rows: Some(written.len() as u64),
+        });
     };
     let schema = topic_schema(topic);
     let mut cols: Vec<ArrayRef> = vec![
-        Arc::new(Int32Array::from_iter_values(written.iter().map(|w| w.partition as i32))),
-        Arc::new(Int64Array::from_iter_values(written.iter().map(|w| w.offset as i64))),
-        Arc::new(TimestampMicrosecondArray::from_iter_values(written.iter().map(|w| w.ts))),
-        Arc::new(StringArray::from_iter(written.iter().map(|w| w.key.as_deref()))),
+        Arc::new(Int32Array::from_iter_values(
+            written.iter().map(|w| w.partition as i32),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            written.iter().map(|w| w.offset as i64),
+        )),
+        Arc::new(TimestampMicrosecondArray::from_iter_values(
+            written.iter().map(|w| w.ts),
+        )),
+        Arc::new(StringArray::from_iter(
+            written.iter().map(|w| w.key.as_deref()),
+        )),
     ];
     for (i, c) in topic.columns.iter().enumerate() {
         cols.push(build_array(c.ty, written.iter().map(|w| &w.values[i])));
@@ -746,19 +1062,43 @@ fn finish_topic(plan: &DmlPlan, topic: &TopicDef, written: Vec<Appended>) -> Res
 }
 
 fn finish(plan: &DmlPlan, verb: &str, rows: Vec<Vec<Value>>) -> Result<Output> {
-    let tag = if verb == "INSERT" { "INSERT 0".to_owned() } else { verb.to_owned() };
-    let Some(ret) = &plan.returning else {
-        return Ok(Output::Command { tag, rows: Some(rows.len() as u64) });
+    let tag = if verb == "INSERT" {
+        "INSERT 0".to_owned()
+    } else {
+        verb.to_owned()
     };
-    let ObjectDef::Table(table) = &*plan.target else { return Err(Error::Syntax("RETURNING".into())) };
-    let cols: Vec<ArrayRef> =
-        table.columns.iter().enumerate().map(|(i, c)| build_array(c.ty, rows.iter().map(|r| &r[i]))).collect();
+    let Some(ret) = &plan.returning else {
+        return Ok(Output::Command {
+            tag,
+            rows: Some(rows.len() as u64),
+        });
+    };
+    let ObjectDef::Table(table) = &*plan.target else {
+        return Err(Error::Syntax("RETURNING".into()));
+    };
+    let cols: Vec<ArrayRef> = table
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| build_array(c.ty, rows.iter().map(|r| &r[i])))
+        .collect();
     let batch = RecordBatch::try_new(table_schema(table), cols)?;
     returning_output(ret, batch, &tag)
 }
 
 fn returning_output(ret: &Returning, batch: RecordBatch, tag: &str) -> Result<Output> {
-    let cols: Vec<ArrayRef> = ret.indexes.iter().map(|&i| batch.column(i).clone()).collect();
+    let cols: Vec<ArrayRef> = ret
+        .indexes
+        .iter()
+        .map(|&i| batch.column(i).clone())
+        .collect();
     let batch = RecordBatch::try_new(ret.schema.clone(), cols)?;
-    Ok(Output::Rows { tag: tag.to_owned(), stream: Box::pin(MemoryStream::try_new(vec![batch], ret.schema.clone(), None)?) })
+    Ok(Output::Rows {
+        tag: tag.to_owned(),
+        stream: Box::pin(MemoryStream::try_new(
+            vec![batch],
+            ret.schema.clone(),
+            None,
+        )?),
+    })
 }

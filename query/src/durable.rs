@@ -18,8 +18,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::sql::sqlparser::ast::ObjectName;
 use eddy_storage::{
-    ColumnDef, ColumnType, LogRecord, ObjectDef, ObjectId, Record, Replication, Store, SubChange, SubscriptionDef,
-    TopicDef, Value, WriteOp,
+    ColumnDef, ColumnType, LogRecord, ObjectDef, ObjectId, Record, Replication, Store, SubChange,
+    SubscriptionDef, TopicDef, Value, WriteOp,
 };
 
 use crate::engine::{object_name, Engine, Output};
@@ -31,8 +31,11 @@ use crate::subscribe::{filter_mask, SubscribeSpec};
 const DEFAULT_ACK_WAIT_MS: u64 = 30_000;
 const DEFAULT_MAX_PENDING: u32 = 10_000;
 /// Columns the dead-letter topic adds in front of the topic's own.
-const DLQ_COLUMNS: [(&str, ColumnType); 3] =
-    [("source_partition", ColumnType::Int32), ("source_offset", ColumnType::Int64), ("deliveries", ColumnType::Int32)];
+const DLQ_COLUMNS: [(&str, ColumnType); 3] = [
+    ("source_partition", ColumnType::Int32),
+    ("source_offset", ColumnType::Int64),
+    ("deliveries", ColumnType::Int32),
+];
 
 struct Pending {
     deliveries: u32,
@@ -129,14 +132,20 @@ impl Engine {
         spec: &SubscribeSpec,
         if_not_exists: bool,
     ) -> Result<Output> {
-        let done = Ok(Output::Command { tag: "CREATE SUBSCRIPTION".into(), rows: None });
+        let done = Ok(Output::Command {
+            tag: "CREATE SUBSCRIPTION".into(),
+            rows: None,
+        });
         let name = object_name(name)?;
         if if_not_exists && self.store().catalog().subscription(&name).is_some() {
             return done;
         }
         let source = self.source(&spec.topic)?;
         if source.table.is_some() {
-            return Err(Error::WrongObjectType { name: source.log.name.clone(), expected: "topic" });
+            return Err(Error::WrongObjectType {
+                name: source.log.name.clone(),
+                expected: "topic",
+            });
         }
         let filter = spec.filter.as_ref().map(|f| f.to_string());
         self.compile_filter(&source.schema, filter.as_deref())?;
@@ -157,33 +166,60 @@ impl Engine {
                 "ack_wait" => {
                     def.ack_wait_ms = crate::types::parse_duration_ms(&v)?;
                     if def.ack_wait_ms == 0 {
-                        return Err(Error::InvalidParameter("ack_wait must be longer than 0".into()));
+                        return Err(Error::InvalidParameter(
+                            "ack_wait must be longer than 0".into(),
+                        ));
                     }
                 }
                 "max_deliver" => {
                     def.max_deliver = v.parse().map_err(|_| {
-                        Error::InvalidParameter(format!("max_deliver must be a non-negative integer (0 = no limit), not '{v}'"))
+                        Error::InvalidParameter(format!(
+                            "max_deliver must be a non-negative integer (0 = no limit), not '{v}'"
+                        ))
                     })?
                 }
                 "max_pending" => {
                     def.max_pending = match v.parse::<u32>() {
                         Ok(n) if (1..=1_000_000).contains(&n) => n,
-                        _ => return Err(Error::InvalidParameter(format!("max_pending must be between 1 and 1000000, not '{v}'"))),
+                        _ => {
+                            return Err(Error::InvalidParameter(format!(
+                                "max_pending must be between 1 and 1000000, not '{v}'"
+                            )))
+                        }
                     }
                 }
                 "ordering" => {
                     def.ordering_key = match v.to_ascii_lowercase().as_str() {
                         "key" => true,
                         "none" => false,
-                        _ => return Err(Error::InvalidParameter(format!("ordering must be 'key' or 'none', not '{v}'"))),
+                        _ => {
+                            return Err(Error::InvalidParameter(format!(
+                                "ordering must be 'key' or 'none', not '{v}'"
+                            )))
+                        }
                     }
                 }
-                other => return Err(Error::InvalidParameter(format!("unrecognized subscription option \"{other}\""))),
+                other => {
+                    return Err(Error::InvalidParameter(format!(
+                        "unrecognized subscription option \"{other}\""
+                    )))
+                }
             }
         }
-        let mut columns: Vec<ColumnDef> =
-            DLQ_COLUMNS.iter().map(|(n, ty)| ColumnDef { name: (*n).into(), ty: *ty, nullable: true }).collect();
-        if let Some(c) = source.log.columns.iter().find(|c| DLQ_COLUMNS.iter().any(|(n, _)| *n == c.name)) {
+        let mut columns: Vec<ColumnDef> = DLQ_COLUMNS
+            .iter()
+            .map(|(n, ty)| ColumnDef {
+                name: (*n).into(),
+                ty: *ty,
+                nullable: true,
+            })
+            .collect();
+        if let Some(c) = source
+            .log
+            .columns
+            .iter()
+            .find(|c| DLQ_COLUMNS.iter().any(|(n, _)| *n == c.name))
+        {
             return Err(Error::InvalidParameter(format!(
                 "topic column \"{}\" clashes with a column of the dead-letter topic",
                 c.name
@@ -199,44 +235,78 @@ impl Engine {
             replication: Replication::Raft,
             replicas: None,
         };
-        let created = self.store().write(vec![WriteOp::Create(ObjectDef::Subscription(def)), WriteOp::Create(ObjectDef::Topic(dlq))]).await;
+        let created = self
+            .store()
+            .write(vec![
+                WriteOp::Create(ObjectDef::Subscription(def)),
+                WriteOp::Create(ObjectDef::Topic(dlq)),
+            ])
+            .await;
         match created {
-            Err(eddy_storage::Error::ObjectExists { .. }) if if_not_exists && self.store().catalog().subscription(&name).is_some() => done,
+            Err(eddy_storage::Error::ObjectExists { .. })
+                if if_not_exists && self.store().catalog().subscription(&name).is_some() =>
+            {
+                done
+            }
             Err(e) => Err(e.into()),
             Ok(_) => done,
         }
     }
 
     /// `DROP SUBSCRIPTION [IF EXISTS] s`: the subscription, its state and its dead-letter topic.
-    pub(crate) async fn drop_subscription(&self, name: &ObjectName, if_exists: bool) -> Result<Output> {
+    pub(crate) async fn drop_subscription(
+        &self,
+        name: &ObjectName,
+        if_exists: bool,
+    ) -> Result<Output> {
         let name = object_name(name)?;
         let Some(def) = self.store().catalog().subscription(&name) else {
             if if_exists {
-                return Ok(Output::Command { tag: "DROP SUBSCRIPTION".into(), rows: None });
+                return Ok(Output::Command {
+                    tag: "DROP SUBSCRIPTION".into(),
+                    rows: None,
+                });
             }
             return Err(Error::UndefinedObject { name });
         };
-        let ObjectDef::Subscription(sub) = &*def else { return Err(Error::UndefinedObject { name }) };
+        let ObjectDef::Subscription(sub) = &*def else {
+            return Err(Error::UndefinedObject { name });
+        };
         let mut ops = vec![WriteOp::Drop { name: name.clone() }];
         if self.store().catalog().topic(&sub.dlq).is_some() {
-            ops.push(WriteOp::Drop { name: sub.dlq.clone() });
+            ops.push(WriteOp::Drop {
+                name: sub.dlq.clone(),
+            });
         }
         self.store().write(ops).await?;
         self.durable.map.lock().remove(&sub.id);
-        Ok(Output::Command { tag: "DROP SUBSCRIPTION".into(), rows: None })
+        Ok(Output::Command {
+            tag: "DROP SUBSCRIPTION".into(),
+            rows: None,
+        })
     }
 
     /// The served state of a subscription, loading it from storage on first use.
     pub(crate) async fn durable(&self, name: &ObjectName) -> Result<Arc<Durable>> {
         let name = object_name(name)?;
-        let def = self.store().catalog().subscription(&name).ok_or_else(|| Error::UndefinedObject { name: name.clone() })?;
-        let ObjectDef::Subscription(sub) = &*def else { return Err(Error::UndefinedObject { name }) };
+        let def = self
+            .store()
+            .catalog()
+            .subscription(&name)
+            .ok_or_else(|| Error::UndefinedObject { name: name.clone() })?;
+        let ObjectDef::Subscription(sub) = &*def else {
+            return Err(Error::UndefinedObject { name });
+        };
         if let Some(d) = self.durable.map.lock().get(&sub.id) {
             return Ok(d.clone());
         }
         let topic = match self.store().catalog().by_id(sub.topic).as_deref() {
             Some(ObjectDef::Topic(t)) => Arc::new(t.clone()),
-            _ => return Err(Error::UndefinedObject { name: format!("topic of subscription {name}") }),
+            _ => {
+                return Err(Error::UndefinedObject {
+                    name: format!("topic of subscription {name}"),
+                })
+            }
         };
         let schema = topic_schema(&topic);
         let filter = self.compile_filter(&schema, sub.filter.as_deref())?;
@@ -248,10 +318,23 @@ impl Engine {
                 let mut pending = BTreeMap::new();
                 for (offset, deliveries) in st.pending {
                     // The key matters for ordering = 'key'; the row itself is read when delivered.
-                    let key = store.read_log(&t2, p as u32, offset, offset + 1, 1)?.pop().and_then(|(_, r)| r.key);
-                    pending.insert(offset, Pending { deliveries, key, lease: None });
+                    let key = store
+                        .read_log(&t2, p as u32, offset, offset + 1, 1)?
+                        .pop()
+                        .and_then(|(_, r)| r.key);
+                    pending.insert(
+                        offset,
+                        Pending {
+                            deliveries,
+                            key,
+                            lease: None,
+                        },
+                    );
                 }
-                parts.push(PartState { next: st.next, pending });
+                parts.push(PartState {
+                    next: st.next,
+                    pending,
+                });
             }
             Ok(parts)
         })
@@ -269,11 +352,22 @@ impl Engine {
             counters: DurableCounters::default(),
         });
         // Another FETCH may have loaded it meanwhile: keep the first.
-        Ok(self.durable.map.lock().entry(sub.id).or_insert(durable).clone())
+        Ok(self
+            .durable
+            .map
+            .lock()
+            .entry(sub.id)
+            .or_insert(durable)
+            .clone())
     }
 
     /// `FETCH n FROM SUBSCRIPTION s [WITH (timeout = ...)]`
-    pub(crate) async fn fetch_subscription(&self, name: &ObjectName, count: u64, timeout: Option<Duration>) -> Result<Output> {
+    pub(crate) async fn fetch_subscription(
+        &self,
+        name: &ObjectName,
+        count: u64,
+        timeout: Option<Duration>,
+    ) -> Result<Output> {
         let d = self.durable(name).await?;
         let deadline = Instant::now() + timeout.unwrap_or(Duration::ZERO);
         loop {
@@ -290,13 +384,26 @@ impl Engine {
                 let d = d.clone();
                 async move { d.fetch_once(count as usize).await }
             });
-            let (batch, next_lease) = task.await.map_err(|e| Error::InvalidParameter(format!("FETCH failed: {e}")))??;
+            let (batch, next_lease) = task
+                .await
+                .map_err(|e| Error::InvalidParameter(format!("FETCH failed: {e}")))??;
             if batch.num_rows() > 0 || Instant::now() >= deadline {
-                let stream = datafusion::physical_plan::memory::MemoryStream::try_new(vec![batch], d.out_schema.clone(), None)?;
-                return Ok(Output::Rows { tag: "FETCH".into(), stream: Box::pin(stream) });
+                let stream = datafusion::physical_plan::memory::MemoryStream::try_new(
+                    vec![batch],
+                    d.out_schema.clone(),
+                    None,
+                )?;
+                return Ok(Output::Rows {
+                    tag: "FETCH".into(),
+                    stream: Box::pin(stream),
+                });
             }
             let wake_at = next_lease.map_or(deadline, |l| l.min(deadline));
-            let moved = futures::future::select_all(watches.into_iter().map(|mut w| Box::pin(async move { w.changed().await })));
+            let moved = futures::future::select_all(
+                watches
+                    .into_iter()
+                    .map(|mut w| Box::pin(async move { w.changed().await })),
+            );
             tokio::select! {
                 _ = tokio::time::sleep_until(wake_at.into()) => {}
                 _ = &mut changed => {}
@@ -304,7 +411,6 @@ impl Engine {
             }
         }
     }
-
 }
 
 impl Durable {
@@ -337,7 +443,13 @@ impl Durable {
                 if !available || blocked || picks.len() >= n {
                     continue;
                 }
-                let pick = Pick { partition: p, offset, deliveries: pend.deliveries + 1, key: pend.key.clone(), record: None };
+                let pick = Pick {
+                    partition: p,
+                    offset,
+                    deliveries: pend.deliveries + 1,
+                    key: pend.key.clone(),
+                    record: None,
+                };
                 if self.def.max_deliver > 0 && pend.deliveries >= self.def.max_deliver {
                     dead.push(pick);
                 } else {
@@ -346,9 +458,16 @@ impl Durable {
             }
             // New rows from the log.
             let high = self.store.partition(&self.topic, p)?.next_offset();
-            'read: while picks.len() < n && pending_total < self.def.max_pending as usize && new_next[p as usize] < high {
+            'read: while picks.len() < n
+                && pending_total < self.def.max_pending as usize
+                && new_next[p as usize] < high
+            {
                 let from = new_next[p as usize];
-                let Some(rows) = crate::subscribe::read_chunk(&self.store, &self.topic, p, from, high).await? else { break };
+                let Some(rows) =
+                    crate::subscribe::read_chunk(&self.store, &self.topic, p, from, high).await?
+                else {
+                    break;
+                };
                 let batch = log_batch(&self.schema, &self.topic, p, &rows)?;
                 let kept = self.kept_rows(batch)?;
                 for (i, (offset, record)) in rows.into_iter().enumerate() {
@@ -361,9 +480,19 @@ impl Durable {
                     }
                     pending_total += 1;
                     let key = record.key.clone();
-                    let pick = Pick { partition: p, offset, deliveries: 1, key: key.clone(), record: Some(record) };
+                    let pick = Pick {
+                        partition: p,
+                        offset,
+                        deliveries: 1,
+                        key: key.clone(),
+                        record: Some(record),
+                    };
                     if self.def.ordering_key && !busy.insert(key) {
-                        waiting.push(Pick { deliveries: 0, record: None, ..pick });
+                        waiting.push(Pick {
+                            deliveries: 0,
+                            record: None,
+                            ..pick
+                        });
                     } else {
                         picks.push(pick);
                     }
@@ -371,31 +500,53 @@ impl Durable {
             }
         }
         // Rows being delivered again, or dead-lettered, are read back from the log.
-        for pick in picks.iter_mut().chain(dead.iter_mut()).filter(|p| p.record.is_none()) {
-            let (store, topic, (p, o)) = (self.store.clone(), self.topic.clone(), (pick.partition, pick.offset));
+        for pick in picks
+            .iter_mut()
+            .chain(dead.iter_mut())
+            .filter(|p| p.record.is_none())
+        {
+            let (store, topic, (p, o)) = (
+                self.store.clone(),
+                self.topic.clone(),
+                (pick.partition, pick.offset),
+            );
             let row = tokio::task::spawn_blocking(move || store.read_log(&topic, p, o, o + 1, 1))
                 .await
                 .map_err(|e| Error::InvalidParameter(e.to_string()))??;
             pick.record = row.into_iter().next().map(|(_, r)| r);
         }
         // A row removed by retention meanwhile cannot be delivered: drop its entry.
-        let (gone, picks): (Vec<Pick>, Vec<Pick>) = picks.into_iter().partition(|p| p.record.is_none());
+        let (gone, picks): (Vec<Pick>, Vec<Pick>) =
+            picks.into_iter().partition(|p| p.record.is_none());
         let mut changes: Vec<SubChange> = Vec::new();
         for (p, (part, &new)) in st.iter().zip(&new_next).enumerate() {
             if new != part.next {
-                changes.push(SubChange::Next { partition: p as u32, next: new });
+                changes.push(SubChange::Next {
+                    partition: p as u32,
+                    next: new,
+                });
             }
         }
         for pick in picks.iter().chain(&waiting) {
-            changes.push(SubChange::Pending { partition: pick.partition, offset: pick.offset, deliveries: pick.deliveries });
+            changes.push(SubChange::Pending {
+                partition: pick.partition,
+                offset: pick.offset,
+                deliveries: pick.deliveries,
+            });
         }
         for pick in dead.iter().chain(&gone) {
-            changes.push(SubChange::Done { partition: pick.partition, offset: pick.offset });
+            changes.push(SubChange::Done {
+                partition: pick.partition,
+                offset: pick.offset,
+            });
         }
         if changes.is_empty() {
             return Ok((RecordBatch::new_empty(self.out_schema.clone()), next_lease));
         }
-        let mut ops = vec![WriteOp::SubState { sub: self.def.id, changes }];
+        let mut ops = vec![WriteOp::SubState {
+            sub: self.def.id,
+            changes,
+        }];
         let dlq_records: Vec<Record> = dead
             .iter()
             .filter_map(|pick| {
@@ -406,12 +557,23 @@ impl Durable {
                     Value::Int32(pick.deliveries.saturating_sub(1) as i32),
                 ];
                 values.extend(r.values.iter().cloned());
-                Some(Record { key: r.key.clone(), values })
+                Some(Record {
+                    key: r.key.clone(),
+                    values,
+                })
             })
             .collect();
         if !dlq_records.is_empty() {
-            let dlq = self.store.catalog().topic(&self.def.dlq).ok_or_else(|| Error::UndefinedObject { name: self.def.dlq.clone() })?;
-            ops.push(WriteOp::Append { topic: dlq.id(), partition: 0, records: dlq_records });
+            let dlq = self.store.catalog().topic(&self.def.dlq).ok_or_else(|| {
+                Error::UndefinedObject {
+                    name: self.def.dlq.clone(),
+                }
+            })?;
+            ops.push(WriteOp::Append {
+                topic: dlq.id(),
+                partition: 0,
+                records: dlq_records,
+            });
         }
         // Durable before anything is handed out.
         self.store.write(ops).await?;
@@ -422,19 +584,39 @@ impl Durable {
             st[pick.partition as usize].pending.remove(&pick.offset);
         }
         for pick in &waiting {
-            st[pick.partition as usize].pending.insert(pick.offset, Pending { deliveries: 0, key: pick.key.clone(), lease: None });
+            st[pick.partition as usize].pending.insert(
+                pick.offset,
+                Pending {
+                    deliveries: 0,
+                    key: pick.key.clone(),
+                    lease: None,
+                },
+            );
         }
         for pick in &picks {
-            st[pick.partition as usize]
-                .pending
-                .insert(pick.offset, Pending { deliveries: pick.deliveries, key: pick.key.clone(), lease: Some(lease) });
+            st[pick.partition as usize].pending.insert(
+                pick.offset,
+                Pending {
+                    deliveries: pick.deliveries,
+                    key: pick.key.clone(),
+                    lease: Some(lease),
+                },
+            );
         }
         let c = &self.counters;
         c.delivered.fetch_add(picks.len() as u64, Ordering::Relaxed);
-        c.redelivered.fetch_add(picks.iter().filter(|p| p.deliveries > 1).count() as u64, Ordering::Relaxed);
-        c.dead_lettered.fetch_add(dead.len() as u64, Ordering::Relaxed);
+        c.redelivered.fetch_add(
+            picks.iter().filter(|p| p.deliveries > 1).count() as u64,
+            Ordering::Relaxed,
+        );
+        c.dead_lettered
+            .fetch_add(dead.len() as u64, Ordering::Relaxed);
         drop(st);
-        let next_lease = if picks.is_empty() { next_lease } else { Some(lease) };
+        let next_lease = if picks.is_empty() {
+            next_lease
+        } else {
+            Some(lease)
+        };
         Ok((self.deliveries_batch(picks)?, next_lease))
     }
 
@@ -451,11 +633,18 @@ impl Durable {
         picks.sort_by_key(|p| (p.partition, p.offset));
         let mut batches = Vec::new();
         for chunk in picks.chunk_by(|a, b| a.partition == b.partition) {
-            let rows: Vec<(u64, LogRecord)> =
-                chunk.iter().filter_map(|p| p.record.clone().map(|r| (p.offset, r))).collect();
+            let rows: Vec<(u64, LogRecord)> = chunk
+                .iter()
+                .filter_map(|p| p.record.clone().map(|r| (p.offset, r)))
+                .collect();
             let b = log_batch(&self.schema, &self.topic, chunk[0].partition, &rows)?;
             let mut columns = b.columns().to_vec();
-            columns.insert(4, Arc::new(Int32Array::from_iter_values(chunk.iter().map(|p| p.deliveries as i32))));
+            columns.insert(
+                4,
+                Arc::new(Int32Array::from_iter_values(
+                    chunk.iter().map(|p| p.deliveries as i32),
+                )),
+            );
             batches.push(RecordBatch::try_new(self.out_schema.clone(), columns)?);
         }
         Ok(concat_batches(&self.out_schema, &batches)?)
@@ -471,30 +660,55 @@ impl Durable {
                 continue;
             }
             let lost = start.saturating_sub(part.next) + lost_pending.len() as u64;
-            let mut changes = vec![SubChange::Next { partition: p as u32, next: part.next.max(start) }];
-            changes.extend(lost_pending.iter().map(|&o| SubChange::Done { partition: p as u32, offset: o }));
-            self.store.write(vec![WriteOp::SubState { sub: self.def.id, changes }]).await?;
+            let mut changes = vec![SubChange::Next {
+                partition: p as u32,
+                next: part.next.max(start),
+            }];
+            changes.extend(lost_pending.iter().map(|&o| SubChange::Done {
+                partition: p as u32,
+                offset: o,
+            }));
+            self.store
+                .write(vec![WriteOp::SubState {
+                    sub: self.def.id,
+                    changes,
+                }])
+                .await?;
             part.next = part.next.max(start);
             for o in lost_pending {
                 part.pending.remove(&o);
             }
-            return Err(Error::LaggedOut { name: self.def.name.clone(), partition: p as u32, lost, resume: part.next });
+            return Err(Error::LaggedOut {
+                name: self.def.name.clone(),
+                partition: p as u32,
+                lost,
+                resume: part.next,
+            });
         }
         Ok(())
     }
-
 }
 
 impl Engine {
     /// `ACK SUBSCRIPTION s (p, o), ...` (done with these rows) or `NACK ...` (deliver them
     /// again now). Positions that are not pending are ignored; the tag counts the others.
-    pub(crate) async fn ack_subscription(&self, name: &ObjectName, positions: &[(u32, u64)], nack: bool) -> Result<Output> {
+    pub(crate) async fn ack_subscription(
+        &self,
+        name: &ObjectName,
+        positions: &[(u32, u64)],
+        nack: bool,
+    ) -> Result<Output> {
         let d = self.durable(name).await?;
         let positions = positions.to_vec();
         // In a task of its own, like FETCH's critical section (cancel-safe).
         let task = tokio::spawn(async move { d.ack(&positions, nack).await });
-        let n = task.await.map_err(|e| Error::InvalidParameter(format!("ACK failed: {e}")))??;
-        Ok(Output::Command { tag: if nack { "NACK".into() } else { "ACK".into() }, rows: Some(n) })
+        let n = task
+            .await
+            .map_err(|e| Error::InvalidParameter(format!("ACK failed: {e}")))??;
+        Ok(Output::Command {
+            tag: if nack { "NACK".into() } else { "ACK".into() },
+            rows: Some(n),
+        })
     }
 }
 
@@ -503,7 +717,11 @@ impl Durable {
         let mut st = self.state.lock().await;
         let mut hit: Vec<(u32, u64)> = Vec::new();
         for &(p, o) in positions {
-            if st.get(p as usize).is_some_and(|part| part.pending.get(&o).is_some_and(|e| e.deliveries > 0)) && !hit.contains(&(p, o)) {
+            if st
+                .get(p as usize)
+                .is_some_and(|part| part.pending.get(&o).is_some_and(|e| e.deliveries > 0))
+                && !hit.contains(&(p, o))
+            {
                 hit.push((p, o));
             }
         }
@@ -514,12 +732,22 @@ impl Durable {
                 }
             }
         } else if !hit.is_empty() {
-            let changes = hit.iter().map(|&(partition, offset)| SubChange::Done { partition, offset }).collect();
-            self.store.write(vec![WriteOp::SubState { sub: self.def.id, changes }]).await?;
+            let changes = hit
+                .iter()
+                .map(|&(partition, offset)| SubChange::Done { partition, offset })
+                .collect();
+            self.store
+                .write(vec![WriteOp::SubState {
+                    sub: self.def.id,
+                    changes,
+                }])
+                .await?;
             for &(p, o) in &hit {
                 st[p as usize].pending.remove(&o);
             }
-            self.counters.acked.fetch_add(hit.len() as u64, Ordering::Relaxed);
+            self.counters
+                .acked
+                .fetch_add(hit.len() as u64, Ordering::Relaxed);
         }
         drop(st);
         self.changed.notify_waiters();
@@ -528,11 +756,15 @@ impl Durable {
 }
 
 impl Engine {
-
     /// The schema `FETCH ... FROM SUBSCRIPTION s` returns (for Describe).
     pub(crate) fn fetch_subscription_schema(&self, name: &ObjectName) -> Option<SchemaRef> {
-        let def = self.store().catalog().subscription(&object_name(name).ok()?)?;
-        let ObjectDef::Subscription(sub) = &*def else { return None };
+        let def = self
+            .store()
+            .catalog()
+            .subscription(&object_name(name).ok()?)?;
+        let ObjectDef::Subscription(sub) = &*def else {
+            return None;
+        };
         match self.store().catalog().by_id(sub.topic).as_deref() {
             Some(ObjectDef::Topic(t)) => Some(fetch_schema(t)),
             _ => None,

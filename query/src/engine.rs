@@ -13,19 +13,21 @@ use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::parser::Statement as DfStatement;
-use datafusion::sql::sqlparser::ast::{self as ast, Expr as SqlExpr, ObjectName, ObjectType, Statement as SqlStatement};
+use datafusion::sql::sqlparser::ast::{
+    self as ast, Expr as SqlExpr, ObjectName, ObjectType, Statement as SqlStatement,
+};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use eddy_storage::{ObjectId, Store, TopicDef, WriteOp, WriteResult};
 use serde::{Deserialize, Serialize};
 
 use crate::copy::{CopyInSink, CopyOptions};
 use crate::cursor::Cursor;
+use crate::ddl::{option_value, show_topics_schema};
 use crate::dialect::CursorSource;
 use crate::dialect::{self, Statement};
 use crate::dml::{self, DmlPlan};
 use crate::error::{Error, Result};
 use crate::provider::EddySchemaProvider;
-use crate::ddl::{option_value, show_topics_schema};
 
 /// Settings of the query layer (the `[query]` section of `eddy.toml`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,7 +46,12 @@ pub struct QueryConfig {
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        Self { max_message_bytes: 1 << 20, default_partitions: 1, copy_batch_rows: 8192, subscription_heartbeat_ms: 0 }
+        Self {
+            max_message_bytes: 1 << 20,
+            default_partitions: 1,
+            copy_batch_rows: 8192,
+            subscription_heartbeat_ms: 0,
+        }
     }
 }
 
@@ -55,7 +62,9 @@ impl QueryConfig {
             return Err("query.max_message_bytes must be at least 1".into());
         }
         if !(1..=MAX_PARTITIONS).contains(&self.default_partitions) {
-            return Err(format!("query.default_partitions must be between 1 and {MAX_PARTITIONS}"));
+            return Err(format!(
+                "query.default_partitions must be between 1 and {MAX_PARTITIONS}"
+            ));
         }
         if self.copy_batch_rows == 0 {
             return Err("query.copy_batch_rows must be at least 1".into());
@@ -157,10 +166,12 @@ impl Session {
     /// The current value of a setting.
     pub fn get(&self, name: &str) -> Option<String> {
         let name = name.to_ascii_lowercase();
-        self.vars
-            .get(&name)
-            .cloned()
-            .or_else(|| DEFAULT_SETTINGS.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned()))
+        self.vars.get(&name).cloned().or_else(|| {
+            DEFAULT_SETTINGS
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
     }
     /// Changes a setting.
     pub fn set(&mut self, name: &str, value: String) {
@@ -200,7 +211,10 @@ impl std::fmt::Debug for Engine {
 
 fn one_text_column(name: &str, values: Vec<String>) -> Result<SendableRecordBatchStream> {
     let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, true)]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(values)) as ArrayRef])?;
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(StringArray::from(values)) as ArrayRef],
+    )?;
     Ok(Box::pin(MemoryStream::try_new(vec![batch], schema, None)?))
 }
 
@@ -215,12 +229,21 @@ pub(crate) fn normalize_ident(id: &ast::Ident) -> String {
 
 /// The object name, accepting `name` and `public.name`.
 pub(crate) fn object_name(name: &ObjectName) -> Result<String> {
-    let parts: Vec<String> =
-        name.0.iter().map(|p| p.as_ident().map(normalize_ident).unwrap_or_else(|| p.to_string())).collect();
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|p| {
+            p.as_ident()
+                .map(normalize_ident)
+                .unwrap_or_else(|| p.to_string())
+        })
+        .collect();
     match parts.as_slice() {
         [n] => Ok(n.clone()),
         [schema, n] if schema == "public" => Ok(n.clone()),
-        _ => Err(Error::UndefinedObject { name: name.to_string() }),
+        _ => Err(Error::UndefinedObject {
+            name: name.to_string(),
+        }),
     }
 }
 
@@ -267,7 +290,10 @@ impl Engine {
     /// the store, and so the database lock, alive after the node stops. Call on shutdown.
     pub fn close(&self) {
         let empty = Arc::new(datafusion::catalog::MemoryCatalogProvider::new());
-        self.ctx.state().catalog_list().register_catalog("eddy".into(), empty);
+        self.ctx
+            .state()
+            .catalog_list()
+            .register_catalog("eddy".into(), empty);
         self.durable.clear();
     }
 
@@ -292,27 +318,36 @@ impl Engine {
         match stmts.len() {
             0 => Ok(None),
             1 => Ok(stmts.pop()),
-            _ => Err(Error::Syntax("cannot insert multiple commands into a prepared statement".into())),
+            _ => Err(Error::Syntax(
+                "cannot insert multiple commands into a prepared statement".into(),
+            )),
         }
     }
 
     /// Plans a statement. `hints` are parameter types the client declared; `session`
     /// resolves cursors (FETCH returns the rows of the cursor's query).
-    pub async fn prepare(&self, statement: Statement, hints: &[Option<DataType>], session: &Session) -> Result<Prepared> {
+    pub async fn prepare(
+        &self,
+        statement: Statement,
+        hints: &[Option<DataType>],
+        session: &Session,
+    ) -> Result<Prepared> {
         let (kind, mut param_types, schema) = match &statement {
             Statement::Sql(s) => match &**s {
-                SqlStatement::Query(_) | SqlStatement::Explain { .. } => match crate::point::PointRead::plan(self, s)? {
-                    Some((read, types)) => {
-                        let schema = read.schema.clone();
-                        (Kind::Point(Arc::new(read)), types, Some(schema))
+                SqlStatement::Query(_) | SqlStatement::Explain { .. } => {
+                    match crate::point::PointRead::plan(self, s)? {
+                        Some((read, types)) => {
+                            let schema = read.schema.clone();
+                            (Kind::Point(Arc::new(read)), types, Some(schema))
+                        }
+                        None => {
+                            let plan = pg_column_names(s, self.plan_sql(s).await?)?;
+                            let types = param_types_of(&plan)?;
+                            let schema = Arc::new(plan.schema().as_arrow().clone());
+                            (Kind::Query(Box::new(plan)), types, Some(schema))
+                        }
                     }
-                    None => {
-                        let plan = pg_column_names(s, self.plan_sql(s).await?)?;
-                        let types = param_types_of(&plan)?;
-                        let schema = Arc::new(plan.schema().as_arrow().clone());
-                        (Kind::Query(Box::new(plan)), types, Some(schema))
-                    }
-                },
+                }
                 SqlStatement::Insert(_) | SqlStatement::Update(_) | SqlStatement::Delete(_) => {
                     let plan = dml::plan(self, s).await?;
                     let types = plan.param_types.clone();
@@ -320,16 +355,32 @@ impl Engine {
                     (Kind::Dml(Arc::new(plan)), types, schema)
                 }
                 SqlStatement::ShowVariable { variable } => {
-                    let name = variable.iter().map(|i| i.value.to_ascii_lowercase()).collect::<Vec<_>>().join(" ");
-                    let schema = Arc::new(Schema::new(vec![Field::new(show_column(&name), DataType::Utf8, true)]));
+                    let name = variable
+                        .iter()
+                        .map(|i| i.value.to_ascii_lowercase())
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    let schema = Arc::new(Schema::new(vec![Field::new(
+                        show_column(&name),
+                        DataType::Utf8,
+                        true,
+                    )]));
                     (Kind::Other, vec![], Some(schema))
                 }
                 _ => (Kind::Other, vec![], None),
             },
             Statement::ShowTopics => (Kind::Other, vec![], Some(show_topics_schema())),
-            Statement::ShowSubscriptions => (Kind::Other, vec![], Some(Engine::subscriptions_schema())),
-            Statement::Fetch { cursor, .. } => (Kind::Other, vec![], session.cursors.get(cursor).map(|c| c.schema.clone())),
-            Statement::FetchSubscription { name, .. } => (Kind::Other, vec![], self.fetch_subscription_schema(name)),
+            Statement::ShowSubscriptions => {
+                (Kind::Other, vec![], Some(Engine::subscriptions_schema()))
+            }
+            Statement::Fetch { cursor, .. } => (
+                Kind::Other,
+                vec![],
+                session.cursors.get(cursor).map(|c| c.schema.clone()),
+            ),
+            Statement::FetchSubscription { name, .. } => {
+                (Kind::Other, vec![], self.fetch_subscription_schema(name))
+            }
             _ => (Kind::Other, vec![], None),
         };
         for (i, h) in hints.iter().enumerate() {
@@ -340,16 +391,27 @@ impl Engine {
                 param_types[i].get_or_insert_with(|| h.clone());
             }
         }
-        Ok(Prepared { statement, kind, param_types, schema })
+        Ok(Prepared {
+            statement,
+            kind,
+            param_types,
+            schema,
+        })
     }
 
     pub(crate) async fn plan_sql(&self, stmt: &SqlStatement) -> Result<LogicalPlan> {
         let state = self.ctx.state();
-        let plan = state.statement_to_plan(DfStatement::Statement(Box::new(stmt.clone()))).await?;
+        let plan = state
+            .statement_to_plan(DfStatement::Statement(Box::new(stmt.clone())))
+            .await?;
         Ok(plan)
     }
 
-    pub(crate) async fn run_plan(&self, plan: &LogicalPlan, params: &ParamValues) -> Result<SendableRecordBatchStream> {
+    pub(crate) async fn run_plan(
+        &self,
+        plan: &LogicalPlan,
+        params: &ParamValues,
+    ) -> Result<SendableRecordBatchStream> {
         let plan = if matches!(params, ParamValues::List(l) if l.is_empty()) {
             plan.clone()
         } else {
@@ -360,12 +422,21 @@ impl Engine {
     }
 
     /// Runs a prepared statement with parameter values.
-    pub async fn execute(&self, session: &mut Session, p: &Prepared, params: &ParamValues) -> Result<Output> {
+    pub async fn execute(
+        &self,
+        session: &mut Session,
+        p: &Prepared,
+        params: &ParamValues,
+    ) -> Result<Output> {
         match &p.kind {
-            Kind::Query(plan) => {
-                Ok(Output::Rows { tag: "SELECT".into(), stream: self.run_plan(plan, params).await? })
-            }
-            Kind::Point(read) => Ok(Output::Rows { tag: "SELECT".into(), stream: read.execute(self, params)? }),
+            Kind::Query(plan) => Ok(Output::Rows {
+                tag: "SELECT".into(),
+                stream: self.run_plan(plan, params).await?,
+            }),
+            Kind::Point(read) => Ok(Output::Rows {
+                tag: "SELECT".into(),
+                stream: read.execute(self, params)?,
+            }),
             Kind::Dml(plan) => dml::execute(self, plan, params).await,
             Kind::Other => self.execute_other(session, &p.statement).await,
         }
@@ -456,24 +527,45 @@ impl Engine {
     }
 
     async fn execute_sql_other(&self, session: &mut Session, s: &SqlStatement) -> Result<Output> {
-        let command = |tag: &str| Ok(Output::Command { tag: tag.into(), rows: None });
+        let command = |tag: &str| {
+            Ok(Output::Command {
+                tag: tag.into(),
+                rows: None,
+            })
+        };
         match s {
             SqlStatement::CreateTable(ct) => self.create_table(ct).await,
-            SqlStatement::Drop { object_type: ObjectType::Table, if_exists, names, .. } => {
+            SqlStatement::Drop {
+                object_type: ObjectType::Table,
+                if_exists,
+                names,
+                ..
+            } => {
                 for name in names {
                     self.drop_object(name, *if_exists, false).await?;
                 }
                 command("DROP TABLE")
             }
-            SqlStatement::Copy { source, to, target, options, legacy_options, .. } => {
-                crate::copy::plan_copy(self, source, *to, target, options, legacy_options).await
-            }
+            SqlStatement::Copy {
+                source,
+                to,
+                target,
+                options,
+                legacy_options,
+                ..
+            } => crate::copy::plan_copy(self, source, *to, target, options, legacy_options).await,
             SqlStatement::Set(set) => {
                 use ast::Set;
                 match set {
-                    Set::SingleAssignment { variable, values, .. } => {
+                    Set::SingleAssignment {
+                        variable, values, ..
+                    } => {
                         let name = variable.to_string().to_ascii_lowercase();
-                        let value = values.iter().map(option_value).collect::<Vec<_>>().join(", ");
+                        let value = values
+                            .iter()
+                            .map(option_value)
+                            .collect::<Vec<_>>()
+                            .join(", ");
                         if name == "consistency" && !["strong", "local"].contains(&value.as_str()) {
                             return Err(Error::InvalidParameter(format!(
                                 "consistency must be 'strong' or 'local', not '{value}'"
@@ -487,33 +579,53 @@ impl Engine {
                 command("SET")
             }
             SqlStatement::ShowVariable { variable } => {
-                let name = variable.iter().map(|i| i.value.to_ascii_lowercase()).collect::<Vec<_>>().join(" ");
+                let name = variable
+                    .iter()
+                    .map(|i| i.value.to_ascii_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 let key = match name.as_str() {
                     "time zone" => "timezone",
                     "transaction isolation level" => "transaction_isolation",
                     other => other,
                 };
                 let value = session.get(key).ok_or_else(|| {
-                    Error::InvalidParameter(format!("unrecognized configuration parameter \"{name}\""))
+                    Error::InvalidParameter(format!(
+                        "unrecognized configuration parameter \"{name}\""
+                    ))
                 })?;
-                Ok(Output::Rows { tag: "SHOW".into(), stream: one_text_column(&show_column(&name), vec![value])? })
+                Ok(Output::Rows {
+                    tag: "SHOW".into(),
+                    stream: one_text_column(&show_column(&name), vec![value])?,
+                })
             }
             SqlStatement::StartTransaction { .. } => Ok(Output::TransactionStart),
             SqlStatement::Commit { .. } => Ok(Output::TransactionEnd { tag: "COMMIT" }),
             SqlStatement::Rollback { .. } => Ok(Output::TransactionEnd { tag: "ROLLBACK" }),
             SqlStatement::Discard { .. } => command("DISCARD ALL"),
             SqlStatement::Deallocate { .. } => command("DEALLOCATE"),
-            other => Err(Error::NotSupported(format!("statement \"{}\"", first_words(&other.to_string())))),
+            other => Err(Error::NotSupported(format!(
+                "statement \"{}\"",
+                first_words(&other.to_string())
+            ))),
         }
     }
 
     /// The rows a LISTEN on `name` notifies, from the offsets LISTEN recorded.
-    pub async fn listen_stream(&self, name: &str, positions: &[u64]) -> Result<SendableRecordBatchStream> {
+    pub async fn listen_stream(
+        &self,
+        name: &str,
+        positions: &[u64],
+    ) -> Result<SendableRecordBatchStream> {
         let spec = crate::subscribe::SubscribeSpec {
             topic: ObjectName::from(vec![ast::Ident::with_quote('"', name)]),
             filter: None,
             from: crate::subscribe::StartPosition::Offsets(
-                positions.iter().enumerate().map(|(p, o)| (p as u32, *o)).collect(),
+                positions
+                    .iter()
+                    .enumerate()
+                    .map(|(p, o)| (p as u32, *o))
+                    .collect(),
             ),
             options: vec![],
         };
@@ -537,10 +649,16 @@ fn pg_name(e: &SqlExpr) -> String {
     match e {
         SqlExpr::Identifier(i) => normalize_ident(i),
         SqlExpr::CompoundIdentifier(ids) => ids.last().map(normalize_ident).unwrap_or_default(),
-        SqlExpr::Function(f) => {
-            f.name.0.last().and_then(|p| p.as_ident()).map(normalize_ident).unwrap_or_else(|| "?column?".into())
-        }
-        SqlExpr::Cast { expr, data_type, .. } => match pg_name(expr) {
+        SqlExpr::Function(f) => f
+            .name
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .map(normalize_ident)
+            .unwrap_or_else(|| "?column?".into()),
+        SqlExpr::Cast {
+            expr, data_type, ..
+        } => match pg_name(expr) {
             n if n == "?column?" => data_type.to_string().to_lowercase(),
             n => n,
         },
@@ -557,8 +675,12 @@ fn pg_name(e: &SqlExpr) -> String {
 /// column names. Duplicate names keep DataFusion's name (its plans need unique names).
 fn pg_column_names(stmt: &SqlStatement, plan: LogicalPlan) -> Result<LogicalPlan> {
     use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
-    let SqlStatement::Query(q) = stmt else { return Ok(plan) };
-    let SetExpr::Select(sel) = &*q.body else { return Ok(plan) };
+    let SqlStatement::Query(q) = stmt else {
+        return Ok(plan);
+    };
+    let SetExpr::Select(sel) = &*q.body else {
+        return Ok(plan);
+    };
     let names: Option<Vec<String>> = sel
         .projection
         .iter()
@@ -578,11 +700,17 @@ fn pg_column_names(stmt: &SqlStatement, plan: LogicalPlan) -> Result<LogicalPlan
         .iter()
         .zip(names)
         .map(|(c, n)| {
-            let name = if seen.insert(n.clone()) { n } else { c.name.clone() };
+            let name = if seen.insert(n.clone()) {
+                n
+            } else {
+                c.name.clone()
+            };
             datafusion::logical_expr::Expr::Column(c.clone()).alias(name)
         })
         .collect();
-    Ok(datafusion::logical_expr::LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
+    Ok(datafusion::logical_expr::LogicalPlanBuilder::from(plan)
+        .project(exprs)?
+        .build()?)
 }
 
 fn show_column(name: &str) -> String {
@@ -602,7 +730,9 @@ pub(crate) fn param_types_of(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>
     let map = plan.get_parameter_types()?;
     let mut out: Vec<Option<DataType>> = Vec::new();
     for (k, v) in map {
-        let Some(n) = k.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) else { continue };
+        let Some(n) = k.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) else {
+            continue;
+        };
         if n == 0 {
             continue;
         }

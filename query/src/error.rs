@@ -76,7 +76,9 @@ pub enum Error {
     #[error("COPY: {0}")]
     BadCopyData(String),
     /// A subscription position older than what retention kept.
-    #[error("offset {offset} of partition {partition} is outside retention (oldest kept: {start})")]
+    #[error(
+        "offset {offset} of partition {partition} is outside retention (oldest kept: {start})"
+    )]
     PositionOutsideRetention {
         /// The partition.
         partition: u32,

@@ -9,7 +9,10 @@ use datafusion::scalar::ScalarValue;
 
 /// What `SELECT version()` answers: PostgreSQL-shaped, so tools parse it, naming eddy.
 pub fn version_string() -> String {
-    format!("PostgreSQL 16.6 (eddy {}) on x86_64-linux, compiled by rustc", env!("CARGO_PKG_VERSION"))
+    format!(
+        "PostgreSQL 16.6 (eddy {}) on x86_64-linux, compiled by rustc",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 pub(crate) fn register(ctx: &SessionContext) {
@@ -19,6 +22,10 @@ pub(crate) fn register(ctx: &SessionContext) {
         vec![],
         DataType::Utf8,
         Volatility::Stable,
-        Arc::new(move |_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(version.clone()))))),
+        Arc::new(move |_| {
+            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
+                version.clone(),
+            ))))
+        }),
     ));
 }

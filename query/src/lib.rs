@@ -43,7 +43,9 @@ mod types;
 
 pub use copy::{CopyFormat, CopyInSink, CopyOptions};
 pub use dialect::Statement;
-pub use engine::{Engine, Output, Prepared, QueryConfig, Session, DEFAULT_SETTINGS, MAX_PARTITIONS};
+pub use engine::{
+    Engine, Output, Prepared, QueryConfig, Session, DEFAULT_SETTINGS, MAX_PARTITIONS,
+};
 pub use error::{Error, Result};
 pub use functions::version_string;
 pub use provider::{table_schema, topic_schema};

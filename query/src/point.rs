@@ -10,7 +10,8 @@ use datafusion::common::ParamValues;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::sql::sqlparser::ast::{
-    BinaryOperator, Expr as SqlExpr, GroupByExpr, SelectItem, SetExpr, Statement as SqlStatement, TableFactor,
+    BinaryOperator, Expr as SqlExpr, GroupByExpr, SelectItem, SetExpr, Statement as SqlStatement,
+    TableFactor,
 };
 use eddy_storage::{ObjectDef, TableDef, Value};
 
@@ -43,11 +44,19 @@ fn column_of(e: &SqlExpr) -> Option<String> {
 /// `a = x AND b = y ...` as (column, value) pairs; `None` for anything else.
 fn equalities(e: &SqlExpr, out: &mut Vec<(String, SqlExpr)>) -> Option<()> {
     match e {
-        SqlExpr::BinaryOp { left, op: BinaryOperator::And, right } => {
+        SqlExpr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
             equalities(left, out)?;
             equalities(right, out)
         }
-        SqlExpr::BinaryOp { left, op: BinaryOperator::Eq, right } => {
+        SqlExpr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } => {
             let (col, val) = match (column_of(left), column_of(right)) {
                 (Some(c), None) => (c, right),
                 (None, Some(c)) => (c, left),
@@ -62,22 +71,52 @@ fn equalities(e: &SqlExpr, out: &mut Vec<(String, SqlExpr)>) -> Option<()> {
 
 impl PointRead {
     /// The point read `stmt` is, with its parameter types; `None` if it is not one.
-    pub(crate) fn plan(engine: &Engine, stmt: &SqlStatement) -> Result<Option<(PointRead, Vec<Option<DataType>>)>> {
-        let SqlStatement::Query(q) = stmt else { return Ok(None) };
-        if q.with.is_some() || q.order_by.is_some() || q.limit_clause.is_some() || q.fetch.is_some() || !q.locks.is_empty() {
+    pub(crate) fn plan(
+        engine: &Engine,
+        stmt: &SqlStatement,
+    ) -> Result<Option<(PointRead, Vec<Option<DataType>>)>> {
+        let SqlStatement::Query(q) = stmt else {
+            return Ok(None);
+        };
+        if q.with.is_some()
+            || q.order_by.is_some()
+            || q.limit_clause.is_some()
+            || q.fetch.is_some()
+            || !q.locks.is_empty()
+        {
             return Ok(None);
         }
-        let SetExpr::Select(sel) = &*q.body else { return Ok(None) };
+        let SetExpr::Select(sel) = &*q.body else {
+            return Ok(None);
+        };
         let grouped = !matches!(&sel.group_by, GroupByExpr::Expressions(e, m) if e.is_empty() && m.is_empty());
-        if sel.distinct.is_some() || grouped || sel.having.is_some() || sel.from.len() != 1 || !sel.from[0].joins.is_empty() {
+        if sel.distinct.is_some()
+            || grouped
+            || sel.having.is_some()
+            || sel.from.len() != 1
+            || !sel.from[0].joins.is_empty()
+        {
             return Ok(None);
         }
-        let TableFactor::Table { name, args: None, .. } = &sel.from[0].relation else { return Ok(None) };
-        let Ok(name) = object_name(name) else { return Ok(None) };
-        let Some(def) = engine.store().catalog().table(&name) else { return Ok(None) };
-        let ObjectDef::Table(table) = &*def else { return Ok(None) };
+        let TableFactor::Table {
+            name, args: None, ..
+        } = &sel.from[0].relation
+        else {
+            return Ok(None);
+        };
+        let Ok(name) = object_name(name) else {
+            return Ok(None);
+        };
+        let Some(def) = engine.store().catalog().table(&name) else {
+            return Ok(None);
+        };
+        let ObjectDef::Table(table) = &*def else {
+            return Ok(None);
+        };
         let mut eqs = Vec::new();
-        let Some(selection) = &sel.selection else { return Ok(None) };
+        let Some(selection) = &sel.selection else {
+            return Ok(None);
+        };
         if equalities(selection, &mut eqs).is_none() || eqs.len() != table.primary_key.len() {
             return Ok(None);
         }
@@ -85,7 +124,9 @@ impl PointRead {
         let mut types = Vec::new();
         for &k in &table.primary_key {
             let col = &table.columns[k];
-            let Some((_, v)) = eqs.iter().find(|(c, _)| *c == col.name) else { return Ok(None) };
+            let Some((_, v)) = eqs.iter().find(|(c, _)| *c == col.name) else {
+                return Ok(None);
+            };
             crate::dml::note_param(v, col.ty, &mut types)?;
             key.push(v.clone());
         }
@@ -103,8 +144,12 @@ impl PointRead {
                 SelectItem::ExprWithAlias { expr, alias } => (expr, Some(normalize_ident(alias))),
                 _ => return Ok(None),
             };
-            let Some(c) = column_of(expr) else { return Ok(None) };
-            let Some(i) = table.columns.iter().position(|x| x.name == c) else { return Ok(None) };
+            let Some(c) = column_of(expr) else {
+                return Ok(None);
+            };
+            let Some(i) = table.columns.iter().position(|x| x.name == c) else {
+                return Ok(None);
+            };
             columns.push(i);
             let f = full.field(i).clone();
             fields.push(match alias {
@@ -112,16 +157,29 @@ impl PointRead {
                 None => f,
             });
         }
-        let read = PointRead { table: Arc::new(table.clone()), key, columns, schema: Arc::new(Schema::new(fields)) };
+        let read = PointRead {
+            table: Arc::new(table.clone()),
+            key,
+            columns,
+            schema: Arc::new(Schema::new(fields)),
+        };
         Ok(Some((read, types)))
     }
 
     /// Looks the row up: one storage get, no planning.
-    pub(crate) fn execute(&self, engine: &Engine, params: &ParamValues) -> Result<SendableRecordBatchStream> {
+    pub(crate) fn execute(
+        &self,
+        engine: &Engine,
+        params: &ParamValues,
+    ) -> Result<SendableRecordBatchStream> {
         // The table must still be the one planned (ids are never reused).
         match engine.store().catalog().table(&self.table.name) {
             Some(d) if d.id() == self.table.id => {}
-            _ => return Err(crate::error::Error::UndefinedObject { name: self.table.name.clone() }),
+            _ => {
+                return Err(crate::error::Error::UndefinedObject {
+                    name: self.table.name.clone(),
+                })
+            }
         }
         let params = param_list(params);
         let mut pk = Vec::with_capacity(self.key.len());
@@ -129,7 +187,11 @@ impl PointRead {
             let col = &self.table.columns[k];
             pk.push(crate::dml::eval_simple(e, col.ty, &col.name, &params)?);
         }
-        let row = if pk.iter().any(|v| matches!(v, Value::Null)) { None } else { engine.store().get_row(&self.table, &pk)? };
+        let row = if pk.iter().any(|v| matches!(v, Value::Null)) {
+            None
+        } else {
+            engine.store().get_row(&self.table, &pk)?
+        };
         let batches = match row {
             None => vec![],
             Some(row) => {
@@ -141,6 +203,10 @@ impl PointRead {
                 vec![RecordBatch::try_new(self.schema.clone(), cols)?]
             }
         };
-        Ok(Box::pin(MemoryStream::try_new(batches, self.schema.clone(), None)?))
+        Ok(Box::pin(MemoryStream::try_new(
+            batches,
+            self.schema.clone(),
+            None,
+        )?))
     }
 }

@@ -14,7 +14,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
@@ -43,17 +45,30 @@ pub fn topic_schema(topic: &TopicDef) -> SchemaRef {
     let mut fields = vec![
         Field::new("_partition", DataType::Int32, false),
         Field::new("_offset", DataType::Int64, false),
-        Field::new("_ts", DataType::Timestamp(TimeUnit::Microsecond, None), false),
+        Field::new(
+            "_ts",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            false,
+        ),
         Field::new("_key", DataType::Utf8, true),
     ];
-    fields.extend(topic.columns.iter().map(|c| Field::new(&c.name, arrow_type(c.ty), c.nullable)));
+    fields.extend(
+        topic
+            .columns
+            .iter()
+            .map(|c| Field::new(&c.name, arrow_type(c.ty), c.nullable)),
+    );
     Arc::new(Schema::new(fields))
 }
 
 /// The Arrow schema of a table.
 pub fn table_schema(table: &TableDef) -> SchemaRef {
     Arc::new(Schema::new(
-        table.columns.iter().map(|c| Field::new(&c.name, arrow_type(c.ty), c.nullable)).collect::<Vec<_>>(),
+        table
+            .columns
+            .iter()
+            .map(|c| Field::new(&c.name, arrow_type(c.ty), c.nullable))
+            .collect::<Vec<_>>(),
     ))
 }
 
@@ -84,13 +99,23 @@ pub fn provider_for(store: &Store, def: &ObjectDef) -> Option<Arc<dyn TableProvi
 impl SchemaProvider for EddySchemaProvider {
     fn table_names(&self) -> Vec<String> {
         let list = self.store.catalog().list();
-        list.iter().filter(|o| !matches!(***o, ObjectDef::Subscription(_))).map(|o| o.name().to_owned()).collect()
+        list.iter()
+            .filter(|o| !matches!(***o, ObjectDef::Subscription(_)))
+            .map(|o| o.name().to_owned())
+            .collect()
     }
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
-        Ok(self.store.catalog().get(name).and_then(|def| provider_for(&self.store, &def)))
+        Ok(self
+            .store
+            .catalog()
+            .get(name)
+            .and_then(|def| provider_for(&self.store, &def)))
     }
     fn table_exist(&self, name: &str) -> bool {
-        self.store.catalog().get(name).is_some_and(|d| !matches!(*d, ObjectDef::Subscription(_)))
+        self.store
+            .catalog()
+            .get(name)
+            .is_some_and(|d| !matches!(*d, ObjectDef::Subscription(_)))
     }
 }
 
@@ -106,7 +131,11 @@ impl TopicProvider {
     /// A provider for one topic.
     pub fn new(store: Store, topic: TopicDef) -> Self {
         let schema = topic_schema(&topic);
-        Self { store, topic: Arc::new(topic), schema }
+        Self {
+            store,
+            topic: Arc::new(topic),
+            schema,
+        }
     }
 }
 
@@ -123,7 +152,11 @@ pub struct ScanBounds {
 
 impl Default for ScanBounds {
     fn default() -> Self {
-        Self { partitions: None, offsets: (0, u64::MAX), ts: (i64::MIN, i64::MAX) }
+        Self {
+            partitions: None,
+            offsets: (0, u64::MAX),
+            ts: (i64::MIN, i64::MAX),
+        }
     }
 }
 
@@ -158,7 +191,9 @@ fn flip(op: Operator) -> Option<Operator> {
 
 /// `column op literal` (either side), after stripping casts.
 fn column_comparison(e: &Expr) -> Option<(&str, Operator, i128)> {
-    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = e else { return None };
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = e else {
+        return None;
+    };
     let strip = |e: &Expr| -> Expr {
         match e {
             Expr::Cast(c) => (*c.expr).clone(),
@@ -167,7 +202,12 @@ fn column_comparison(e: &Expr) -> Option<(&str, Operator, i128)> {
         }
     };
     // The metadata columns a topic scan can narrow by.
-    let meta = |c: &datafusion::common::Column| TOPIC_META_COLUMNS[..3].iter().copied().find(|m| *m == c.name);
+    let meta = |c: &datafusion::common::Column| {
+        TOPIC_META_COLUMNS[..3]
+            .iter()
+            .copied()
+            .find(|m| *m == c.name)
+    };
     match (strip(left), strip(right)) {
         (Expr::Column(c), Expr::Literal(v, _)) => Some((meta(&c)?, *op, literal_i128(&v)?)),
         (Expr::Literal(v, _), Expr::Column(c)) => Some((meta(&c)?, flip(*op)?, literal_i128(&v)?)),
@@ -191,10 +231,16 @@ fn narrow(range: (i128, i128), op: Operator, v: i128) -> (i128, i128) {
 /// True when the filter can narrow a topic scan.
 fn is_pushable(e: &Expr) -> bool {
     match e {
-        Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => is_pushable(left) || is_pushable(right),
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::And,
+            right,
+        }) => is_pushable(left) || is_pushable(right),
         Expr::InList(l) if !l.negated => {
             matches!(&*l.expr, Expr::Column(c) if c.name == "_partition")
-                && l.list.iter().all(|x| matches!(x, Expr::Literal(v, _) if literal_i128(v).is_some()))
+                && l.list
+                    .iter()
+                    .all(|x| matches!(x, Expr::Literal(v, _) if literal_i128(v).is_some()))
         }
         Expr::Between(b) if !b.negated => {
             matches!(&*b.expr, Expr::Column(c) if TOPIC_META_COLUMNS[..3].contains(&c.name.as_str()))
@@ -213,11 +259,17 @@ pub fn scan_bounds(filters: &[Expr]) -> ScanBounds {
     let mut stack: Vec<&Expr> = filters.iter().collect();
     while let Some(e) = stack.pop() {
         match e {
-            Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => {
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::And,
+                right,
+            }) => {
                 stack.push(left);
                 stack.push(right);
             }
-            Expr::InList(l) if !l.negated && matches!(&*l.expr, Expr::Column(c) if c.name == "_partition") => {
+            Expr::InList(l)
+                if !l.negated && matches!(&*l.expr, Expr::Column(c) if c.name == "_partition") =>
+            {
                 let set: Option<BTreeSet<u32>> = l
                     .list
                     .iter()
@@ -234,7 +286,9 @@ pub fn scan_bounds(filters: &[Expr]) -> ScanBounds {
                 }
             }
             Expr::Between(b) if !b.negated => {
-                if let (Expr::Column(c), Expr::Literal(lo, _), Expr::Literal(hi, _)) = (&*b.expr, &*b.low, &*b.high) {
+                if let (Expr::Column(c), Expr::Literal(lo, _), Expr::Literal(hi, _)) =
+                    (&*b.expr, &*b.low, &*b.high)
+                {
                     if let (Some(lo), Some(hi)) = (literal_i128(lo), literal_i128(hi)) {
                         let r = match c.name.as_str() {
                             "_partition" => &mut part,
@@ -263,7 +317,9 @@ pub fn scan_bounds(filters: &[Expr]) -> ScanBounds {
     let range_set: BTreeSet<u32> = if part.0 >= part.1 {
         BTreeSet::new()
     } else if part.1 - part.0 <= 1 << 20 {
-        (part.0..part.1).filter_map(|p| u32::try_from(p).ok()).collect()
+        (part.0..part.1)
+            .filter_map(|p| u32::try_from(p).ok())
+            .collect()
     } else {
         BTreeSet::new()
     };
@@ -313,7 +369,11 @@ impl TableProvider for TopicProvider {
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         let bounds = scan_bounds(filters);
         let partitions: Vec<u32> = match &bounds.partitions {
-            Some(set) => set.iter().copied().filter(|p| *p < self.topic.partitions).collect(),
+            Some(set) => set
+                .iter()
+                .copied()
+                .filter(|p| *p < self.topic.partitions)
+                .collect(),
             None => (0..self.topic.partitions).collect(),
         };
         let streams: Vec<Arc<dyn PartitionStream>> = partitions
@@ -329,7 +389,14 @@ impl TableProvider for TopicProvider {
                 }) as Arc<dyn PartitionStream>
             })
             .collect();
-        Ok(Arc::new(StreamingTableExec::try_new(self.schema.clone(), streams, projection, vec![], false, limit)?))
+        Ok(Arc::new(StreamingTableExec::try_new(
+            self.schema.clone(),
+            streams,
+            projection,
+            vec![],
+            false,
+            limit,
+        )?))
     }
 }
 
@@ -349,7 +416,12 @@ fn df_err(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError 
 }
 
 /// The offsets `[from, to)` of a partition that the bounds allow, as of now.
-fn offset_range(store: &Store, topic: &TopicDef, partition: u32, b: &ScanBounds) -> eddy_storage::Result<(u64, u64)> {
+fn offset_range(
+    store: &Store,
+    topic: &TopicDef,
+    partition: u32,
+    b: &ScanBounds,
+) -> eddy_storage::Result<(u64, u64)> {
     let state = store.partition(topic, partition)?;
     let mut from = b.offsets.0.max(state.start_offset());
     let mut to = b.offsets.1.min(state.next_offset());
@@ -362,15 +434,30 @@ fn offset_range(store: &Store, topic: &TopicDef, partition: u32, b: &ScanBounds)
     Ok((from, to.max(from)))
 }
 
-pub(crate) fn log_batch(schema: &SchemaRef, topic: &TopicDef, partition: u32, rows: &[(u64, eddy_storage::LogRecord)]) -> datafusion::error::Result<RecordBatch> {
+pub(crate) fn log_batch(
+    schema: &SchemaRef,
+    topic: &TopicDef,
+    partition: u32,
+    rows: &[(u64, eddy_storage::LogRecord)],
+) -> datafusion::error::Result<RecordBatch> {
     let mut cols: Vec<ArrayRef> = vec![
         Arc::new(Int32Array::from(vec![partition as i32; rows.len()])),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|(o, _)| *o as i64))),
-        Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|(_, r)| r.ts_micros))),
-        Arc::new(StringArray::from_iter(rows.iter().map(|(_, r)| r.key.as_deref()))),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|(o, _)| *o as i64),
+        )),
+        Arc::new(TimestampMicrosecondArray::from_iter_values(
+            rows.iter().map(|(_, r)| r.ts_micros),
+        )),
+        Arc::new(StringArray::from_iter(
+            rows.iter().map(|(_, r)| r.key.as_deref()),
+        )),
     ];
     for (i, c) in topic.columns.iter().enumerate() {
-        cols.push(build_array(c.ty, rows.iter().map(|(_, r)| r.values.get(i).unwrap_or(&Value::Null))));
+        cols.push(build_array(
+            c.ty,
+            rows.iter()
+                .map(|(_, r)| r.values.get(i).unwrap_or(&Value::Null)),
+        ));
     }
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
 }
@@ -402,8 +489,13 @@ impl PartitionStream for LogStream {
             if st.left == 0 {
                 return Ok(None);
             }
-            let (store, topic, p, bounds, range) =
-                (st.store.clone(), st.topic.clone(), st.partition, st.bounds.clone(), st.next);
+            let (store, topic, p, bounds, range) = (
+                st.store.clone(),
+                st.topic.clone(),
+                st.partition,
+                st.bounds.clone(),
+                st.next,
+            );
             let max = st.left.min(SCAN_CHUNK);
             let (rows, range) = tokio::task::spawn_blocking(move || {
                 let (from, to) = match range {
@@ -425,7 +517,10 @@ impl PartitionStream for LogStream {
             let batch = log_batch(&st.schema, &st.topic, st.partition, &rows)?;
             Ok(Some((batch, st)))
         });
-        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream.boxed()))
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            stream.boxed(),
+        ))
     }
 }
 
@@ -441,7 +536,11 @@ impl RowsProvider {
     /// A provider for one table.
     pub fn new(store: Store, table: TableDef) -> Self {
         let schema = table_schema(&table);
-        Self { store, table: Arc::new(table), schema }
+        Self {
+            store,
+            table: Arc::new(table),
+            schema,
+        }
     }
 }
 
@@ -449,15 +548,28 @@ impl RowsProvider {
 /// (`id = 1`, `id IN (1, 2)`, or one equality per column of a composite key).
 pub fn point_keys(table: &TableDef, filters: &[Expr]) -> Option<Vec<Vec<Value>>> {
     let mut per_column: Vec<Option<Vec<ScalarValue>>> = vec![None; table.primary_key.len()];
-    let pk_pos = |name: &str| table.primary_key.iter().position(|&i| table.columns[i].name == name);
+    let pk_pos = |name: &str| {
+        table
+            .primary_key
+            .iter()
+            .position(|&i| table.columns[i].name == name)
+    };
     let mut stack: Vec<&Expr> = filters.iter().collect();
     while let Some(e) = stack.pop() {
         match e {
-            Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => {
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::And,
+                right,
+            }) => {
                 stack.push(left);
                 stack.push(right);
             }
-            Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) => match (&**left, &**right) {
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::Eq,
+                right,
+            }) => match (&**left, &**right) {
                 (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c)) => {
                     if let Some(pos) = pk_pos(&c.name) {
                         per_column[pos] = Some(vec![v.clone()]);
@@ -539,7 +651,14 @@ impl TableProvider for RowsProvider {
             keys: point_keys(&self.table, filters),
             limit,
         });
-        Ok(Arc::new(StreamingTableExec::try_new(self.schema.clone(), vec![stream], projection, vec![], false, limit)?))
+        Ok(Arc::new(StreamingTableExec::try_new(
+            self.schema.clone(),
+            vec![stream],
+            projection,
+            vec![],
+            false,
+            limit,
+        )?))
     }
 }
 
@@ -553,7 +672,11 @@ struct RowsStream {
     limit: Option<usize>,
 }
 
-fn rows_batch(schema: &SchemaRef, table: &TableDef, rows: &[Vec<Value>]) -> datafusion::error::Result<RecordBatch> {
+fn rows_batch(
+    schema: &SchemaRef,
+    table: &TableDef,
+    rows: &[Vec<Value>],
+) -> datafusion::error::Result<RecordBatch> {
     let cols: Vec<ArrayRef> = table
         .columns
         .iter()
@@ -572,7 +695,9 @@ impl PartitionStream for RowsStream {
         if let Some(keys) = self.keys.clone() {
             let fut = async move {
                 let rows = tokio::task::spawn_blocking(move || {
-                    keys.iter().filter_map(|k| store.get_row(&table, k).transpose()).collect::<eddy_storage::Result<Vec<_>>>()
+                    keys.iter()
+                        .filter_map(|k| store.get_row(&table, k).transpose())
+                        .collect::<eddy_storage::Result<Vec<_>>>()
                         .map(|rows| (rows, table))
                 })
                 .await
@@ -580,7 +705,10 @@ impl PartitionStream for RowsStream {
                 .map_err(df_err)?;
                 rows_batch(&schema, &rows.1, &rows.0)
             };
-            return Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), futures::stream::once(fut).boxed()));
+            return Box::pin(RecordBatchStreamAdapter::new(
+                self.schema.clone(),
+                futures::stream::once(fut).boxed(),
+            ));
         }
         struct State {
             store: Store,
@@ -590,16 +718,29 @@ impl PartitionStream for RowsStream {
             left: usize,
             done: bool,
         }
-        let st = State { store, table, schema, after: None, left: self.limit.unwrap_or(usize::MAX), done: false };
+        let st = State {
+            store,
+            table,
+            schema,
+            after: None,
+            left: self.limit.unwrap_or(usize::MAX),
+            done: false,
+        };
         let stream = futures::stream::try_unfold(st, |mut st| async move {
             if st.done || st.left == 0 {
                 return Ok(None);
             }
-            let (store, table, after, max) = (st.store.clone(), st.table.clone(), st.after.take(), st.left.min(SCAN_CHUNK));
-            let (rows, last) = tokio::task::spawn_blocking(move || store.scan_rows(&table, after.as_deref(), max))
-                .await
-                .map_err(df_err)?
-                .map_err(df_err)?;
+            let (store, table, after, max) = (
+                st.store.clone(),
+                st.table.clone(),
+                st.after.take(),
+                st.left.min(SCAN_CHUNK),
+            );
+            let (rows, last) =
+                tokio::task::spawn_blocking(move || store.scan_rows(&table, after.as_deref(), max))
+                    .await
+                    .map_err(df_err)?
+                    .map_err(df_err)?;
             if rows.is_empty() {
                 return Ok(None);
             }
@@ -609,7 +750,10 @@ impl PartitionStream for RowsStream {
             let batch = rows_batch(&st.schema, &st.table, &rows)?;
             Ok(Some((batch, st)))
         });
-        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream.boxed()))
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            stream.boxed(),
+        ))
     }
 }
 
@@ -620,10 +764,15 @@ mod tests {
 
     #[test]
     fn bounds_from_filters() {
-        let b = scan_bounds(&[col("_partition").eq(lit(1i32)), col("_offset").gt_eq(lit(100i64))]);
+        let b = scan_bounds(&[
+            col("_partition").eq(lit(1i32)),
+            col("_offset").gt_eq(lit(100i64)),
+        ]);
         assert_eq!(b.partitions, Some([1].into_iter().collect()));
         assert_eq!(b.offsets, (100, u64::MAX));
-        let b = scan_bounds(&[lit(10i64).gt(col("_offset")).and(col("_offset").gt(lit(2i64)))]);
+        let b = scan_bounds(&[lit(10i64)
+            .gt(col("_offset"))
+            .and(col("_offset").gt(lit(2i64)))]);
         assert_eq!(b.offsets, (3, 10));
         let b = scan_bounds(&[col("_partition").in_list(vec![lit(0i32), lit(2i32)], false)]);
         assert_eq!(b.partitions, Some([0, 2].into_iter().collect()));

@@ -75,18 +75,29 @@ impl SubscribeSpec {
     /// The `WITH (...)` options; `heartbeat` defaults to `default_heartbeat_ms` (0 = off).
     pub fn parsed_options(&self, default_heartbeat_ms: u64) -> Result<SubscribeOptions> {
         let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
-        let mut out = SubscribeOptions { snapshot: false, heartbeat: ms(default_heartbeat_ms) };
+        let mut out = SubscribeOptions {
+            snapshot: false,
+            heartbeat: ms(default_heartbeat_ms),
+        };
         for (k, v) in crate::ddl::options_map(&self.options)? {
             match k.as_str() {
                 "snapshot" => {
                     out.snapshot = match v.to_ascii_lowercase().as_str() {
                         "true" | "on" | "yes" | "1" => true,
                         "false" | "off" | "no" | "0" => false,
-                        _ => return Err(Error::InvalidParameter(format!("snapshot must be true or false, not '{v}'"))),
+                        _ => {
+                            return Err(Error::InvalidParameter(format!(
+                                "snapshot must be true or false, not '{v}'"
+                            )))
+                        }
                     }
                 }
                 "heartbeat" => out.heartbeat = ms(crate::types::parse_duration_ms(&v)?),
-                other => return Err(Error::InvalidParameter(format!("unrecognized subscription option \"{other}\""))),
+                other => {
+                    return Err(Error::InvalidParameter(format!(
+                        "unrecognized subscription option \"{other}\""
+                    )))
+                }
             }
         }
         Ok(out)
@@ -160,7 +171,11 @@ impl Registry {
 
     /// The subscriptions still running.
     pub(crate) fn list(&self) -> Vec<Arc<SubStats>> {
-        self.live.lock().values().filter_map(Weak::upgrade).collect()
+        self.live
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
     }
 }
 
@@ -186,7 +201,15 @@ impl PartitionReader {
                 }
                 continue;
             }
-            let rows = match read_chunk(&self.store, &self.source.log, self.partition, self.next, high).await {
+            let rows = match read_chunk(
+                &self.store,
+                &self.source.log,
+                self.partition,
+                self.next,
+                high,
+            )
+            .await
+            {
                 Ok(Some(rows)) => rows,
                 Ok(None) => return None, // dropped while we read
                 Err(e) => return Some(Err(e)),
@@ -196,10 +219,11 @@ impl PartitionReader {
             if let Some(n) = self.stats.next.get(self.partition as usize) {
                 n.store(self.next, Ordering::Relaxed);
             }
-            let batch = match log_batch(&self.source.schema, &self.source.log, self.partition, &rows) {
-                Ok(b) => b,
-                Err(e) => return Some(Err(e.into())),
-            };
+            let batch =
+                match log_batch(&self.source.schema, &self.source.log, self.partition, &rows) {
+                    Ok(b) => b,
+                    Err(e) => return Some(Err(e.into())),
+                };
             match apply_filter(self.filter.as_ref(), batch) {
                 Ok(b) if b.num_rows() == 0 => continue,
                 other => return Some(other),
@@ -231,13 +255,20 @@ pub(crate) async fn read_chunk(
     .map_err(|e| Error::InvalidParameter(format!("subscription reader failed: {e}")))?;
     let (start, rows) = read?;
     if from < start {
-        return Err(Error::PositionOutsideRetention { partition: p, offset: from, start });
+        return Err(Error::PositionOutsideRetention {
+            partition: p,
+            offset: from,
+            start,
+        });
     }
     Ok((!rows.is_empty()).then_some(rows))
 }
 
 /// Which rows of `batch` pass a subscription's WHERE (NULL counts as false, as in SQL).
-pub(crate) fn filter_mask(filter: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<BooleanArray> {
+pub(crate) fn filter_mask(
+    filter: &Arc<dyn PhysicalExpr>,
+    batch: &RecordBatch,
+) -> Result<BooleanArray> {
     let mask = filter.evaluate(batch)?.into_array(batch.num_rows())?;
     let mask = mask
         .as_any()
@@ -246,7 +277,10 @@ pub(crate) fn filter_mask(filter: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -
     Ok(mask.iter().map(|v| Some(v == Some(true))).collect())
 }
 
-pub(crate) fn apply_filter(filter: Option<&Arc<dyn PhysicalExpr>>, batch: RecordBatch) -> Result<RecordBatch> {
+pub(crate) fn apply_filter(
+    filter: Option<&Arc<dyn PhysicalExpr>>,
+    batch: RecordBatch,
+) -> Result<RecordBatch> {
     let Some(f) = filter else { return Ok(batch) };
     Ok(filter_record_batch(&batch, &filter_mask(f, &batch)?)?)
 }
@@ -261,7 +295,8 @@ pub fn rows_as_json(batch: &RecordBatch) -> Result<Vec<String>> {
         w.write(batch)?;
         w.finish()?;
     }
-    let text = String::from_utf8(buf).map_err(|e| Error::InvalidParameter(format!("JSON encoding: {e}")))?;
+    let text = String::from_utf8(buf)
+        .map_err(|e| Error::InvalidParameter(format!("JSON encoding: {e}")))?;
     Ok(text.lines().map(str::to_owned).collect())
 }
 
@@ -275,30 +310,55 @@ impl Engine {
         &self,
         spec: &SubscribeSpec,
         options: &[datafusion::sql::sqlparser::ast::CopyOption],
-    ) -> Result<(SendableRecordBatchStream, crate::CopyOptions, Option<Duration>)> {
+    ) -> Result<(
+        SendableRecordBatchStream,
+        crate::CopyOptions,
+        Option<Duration>,
+    )> {
         let opts = crate::CopyOptions::from_ast(options, &[])?;
-        let heartbeat = spec.parsed_options(self.config.subscription_heartbeat_ms)?.heartbeat;
+        let heartbeat = spec
+            .parsed_options(self.config.subscription_heartbeat_ms)?
+            .heartbeat;
         Ok((self.subscribe(spec, "copy").await?, opts, heartbeat))
     }
 
     /// What `name` subscribes to: a topic, or a table's changes.
     pub(crate) fn source(&self, name: &ObjectName) -> Result<Source> {
         let name = object_name(name)?;
-        let def = self.store().catalog().get(&name).ok_or(Error::UndefinedObject { name: name.clone() })?;
+        let def = self
+            .store()
+            .catalog()
+            .get(&name)
+            .ok_or(Error::UndefinedObject { name: name.clone() })?;
         Ok(match &*def {
-            ObjectDef::Topic(t) => Source { schema: topic_schema(t), log: Arc::new(t.clone()), table: None },
+            ObjectDef::Topic(t) => Source {
+                schema: topic_schema(t),
+                log: Arc::new(t.clone()),
+                table: None,
+            },
             ObjectDef::Table(t) => {
                 let log = t.change_log();
-                Source { schema: change_schema(&log), log: Arc::new(log), table: Some(Arc::new(t.clone())) }
+                Source {
+                    schema: change_schema(&log),
+                    log: Arc::new(log),
+                    table: Some(Arc::new(t.clone())),
+                }
             }
             ObjectDef::Subscription(_) => {
-                return Err(Error::WrongObjectType { name, expected: "a topic or table" })
+                return Err(Error::WrongObjectType {
+                    name,
+                    expected: "a topic or table",
+                })
             }
         })
     }
 
     /// Compiles a subscription's WHERE once, against the rows it filters.
-    pub(crate) fn compile_filter(&self, schema: &SchemaRef, filter: Option<&str>) -> Result<Option<Arc<dyn PhysicalExpr>>> {
+    pub(crate) fn compile_filter(
+        &self,
+        schema: &SchemaRef,
+        filter: Option<&str>,
+    ) -> Result<Option<Arc<dyn PhysicalExpr>>> {
         let Some(text) = filter else { return Ok(None) };
         let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
         let logical = self.ctx.parse_sql_expr(text, &df_schema)?;
@@ -306,7 +366,11 @@ impl Engine {
     }
 
     /// The first offset to read in each partition of `log` for a start position.
-    pub(crate) async fn resolve_positions(&self, log: &Arc<TopicDef>, from: &StartPosition) -> Result<Vec<u64>> {
+    pub(crate) async fn resolve_positions(
+        &self,
+        log: &Arc<TopicDef>,
+        from: &StartPosition,
+    ) -> Result<Vec<u64>> {
         let (store, log, from) = (self.store().clone(), log.clone(), from.clone());
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::with_capacity(log.partitions as usize);
@@ -324,13 +388,20 @@ impl Engine {
                     StartPosition::Timestamp(ts) => store.offset_for_ts(&log, p, *ts)?,
                 };
                 if next < state.start_offset() {
-                    return Err(Error::PositionOutsideRetention { partition: p, offset: next, start: state.start_offset() });
+                    return Err(Error::PositionOutsideRetention {
+                        partition: p,
+                        offset: next,
+                        start: state.start_offset(),
+                    });
                 }
                 out.push(next);
             }
             if let StartPosition::Offsets(list) = &from {
                 if let Some((p, _)) = list.iter().find(|(p, _)| *p >= log.partitions) {
-                    return Err(Error::InvalidParameter(format!("partition {p} does not exist in \"{}\"", log.name)));
+                    return Err(Error::InvalidParameter(format!(
+                        "partition {p} does not exist in \"{}\"",
+                        log.name
+                    )));
                 }
             }
             Ok(out)
@@ -343,11 +414,17 @@ impl Engine {
     /// `_offset`, `_ts`, `_key`), per-partition in offset order; for a table, its changes
     /// (`_op` in place of `_key`), after its current rows when `snapshot = true`.
     /// `kind` names the transport in `eddy.subscriptions`.
-    pub async fn subscribe(&self, spec: &SubscribeSpec, kind: &'static str) -> Result<SendableRecordBatchStream> {
+    pub async fn subscribe(
+        &self,
+        spec: &SubscribeSpec,
+        kind: &'static str,
+    ) -> Result<SendableRecordBatchStream> {
         let source = self.source(&spec.topic)?;
         let options = spec.parsed_options(0)?;
         if options.snapshot && source.table.is_none() {
-            return Err(Error::InvalidParameter("snapshot applies to tables; for a topic use FROM BEGINNING".into()));
+            return Err(Error::InvalidParameter(
+                "snapshot applies to tables; for a topic use FROM BEGINNING".into(),
+            ));
         }
         let filter_text = spec.filter.as_ref().map(|f| f.to_string());
         let filter = self.compile_filter(&source.schema, filter_text.as_deref())?;
@@ -373,8 +450,8 @@ impl Engine {
         });
         self.subscriptions.register(&stats);
         let schema = source.schema.clone();
-        let snapshot =
-            snapshot_rows.map(|rows| snapshot_stream(rows, source.log.clone(), schema.clone(), filter.clone()));
+        let snapshot = snapshot_rows
+            .map(|rows| snapshot_stream(rows, source.log.clone(), schema.clone(), filter.clone()));
         let live = self.subscribe_at(source, filter, positions, stats.clone())?;
         let rows = match snapshot {
             Some(s) => s.chain(live).boxed(),
@@ -385,7 +462,9 @@ impl Engine {
             stats.buffered_bytes.store(0, Ordering::Relaxed);
             let item = rows.next().await?;
             if let Ok(b) = &item {
-                stats.buffered_bytes.store(b.get_array_memory_size() as u64, Ordering::Relaxed);
+                stats
+                    .buffered_bytes
+                    .store(b.get_array_memory_size() as u64, Ordering::Relaxed);
                 stats.rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
             }
             Some((item, (rows, stats)))
@@ -425,7 +504,9 @@ impl Engine {
             })
             .boxed()
         });
-        Ok(futures::stream::select_all(streams).map(|b| b.map_err(to_df)).boxed())
+        Ok(futures::stream::select_all(streams)
+            .map(|b| b.map_err(to_df))
+            .boxed())
     }
 }
 
@@ -446,7 +527,16 @@ fn snapshot_stream(
         .map(move |chunk| {
             let records: Vec<(u64, LogRecord)> = chunk
                 .into_iter()
-                .map(|values| (0, LogRecord { ts_micros: now, key: Some("insert".into()), values }))
+                .map(|values| {
+                    (
+                        0,
+                        LogRecord {
+                            ts_micros: now,
+                            key: Some("insert".into()),
+                            values,
+                        },
+                    )
+                })
                 .collect();
             let batch = log_batch(&schema, &log, 0, &records)?;
             let mut columns = batch.columns().to_vec();
@@ -514,11 +604,22 @@ mod tests {
         let (_dir, e) = engine().await;
         run(&e, "CREATE TOPIC t (n INT) WITH (partitions = 3)").await;
         let values: Vec<String> = (0..30).map(|i| format!("('k{}', {i})", i % 4)).collect();
-        run(&e, &format!("INSERT INTO t (_key, n) VALUES {}", values.join(","))).await;
-        let mut s = e.subscribe(&spec(&e, "SUBSCRIBE t FROM BEGINNING"), "test").await.unwrap();
+        run(
+            &e,
+            &format!("INSERT INTO t (_key, n) VALUES {}", values.join(",")),
+        )
+        .await;
+        let mut s = e
+            .subscribe(&spec(&e, "SUBSCRIBE t FROM BEGINNING"), "test")
+            .await
+            .unwrap();
         let mut got = take(&mut s, 30).await;
         // Then live rows, published after the subscription caught up.
-        run(&e, "INSERT INTO t (_key, n) VALUES ('k1', 100), ('k2', 101)").await;
+        run(
+            &e,
+            "INSERT INTO t (_key, n) VALUES ('k1', 100), ('k2', 101)",
+        )
+        .await;
         got.extend(take(&mut s, 2).await);
         let mut ns: Vec<i32> = got.iter().map(|r| r.2).collect();
         ns.sort();
@@ -527,7 +628,11 @@ mod tests {
         assert_eq!(ns, want, "every row exactly once");
         for p in 0..3 {
             let offs: Vec<i64> = got.iter().filter(|r| r.0 == p).map(|r| r.1).collect();
-            assert_eq!(offs, (0..offs.len() as i64).collect::<Vec<_>>(), "partition {p} in offset order");
+            assert_eq!(
+                offs,
+                (0..offs.len() as i64).collect::<Vec<_>>(),
+                "partition {p} in offset order"
+            );
         }
     }
 
@@ -535,24 +640,52 @@ mod tests {
     async fn keeping_up_reads_memory_and_falling_behind_reads_storage() {
         let dir = tempfile::tempdir().unwrap();
         // A tail of about a dozen records, so the backlog below cannot come from memory.
-        let cfg = StorageConfig { tail_cache_bytes: 256, ..StorageConfig::default() };
-        let e = Engine::new(Store::open(dir.path(), cfg).unwrap(), QueryConfig::default()).unwrap();
+        let cfg = StorageConfig {
+            tail_cache_bytes: 256,
+            ..StorageConfig::default()
+        };
+        let e = Engine::new(
+            Store::open(dir.path(), cfg).unwrap(),
+            QueryConfig::default(),
+        )
+        .unwrap();
         run(&e, "CREATE TOPIC t (n INT)").await;
         let values: Vec<String> = (0..100).map(|i| format!("({i})")).collect();
-        run(&e, &format!("INSERT INTO t (n) VALUES {}", values.join(","))).await;
+        run(
+            &e,
+            &format!("INSERT INTO t (n) VALUES {}", values.join(",")),
+        )
+        .await;
         let stats = e.store().stats();
-        let (disk0, mem0) = (stats.log_records_read.load(Ordering::Relaxed), stats.log_records_from_memory.load(Ordering::Relaxed));
-        let mut s = e.subscribe(&spec(&e, "SUBSCRIBE t FROM BEGINNING"), "test").await.unwrap();
+        let (disk0, mem0) = (
+            stats.log_records_read.load(Ordering::Relaxed),
+            stats.log_records_from_memory.load(Ordering::Relaxed),
+        );
+        let mut s = e
+            .subscribe(&spec(&e, "SUBSCRIBE t FROM BEGINNING"), "test")
+            .await
+            .unwrap();
         assert_eq!(take(&mut s, 100).await.len(), 100);
         let disk1 = stats.log_records_read.load(Ordering::Relaxed);
-        assert!(disk1 - disk0 >= 80, "the old backlog is read from storage ({} rows)", disk1 - disk0);
+        assert!(
+            disk1 - disk0 >= 80,
+            "the old backlog is read from storage ({} rows)",
+            disk1 - disk0
+        );
         // Caught up: new rows are served from the in-memory tail, not RocksDB.
         for n in 0..3 {
             run(&e, &format!("INSERT INTO t (n) VALUES ({})", 1000 + n)).await;
             assert_eq!(take(&mut s, 1).await[0].2, 1000 + n);
         }
-        assert_eq!(stats.log_records_read.load(Ordering::Relaxed), disk1, "no storage reads while keeping up");
-        assert_eq!(stats.log_records_from_memory.load(Ordering::Relaxed) - mem0, 3);
+        assert_eq!(
+            stats.log_records_read.load(Ordering::Relaxed),
+            disk1,
+            "no storage reads while keeping up"
+        );
+        assert_eq!(
+            stats.log_records_from_memory.load(Ordering::Relaxed) - mem0,
+            3
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -560,13 +693,29 @@ mod tests {
         let (_dir, e) = engine().await;
         run(&e, "CREATE TOPIC t (n INT)").await;
         run(&e, "INSERT INTO t (n) VALUES (1), (50), (2), (60)").await;
-        let mut now = e.subscribe(&spec(&e, "SUBSCRIBE t WHERE n > 10"), "test").await.unwrap();
-        let mut from2 = e.subscribe(&spec(&e, "SUBSCRIBE t WHERE n > 10 FROM OFFSET 2"), "test").await.unwrap();
-        let mut begin = e.subscribe(&spec(&e, "SUBSCRIBE t WHERE n > 10 FROM BEGINNING"), "test").await.unwrap();
+        let mut now = e
+            .subscribe(&spec(&e, "SUBSCRIBE t WHERE n > 10"), "test")
+            .await
+            .unwrap();
+        let mut from2 = e
+            .subscribe(&spec(&e, "SUBSCRIBE t WHERE n > 10 FROM OFFSET 2"), "test")
+            .await
+            .unwrap();
+        let mut begin = e
+            .subscribe(&spec(&e, "SUBSCRIBE t WHERE n > 10 FROM BEGINNING"), "test")
+            .await
+            .unwrap();
         run(&e, "INSERT INTO t (n) VALUES (3), (70)").await;
-        assert_eq!(take(&mut now, 1).await, vec![(0, 5, 70)], "FROM NOW: only rows published later");
+        assert_eq!(
+            take(&mut now, 1).await,
+            vec![(0, 5, 70)],
+            "FROM NOW: only rows published later"
+        );
         assert_eq!(take(&mut from2, 2).await, vec![(0, 3, 60), (0, 5, 70)]);
-        assert_eq!(take(&mut begin, 3).await, vec![(0, 1, 50), (0, 3, 60), (0, 5, 70)]);
+        assert_eq!(
+            take(&mut begin, 3).await,
+            vec![(0, 1, 50), (0, 3, 60), (0, 5, 70)]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -579,26 +728,69 @@ mod tests {
             ObjectDef::Topic(t) => t.clone(),
             _ => unreachable!(),
         };
-        e.store().write(vec![eddy_storage::WriteOp::Trim { topic: def.id, partition: 0, before: 2 }]).await.unwrap();
-        let err = e.subscribe(&spec(&e, "SUBSCRIBE t FROM OFFSET 0"), "test").await.err().expect("refused");
-        assert!(matches!(err, Error::PositionOutsideRetention { offset: 0, start: 2, .. }), "{err:?}");
-        let mut s = e.subscribe(&spec(&e, "SUBSCRIBE t FROM BEGINNING"), "test").await.unwrap();
-        assert_eq!(take(&mut s, 1).await, vec![(0, 2, 3)], "BEGINNING is the oldest retained row");
-        assert!(matches!(e.subscribe(&spec(&e, "SUBSCRIBE nope"), "test").await, Err(Error::UndefinedObject { .. })));
+        e.store()
+            .write(vec![eddy_storage::WriteOp::Trim {
+                topic: def.id,
+                partition: 0,
+                before: 2,
+            }])
+            .await
+            .unwrap();
+        let err = e
+            .subscribe(&spec(&e, "SUBSCRIBE t FROM OFFSET 0"), "test")
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(
+                err,
+                Error::PositionOutsideRetention {
+                    offset: 0,
+                    start: 2,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let mut s = e
+            .subscribe(&spec(&e, "SUBSCRIBE t FROM BEGINNING"), "test")
+            .await
+            .unwrap();
+        assert_eq!(
+            take(&mut s, 1).await,
+            vec![(0, 2, 3)],
+            "BEGINNING is the oldest retained row"
+        );
+        assert!(matches!(
+            e.subscribe(&spec(&e, "SUBSCRIBE nope"), "test").await,
+            Err(Error::UndefinedObject { .. })
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_subscriber_that_does_not_read_never_stalls_publishers() {
         let (_dir, e) = engine().await;
         run(&e, "CREATE TOPIC t (n INT) WITH (partitions = 2)").await;
-        let _idle = e.subscribe(&spec(&e, "SUBSCRIBE t FROM BEGINNING"), "test").await.unwrap();
+        let _idle = e
+            .subscribe(&spec(&e, "SUBSCRIBE t FROM BEGINNING"), "test")
+            .await
+            .unwrap();
         // 5,000 rows while the subscriber reads nothing: publishing completes, since
         // readers pull from storage only when polled and hold nothing for the subscriber.
         for chunk in 0..5 {
-            let values: Vec<String> = (0..1000).map(|i| format!("({})", chunk * 1000 + i)).collect();
-            run(&e, &format!("INSERT INTO t (n) VALUES {}", values.join(","))).await;
+            let values: Vec<String> = (0..1000)
+                .map(|i| format!("({})", chunk * 1000 + i))
+                .collect();
+            run(
+                &e,
+                &format!("INSERT INTO t (n) VALUES {}", values.join(",")),
+            )
+            .await;
         }
-        let mut late = e.subscribe(&spec(&e, "SUBSCRIBE t FROM BEGINNING"), "test").await.unwrap();
+        let mut late = e
+            .subscribe(&spec(&e, "SUBSCRIBE t FROM BEGINNING"), "test")
+            .await
+            .unwrap();
         assert_eq!(take(&mut late, 5000).await.len(), 5000);
     }
 }

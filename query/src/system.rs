@@ -28,14 +28,19 @@ impl SchemaProvider for SystemSchema {
         TABLES.iter().map(|s| (*s).to_owned()).collect()
     }
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
-        let Some(engine) = self.engine.upgrade() else { return Ok(None) };
+        let Some(engine) = self.engine.upgrade() else {
+            return Ok(None);
+        };
         let batch = match name {
             "partitions" => engine.partitions_batch(),
             "subscriptions" => engine.subscriptions_batch().await,
             _ => return Ok(None),
         }
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-        Ok(Some(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?)))
+        Ok(Some(Arc::new(MemTable::try_new(
+            batch.schema(),
+            vec![vec![batch]],
+        )?)))
     }
     fn table_exist(&self, name: &str) -> bool {
         TABLES.contains(&name)
@@ -47,12 +52,18 @@ fn text(v: Vec<Option<String>>) -> ArrayRef {
 }
 
 fn int8(v: Vec<u64>) -> ArrayRef {
-    Arc::new(Int64Array::from_iter_values(v.into_iter().map(|x| x as i64)))
+    Arc::new(Int64Array::from_iter_values(
+        v.into_iter().map(|x| x as i64),
+    ))
 }
 
 /// Renders per-partition offsets as `0:41 1:17`.
 fn positions_text(next: &[u64]) -> String {
-    next.iter().enumerate().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(" ")
+    next.iter()
+        .enumerate()
+        .map(|(p, o)| format!("{p}:{o}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl Engine {
@@ -75,7 +86,15 @@ impl Engine {
             Field::new("start_offset", DataType::Int64, false),
             Field::new("next_offset", DataType::Int64, false),
         ]));
-        Ok(RecordBatch::try_new(schema, vec![text(topic), Arc::new(Int32Array::from(part)), int8(start), int8(next)])?)
+        Ok(RecordBatch::try_new(
+            schema,
+            vec![
+                text(topic),
+                Arc::new(Int32Array::from(part)),
+                int8(start),
+                int8(next),
+            ],
+        )?)
     }
 
     /// The columns of `eddy.subscriptions`.
@@ -102,8 +121,14 @@ impl Engine {
         let mut rows: Vec<SubRow> = Vec::new();
         let loaded = self.durable.loaded();
         for obj in self.store().catalog().list() {
-            let ObjectDef::Subscription(sub) = &*obj else { continue };
-            let Some(ObjectDef::Topic(topic)) = self.store().catalog().by_id(sub.topic).as_deref().cloned() else { continue };
+            let ObjectDef::Subscription(sub) = &*obj else {
+                continue;
+            };
+            let Some(ObjectDef::Topic(topic)) =
+                self.store().catalog().by_id(sub.topic).as_deref().cloned()
+            else {
+                continue;
+            };
             let served = loaded.iter().find(|d| d.def.id == sub.id);
             let (next, pending) = match served {
                 Some(d) => {
@@ -174,7 +199,11 @@ impl Engine {
     fn lag(&self, topic: &eddy_storage::TopicDef, next: &[u64]) -> Result<u64> {
         let mut lag = 0;
         for (p, n) in next.iter().enumerate() {
-            lag += self.store().partition(topic, p as u32)?.next_offset().saturating_sub(*n);
+            lag += self
+                .store()
+                .partition(topic, p as u32)?
+                .next_offset()
+                .saturating_sub(*n);
         }
         Ok(lag)
     }

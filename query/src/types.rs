@@ -19,9 +19,12 @@ pub fn column_type_of(sql: &SqlType) -> Result<ColumnType> {
         T::BigInt(_) | T::Int8(_) => ColumnType::Int64,
         T::Real | T::Float4 => ColumnType::Float32,
         T::Double(_) | T::DoublePrecision | T::Float8 | T::Float(_) => ColumnType::Float64,
-        T::Text | T::Varchar(_) | T::CharacterVarying(_) | T::String(_) | T::Char(_) | T::Character(_) => {
-            ColumnType::Text
-        }
+        T::Text
+        | T::Varchar(_)
+        | T::CharacterVarying(_)
+        | T::String(_)
+        | T::Char(_)
+        | T::Character(_) => ColumnType::Text,
         T::Bytea => ColumnType::Bytea,
         T::Timestamp(_, tz) => {
             use datafusion::sql::sqlparser::ast::TimezoneInfo;
@@ -48,14 +51,19 @@ pub fn arrow_type(ty: ColumnType) -> DataType {
         ColumnType::Text => DataType::Utf8,
         ColumnType::Bytea => DataType::Binary,
         ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
-        ColumnType::TimestampTz => DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from("+00:00"))),
+        ColumnType::TimestampTz => {
+            DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from("+00:00")))
+        }
         ColumnType::Date => DataType::Date32,
     }
 }
 
 /// Parses the text form of a value (COPY text/CSV, quoted literals, text parameters).
 pub fn parse_text(ty: ColumnType, s: &str) -> Result<Value> {
-    let bad = || Error::InvalidText { ty: ty.sql_name(), value: s.to_owned() };
+    let bad = || Error::InvalidText {
+        ty: ty.sql_name(),
+        value: s.to_owned(),
+    };
     let t = s.trim();
     Ok(match ty {
         ColumnType::Text => Value::Text(s.to_owned()),
@@ -66,7 +74,10 @@ pub fn parse_text(ty: ColumnType, s: &str) -> Result<Value> {
         },
         ColumnType::Int16 | ColumnType::Int32 | ColumnType::Int64 => {
             let n: i128 = t.parse().map_err(|_| bad())?;
-            int_value(ty, n).ok_or_else(|| Error::OutOfRange { ty: ty.sql_name(), value: t.to_owned() })?
+            int_value(ty, n).ok_or_else(|| Error::OutOfRange {
+                ty: ty.sql_name(),
+                value: t.to_owned(),
+            })?
         }
         ColumnType::Float32 | ColumnType::Float64 => {
             let f: f64 = match t.to_ascii_lowercase().as_str() {
@@ -110,7 +121,10 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 fn days_since_epoch(d: NaiveDate) -> i32 {
@@ -123,27 +137,46 @@ pub fn parse_timestamp(t: &str) -> Option<i64> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
         return Some(dt.timestamp_micros());
     }
-    for fmt in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%#z"] {
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f%#z",
+        "%Y-%m-%dT%H:%M:%S%.f%#z",
+        "%Y-%m-%d %H:%M:%S%#z",
+    ] {
         if let Ok(dt) = DateTime::parse_from_str(t, fmt) {
             return Some(dt.timestamp_micros());
         }
     }
-    let t = t.strip_suffix(" UTC").or_else(|| t.strip_suffix('Z')).unwrap_or(t);
-    for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M"] {
+    let t = t
+        .strip_suffix(" UTC")
+        .or_else(|| t.strip_suffix('Z'))
+        .unwrap_or(t);
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+    ] {
         if let Ok(dt) = NaiveDateTime::parse_from_str(t, fmt) {
             return Some(dt.and_utc().timestamp_micros());
         }
     }
-    NaiveDate::parse_from_str(t, "%Y-%m-%d").ok().map(|d| i64::from(days_since_epoch(d)) * 86_400_000_000)
+    NaiveDate::parse_from_str(t, "%Y-%m-%d")
+        .ok()
+        .map(|d| i64::from(days_since_epoch(d)) * 86_400_000_000)
 }
 
 /// Parses durations as used in `retention = '7 days'`: a number and a unit
 /// (ms, s, sec, second(s), min, minute(s), h, hour(s), d, day(s), week(s)), or a bare
 /// number of milliseconds. Returns milliseconds.
 pub fn parse_duration_ms(s: &str) -> Result<u64> {
-    let bad = || Error::InvalidParameter(format!("invalid duration \"{s}\" (try '7 days', '12h', '30s')"));
+    let bad = || {
+        Error::InvalidParameter(format!(
+            "invalid duration \"{s}\" (try '7 days', '12h', '30s')"
+        ))
+    };
     let t = s.trim().to_ascii_lowercase();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num.trim().parse().map_err(|_| bad())?;
     let mult = match unit.trim() {
@@ -163,12 +196,24 @@ pub fn parse_duration_ms(s: &str) -> Result<u64> {
 
 /// Renders a duration in milliseconds the way `SHOW TOPICS` prints retention.
 pub fn format_duration_ms(ms: u64) -> String {
-    const UNITS: [(u64, &str); 5] =
-        [(604_800_000, "weeks"), (86_400_000, "days"), (3_600_000, "hours"), (60_000, "minutes"), (1_000, "seconds")];
+    const UNITS: [(u64, &str); 5] = [
+        (604_800_000, "weeks"),
+        (86_400_000, "days"),
+        (3_600_000, "hours"),
+        (60_000, "minutes"),
+        (1_000, "seconds"),
+    ];
     for (size, name) in UNITS {
         if ms >= size && ms % size == 0 {
             let n = ms / size;
-            return format!("{n} {}", if n == 1 { name.trim_end_matches('s') } else { name });
+            return format!(
+                "{n} {}",
+                if n == 1 {
+                    name.trim_end_matches('s')
+                } else {
+                    name
+                }
+            );
         }
     }
     format!("{ms} ms")
@@ -180,18 +225,42 @@ mod tests {
 
     #[test]
     fn text_input() {
-        assert_eq!(parse_text(ColumnType::Int32, " 42 ").unwrap(), Value::Int32(42));
-        assert!(matches!(parse_text(ColumnType::Int32, "abc"), Err(Error::InvalidText { .. })));
-        assert!(matches!(parse_text(ColumnType::Int16, "70000"), Err(Error::OutOfRange { .. })));
-        assert_eq!(parse_text(ColumnType::Bool, "t").unwrap(), Value::Bool(true));
-        assert_eq!(parse_text(ColumnType::Bytea, "\\x00ff").unwrap(), Value::Bytea(vec![0, 255]));
-        assert_eq!(parse_text(ColumnType::Date, "1970-01-02").unwrap(), Value::Date(1));
-        assert_eq!(parse_text(ColumnType::Timestamp, "1970-01-01 00:00:01").unwrap(), Value::Timestamp(1_000_000));
+        assert_eq!(
+            parse_text(ColumnType::Int32, " 42 ").unwrap(),
+            Value::Int32(42)
+        );
+        assert!(matches!(
+            parse_text(ColumnType::Int32, "abc"),
+            Err(Error::InvalidText { .. })
+        ));
+        assert!(matches!(
+            parse_text(ColumnType::Int16, "70000"),
+            Err(Error::OutOfRange { .. })
+        ));
+        assert_eq!(
+            parse_text(ColumnType::Bool, "t").unwrap(),
+            Value::Bool(true)
+        );
+        assert_eq!(
+            parse_text(ColumnType::Bytea, "\\x00ff").unwrap(),
+            Value::Bytea(vec![0, 255])
+        );
+        assert_eq!(
+            parse_text(ColumnType::Date, "1970-01-02").unwrap(),
+            Value::Date(1)
+        );
+        assert_eq!(
+            parse_text(ColumnType::Timestamp, "1970-01-01 00:00:01").unwrap(),
+            Value::Timestamp(1_000_000)
+        );
         assert_eq!(
             parse_text(ColumnType::TimestampTz, "1970-01-01 01:00:01+01").unwrap(),
             Value::TimestampTz(1_000_000)
         );
-        assert_eq!(parse_text(ColumnType::Timestamp, "1970-01-01T00:00:00.5Z").unwrap(), Value::Timestamp(500_000));
+        assert_eq!(
+            parse_text(ColumnType::Timestamp, "1970-01-01T00:00:00.5Z").unwrap(),
+            Value::Timestamp(500_000)
+        );
     }
 
     #[test]

@@ -196,17 +196,20 @@ impl Catalog {
 
     /// The topic with this name.
     pub fn topic(&self, name: &str) -> Option<Arc<ObjectDef>> {
-        self.get(name).filter(|o| matches!(**o, ObjectDef::Topic(_)))
+        self.get(name)
+            .filter(|o| matches!(**o, ObjectDef::Topic(_)))
     }
 
     /// The table with this name.
     pub fn table(&self, name: &str) -> Option<Arc<ObjectDef>> {
-        self.get(name).filter(|o| matches!(**o, ObjectDef::Table(_)))
+        self.get(name)
+            .filter(|o| matches!(**o, ObjectDef::Table(_)))
     }
 
     /// The durable subscription with this name.
     pub fn subscription(&self, name: &str) -> Option<Arc<ObjectDef>> {
-        self.get(name).filter(|o| matches!(**o, ObjectDef::Subscription(_)))
+        self.get(name)
+            .filter(|o| matches!(**o, ObjectDef::Subscription(_)))
     }
 
     /// Durable subscriptions reading the topic with this id.
@@ -230,7 +233,9 @@ impl Catalog {
     }
 
     pub(crate) fn insert(&self, def: ObjectDef) {
-        self.by_name.write().insert(def.name().to_owned(), Arc::new(def));
+        self.by_name
+            .write()
+            .insert(def.name().to_owned(), Arc::new(def));
     }
 
     pub(crate) fn remove(&self, name: &str) -> Option<Arc<ObjectDef>> {

@@ -25,8 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::catalog::{ObjectDef, ObjectId};
 use crate::error::{Error, Result};
 use crate::layout::{
-    catalog_key, encode_record, encode_record_head, log_key, row_key, sub_next_key, sub_pending_key, table_prefix,
-    CF_CATALOG, CF_LOG, CF_META, CF_ROWS, CF_SUBS, META_NEXT_OBJECT_ID,
+    catalog_key, encode_record, encode_record_head, log_key, row_key, sub_next_key,
+    sub_pending_key, table_prefix, CF_CATALOG, CF_LOG, CF_META, CF_ROWS, CF_SUBS,
+    META_NEXT_OBJECT_ID,
 };
 use crate::store::Inner;
 use crate::value::{encode_row, Value};
@@ -146,7 +147,10 @@ pub const CHANGE_DELETE: &str = "delete";
 
 impl WriteOp {
     fn is_catalog(&self) -> bool {
-        matches!(self, WriteOp::Create(_) | WriteOp::Alter(_) | WriteOp::Drop { .. })
+        matches!(
+            self,
+            WriteOp::Create(_) | WriteOp::Alter(_) | WriteOp::Drop { .. }
+        )
     }
 }
 
@@ -175,7 +179,10 @@ pub(crate) struct CommitRequest {
     pub(crate) reply: oneshot::Sender<Result<Vec<WriteResult>>>,
 }
 
-pub(crate) fn spawn_committer(inner: Arc<Inner>, rx: mpsc::Receiver<CommitRequest>) -> Result<JoinHandle<()>> {
+pub(crate) fn spawn_committer(
+    inner: Arc<Inner>,
+    rx: mpsc::Receiver<CommitRequest>,
+) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("eddy-commit".into())
         .spawn(move || Committer { inner }.run(rx))
@@ -183,7 +190,10 @@ pub(crate) fn spawn_committer(inner: Arc<Inner>, rx: mpsc::Receiver<CommitReques
 }
 
 fn now_micros() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 struct Committer {
@@ -303,12 +313,20 @@ impl Committer {
             }
         }
         let batch_was_empty = batch.is_empty();
-        let written = if batch_was_empty { Ok(()) } else { self.inner.db.write_opt(batch, &self.write_options()) };
+        let written = if batch_was_empty {
+            Ok(())
+        } else {
+            self.inner.db.write_opt(batch, &self.write_options())
+        };
         match written {
             Ok(()) => {
                 let stats = &self.inner.stats;
-                stats.write_requests.fetch_add(reqs.len() as u64, Ordering::Relaxed);
-                stats.commits.fetch_add(u64::from(!batch_was_empty), Ordering::Relaxed);
+                stats
+                    .write_requests
+                    .fetch_add(reqs.len() as u64, Ordering::Relaxed);
+                stats
+                    .commits
+                    .fetch_add(u64::from(!batch_was_empty), Ordering::Relaxed);
                 self.publish(&staged);
                 for (req, outcome) in reqs.into_iter().zip(outcomes) {
                     let _ = req.reply.send(outcome);
@@ -329,7 +347,9 @@ impl Committer {
             if let Ok(p) = self.inner.partition(topic, partition) {
                 // The tail first: a reader woken by the watermark finds the records there.
                 if let Some(records) = staged.appended.get(&(topic, partition)) {
-                    p.tail.lock().push(records, self.inner.config.tail_cache_bytes);
+                    p.tail
+                        .lock()
+                        .push(records, self.inner.config.tail_cache_bytes);
                 }
                 p.last_ts.store(last_ts, Ordering::Release);
                 p.next_offset.store(next, Ordering::Release);
@@ -354,15 +374,29 @@ impl Committer {
         let mut buf = Vec::new();
         for op in ops {
             results.push(match op {
-                WriteOp::Append { topic, partition, records } => {
-                    let def = self.inner.catalog.by_id(*topic).ok_or_else(|| Error::ObjectNotFound {
-                        name: format!("object #{topic}"),
-                    })?;
+                WriteOp::Append {
+                    topic,
+                    partition,
+                    records,
+                } => {
+                    let def =
+                        self.inner
+                            .catalog
+                            .by_id(*topic)
+                            .ok_or_else(|| Error::ObjectNotFound {
+                                name: format!("object #{topic}"),
+                            })?;
                     let ObjectDef::Topic(def) = &*def else {
-                        return Err(Error::InvalidValue(format!("\"{}\" is not a topic", def.name())));
+                        return Err(Error::InvalidValue(format!(
+                            "\"{}\" is not a topic",
+                            def.name()
+                        )));
                     };
                     if *partition >= def.partitions {
-                        return Err(Error::NoSuchPartition { topic: def.name.clone(), partition: *partition });
+                        return Err(Error::NoSuchPartition {
+                            topic: def.name.clone(),
+                            partition: *partition,
+                        });
                     }
                     for r in records {
                         check_row(&def.columns, &r.values)?;
@@ -372,13 +406,27 @@ impl Committer {
                     for (i, r) in records.iter().enumerate() {
                         buf.clear();
                         encode_record(ts, r.key.as_deref(), &r.values, &mut buf);
-                        batch.put(CF_LOG, log_key(*topic, *partition, next + i as u64).to_vec(), buf.clone());
+                        batch.put(
+                            CF_LOG,
+                            log_key(*topic, *partition, next + i as u64).to_vec(),
+                            buf.clone(),
+                        );
                         tail.push((next + i as u64, Arc::from(buf.as_slice())));
                     }
-                    staged.offsets.insert((*topic, *partition), (next + records.len() as u64, ts));
-                    WriteResult::Appended { partition: *partition, first_offset: next, ts_micros: ts }
+                    staged
+                        .offsets
+                        .insert((*topic, *partition), (next + records.len() as u64, ts));
+                    WriteResult::Appended {
+                        partition: *partition,
+                        first_offset: next,
+                        ts_micros: ts,
+                    }
                 }
-                WriteOp::Insert { table, rows, on_conflict } => {
+                WriteOp::Insert {
+                    table,
+                    rows,
+                    on_conflict,
+                } => {
                     let def = self.table(*table)?;
                     let mut written = 0;
                     for row in rows {
@@ -388,7 +436,11 @@ impl Committer {
                         let exists = self.current_row(&key, staged, group)?.is_some();
                         if exists {
                             match on_conflict {
-                                OnConflict::Error => return Err(Error::DuplicateKey { table: def.name.clone() }),
+                                OnConflict::Error => {
+                                    return Err(Error::DuplicateKey {
+                                        table: def.name.clone(),
+                                    })
+                                }
                                 OnConflict::Ignore => continue,
                                 OnConflict::Replace => {}
                             }
@@ -420,26 +472,39 @@ impl Committer {
                 WriteOp::SubState { sub, changes } => {
                     match self.inner.catalog.by_id(*sub).as_deref() {
                         Some(ObjectDef::Subscription(_)) => {}
-                        _ => return Err(Error::ObjectNotFound { name: format!("subscription #{sub}") }),
+                        _ => {
+                            return Err(Error::ObjectNotFound {
+                                name: format!("subscription #{sub}"),
+                            })
+                        }
                     }
                     for c in changes {
                         match *c {
-                            SubChange::Next { partition, next } => {
-                                batch.put(CF_SUBS, sub_next_key(*sub, partition).to_vec(), next.to_be_bytes().to_vec())
-                            }
-                            SubChange::Pending { partition, offset, deliveries } => batch.put(
+                            SubChange::Next { partition, next } => batch.put(
+                                CF_SUBS,
+                                sub_next_key(*sub, partition).to_vec(),
+                                next.to_be_bytes().to_vec(),
+                            ),
+                            SubChange::Pending {
+                                partition,
+                                offset,
+                                deliveries,
+                            } => batch.put(
                                 CF_SUBS,
                                 sub_pending_key(*sub, partition, offset).to_vec(),
                                 deliveries.to_be_bytes().to_vec(),
                             ),
-                            SubChange::Done { partition, offset } => {
-                                batch.delete(CF_SUBS, sub_pending_key(*sub, partition, offset).to_vec())
-                            }
+                            SubChange::Done { partition, offset } => batch
+                                .delete(CF_SUBS, sub_pending_key(*sub, partition, offset).to_vec()),
                         }
                     }
                     WriteResult::Done
                 }
-                WriteOp::Trim { topic, partition, before } => {
+                WriteOp::Trim {
+                    topic,
+                    partition,
+                    before,
+                } => {
                     batch.delete_range(
                         CF_LOG,
                         log_key(*topic, *partition, 0).to_vec(),
@@ -449,7 +514,9 @@ impl Committer {
                     WriteResult::Done
                 }
                 WriteOp::Create(_) | WriteOp::Alter(_) | WriteOp::Drop { .. } => {
-                    return Err(Error::InvalidValue("catalog change mixed with data changes".into()))
+                    return Err(Error::InvalidValue(
+                        "catalog change mixed with data changes".into(),
+                    ))
                 }
             });
         }
@@ -457,10 +524,19 @@ impl Committer {
     }
 
     fn table(&self, id: ObjectId) -> Result<Arc<crate::catalog::TableDef>> {
-        let def = self.inner.catalog.by_id(id).ok_or_else(|| Error::ObjectNotFound { name: format!("object #{id}") })?;
+        let def = self
+            .inner
+            .catalog
+            .by_id(id)
+            .ok_or_else(|| Error::ObjectNotFound {
+                name: format!("object #{id}"),
+            })?;
         match &*def {
             ObjectDef::Table(t) => Ok(Arc::new(t.clone())),
-            other => Err(Error::InvalidValue(format!("\"{}\" is not a table", other.name()))),
+            other => Err(Error::InvalidValue(format!(
+                "\"{}\" is not a table",
+                other.name()
+            ))),
         }
     }
 
@@ -469,12 +545,22 @@ impl Committer {
         if let Some(e) = staged.rows.get(key).or_else(|| group.rows.get(key)) {
             return Ok(e.clone());
         }
-        Ok(self.inner.db.get_pinned_cf(self.inner.cf(CF_ROWS), key)?.map(|v| v.to_vec()))
+        Ok(self
+            .inner
+            .db
+            .get_pinned_cf(self.inner.cf(CF_ROWS), key)?
+            .map(|v| v.to_vec()))
     }
 
     /// The next offset of a log (a topic partition or a table's change log) and the append
     /// time for new records: now, but never earlier than the log's newest record.
-    fn next_position(&self, log: ObjectId, partition: u32, staged: &Staged, group: &Staged) -> Result<(u64, i64)> {
+    fn next_position(
+        &self,
+        log: ObjectId,
+        partition: u32,
+        staged: &Staged,
+        group: &Staged,
+    ) -> Result<(u64, i64)> {
         let pos = (log, partition);
         let (next, last_ts) = match staged.offsets.get(&pos).or_else(|| group.offsets.get(&pos)) {
             Some(v) => *v,
@@ -501,7 +587,11 @@ impl Committer {
         encode_record_head(ts, Some(kind), &mut rec);
         rec.extend_from_slice(row);
         batch.put(CF_LOG, log_key(table.id, 0, next).to_vec(), rec.clone());
-        staged.appended.entry((table.id, 0)).or_default().push((next, Arc::from(rec)));
+        staged
+            .appended
+            .entry((table.id, 0))
+            .or_default()
+            .push((next, Arc::from(rec)));
         staged.offsets.insert((table.id, 0), (next + 1, ts));
         Ok(())
     }
@@ -520,33 +610,65 @@ impl Committer {
         for op in ops {
             match op {
                 WriteOp::Create(def) => {
-                    if self.inner.catalog.get(def.name()).is_some() || created.iter().any(|d: &ObjectDef| d.name() == def.name()) {
-                        return Err(Error::ObjectExists { name: def.name().to_owned() });
+                    if self.inner.catalog.get(def.name()).is_some()
+                        || created.iter().any(|d: &ObjectDef| d.name() == def.name())
+                    {
+                        return Err(Error::ObjectExists {
+                            name: def.name().to_owned(),
+                        });
                     }
                     let mut def = def.clone();
                     def.set_id(next_id);
                     next_id += 1;
-                    batch.put_cf(self.inner.cf(CF_CATALOG), catalog_key(def.id()), to_json(&def)?);
+                    batch.put_cf(
+                        self.inner.cf(CF_CATALOG),
+                        catalog_key(def.id()),
+                        to_json(&def)?,
+                    );
                     results.push(WriteResult::Created(Arc::new(def.clone())));
                     created.push(def);
                 }
                 WriteOp::Alter(def) => {
-                    let current = self.inner.catalog.get(def.name()).ok_or_else(|| Error::ObjectNotFound {
-                        name: def.name().to_owned(),
+                    let current = self.inner.catalog.get(def.name()).ok_or_else(|| {
+                        Error::ObjectNotFound {
+                            name: def.name().to_owned(),
+                        }
                     })?;
                     if current.id() != def.id() {
-                        return Err(Error::ObjectNotFound { name: def.name().to_owned() });
+                        return Err(Error::ObjectNotFound {
+                            name: def.name().to_owned(),
+                        });
                     }
-                    batch.put_cf(self.inner.cf(CF_CATALOG), catalog_key(def.id()), to_json(def)?);
+                    batch.put_cf(
+                        self.inner.cf(CF_CATALOG),
+                        catalog_key(def.id()),
+                        to_json(def)?,
+                    );
                     results.push(WriteResult::Done);
                     created.push(def.clone());
                 }
                 WriteOp::Drop { name } => {
-                    let def = self.inner.catalog.get(name).ok_or_else(|| Error::ObjectNotFound { name: name.clone() })?;
+                    let def = self
+                        .inner
+                        .catalog
+                        .get(name)
+                        .ok_or_else(|| Error::ObjectNotFound { name: name.clone() })?;
                     let id = def.id();
-                    let dropping = |n: &str| ops.iter().any(|o| matches!(o, WriteOp::Drop { name } if name == n));
-                    if let Some(user) = self.inner.catalog.subscriptions_of(id).iter().find(|s| !dropping(s.name())) {
-                        return Err(Error::DependentObjects { name: name.clone(), dependent: user.name().to_owned() });
+                    let dropping = |n: &str| {
+                        ops.iter()
+                            .any(|o| matches!(o, WriteOp::Drop { name } if name == n))
+                    };
+                    if let Some(user) = self
+                        .inner
+                        .catalog
+                        .subscriptions_of(id)
+                        .iter()
+                        .find(|s| !dropping(s.name()))
+                    {
+                        return Err(Error::DependentObjects {
+                            name: name.clone(),
+                            dependent: user.name().to_owned(),
+                        });
                     }
                     batch.delete_cf(self.inner.cf(CF_CATALOG), catalog_key(id));
                     // Topics: the log. Tables: the rows and the change log. Subscriptions: their state.
@@ -556,19 +678,36 @@ impl Committer {
                         ObjectDef::Subscription(_) => &[CF_SUBS],
                     };
                     for cf in cfs {
-                        batch.delete_range_cf(self.inner.cf(cf), table_prefix(id), table_prefix(id + 1));
+                        batch.delete_range_cf(
+                            self.inner.cf(cf),
+                            table_prefix(id),
+                            table_prefix(id + 1),
+                        );
                     }
                     results.push(WriteResult::Done);
                     dropped.push((name.clone(), id));
                 }
-                _ => return Err(Error::InvalidValue("data change mixed with catalog changes".into())),
+                _ => {
+                    return Err(Error::InvalidValue(
+                        "data change mixed with catalog changes".into(),
+                    ))
+                }
             }
         }
-        batch.put_cf(self.inner.cf(CF_META), META_NEXT_OBJECT_ID, next_id.to_be_bytes());
+        batch.put_cf(
+            self.inner.cf(CF_META),
+            META_NEXT_OBJECT_ID,
+            next_id.to_be_bytes(),
+        );
         self.inner.db.write_opt(batch, &self.write_options())?;
-        self.inner.stats.write_requests.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .stats
+            .write_requests
+            .fetch_add(1, Ordering::Relaxed);
         self.inner.stats.commits.fetch_add(1, Ordering::Relaxed);
-        self.inner.next_object_id.store(u64::from(next_id), Ordering::Release);
+        self.inner
+            .next_object_id
+            .store(u64::from(next_id), Ordering::Release);
         for (name, id) in dropped {
             self.inner.catalog.remove(&name);
             self.inner.partitions.write().retain(|(t, _), _| *t != id);
@@ -581,17 +720,26 @@ impl Committer {
 }
 
 fn to_json(def: &ObjectDef) -> Result<Vec<u8>> {
-    serde_json::to_vec(def).map_err(|e| Error::InvalidValue(format!("cannot encode catalog entry: {e}")))
+    serde_json::to_vec(def)
+        .map_err(|e| Error::InvalidValue(format!("cannot encode catalog entry: {e}")))
 }
 
 /// Checks arity, types and NOT NULL of a row against its columns.
 fn check_row(columns: &[crate::catalog::ColumnDef], row: &[Value]) -> Result<()> {
     if row.len() != columns.len() {
-        return Err(Error::InvalidValue(format!("row has {} values, expected {}", row.len(), columns.len())));
+        return Err(Error::InvalidValue(format!(
+            "row has {} values, expected {}",
+            row.len(),
+            columns.len()
+        )));
     }
     for (c, v) in columns.iter().zip(row) {
         match v.column_type() {
-            None if !c.nullable => return Err(Error::NotNull { column: c.name.clone() }),
+            None if !c.nullable => {
+                return Err(Error::NotNull {
+                    column: c.name.clone(),
+                })
+            }
             Some(t) if t != c.ty => {
                 return Err(Error::InvalidValue(format!(
                     "column \"{}\" is of type {} but the value is {}",

@@ -22,7 +22,13 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { max_batch_requests: 1024, queue_depth: 4096, sync: true, retention_check_ms: 1000, tail_cache_bytes: 1 << 20 }
+        Self {
+            max_batch_requests: 1024,
+            queue_depth: 4096,
+            sync: true,
+            retention_check_ms: 1000,
+            tail_cache_bytes: 1 << 20,
+        }
     }
 }
 

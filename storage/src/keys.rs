@@ -28,7 +28,9 @@ impl KeyWriter {
     }
     /// An empty key with room for `n` bytes.
     pub fn with_capacity(n: usize) -> Self {
-        Self { buf: Vec::with_capacity(n) }
+        Self {
+            buf: Vec::with_capacity(n),
+        }
     }
     /// Appends a `u32`.
     pub fn u32(&mut self, v: u32) -> &mut Self {
@@ -42,30 +44,41 @@ impl KeyWriter {
     }
     /// Appends an `i16`.
     pub fn i16(&mut self, v: i16) -> &mut Self {
-        self.buf.extend_from_slice(&((v as u16) ^ 0x8000).to_be_bytes());
+        self.buf
+            .extend_from_slice(&((v as u16) ^ 0x8000).to_be_bytes());
         self
     }
     /// Appends an `i32`.
     pub fn i32(&mut self, v: i32) -> &mut Self {
-        self.buf.extend_from_slice(&((v as u32) ^ 0x8000_0000).to_be_bytes());
+        self.buf
+            .extend_from_slice(&((v as u32) ^ 0x8000_0000).to_be_bytes());
         self
     }
     /// Appends an `i64`.
     pub fn i64(&mut self, v: i64) -> &mut Self {
-        self.buf.extend_from_slice(&((v as u64) ^ 0x8000_0000_0000_0000).to_be_bytes());
+        self.buf
+            .extend_from_slice(&((v as u64) ^ 0x8000_0000_0000_0000).to_be_bytes());
         self
     }
     /// Appends an `f64` (NaN sorts above +inf, -0.0 below +0.0).
     pub fn f64(&mut self, v: f64) -> &mut Self {
         let bits = v.to_bits();
-        let bits = if bits >> 63 == 0 { bits | (1 << 63) } else { !bits };
+        let bits = if bits >> 63 == 0 {
+            bits | (1 << 63)
+        } else {
+            !bits
+        };
         self.buf.extend_from_slice(&bits.to_be_bytes());
         self
     }
     /// Appends an `f32`.
     pub fn f32(&mut self, v: f32) -> &mut Self {
         let bits = v.to_bits();
-        let bits = if bits >> 31 == 0 { bits | (1 << 31) } else { !bits };
+        let bits = if bits >> 31 == 0 {
+            bits | (1 << 31)
+        } else {
+            !bits
+        };
         self.buf.extend_from_slice(&bits.to_be_bytes());
         self
     }
@@ -139,13 +152,21 @@ impl<'a> KeyReader<'a> {
     /// Reads an `f64`.
     pub fn f64(&mut self) -> Result<f64> {
         let bits = u64::from_be_bytes(self.take()?);
-        let bits = if bits >> 63 == 1 { bits & !(1 << 63) } else { !bits };
+        let bits = if bits >> 63 == 1 {
+            bits & !(1 << 63)
+        } else {
+            !bits
+        };
         Ok(f64::from_bits(bits))
     }
     /// Reads an `f32`.
     pub fn f32(&mut self) -> Result<f32> {
         let bits = u32::from_be_bytes(self.take()?);
-        let bits = if bits >> 31 == 1 { bits & !(1 << 31) } else { !bits };
+        let bits = if bits >> 31 == 1 {
+            bits & !(1 << 31)
+        } else {
+            !bits
+        };
         Ok(f32::from_bits(bits))
     }
     /// Reads a bool.
@@ -158,7 +179,10 @@ impl<'a> KeyReader<'a> {
         let mut out = Vec::new();
         let mut i = 0;
         loop {
-            let b = *self.rest.get(i).ok_or_else(|| Error::corrupt("unterminated key bytes"))?;
+            let b = *self
+                .rest
+                .get(i)
+                .ok_or_else(|| Error::corrupt("unterminated key bytes"))?;
             if b == 0 {
                 match self.rest.get(i + 1) {
                     Some(0xFF) => out.push(0),

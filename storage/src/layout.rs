@@ -128,11 +128,18 @@ pub fn decode_record(types: &[ColumnType], buf: &[u8]) -> Result<LogRecord> {
             }
             let (k, tail) = rest.split_at(len);
             rest = tail;
-            Some(String::from_utf8(k.to_vec()).map_err(|_| Error::corrupt("message key is not UTF-8"))?)
+            Some(
+                String::from_utf8(k.to_vec())
+                    .map_err(|_| Error::corrupt("message key is not UTF-8"))?,
+            )
         }
     };
     let values = decode_row(types, rest)?;
-    Ok(LogRecord { ts_micros, key, values })
+    Ok(LogRecord {
+        ts_micros,
+        key,
+        values,
+    })
 }
 
 /// Reads only the append time of a stored message (for time-to-offset search).

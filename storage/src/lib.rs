@@ -39,7 +39,8 @@ mod store;
 mod value;
 
 pub use catalog::{
-    Catalog, ColumnDef, ObjectDef, ObjectId, Replication, SubscriptionDef, TableDef, TopicDef, DEFAULT_CHANGE_RETENTION_MS,
+    Catalog, ColumnDef, ObjectDef, ObjectId, Replication, SubscriptionDef, TableDef, TopicDef,
+    DEFAULT_CHANGE_RETENTION_MS,
 };
 pub use commit::{OnConflict, Record, SubChange, WriteOp, WriteResult};
 pub use config::StorageConfig;

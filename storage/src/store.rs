@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use parking_lot::{Mutex, RwLock};
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, DB};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, DB,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::catalog::{Catalog, ObjectDef, ObjectId, SubscriptionDef, TableDef, TopicDef};
@@ -16,8 +18,8 @@ use crate::commit::{spawn_committer, CommitRequest, WriteOp, WriteResult};
 use crate::config::StorageConfig;
 use crate::error::{Error, Result};
 use crate::layout::{
-    decode_record, log_key, log_key_offset, record_ts, row_key, sub_next_key, table_prefix, LogRecord, ALL_CFS,
-    CF_CATALOG, CF_LOG, CF_META, CF_ROWS, CF_SUBS, META_NEXT_OBJECT_ID,
+    decode_record, log_key, log_key_offset, record_ts, row_key, sub_next_key, table_prefix,
+    LogRecord, ALL_CFS, CF_CATALOG, CF_LOG, CF_META, CF_ROWS, CF_SUBS, META_NEXT_OBJECT_ID,
 };
 use crate::value::{decode_row, Value};
 
@@ -48,7 +50,11 @@ impl Tail {
     /// Appends records that follow the newest one and evicts the oldest beyond `cap` bytes.
     pub(crate) fn push(&mut self, records: &[crate::commit::TailRecord], cap: usize) {
         for (offset, rec) in records {
-            if self.records.back().is_some_and(|(last, _)| last + 1 != *offset) {
+            if self
+                .records
+                .back()
+                .is_some_and(|(last, _)| last + 1 != *offset)
+            {
                 // A gap (never expected): start over rather than serve a hole.
                 self.records.clear();
                 self.bytes = 0;
@@ -57,7 +63,9 @@ impl Tail {
             self.records.push_back((*offset, rec.clone()));
         }
         while self.bytes > cap {
-            let Some((_, r)) = self.records.pop_front() else { break };
+            let Some((_, r)) = self.records.pop_front() else {
+                break;
+            };
             self.bytes -= r.len();
         }
     }
@@ -115,7 +123,9 @@ impl Inner {
     pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
         // Every column family in ALL_CFS is created by `Store::open`, so the handle exists.
         #[allow(clippy::expect_used)]
-        self.db.cf_handle(name).expect("column family created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
     }
 
     /// The state of a partition, loaded from the log on first use.
@@ -148,7 +158,9 @@ impl Inner {
             _ => None,
         };
         it.status()?;
-        let Some((last_offset, last_ts)) = last else { return Ok((0, 0, i64::MIN)) };
+        let Some((last_offset, last_ts)) = last else {
+            return Ok((0, 0, i64::MIN));
+        };
         it.seek(lo);
         let first = match it.key() {
             Some(k) if k <= hi.as_slice() => log_key_offset(k)?,
@@ -197,18 +209,26 @@ impl Store {
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         let catalog = Catalog::default();
         {
-            let cf = db.cf_handle(CF_CATALOG).ok_or_else(|| Error::corrupt("catalog column family"))?;
+            let cf = db
+                .cf_handle(CF_CATALOG)
+                .ok_or_else(|| Error::corrupt("catalog column family"))?;
             for item in db.iterator_cf(cf, IteratorMode::Start) {
                 let (_, v) = item?;
-                let def: ObjectDef =
-                    serde_json::from_slice(&v).map_err(|e| Error::corrupt(format!("catalog entry: {e}")))?;
+                let def: ObjectDef = serde_json::from_slice(&v)
+                    .map_err(|e| Error::corrupt(format!("catalog entry: {e}")))?;
                 catalog.insert(def);
             }
         }
         let next_id = {
-            let cf = db.cf_handle(CF_META).ok_or_else(|| Error::corrupt("meta column family"))?;
+            let cf = db
+                .cf_handle(CF_META)
+                .ok_or_else(|| Error::corrupt("meta column family"))?;
             match db.get_cf(cf, META_NEXT_OBJECT_ID)? {
-                Some(v) => u32::from_be_bytes(v.as_slice().try_into().map_err(|_| Error::corrupt("next id"))?),
+                Some(v) => u32::from_be_bytes(
+                    v.as_slice()
+                        .try_into()
+                        .map_err(|_| Error::corrupt("next id"))?,
+                ),
                 None => 1,
             }
         };
@@ -224,7 +244,10 @@ impl Store {
         let committer = spawn_committer(inner.clone(), rx)?;
         Ok(Store {
             inner,
-            writer: Arc::new(Writer { tx: RwLock::new(Some(tx)), committer: Mutex::new(Some(committer)) }),
+            writer: Arc::new(Writer {
+                tx: RwLock::new(Some(tx)),
+                committer: Mutex::new(Some(committer)),
+            }),
         })
     }
 
@@ -243,7 +266,9 @@ impl Store {
     pub async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>> {
         let (reply, rx) = oneshot::channel();
         let tx = self.writer.tx.read().clone().ok_or(Error::ShuttingDown)?;
-        tx.send(CommitRequest { ops, reply }).await.map_err(|_| Error::ShuttingDown)?;
+        tx.send(CommitRequest { ops, reply })
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
 
@@ -251,7 +276,8 @@ impl Store {
     pub fn write_blocking(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>> {
         let (reply, rx) = oneshot::channel();
         let tx = self.writer.tx.read().clone().ok_or(Error::ShuttingDown)?;
-        tx.blocking_send(CommitRequest { ops, reply }).map_err(|_| Error::ShuttingDown)?;
+        tx.blocking_send(CommitRequest { ops, reply })
+            .map_err(|_| Error::ShuttingDown)?;
         rx.blocking_recv().map_err(|_| Error::ShuttingDown)?
     }
 
@@ -269,7 +295,10 @@ impl Store {
     /// Positions of a topic partition.
     pub fn partition(&self, topic: &TopicDef, partition: u32) -> Result<Arc<PartitionState>> {
         if partition >= topic.partitions {
-            return Err(Error::NoSuchPartition { topic: topic.name.clone(), partition });
+            return Err(Error::NoSuchPartition {
+                topic: topic.name.clone(),
+                partition,
+            });
         }
         self.inner.partition(topic.id, partition)
     }
@@ -292,7 +321,10 @@ impl Store {
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(log_key(topic.id, partition, to).to_vec());
         let start = log_key(topic.id, partition, from);
-        let it = self.inner.db.iterator_cf_opt(cf, ro, IteratorMode::From(&start, Direction::Forward));
+        let it =
+            self.inner
+                .db
+                .iterator_cf_opt(cf, ro, IteratorMode::From(&start, Direction::Forward));
         for item in it {
             let (k, v) = item?;
             out.push((log_key_offset(&k)?, decode_record(&types, &v)?));
@@ -300,7 +332,10 @@ impl Store {
                 break;
             }
         }
-        self.inner.stats.log_records_read.fetch_add(out.len() as u64, Ordering::Relaxed);
+        self.inner
+            .stats
+            .log_records_read
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(out)
     }
 
@@ -337,8 +372,14 @@ impl Store {
             return Ok(None);
         }
         let types = topic.column_types();
-        let out = picked.iter().map(|(o, r)| Ok((*o, decode_record(&types, r)?))).collect::<Result<Vec<_>>>()?;
-        self.inner.stats.log_records_from_memory.fetch_add(out.len() as u64, Ordering::Relaxed);
+        let out = picked
+            .iter()
+            .map(|(o, r)| Ok((*o, decode_record(&types, r)?)))
+            .collect::<Result<Vec<_>>>()?;
+        self.inner
+            .stats
+            .log_records_from_memory
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(Some(out))
     }
 
@@ -376,7 +417,10 @@ impl Store {
         let cf = self.inner.cf(CF_ROWS);
         match self.inner.db.get_pinned_cf(cf, key)? {
             Some(v) => {
-                self.inner.stats.table_rows_read.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .stats
+                    .table_rows_read
+                    .fetch_add(1, Ordering::Relaxed);
                 Ok(Some(decode_row(&table.column_types(), &v)?))
             }
             None => Ok(None),
@@ -399,7 +443,10 @@ impl Store {
             ro.set_iterate_upper_bound(upper);
         }
         let start: Vec<u8> = after.map(<[u8]>::to_vec).unwrap_or_else(|| prefix.to_vec());
-        let it = self.inner.db.iterator_cf_opt(cf, ro, IteratorMode::From(&start, Direction::Forward));
+        let it =
+            self.inner
+                .db
+                .iterator_cf_opt(cf, ro, IteratorMode::From(&start, Direction::Forward));
         let mut rows = Vec::new();
         let mut last = None;
         for item in it {
@@ -413,7 +460,10 @@ impl Store {
                 break;
             }
         }
-        self.inner.stats.table_rows_read.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        self.inner
+            .stats
+            .table_rows_read
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
         Ok((rows, last))
     }
 
@@ -429,12 +479,18 @@ impl Store {
                 ObjectDef::Subscription(_) => continue,
             };
             let topic = &topic;
-            let Some(retention_ms) = topic.retention_ms else { continue };
+            let Some(retention_ms) = topic.retention_ms else {
+                continue;
+            };
             let cutoff = now_micros.saturating_sub((retention_ms as i64).saturating_mul(1000));
             for p in 0..topic.partitions {
                 let first_kept = self.offset_for_ts(topic, p, cutoff)?;
                 if first_kept > self.partition(topic, p)?.start_offset() {
-                    ops.push(WriteOp::Trim { topic: topic.id, partition: p, before: first_kept });
+                    ops.push(WriteOp::Trim {
+                        topic: topic.id,
+                        partition: p,
+                        before: first_kept,
+                    });
                 }
             }
         }
@@ -466,33 +522,61 @@ impl Store {
         ro.set_snapshot(&snap);
         ro.set_iterate_upper_bound(table_prefix(table.id + 1).to_vec());
         let mut rows = Vec::new();
-        for item in self.inner.db.iterator_cf_opt(self.inner.cf(CF_ROWS), ro, IteratorMode::From(&prefix, Direction::Forward)) {
+        for item in self.inner.db.iterator_cf_opt(
+            self.inner.cf(CF_ROWS),
+            ro,
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
             let (_, v) = item?;
             rows.push(decode_row(&types, &v)?);
         }
-        self.inner.stats.table_rows_read.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        self.inner
+            .stats
+            .table_rows_read
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
         Ok((rows, next))
     }
 
     /// The stored positions and pending rows of a durable subscription, one entry per
     /// partition of its topic (`partitions` of them).
-    pub fn subscription_state(&self, sub: &SubscriptionDef, partitions: u32) -> Result<Vec<PartitionSubState>> {
+    pub fn subscription_state(
+        &self,
+        sub: &SubscriptionDef,
+        partitions: u32,
+    ) -> Result<Vec<PartitionSubState>> {
         let mut out: Vec<PartitionSubState> = (0..partitions)
-            .map(|p| PartitionSubState { next: sub.start.get(p as usize).copied().unwrap_or(0), pending: vec![] })
+            .map(|p| PartitionSubState {
+                next: sub.start.get(p as usize).copied().unwrap_or(0),
+                pending: vec![],
+            })
             .collect();
         let cf = self.inner.cf(CF_SUBS);
         let prefix = table_prefix(sub.id);
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(table_prefix(sub.id + 1).to_vec());
-        for item in self.inner.db.iterator_cf_opt(cf, ro, IteratorMode::From(&prefix, Direction::Forward)) {
+        for item in
+            self.inner
+                .db
+                .iterator_cf_opt(cf, ro, IteratorMode::From(&prefix, Direction::Forward))
+        {
             let (k, v) = item?;
             let bad = || Error::corrupt("subscription state entry");
-            let p = u32::from_be_bytes(k.get(4..8).and_then(|b| b.try_into().ok()).ok_or_else(bad)?);
-            let Some(state) = out.get_mut(p as usize) else { continue };
+            let p = u32::from_be_bytes(
+                k.get(4..8)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(bad)?,
+            );
+            let Some(state) = out.get_mut(p as usize) else {
+                continue;
+            };
             if k.len() == sub_next_key(0, 0).len() {
                 state.next = u64::from_be_bytes(v.as_ref().try_into().map_err(|_| bad())?);
             } else {
-                let offset = u64::from_be_bytes(k.get(9..17).and_then(|b| b.try_into().ok()).ok_or_else(bad)?);
+                let offset = u64::from_be_bytes(
+                    k.get(9..17)
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or_else(bad)?,
+                );
                 let deliveries = u32::from_be_bytes(v.as_ref().try_into().map_err(|_| bad())?);
                 state.pending.push((offset, deliveries));
             }
@@ -505,9 +589,12 @@ impl Store {
         ALL_CFS
             .iter()
             .filter_map(|cf| {
-                self.inner.db.property_int_value_cf(self.inner.cf(cf), "rocksdb.estimate-live-data-size").ok().flatten()
+                self.inner
+                    .db
+                    .property_int_value_cf(self.inner.cf(cf), "rocksdb.estimate-live-data-size")
+                    .ok()
+                    .flatten()
             })
             .sum()
     }
 }
-

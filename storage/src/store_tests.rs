@@ -8,7 +8,11 @@ fn topic(name: &str, partitions: u32) -> ObjectDef {
     ObjectDef::Topic(TopicDef {
         id: 0,
         name: name.into(),
-        columns: vec![ColumnDef { name: "payload".into(), ty: ColumnType::Text, nullable: true }],
+        columns: vec![ColumnDef {
+            name: "payload".into(),
+            ty: ColumnType::Text,
+            nullable: true,
+        }],
         partitions,
         retention_ms: None,
         replication: Replication::Raft,
@@ -21,8 +25,16 @@ fn table(name: &str) -> ObjectDef {
         id: 0,
         name: name.into(),
         columns: vec![
-            ColumnDef { name: "id".into(), ty: ColumnType::Int64, nullable: false },
-            ColumnDef { name: "name".into(), ty: ColumnType::Text, nullable: true },
+            ColumnDef {
+                name: "id".into(),
+                ty: ColumnType::Int64,
+                nullable: false,
+            },
+            ColumnDef {
+                name: "name".into(),
+                ty: ColumnType::Text,
+                nullable: true,
+            },
         ],
         primary_key: vec![0],
         replication: Replication::Gossip,
@@ -31,14 +43,22 @@ fn table(name: &str) -> ObjectDef {
 }
 
 async fn create(store: &Store, def: ObjectDef) -> Arc<ObjectDef> {
-    match store.write(vec![WriteOp::Create(def)]).await.unwrap().remove(0) {
+    match store
+        .write(vec![WriteOp::Create(def)])
+        .await
+        .unwrap()
+        .remove(0)
+    {
         WriteResult::Created(d) => d,
         other => panic!("unexpected {other:?}"),
     }
 }
 
 fn text(s: &str) -> Record {
-    Record { key: None, values: vec![Value::Text(s.into())] }
+    Record {
+        key: None,
+        values: vec![Value::Text(s.into())],
+    }
 }
 
 fn as_topic(d: &ObjectDef) -> &TopicDef {
@@ -62,34 +82,85 @@ async fn append_assigns_consecutive_offsets_and_survives_reopen() {
         let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
         let t = create(&store, topic("events", 2)).await;
         let r = store
-            .write(vec![WriteOp::Append { topic: t.id(), partition: 1, records: vec![text("a"), text("b")] }])
+            .write(vec![WriteOp::Append {
+                topic: t.id(),
+                partition: 1,
+                records: vec![text("a"), text("b")],
+            }])
             .await
             .unwrap();
-        assert!(matches!(r[0], WriteResult::Appended { partition: 1, first_offset: 0, .. }));
+        assert!(matches!(
+            r[0],
+            WriteResult::Appended {
+                partition: 1,
+                first_offset: 0,
+                ..
+            }
+        ));
         let r = store
-            .write(vec![WriteOp::Append { topic: t.id(), partition: 1, records: vec![text("c")] }])
+            .write(vec![WriteOp::Append {
+                topic: t.id(),
+                partition: 1,
+                records: vec![text("c")],
+            }])
             .await
             .unwrap();
-        assert!(matches!(r[0], WriteResult::Appended { first_offset: 2, .. }));
+        assert!(matches!(
+            r[0],
+            WriteResult::Appended {
+                first_offset: 2,
+                ..
+            }
+        ));
         store.shutdown().unwrap();
     }
     let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
-    let t = store.catalog().topic("events").expect("catalog survives reopen");
+    let t = store
+        .catalog()
+        .topic("events")
+        .expect("catalog survives reopen");
     let t = as_topic(&t);
     let p = store.partition(t, 1).unwrap();
     assert_eq!(p.next_offset(), 3);
     let rows = store.read_log(t, 1, 0, 10, 100).unwrap();
-    let payloads: Vec<_> = rows.iter().map(|(o, r)| (*o, r.values[0].clone())).collect();
+    let payloads: Vec<_> = rows
+        .iter()
+        .map(|(o, r)| (*o, r.values[0].clone()))
+        .collect();
     assert_eq!(
         payloads,
-        vec![(0, Value::Text("a".into())), (1, Value::Text("b".into())), (2, Value::Text("c".into()))]
+        vec![
+            (0, Value::Text("a".into())),
+            (1, Value::Text("b".into())),
+            (2, Value::Text("c".into()))
+        ]
     );
-    assert_eq!(store.read_log(t, 1, 1, 2, 100).unwrap().len(), 1, "range end is exclusive");
+    assert_eq!(
+        store.read_log(t, 1, 1, 2, 100).unwrap().len(),
+        1,
+        "range end is exclusive"
+    );
     assert_eq!(store.partition(t, 0).unwrap().next_offset(), 0);
-    assert!(matches!(store.partition(t, 2), Err(Error::NoSuchPartition { .. })));
+    assert!(matches!(
+        store.partition(t, 2),
+        Err(Error::NoSuchPartition { .. })
+    ));
     // A new append continues after the reopened high watermark.
-    let r = store.write(vec![WriteOp::Append { topic: t.id, partition: 1, records: vec![text("d")] }]).await.unwrap();
-    assert!(matches!(r[0], WriteResult::Appended { first_offset: 3, .. }));
+    let r = store
+        .write(vec![WriteOp::Append {
+            topic: t.id,
+            partition: 1,
+            records: vec![text("d")],
+        }])
+        .await
+        .unwrap();
+    assert!(matches!(
+        r[0],
+        WriteResult::Appended {
+            first_offset: 3,
+            ..
+        }
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +174,11 @@ async fn concurrent_writers_get_distinct_offsets_and_share_fsyncs() {
         let id = t.id();
         tasks.push(tokio::spawn(async move {
             let r = store
-                .write(vec![WriteOp::Append { topic: id, partition: 0, records: vec![text(&i.to_string())] }])
+                .write(vec![WriteOp::Append {
+                    topic: id,
+                    partition: 0,
+                    records: vec![text(&i.to_string())],
+                }])
                 .await
                 .unwrap();
             match r[0] {
@@ -121,14 +196,22 @@ async fn concurrent_writers_get_distinct_offsets_and_share_fsyncs() {
     // Group commit: the 64 concurrent requests shared fsyncs. (Each commit is an fsync'd
     // batch; while one is being synced the others queue and go together in the next.)
     let stats = store.stats();
-    let requests = stats.write_requests.load(std::sync::atomic::Ordering::Relaxed);
+    let requests = stats
+        .write_requests
+        .load(std::sync::atomic::Ordering::Relaxed);
     let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(requests, 65, "64 appends + the CREATE");
-    assert!(commits < requests, "{commits} commits for {requests} requests: no batching");
+    assert!(
+        commits < requests,
+        "{commits} commits for {requests} requests: no batching"
+    );
     let t = store.catalog().topic("t").unwrap();
     let recs = store.read_log(as_topic(&t), 0, 0, 64, 1000).unwrap();
     let ts: Vec<_> = recs.iter().map(|(_, r)| r.ts_micros).collect();
-    assert!(ts.windows(2).all(|w| w[0] <= w[1]), "append times never go backwards in a partition");
+    assert!(
+        ts.windows(2).all(|w| w[0] <= w[1]),
+        "append times never go backwards in a partition"
+    );
 }
 
 #[tokio::test]
@@ -138,7 +221,11 @@ async fn duplicate_key_fails_the_whole_request_only() {
     let t = create(&store, table("users")).await;
     let row = |id: i64, n: &str| vec![Value::Int64(id), Value::Text(n.into())];
     store
-        .write(vec![WriteOp::Insert { table: t.id(), rows: vec![row(1, "a")], on_conflict: OnConflict::Error }])
+        .write(vec![WriteOp::Insert {
+            table: t.id(),
+            rows: vec![row(1, "a")],
+            on_conflict: OnConflict::Error,
+        }])
         .await
         .unwrap();
     let err = store
@@ -151,24 +238,49 @@ async fn duplicate_key_fails_the_whole_request_only() {
         .unwrap_err();
     assert!(matches!(err, Error::DuplicateKey { .. }), "{err:?}");
     let def = as_table(&t);
-    assert_eq!(store.get_row(def, &[Value::Int64(2)]).unwrap(), None, "no partial insert");
-    assert_eq!(store.get_row(def, &[Value::Int64(1)]).unwrap(), Some(row(1, "a")));
+    assert_eq!(
+        store.get_row(def, &[Value::Int64(2)]).unwrap(),
+        None,
+        "no partial insert"
+    );
+    assert_eq!(
+        store.get_row(def, &[Value::Int64(1)]).unwrap(),
+        Some(row(1, "a"))
+    );
     // Upsert replaces; ignore keeps.
     store
-        .write(vec![WriteOp::Insert { table: t.id(), rows: vec![row(1, "z")], on_conflict: OnConflict::Replace }])
+        .write(vec![WriteOp::Insert {
+            table: t.id(),
+            rows: vec![row(1, "z")],
+            on_conflict: OnConflict::Replace,
+        }])
         .await
         .unwrap();
     let r = store
-        .write(vec![WriteOp::Insert { table: t.id(), rows: vec![row(1, "q")], on_conflict: OnConflict::Ignore }])
+        .write(vec![WriteOp::Insert {
+            table: t.id(),
+            rows: vec![row(1, "q")],
+            on_conflict: OnConflict::Ignore,
+        }])
         .await
         .unwrap();
     assert_eq!(r[0], WriteResult::Rows(0));
-    assert_eq!(store.get_row(def, &[Value::Int64(1)]).unwrap(), Some(row(1, "z")));
+    assert_eq!(
+        store.get_row(def, &[Value::Int64(1)]).unwrap(),
+        Some(row(1, "z"))
+    );
     // Delete then re-insert in one request sees its own delete.
     let r = store
         .write(vec![
-            WriteOp::Delete { table: t.id(), keys: vec![vec![Value::Int64(1)], vec![Value::Int64(99)]] },
-            WriteOp::Insert { table: t.id(), rows: vec![row(1, "again")], on_conflict: OnConflict::Error },
+            WriteOp::Delete {
+                table: t.id(),
+                keys: vec![vec![Value::Int64(1)], vec![Value::Int64(99)]],
+            },
+            WriteOp::Insert {
+                table: t.id(),
+                rows: vec![row(1, "again")],
+                on_conflict: OnConflict::Error,
+            },
         ])
         .await
         .unwrap();
@@ -208,8 +320,18 @@ async fn scan_rows_pages_in_key_order() {
     let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
     let t = create(&store, table("t")).await;
     let other = create(&store, table("u")).await;
-    let rows: Vec<_> = [5i64, -3, 10, 0, 7].iter().map(|&i| vec![Value::Int64(i), Value::Null]).collect();
-    store.write(vec![WriteOp::Insert { table: t.id(), rows, on_conflict: OnConflict::Error }]).await.unwrap();
+    let rows: Vec<_> = [5i64, -3, 10, 0, 7]
+        .iter()
+        .map(|&i| vec![Value::Int64(i), Value::Null])
+        .collect();
+    store
+        .write(vec![WriteOp::Insert {
+            table: t.id(),
+            rows,
+            on_conflict: OnConflict::Error,
+        }])
+        .await
+        .unwrap();
     store
         .write(vec![WriteOp::Insert {
             table: other.id(),
@@ -222,7 +344,11 @@ async fn scan_rows_pages_in_key_order() {
     let (first, after) = store.scan_rows(def, None, 2).unwrap();
     let (second, after2) = store.scan_rows(def, after.as_deref(), 10).unwrap();
     let ids: Vec<_> = first.iter().chain(&second).map(|r| r[0].clone()).collect();
-    assert_eq!(ids, [-3i64, 0, 5, 7, 10].map(Value::Int64).to_vec(), "only this table, in key order");
+    assert_eq!(
+        ids,
+        [-3i64, 0, 5, 7, 10].map(Value::Int64).to_vec(),
+        "only this table, in key order"
+    );
     let (none, _) = store.scan_rows(def, after2.as_deref(), 10).unwrap();
     assert!(none.is_empty());
 }
@@ -232,17 +358,35 @@ async fn drop_removes_data_and_name_can_be_reused() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
     let t = create(&store, topic("t", 1)).await;
-    store.write(vec![WriteOp::Append { topic: t.id(), partition: 0, records: vec![text("x")] }]).await.unwrap();
-    let err = store.write(vec![WriteOp::Create(topic("t", 1))]).await.unwrap_err();
+    store
+        .write(vec![WriteOp::Append {
+            topic: t.id(),
+            partition: 0,
+            records: vec![text("x")],
+        }])
+        .await
+        .unwrap();
+    let err = store
+        .write(vec![WriteOp::Create(topic("t", 1))])
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::ObjectExists { .. }));
-    store.write(vec![WriteOp::Drop { name: "t".into() }]).await.unwrap();
+    store
+        .write(vec![WriteOp::Drop { name: "t".into() }])
+        .await
+        .unwrap();
     assert!(store.catalog().get("t").is_none());
     let t2 = create(&store, topic("t", 1)).await;
     assert_ne!(t.id(), t2.id(), "ids are never reused");
     let t2 = as_topic(&t2);
     assert_eq!(store.partition(t2, 0).unwrap().next_offset(), 0);
     assert!(store.read_log(t2, 0, 0, 10, 10).unwrap().is_empty());
-    let err = store.write(vec![WriteOp::Drop { name: "nope".into() }]).await.unwrap_err();
+    let err = store
+        .write(vec![WriteOp::Drop {
+            name: "nope".into(),
+        }])
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::ObjectNotFound { .. }));
 }
 
@@ -254,10 +398,16 @@ async fn retention_trims_old_messages_and_offset_for_ts_searches() {
     let mut stamps = Vec::new();
     for i in 0..5 {
         let r = store
-            .write(vec![WriteOp::Append { topic: t.id(), partition: 0, records: vec![text(&i.to_string())] }])
+            .write(vec![WriteOp::Append {
+                topic: t.id(),
+                partition: 0,
+                records: vec![text(&i.to_string())],
+            }])
             .await
             .unwrap();
-        let WriteResult::Appended { ts_micros, .. } = r[0] else { panic!() };
+        let WriteResult::Appended { ts_micros, .. } = r[0] else {
+            panic!()
+        };
         stamps.push(ts_micros);
         // Distinct append times for the search below.
         while std::time::SystemTime::now()
@@ -276,21 +426,38 @@ async fn retention_trims_old_messages_and_offset_for_ts_searches() {
     // Retention of 1 ms relative to "now" = just after message 2 keeps 3 and 4.
     let mut def2 = def.clone();
     def2.retention_ms = Some(1);
-    store.write(vec![WriteOp::Alter(ObjectDef::Topic(def2.clone()))]).await.unwrap();
+    store
+        .write(vec![WriteOp::Alter(ObjectDef::Topic(def2.clone()))])
+        .await
+        .unwrap();
     // enforce_retention blocks (it is run by a background thread), so call it off the runtime.
-    let enforce = |store: Store, now: i64| tokio::task::spawn_blocking(move || store.enforce_retention(now).unwrap());
+    let enforce = |store: Store, now: i64| {
+        tokio::task::spawn_blocking(move || store.enforce_retention(now).unwrap())
+    };
     let trimmed = enforce(store.clone(), stamps[3] + 1000).await.unwrap();
     assert_eq!(trimmed, 1);
     assert_eq!(store.partition(&def2, 0).unwrap().start_offset(), 3);
-    let left: Vec<_> = store.read_log(&def2, 0, 0, 10, 10).unwrap().into_iter().map(|(o, _)| o).collect();
+    let left: Vec<_> = store
+        .read_log(&def2, 0, 0, 10, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(o, _)| o)
+        .collect();
     assert_eq!(left, vec![3, 4]);
-    assert_eq!(enforce(store.clone(), stamps[3] + 1000).await.unwrap(), 0, "nothing more to trim");
+    assert_eq!(
+        enforce(store.clone(), stamps[3] + 1000).await.unwrap(),
+        0,
+        "nothing more to trim"
+    );
 }
 
 #[test]
 fn partition_for_key_is_stable_and_in_range() {
     // Fixed expectations: clients in other languages compute the same partition.
-    assert_eq!(partition_for_key("", 4), (0xcbf2_9ce4_8422_2325u64 % 4) as u32);
+    assert_eq!(
+        partition_for_key("", 4),
+        (0xcbf2_9ce4_8422_2325u64 % 4) as u32
+    );
     for k in ["a", "s1", "sensor-42", "ünïcode"] {
         assert!(partition_for_key(k, 7) < 7);
         assert_eq!(partition_for_key(k, 7), partition_for_key(k, 7));
@@ -305,17 +472,46 @@ async fn table_changes_are_logged_with_their_kind_in_the_same_commit() {
     let t = create(&store, table("users")).await;
     let t = as_table(&t).clone();
     let row = |id: i64, name: &str| vec![Value::Int64(id), Value::Text(name.into())];
-    let insert = |rows, on_conflict| WriteOp::Insert { table: t.id, rows, on_conflict };
-    store.write(vec![insert(vec![row(1, "ann"), row(2, "bob")], OnConflict::Error)]).await.unwrap();
-    store.write(vec![insert(vec![row(1, "anna")], OnConflict::Replace)]).await.unwrap();
-    store.write(vec![insert(vec![row(2, "ignored")], OnConflict::Ignore)]).await.unwrap();
-    store.write(vec![WriteOp::Delete { table: t.id, keys: vec![vec![Value::Int64(2)], vec![Value::Int64(9)]] }]).await.unwrap();
+    let insert = |rows, on_conflict| WriteOp::Insert {
+        table: t.id,
+        rows,
+        on_conflict,
+    };
+    store
+        .write(vec![insert(
+            vec![row(1, "ann"), row(2, "bob")],
+            OnConflict::Error,
+        )])
+        .await
+        .unwrap();
+    store
+        .write(vec![insert(vec![row(1, "anna")], OnConflict::Replace)])
+        .await
+        .unwrap();
+    store
+        .write(vec![insert(vec![row(2, "ignored")], OnConflict::Ignore)])
+        .await
+        .unwrap();
+    store
+        .write(vec![WriteOp::Delete {
+            table: t.id,
+            keys: vec![vec![Value::Int64(2)], vec![Value::Int64(9)]],
+        }])
+        .await
+        .unwrap();
     // A failed request logs nothing.
-    assert!(store.write(vec![insert(vec![row(1, "dup")], OnConflict::Error)]).await.is_err());
+    assert!(store
+        .write(vec![insert(vec![row(1, "dup")], OnConflict::Error)])
+        .await
+        .is_err());
     let log = t.change_log();
     assert_eq!(store.partition(&log, 0).unwrap().next_offset(), 4);
-    let changes: Vec<(u64, Option<String>, Vec<Value>)> =
-        store.read_log(&log, 0, 0, 10, 10).unwrap().into_iter().map(|(o, r)| (o, r.key, r.values)).collect();
+    let changes: Vec<(u64, Option<String>, Vec<Value>)> = store
+        .read_log(&log, 0, 0, 10, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(o, r)| (o, r.key, r.values))
+        .collect();
     let kind = |s: &str| Some(s.to_owned());
     assert_eq!(
         changes,
@@ -328,7 +524,12 @@ async fn table_changes_are_logged_with_their_kind_in_the_same_commit() {
         "a delete logs the row it removed; ignored conflicts and missing keys log nothing"
     );
     // Dropping the table removes its change log too.
-    store.write(vec![WriteOp::Drop { name: "users".into() }]).await.unwrap();
+    store
+        .write(vec![WriteOp::Drop {
+            name: "users".into(),
+        }])
+        .await
+        .unwrap();
     assert!(store.read_log(&log, 0, 0, 10, 10).unwrap().is_empty());
 }
 
@@ -354,25 +555,92 @@ async fn subscription_state_survives_reopen_and_blocks_dropping_its_topic() {
         let t = create(&store, topic("events", 2)).await;
         let s = create(&store, sub_def(t.id())).await;
         let changes = vec![
-            SubChange::Next { partition: 0, next: 12 },
-            SubChange::Pending { partition: 0, offset: 9, deliveries: 1 },
-            SubChange::Pending { partition: 0, offset: 10, deliveries: 2 },
-            SubChange::Pending { partition: 0, offset: 11, deliveries: 1 },
-            SubChange::Done { partition: 0, offset: 10 },
+            SubChange::Next {
+                partition: 0,
+                next: 12,
+            },
+            SubChange::Pending {
+                partition: 0,
+                offset: 9,
+                deliveries: 1,
+            },
+            SubChange::Pending {
+                partition: 0,
+                offset: 10,
+                deliveries: 2,
+            },
+            SubChange::Pending {
+                partition: 0,
+                offset: 11,
+                deliveries: 1,
+            },
+            SubChange::Done {
+                partition: 0,
+                offset: 10,
+            },
         ];
-        store.write(vec![WriteOp::SubState { sub: s.id(), changes }]).await.unwrap();
-        let err = store.write(vec![WriteOp::Drop { name: "events".into() }]).await.unwrap_err();
+        store
+            .write(vec![WriteOp::SubState {
+                sub: s.id(),
+                changes,
+            }])
+            .await
+            .unwrap();
+        let err = store
+            .write(vec![WriteOp::Drop {
+                name: "events".into(),
+            }])
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::DependentObjects { .. }), "{err:?}");
         store.shutdown().unwrap();
     }
     let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
-    let s = store.catalog().subscription("s").expect("subscription survives reopen");
-    let ObjectDef::Subscription(def) = &*s else { unreachable!() };
+    let s = store
+        .catalog()
+        .subscription("s")
+        .expect("subscription survives reopen");
+    let ObjectDef::Subscription(def) = &*s else {
+        unreachable!()
+    };
     let state = store.subscription_state(def, 2).unwrap();
-    assert_eq!(state[0], PartitionSubState { next: 12, pending: vec![(9, 1), (11, 1)] });
-    assert_eq!(state[1], PartitionSubState { next: 7, pending: vec![] }, "no state yet: the start offset");
+    assert_eq!(
+        state[0],
+        PartitionSubState {
+            next: 12,
+            pending: vec![(9, 1), (11, 1)]
+        }
+    );
+    assert_eq!(
+        state[1],
+        PartitionSubState {
+            next: 7,
+            pending: vec![]
+        },
+        "no state yet: the start offset"
+    );
     // Dropping the subscription and its topic together is allowed, and clears the state.
-    store.write(vec![WriteOp::Drop { name: "s".into() }, WriteOp::Drop { name: "events".into() }]).await.unwrap();
-    assert_eq!(store.subscription_state(def, 2).unwrap()[0], PartitionSubState { next: 5, pending: vec![] });
-    assert!(store.write(vec![WriteOp::SubState { sub: def.id, changes: vec![] }]).await.is_err());
+    store
+        .write(vec![
+            WriteOp::Drop { name: "s".into() },
+            WriteOp::Drop {
+                name: "events".into(),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.subscription_state(def, 2).unwrap()[0],
+        PartitionSubState {
+            next: 5,
+            pending: vec![]
+        }
+    );
+    assert!(store
+        .write(vec![WriteOp::SubState {
+            sub: def.id,
+            changes: vec![]
+        }])
+        .await
+        .is_err());
 }

@@ -115,7 +115,11 @@ impl Value {
     /// NULL is refused: primary key columns are NOT NULL.
     pub fn encode_key(&self, w: &mut KeyWriter) -> Result<()> {
         match self {
-            Value::Null => return Err(Error::InvalidValue("primary key column cannot be NULL".into())),
+            Value::Null => {
+                return Err(Error::InvalidValue(
+                    "primary key column cannot be NULL".into(),
+                ))
+            }
             Value::Bool(v) => w.bool(*v),
             Value::Int16(v) => w.i16(*v),
             Value::Int32(v) | Value::Date(v) => w.i32(*v),
@@ -141,7 +145,8 @@ impl Value {
             ColumnType::Float32 => Value::Float32(r.f32()?),
             ColumnType::Float64 => Value::Float64(r.f64()?),
             ColumnType::Text => Value::Text(
-                String::from_utf8(r.bytes()?).map_err(|_| Error::corrupt("key text is not UTF-8"))?,
+                String::from_utf8(r.bytes()?)
+                    .map_err(|_| Error::corrupt("key text is not UTF-8"))?,
             ),
             ColumnType::Bytea => Value::Bytea(r.bytes()?),
         })
@@ -159,7 +164,9 @@ pub(crate) fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
 pub(crate) fn get_varint(buf: &mut &[u8]) -> Result<u64> {
     let mut out = 0u64;
     for shift in (0..64).step_by(7) {
-        let (&b, rest) = buf.split_first().ok_or_else(|| Error::corrupt("truncated varint"))?;
+        let (&b, rest) = buf
+            .split_first()
+            .ok_or_else(|| Error::corrupt("truncated varint"))?;
         *buf = rest;
         out |= u64::from(b & 0x7F) << shift;
         if b & 0x80 == 0 {
@@ -264,8 +271,14 @@ mod tests {
             ColumnType::Int16 => any::<i16>().prop_map(Value::Int16).boxed(),
             ColumnType::Int32 => any::<i32>().prop_map(Value::Int32).boxed(),
             ColumnType::Int64 => any::<i64>().prop_map(Value::Int64).boxed(),
-            ColumnType::Float32 => any::<f32>().prop_filter("nan", |f| !f.is_nan()).prop_map(Value::Float32).boxed(),
-            ColumnType::Float64 => any::<f64>().prop_filter("nan", |f| !f.is_nan()).prop_map(Value::Float64).boxed(),
+            ColumnType::Float32 => any::<f32>()
+                .prop_filter("nan", |f| !f.is_nan())
+                .prop_map(Value::Float32)
+                .boxed(),
+            ColumnType::Float64 => any::<f64>()
+                .prop_filter("nan", |f| !f.is_nan())
+                .prop_map(Value::Float64)
+                .boxed(),
             ColumnType::Text => any::<String>().prop_map(Value::Text).boxed(),
             ColumnType::Bytea => any::<Vec<u8>>().prop_map(Value::Bytea).boxed(),
             ColumnType::Timestamp => any::<i64>().prop_map(Value::Timestamp).boxed(),
@@ -277,10 +290,17 @@ mod tests {
 
     fn column_type() -> impl Strategy<Value = ColumnType> {
         prop_oneof![
-            Just(ColumnType::Bool), Just(ColumnType::Int16), Just(ColumnType::Int32),
-            Just(ColumnType::Int64), Just(ColumnType::Float32), Just(ColumnType::Float64),
-            Just(ColumnType::Text), Just(ColumnType::Bytea), Just(ColumnType::Timestamp),
-            Just(ColumnType::TimestampTz), Just(ColumnType::Date),
+            Just(ColumnType::Bool),
+            Just(ColumnType::Int16),
+            Just(ColumnType::Int32),
+            Just(ColumnType::Int64),
+            Just(ColumnType::Float32),
+            Just(ColumnType::Float64),
+            Just(ColumnType::Text),
+            Just(ColumnType::Bytea),
+            Just(ColumnType::Timestamp),
+            Just(ColumnType::TimestampTz),
+            Just(ColumnType::Date),
         ]
     }
 

@@ -26,7 +26,11 @@ use tokio_postgres::{Client, NoTls};
 
 /// Connects tokio-postgres to a node and drives the connection in the background.
 pub async fn connect(addr: SocketAddr) -> anyhow::Result<Client> {
-    let conn_str = format!("host={} port={} user=eddy dbname=eddy", addr.ip(), addr.port());
+    let conn_str = format!(
+        "host={} port={} user=eddy dbname=eddy",
+        addr.ip(),
+        addr.port()
+    );
     let (client, conn) = tokio_postgres::connect(&conn_str, NoTls).await?;
     tokio::spawn(async move {
         let _ = conn.await;
@@ -58,7 +62,12 @@ impl TestNode {
         f(&mut config);
         let handle = spawn_node(config.clone()).await?;
         let addr = handle.pg_addr();
-        Ok(TestNode { handle: Some(handle), addr, config, dir })
+        Ok(TestNode {
+            handle: Some(handle),
+            addr,
+            config,
+            dir,
+        })
     }
 
     /// Stops the node cleanly and starts it again on the same data directory (new port).
@@ -82,7 +91,11 @@ impl TestNode {
     pub fn store(&self) -> &eddy_storage::Store {
         // The handle is only taken by `shutdown`, which consumes the node.
         #[allow(clippy::expect_used)]
-        self.handle.as_ref().expect("node is running").engine().store()
+        self.handle
+            .as_ref()
+            .expect("node is running")
+            .engine()
+            .store()
     }
 
     /// A new tokio-postgres connection.
@@ -104,10 +117,15 @@ impl TestNode {
 pub fn eddy_bin() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     // target/debug/deps/<test> -> target/debug/eddy
-    let dir = exe.parent().and_then(Path::parent).ok_or_else(|| anyhow::anyhow!("odd test path"))?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow::anyhow!("odd test path"))?;
     let bin = dir.join("eddy");
     if !bin.exists() {
-        let status = Command::new(env!("CARGO")).args(["build", "--bin", "eddy"]).status()?;
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--bin", "eddy"])
+            .status()?;
         anyhow::ensure!(status.success(), "cargo build --bin eddy failed");
     }
     Ok(bin)
@@ -135,7 +153,10 @@ impl ProcessNode {
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?)
             .spawn()?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
         let addr = line
@@ -163,7 +184,10 @@ impl ProcessNode {
 
     /// SIGTERM, then waits for the exit status.
     pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status()?;
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
         anyhow::ensure!(status.success(), "kill -TERM failed");
         Ok(self.child.wait()?)
     }
@@ -212,7 +236,11 @@ fn psql_blocking(addr: SocketAddr, args: &[String], stdin: &str) -> anyhow::Resu
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot run psql (install postgresql-client): {e}"))?;
-    child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?.write_all(stdin.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdin"))?
+        .write_all(stdin.as_bytes())?;
     let out = child.wait_with_output()?;
     Ok(PsqlOutput {
         ok: out.status.success(),
@@ -225,8 +253,15 @@ fn psql_blocking(addr: SocketAddr, args: &[String], stdin: &str) -> anyhow::Resu
 /// (channel, payload) pairs.
 pub async fn connect_listening(
     addr: SocketAddr,
-) -> anyhow::Result<(Client, tokio::sync::mpsc::UnboundedReceiver<(String, String)>)> {
-    let conn_str = format!("host={} port={} user=eddy dbname=eddy", addr.ip(), addr.port());
+) -> anyhow::Result<(
+    Client,
+    tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+)> {
+    let conn_str = format!(
+        "host={} port={} user=eddy dbname=eddy",
+        addr.ip(),
+        addr.port()
+    );
     let (client, mut conn) = tokio_postgres::connect(&conn_str, NoTls).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {

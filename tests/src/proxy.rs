@@ -45,7 +45,11 @@ impl TcpProxy {
             }
         })
         .abort_handle();
-        Ok(TcpProxy { addr, shared, accept })
+        Ok(TcpProxy {
+            addr,
+            shared,
+            accept,
+        })
     }
 
     /// Where clients connect.
@@ -55,13 +59,23 @@ impl TcpProxy {
 
     /// New connections go to `upstream` from now on.
     pub fn set_upstream(&self, upstream: SocketAddr) {
-        *self.shared.upstream.lock().unwrap_or_else(PoisonError::into_inner) = upstream;
+        *self
+            .shared
+            .upstream
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = upstream;
     }
 
     /// Closes every connection through the proxy (both sides) and returns how many were
     /// live; when it returns, their sockets are closed.
     pub async fn cut_all(&self) -> usize {
-        let relays = std::mem::take(&mut *self.shared.relays.lock().unwrap_or_else(PoisonError::into_inner));
+        let relays = std::mem::take(
+            &mut *self
+                .shared
+                .relays
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         let live = relays.iter().filter(|r| !r.is_finished()).count();
         for r in &relays {
             r.abort();
@@ -85,6 +99,8 @@ impl Drop for TcpProxy {
 }
 
 async fn relay(mut client: TcpStream, upstream: SocketAddr) {
-    let Ok(mut server) = TcpStream::connect(upstream).await else { return };
+    let Ok(mut server) = TcpStream::connect(upstream).await else {
+        return;
+    };
     let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
 }

@@ -55,18 +55,28 @@ fn parse(text: &str) -> anyhow::Result<Vec<Record>> {
             ["statement", "ok"] => Expect::Ok,
             ["statement", "error", code] => Expect::Error((*code).to_owned()),
             ["query", rest @ ..] => {
-                anyhow::ensure!(i < lines.len() && lines[i].trim() == "----", "line {start}: query without ----");
+                anyhow::ensure!(
+                    i < lines.len() && lines[i].trim() == "----",
+                    "line {start}: query without ----"
+                );
                 i += 1;
                 let mut rows = Vec::new();
                 while i < lines.len() && !lines[i].trim().is_empty() {
                     rows.push(lines[i].trim_end().to_owned());
                     i += 1;
                 }
-                Expect::Rows { rows, sort: rest.contains(&"rowsort") }
+                Expect::Rows {
+                    rows,
+                    sort: rest.contains(&"rowsort"),
+                }
             }
             _ => anyhow::bail!("line {start}: unknown record {l:?}"),
         };
-        records.push(Record { line: start, sql: sql.join("\n"), expect });
+        records.push(Record {
+            line: start,
+            sql: sql.join("\n"),
+            expect,
+        });
     }
     Ok(records)
 }
@@ -75,7 +85,9 @@ async fn rows_of(client: &Client, sql: &str) -> Result<Vec<String>, tokio_postgr
     let mut out = Vec::new();
     for m in client.simple_query(sql).await? {
         if let SimpleQueryMessage::Row(r) = m {
-            let vals: Vec<String> = (0..r.len()).map(|i| r.get(i).unwrap_or("NULL").to_owned()).collect();
+            let vals: Vec<String> = (0..r.len())
+                .map(|i| r.get(i).unwrap_or("NULL").to_owned())
+                .collect();
             out.push(vals.join(" "));
         }
     }
@@ -92,10 +104,20 @@ pub async fn run(client: &Client, name: &str, text: &str) -> anyhow::Result<usiz
             (Expect::Ok, Ok(_)) => {}
             (Expect::Ok, Err(e)) => anyhow::bail!("{at}: expected ok, got error: {e:?}\n{}", r.sql),
             (Expect::Error(code), Err(e)) => {
-                let got = e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| format!("{e}"));
-                anyhow::ensure!(&got == code, "{at}: expected SQLSTATE {code}, got {got} ({e:?})\n{}", r.sql);
+                let got = e
+                    .code()
+                    .map(|c| c.code().to_owned())
+                    .unwrap_or_else(|| format!("{e}"));
+                anyhow::ensure!(
+                    &got == code,
+                    "{at}: expected SQLSTATE {code}, got {got} ({e:?})\n{}",
+                    r.sql
+                );
             }
-            (Expect::Error(code), Ok(_)) => anyhow::bail!("{at}: expected error {code}, statement succeeded\n{}", r.sql),
+            (Expect::Error(code), Ok(_)) => anyhow::bail!(
+                "{at}: expected error {code}, statement succeeded\n{}",
+                r.sql
+            ),
             (Expect::Rows { rows, sort }, Ok(mut got)) => {
                 let mut want = rows.clone();
                 if *sort {
@@ -110,7 +132,9 @@ pub async fn run(client: &Client, name: &str, text: &str) -> anyhow::Result<usiz
                     got.join("\n")
                 );
             }
-            (Expect::Rows { .. }, Err(e)) => anyhow::bail!("{at}: expected rows, got error: {e:?}\n{}", r.sql),
+            (Expect::Rows { .. }, Err(e)) => {
+                anyhow::bail!("{at}: expected rows, got error: {e:?}\n{}", r.sql)
+            }
         }
     }
     Ok(records.len())

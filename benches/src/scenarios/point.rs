@@ -51,11 +51,11 @@ pub(super) async fn run(
             let mut id = (worker as i64 * 7919) % ROWS;
             let mut ops = 0;
             while Instant::now() < deadline {
-                let due = pacer.next().await;
+                let started = pacer.next().await;
                 id = (id * 31 + 17) % ROWS;
                 let rows = c.query(&stmt, &[&id]).await?;
                 anyhow::ensure!(rows.len() == 1, "id {id} not found");
-                record(&mut hist, due);
+                record(&mut hist, started);
                 ops += 1;
                 meter.add(1);
             }

@@ -163,9 +163,9 @@ pub(super) async fn durable(
             let mut pacer = Pacer::new(rate);
             let mut ops = 0;
             while Instant::now() < deadline {
-                let due = pacer.next().await;
+                let started = pacer.next().await;
                 w.publish(&payload).await?;
-                record(&mut hist, due);
+                record(&mut hist, started);
                 ops += 1;
                 meter.add(1);
             }

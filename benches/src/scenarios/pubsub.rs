@@ -10,8 +10,8 @@
 //! | PostgreSQL | `SELECT pg_notify(..)` | `LISTEN` |
 //!
 //! Every payload carries its sequence number and send time; each subscriber checks that it
-//! receives every message exactly once, and records publish-to-receive latency (from when
-//! the message was due, under a fixed rate).
+//! receives every message exactly once, and records publish-to-receive latency (from the
+//! moment the publisher sends it).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -377,8 +377,8 @@ async fn publish(
                 r??;
             }
         }
-        let due = pacer.next().await;
-        let sent_ns = (due - base).as_nanos() as u64;
+        let started = pacer.next().await;
+        let sent_ns = (started - base).as_nanos() as u64;
         let payloads = (seq..seq + batch as u64)
             .map(|s| stamped(s, sent_ns, opts.size))
             .collect();

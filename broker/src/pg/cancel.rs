@@ -53,7 +53,9 @@ impl CancelRegistry {
 
 /// A fresh token for the statement the connection starts now.
 pub(crate) fn begin_statement<C: ClientInfo>(client: &C) -> CancellationToken {
-    let qc = client.session_extensions().get_or_insert_with(QueryCancel::default);
+    let qc = client
+        .session_extensions()
+        .get_or_insert_with(QueryCancel::default);
     let token = CancellationToken::new();
     *qc.0.lock() = token.clone();
     token

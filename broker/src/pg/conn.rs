@@ -13,8 +13,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::StreamExt;
-use pgwire::api::{ClientInfo, PgWireConnectionState, PgWireServerHandlers};
 use pgwire::api::ErrorHandler;
+use pgwire::api::{ClientInfo, PgWireConnectionState, PgWireServerHandlers};
 use pgwire::messages::PgWireFrontendMessage;
 use pgwire::tokio::server::{negotiate_tls, process_error, process_message, MaybeTls};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -59,7 +59,12 @@ impl FrameCheck {
             }
             self.have = 0;
             let at = if self.typed { 1 } else { 0 };
-            let len = i32::from_be_bytes([self.header[at], self.header[at + 1], self.header[at + 2], self.header[at + 3]]);
+            let len = i32::from_be_bytes([
+                self.header[at],
+                self.header[at + 1],
+                self.header[at + 2],
+                self.header[at + 3],
+            ]);
             if self.typed {
                 if len < 4 {
                     return Err(format!("invalid message length {len}"));
@@ -69,7 +74,12 @@ impl FrameCheck {
                 if len < 8 {
                     return Err(format!("invalid startup packet length {len}"));
                 }
-                let code = i32::from_be_bytes([self.header[4], self.header[5], self.header[6], self.header[7]]);
+                let code = i32::from_be_bytes([
+                    self.header[4],
+                    self.header[5],
+                    self.header[6],
+                    self.header[7],
+                ]);
                 self.typed = !NEGOTIATION_CODES.contains(&code);
                 self.skip = len as u64 - 8;
             }
@@ -85,7 +95,11 @@ pub(crate) struct FrameGuard<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for FrameGuard<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
@@ -102,7 +116,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameGuard<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for FrameGuard<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -122,12 +140,22 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
         _ = &mut deadline => return Ok(()),
         s = negotiate_tls::<std::sync::Arc<eddy_query::Prepared>>(tcp, None) => s?,
     };
-    let Some(socket) = negotiated else { return Ok(()) };
+    let Some(socket) = negotiated else {
+        return Ok(());
+    };
     let parts = socket.into_parts();
     let mut check = FrameCheck::default();
     // Bytes pgwire already buffered belong to the startup message; check them too.
-    check.observe(&parts.read_buf).map_err(|m| io::Error::new(io::ErrorKind::InvalidData, m))?;
-    let mut new_parts = FramedParts::new(FrameGuard { inner: parts.io, check }, parts.codec);
+    check
+        .observe(&parts.read_buf)
+        .map_err(|m| io::Error::new(io::ErrorKind::InvalidData, m))?;
+    let mut new_parts = FramedParts::new(
+        FrameGuard {
+            inner: parts.io,
+            check,
+        },
+        parts.codec,
+    );
     new_parts.read_buf = parts.read_buf;
     new_parts.write_buf = parts.write_buf;
     let mut socket: Framed<FrameGuard<MaybeTls>, _> = Framed::from_parts(new_parts);
@@ -136,7 +164,8 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
     let backend = handlers.0.clone();
     let cancels = backend.cancels.clone();
     let engine = backend.engine.clone();
-    let (startup, simple, extended, copy) = (backend.clone(), backend.clone(), backend.clone(), backend);
+    let (startup, simple, extended, copy) =
+        (backend.clone(), backend.clone(), backend.clone(), backend);
     let cancel = handlers.cancel_handler();
     let errors = handlers.error_handler();
     // Messages that arrived while a subscription streamed, handled before reading more.
@@ -148,7 +177,8 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
             None => {
                 let starting = matches!(
                     socket.state(),
-                    PgWireConnectionState::AwaitingStartup | PgWireConnectionState::AuthenticationInProgress
+                    PgWireConnectionState::AwaitingStartup
+                        | PgWireConnectionState::AuthenticationInProgress
                 );
                 let msg = if starting {
                     tokio::select! {
@@ -187,9 +217,16 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
             PgWireConnectionState::CopyInProgress(ext) => ext,
             _ => msg.is_extended_query(),
         };
-        if let Err(mut e) =
-            process_message(msg, &mut socket, startup.clone(), simple.clone(), extended.clone(), copy.clone(), cancel.clone())
-                .await
+        if let Err(mut e) = process_message(
+            msg,
+            &mut socket,
+            startup.clone(),
+            simple.clone(),
+            extended.clone(),
+            copy.clone(),
+            cancel.clone(),
+        )
+        .await
         {
             errors.on_error(&socket, &mut e);
             if process_error(&mut socket, e, is_extended).await.is_err() {
@@ -217,7 +254,10 @@ where
     use futures::SinkExt;
     use pgwire::messages::response::NotificationResponse;
     use pgwire::messages::PgWireBackendMessage;
-    let payloads = match rows.map_err(eddy_query::Error::from).and_then(|b| eddy_query::rows_as_json(&b)) {
+    let payloads = match rows
+        .map_err(eddy_query::Error::from)
+        .and_then(|b| eddy_query::rows_as_json(&b))
+    {
         Ok(p) => p,
         Err(e) => {
             // A LISTEN that can no longer deliver (its topic dropped, say) just stops.
@@ -228,7 +268,9 @@ where
     let pid = socket.pid_and_secret_key().0;
     for payload in payloads {
         let n = NotificationResponse::new(pid, channel.to_owned(), payload);
-        socket.feed(PgWireBackendMessage::NotificationResponse(n)).await?;
+        socket
+            .feed(PgWireBackendMessage::NotificationResponse(n))
+            .await?;
     }
     socket.flush().await
 }
@@ -271,8 +313,14 @@ mod tests {
         assert!(c.observe(&[b'Q', 0, 0, 0, 1]).is_err());
         let mut c = FrameCheck::default();
         c.observe(&startup_packet()).unwrap();
-        assert!(c.observe(&[b'Q', 0xff, 0xff, 0xff, 0xff]).is_err(), "negative length");
+        assert!(
+            c.observe(&[b'Q', 0xff, 0xff, 0xff, 0xff]).is_err(),
+            "negative length"
+        );
         let mut c = FrameCheck::default();
-        assert!(c.observe(&[0, 0, 0, 2, 0, 3, 0, 0]).is_err(), "startup shorter than its header");
+        assert!(
+            c.observe(&[0, 0, 0, 2, 0, 3, 0, 0]).is_err(),
+            "startup shorter than its header"
+        );
     }
 }

@@ -26,7 +26,9 @@ pub struct CopyState {
 type Slot = Mutex<Option<CopyState>>;
 
 pub(crate) fn begin<C: ClientInfo>(client: &C, sink: Box<CopyInSink>) {
-    let slot = client.session_extensions().get_or_insert_with(|| Slot::new(None));
+    let slot = client
+        .session_extensions()
+        .get_or_insert_with(|| Slot::new(None));
     *slot.lock() = Some(CopyState { sink, written: 0 });
 }
 
@@ -57,7 +59,11 @@ impl CopyHandler for Backend {
         st.sink.push(&data.data).map_err(to_pg)?;
         if st.sink.pending() >= self.engine.config().copy_batch_rows {
             let rows = st.sink.take_rows();
-            st.written += self.engine.copy_write(&st.sink, rows).await.map_err(to_pg)?;
+            st.written += self
+                .engine
+                .copy_write(&st.sink, rows)
+                .await
+                .map_err(to_pg)?;
         }
         put_back(client, st);
         Ok(())
@@ -72,9 +78,15 @@ impl CopyHandler for Backend {
         let mut st = take(client)?;
         st.sink.finish_input().map_err(to_pg)?;
         let rows = st.sink.take_rows();
-        st.written += self.engine.copy_write(&st.sink, rows).await.map_err(to_pg)?;
+        st.written += self
+            .engine
+            .copy_write(&st.sink, rows)
+            .await
+            .map_err(to_pg)?;
         client
-            .send(PgWireBackendMessage::CommandComplete(Tag::new("COPY").with_rows(st.written as usize).into()))
+            .send(PgWireBackendMessage::CommandComplete(
+                Tag::new("COPY").with_rows(st.written as usize).into(),
+            ))
             .await?;
         Ok(())
     }
@@ -86,6 +98,9 @@ impl CopyHandler for Backend {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let _ = take(client);
-        user_error(sqlstate::QUERY_CANCELED, format!("COPY from stdin failed: {}", fail.message))
+        user_error(
+            sqlstate::QUERY_CANCELED,
+            format!("COPY from stdin failed: {}", fail.message),
+        )
     }
 }

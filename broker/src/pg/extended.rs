@@ -49,24 +49,47 @@ pub struct EddyParser {
 impl QueryParser for EddyParser {
     type Statement = Arc<Prepared>;
 
-    async fn parse_sql<C>(&self, client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<Arc<Prepared>>>
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Arc<Prepared>>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let Some(stmt) = self.engine.parse_one(sql).map_err(to_pg)? else { return Ok(None) };
-        let hints: Vec<Option<DataType>> = types.iter().map(|t| t.as_ref().and_then(arrow_of_pg)).collect();
+        let Some(stmt) = self.engine.parse_one(sql).map_err(to_pg)? else {
+            return Ok(None);
+        };
+        let hints: Vec<Option<DataType>> = types
+            .iter()
+            .map(|t| t.as_ref().and_then(arrow_of_pg))
+            .collect();
         let session = session_of(client).lock().clone();
-        let prepared = self.engine.prepare(stmt, &hints, &session).await.map_err(to_pg)?;
+        let prepared = self
+            .engine
+            .prepare(stmt, &hints, &session)
+            .await
+            .map_err(to_pg)?;
         Ok(Some(Arc::new(prepared)))
     }
 
     fn get_parameter_types(&self, stmt: &Arc<Prepared>) -> PgWireResult<Vec<Type>> {
-        stmt.param_types.iter().map(|t| t.as_ref().map_or(Ok(Type::UNKNOWN), into_pg_type)).collect()
+        stmt.param_types
+            .iter()
+            .map(|t| t.as_ref().map_or(Ok(Type::UNKNOWN), into_pg_type))
+            .collect()
     }
 
-    fn get_result_schema(&self, stmt: &Arc<Prepared>, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+    fn get_result_schema(
+        &self,
+        stmt: &Arc<Prepared>,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
         match &stmt.schema {
-            Some(schema) => arrow_schema_to_pg_fields(schema, format.unwrap_or(&Format::UnifiedText), None),
+            Some(schema) => {
+                arrow_schema_to_pg_fields(schema, format.unwrap_or(&Format::UnifiedText), None)
+            }
             None => Ok(vec![]),
         }
     }
@@ -78,10 +101,17 @@ impl ExtendedQueryHandler for Backend {
     type QueryParser = EddyParser;
 
     fn query_parser(&self) -> Arc<EddyParser> {
-        Arc::new(EddyParser { engine: self.engine.clone() })
+        Arc::new(EddyParser {
+            engine: self.engine.clone(),
+        })
     }
 
-    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Arc<Prepared>>, _max_rows: usize) -> PgWireResult<Response>
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Arc<Prepared>>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Arc<Prepared>>,
@@ -89,7 +119,8 @@ impl ExtendedQueryHandler for Backend {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let prepared = &portal.statement.statement;
-        let mut types: Vec<Option<&DataType>> = prepared.param_types.iter().map(Option::as_ref).collect();
+        let mut types: Vec<Option<&DataType>> =
+            prepared.param_types.iter().map(Option::as_ref).collect();
         if types.len() < portal.parameter_len() {
             types.resize(portal.parameter_len(), None);
         }
@@ -97,8 +128,15 @@ impl ExtendedQueryHandler for Backend {
         let token = super::cancel::begin_statement(client);
         let session = session_of(client);
         let mut s = session.lock().clone();
-        let result = super::cancel::until_cancelled(&token, self.engine.execute(&mut s, prepared, &params)).await;
+        let result =
+            super::cancel::until_cancelled(&token, self.engine.execute(&mut s, prepared, &params))
+                .await;
         *session.lock() = s;
-        respond(client, result.map_err(to_pg)?, &portal.result_column_format, token)
+        respond(
+            client,
+            result.map_err(to_pg)?,
+            &portal.result_column_format,
+            token,
+        )
     }
 }

@@ -50,7 +50,8 @@ impl Listeners {
                     futures::stream::empty().boxed()
                 }
             };
-            self.streams.push(stream.take_until(token.clone().cancelled_owned()).boxed());
+            self.streams
+                .push(stream.take_until(token.clone().cancelled_owned()).boxed());
             self.active.insert(name.clone(), token);
         }
     }

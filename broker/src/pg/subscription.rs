@@ -38,24 +38,39 @@ pub(crate) struct Requested {
 }
 
 /// The subscription `msg` starts, if it starts one.
-pub(crate) fn requested<S>(engine: &Engine, msg: &PgWireFrontendMessage, socket: &S) -> Option<Requested>
+pub(crate) fn requested<S>(
+    engine: &Engine,
+    msg: &PgWireFrontendMessage,
+    socket: &S,
+) -> Option<Requested>
 where
     S: ClientPortalStore,
     S::PortalStore: PortalStore<Statement = Arc<Prepared>>,
 {
     match msg {
         // A cheap scan first, so ordinary queries are not parsed twice.
-        PgWireFrontendMessage::Query(q) if mentions_subscribe(&q.query) => match engine.parse(&q.query) {
-            Ok(mut stmts) if stmts.len() == 1 && matches!(stmts[0], Statement::CopySubscribe { .. }) => {
-                Some(Requested { statement: stmts.remove(0), extended: false })
+        PgWireFrontendMessage::Query(q) if mentions_subscribe(&q.query) => {
+            match engine.parse(&q.query) {
+                Ok(mut stmts)
+                    if stmts.len() == 1 && matches!(stmts[0], Statement::CopySubscribe { .. }) =>
+                {
+                    Some(Requested {
+                        statement: stmts.remove(0),
+                        extended: false,
+                    })
+                }
+                _ => None,
             }
-            _ => None,
-        },
+        }
         PgWireFrontendMessage::Execute(e) => {
-            let portal = socket.portal_store().get_portal(e.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME))?;
+            let portal = socket
+                .portal_store()
+                .get_portal(e.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME))?;
             let statement = &portal.value()?.statement.statement.statement;
-            matches!(statement, Statement::CopySubscribe { .. })
-                .then(|| Requested { statement: statement.clone(), extended: true })
+            matches!(statement, Statement::CopySubscribe { .. }).then(|| Requested {
+                statement: statement.clone(),
+                extended: true,
+            })
         }
         _ => None,
     }
@@ -64,7 +79,9 @@ where
 /// True when `sql` contains the word SUBSCRIBE in any case (a superset of the queries
 /// that start a subscription).
 fn mentions_subscribe(sql: &str) -> bool {
-    sql.as_bytes().windows(9).any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
+    sql.as_bytes()
+        .windows(9)
+        .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
 }
 
 /// Streams the subscription to the client until it ends. Messages the client sends
@@ -79,18 +96,37 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
     let token = super::cancel::begin_statement(socket);
-    let Statement::CopySubscribe { spec, options } = &req.statement else { return Ok(Vec::new()) };
-    let started = engine.copy_subscribe(spec, options).await;
-    let (stream, opts, heartbeat): (SendableRecordBatchStream, CopyOptions, Option<Duration>) = match started {
-        Ok(v) => v,
-        Err(e) => return finish_with_error(socket, ErrorInfo::from(to_pg(e)), req.extended, Vec::new()).await,
+    let Statement::CopySubscribe { spec, options } = &req.statement else {
+        return Ok(Vec::new());
     };
+    let started = engine.copy_subscribe(spec, options).await;
+    let (stream, opts, heartbeat): (SendableRecordBatchStream, CopyOptions, Option<Duration>) =
+        match started {
+            Ok(v) => v,
+            Err(e) => {
+                return finish_with_error(
+                    socket,
+                    ErrorInfo::from(to_pg(e)),
+                    req.extended,
+                    Vec::new(),
+                )
+                .await
+            }
+        };
     let columns = stream.schema().fields().len();
     socket
-        .send(PgWireBackendMessage::CopyOutResponse(CopyOutResponse::new(0, columns as i16, vec![0; columns])))
+        .send(PgWireBackendMessage::CopyOutResponse(CopyOutResponse::new(
+            0,
+            columns as i16,
+            vec![0; columns],
+        )))
         .await?;
     if opts.header {
-        socket.send(PgWireBackendMessage::CopyData(CopyData::new(Bytes::from(opts.encode_header(&stream.schema()))))).await?;
+        socket
+            .send(PgWireBackendMessage::CopyData(CopyData::new(Bytes::from(
+                opts.encode_header(&stream.schema()),
+            ))))
+            .await?;
     }
     let mut stream = stream;
     let mut rows = 0usize;
@@ -146,11 +182,21 @@ where
             }
         }
     }
-    socket.feed(PgWireBackendMessage::CopyDone(CopyDone::new())).await?;
-    socket.feed(PgWireBackendMessage::CommandComplete(Tag::new("COPY").with_rows(rows).into())).await?;
+    socket
+        .feed(PgWireBackendMessage::CopyDone(CopyDone::new()))
+        .await?;
+    socket
+        .feed(PgWireBackendMessage::CommandComplete(
+            Tag::new("COPY").with_rows(rows).into(),
+        ))
+        .await?;
     // Simple protocol: the COPY was the whole query. Extended: the client's Sync answers.
     if !req.extended {
-        socket.feed(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(socket.transaction_status()))).await?;
+        socket
+            .feed(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(
+                socket.transaction_status(),
+            )))
+            .await?;
     }
     socket.flush().await?;
     Ok(queued)
@@ -158,7 +204,11 @@ where
 
 /// A heartbeat: every column NULL except `_ts`, the current time.
 fn heartbeat_row(schema: &SchemaRef) -> eddy_query::Result<RecordBatch> {
-    let fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
     let now = chrono::Utc::now().timestamp_micros();
     let columns = fields
         .iter()
@@ -167,7 +217,8 @@ fn heartbeat_row(schema: &SchemaRef) -> eddy_query::Result<RecordBatch> {
             _ => new_null_array(f.data_type(), 1),
         })
         .collect();
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(datafusion::error::DataFusionError::from)?)
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(datafusion::error::DataFusionError::from)?)
 }
 
 async fn finish_with_error<T, ST>(
@@ -179,12 +230,18 @@ async fn finish_with_error<T, ST>(
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
-    socket.feed(PgWireBackendMessage::ErrorResponse(error.into())).await?;
+    socket
+        .feed(PgWireBackendMessage::ErrorResponse(error.into()))
+        .await?;
     if extended {
         // As after any error in the extended protocol: skip messages until Sync.
         socket.set_state(PgWireConnectionState::AwaitingSync);
     } else {
-        socket.feed(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(socket.transaction_status()))).await?;
+        socket
+            .feed(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(
+                socket.transaction_status(),
+            )))
+            .await?;
     }
     socket.flush().await?;
     Ok(queued)

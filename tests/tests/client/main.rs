@@ -12,5 +12,9 @@ use std::net::SocketAddr;
 
 /// The connection string of a node (or a proxy in front of one).
 pub fn url(addr: SocketAddr) -> String {
-    format!("host={} port={} user=eddy dbname=eddy", addr.ip(), addr.port())
+    format!(
+        "host={} port={} user=eddy dbname=eddy",
+        addr.ip(),
+        addr.port()
+    )
 }

@@ -16,7 +16,8 @@ use tokio_postgres::error::SqlState;
 
 use super::url;
 
-const TOPIC: &str = "CREATE TOPIC readings (sensor TEXT, temp DOUBLE PRECISION) WITH (partitions = 4)";
+const TOPIC: &str =
+    "CREATE TOPIC readings (sensor TEXT, temp DOUBLE PRECISION) WITH (partitions = 4)";
 
 /// The next `n` rows of `stream` (each awaited for at most 30 s).
 async fn take(stream: &mut Subscription, n: usize) -> anyhow::Result<Vec<Delivery>> {
@@ -33,14 +34,20 @@ async fn take(stream: &mut Subscription, n: usize) -> anyhow::Result<Vec<Deliver
 
 /// Publishes rows `from..to` (temp = i, key = `k{i % 8}`) and returns their positions.
 async fn publish(client: &Client, from: i32, to: i32) -> anyhow::Result<Vec<Position>> {
-    let producer = client.producer("readings", &["sensor", "temp"]).build().await?;
+    let producer = client
+        .producer("readings", &["sensor", "temp"])
+        .build()
+        .await?;
     let sends = (from..to).map(|i| {
         let key = format!("k{}", i % 8);
         let values: Vec<Value> = vec![Box::new(key.clone()), Box::new(f64::from(i))];
         let producer = &producer;
         async move { producer.send(Some(&key), values).await }
     });
-    let acks = join_all(sends).await.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let acks = join_all(sends)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
     producer.close().await?;
     Ok(acks)
 }
@@ -51,7 +58,12 @@ fn assert_exactly(rows: &[Delivery], expected: &[Position]) {
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
     for d in rows {
         if let Some(prev) = last.insert(d.partition(), d.offset()) {
-            assert!(prev < d.offset(), "partition {}: offset {} after {prev}", d.partition(), d.offset());
+            assert!(
+                prev < d.offset(),
+                "partition {}: offset {} after {prev}",
+                d.partition(),
+                d.offset()
+            );
         }
     }
     let got: Vec<Position> = rows.iter().map(Delivery::position).collect();
@@ -60,7 +72,10 @@ fn assert_exactly(rows: &[Delivery], expected: &[Position]) {
     let expected: BTreeSet<Position> = expected.iter().copied().collect();
     let lost: Vec<_> = expected.difference(&got_set).collect();
     let extra: Vec<_> = got_set.difference(&expected).collect();
-    assert!(lost.is_empty() && extra.is_empty(), "lost {lost:?}, unexpected {extra:?}");
+    assert!(
+        lost.is_empty() && extra.is_empty(),
+        "lost {lost:?}, unexpected {extra:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,7 +85,12 @@ async fn stream_receives_exactly_the_published_rows_in_partition_order() -> anyh
     client.raw().await?.batch_execute(TOPIC).await?;
     let backlog = publish(&client, 0, 100).await?;
 
-    let mut stream = client.subscribe("readings").from_beginning().fetch_size(16).stream().await?;
+    let mut stream = client
+        .subscribe("readings")
+        .from_beginning()
+        .fetch_size(16)
+        .stream()
+        .await?;
     let mut rows = take(&mut stream, 60).await?;
     let live = publish(&client, 100, 200).await?;
     rows.extend(take(&mut stream, 140).await?);
@@ -90,12 +110,21 @@ async fn stream_receives_exactly_the_published_rows_in_partition_order() -> anyh
     assert!(matches!(rows[0].ack().await, Err(Error::NotDurable)));
 
     // A filter.
-    let mut hot = client.subscribe("readings").filter("temp >= 150").from_beginning().stream().await?;
+    let mut hot = client
+        .subscribe("readings")
+        .filter("temp >= 150")
+        .from_beginning()
+        .stream()
+        .await?;
     let rows = take(&mut hot, 50).await?;
     assert_exactly(&rows, &all[150..]);
 
     // From an offset: every partition from its offset 20 on.
-    let mut later = client.subscribe("readings").from_offset(20).stream().await?;
+    let mut later = client
+        .subscribe("readings")
+        .from_offset(20)
+        .stream()
+        .await?;
     let expected: Vec<Position> = all.iter().copied().filter(|p| p.offset >= 20).collect();
     let rows = take(&mut later, expected.len()).await?;
     assert_exactly(&rows, &expected);
@@ -113,9 +142,20 @@ async fn stream_errors_come_from_the_first_call() -> anyhow::Result<()> {
     let node = TestNode::start().await?;
     let client = Client::connect(&url(node.addr())).await?;
     client.raw().await?.batch_execute(TOPIC).await?;
-    let e = client.subscribe("nope").stream().await.err().ok_or_else(|| anyhow::anyhow!("unknown topic accepted"))?;
+    let e = client
+        .subscribe("nope")
+        .stream()
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("unknown topic accepted"))?;
     assert_eq!(e.code(), Some(&SqlState::UNDEFINED_TABLE), "{e}");
-    let e = client.subscribe("readings").filter("nope > 1").stream().await.err().ok_or_else(|| anyhow::anyhow!("bad filter accepted"))?;
+    let e = client
+        .subscribe("readings")
+        .filter("nope > 1")
+        .stream()
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("bad filter accepted"))?;
     assert_eq!(e.code(), Some(&SqlState::UNDEFINED_COLUMN), "{e}");
     node.shutdown().await
 }
@@ -130,7 +170,12 @@ async fn stream_resumes_after_its_connection_is_cut() -> anyhow::Result<()> {
 
     // Only the stream goes through the proxy.
     let via_proxy = Client::connect(&url(proxy.addr())).await?;
-    let mut stream = via_proxy.subscribe("readings").from_beginning().fetch_size(7).stream().await?;
+    let mut stream = via_proxy
+        .subscribe("readings")
+        .from_beginning()
+        .fetch_size(7)
+        .stream()
+        .await?;
     let mut rows = take(&mut stream, 100).await?;
     let accepted = proxy.accepted();
     assert!(proxy.cut_all().await >= 1, "nothing to cut");
@@ -152,7 +197,12 @@ async fn stream_resumes_after_the_node_is_killed_and_restarted() -> anyhow::Resu
     let mut all = publish(&client, 0, 100).await?;
 
     let via_proxy = Client::connect(&url(proxy.addr())).await?;
-    let mut stream = via_proxy.subscribe("readings").from_beginning().fetch_size(10).stream().await?;
+    let mut stream = via_proxy
+        .subscribe("readings")
+        .from_beginning()
+        .fetch_size(10)
+        .stream()
+        .await?;
     let mut rows = take(&mut stream, 50).await?;
 
     node.kill9()?;

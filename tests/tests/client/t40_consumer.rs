@@ -16,13 +16,25 @@ use super::url;
 
 /// Publishes `n` rows (temp = i) to `readings` and returns their positions.
 async fn publish(client: &Client, n: i32) -> anyhow::Result<Vec<Position>> {
-    client.raw().await?.batch_execute("CREATE TOPIC readings (sensor TEXT, temp DOUBLE PRECISION) WITH (partitions = 2)").await?;
-    let producer = client.producer("readings", &["sensor", "temp"]).build().await?;
+    client
+        .raw()
+        .await?
+        .batch_execute(
+            "CREATE TOPIC readings (sensor TEXT, temp DOUBLE PRECISION) WITH (partitions = 2)",
+        )
+        .await?;
+    let producer = client
+        .producer("readings", &["sensor", "temp"])
+        .build()
+        .await?;
     let sends = (0..n).map(|i| {
         let values: Vec<Value> = vec![Box::new(format!("s{i}")), Box::new(f64::from(i))];
         producer.send(None, values)
     });
-    let acks = join_all(sends).await.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let acks = join_all(sends)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
     producer.close().await?;
     Ok(acks)
 }
@@ -34,7 +46,13 @@ async fn consumer(client: &Client, ack_wait: Duration) -> anyhow::Result<Consume
         max_deliver: Some(100),
         ..SubscriptionOptions::default()
     };
-    Ok(client.consumer("work").create_on("readings", options).fetch_size(10).fetch_timeout(Duration::from_millis(500)).build().await?)
+    Ok(client
+        .consumer("work")
+        .create_on("readings", options)
+        .fetch_size(10)
+        .fetch_timeout(Duration::from_millis(500))
+        .build()
+        .await?)
 }
 
 fn positions<'a>(rows: impl IntoIterator<Item = &'a Delivery>) -> BTreeSet<Position> {
@@ -51,14 +69,20 @@ async fn a_restarted_consumer_gets_every_unacked_row_and_no_acked_row() -> anyho
     let first = consumer(&client, Duration::from_secs(2)).await?;
     let mut acked = BTreeSet::new();
     while acked.len() < 40 {
-        let rows = first.fetch((40 - acked.len()) as u32, Duration::from_secs(5)).await?;
+        let rows = first
+            .fetch((40 - acked.len()) as u32, Duration::from_secs(5))
+            .await?;
         assert!(rows.iter().all(|d| d.deliveries() == Some(1)));
         assert_eq!(first.ack(&rows).await?, rows.len() as u64);
         acked.extend(positions(&rows));
     }
     let mut leased = BTreeSet::new();
     while leased.len() < 20 {
-        leased.extend(positions(&first.fetch((20 - leased.len()) as u32, Duration::from_secs(5)).await?));
+        leased.extend(positions(
+            &first
+                .fetch((20 - leased.len()) as u32, Duration::from_secs(5))
+                .await?,
+        ));
     }
     assert!(acked.is_disjoint(&leased));
     drop(first);
@@ -74,9 +98,18 @@ async fn a_restarted_consumer_gets_every_unacked_row_and_no_acked_row() -> anyho
         let d = tokio::time::timeout(Duration::from_secs(60), stream.next())
             .await?
             .ok_or_else(|| anyhow::anyhow!("stream ended"))??;
-        assert!(!acked.contains(&d.position()), "acked row {} delivered again", d.position());
+        assert!(
+            !acked.contains(&d.position()),
+            "acked row {} delivered again",
+            d.position()
+        );
         if leased.contains(&d.position()) {
-            assert!(d.deliveries() >= Some(2), "{} redelivered with _deliveries {:?}", d.position(), d.deliveries());
+            assert!(
+                d.deliveries() >= Some(2),
+                "{} redelivered with _deliveries {:?}",
+                d.position(),
+                d.deliveries()
+            );
         }
         d.ack().await?;
         got.insert(d.position());
@@ -98,7 +131,10 @@ async fn nak_makes_rows_available_again_at_once() -> anyhow::Result<()> {
     while rows.len() < 10 {
         rows.extend(c.fetch(10, Duration::from_secs(5)).await?);
     }
-    assert!(c.fetch(10, Duration::from_millis(200)).await?.is_empty(), "leased rows were delivered again");
+    assert!(
+        c.fetch(10, Duration::from_millis(200)).await?.is_empty(),
+        "leased rows were delivered again"
+    );
     let (back, done) = rows.split_at(3);
     assert_eq!(c.ack(done).await?, 7);
     assert_eq!(c.nak(back).await?, 3);
@@ -131,7 +167,11 @@ async fn consumer_stream_carries_on_after_its_connection_is_cut() -> anyhow::Res
         let d = tokio::time::timeout(Duration::from_secs(60), stream.next())
             .await?
             .ok_or_else(|| anyhow::anyhow!("stream ended"))??;
-        assert!(!acked.contains(&d.position()), "acked row {} delivered again", d.position());
+        assert!(
+            !acked.contains(&d.position()),
+            "acked row {} delivered again",
+            d.position()
+        );
         // An ack lost with the connection is no loss: the row comes back after ack_wait.
         if d.ack().await.is_ok() {
             acked.insert(d.position());

@@ -22,7 +22,10 @@ fn startup(addr: std::net::SocketAddr) -> anyhow::Result<TcpStream> {
     // Read until ReadyForQuery ('Z', length 5, status).
     let mut seen = Vec::new();
     let mut buf = [0u8; 1024];
-    while !seen.windows(6).any(|w| w[0] == b'Z' && w[1..5] == 5i32.to_be_bytes()) {
+    while !seen
+        .windows(6)
+        .any(|w| w[0] == b'Z' && w[1..5] == 5i32.to_be_bytes())
+    {
         let n = s.read(&mut buf)?;
         anyhow::ensure!(n > 0, "server closed during startup");
         seen.extend_from_slice(&buf[..n]);
@@ -38,7 +41,12 @@ fn closed(mut s: TcpStream) -> bool {
         match s.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false
+            }
             Err(_) => return true,
         }
     }
@@ -50,36 +58,52 @@ async fn malformed_frames_close_only_that_connection() -> anyhow::Result<()> {
     let mut node = ProcessNode::start(&dir.path().join("data"), &[])?;
     let addr = node.addr();
     let c = connect(addr).await?;
-    c.batch_execute("CREATE TOPIC t (n INT); INSERT INTO t VALUES (1)").await?;
+    c.batch_execute("CREATE TOPIC t (n INT); INSERT INTO t VALUES (1)")
+        .await?;
 
     let cases: Vec<(&str, Box<dyn Fn() -> anyhow::Result<TcpStream> + Send>)> = vec![
-        ("not postgres at all", Box::new(move || {
-            let mut s = TcpStream::connect(addr)?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
-            Ok(s)
-        })),
-        ("unknown message type", Box::new(move || {
-            let mut s = startup(addr)?;
-            s.write_all(&[b'!', 0, 0, 0, 4])?;
-            Ok(s)
-        })),
-        ("length shorter than its header", Box::new(move || {
-            let mut s = startup(addr)?;
-            s.write_all(&[b'Q', 0, 0, 0, 1])?;
-            Ok(s)
-        })),
-        ("startup packet shorter than its header", Box::new(move || {
-            let mut s = TcpStream::connect(addr)?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.write_all(&[0, 0, 0, 2, 0, 3, 0, 0])?;
-            Ok(s)
-        })),
-        ("absurd length", Box::new(move || {
-            let mut s = startup(addr)?;
-            s.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff, b'S'])?;
-            Ok(s)
-        })),
+        (
+            "not postgres at all",
+            Box::new(move || {
+                let mut s = TcpStream::connect(addr)?;
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+                Ok(s)
+            }),
+        ),
+        (
+            "unknown message type",
+            Box::new(move || {
+                let mut s = startup(addr)?;
+                s.write_all(&[b'!', 0, 0, 0, 4])?;
+                Ok(s)
+            }),
+        ),
+        (
+            "length shorter than its header",
+            Box::new(move || {
+                let mut s = startup(addr)?;
+                s.write_all(&[b'Q', 0, 0, 0, 1])?;
+                Ok(s)
+            }),
+        ),
+        (
+            "startup packet shorter than its header",
+            Box::new(move || {
+                let mut s = TcpStream::connect(addr)?;
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                s.write_all(&[0, 0, 0, 2, 0, 3, 0, 0])?;
+                Ok(s)
+            }),
+        ),
+        (
+            "absurd length",
+            Box::new(move || {
+                let mut s = startup(addr)?;
+                s.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff, b'S'])?;
+                Ok(s)
+            }),
+        ),
     ];
     for (name, open) in cases {
         let s = tokio::task::spawn_blocking(move || open()).await??;

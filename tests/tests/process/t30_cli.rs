@@ -7,7 +7,9 @@ use tokio_postgres::error::SqlState;
 
 #[test]
 fn help_lists_the_flags() -> anyhow::Result<()> {
-    let out = Command::new(eddy_bin()?).args(["start", "--help"]).output()?;
+    let out = Command::new(eddy_bin()?)
+        .args(["start", "--help"])
+        .output()?;
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     for flag in ["--data-dir", "--pg-addr", "--config", "--max-message-bytes"] {
@@ -15,7 +17,9 @@ fn help_lists_the_flags() -> anyhow::Result<()> {
     }
     let out = Command::new(eddy_bin()?).arg("--version").output()?;
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("eddy "));
-    let out = Command::new(eddy_bin()?).args(["start", "--bogus"]).output()?;
+    let out = Command::new(eddy_bin()?)
+        .args(["start", "--bogus"])
+        .output()?;
     assert!(!out.status.success(), "unknown flags are rejected");
     Ok(())
 }
@@ -30,8 +34,15 @@ async fn config_file_and_sigterm() -> anyhow::Result<()> {
     let mut node = ProcessNode::start(&data, &["--config", &cfg_s])?;
     let c = connect(node.addr()).await?;
     c.batch_execute("CREATE TOPIC t (body TEXT)").await?;
-    let e = c.execute("INSERT INTO t VALUES ($1)", &[&"x".repeat(200)]).await.unwrap_err();
-    assert_eq!(e.code(), Some(&SqlState::PROGRAM_LIMIT_EXCEEDED), "the config file's limit applies");
+    let e = c
+        .execute("INSERT INTO t VALUES ($1)", &[&"x".repeat(200)])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(&SqlState::PROGRAM_LIMIT_EXCEEDED),
+        "the config file's limit applies"
+    );
     c.execute("INSERT INTO t VALUES ($1)", &[&"small"]).await?;
     drop(c);
 
@@ -41,7 +52,8 @@ async fn config_file_and_sigterm() -> anyhow::Result<()> {
     // A flag overrides the file.
     let node = ProcessNode::start(&data, &["--config", &cfg_s, "--max-message-bytes", "1000"])?;
     let c = connect(node.addr()).await?;
-    c.execute("INSERT INTO t VALUES ($1)", &[&"x".repeat(200)]).await?;
+    c.execute("INSERT INTO t VALUES ($1)", &[&"x".repeat(200)])
+        .await?;
     let n: i64 = c.query_one("SELECT count(*) FROM t", &[]).await?.get(0);
     assert_eq!(n, 2, "data written before SIGTERM is there after restart");
     Ok(())

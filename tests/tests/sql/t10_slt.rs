@@ -13,7 +13,11 @@ async fn golden_files() -> anyhow::Result<()> {
     for f in files {
         let node = TestNode::start().await?;
         let client = node.client().await?;
-        let name = f.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = f
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let n = slt::run(&client, &name, &std::fs::read_to_string(&f)?).await?;
         eprintln!("{name}: {n} records passed");
         drop(client);

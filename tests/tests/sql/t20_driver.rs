@@ -21,45 +21,95 @@ async fn prepared_statements_with_parameters() -> anyhow::Result<()> {
     let mut positions = Vec::new();
     for i in 0..30i64 {
         let key = format!("k{}", i % 5);
-        let row = c.query_one(&ins, &[&key, &format!("s{i}"), &(i as f64 / 2.0), &i]).await?;
+        let row = c
+            .query_one(&ins, &[&key, &format!("s{i}"), &(i as f64 / 2.0), &i])
+            .await?;
         let p: i32 = row.get(0);
         let o: i64 = row.get(1);
         positions.push((key, p, o));
     }
     // The same key always maps to the same partition, and offsets in a partition are dense.
     for (k, p, _) in &positions {
-        assert!(positions.iter().filter(|(k2, _, _)| k2 == k).all(|(_, p2, _)| p2 == p));
+        assert!(positions
+            .iter()
+            .filter(|(k2, _, _)| k2 == k)
+            .all(|(_, p2, _)| p2 == p));
     }
     for part in 0..3 {
-        let mut offs: Vec<i64> = positions.iter().filter(|(_, p, _)| *p == part).map(|(_, _, o)| *o).collect();
+        let mut offs: Vec<i64> = positions
+            .iter()
+            .filter(|(_, p, _)| *p == part)
+            .map(|(_, _, o)| *o)
+            .collect();
         offs.sort();
-        assert_eq!(offs, (0..offs.len() as i64).collect::<Vec<_>>(), "partition {part}");
+        assert_eq!(
+            offs,
+            (0..offs.len() as i64).collect::<Vec<_>>(),
+            "partition {part}"
+        );
     }
 
     // SELECT with parameters, typed (binary) results.
-    let sel = c.prepare("SELECT sensor, temp, n FROM readings WHERE n >= $1 AND sensor <> $2 ORDER BY n").await?;
+    let sel = c
+        .prepare("SELECT sensor, temp, n FROM readings WHERE n >= $1 AND sensor <> $2 ORDER BY n")
+        .await?;
     let rows = c.query(&sel, &[&25i64, &"s26"]).await?;
-    let got: Vec<(String, f64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
-    assert_eq!(got, vec![("s25".into(), 12.5, 25), ("s27".into(), 13.5, 27), ("s28".into(), 14.0, 28), ("s29".into(), 14.5, 29)]);
+    let got: Vec<(String, f64, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("s25".into(), 12.5, 25),
+            ("s27".into(), 13.5, 27),
+            ("s28".into(), 14.0, 28),
+            ("s29".into(), 14.5, 29)
+        ]
+    );
 
     // Tables: insert, point lookup, update, delete, upsert — all with parameters.
-    let put = c.prepare("INSERT INTO users (id, name, active) VALUES ($1, $2, $3)").await?;
+    let put = c
+        .prepare("INSERT INTO users (id, name, active) VALUES ($1, $2, $3)")
+        .await?;
     for (id, name) in [(1i64, "ann"), (2, "bob"), (3, "cy")] {
         assert_eq!(c.execute(&put, &[&id, &name, &true]).await?, 1);
     }
-    let get = c.prepare("SELECT name, active FROM users WHERE id = $1").await?;
+    let get = c
+        .prepare("SELECT name, active FROM users WHERE id = $1")
+        .await?;
     let r = c.query_one(&get, &[&2i64]).await?;
-    assert_eq!((r.get::<_, String>(0), r.get::<_, bool>(1)), ("bob".to_owned(), true));
-    assert_eq!(c.execute("UPDATE users SET name = $1 WHERE id = $2", &[&"bobby", &2i64]).await?, 1);
-    assert_eq!(c.execute("DELETE FROM users WHERE id = $1", &[&3i64]).await?, 1);
+    assert_eq!(
+        (r.get::<_, String>(0), r.get::<_, bool>(1)),
+        ("bob".to_owned(), true)
+    );
+    assert_eq!(
+        c.execute(
+            "UPDATE users SET name = $1 WHERE id = $2",
+            &[&"bobby", &2i64]
+        )
+        .await?,
+        1
+    );
+    assert_eq!(
+        c.execute("DELETE FROM users WHERE id = $1", &[&3i64])
+            .await?,
+        1
+    );
     assert_eq!(
         c.execute("INSERT INTO users (id, name, active) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET name = excluded.name", &[&1i64, &"anna", &false]).await?,
         1
     );
-    let names: Vec<String> = c.query("SELECT name FROM users ORDER BY id", &[]).await?.iter().map(|r| r.get(0)).collect();
+    let names: Vec<String> = c
+        .query("SELECT name FROM users ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(names, vec!["anna", "bobby"]);
     // NULL parameters.
-    c.execute(&put, &[&7i64, &None::<String>, &None::<bool>]).await?;
+    c.execute(&put, &[&7i64, &None::<String>, &None::<bool>])
+        .await?;
     let r = c.query_one(&get, &[&7i64]).await?;
     assert_eq!(r.get::<_, Option<String>>(0), None);
     node.shutdown().await
@@ -69,28 +119,56 @@ async fn prepared_statements_with_parameters() -> anyhow::Result<()> {
 async fn errors_have_sqlstates_and_the_connection_survives() -> anyhow::Result<()> {
     let node = TestNode::start_with(|c| c.query.max_message_bytes = 1024).await?;
     let c = node.client().await?;
-    c.batch_execute("CREATE TOPIC t (body TEXT); CREATE TABLE k (id INT PRIMARY KEY)").await?;
+    c.batch_execute("CREATE TOPIC t (body TEXT); CREATE TABLE k (id INT PRIMARY KEY)")
+        .await?;
     let code = |e: tokio_postgres::Error| e.code().cloned();
 
-    assert_eq!(code(c.batch_execute("SELEC 1").await.unwrap_err()), Some(SqlState::SYNTAX_ERROR));
-    assert_eq!(code(c.query("SELECT * FROM nope", &[]).await.unwrap_err()), Some(SqlState::UNDEFINED_TABLE));
-    assert_eq!(code(c.query("SELECT nope FROM t", &[]).await.unwrap_err()), Some(SqlState::UNDEFINED_COLUMN));
-    c.execute("INSERT INTO k VALUES ($1)", &[&1i32]).await?;
-    assert_eq!(code(c.execute("INSERT INTO k VALUES ($1)", &[&1i32]).await.unwrap_err()), Some(SqlState::UNIQUE_VIOLATION));
     assert_eq!(
-        code(c.batch_execute("INSERT INTO k VALUES ('one')").await.unwrap_err()),
+        code(c.batch_execute("SELEC 1").await.unwrap_err()),
+        Some(SqlState::SYNTAX_ERROR)
+    );
+    assert_eq!(
+        code(c.query("SELECT * FROM nope", &[]).await.unwrap_err()),
+        Some(SqlState::UNDEFINED_TABLE)
+    );
+    assert_eq!(
+        code(c.query("SELECT nope FROM t", &[]).await.unwrap_err()),
+        Some(SqlState::UNDEFINED_COLUMN)
+    );
+    c.execute("INSERT INTO k VALUES ($1)", &[&1i32]).await?;
+    assert_eq!(
+        code(
+            c.execute("INSERT INTO k VALUES ($1)", &[&1i32])
+                .await
+                .unwrap_err()
+        ),
+        Some(SqlState::UNIQUE_VIOLATION)
+    );
+    assert_eq!(
+        code(
+            c.batch_execute("INSERT INTO k VALUES ('one')")
+                .await
+                .unwrap_err()
+        ),
         Some(SqlState::INVALID_TEXT_REPRESENTATION)
     );
     let big = "x".repeat(2000);
-    let e = c.execute("INSERT INTO t (body) VALUES ($1)", &[&big]).await.unwrap_err();
+    let e = c
+        .execute("INSERT INTO t (body) VALUES ($1)", &[&big])
+        .await
+        .unwrap_err();
     assert_eq!(code(e), Some(SqlState::PROGRAM_LIMIT_EXCEEDED));
-    let e = c.batch_execute("INSERT INTO t (_ts, body) VALUES (now(), 'x')").await.unwrap_err();
+    let e = c
+        .batch_execute("INSERT INTO t (_ts, body) VALUES (now(), 'x')")
+        .await
+        .unwrap_err();
     assert_eq!(code(e), Some(SqlState::GENERATED_ALWAYS));
 
     // Still usable, and the oversize message was not written.
     let n: i64 = c.query_one("SELECT count(*) FROM t", &[]).await?.get(0);
     assert_eq!(n, 0);
-    c.execute("INSERT INTO t (body) VALUES ($1)", &[&"small"]).await?;
+    c.execute("INSERT INTO t (body) VALUES ($1)", &[&"small"])
+        .await?;
     let n: i64 = c.query_one("SELECT count(*) FROM t", &[]).await?.get(0);
     assert_eq!(n, 1);
     node.shutdown().await
@@ -104,7 +182,10 @@ async fn what_drivers_send_on_connect() -> anyhow::Result<()> {
     assert!(v.starts_with("PostgreSQL 16") && v.contains("eddy"), "{v}");
     let s: String = c.query_one("SELECT current_schema()", &[]).await?.get(0);
     assert_eq!(s, "public");
-    c.batch_execute("SET application_name = 'drv'; SET extra_float_digits = 3; SET DateStyle = 'ISO'").await?;
+    c.batch_execute(
+        "SET application_name = 'drv'; SET extra_float_digits = 3; SET DateStyle = 'ISO'",
+    )
+    .await?;
     let rows = c.simple_query("SHOW application_name").await?;
     let value = rows.iter().find_map(|m| match m {
         tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
@@ -123,39 +204,81 @@ async fn filters_on_partition_offset_and_key_read_only_what_they_need() -> anyho
     c.batch_execute("CREATE TOPIC t (n BIGINT) WITH (partitions = 2); CREATE TABLE u (id BIGINT PRIMARY KEY, v TEXT)").await?;
     // 1000 messages into partition 0 (one key), 10 into partition 1.
     let values: Vec<String> = (0..1000).map(|i| format!("('a', {i})")).collect();
-    c.batch_execute(&format!("INSERT INTO t (_key, n) VALUES {}", values.join(","))).await?;
-    let p_a: i32 = c.query_one("SELECT _partition FROM t LIMIT 1", &[]).await?.get(0);
+    c.batch_execute(&format!(
+        "INSERT INTO t (_key, n) VALUES {}",
+        values.join(",")
+    ))
+    .await?;
+    let p_a: i32 = c
+        .query_one("SELECT _partition FROM t LIMIT 1", &[])
+        .await?
+        .get(0);
     let other = if p_a == 0 { "b" } else { "a" };
     let _ = other;
     let u_rows: Vec<String> = (0..500).map(|i| format!("({i}, 'v{i}')")).collect();
-    c.batch_execute(&format!("INSERT INTO u VALUES {}", u_rows.join(","))).await?;
+    c.batch_execute(&format!("INSERT INTO u VALUES {}", u_rows.join(",")))
+        .await?;
 
     let stats = node_stats(&node);
     let before = stats.log_records_read.load(Ordering::Relaxed);
-    let rows = c.query("SELECT n FROM t WHERE _partition = $1 AND _offset >= 990", &[&p_a]).await?;
+    let rows = c
+        .query(
+            "SELECT n FROM t WHERE _partition = $1 AND _offset >= 990",
+            &[&p_a],
+        )
+        .await?;
     assert_eq!(rows.len(), 10);
     let read = stats.log_records_read.load(Ordering::Relaxed) - before;
     assert_eq!(read, 10, "an offset range scan reads only that range");
 
     let before = stats.log_records_read.load(Ordering::Relaxed);
-    let rows = c.query("SELECT n FROM t WHERE _partition = $1 AND _offset BETWEEN 100 AND 104", &[&p_a]).await?;
+    let rows = c
+        .query(
+            "SELECT n FROM t WHERE _partition = $1 AND _offset BETWEEN 100 AND 104",
+            &[&p_a],
+        )
+        .await?;
     assert_eq!(rows.len(), 5);
     assert_eq!(stats.log_records_read.load(Ordering::Relaxed) - before, 5);
 
     let before = stats.log_records_read.load(Ordering::Relaxed);
-    let n: i64 = c.query_one("SELECT count(*) FROM t WHERE _ts > now() + INTERVAL '1 hour'", &[]).await?.get(0);
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM t WHERE _ts > now() + INTERVAL '1 hour'",
+            &[],
+        )
+        .await?
+        .get(0);
     assert_eq!(n, 0);
-    assert_eq!(stats.log_records_read.load(Ordering::Relaxed) - before, 0, "a future _ts bound reads nothing");
+    assert_eq!(
+        stats.log_records_read.load(Ordering::Relaxed) - before,
+        0,
+        "a future _ts bound reads nothing"
+    );
 
     let before = stats.table_rows_read.load(Ordering::Relaxed);
-    let v: String = c.query_one("SELECT v FROM u WHERE id = $1", &[&250i64]).await?.get(0);
+    let v: String = c
+        .query_one("SELECT v FROM u WHERE id = $1", &[&250i64])
+        .await?
+        .get(0);
     assert_eq!(v, "v250");
-    assert_eq!(stats.table_rows_read.load(Ordering::Relaxed) - before, 1, "a primary key lookup reads one row");
+    assert_eq!(
+        stats.table_rows_read.load(Ordering::Relaxed) - before,
+        1,
+        "a primary key lookup reads one row"
+    );
 
     let before = stats.table_rows_read.load(Ordering::Relaxed);
-    let n: i64 = c.query_one("SELECT count(*) FROM u WHERE v = 'v7'", &[]).await?.get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM u WHERE v = 'v7'", &[])
+        .await?
+        .get(0);
     assert_eq!(n, 1);
-    assert_eq!(stats.table_rows_read.load(Ordering::Relaxed) - before, 500, "a non-key filter scans (the counter counts)");
+    assert_eq!(
+        stats.table_rows_read.load(Ordering::Relaxed) - before,
+        500,
+        "a non-key filter scans (the counter counts)"
+    );
     node.shutdown().await
 }
 
@@ -167,7 +290,8 @@ fn node_stats(node: &TestNode) -> &eddy_storage::StoreStats {
 async fn output_columns_are_named_like_postgres() -> anyhow::Result<()> {
     let node = TestNode::start().await?;
     let c = node.client().await?;
-    c.batch_execute("CREATE TOPIC t (a INT, b TEXT); INSERT INTO t VALUES (1, 'x'), (2, 'y')").await?;
+    c.batch_execute("CREATE TOPIC t (a INT, b TEXT); INSERT INTO t VALUES (1, 'x'), (2, 'y')")
+        .await?;
     let stmt = c.prepare("SELECT count(*), max(a), a + 1, b, t.a, sum(a) AS total, count(b) FROM t GROUP BY a, b ORDER BY a").await?;
     let names: Vec<&str> = stmt.columns().iter().map(|c| c.name()).collect();
     assert_eq!(names[..6], ["count", "max", "?column?", "b", "a", "total"]);
@@ -187,22 +311,39 @@ async fn output_columns_are_named_like_postgres() -> anyhow::Result<()> {
 async fn retention_removes_old_messages_in_the_background() -> anyhow::Result<()> {
     let node = TestNode::start_with(|c| c.storage.retention_check_ms = 50).await?;
     let c = node.client().await?;
-    c.batch_execute("CREATE TOPIC short (n INT) WITH (retention = '1s'); CREATE TOPIC kept (n INT)").await?;
-    c.batch_execute("INSERT INTO short VALUES (1), (2), (3); INSERT INTO kept VALUES (1), (2), (3)").await?;
+    c.batch_execute(
+        "CREATE TOPIC short (n INT) WITH (retention = '1s'); CREATE TOPIC kept (n INT)",
+    )
+    .await?;
+    c.batch_execute(
+        "INSERT INTO short VALUES (1), (2), (3); INSERT INTO kept VALUES (1), (2), (3)",
+    )
+    .await?;
     let n: i64 = c.query_one("SELECT count(*) FROM short", &[]).await?.get(0);
     assert_eq!(n, 3);
-    eddy_tests::wait_for("retention to trim", std::time::Duration::from_secs(30), || {
-        let c = &c;
-        async move {
-            let n: i64 = c.query_one("SELECT count(*) FROM short", &[]).await.ok()?.get(0);
-            (n == 0).then_some(())
-        }
-    })
+    eddy_tests::wait_for(
+        "retention to trim",
+        std::time::Duration::from_secs(30),
+        || {
+            let c = &c;
+            async move {
+                let n: i64 = c
+                    .query_one("SELECT count(*) FROM short", &[])
+                    .await
+                    .ok()?
+                    .get(0);
+                (n == 0).then_some(())
+            }
+        },
+    )
     .await?;
     let kept: i64 = c.query_one("SELECT count(*) FROM kept", &[]).await?.get(0);
     assert_eq!(kept, 3, "a topic without retention keeps everything");
     // Offsets continue after the trimmed range.
-    let o: i64 = c.query_one("INSERT INTO short VALUES (4) RETURNING _offset", &[]).await?.get(0);
+    let o: i64 = c
+        .query_one("INSERT INTO short VALUES (4) RETURNING _offset", &[])
+        .await?
+        .get(0);
     assert_eq!(o, 3);
     node.shutdown().await
 }
@@ -211,13 +352,21 @@ async fn retention_removes_old_messages_in_the_background() -> anyhow::Result<()
 async fn cancel_request_stops_a_running_query() -> anyhow::Result<()> {
     let node = TestNode::start().await?;
     let c = std::sync::Arc::new(node.client().await?);
-    c.batch_execute("CREATE TABLE n (i INT PRIMARY KEY)").await?;
+    c.batch_execute("CREATE TABLE n (i INT PRIMARY KEY)")
+        .await?;
     let values: Vec<String> = (0..600).map(|i| format!("({i})")).collect();
-    c.batch_execute(&format!("INSERT INTO n VALUES {}", values.join(","))).await?;
+    c.batch_execute(&format!("INSERT INTO n VALUES {}", values.join(",")))
+        .await?;
     let token = c.cancel_token();
     let q = c.clone();
     // 600^3 = 216M joined rows: far longer than the cancel takes to arrive.
-    let running = tokio::spawn(async move { q.query("SELECT count(*) FROM n a, n b, n c WHERE a.i + b.i + c.i >= 0", &[]).await });
+    let running = tokio::spawn(async move {
+        q.query(
+            "SELECT count(*) FROM n a, n b, n c WHERE a.i + b.i + c.i >= 0",
+            &[],
+        )
+        .await
+    });
     let result = loop {
         token.cancel_query(tokio_postgres::NoTls).await?;
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -238,8 +387,11 @@ async fn copy_in_and_out_from_tokio_postgres() -> anyhow::Result<()> {
     use futures::{SinkExt, TryStreamExt};
     let node = TestNode::start().await?;
     let c = node.client().await?;
-    c.batch_execute("CREATE TOPIC m (id BIGINT, note TEXT) WITH (partitions = 2)").await?;
-    let sink = c.copy_in("COPY m (_key, id, note) FROM STDIN WITH (FORMAT csv)").await?;
+    c.batch_execute("CREATE TOPIC m (id BIGINT, note TEXT) WITH (partitions = 2)")
+        .await?;
+    let sink = c
+        .copy_in("COPY m (_key, id, note) FROM STDIN WITH (FORMAT csv)")
+        .await?;
     futures::pin_mut!(sink);
     let mut data = String::new();
     for i in 0..500 {
@@ -252,13 +404,23 @@ async fn copy_in_and_out_from_tokio_postgres() -> anyhow::Result<()> {
     let n = sink.finish().await?;
     assert_eq!(n, 500);
 
-    let stream = c.copy_out("COPY (SELECT id, note FROM m WHERE id < 3 ORDER BY id) TO STDOUT").await?;
+    let stream = c
+        .copy_out("COPY (SELECT id, note FROM m WHERE id < 3 ORDER BY id) TO STDOUT")
+        .await?;
     let chunks: Vec<bytes::Bytes> = stream.try_collect().await?;
-    let text: String = chunks.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+    let text: String = chunks
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
     assert_eq!(text, "0\tn,0\n1\tn,1\n2\tn,2\n");
-    let stream = c.copy_out("COPY m (id) TO STDOUT WITH (FORMAT csv, HEADER)").await?;
+    let stream = c
+        .copy_out("COPY m (id) TO STDOUT WITH (FORMAT csv, HEADER)")
+        .await?;
     let chunks: Vec<bytes::Bytes> = stream.try_collect().await?;
-    let text: String = chunks.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+    let text: String = chunks
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
     assert!(text.starts_with("id\n"), "{text}");
     assert_eq!(text.lines().count(), 501);
     node.shutdown().await
@@ -268,7 +430,8 @@ async fn copy_in_and_out_from_tokio_postgres() -> anyhow::Result<()> {
 async fn concurrent_upserts_and_updates_lose_no_increment() -> anyhow::Result<()> {
     let node = TestNode::start().await?;
     let c = node.client().await?;
-    c.batch_execute("CREATE TABLE counters (id TEXT PRIMARY KEY, n BIGINT)").await?;
+    c.batch_execute("CREATE TABLE counters (id TEXT PRIMARY KEY, n BIGINT)")
+        .await?;
     let mut tasks = Vec::new();
     for w in 0..4 {
         let client = node.client().await?;
@@ -294,7 +457,10 @@ async fn concurrent_upserts_and_updates_lose_no_increment() -> anyhow::Result<()
     for t in tasks {
         t.await??;
     }
-    let n: i64 = c.query_one("SELECT n FROM counters WHERE id = 'k'", &[]).await?.get(0);
+    let n: i64 = c
+        .query_one("SELECT n FROM counters WHERE id = 'k'", &[])
+        .await?
+        .get(0);
     assert_eq!(n, 100, "every increment counted");
     node.shutdown().await
 }
@@ -310,7 +476,12 @@ async fn binary_results_for_every_column_type() -> anyhow::Result<()> {
          CREATE TOPIC e (n INT);",
     )
     .await?;
-    let r = c.query_one("SELECT b, s, i, r, d, t, y, ts FROM all_types WHERE id = $1", &[&1i64]).await?;
+    let r = c
+        .query_one(
+            "SELECT b, s, i, r, d, t, y, ts FROM all_types WHERE id = $1",
+            &[&1i64],
+        )
+        .await?;
     assert!(r.get::<_, bool>(0));
     assert_eq!(r.get::<_, i16>(1), -3);
     assert_eq!(r.get::<_, i32>(2), 70000);
@@ -324,10 +495,15 @@ async fn binary_results_for_every_column_type() -> anyhow::Result<()> {
 
     // _ts of a message is the append time: between before and after the INSERT.
     let before = std::time::SystemTime::now();
-    let r = c.query_one("INSERT INTO e VALUES (1) RETURNING _ts", &[]).await?;
+    let r = c
+        .query_one("INSERT INTO e VALUES (1) RETURNING _ts", &[])
+        .await?;
     let after = std::time::SystemTime::now();
     let appended: std::time::SystemTime = r.get(0);
-    assert!(appended >= before - std::time::Duration::from_millis(1) && appended <= after, "{appended:?}");
+    assert!(
+        appended >= before - std::time::Duration::from_millis(1) && appended <= after,
+        "{appended:?}"
+    );
     node.shutdown().await
 }
 
@@ -335,23 +511,55 @@ async fn binary_results_for_every_column_type() -> anyhow::Result<()> {
 async fn primary_key_point_reads_take_the_fast_path_with_the_same_answers() -> anyhow::Result<()> {
     let node = TestNode::start().await?;
     let c = node.client().await?;
-    c.batch_execute("CREATE TABLE kv (a INT, b TEXT, v DOUBLE PRECISION, PRIMARY KEY (a, b))").await?;
-    c.batch_execute("INSERT INTO kv VALUES (1, 'x', 1.5), (1, 'y', NULL), (2, 'x', 3.0)").await?;
-    let get = c.prepare("SELECT v AS value, a FROM kv WHERE b = $2 AND a = $1").await?;
-    assert_eq!(get.columns().iter().map(|c| c.name()).collect::<Vec<_>>(), vec!["value", "a"]);
+    c.batch_execute("CREATE TABLE kv (a INT, b TEXT, v DOUBLE PRECISION, PRIMARY KEY (a, b))")
+        .await?;
+    c.batch_execute("INSERT INTO kv VALUES (1, 'x', 1.5), (1, 'y', NULL), (2, 'x', 3.0)")
+        .await?;
+    let get = c
+        .prepare("SELECT v AS value, a FROM kv WHERE b = $2 AND a = $1")
+        .await?;
+    assert_eq!(
+        get.columns().iter().map(|c| c.name()).collect::<Vec<_>>(),
+        vec!["value", "a"]
+    );
     let row = c.query_one(&get, &[&1i32, &"x"]).await?;
-    assert_eq!((row.get::<_, Option<f64>>(0), row.get::<_, i32>(1)), (Some(1.5), 1));
-    assert_eq!(c.query_one(&get, &[&1i32, &"y"]).await?.get::<_, Option<f64>>(0), None);
-    assert!(c.query(&get, &[&3i32, &"x"]).await?.is_empty(), "a missing key is no rows");
-    let star = c.query("SELECT * FROM kv WHERE a = 2 AND b = 'x'", &[]).await?;
+    assert_eq!(
+        (row.get::<_, Option<f64>>(0), row.get::<_, i32>(1)),
+        (Some(1.5), 1)
+    );
+    assert_eq!(
+        c.query_one(&get, &[&1i32, &"y"])
+            .await?
+            .get::<_, Option<f64>>(0),
+        None
+    );
+    assert!(
+        c.query(&get, &[&3i32, &"x"]).await?.is_empty(),
+        "a missing key is no rows"
+    );
+    let star = c
+        .query("SELECT * FROM kv WHERE a = 2 AND b = 'x'", &[])
+        .await?;
     assert_eq!(star.len(), 1);
     assert_eq!(star[0].get::<_, String>("b"), "x");
-    let before = node.store().stats().table_rows_read.load(std::sync::atomic::Ordering::Relaxed);
+    let before = node
+        .store()
+        .stats()
+        .table_rows_read
+        .load(std::sync::atomic::Ordering::Relaxed);
     c.query_one(&get, &[&2i32, &"x"]).await?;
-    let after = node.store().stats().table_rows_read.load(std::sync::atomic::Ordering::Relaxed);
+    let after = node
+        .store()
+        .stats()
+        .table_rows_read
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(after - before, 1, "one row read");
     c.batch_execute("DROP TABLE kv").await?;
     let e = c.query(&get, &[&1i32, &"x"]).await.unwrap_err();
-    assert_eq!(e.code(), Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE), "{e:?}");
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE),
+        "{e:?}"
+    );
     node.shutdown().await
 }

@@ -72,12 +72,17 @@ async fn run_script(script: &'static str, marker: &str) -> anyhow::Result<()> {
     let node = TestNode::start().await?;
     let port = node.addr().port().to_string();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3").args(["-c", script, &port]).output()
+        std::process::Command::new("python3")
+            .args(["-c", script, &port])
+            .output()
     })
     .await??;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "psycopg script failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "psycopg script failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains(marker), "{stdout}");
     node.shutdown().await
 }

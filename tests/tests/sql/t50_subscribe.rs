@@ -26,8 +26,12 @@ async fn read_lines(
 async fn copy_subscribe_streams_backlog_then_live_rows_until_cancelled() -> anyhow::Result<()> {
     let node = TestNode::start().await?;
     let publisher = node.client().await?;
-    publisher.batch_execute("CREATE TOPIC r (sensor TEXT, temp INT) WITH (partitions = 2)").await?;
-    publisher.batch_execute("INSERT INTO r VALUES ('cold', 1), ('hot', 40)").await?;
+    publisher
+        .batch_execute("CREATE TOPIC r (sensor TEXT, temp INT) WITH (partitions = 2)")
+        .await?;
+    publisher
+        .batch_execute("INSERT INTO r VALUES ('cold', 1), ('hot', 40)")
+        .await?;
 
     let subscriber = node.client().await?;
     let cancel = subscriber.cancel_token();
@@ -40,10 +44,16 @@ async fn copy_subscribe_streams_backlog_then_live_rows_until_cancelled() -> anyh
     assert!(backlog[0].ends_with(",hot,40"), "{backlog:?}");
 
     // Published after the subscriber caught up: delivered live, filtered.
-    publisher.batch_execute("INSERT INTO r (_key, sensor, temp) VALUES ('k', 'warm', 20), ('k', 'cool', 5)").await?;
+    publisher
+        .batch_execute(
+            "INSERT INTO r (_key, sensor, temp) VALUES ('k', 'warm', 20), ('k', 'cool', 5)",
+        )
+        .await?;
     let live = read_lines(&mut stream, 1).await?;
     assert!(live[0].ends_with(",k,warm,20"), "{live:?}");
-    publisher.batch_execute("INSERT INTO r (_key, sensor, temp) VALUES ('k', 'hotter', 50)").await?;
+    publisher
+        .batch_execute("INSERT INTO r (_key, sensor, temp) VALUES ('k', 'hotter', 50)")
+        .await?;
     let live = read_lines(&mut stream, 1).await?;
     assert!(live[0].ends_with(",k,hotter,50"), "{live:?}");
 
@@ -55,7 +65,10 @@ async fn copy_subscribe_streams_backlog_then_live_rows_until_cancelled() -> anyh
     };
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err:?}");
     // The connection is usable after the subscription ended.
-    let n: i64 = subscriber.query_one("SELECT count(*) FROM r", &[]).await?.get(0);
+    let n: i64 = subscriber
+        .query_one("SELECT count(*) FROM r", &[])
+        .await?
+        .get(0);
     assert_eq!(n, 5);
     node.shutdown().await
 }
@@ -64,14 +77,31 @@ async fn copy_subscribe_streams_backlog_then_live_rows_until_cancelled() -> anyh
 async fn copy_subscribe_errors() -> anyhow::Result<()> {
     let node = TestNode::start().await?;
     let c = node.client().await?;
-    c.batch_execute("CREATE TOPIC r (n INT); CREATE TABLE t (id INT PRIMARY KEY)").await?;
-    let e = c.batch_execute("COPY (SUBSCRIBE nope) TO STDOUT").await.unwrap_err();
+    c.batch_execute("CREATE TOPIC r (n INT); CREATE TABLE t (id INT PRIMARY KEY)")
+        .await?;
+    let e = c
+        .batch_execute("COPY (SUBSCRIBE nope) TO STDOUT")
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some(&SqlState::UNDEFINED_TABLE));
-    let e = c.batch_execute("COPY (SUBSCRIBE r WHERE nope > 1) TO STDOUT").await.unwrap_err();
+    let e = c
+        .batch_execute("COPY (SUBSCRIBE r WHERE nope > 1) TO STDOUT")
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some(&SqlState::UNDEFINED_COLUMN), "{e:?}");
-    let e = c.batch_execute("COPY (SUBSCRIBE r WITH (snapshot = true)) TO STDOUT").await.unwrap_err();
-    assert_eq!(e.code(), Some(&SqlState::INVALID_PARAMETER_VALUE), "snapshot is for tables: {e:?}");
-    let e = c.batch_execute("COPY (SUBSCRIBE r WITH (colour = 'red')) TO STDOUT").await.unwrap_err();
+    let e = c
+        .batch_execute("COPY (SUBSCRIBE r WITH (snapshot = true)) TO STDOUT")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(&SqlState::INVALID_PARAMETER_VALUE),
+        "snapshot is for tables: {e:?}"
+    );
+    let e = c
+        .batch_execute("COPY (SUBSCRIBE r WITH (colour = 'red')) TO STDOUT")
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some(&SqlState::INVALID_PARAMETER_VALUE));
     // Still usable.
     c.batch_execute("INSERT INTO r VALUES (1)").await?;
