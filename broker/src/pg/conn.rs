@@ -5,14 +5,20 @@
 //! itself) as an empty message and carries on; PostgreSQL treats it as a protocol
 //! violation and closes the connection. [`FrameGuard`] watches the raw bytes, and on a
 //! malformed header fails the read, which ends this connection (and only it). Owning the
-//! loop is also where server-initiated messages (notifications) will be sent from.
+//! loop is also where server-initiated messages (notifications) are sent from.
+//!
+//! Replies are written the way PostgreSQL writes them: while a client message is handled,
+//! the guard holds what pgwire sends (pgwire flushes after every reply message), and the
+//! loop flushes once before it would wait for the client. A prepared query's
+//! BindComplete, DataRow, CommandComplete and ReadyForQuery leave in one write instead of
+//! three; output held past [`HOLD_LIMIT`] goes out at once, so memory stays bounded.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use pgwire::api::ErrorHandler;
 use pgwire::api::{ClientInfo, PgWireConnectionState, PgWireServerHandlers};
 use pgwire::messages::PgWireFrontendMessage;
@@ -88,10 +94,32 @@ impl FrameCheck {
     }
 }
 
-/// The socket under pgwire's codec, with a [`FrameCheck`] on everything read.
+/// Most bytes held back while a message is handled; more are written through.
+const HOLD_LIMIT: usize = 64 * 1024;
+
+/// The socket under pgwire's codec, with a [`FrameCheck`] on everything read and the
+/// reply holding described at the top.
 pub(crate) struct FrameGuard<S> {
     inner: S,
     check: FrameCheck,
+    /// Written but not yet sent.
+    out: bytes::BytesMut,
+    /// While true, flushes are deferred (the loop is handling a message).
+    hold: bool,
+}
+
+impl<S: AsyncWrite + Unpin> FrameGuard<S> {
+    /// Writes out everything held.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &self.out))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            bytes::Buf::advance(&mut self.out, n);
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for FrameGuard<S> {
@@ -121,12 +149,25 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrameGuard<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.out.len() >= HOLD_LIMIT || (!this.hold && !this.out.is_empty()) {
+            std::task::ready!(this.poll_drain(cx))?;
+        }
+        if !this.hold {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        this.out.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.hold {
+            return Poll::Ready(Ok(()));
+        }
+        std::task::ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -153,6 +194,8 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
         FrameGuard {
             inner: parts.io,
             check,
+            out: bytes::BytesMut::new(),
+            hold: false,
         },
         parts.codec,
     );
@@ -217,7 +260,8 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
             PgWireConnectionState::CopyInProgress(ext) => ext,
             _ => msg.is_extended_query(),
         };
-        if let Err(mut e) = process_message(
+        socket.get_mut().hold = true;
+        let handled = process_message(
             msg,
             &mut socket,
             startup.clone(),
@@ -226,12 +270,23 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
             copy.clone(),
             cancel.clone(),
         )
-        .await
-        {
+        .await;
+        if let Err(mut e) = handled {
             errors.on_error(&socket, &mut e);
             if process_error(&mut socket, e, is_extended).await.is_err() {
                 break;
             }
+        }
+        socket.get_mut().hold = false;
+        // The replies go out before the loop could wait: unless the client's next message
+        // is already here (a pipelined Bind/Execute/Sync), flush now.
+        if pending.is_empty()
+            && !has_whole_frame(socket.read_buffer())
+            && SinkExt::<pgwire::messages::PgWireBackendMessage>::flush(&mut socket)
+                .await
+                .is_err()
+        {
+            break;
         }
         if matches!(socket.state(), PgWireConnectionState::ReadyForQuery) {
             let wanted = super::session_of(&socket).lock().listens().clone();
@@ -240,6 +295,17 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
     }
     cancels.unregister(socket.pid_and_secret_key().0);
     Ok(())
+}
+
+/// True when `buf` starts with a complete typed frame (type byte, length, body).
+fn has_whole_frame(buf: &[u8]) -> bool {
+    match buf.get(1..5) {
+        Some(len) => {
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            buf.len() > len
+        }
+        None => false,
+    }
 }
 
 /// Sends each row of `rows` as a NotificationResponse on `channel`.
