@@ -9,8 +9,11 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, BinaryArray, BooleanArray, RecordBatch};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::array::{
+    Array, BinaryArray, BooleanArray, Int16Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::sql::sqlparser::ast::{CopyLegacyOption, CopyOption, CopySource, CopyTarget};
 use eddy_storage::{ColumnType, ObjectDef, OnConflict, Value, WriteOp, WriteResult};
@@ -180,60 +183,153 @@ impl CopyOptions {
         out
     }
 
-    /// Encodes each row of a batch as one line (with trailing newline).
+    /// Appends `s` as one field, escaped (text) or quoted when needed (CSV).
+    fn push_field(&self, out: &mut Vec<u8>, s: &str) {
+        match self.format {
+            CopyFormat::Text => {
+                let special = |b: u8| {
+                    matches!(b, b'\\' | b'\n' | b'\r' | b'\t')
+                        || (self.delimiter.is_ascii() && b == self.delimiter as u8)
+                };
+                if self.delimiter.is_ascii() && !s.bytes().any(special) {
+                    out.extend_from_slice(s.as_bytes());
+                } else {
+                    out.extend_from_slice(self.text_field(s).as_bytes());
+                }
+            }
+            CopyFormat::Csv => out.extend_from_slice(self.csv_field(s).as_bytes()),
+        }
+    }
+
+    /// Encodes each row of a batch as one line (with trailing newline). Each column is
+    /// read through its concrete array type once; integers, text and timestamps are
+    /// written straight into the line (this is the per-row cost of every COPY and
+    /// subscription stream), the rest through Arrow's display formatter.
     pub fn encode_batch(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
         let fmt = FormatOptions::new()
             .with_timestamp_format(Some("%Y-%m-%d %H:%M:%S%.f"))
             .with_timestamp_tz_format(Some("%Y-%m-%d %H:%M:%S%.f%:z"));
-        let formatters: Vec<ArrayFormatter<'_>> = batch
+        let columns: Vec<Column<'_>> = batch
             .columns()
             .iter()
-            .map(|a| ArrayFormatter::try_new(a.as_ref(), &fmt))
-            .collect::<Result<_, _>>()?;
+            .map(|a| Column::new(a.as_ref(), &fmt))
+            .collect::<Result<_>>()?;
         let mut lines = Vec::with_capacity(batch.num_rows());
-        let delim = self.delimiter.to_string();
+        let mut scratch = String::new();
+        let mut delim = [0u8; 4];
+        let delim = self.delimiter.encode_utf8(&mut delim).as_bytes();
         for r in 0..batch.num_rows() {
-            let mut fields = Vec::with_capacity(batch.num_columns());
-            for (c, f) in formatters.iter().enumerate() {
-                let a = batch.column(c);
-                if a.is_null(r) {
-                    fields.push(self.null.clone());
+            let mut line = Vec::with_capacity(64);
+            for (c, col) in columns.iter().enumerate() {
+                if c > 0 {
+                    line.extend_from_slice(delim);
+                }
+                if batch.column(c).is_null(r) {
+                    line.extend_from_slice(self.null.as_bytes());
                     continue;
                 }
-                let text = match a.data_type() {
-                    DataType::Boolean => {
-                        let b = a
-                            .as_any()
-                            .downcast_ref::<BooleanArray>()
-                            .map(|b| b.value(r))
-                            .unwrap_or(false);
-                        if b { "t" } else { "f" }.to_owned()
-                    }
-                    DataType::Binary => {
-                        let b = a
-                            .as_any()
-                            .downcast_ref::<BinaryArray>()
-                            .map(|b| b.value(r))
-                            .unwrap_or(&[]);
-                        let mut s = String::from("\\x");
-                        for byte in b {
-                            s.push_str(&format!("{byte:02x}"));
-                        }
-                        s
-                    }
-                    _ => f.value(r).to_string(),
-                };
-                fields.push(match self.format {
-                    CopyFormat::Text => self.text_field(&text),
-                    CopyFormat::Csv => self.csv_field(&text),
-                });
+                scratch.clear();
+                col.write(r, &mut scratch);
+                self.push_field(&mut line, &scratch);
             }
-            let mut line = fields.join(&delim).into_bytes();
             line.push(b'\n');
             lines.push(line);
         }
         Ok(lines)
     }
+}
+
+/// A batch column read through its concrete type, for [`CopyOptions::encode_batch`].
+enum Column<'a> {
+    Bool(&'a BooleanArray),
+    Int16(&'a Int16Array),
+    Int32(&'a Int32Array),
+    Int64(&'a Int64Array),
+    Utf8(&'a StringArray),
+    Binary(&'a BinaryArray),
+    Micros(&'a TimestampMicrosecondArray, ArrayFormatter<'a>),
+    Other(ArrayFormatter<'a>),
+}
+
+impl<'a> Column<'a> {
+    fn new(a: &'a dyn Array, fmt: &FormatOptions<'a>) -> Result<Column<'a>> {
+        let any = a.as_any();
+        Ok(match a.data_type() {
+            DataType::Boolean => any.downcast_ref().map(Column::Bool),
+            DataType::Int16 => any.downcast_ref().map(Column::Int16),
+            DataType::Int32 => any.downcast_ref().map(Column::Int32),
+            DataType::Int64 => any.downcast_ref().map(Column::Int64),
+            DataType::Utf8 => any.downcast_ref().map(Column::Utf8),
+            DataType::Binary => any.downcast_ref().map(Column::Binary),
+            DataType::Timestamp(TimeUnit::Microsecond, None) => {
+                let f = ArrayFormatter::try_new(a, fmt)?;
+                any.downcast_ref().map(|t| Column::Micros(t, f))
+            }
+            _ => None,
+        }
+        .map_or_else(|| ArrayFormatter::try_new(a, fmt).map(Column::Other), Ok)?)
+    }
+
+    /// Writes row `r` (not null) as PostgreSQL prints it.
+    fn write(&self, r: usize, out: &mut String) {
+        use std::fmt::Write;
+        // Writing into a String cannot fail.
+        let _ = match self {
+            Column::Bool(b) => write!(out, "{}", if b.value(r) { "t" } else { "f" }),
+            Column::Int16(a) => write!(out, "{}", a.value(r)),
+            Column::Int32(a) => write!(out, "{}", a.value(r)),
+            Column::Int64(a) => write!(out, "{}", a.value(r)),
+            Column::Utf8(a) => write!(out, "{}", a.value(r)),
+            Column::Binary(a) => {
+                out.push_str("\\x");
+                a.value(r).iter().try_for_each(|b| write!(out, "{b:02x}"))
+            }
+            Column::Micros(a, slow) => {
+                if write_timestamp_micros(out, a.value(r)) {
+                    Ok(())
+                } else {
+                    write!(out, "{}", slow.value(r))
+                }
+            }
+            Column::Other(f) => write!(out, "{}", f.value(r)),
+        };
+    }
+}
+
+/// Writes a timestamp (microseconds since the epoch) as `YYYY-MM-DD HH:MM:SS[.fff[fff]]`,
+/// the same text as chrono's `%Y-%m-%d %H:%M:%S%.f`; false (nothing written) outside
+/// years 0..=9999, which the caller formats the slow way.
+fn write_timestamp_micros(out: &mut String, micros: i64) -> bool {
+    use std::fmt::Write;
+    let secs = micros.div_euclid(1_000_000);
+    let frac = micros.rem_euclid(1_000_000);
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    if !(0..=9999).contains(&year) {
+        return false;
+    }
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60
+    );
+    let _ = match frac {
+        0 => Ok(()),
+        f if f % 1000 == 0 => write!(out, ".{:03}", f / 1000),
+        f => write!(out, ".{f:06}"),
+    };
+    true
 }
 
 /// Plans a COPY statement.
@@ -585,6 +681,37 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_timestamps_print_exactly_as_chrono_does() {
+        let values: Vec<i64> = vec![
+            0,
+            1,
+            -1,
+            999_999,
+            1_000,
+            1_500_000,
+            1_700_000_000_123_456,
+            1_700_000_000_120_000,
+            1_700_000_000_000_000,
+            951_782_400_000_000,     // 2000-02-29
+            -62_135_596_800_000_000, // 0001-01-01
+            253_402_300_799_999_999, // 9999-12-31 23:59:59.999999
+            -2_208_988_800_000_001,
+        ];
+        let array = TimestampMicrosecondArray::from(values.clone());
+        let fmt = FormatOptions::new().with_timestamp_format(Some("%Y-%m-%d %H:%M:%S%.f"));
+        let slow = ArrayFormatter::try_new(&array, &fmt).unwrap();
+        for (i, v) in values.iter().enumerate() {
+            let mut fast = String::new();
+            assert!(write_timestamp_micros(&mut fast, *v), "{v}");
+            assert_eq!(fast, slow.value(i).to_string(), "{v}");
+        }
+        assert!(
+            !write_timestamp_micros(&mut String::new(), i64::MAX),
+            "year > 9999 takes the slow path"
+        );
+    }
 
     #[test]
     fn text_fields() {

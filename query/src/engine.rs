@@ -184,11 +184,18 @@ impl Session {
     }
 }
 
+/// Most statements [`Engine::parse_one`] keeps (all are dropped when it is full).
+const PARSE_CACHE_ENTRIES: usize = 512;
+/// Longer statements are not kept.
+const PARSE_CACHE_MAX_SQL: usize = 16 * 1024;
+
 /// The query engine of one node.
 pub struct Engine {
     pub(crate) store: Store,
     pub(crate) ctx: SessionContext,
     compat: PostgresCompatibilityParser,
+    /// Statements parsed for the extended protocol, by SQL text (see [`Engine::parse_one`]).
+    parsed: parking_lot::Mutex<HashMap<String, Statement>>,
     pub(crate) config: QueryConfig,
     /// Round-robin cursor per topic for messages without a key.
     round_robin: parking_lot::Mutex<HashMap<ObjectId, Arc<AtomicU64>>>,
@@ -276,6 +283,7 @@ impl Engine {
                 store,
                 ctx,
                 compat: PostgresCompatibilityParser::new(),
+                parsed: parking_lot::Mutex::new(HashMap::new()),
                 config,
                 round_robin: parking_lot::Mutex::new(HashMap::new()),
                 rmw: tokio::sync::Mutex::new(()),
@@ -312,16 +320,34 @@ impl Engine {
         dialect::parse_sql(sql, &self.compat)
     }
 
-    /// Parses one statement (the extended protocol's Parse takes exactly one).
+    /// Parses one statement (the extended protocol's Parse takes exactly one). Drivers
+    /// send the same text over and over as unnamed statements (a producer's batch
+    /// INSERT, a prepared lookup), so parses are kept by text: parsing is a pure function
+    /// of it, and a clone of the tree costs far less than tokenizing again.
     pub fn parse_one(&self, sql: &str) -> Result<Option<Statement>> {
-        let mut stmts = self.parse(sql)?;
-        match stmts.len() {
-            0 => Ok(None),
-            1 => Ok(stmts.pop()),
-            _ => Err(Error::Syntax(
-                "cannot insert multiple commands into a prepared statement".into(),
-            )),
+        if let Some(stmt) = self.parsed.lock().get(sql) {
+            return Ok(Some(stmt.clone()));
         }
+        let mut stmts = self.parse(sql)?;
+        let stmt = match stmts.len() {
+            0 => return Ok(None),
+            1 => stmts.pop(),
+            _ => {
+                return Err(Error::Syntax(
+                    "cannot insert multiple commands into a prepared statement".into(),
+                ))
+            }
+        };
+        if let Some(s) = &stmt {
+            if sql.len() <= PARSE_CACHE_MAX_SQL {
+                let mut cache = self.parsed.lock();
+                if cache.len() >= PARSE_CACHE_ENTRIES {
+                    cache.clear();
+                }
+                cache.insert(sql.to_owned(), s.clone());
+            }
+        }
+        Ok(stmt)
     }
 
     /// Plans a statement. `hints` are parameter types the client declared; `session`
