@@ -24,8 +24,9 @@ enum Peer {
 
 /// Load benchmarks for eddy, side by side with PostgreSQL, Redis and NATS.
 ///
-/// Build in release mode first: `cargo build --release --bin eddy --bin eddy-bench`
-/// (or use scripts/bench.sh, which does both).
+/// eddy and this tool should be release builds: scripts/bench.sh builds both and runs it
+/// (`./scripts/bench.sh <scenario> --peer all`). The eddy binary is looked for next to
+/// this one, or at $EDDY_BIN.
 #[derive(Debug, Parser)]
 #[command(name = "eddy-bench", version)]
 struct Args {

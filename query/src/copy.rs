@@ -214,6 +214,8 @@ impl CopyOptions {
             .iter()
             .map(|a| Column::new(a.as_ref(), &fmt))
             .collect::<Result<_>>()?;
+        let nulls: Vec<Option<&arrow::buffer::NullBuffer>> =
+            batch.columns().iter().map(|a| a.nulls()).collect();
         let mut lines = Vec::with_capacity(batch.num_rows());
         let mut scratch = String::new();
         let mut delim = [0u8; 4];
@@ -224,7 +226,7 @@ impl CopyOptions {
                 if c > 0 {
                     line.extend_from_slice(delim);
                 }
-                if batch.column(c).is_null(r) {
+                if nulls[c].is_some_and(|n| n.is_null(r)) {
                     line.extend_from_slice(self.null.as_bytes());
                     continue;
                 }
@@ -273,34 +275,56 @@ impl<'a> Column<'a> {
     /// Writes row `r` (not null) as PostgreSQL prints it.
     fn write(&self, r: usize, out: &mut String) {
         use std::fmt::Write;
-        // Writing into a String cannot fail.
-        let _ = match self {
-            Column::Bool(b) => write!(out, "{}", if b.value(r) { "t" } else { "f" }),
-            Column::Int16(a) => write!(out, "{}", a.value(r)),
-            Column::Int32(a) => write!(out, "{}", a.value(r)),
-            Column::Int64(a) => write!(out, "{}", a.value(r)),
-            Column::Utf8(a) => write!(out, "{}", a.value(r)),
+        match self {
+            Column::Bool(b) => out.push(if b.value(r) { 't' } else { 'f' }),
+            Column::Int16(a) => push_int(out, i64::from(a.value(r))),
+            Column::Int32(a) => push_int(out, i64::from(a.value(r))),
+            Column::Int64(a) => push_int(out, a.value(r)),
+            Column::Utf8(a) => out.push_str(a.value(r)),
             Column::Binary(a) => {
                 out.push_str("\\x");
-                a.value(r).iter().try_for_each(|b| write!(out, "{b:02x}"))
-            }
-            Column::Micros(a, slow) => {
-                if write_timestamp_micros(out, a.value(r)) {
-                    Ok(())
-                } else {
-                    write!(out, "{}", slow.value(r))
+                for b in a.value(r) {
+                    push_digits(out, u64::from(*b >> 4), 1, 16);
+                    push_digits(out, u64::from(*b & 15), 1, 16);
                 }
             }
-            Column::Other(f) => write!(out, "{}", f.value(r)),
-        };
+            Column::Micros(a, slow) => {
+                if !write_timestamp_micros(out, a.value(r)) {
+                    // Writing into a String cannot fail.
+                    let _ = write!(out, "{}", slow.value(r));
+                }
+            }
+            Column::Other(f) => {
+                let _ = write!(out, "{}", f.value(r));
+            }
+        }
     }
+}
+
+/// Appends `v` in `base` (10 or 16, lower case), zero-padded to `width` digits.
+fn push_digits(out: &mut String, mut v: u64, width: usize, base: u64) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    while v > 0 || buf.len() - i < width {
+        i -= 1;
+        buf[i] = b"0123456789abcdef"[(v % base) as usize];
+        v /= base;
+    }
+    out.extend(buf[i..].iter().map(|b| char::from(*b)));
+}
+
+/// Appends a decimal integer (core::fmt is a measurable share of a subscription stream).
+fn push_int(out: &mut String, v: i64) {
+    if v < 0 {
+        out.push('-');
+    }
+    push_digits(out, v.unsigned_abs(), 1, 10);
 }
 
 /// Writes a timestamp (microseconds since the epoch) as `YYYY-MM-DD HH:MM:SS[.fff[fff]]`,
 /// the same text as chrono's `%Y-%m-%d %H:%M:%S%.f`; false (nothing written) outside
 /// years 0..=9999, which the caller formats the slow way.
 fn write_timestamp_micros(out: &mut String, micros: i64) -> bool {
-    use std::fmt::Write;
     let secs = micros.div_euclid(1_000_000);
     let frac = micros.rem_euclid(1_000_000);
     let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -317,18 +341,30 @@ fn write_timestamp_micros(out: &mut String, micros: i64) -> bool {
     if !(0..=9999).contains(&year) {
         return false;
     }
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    );
-    let _ = match frac {
-        0 => Ok(()),
-        f if f % 1000 == 0 => write!(out, ".{:03}", f / 1000),
-        f => write!(out, ".{f:06}"),
-    };
+    // All parts are non-negative here.
+    let part = |v: i64| v.unsigned_abs();
+    push_digits(out, part(year), 4, 10);
+    out.push('-');
+    push_digits(out, part(month), 2, 10);
+    out.push('-');
+    push_digits(out, part(day), 2, 10);
+    out.push(' ');
+    push_digits(out, part(sod / 3600), 2, 10);
+    out.push(':');
+    push_digits(out, part(sod / 60 % 60), 2, 10);
+    out.push(':');
+    push_digits(out, part(sod % 60), 2, 10);
+    match frac {
+        0 => {}
+        f if f % 1000 == 0 => {
+            out.push('.');
+            push_digits(out, part(f / 1000), 3, 10);
+        }
+        f => {
+            out.push('.');
+            push_digits(out, part(f), 6, 10);
+        }
+    }
     true
 }
 
@@ -681,6 +717,21 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integers_and_bytes_print_as_core_fmt_does() {
+        for v in [0, 7, -7, 10, 99, -100, 1_234_567_890, i64::MAX, i64::MIN] {
+            let mut s = String::new();
+            push_int(&mut s, v);
+            assert_eq!(s, v.to_string());
+        }
+        let mut s = String::new();
+        for b in [0u8, 9, 10, 171, 255] {
+            push_digits(&mut s, u64::from(b >> 4), 1, 16);
+            push_digits(&mut s, u64::from(b & 15), 1, 16);
+        }
+        assert_eq!(s, "00090aabff");
+    }
 
     #[test]
     fn fast_timestamps_print_exactly_as_chrono_does() {
