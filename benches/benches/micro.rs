@@ -11,7 +11,6 @@
 use std::sync::Arc;
 
 use arrow::array::{Int32Array, Int64Array, StringArray, TimestampMicrosecondArray};
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use eddy_query::{CopyFormat, CopyOptions};
@@ -93,19 +92,7 @@ fn append(c: &mut Criterion) {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
-    let def = ObjectDef::Topic(TopicDef {
-        id: 0,
-        name: "micro".into(),
-        columns: vec![ColumnDef {
-            name: "payload".into(),
-            ty: ColumnType::Text,
-            nullable: true,
-        }],
-        partitions: 1,
-        retention_ms: None,
-        replication: Replication::Raft,
-        replicas: None,
-    });
+    let def = ObjectDef::Topic(topic_def());
     let topic = match rt
         .block_on(store.write(vec![WriteOp::Create(def)]))
         .unwrap()
@@ -141,21 +128,29 @@ fn append(c: &mut Criterion) {
     store.shutdown().unwrap();
 }
 
-/// A topic-shaped batch: partition, offset, timestamp, payload.
+/// The topic both the append and the encoding benchmarks use: one text column.
+fn topic_def() -> TopicDef {
+    TopicDef {
+        id: 0,
+        name: "micro".into(),
+        columns: vec![ColumnDef {
+            name: "payload".into(),
+            ty: ColumnType::Text,
+            nullable: true,
+        }],
+        partitions: 1,
+        retention_ms: None,
+        replication: Replication::Raft,
+        replicas: None,
+    }
+}
+
+/// A batch shaped like the topic as a table: partition, offset, timestamp, key (NULL),
+/// payload.
 fn topic_batch(rows: usize) -> RecordBatch {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("_partition", DataType::Int32, false),
-        Field::new("_offset", DataType::Int64, false),
-        Field::new(
-            "_ts",
-            DataType::Timestamp(TimeUnit::Microsecond, None),
-            false,
-        ),
-        Field::new("payload", DataType::Utf8, true),
-    ]));
     let n = rows as i64;
     RecordBatch::try_new(
-        schema,
+        eddy_query::topic_schema(&topic_def()),
         vec![
             Arc::new(Int32Array::from(vec![0; rows])),
             Arc::new(Int64Array::from((0..n).collect::<Vec<_>>())),
@@ -164,6 +159,7 @@ fn topic_batch(rows: usize) -> RecordBatch {
                     .map(|i| 1_700_000_000_000_000 + i)
                     .collect::<Vec<_>>(),
             )),
+            Arc::new(StringArray::from(vec![None::<String>; rows])),
             Arc::new(StringArray::from(vec![payload(); rows])),
         ],
     )

@@ -56,6 +56,53 @@ where
     Ok((ops, total))
 }
 
+/// One closed-loop worker's bookkeeping: paces its operations until the deadline and
+/// records each one's latency.
+pub(crate) struct Closed {
+    deadline: std::time::Instant,
+    pacer: crate::Pacer,
+    latency: hdrhistogram::Histogram<u64>,
+    ops: u64,
+    meter: crate::Meter,
+}
+
+impl Closed {
+    pub(crate) fn new(
+        deadline: std::time::Instant,
+        rate: Option<f64>,
+        meter: crate::Meter,
+    ) -> Closed {
+        Closed {
+            deadline,
+            pacer: crate::Pacer::new(rate),
+            latency: crate::histogram(),
+            ops: 0,
+            meter,
+        }
+    }
+
+    /// Waits for the next operation's slot and returns when it starts; `None` once the
+    /// run is over.
+    pub(crate) async fn next(&mut self) -> Option<std::time::Instant> {
+        if std::time::Instant::now() >= self.deadline {
+            return None;
+        }
+        Some(self.pacer.next().await)
+    }
+
+    /// Counts the operation that started at `started`.
+    pub(crate) fn done(&mut self, started: std::time::Instant) {
+        crate::record(&mut self.latency, started);
+        self.ops += 1;
+        self.meter.add(1);
+    }
+
+    /// Operations done and their latencies.
+    pub(crate) fn finish(self) -> (u64, hdrhistogram::Histogram<u64>) {
+        (self.ops, self.latency)
+    }
+}
+
 /// A payload of `size` bytes that starts with `seq` and the send time (nanoseconds since
 /// the run's base instant), 20 digits each, padded with 'x'.
 pub(crate) fn stamped(seq: u64, sent_ns: u64, size: usize) -> String {

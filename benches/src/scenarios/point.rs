@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use crate::{connect, histogram, record, Measured, Meter, Options, Pacer, Server};
+use crate::{connect, Measured, Meter, Options, Server};
 
 /// Rows of the point-select table.
 const ROWS: i64 = 10_000;
@@ -45,21 +45,16 @@ pub(super) async fn run(
             let stmt = c
                 .prepare("SELECT name FROM bench_points WHERE id = $1")
                 .await?;
-            let mut hist = histogram();
-            let mut pacer = Pacer::new(rate);
+            let mut run = super::Closed::new(deadline, rate, meter);
             // A cheap spread of ids over the table (no RNG needed).
             let mut id = (worker as i64 * 7919) % ROWS;
-            let mut ops = 0;
-            while Instant::now() < deadline {
-                let started = pacer.next().await;
+            while let Some(started) = run.next().await {
                 id = (id * 31 + 17) % ROWS;
                 let rows = c.query(&stmt, &[&id]).await?;
                 anyhow::ensure!(rows.len() == 1, "id {id} not found");
-                record(&mut hist, started);
-                ops += 1;
-                meter.add(1);
+                run.done(started);
             }
-            Ok((ops, hist))
+            Ok(run.finish())
         }
     })
     .await?;

@@ -16,9 +16,7 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use futures::SinkExt;
 
-use crate::{
-    connect, histogram, record, Measured, Meter, Options, Pacer, Scenario, Server, System, Via,
-};
+use crate::{connect, histogram, record, Measured, Meter, Options, Scenario, Server, System, Via};
 
 const DURABLE: &str = "bench_publish";
 const BULK: &str = "bench_bulk";
@@ -159,17 +157,12 @@ pub(super) async fn durable(
         let mut w = writers.lock().unwrap().pop().unwrap();
         let (meter, payload) = (meter.clone(), payload.clone());
         async move {
-            let mut hist = histogram();
-            let mut pacer = Pacer::new(rate);
-            let mut ops = 0;
-            while Instant::now() < deadline {
-                let started = pacer.next().await;
+            let mut run = super::Closed::new(deadline, rate, meter);
+            while let Some(started) = run.next().await {
                 w.publish(&payload).await?;
-                record(&mut hist, started);
-                ops += 1;
-                meter.add(1);
+                run.done(started);
             }
-            Ok((ops, hist))
+            Ok(run.finish())
         }
     })
     .await?;
