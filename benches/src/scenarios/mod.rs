@@ -40,11 +40,12 @@ pub async fn run(
 /// wins.
 async fn gather<F, Fut>(n: usize, worker: F) -> anyhow::Result<(u64, hdrhistogram::Histogram<u64>)>
 where
-    F: Fn(usize) -> Fut,
+    F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<(u64, hdrhistogram::Histogram<u64>)>>
         + Send
         + 'static,
 {
+    let mut worker = worker;
     let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(worker(i))).collect();
     let mut total = crate::histogram();
     let mut ops = 0;
@@ -54,6 +55,39 @@ where
         total.add(h)?;
     }
     Ok((ops, total))
+}
+
+/// Runs `worker` once per client for the run's duration, each paced at its share of
+/// `opts.rate`, and merges what they measured.
+async fn closed_loop<C, F, Fut>(
+    clients: Vec<C>,
+    opts: &Options,
+    meter: &Meter,
+    mut worker: F,
+) -> anyhow::Result<Measured>
+where
+    F: FnMut(usize, C, Closed) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(u64, hdrhistogram::Histogram<u64>)>>
+        + Send
+        + 'static,
+{
+    let n = clients.len();
+    let start = std::time::Instant::now();
+    let deadline = start + opts.duration;
+    let rate = opts.rate.map(|r| r as f64 / n as f64);
+    let mut clients = clients.into_iter();
+    let (ops, latency) = gather(n, |i| {
+        // `gather` asks exactly `n` times.
+        #[allow(clippy::unwrap_used)]
+        let c = clients.next().unwrap();
+        worker(i, c, Closed::new(deadline, rate, meter.clone()))
+    })
+    .await?;
+    Ok(Measured {
+        ops,
+        elapsed: start.elapsed(),
+        latency,
+    })
 }
 
 /// One closed-loop worker's bookkeeping: paces its operations until the deadline and

@@ -1,7 +1,6 @@
 //! `point-select`: prepared primary-key SELECTs, one in flight per connection (eddy and
 //! PostgreSQL run the same SQL).
 
-use std::time::Instant;
 
 use crate::{connect, Measured, Meter, Options, Server};
 
@@ -33,34 +32,19 @@ pub(super) async fn run(
     for _ in 0..opts.connections {
         clients.push(connect(&server.url).await?);
     }
-    let start = Instant::now();
-    let deadline = start + opts.duration;
-    let rate = opts.rate.map(|r| r as f64 / opts.connections as f64);
-    let clients = std::sync::Mutex::new(clients);
-    let (ops, latency) = super::gather(opts.connections, |worker| {
-        #[allow(clippy::unwrap_used)] // one client per worker, taken once
-        let c = clients.lock().unwrap().pop().unwrap();
-        let meter = meter.clone();
-        async move {
-            let stmt = c
-                .prepare("SELECT name FROM bench_points WHERE id = $1")
-                .await?;
-            let mut run = super::Closed::new(deadline, rate, meter);
-            // A cheap spread of ids over the table (no RNG needed).
-            let mut id = (worker as i64 * 7919) % ROWS;
-            while let Some(started) = run.next().await {
-                id = (id * 31 + 17) % ROWS;
-                let rows = c.query(&stmt, &[&id]).await?;
-                anyhow::ensure!(rows.len() == 1, "id {id} not found");
-                run.done(started);
-            }
-            Ok(run.finish())
+    super::closed_loop(clients, opts, meter, |worker, c, mut run| async move {
+        let stmt = c
+            .prepare("SELECT name FROM bench_points WHERE id = $1")
+            .await?;
+        // A cheap spread of ids over the table (no RNG needed).
+        let mut id = (worker as i64 * 7919) % ROWS;
+        while let Some(started) = run.next().await {
+            id = (id * 31 + 17) % ROWS;
+            let rows = c.query(&stmt, &[&id]).await?;
+            anyhow::ensure!(rows.len() == 1, "id {id} not found");
+            run.done(started);
         }
+        Ok(run.finish())
     })
-    .await?;
-    Ok(Measured {
-        ops,
-        elapsed: start.elapsed(),
-        latency,
-    })
+    .await
 }

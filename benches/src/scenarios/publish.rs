@@ -147,17 +147,10 @@ pub(super) async fn durable(
     for _ in 0..opts.connections {
         writers.push(Writer::connect(server).await?);
     }
-    let writers = std::sync::Mutex::new(writers);
-    let start = Instant::now();
-    let deadline = start + opts.duration;
-    let rate = opts.rate.map(|r| r as f64 / opts.connections as f64);
     let payload: Arc<str> = "x".repeat(opts.size).into();
-    let (ops, latency) = super::gather(opts.connections, |_| {
-        #[allow(clippy::unwrap_used)] // one writer per worker, taken once
-        let mut w = writers.lock().unwrap().pop().unwrap();
-        let (meter, payload) = (meter.clone(), payload.clone());
+    super::closed_loop(writers, opts, meter, |_, mut w, mut run| {
+        let payload = payload.clone();
         async move {
-            let mut run = super::Closed::new(deadline, rate, meter);
             while let Some(started) = run.next().await {
                 w.publish(&payload).await?;
                 run.done(started);
@@ -165,12 +158,7 @@ pub(super) async fn durable(
             Ok(run.finish())
         }
     })
-    .await?;
-    Ok(Measured {
-        ops,
-        elapsed: start.elapsed(),
-        latency,
-    })
+    .await
 }
 
 /// Rows for connection `i` of `n` when `total` are spread over them.
