@@ -205,13 +205,16 @@ fn copy_out(
             match lines {
                 Ok(lines) => {
                     let mut msgs: Vec<PgWireResult<CopyData>> = Vec::with_capacity(lines.len());
-                    for mut line in lines {
+                    for line in lines {
                         // The header rides in the first row's message so it is not counted as a row.
-                        if let Some(mut h) = header.take() {
-                            h.append(&mut line);
-                            line = h;
-                        }
-                        msgs.push(Ok(CopyData::new(Bytes::from(line))));
+                        let line = match header.take() {
+                            Some(mut h) => {
+                                h.extend_from_slice(&line);
+                                Bytes::from(h)
+                            }
+                            None => line,
+                        };
+                        msgs.push(Ok(CopyData::new(line)));
                     }
                     stream::iter(msgs)
                 }

@@ -187,12 +187,13 @@ impl CopyOptions {
     fn push_field(&self, out: &mut Vec<u8>, s: &str) {
         match self.format {
             CopyFormat::Text => {
-                let special = |b: u8| {
-                    matches!(b, b'\\' | b'\n' | b'\r' | b'\t')
-                        || (self.delimiter.is_ascii() && b == self.delimiter as u8)
-                };
-                if self.delimiter.is_ascii() && !s.bytes().any(special) {
-                    out.extend_from_slice(s.as_bytes());
+                // Vectorized scans for the bytes text format escapes.
+                let b = s.as_bytes();
+                let plain = self.delimiter.is_ascii()
+                    && memchr::memchr3(b'\\', b'\n', b'\r', b).is_none()
+                    && memchr::memchr2(b'\t', self.delimiter as u8, b).is_none();
+                if plain {
+                    out.extend_from_slice(b);
                 } else {
                     out.extend_from_slice(self.text_field(s).as_bytes());
                 }
@@ -204,40 +205,61 @@ impl CopyOptions {
     /// Encodes each row of a batch as one line (with trailing newline). Each column is
     /// read through its concrete array type once; integers, text and timestamps are
     /// written straight into the line (this is the per-row cost of every COPY and
-    /// subscription stream), the rest through Arrow's display formatter.
-    pub fn encode_batch(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+    /// subscription stream), the rest through Arrow's display formatter. Rows appended
+    /// together share their `_ts`, so a timestamp is formatted once per run of equal ones.
+    /// The lines are slices of one buffer: one allocation per batch, not per row.
+    pub fn encode_batch(&self, batch: &RecordBatch) -> Result<Vec<bytes::Bytes>> {
         let fmt = FormatOptions::new()
             .with_timestamp_format(Some("%Y-%m-%d %H:%M:%S%.f"))
             .with_timestamp_tz_format(Some("%Y-%m-%d %H:%M:%S%.f%:z"));
-        let columns: Vec<Column<'_>> = batch
+        let mut columns: Vec<Column<'_>> = batch
             .columns()
             .iter()
             .map(|a| Column::new(a.as_ref(), &fmt))
             .collect::<Result<_>>()?;
         let nulls: Vec<Option<&arrow::buffer::NullBuffer>> =
             batch.columns().iter().map(|a| a.nulls()).collect();
-        let mut lines = Vec::with_capacity(batch.num_rows());
-        let mut scratch = String::new();
+        // Digits, signs and timestamps never need escaping in text format unless the
+        // delimiter is one of their characters.
+        let plain_numbers =
+            self.format == CopyFormat::Text && !"0123456789-+:. ".contains(self.delimiter);
+        let mut buf = Vec::with_capacity(batch.num_rows() * 64);
+        let mut ends = Vec::with_capacity(batch.num_rows());
+        let mut scratch = Vec::new();
         let mut delim = [0u8; 4];
         let delim = self.delimiter.encode_utf8(&mut delim).as_bytes();
         for r in 0..batch.num_rows() {
-            let mut line = Vec::with_capacity(64);
-            for (c, col) in columns.iter().enumerate() {
+            for (c, col) in columns.iter_mut().enumerate() {
                 if c > 0 {
-                    line.extend_from_slice(delim);
+                    buf.extend_from_slice(delim);
                 }
                 if nulls[c].is_some_and(|n| n.is_null(r)) {
-                    line.extend_from_slice(self.null.as_bytes());
+                    buf.extend_from_slice(self.null.as_bytes());
                     continue;
                 }
-                scratch.clear();
-                col.write(r, &mut scratch);
-                self.push_field(&mut line, &scratch);
+                if let Column::Utf8(a) = col {
+                    self.push_field(&mut buf, a.value(r));
+                } else if plain_numbers && col.is_numeric() {
+                    col.write(r, &mut buf);
+                } else {
+                    scratch.clear();
+                    col.write(r, &mut scratch);
+                    self.push_field(&mut buf, &String::from_utf8_lossy(&scratch));
+                }
             }
-            line.push(b'\n');
-            lines.push(line);
+            buf.push(b'\n');
+            ends.push(buf.len());
         }
-        Ok(lines)
+        let all = bytes::Bytes::from(buf);
+        let mut start = 0;
+        Ok(ends
+            .into_iter()
+            .map(|end| {
+                let line = all.slice(start..end);
+                start = end;
+                line
+            })
+            .collect())
     }
 }
 
@@ -249,7 +271,12 @@ enum Column<'a> {
     Int64(&'a Int64Array),
     Utf8(&'a StringArray),
     Binary(&'a BinaryArray),
-    Micros(&'a TimestampMicrosecondArray, ArrayFormatter<'a>),
+    /// With the last value formatted and its text.
+    Micros(
+        &'a TimestampMicrosecondArray,
+        ArrayFormatter<'a>,
+        Option<(i64, Vec<u8>)>,
+    ),
     Other(ArrayFormatter<'a>),
 }
 
@@ -265,33 +292,50 @@ impl<'a> Column<'a> {
             DataType::Binary => any.downcast_ref().map(Column::Binary),
             DataType::Timestamp(TimeUnit::Microsecond, None) => {
                 let f = ArrayFormatter::try_new(a, fmt)?;
-                any.downcast_ref().map(|t| Column::Micros(t, f))
+                any.downcast_ref().map(|t| Column::Micros(t, f, None))
             }
             _ => None,
         }
         .map_or_else(|| ArrayFormatter::try_new(a, fmt).map(Column::Other), Ok)?)
     }
 
-    /// Writes row `r` (not null) as PostgreSQL prints it.
-    fn write(&self, r: usize, out: &mut String) {
-        use std::fmt::Write;
+    /// Integers and timestamps: text made of digits, signs and separators only.
+    fn is_numeric(&self) -> bool {
+        matches!(
+            self,
+            Column::Int16(_) | Column::Int32(_) | Column::Int64(_) | Column::Micros(..)
+        )
+    }
+
+    /// Writes row `r` (not null) as PostgreSQL prints it, unescaped.
+    fn write(&mut self, r: usize, out: &mut Vec<u8>) {
+        use std::io::Write;
         match self {
-            Column::Bool(b) => out.push(if b.value(r) { 't' } else { 'f' }),
+            Column::Bool(b) => out.push(if b.value(r) { b't' } else { b'f' }),
             Column::Int16(a) => push_int(out, i64::from(a.value(r))),
             Column::Int32(a) => push_int(out, i64::from(a.value(r))),
             Column::Int64(a) => push_int(out, a.value(r)),
-            Column::Utf8(a) => out.push_str(a.value(r)),
+            Column::Utf8(a) => out.extend_from_slice(a.value(r).as_bytes()),
             Column::Binary(a) => {
-                out.push_str("\\x");
+                out.extend_from_slice(b"\\x");
                 for b in a.value(r) {
                     push_digits(out, u64::from(*b >> 4), 1, 16);
                     push_digits(out, u64::from(*b & 15), 1, 16);
                 }
             }
-            Column::Micros(a, slow) => {
-                if !write_timestamp_micros(out, a.value(r)) {
-                    // Writing into a String cannot fail.
-                    let _ = write!(out, "{}", slow.value(r));
+            Column::Micros(a, slow, last) => {
+                let v = a.value(r);
+                match last {
+                    Some((prev, text)) if *prev == v => out.extend_from_slice(text),
+                    _ => {
+                        let mut text = Vec::with_capacity(32);
+                        if !write_timestamp_micros(&mut text, v) {
+                            // Writing into a Vec cannot fail.
+                            let _ = write!(text, "{}", slow.value(r));
+                        }
+                        out.extend_from_slice(&text);
+                        *last = Some((v, text));
+                    }
                 }
             }
             Column::Other(f) => {
@@ -302,7 +346,7 @@ impl<'a> Column<'a> {
 }
 
 /// Appends `v` in `base` (10 or 16, lower case), zero-padded to `width` digits.
-fn push_digits(out: &mut String, mut v: u64, width: usize, base: u64) {
+fn push_digits(out: &mut Vec<u8>, mut v: u64, width: usize, base: u64) {
     let mut buf = [b'0'; 20];
     let mut i = buf.len();
     while v > 0 || buf.len() - i < width {
@@ -310,13 +354,13 @@ fn push_digits(out: &mut String, mut v: u64, width: usize, base: u64) {
         buf[i] = b"0123456789abcdef"[(v % base) as usize];
         v /= base;
     }
-    out.extend(buf[i..].iter().map(|b| char::from(*b)));
+    out.extend_from_slice(&buf[i..]);
 }
 
 /// Appends a decimal integer (core::fmt is a measurable share of a subscription stream).
-fn push_int(out: &mut String, v: i64) {
+fn push_int(out: &mut Vec<u8>, v: i64) {
     if v < 0 {
-        out.push('-');
+        out.push(b'-');
     }
     push_digits(out, v.unsigned_abs(), 1, 10);
 }
@@ -324,7 +368,7 @@ fn push_int(out: &mut String, v: i64) {
 /// Writes a timestamp (microseconds since the epoch) as `YYYY-MM-DD HH:MM:SS[.fff[fff]]`,
 /// the same text as chrono's `%Y-%m-%d %H:%M:%S%.f`; false (nothing written) outside
 /// years 0..=9999, which the caller formats the slow way.
-fn write_timestamp_micros(out: &mut String, micros: i64) -> bool {
+fn write_timestamp_micros(out: &mut Vec<u8>, micros: i64) -> bool {
     let secs = micros.div_euclid(1_000_000);
     let frac = micros.rem_euclid(1_000_000);
     let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -344,24 +388,24 @@ fn write_timestamp_micros(out: &mut String, micros: i64) -> bool {
     // All parts are non-negative here.
     let part = |v: i64| v.unsigned_abs();
     push_digits(out, part(year), 4, 10);
-    out.push('-');
+    out.push(b'-');
     push_digits(out, part(month), 2, 10);
-    out.push('-');
+    out.push(b'-');
     push_digits(out, part(day), 2, 10);
-    out.push(' ');
+    out.push(b' ');
     push_digits(out, part(sod / 3600), 2, 10);
-    out.push(':');
+    out.push(b':');
     push_digits(out, part(sod / 60 % 60), 2, 10);
-    out.push(':');
+    out.push(b':');
     push_digits(out, part(sod % 60), 2, 10);
     match frac {
         0 => {}
         f if f % 1000 == 0 => {
-            out.push('.');
+            out.push(b'.');
             push_digits(out, part(f / 1000), 3, 10);
         }
         f => {
-            out.push('.');
+            out.push(b'.');
             push_digits(out, part(f), 6, 10);
         }
     }
@@ -721,16 +765,16 @@ mod tests {
     #[test]
     fn integers_and_bytes_print_as_core_fmt_does() {
         for v in [0, 7, -7, 10, 99, -100, 1_234_567_890, i64::MAX, i64::MIN] {
-            let mut s = String::new();
+            let mut s = Vec::new();
             push_int(&mut s, v);
-            assert_eq!(s, v.to_string());
+            assert_eq!(s, v.to_string().into_bytes());
         }
-        let mut s = String::new();
+        let mut s = Vec::new();
         for b in [0u8, 9, 10, 171, 255] {
             push_digits(&mut s, u64::from(b >> 4), 1, 16);
             push_digits(&mut s, u64::from(b & 15), 1, 16);
         }
-        assert_eq!(s, "00090aabff");
+        assert_eq!(s, b"00090aabff");
     }
 
     #[test]
@@ -754,12 +798,16 @@ mod tests {
         let fmt = FormatOptions::new().with_timestamp_format(Some("%Y-%m-%d %H:%M:%S%.f"));
         let slow = ArrayFormatter::try_new(&array, &fmt).unwrap();
         for (i, v) in values.iter().enumerate() {
-            let mut fast = String::new();
+            let mut fast = Vec::new();
             assert!(write_timestamp_micros(&mut fast, *v), "{v}");
-            assert_eq!(fast, slow.value(i).to_string(), "{v}");
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                slow.value(i).to_string(),
+                "{v}"
+            );
         }
         assert!(
-            !write_timestamp_micros(&mut String::new(), i64::MAX),
+            !write_timestamp_micros(&mut Vec::new(), i64::MAX),
             "year > 9999 takes the slow path"
         );
     }

@@ -1,7 +1,6 @@
 //! `point-select`: prepared primary-key SELECTs, one in flight per connection (eddy and
 //! PostgreSQL run the same SQL).
 
-
 use crate::{connect, Measured, Meter, Options, Server};
 
 /// Rows of the point-select table.

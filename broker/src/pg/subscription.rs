@@ -146,7 +146,7 @@ where
                     Ok(mut l) => l.pop().unwrap_or_default(),
                     Err(e) => return finish_with_error(socket, ErrorInfo::from(to_pg(e)), req.extended, queued).await,
                 };
-                socket.send(PgWireBackendMessage::CopyData(CopyData::new(Bytes::from(line)))).await?;
+                socket.send(PgWireBackendMessage::CopyData(CopyData::new(line))).await?;
                 last_sent = Instant::now();
             }
             _ = token.cancelled() => {
@@ -170,7 +170,7 @@ where
                     };
                     rows += lines.len();
                     for line in lines {
-                        socket.feed(PgWireBackendMessage::CopyData(CopyData::new(Bytes::from(line)))).await?;
+                        socket.feed(PgWireBackendMessage::CopyData(CopyData::new(line))).await?;
                     }
                     socket.flush().await?;
                     last_sent = Instant::now();
