@@ -76,6 +76,10 @@ struct Args {
     /// Draw throughput and latency percentiles as an SVG chart to this file.
     #[arg(long)]
     chart: Option<std::path::PathBuf>,
+    /// Run nothing: read results written earlier by --json, print their table and draw
+    /// --chart from them.
+    #[arg(long, value_name = "JSON")]
+    replot: Option<std::path::PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -173,6 +177,16 @@ async fn main() -> anyhow::Result<()> {
     );
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
     let scenario = args.scenario;
+    if let Some(path) = &args.replot {
+        let report = Report::from_json(&serde_json::from_slice(&std::fs::read(path)?)?)?;
+        anyhow::ensure!(
+            report.scenario == scenario,
+            "{} holds {:?} results, not {scenario:?}",
+            path.display(),
+            report.scenario
+        );
+        return output(&report, &args);
+    }
     let peer_systems = peers(scenario, &args.peer)?;
     let mut opts = Options::defaults(scenario);
     opts.connections = args.connections.unwrap_or(opts.connections).max(1);
@@ -259,6 +273,11 @@ async fn main() -> anyhow::Result<()> {
             .map(|(s, r)| Entry::median(s.system.name().into(), s.system, scenario, r))
             .collect(),
     };
+    output(&report, &args)
+}
+
+/// Prints the table and writes the JSON and chart files asked for.
+fn output(report: &Report, args: &Args) -> anyhow::Result<()> {
     print!("{}", report.table());
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report.json())?)?;

@@ -1,12 +1,12 @@
 //! Results: the summary table, the JSON object, the SVG chart.
 
 use plotters::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Scenario, Summary, System};
 
 /// One measured line of a report: a system (or a variant of eddy) and its median run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entry {
     /// "eddy", "eddy (producer)", "postgres", ...
     pub label: String,
@@ -136,6 +136,34 @@ impl Report {
         })
     }
 
+    /// Reads back what [`Report::json`] wrote (to redraw a chart without running again).
+    pub fn from_json(v: &serde_json::Value) -> anyhow::Result<Report> {
+        let field = |name: &str| {
+            v.get(name)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("results JSON has no \"{name}\""))
+        };
+        let scenario: Scenario = serde_json::from_value(field("scenario")?)?;
+        let mut eddy: Vec<Entry> = vec![serde_json::from_value(field("eddy")?)?];
+        eddy.extend(serde_json::from_value::<Vec<Entry>>(field(
+            "eddy_variants",
+        )?)?);
+        let mut peers: Vec<Entry> =
+            serde_json::from_value::<serde_json::Map<String, serde_json::Value>>(field("peer")?)?
+                .into_iter()
+                .map(|(_, e)| serde_json::from_value(e))
+                .collect::<Result<_, _>>()?;
+        // In the order the scenario runs its peers.
+        peers.sort_by_key(|e| scenario.peers().iter().position(|p| *p == e.system));
+        let shape = serde_json::from_value(field("shape")?)?;
+        Ok(Report {
+            scenario,
+            shape,
+            eddy,
+            peers,
+        })
+    }
+
     /// An SVG chart: throughput per system on the left, latency percentiles on the right.
     pub fn chart(&self, path: &std::path::Path) -> anyhow::Result<()> {
         let entries: Vec<&Entry> = self.eddy.iter().chain(&self.peers).collect();
@@ -164,9 +192,14 @@ impl Report {
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(70)
-            .build_cartesian_2d((0..entries.len()).into_segmented(), 0.0..top)?;
+            .build_cartesian_2d(
+                (0..entries.len().saturating_sub(1)).into_segmented(),
+                0.0..top,
+            )?;
         bars.configure_mesh()
             .disable_x_mesh()
+            .max_light_lines(1)
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .x_label_formatter(&|x| match x {
                 SegmentValue::CenterOf(i) => {
                     entries.get(*i).map(|e| e.label.clone()).unwrap_or_default()
@@ -188,6 +221,11 @@ impl Report {
         let percentiles = ["p50", "p90", "p99", "p99.9"];
         let values =
             |s: &Summary| [s.p50_us, s.p90_us, s.p99_us, s.p999_us].map(|v| v.max(1) as f64);
+        let low = entries
+            .iter()
+            .flat_map(|e| values(&e.summary))
+            .fold(f64::MAX, f64::min)
+            / 2.0;
         let high = entries
             .iter()
             .flat_map(|e| values(&e.summary))
@@ -196,11 +234,14 @@ impl Report {
         let mut lat = ChartBuilder::on(&right)
             .caption("latency (µs, log scale)", ("sans-serif", 14))
             .margin(10)
+            .margin_right(30)
             .x_label_area_size(30)
             .y_label_area_size(70)
-            .build_cartesian_2d(0usize..3usize, (1.0..high).log_scale())?;
+            .build_cartesian_2d(0usize..3usize, (low.max(1.0)..high).log_scale())?;
         lat.configure_mesh()
+            .max_light_lines(1)
             .x_labels(4)
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .x_label_formatter(&|x| percentiles.get(*x).copied().unwrap_or("").to_owned())
             .draw()?;
         for (i, e) in entries.iter().enumerate() {
@@ -219,5 +260,87 @@ impl Report {
             .draw()?;
         root.present()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test fails loudly
+mod tests {
+    use super::*;
+
+    fn summary(throughput: f64, p99_us: u64) -> Summary {
+        Summary {
+            ops: 100,
+            seconds: 1.0,
+            throughput,
+            p50_us: p99_us / 4,
+            p90_us: p99_us / 2,
+            p99_us,
+            p999_us: p99_us * 2,
+            cpu_seconds: Some(0.5),
+            ops_per_cpu_second: Some(200.0),
+        }
+    }
+
+    fn entry(label: &str, system: System, rounds: Vec<Summary>) -> Entry {
+        Entry::median(label.into(), system, Scenario::PublishBulk, rounds)
+    }
+
+    #[test]
+    fn the_median_round_is_reported_and_ratios_favour_eddy_above_one() {
+        let e = entry(
+            "eddy",
+            System::Eddy,
+            vec![summary(300.0, 10), summary(100.0, 10), summary(200.0, 10)],
+        );
+        assert_eq!(e.summary.throughput, 200.0);
+        let report = Report {
+            scenario: Scenario::PublishBulk,
+            shape: "tiny".into(),
+            eddy: vec![
+                e,
+                entry("eddy (producer)", System::Eddy, vec![summary(50.0, 10)]),
+            ],
+            peers: vec![
+                entry("postgres", System::Postgres, vec![summary(400.0, 5)]),
+                entry("redis", System::Redis, vec![summary(100.0, 5)]),
+            ],
+        };
+        assert_eq!(report.ratios(), vec![("postgres", 0.5), ("redis", 2.0)]);
+        assert_eq!(
+            ratio(Scenario::Latency, &summary(1.0, 100), &summary(1.0, 300)),
+            3.0,
+            "latency: peer p99 / eddy p99"
+        );
+        let table = report.table();
+        assert!(
+            table.contains("ratio vs redis (throughput, eddy/peer): 2.00 — eddy wins"),
+            "{table}"
+        );
+        assert!(
+            table.contains("ratio vs postgres (throughput, eddy/peer): 0.50 — peer wins"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn json_reads_back_into_the_same_report_and_charts() {
+        let report = Report {
+            scenario: Scenario::Fanout,
+            shape: "tiny".into(),
+            eddy: vec![entry("eddy", System::Eddy, vec![summary(900.0, 30)])],
+            // The scenario's own peer order, which reading back restores.
+            peers: vec![
+                entry("redis", System::Redis, vec![summary(700.0, 50)]),
+                entry("nats", System::Nats, vec![summary(800.0, 40)]),
+            ],
+        };
+        let back = Report::from_json(&report.json()).unwrap();
+        assert_eq!(back.table(), report.table());
+        let dir = tempfile::tempdir().unwrap();
+        let svg = dir.path().join("chart.svg");
+        back.chart(&svg).unwrap();
+        let drawn = std::fs::read_to_string(&svg).unwrap();
+        assert!(drawn.starts_with("<svg") && drawn.contains("redis") && drawn.contains("p99.9"));
     }
 }
