@@ -83,9 +83,10 @@ pub fn cast_column(array: &ArrayRef, ty: ColumnType, column: &str) -> Result<Arr
             .collect::<Result<Vec<_>>>()?;
         return Ok(build_array(ty, values.iter()));
     }
-    let castable = arrow::compute::can_cast_types(array.data_type(), &target)
-        && !(ty == ColumnType::Text && !matches!(array.data_type(), DataType::Null))
-        && !(ty == ColumnType::Bool && array.data_type().is_numeric());
+    // Text takes only text (or NULL) and BOOLEAN no numbers, as in PostgreSQL.
+    let text_ok = ty != ColumnType::Text || matches!(array.data_type(), DataType::Null);
+    let bool_ok = ty != ColumnType::Bool || !array.data_type().is_numeric();
+    let castable = arrow::compute::can_cast_types(array.data_type(), &target) && text_ok && bool_ok;
     if !castable {
         return Err(Error::DatatypeMismatch(format!(
             "column \"{column}\" is of type {} but expression is of type {}",

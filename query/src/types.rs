@@ -118,7 +118,7 @@ pub fn int_value(ty: ColumnType, n: i128) -> Option<Value> {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -204,7 +204,7 @@ pub fn format_duration_ms(ms: u64) -> String {
         (1_000, "seconds"),
     ];
     for (size, name) in UNITS {
-        if ms >= size && ms % size == 0 {
+        if ms >= size && ms.is_multiple_of(size) {
             let n = ms / size;
             return format!(
                 "{n} {}",

@@ -95,6 +95,9 @@ pub struct PartitionSubState {
     pub pending: Vec<(u64, u32)>,
 }
 
+/// A page of table rows and the row key of its last row (to continue from).
+pub type RowPage = (Vec<Vec<Value>>, Option<Vec<u8>>);
+
 /// Counters of what reads touched (for metrics, and for tests that prove pushdown).
 #[derive(Debug, Default)]
 pub struct StoreStats {
@@ -429,12 +432,7 @@ impl Store {
 
     /// Up to `max` rows of `table` in primary key order, starting after the row key `after`.
     /// Returns the rows and the key of the last one (to continue from).
-    pub fn scan_rows(
-        &self,
-        table: &TableDef,
-        after: Option<&[u8]>,
-        max: usize,
-    ) -> Result<(Vec<Vec<Value>>, Option<Vec<u8>>)> {
+    pub fn scan_rows(&self, table: &TableDef, after: Option<&[u8]>, max: usize) -> Result<RowPage> {
         let types = table.column_types();
         let prefix = table_prefix(table.id);
         let cf = self.inner.cf(CF_ROWS);
