@@ -39,6 +39,7 @@ mod point;
 mod provider;
 mod subscribe;
 mod system;
+mod text_encode;
 mod types;
 
 pub use copy::{CopyFormat, CopyInSink, CopyOptions};

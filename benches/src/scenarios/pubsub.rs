@@ -163,18 +163,14 @@ async fn subscribe(server: &Server) -> anyhow::Result<BoxStream<'static, anyhow:
                 ))
                 .await?;
             // COPY text rows are tab-separated, the payload is the last column.
-            rows.map(move |chunk| {
-                let _keep = &c;
-                let chunk = chunk?;
-                Ok(futures::stream::iter(
-                    copy_payloads(chunk).into_iter().map(Ok),
-                ))
+            rows.flat_map(move |chunk| {
+                let _keep = &c; // the stream lives as long as its client
+                let payloads: Vec<anyhow::Result<Bytes>> = match chunk {
+                    Ok(chunk) => copy_payloads(chunk).into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e.into())],
+                };
+                futures::stream::iter(payloads)
             })
-            .map(|r: anyhow::Result<_>| match r {
-                Ok(s) => s.boxed(),
-                Err(e) => futures::stream::once(async { Err(e) }).boxed(),
-            })
-            .flatten()
             .boxed()
         }
         System::Redis => {
