@@ -14,10 +14,10 @@ use arrow::array::{Int32Array, Int64Array, StringArray, TimestampMicrosecondArra
 use arrow::record_batch::RecordBatch;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use eddy_query::{CopyFormat, CopyOptions};
-use eddy_storage::layout::{decode_record, encode_record, log_key, row_key};
+use eddy_storage::layout::{decode_entry, log_key, row_key};
 use eddy_storage::{
-    decode_row, encode_row, ColumnDef, ColumnType, ObjectDef, Record, Replication, StorageConfig,
-    Store, TopicDef, Value, WriteOp, WriteResult,
+    decode_row, encode_row, ColumnDef, ColumnType, ObjectDef, Records, Replication,
+    StorageConfig, Store, TopicDef, Value, WriteOp, WriteResult,
 };
 use pgwire::api::portal::Format;
 
@@ -50,23 +50,29 @@ fn rows(c: &mut Criterion) {
         Value::Timestamp(1_700_000_000_000_000),
     ];
     let types = [ColumnType::Text, ColumnType::Int64, ColumnType::Timestamp];
+    let columns: Vec<ColumnDef> = ["payload", "n", "at"]
+        .iter()
+        .zip(types)
+        .map(|(name, ty)| ColumnDef {
+            name: (*name).into(),
+            ty,
+            nullable: true,
+        })
+        .collect();
+    // One message checked and encoded into a log entry, as a session does before appending.
     g.bench_function("encode_record", |b| {
-        let mut out = Vec::with_capacity(256);
         b.iter(|| {
-            out.clear();
-            encode_record(
-                1_700_000_000_000_000,
-                Some("key-1"),
-                std::hint::black_box(&values),
-                &mut out,
-            );
-            out.len()
+            let mut records = Records::new();
+            records
+                .push(&columns, Some("key-1"), std::hint::black_box(&values))
+                .unwrap()
         })
     });
-    let mut record = Vec::new();
-    encode_record(1_700_000_000_000_000, Some("key-1"), &values, &mut record);
+    let mut records = Records::new();
+    records.push(&columns, Some("key-1"), &values).unwrap();
+    let (_, entry) = records.seal(1_700_000_000_000_000).next().unwrap();
     g.bench_function("decode_record", |b| {
-        b.iter(|| decode_record(&types, std::hint::black_box(&record)).unwrap())
+        b.iter(|| decode_entry(&types, std::hint::black_box(&entry)).unwrap())
     });
     g.bench_function("encode_row", |b| {
         let mut out = Vec::with_capacity(256);
@@ -107,12 +113,12 @@ fn append(c: &mut Criterion) {
         g.bench_function(format!("{n}_records_fsync"), |b| {
             b.iter_batched(
                 || {
-                    let records = (0..n)
-                        .map(|_| Record {
-                            key: None,
-                            values: vec![Value::Text(payload())],
-                        })
-                        .collect();
+                    let mut records = Records::new();
+                    for _ in 0..n {
+                        records
+                            .push(&topic_def().columns, None, &[Value::Text(payload())])
+                            .unwrap();
+                    }
                     vec![WriteOp::Append {
                         topic,
                         partition: 0,

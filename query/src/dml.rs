@@ -29,8 +29,8 @@ use datafusion::sql::sqlparser::ast::{
     SetExpr, Statement as SqlStatement, UnaryOperator, Value as SqlValue,
 };
 use eddy_storage::{
-    encode_row, partition_for_key, ColumnType, ObjectDef, OnConflict, Record, TableDef, TopicDef,
-    Value, WriteOp, WriteResult,
+    encode_row, partition_for_key, ColumnType, ObjectDef, OnConflict, Records, TableDef,
+    TopicDef, Value, WriteOp, WriteResult,
 };
 use futures::TryStreamExt;
 
@@ -954,9 +954,13 @@ struct Appended {
 }
 
 async fn append(engine: &Engine, topic: &TopicDef, rows: Vec<Vec<Value>>) -> Result<Vec<Appended>> {
-    // Group by partition, keeping each row's position for the answer.
-    let mut by_partition: std::collections::BTreeMap<u32, Vec<(usize, Record)>> =
-        Default::default();
+    // Encode per partition here, on the session's thread; keep each row's position and
+    // values for the answer.
+    struct Part {
+        records: Records,
+        rows: Vec<(usize, Option<String>, Vec<Value>)>,
+    }
+    let mut by_partition: std::collections::BTreeMap<u32, Part> = Default::default();
     let n = rows.len();
     for (pos, mut row) in rows.into_iter().enumerate() {
         let key = match row.remove(0) {
@@ -968,40 +972,36 @@ async fn append(engine: &Engine, topic: &TopicDef, rows: Vec<Vec<Value>>) -> Res
                 )))
             }
         };
-        let size = key.as_ref().map_or(0, String::len) + {
-            let mut buf = Vec::new();
-            encode_row(&row, &mut buf);
-            buf.len()
+        let partition = match &key {
+            Some(k) => partition_for_key(k, topic.partitions),
+            None => engine.next_round_robin(topic),
         };
+        let part = by_partition.entry(partition).or_insert_with(|| Part {
+            records: Records::new(),
+            rows: Vec::new(),
+        });
+        let size = part.records.push(&topic.columns, key.as_deref(), &row)?;
         if size > engine.config.max_message_bytes {
             return Err(Error::MessageTooLarge {
                 size,
                 limit: engine.config.max_message_bytes,
             });
         }
-        let partition = match &key {
-            Some(k) => partition_for_key(k, topic.partitions),
-            None => engine.next_round_robin(topic),
-        };
-        by_partition
-            .entry(partition)
-            .or_default()
-            .push((pos, Record { key, values: row }));
+        part.rows.push((pos, key, row));
     }
-    let mut positions = Vec::new();
+    let mut kept = Vec::new();
     let mut ops = Vec::new();
-    for (p, recs) in by_partition {
-        let (pos, records): (Vec<usize>, Vec<Record>) = recs.into_iter().unzip();
-        positions.push((pos, records.clone()));
+    for (p, part) in by_partition {
+        kept.push(part.rows);
         ops.push(WriteOp::Append {
             topic: topic.id,
             partition: p,
-            records,
+            records: part.records,
         });
     }
     let results = engine.write(ops).await?;
     let mut out: Vec<Option<Appended>> = (0..n).map(|_| None).collect();
-    for ((pos, records), res) in positions.into_iter().zip(results) {
+    for (rows, res) in kept.into_iter().zip(results) {
         let WriteResult::Appended {
             partition,
             first_offset,
@@ -1010,13 +1010,13 @@ async fn append(engine: &Engine, topic: &TopicDef, rows: Vec<Vec<Value>>) -> Res
         else {
             continue;
         };
-        for (k, (p, r)) in pos.into_iter().zip(records).enumerate() {
-            out[p] = Some(Appended {
+        for (k, (pos, key, values)) in rows.into_iter().enumerate() {
+            out[pos] = Some(Appended {
                 partition,
                 offset: first_offset + k as u64,
                 ts: ts_micros,
-                key: r.key,
-                values: r.values,
+                key,
+                values,
             });
         }
     }

@@ -18,7 +18,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::sql::sqlparser::ast::ObjectName;
 use eddy_storage::{
-    ColumnDef, ColumnType, LogRecord, ObjectDef, ObjectId, Record, Replication, Store, SubChange,
+    ColumnDef, ColumnType, LogRecord, ObjectDef, ObjectId, Records, Replication, Store, SubChange,
     SubscriptionDef, TopicDef, Value, WriteOp,
 };
 
@@ -547,32 +547,36 @@ impl Durable {
             sub: self.def.id,
             changes,
         }];
-        let dlq_records: Vec<Record> = dead
+        let to_dlq: Vec<_> = dead
             .iter()
-            .filter_map(|pick| {
-                let r = pick.record.as_ref()?;
+            .filter_map(|pick| Some((pick, pick.record.as_ref()?)))
+            .collect();
+        if !to_dlq.is_empty() {
+            let dlq = self.store.catalog().topic(&self.def.dlq).ok_or_else(|| {
+                Error::UndefinedObject {
+                    name: self.def.dlq.clone(),
+                }
+            })?;
+            let ObjectDef::Topic(dlq) = &*dlq else {
+                return Err(Error::WrongObjectType {
+                    name: self.def.dlq.clone(),
+                    expected: "topic",
+                });
+            };
+            let mut records = Records::new();
+            for (pick, r) in to_dlq {
                 let mut values = vec![
                     Value::Int32(pick.partition as i32),
                     Value::Int64(pick.offset as i64),
                     Value::Int32(pick.deliveries.saturating_sub(1) as i32),
                 ];
                 values.extend(r.values.iter().cloned());
-                Some(Record {
-                    key: r.key.clone(),
-                    values,
-                })
-            })
-            .collect();
-        if !dlq_records.is_empty() {
-            let dlq = self.store.catalog().topic(&self.def.dlq).ok_or_else(|| {
-                Error::UndefinedObject {
-                    name: self.def.dlq.clone(),
-                }
-            })?;
+                records.push(&dlq.columns, r.key.as_deref(), &values)?;
+            }
             ops.push(WriteOp::Append {
-                topic: dlq.id(),
+                topic: dlq.id,
                 partition: 0,
-                records: dlq_records,
+                records,
             });
         }
         // Durable before anything is handed out.

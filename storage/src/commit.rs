@@ -25,24 +25,19 @@ use tokio::sync::{mpsc, oneshot};
 use crate::catalog::{ObjectDef, ObjectId};
 use crate::error::{Error, Result};
 use crate::layout::{
-    catalog_key, encode_record, encode_record_head, log_key, row_key, sub_next_key,
-    sub_pending_key, table_prefix, CF_CATALOG, CF_LOG, CF_META, CF_ROWS, CF_SUBS,
-    META_NEXT_OBJECT_ID,
+    catalog_key, check_row, log_key, log_start_key, row_key, sub_next_key, sub_pending_key,
+    table_prefix, Records, CF_CATALOG, CF_LOG, CF_META, CF_ROWS, CF_SUBS, META_NEXT_OBJECT_ID,
 };
 use crate::store::Inner;
 use crate::value::{encode_row, Value};
 
-/// One message to append.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Record {
-    /// The `_key` column.
-    pub key: Option<String>,
-    /// User column values, typed like the topic's columns.
-    pub values: Vec<Value>,
+/// A log entry as the in-memory tail keeps it: first offset, message count, stored bytes.
+#[derive(Debug, Clone)]
+pub(crate) struct TailEntry {
+    pub(crate) first: u64,
+    pub(crate) count: u32,
+    pub(crate) data: bytes::Bytes,
 }
-
-/// An appended record as the in-memory tail keeps it: offset and encoded record.
-pub(crate) type TailRecord = (u64, Arc<[u8]>);
 
 /// What to do when an inserted row's primary key already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,8 +59,8 @@ pub enum WriteOp {
         topic: ObjectId,
         /// Partition (must exist).
         partition: u32,
-        /// The messages.
-        records: Vec<Record>,
+        /// The messages, encoded (and checked) against the topic's columns.
+        records: Records,
     },
     /// Insert or upsert table rows (full rows in column order).
     Insert {
@@ -207,15 +202,15 @@ struct StagedBatch {
 }
 
 enum BatchItem {
-    Put(Vec<u8>),
+    Put(bytes::Bytes),
     Delete,
     /// Deletes `[key, to)`.
     DeleteRange(Vec<u8>),
 }
 
 impl StagedBatch {
-    fn put(&mut self, cf: &'static str, key: Vec<u8>, value: Vec<u8>) {
-        self.items.push((cf, key, BatchItem::Put(value)));
+    fn put(&mut self, cf: &'static str, key: Vec<u8>, value: impl Into<bytes::Bytes>) {
+        self.items.push((cf, key, BatchItem::Put(value.into())));
     }
     fn delete(&mut self, cf: &'static str, key: Vec<u8>) {
         self.items.push((cf, key, BatchItem::Delete));
@@ -235,8 +230,8 @@ struct Staged {
     rows: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// (topic, partition) -> new start offset
     trims: HashMap<(ObjectId, u32), u64>,
-    /// (log, partition) -> appended records, for the in-memory tail
-    appended: HashMap<(ObjectId, u32), Vec<TailRecord>>,
+    /// (log, partition) -> appended entries, for the in-memory tail
+    appended: HashMap<(ObjectId, u32), Vec<TailEntry>>,
 }
 
 impl Staged {
@@ -284,19 +279,19 @@ impl Committer {
         wo
     }
 
-    fn commit_data(&self, reqs: Vec<CommitRequest>) {
+    fn commit_data(&self, mut reqs: Vec<CommitRequest>) {
         if reqs.is_empty() {
             return;
         }
         let mut batch = WriteBatch::default();
         let mut staged = Staged::default();
         let mut outcomes = Vec::with_capacity(reqs.len());
-        for req in &reqs {
+        for req in &mut reqs {
             // Each request applies all-or-nothing: it stages into its own layer on top of
             // the group's, and the layer joins the group only if every op succeeded.
             let mut items = StagedBatch::default();
             let mut layer = Staged::default();
-            match self.apply_data(&req.ops, &mut items, &mut layer, &staged) {
+            match self.apply_data(&mut req.ops, &mut items, &mut layer, &staged) {
                 Ok(results) => {
                     for (cf, key, item) in items.items {
                         let cf = self.inner.cf(cf);
@@ -363,9 +358,11 @@ impl Committer {
         }
     }
 
+    /// Stages one request's ops. Takes the encoded messages out of its `Append`s (the
+    /// request is answered, never retried, whatever the outcome).
     fn apply_data(
         &self,
-        ops: &[WriteOp],
+        ops: &mut [WriteOp],
         batch: &mut StagedBatch,
         staged: &mut Staged,
         group: &Staged,
@@ -398,28 +395,18 @@ impl Committer {
                             partition: *partition,
                         });
                     }
-                    for r in records {
-                        check_row(&def.columns, &r.values)?;
-                    }
-                    let (next, ts) = self.next_position(*topic, *partition, staged, group)?;
-                    let tail = staged.appended.entry((*topic, *partition)).or_default();
-                    for (i, r) in records.iter().enumerate() {
-                        buf.clear();
-                        encode_record(ts, r.key.as_deref(), &r.values, &mut buf);
-                        batch.put(
-                            CF_LOG,
-                            log_key(*topic, *partition, next + i as u64).to_vec(),
-                            buf.clone(),
-                        );
-                        tail.push((next + i as u64, Arc::from(buf.as_slice())));
-                    }
-                    staged
-                        .offsets
-                        .insert((*topic, *partition), (next + records.len() as u64, ts));
+                    let (first_offset, ts_micros) = self.append_entries(
+                        *topic,
+                        *partition,
+                        std::mem::take(records),
+                        batch,
+                        staged,
+                        group,
+                    )?;
                     WriteResult::Appended {
                         partition: *partition,
-                        first_offset: next,
-                        ts_micros: ts,
+                        first_offset,
+                        ts_micros,
                     }
                 }
                 WriteOp::Insert {
@@ -429,7 +416,8 @@ impl Committer {
                 } => {
                     let def = self.table(*table)?;
                     let mut written = 0;
-                    for row in rows {
+                    let mut changes = Records::new();
+                    for row in rows.iter() {
                         check_row(&def.columns, row)?;
                         let pk: Vec<&Value> = def.primary_key.iter().map(|&i| &row[i]).collect();
                         let key = row_key(def.id, &pk)?;
@@ -449,24 +437,27 @@ impl Committer {
                         encode_row(row, &mut buf);
                         batch.put(CF_ROWS, key.clone(), buf.clone());
                         let kind = if exists { CHANGE_UPDATE } else { CHANGE_INSERT };
-                        self.log_change(&def, kind, &buf, batch, staged, group)?;
+                        changes.push_encoded(Some(kind), &buf);
                         staged.rows.insert(key, Some(buf.clone()));
                         written += 1;
                     }
+                    self.append_entries(def.id, 0, changes, batch, staged, group)?;
                     WriteResult::Rows(written)
                 }
                 WriteOp::Delete { table, keys } => {
                     let def = self.table(*table)?;
                     let mut deleted = 0;
-                    for pk in keys {
+                    let mut changes = Records::new();
+                    for pk in keys.iter() {
                         let key = row_key(def.id, &pk.iter().collect::<Vec<_>>())?;
                         if let Some(old) = self.current_row(&key, staged, group)? {
                             batch.delete(CF_ROWS, key.clone());
-                            self.log_change(&def, CHANGE_DELETE, &old, batch, staged, group)?;
+                            changes.push_encoded(Some(CHANGE_DELETE), &old);
                             staged.rows.insert(key, None);
                             deleted += 1;
                         }
                     }
+                    self.append_entries(def.id, 0, changes, batch, staged, group)?;
                     WriteResult::Rows(deleted)
                 }
                 WriteOp::SubState { sub, changes } => {
@@ -505,12 +496,27 @@ impl Committer {
                     partition,
                     before,
                 } => {
+                    // Entries wholly below `before` go; one that straddles it stays, and
+                    // the start key hides its older messages.
+                    let p = self.inner.partition(*topic, *partition)?;
+                    let (next, _) = self.next_position(*topic, *partition, staged, group)?;
+                    let before = (*before).clamp(p.start_offset(), next);
+                    let mut it = self.inner.db.raw_iterator_cf(self.inner.cf(CF_LOG));
+                    let cut = match self.inner.seek_entry(&mut it, *topic, *partition, before)? {
+                        Some(first) if first < before => first,
+                        _ => before,
+                    };
                     batch.delete_range(
                         CF_LOG,
                         log_key(*topic, *partition, 0).to_vec(),
-                        log_key(*topic, *partition, *before).to_vec(),
+                        log_key(*topic, *partition, cut).to_vec(),
                     );
-                    staged.trims.insert((*topic, *partition), *before);
+                    batch.put(
+                        CF_LOG,
+                        log_start_key(*topic, *partition).to_vec(),
+                        before.to_be_bytes().to_vec(),
+                    );
+                    staged.trims.insert((*topic, *partition), before);
                     WriteResult::Done
                 }
                 WriteOp::Create(_) | WriteOp::Alter(_) | WriteOp::Drop { .. } => {
@@ -572,28 +578,36 @@ impl Committer {
         Ok((next, now_micros().max(last_ts)))
     }
 
-    /// Appends one change (`kind` and the encoded row) to a table's change log.
-    fn log_change(
+    /// Stores encoded messages as log entries at the log's next offsets, all with one
+    /// append time, and stages them for the in-memory tail. Returns the first offset and
+    /// the append time.
+    fn append_entries(
         &self,
-        table: &crate::catalog::TableDef,
-        kind: &str,
-        row: &[u8],
+        log: ObjectId,
+        partition: u32,
+        records: Records,
         batch: &mut StagedBatch,
         staged: &mut Staged,
         group: &Staged,
-    ) -> Result<()> {
-        let (next, ts) = self.next_position(table.id, 0, staged, group)?;
-        let mut rec = Vec::with_capacity(row.len() + 16);
-        encode_record_head(ts, Some(kind), &mut rec);
-        rec.extend_from_slice(row);
-        batch.put(CF_LOG, log_key(table.id, 0, next).to_vec(), rec.clone());
-        staged
-            .appended
-            .entry((table.id, 0))
-            .or_default()
-            .push((next, Arc::from(rec)));
-        staged.offsets.insert((table.id, 0), (next + 1, ts));
-        Ok(())
+    ) -> Result<(u64, i64)> {
+        let (first, ts) = self.next_position(log, partition, staged, group)?;
+        if records.is_empty() {
+            return Ok((first, ts));
+        }
+        let mut next = first;
+        let tail = staged.appended.entry((log, partition)).or_default();
+        for (count, buf) in records.seal(ts) {
+            let data = bytes::Bytes::from(buf);
+            batch.put(CF_LOG, log_key(log, partition, next).to_vec(), data.clone());
+            tail.push(TailEntry {
+                first: next,
+                count,
+                data,
+            });
+            next += u64::from(count);
+        }
+        staged.offsets.insert((log, partition), (next, ts));
+        Ok((first, ts))
     }
 
     fn commit_catalog(&self, req: CommitRequest) {
@@ -722,34 +736,4 @@ impl Committer {
 fn to_json(def: &ObjectDef) -> Result<Vec<u8>> {
     serde_json::to_vec(def)
         .map_err(|e| Error::InvalidValue(format!("cannot encode catalog entry: {e}")))
-}
-
-/// Checks arity, types and NOT NULL of a row against its columns.
-fn check_row(columns: &[crate::catalog::ColumnDef], row: &[Value]) -> Result<()> {
-    if row.len() != columns.len() {
-        return Err(Error::InvalidValue(format!(
-            "row has {} values, expected {}",
-            row.len(),
-            columns.len()
-        )));
-    }
-    for (c, v) in columns.iter().zip(row) {
-        match v.column_type() {
-            None if !c.nullable => {
-                return Err(Error::NotNull {
-                    column: c.name.clone(),
-                })
-            }
-            Some(t) if t != c.ty => {
-                return Err(Error::InvalidValue(format!(
-                    "column \"{}\" is of type {} but the value is {}",
-                    c.name,
-                    c.ty.sql_name(),
-                    t.sql_name()
-                )))
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }

@@ -4,16 +4,23 @@
 //! |---------------|---------------------------------------|--------------------------------|
 //! | `catalog`     | `u32 object id`                       | JSON [`ObjectDef`]             |
 //! | `meta`        | ASCII name (`next_object_id`)         | big-endian u32                 |
-//! | `log`         | `u32 topic id, u32 partition, u64 offset` | [`encode_record`]         |
+//! | `log`         | `u32 topic id, u32 partition, u64 first offset` | a log entry (below)  |
+//! | `log`         | `u32 topic id, u32 partition`         | `u64` first retained offset (after a trim) |
+//! | `log`         | `u32 table id, u32 0, u64 first offset` (a table's change log) | a log entry, key = `insert`/`update`/`delete` |
 //! | `rows`        | `u32 table id ++ memcomparable primary key` | [`crate::value::encode_row`] |
-//! | `log`         | `u32 table id, u32 0, u64 offset` (a table's change log) | [`encode_record`], key = `insert`/`update`/`delete` |
 //! | `subs`        | `u32 sub id, u32 partition, 0x00`     | `u64` next offset to read      |
 //! | `subs`        | `u32 sub id, u32 partition, 0x01, u64 offset` | `u32` deliveries of a pending row |
+//!
+//! A *log entry* holds the messages of one append (split at about [`ENTRY_TARGET_BYTES`]),
+//! at consecutive offsets from the one in its key, all with one append time:
+//! `i64 LE append time · u32 LE count · count × (u32 LE len · varint(keylen+1) _key · row)`
+//! (a `_key` of 0 is NULL). One RocksDB entry per append instead of one per message keeps
+//! the memtable, the WAL framing and compaction per batch, not per message.
 //!
 //! Every key starts with the object id, so dropping an object is one range delete and a
 //! scan of one partition's offset range is one bounded iterator.
 
-use crate::catalog::ObjectId;
+use crate::catalog::{ColumnDef, ObjectId};
 use crate::error::{Error, Result};
 use crate::keys::{KeyReader, KeyWriter};
 use crate::value::{decode_row, encode_row, get_varint, put_varint, ColumnType, Value};
@@ -50,21 +57,31 @@ pub(crate) fn catalog_key(id: ObjectId) -> [u8; 4] {
     id.to_be_bytes()
 }
 
-/// Key of one message: topic, partition, offset.
+/// Key of the log entry whose first message has this offset: topic, partition, offset.
 pub fn log_key(topic: ObjectId, partition: u32, offset: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
-    k[..4].copy_from_slice(&topic.to_be_bytes());
-    k[4..8].copy_from_slice(&partition.to_be_bytes());
+    k[..8].copy_from_slice(&log_start_key(topic, partition));
     k[8..].copy_from_slice(&offset.to_be_bytes());
     k
 }
 
-/// Reads the offset back from a log key.
-pub fn log_key_offset(key: &[u8]) -> Result<u64> {
-    let mut r = KeyReader::new(key);
-    r.u32()?;
-    r.u32()?;
-    r.u64()
+/// Key of a partition's first retained offset (written by a trim). It sorts before every
+/// entry of the partition, and is shorter than an entry key.
+pub(crate) fn log_start_key(topic: ObjectId, partition: u32) -> [u8; 8] {
+    let mut k = [0u8; 8];
+    k[..4].copy_from_slice(&topic.to_be_bytes());
+    k[4..].copy_from_slice(&partition.to_be_bytes());
+    k
+}
+
+/// The first offset of an entry key of `topic`/`partition`; `None` for any other key
+/// (another partition's, or the partition's start key).
+pub(crate) fn entry_first_offset(key: &[u8], topic: ObjectId, partition: u32) -> Option<u64> {
+    if key.len() != 16 || key[..8] != log_start_key(topic, partition) {
+        return None;
+    }
+    let mut r = KeyReader::new(&key[8..]);
+    r.u64().ok()
 }
 
 /// Prefix of every row key of a table.
@@ -93,32 +110,179 @@ pub struct LogRecord {
     pub values: Vec<Value>,
 }
 
-/// Encodes a stored message: `i64 LE ts`, `varint(len+1)` key (0 = NULL), then the row.
-pub fn encode_record(ts_micros: i64, key: Option<&str>, values: &[Value], out: &mut Vec<u8>) {
-    encode_record_head(ts_micros, key, out);
-    encode_row(values, out);
+/// Encoded size at which a [`Records`] builder starts its next entry.
+pub const ENTRY_TARGET_BYTES: usize = 64 * 1024;
+
+/// Bytes before the first message of an entry: append time and count.
+const ENTRY_HEADER: usize = 12;
+
+/// Messages encoded for one append, ready to be stored as log entries.
+///
+/// Built by the writer (a session), so encoding runs in parallel on many threads; the
+/// committer only stamps each entry's append time and count and stores it. [`Records::push`]
+/// checks every message against the topic's columns, so the committer trusts the bytes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Records {
+    entries: Vec<EntryBuf>,
+    len: u64,
 }
 
-/// The part of [`encode_record`] before the row; an already encoded row may follow.
-pub(crate) fn encode_record_head(ts_micros: i64, key: Option<&str>, out: &mut Vec<u8>) {
-    out.extend_from_slice(&ts_micros.to_le_bytes());
-    match key {
-        None => out.push(0),
-        Some(k) => {
-            // len+1 so that 0 can mean NULL.
-            put_varint(out, k.len() as u64 + 1);
-            out.extend_from_slice(k.as_bytes());
+#[derive(Debug, Clone, PartialEq)]
+struct EntryBuf {
+    /// Header placeholder, then the messages.
+    buf: Vec<u8>,
+    count: u32,
+}
+
+impl Records {
+    /// No messages.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of messages.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when there are no messages.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Encoded bytes of every message (without entry headers).
+    pub fn bytes(&self) -> usize {
+        self.entries.iter().map(|e| e.buf.len() - ENTRY_HEADER).sum()
+    }
+
+    /// Appends one message after checking it against `columns` (arity, types, NOT NULL).
+    /// Returns the message's encoded size (its `_key` and row), for size limits.
+    pub fn push(&mut self, columns: &[ColumnDef], key: Option<&str>, values: &[Value]) -> Result<usize> {
+        check_row(columns, values)?;
+        Ok(self.push_with(key, |buf| encode_row(values, buf)))
+    }
+
+    /// Appends a message whose row is already encoded (a table's change log).
+    pub(crate) fn push_encoded(&mut self, key: Option<&str>, row: &[u8]) {
+        self.push_with(key, |buf| buf.extend_from_slice(row));
+    }
+
+    fn push_with(&mut self, key: Option<&str>, row: impl FnOnce(&mut Vec<u8>)) -> usize {
+        let entry = match self.entries.last_mut() {
+            Some(e) if e.buf.len() < ENTRY_TARGET_BYTES => e,
+            _ => {
+                self.entries.push(EntryBuf {
+                    buf: vec![0; ENTRY_HEADER],
+                    count: 0,
+                });
+                // Just pushed.
+                #[allow(clippy::expect_used)]
+                self.entries.last_mut().expect("an entry")
+            }
+        };
+        let buf = &mut entry.buf;
+        let len_at = buf.len();
+        buf.extend_from_slice(&[0; 4]);
+        match key {
+            None => buf.push(0),
+            Some(k) => {
+                // len+1 so that 0 can mean NULL.
+                put_varint(buf, k.len() as u64 + 1);
+                buf.extend_from_slice(k.as_bytes());
+            }
+        }
+        row(buf);
+        let size = buf.len() - len_at - 4;
+        buf[len_at..len_at + 4].copy_from_slice(&(size as u32).to_le_bytes());
+        entry.count += 1;
+        self.len += 1;
+        size
+    }
+
+    /// The finished entries, stamped with their append time: (message count, bytes).
+    pub fn seal(self, ts_micros: i64) -> impl Iterator<Item = (u32, Vec<u8>)> {
+        self.entries.into_iter().map(move |mut e| {
+            e.buf[..8].copy_from_slice(&ts_micros.to_le_bytes());
+            e.buf[8..12].copy_from_slice(&e.count.to_le_bytes());
+            (e.count, e.buf)
+        })
+    }
+}
+
+/// A stored log entry, parsed lazily.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entry<'a> {
+    /// Append time of every message in it.
+    pub(crate) ts_micros: i64,
+    /// Number of messages.
+    pub(crate) count: u32,
+    body: &'a [u8],
+}
+
+impl<'a> Entry<'a> {
+    pub(crate) fn parse(buf: &'a [u8]) -> Result<Entry<'a>> {
+        if buf.len() < ENTRY_HEADER {
+            return Err(Error::corrupt("log entry shorter than its header"));
+        }
+        let (head, body) = buf.split_at(ENTRY_HEADER);
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&head[..8]);
+        let mut count = [0u8; 4];
+        count.copy_from_slice(&head[8..]);
+        Ok(Entry {
+            ts_micros: i64::from_le_bytes(ts),
+            count: u32::from_le_bytes(count),
+            body,
+        })
+    }
+
+    /// The header alone (time and count), detached from the buffer.
+    pub(crate) fn header_only(self) -> Entry<'static> {
+        Entry {
+            ts_micros: self.ts_micros,
+            count: self.count,
+            body: &[],
         }
     }
+
+    /// Decodes the messages at positions `skip..` (of `count`), at most `max` of them.
+    pub(crate) fn decode(
+        &self,
+        types: &[ColumnType],
+        skip: u32,
+        max: usize,
+        mut each: impl FnMut(u32, LogRecord),
+    ) -> Result<()> {
+        let mut rest = self.body;
+        for i in 0..self.count.min(skip.saturating_add(max.min(u32::MAX as usize) as u32)) {
+            if rest.len() < 4 {
+                return Err(Error::corrupt("truncated log entry"));
+            }
+            let mut len = [0u8; 4];
+            len.copy_from_slice(&rest[..4]);
+            let len = u32::from_le_bytes(len) as usize;
+            let msg = rest
+                .get(4..4 + len)
+                .ok_or_else(|| Error::corrupt("truncated message in log entry"))?;
+            rest = &rest[4 + len..];
+            if i >= skip {
+                each(i, decode_message(types, self.ts_micros, msg)?);
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Decodes a stored message against the topic's column types.
-pub fn decode_record(types: &[ColumnType], buf: &[u8]) -> Result<LogRecord> {
-    if buf.len() < 8 {
-        return Err(Error::corrupt("log record shorter than its timestamp"));
-    }
-    let ts_micros = i64::from_le_bytes(buf[..8].try_into().map_err(|_| Error::corrupt("ts"))?);
-    let mut rest = &buf[8..];
+/// Decodes every message of a stored log entry (as [`Records::seal`] makes them).
+pub fn decode_entry(types: &[ColumnType], buf: &[u8]) -> Result<Vec<LogRecord>> {
+    let entry = Entry::parse(buf)?;
+    let mut out = Vec::with_capacity(entry.count as usize);
+    entry.decode(types, 0, usize::MAX, |_, r| out.push(r))?;
+    Ok(out)
+}
+
+/// Decodes one message of an entry: `varint(keylen+1) _key · row`.
+fn decode_message(types: &[ColumnType], ts_micros: i64, mut rest: &[u8]) -> Result<LogRecord> {
     let key = match get_varint(&mut rest)? {
         0 => None,
         n => {
@@ -142,13 +306,34 @@ pub fn decode_record(types: &[ColumnType], buf: &[u8]) -> Result<LogRecord> {
     })
 }
 
-/// Reads only the append time of a stored message (for time-to-offset search).
-pub(crate) fn record_ts(buf: &[u8]) -> Result<i64> {
-    let head: [u8; 8] = buf
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| Error::corrupt("log record shorter than its timestamp"))?;
-    Ok(i64::from_le_bytes(head))
+/// Checks arity, types and NOT NULL of a row against its columns.
+pub(crate) fn check_row(columns: &[ColumnDef], row: &[Value]) -> Result<()> {
+    if row.len() != columns.len() {
+        return Err(Error::InvalidValue(format!(
+            "row has {} values, expected {}",
+            row.len(),
+            columns.len()
+        )));
+    }
+    for (c, v) in columns.iter().zip(row) {
+        match v.column_type() {
+            None if !c.nullable => {
+                return Err(Error::NotNull {
+                    column: c.name.clone(),
+                })
+            }
+            Some(t) if t != c.ty => {
+                return Err(Error::InvalidValue(format!(
+                    "column \"{}\" is of type {} but the value is {}",
+                    c.name,
+                    c.ty.sql_name(),
+                    t.sql_name()
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -156,22 +341,95 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn col(name: &str, ty: ColumnType, nullable: bool) -> ColumnDef {
+        ColumnDef {
+            name: name.into(),
+            ty,
+            nullable,
+        }
+    }
+
+    #[test]
+    fn large_appends_split_into_entries_of_about_the_target_size() {
+        let columns = [col("p", ColumnType::Text, false)];
+        let mut recs = Records::new();
+        let payload = Value::Text("x".repeat(1000));
+        for _ in 0..200 {
+            recs.push(&columns, Some("k"), std::slice::from_ref(&payload)).unwrap();
+        }
+        assert_eq!(recs.len(), 200);
+        let entries: Vec<_> = recs.seal(7).collect();
+        assert_eq!(entries.len(), 4, "200 kB in entries of about 64 KiB");
+        assert_eq!(entries.iter().map(|(c, _)| c).sum::<u32>(), 200);
+        for (count, buf) in &entries {
+            assert!(buf.len() < ENTRY_TARGET_BYTES + 1100, "{}", buf.len());
+            let e = Entry::parse(buf).unwrap();
+            assert_eq!((e.count, e.ts_micros), (*count, 7));
+        }
+    }
+
+    #[test]
+    fn push_checks_the_row_against_the_columns() {
+        let columns = [col("n", ColumnType::Int64, false)];
+        let mut recs = Records::new();
+        assert!(matches!(
+            recs.push(&columns, None, &[Value::Null]),
+            Err(Error::NotNull { .. })
+        ));
+        assert!(recs.push(&columns, None, &[Value::Text("x".into())]).is_err());
+        assert!(recs.push(&columns, None, &[]).is_err());
+        assert!(recs.is_empty(), "a refused message leaves nothing behind");
+        assert_eq!(recs.push(&columns, Some("ab"), &[Value::Int64(5)]).unwrap(), 3 + 1 + 1 + 8);
+    }
+
+    #[test]
+    fn truncated_entries_are_corrupt_not_panics() {
+        let columns = [col("n", ColumnType::Int64, false)];
+        let mut recs = Records::new();
+        recs.push(&columns, None, &[Value::Int64(5)]).unwrap();
+        let (_, buf) = recs.seal(1).next().unwrap();
+        for cut in 0..buf.len() {
+            if let Ok(e) = Entry::parse(&buf[..cut]) {
+                assert!(e.decode(&[ColumnType::Int64], 0, 10, |_, _| {}).is_err(), "cut at {cut}");
+            }
+        }
+    }
+
     proptest! {
         #[test]
-        fn record_roundtrip(ts: i64, key: Option<String>, a: i64, b: Option<String>) {
-            let values = vec![Value::Int64(a), b.map(Value::Text).unwrap_or(Value::Null)];
-            let mut buf = Vec::new();
-            encode_record(ts, key.as_deref(), &values, &mut buf);
-            let rec = decode_record(&[ColumnType::Int64, ColumnType::Text], &buf).unwrap();
-            prop_assert_eq!(rec.ts_micros, ts);
-            prop_assert_eq!(record_ts(&buf).unwrap(), ts);
-            prop_assert_eq!(rec.key, key);
-            prop_assert_eq!(rec.values, values);
+        fn entry_roundtrip(
+            ts: i64,
+            msgs in proptest::collection::vec((any::<Option<String>>(), any::<i64>(), any::<Option<String>>()), 1..40),
+            skip in 0u32..45,
+            max in 0usize..45,
+        ) {
+            let columns = [col("a", ColumnType::Int64, false), col("b", ColumnType::Text, true)];
+            let mut recs = Records::new();
+            let mut want = Vec::new();
+            for (key, a, b) in msgs {
+                let values = vec![Value::Int64(a), b.map(Value::Text).unwrap_or(Value::Null)];
+                recs.push(&columns, key.as_deref(), &values).unwrap();
+                want.push(LogRecord { ts_micros: ts, key, values });
+            }
+            let n = recs.len();
+            let entries: Vec<_> = recs.seal(ts).collect();
+            prop_assert_eq!(entries.iter().map(|(c, _)| u64::from(*c)).sum::<u64>(), n);
+            let (count, buf) = &entries[0];
+            let entry = Entry::parse(buf).unwrap();
+            prop_assert_eq!(entry.count, *count);
+            prop_assert_eq!(entry.ts_micros, ts);
+            let mut got = Vec::new();
+            entry.decode(&[ColumnType::Int64, ColumnType::Text], skip, max, |i, r| got.push((i, r))).unwrap();
+            let expect: Vec<_> = want.into_iter().enumerate().skip(skip as usize).take(max)
+                .map(|(i, r)| (i as u32, r)).collect();
+            prop_assert_eq!(got, expect);
         }
 
         #[test]
-        fn log_key_offset_roundtrip(t: u32, p: u32, o: u64) {
-            prop_assert_eq!(log_key_offset(&log_key(t, p, o)).unwrap(), o);
+        fn entry_keys_give_their_offset_back(t: u32, p: u32, o: u64) {
+            prop_assert_eq!(entry_first_offset(&log_key(t, p, o), t, p), Some(o));
+            prop_assert_eq!(entry_first_offset(&log_key(t, p, o), t, p.wrapping_add(1)), None);
+            prop_assert_eq!(entry_first_offset(&log_start_key(t, p), t, p), None);
         }
 
         #[test]

@@ -24,8 +24,10 @@
 //! });
 //! let created = store.write(vec![WriteOp::Create(def)]).await?;
 //! let WriteResult::Created(obj) = &created[0] else { unreachable!() };
-//! let record = Record { key: None, values: vec![Value::Text("hi".into())] };
-//! store.write(vec![WriteOp::Append { topic: obj.id(), partition: 0, records: vec![record] }]).await?;
+//! let ObjectDef::Topic(topic) = &**obj else { unreachable!() };
+//! let mut records = Records::new();
+//! records.push(&topic.columns, None, &[Value::Text("hi".into())])?;
+//! store.write(vec![WriteOp::Append { topic: topic.id, partition: 0, records }]).await?;
 //! # Ok(()) }
 //! ```
 
@@ -42,10 +44,10 @@ pub use catalog::{
     Catalog, ColumnDef, ObjectDef, ObjectId, Replication, SubscriptionDef, TableDef, TopicDef,
     DEFAULT_CHANGE_RETENTION_MS,
 };
-pub use commit::{OnConflict, Record, SubChange, WriteOp, WriteResult};
+pub use commit::{OnConflict, SubChange, WriteOp, WriteResult};
 pub use config::StorageConfig;
 pub use error::{Error, Result};
-pub use layout::LogRecord;
+pub use layout::{LogRecord, Records};
 pub use store::{PartitionState, PartitionSubState, Store, StoreStats};
 pub use value::{decode_row, encode_row, ColumnType, Value};
 

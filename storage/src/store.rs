@@ -9,7 +9,8 @@ use std::thread::JoinHandle;
 
 use parking_lot::{Mutex, RwLock};
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, DB,
+    ColumnFamily, ColumnFamilyDescriptor, DBRawIterator, Direction, IteratorMode, Options,
+    ReadOptions, DB,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -18,10 +19,10 @@ use crate::commit::{spawn_committer, CommitRequest, WriteOp, WriteResult};
 use crate::config::StorageConfig;
 use crate::error::{Error, Result};
 use crate::layout::{
-    decode_record, log_key, log_key_offset, record_ts, row_key, sub_next_key, table_prefix,
+    entry_first_offset, log_key, log_start_key, row_key, sub_next_key, table_prefix, Entry,
     LogRecord, ALL_CFS, CF_CATALOG, CF_LOG, CF_META, CF_ROWS, CF_SUBS, META_NEXT_OBJECT_ID,
 };
-use crate::value::{decode_row, Value};
+use crate::value::{decode_row, ColumnType, Value};
 
 /// Positions of one topic partition. Only the committer advances them, after the data
 /// they cover is durable, so a reader never sees an offset that could still be lost.
@@ -39,34 +40,34 @@ pub struct PartitionState {
     pub(crate) tail: Mutex<Tail>,
 }
 
-/// The newest records of a partition, consecutive offsets, bounded in bytes.
+/// The newest log entries of a partition, consecutive offsets, bounded in bytes.
 #[derive(Debug, Default)]
 pub(crate) struct Tail {
-    records: std::collections::VecDeque<crate::commit::TailRecord>,
+    entries: std::collections::VecDeque<crate::commit::TailEntry>,
     bytes: usize,
 }
 
 impl Tail {
-    /// Appends records that follow the newest one and evicts the oldest beyond `cap` bytes.
-    pub(crate) fn push(&mut self, records: &[crate::commit::TailRecord], cap: usize) {
-        for (offset, rec) in records {
+    /// Appends entries that follow the newest one and evicts the oldest beyond `cap` bytes.
+    pub(crate) fn push(&mut self, entries: &[crate::commit::TailEntry], cap: usize) {
+        for e in entries {
             if self
-                .records
+                .entries
                 .back()
-                .is_some_and(|(last, _)| last + 1 != *offset)
+                .is_some_and(|last| last.first + u64::from(last.count) != e.first)
             {
                 // A gap (never expected): start over rather than serve a hole.
-                self.records.clear();
+                self.entries.clear();
                 self.bytes = 0;
             }
-            self.bytes += rec.len();
-            self.records.push_back((*offset, rec.clone()));
+            self.bytes += e.data.len();
+            self.entries.push_back(e.clone());
         }
         while self.bytes > cap {
-            let Some((_, r)) = self.records.pop_front() else {
+            let Some(e) = self.entries.pop_front() else {
                 break;
             };
-            self.bytes -= r.len();
+            self.bytes -= e.data.len();
         }
     }
 }
@@ -150,28 +151,95 @@ impl Inner {
         Ok(state.clone())
     }
 
+    /// First retained offset, next offset and newest append time of a partition, from
+    /// its entries and its start key.
     fn load_partition_bounds(&self, topic: ObjectId, partition: u32) -> Result<(u64, u64, i64)> {
-        let cf = self.cf(CF_LOG);
-        let lo = log_key(topic, partition, 0);
-        let hi = log_key(topic, partition, u64::MAX);
-        let mut it = self.db.raw_iterator_cf(cf);
-        it.seek_for_prev(hi);
-        let last = match (it.key(), it.value()) {
-            (Some(k), Some(v)) if k >= lo.as_slice() => Some((log_key_offset(k)?, record_ts(v)?)),
+        let start = match self.db.get_pinned_cf(self.cf(CF_LOG), log_start_key(topic, partition))? {
+            Some(v) => u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| Error::corrupt("log start offset"))?,
+            ),
+            None => 0,
+        };
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_LOG));
+        let Some((last_first, last)) = Self::last_entry(&mut it, topic, partition)? else {
+            // Empty, or trimmed to nothing: offsets continue after the trim.
+            return Ok((start, start, i64::MIN));
+        };
+        it.seek(log_key(topic, partition, 0));
+        let first = it
+            .key()
+            .and_then(|k| entry_first_offset(k, topic, partition))
+            .unwrap_or(last_first);
+        it.status()?;
+        let next = last_first + u64::from(last.count);
+        Ok((first.max(start).min(next), next, last.ts_micros))
+    }
+
+    /// The newest entry of a partition: its first offset and header.
+    fn last_entry(
+        it: &mut DBRawIterator<'_>,
+        topic: ObjectId,
+        partition: u32,
+    ) -> Result<Option<(u64, Entry<'static>)>> {
+        it.seek_for_prev(log_key(topic, partition, u64::MAX));
+        let found = match (it.key(), it.value()) {
+            (Some(k), Some(v)) => match entry_first_offset(k, topic, partition) {
+                Some(first) => {
+                    let e = Entry::parse(v)?;
+                    Some((first, e.header_only()))
+                }
+                None => None,
+            },
             _ => None,
         };
         it.status()?;
-        let Some((last_offset, last_ts)) = last else {
-            return Ok((0, 0, i64::MIN));
-        };
-        it.seek(lo);
-        let first = match it.key() {
-            Some(k) if k <= hi.as_slice() => log_key_offset(k)?,
-            _ => last_offset,
-        };
-        it.status()?;
-        Ok((first, last_offset + 1, last_ts))
+        Ok(found)
     }
+
+    /// Positions `it` on the entry holding `offset`, or else the first entry after it, and
+    /// returns that entry's first offset (`None`: no such entry in this partition).
+    pub(crate) fn seek_entry(
+        &self,
+        it: &mut DBRawIterator<'_>,
+        topic: ObjectId,
+        partition: u32,
+        offset: u64,
+    ) -> Result<Option<u64>> {
+        it.seek_for_prev(log_key(topic, partition, offset));
+        if let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if let Some(first) = entry_first_offset(k, topic, partition) {
+                if first + u64::from(Entry::parse(v)?.count) > offset {
+                    return Ok(Some(first));
+                }
+            }
+        }
+        it.status()?;
+        it.seek(log_key(topic, partition, offset));
+        let found = it.key().and_then(|k| entry_first_offset(k, topic, partition));
+        it.status()?;
+        Ok(found)
+    }
+}
+
+/// Appends to `out` the messages of one entry (first offset `first`) in `[from, to)`, up to
+/// `max` in `out`. Returns true when nothing more is wanted (`out` is full or `to` reached).
+fn collect(
+    types: &[ColumnType],
+    first: u64,
+    data: &[u8],
+    from: u64,
+    to: u64,
+    max: usize,
+    out: &mut Vec<(u64, LogRecord)>,
+) -> Result<bool> {
+    let entry = Entry::parse(data)?;
+    let end = first + u64::from(entry.count);
+    let skip = from.saturating_sub(first) as u32;
+    let want = (max - out.len()).min(to.min(end).saturating_sub(first + u64::from(skip)) as usize);
+    entry.decode(types, skip, want, |i, r| out.push((first + u64::from(i), r)))?;
+    Ok(out.len() >= max || end >= to)
 }
 
 /// The storage of one node: RocksDB plus the catalog and the group-commit writer.
@@ -315,26 +383,29 @@ impl Store {
         to: u64,
         max: usize,
     ) -> Result<Vec<(u64, LogRecord)>> {
+        let state = self.partition(topic, partition)?;
+        let from = from.max(state.start_offset());
         let types = topic.column_types();
         let mut out = Vec::new();
         if from >= to || max == 0 {
             return Ok(out);
         }
-        let cf = self.inner.cf(CF_LOG);
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(log_key(topic.id, partition, to).to_vec());
-        let start = log_key(topic.id, partition, from);
-        let it =
-            self.inner
-                .db
-                .iterator_cf_opt(cf, ro, IteratorMode::From(&start, Direction::Forward));
-        for item in it {
-            let (k, v) = item?;
-            out.push((log_key_offset(&k)?, decode_record(&types, &v)?));
-            if out.len() >= max {
+        let mut it = self.inner.db.raw_iterator_cf_opt(self.inner.cf(CF_LOG), ro);
+        let mut at = self.inner.seek_entry(&mut it, topic.id, partition, from)?;
+        while let Some(first) = at {
+            let Some(value) = it.value() else { break };
+            let done = collect(&types, first, value, from, to, max, &mut out)?;
+            if done {
                 break;
             }
+            it.next();
+            at = it
+                .key()
+                .and_then(|k| entry_first_offset(k, topic.id, partition));
         }
+        it.status()?;
         self.inner
             .stats
             .log_records_read
@@ -342,7 +413,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Like [`Store::read_log`], from the in-memory tail of the partition's newest records;
+    /// Like [`Store::read_log`], from the in-memory tail of the partition's newest entries;
     /// `None` when `from` is not there (older, or trimmed): then read the log. Never blocks
     /// on I/O.
     pub fn read_recent(
@@ -354,31 +425,30 @@ impl Store {
         max: usize,
     ) -> Result<Option<Vec<(u64, LogRecord)>>> {
         let state = self.partition(topic, partition)?;
-        if from < state.start_offset() {
+        if from < state.start_offset() || from >= to || max == 0 {
             return Ok(None);
         }
-        let picked: Vec<crate::commit::TailRecord> = {
+        let picked: Vec<crate::commit::TailEntry> = {
             let tail = state.tail.lock();
-            match tail.records.front() {
-                Some((first, _)) if *first <= from => tail
-                    .records
-                    .iter()
-                    .skip((from - first) as usize)
-                    .take_while(|(o, _)| *o < to)
-                    .take(max)
+            // The entry holding `from`: the last one starting at or before it.
+            let i = tail.entries.partition_point(|e| e.first <= from);
+            match i.checked_sub(1).and_then(|i| tail.entries.get(i)) {
+                Some(e) if e.first + u64::from(e.count) > from => tail
+                    .entries
+                    .range(i - 1..)
+                    .take_while(|e| e.first < to)
                     .cloned()
                     .collect(),
                 _ => return Ok(None),
             }
         };
-        if picked.is_empty() {
-            return Ok(None);
-        }
         let types = topic.column_types();
-        let out = picked
-            .iter()
-            .map(|(o, r)| Ok((*o, decode_record(&types, r)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let mut out = Vec::new();
+        for e in &picked {
+            if collect(&types, e.first, &e.data, from, to, max, &mut out)? {
+                break;
+            }
+        }
         self.inner
             .stats
             .log_records_from_memory
@@ -388,27 +458,29 @@ impl Store {
 
     /// The first offset of the partition whose append time is at or after `ts_micros`
     /// (the high watermark if there is none). Append times never decrease within a
-    /// partition, so this is a binary search over offsets.
+    /// partition, so this is a binary search over offsets; every message of one entry
+    /// shares its append time.
     pub fn offset_for_ts(&self, topic: &TopicDef, partition: u32, ts_micros: i64) -> Result<u64> {
         let state = self.partition(topic, partition)?;
         let (mut lo, mut hi) = (state.start_offset(), state.next_offset());
-        let cf = self.inner.cf(CF_LOG);
-        let mut it = self.inner.db.raw_iterator_cf(cf);
+        let mut it = self.inner.db.raw_iterator_cf(self.inner.cf(CF_LOG));
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             // Seek rather than get: retention may have removed `mid` meanwhile.
-            it.seek(log_key(topic.id, partition, mid));
-            let found = match (it.key(), it.value()) {
-                (Some(k), Some(v)) if k < log_key(topic.id, partition, hi).as_slice() => {
-                    Some((log_key_offset(k)?, record_ts(v)?))
-                }
-                _ => None,
+            let Some(first) = self.inner.seek_entry(&mut it, topic.id, partition, mid)? else {
+                return Ok(hi);
             };
-            it.status()?;
-            match found {
-                Some((off, ts)) if ts < ts_micros => lo = off + 1,
-                Some((off, _)) => hi = off,
-                None => return Ok(hi),
+            let Some(value) = it.value() else {
+                return Ok(hi);
+            };
+            let entry = Entry::parse(value)?;
+            if first >= hi {
+                return Ok(hi);
+            }
+            if entry.ts_micros < ts_micros {
+                lo = first + u64::from(entry.count);
+            } else {
+                hi = first.max(lo);
             }
         }
         Ok(lo)
@@ -504,16 +576,13 @@ impl Store {
     /// that offset (what `SUBSCRIBE table WITH (snapshot = true)` starts from).
     pub fn table_snapshot(&self, table: &TableDef) -> Result<(Vec<Vec<Value>>, u64)> {
         let snap = self.inner.db.snapshot();
-        let log = log_key(table.id, 0, 0);
         let mut ro = ReadOptions::default();
         ro.set_snapshot(&snap);
         let mut it = self.inner.db.raw_iterator_cf_opt(self.inner.cf(CF_LOG), ro);
-        it.seek_for_prev(log_key(table.id, 0, u64::MAX));
-        let next = match it.key() {
-            Some(k) if k >= log.as_slice() => log_key_offset(k)? + 1,
-            _ => self.inner.partition(table.id, 0)?.start_offset(),
+        let next = match Inner::last_entry(&mut it, table.id, 0)? {
+            Some((first, entry)) => first + u64::from(entry.count),
+            None => self.inner.partition(table.id, 0)?.start_offset(),
         };
-        it.status()?;
         let types = table.column_types();
         let prefix = table_prefix(table.id);
         let mut ro = ReadOptions::default();

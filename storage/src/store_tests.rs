@@ -54,11 +54,18 @@ async fn create(store: &Store, def: ObjectDef) -> Arc<ObjectDef> {
     }
 }
 
-fn text(s: &str) -> Record {
-    Record {
-        key: None,
-        values: vec![Value::Text(s.into())],
+/// Messages of the one-text-column topic above.
+fn texts(payloads: &[&str]) -> Records {
+    let columns = [ColumnDef {
+        name: "payload".into(),
+        ty: ColumnType::Text,
+        nullable: true,
+    }];
+    let mut r = Records::new();
+    for p in payloads {
+        r.push(&columns, None, &[Value::Text((*p).into())]).unwrap();
     }
+    r
 }
 
 fn as_topic(d: &ObjectDef) -> &TopicDef {
@@ -85,7 +92,7 @@ async fn append_assigns_consecutive_offsets_and_survives_reopen() {
             .write(vec![WriteOp::Append {
                 topic: t.id(),
                 partition: 1,
-                records: vec![text("a"), text("b")],
+                records: texts(&["a", "b"]),
             }])
             .await
             .unwrap();
@@ -101,7 +108,7 @@ async fn append_assigns_consecutive_offsets_and_survives_reopen() {
             .write(vec![WriteOp::Append {
                 topic: t.id(),
                 partition: 1,
-                records: vec![text("c")],
+                records: texts(&["c"]),
             }])
             .await
             .unwrap();
@@ -150,7 +157,7 @@ async fn append_assigns_consecutive_offsets_and_survives_reopen() {
         .write(vec![WriteOp::Append {
             topic: t.id,
             partition: 1,
-            records: vec![text("d")],
+            records: texts(&["d"]),
         }])
         .await
         .unwrap();
@@ -177,7 +184,7 @@ async fn concurrent_writers_get_distinct_offsets_and_share_fsyncs() {
                 .write(vec![WriteOp::Append {
                     topic: id,
                     partition: 0,
-                    records: vec![text(&i.to_string())],
+                    records: texts(&[&i.to_string()]),
                 }])
                 .await
                 .unwrap();
@@ -362,7 +369,7 @@ async fn drop_removes_data_and_name_can_be_reused() {
         .write(vec![WriteOp::Append {
             topic: t.id(),
             partition: 0,
-            records: vec![text("x")],
+            records: texts(&["x"]),
         }])
         .await
         .unwrap();
@@ -401,7 +408,7 @@ async fn retention_trims_old_messages_and_offset_for_ts_searches() {
             .write(vec![WriteOp::Append {
                 topic: t.id(),
                 partition: 0,
-                records: vec![text(&i.to_string())],
+                records: texts(&[&i.to_string()]),
             }])
             .await
             .unwrap();
@@ -449,6 +456,96 @@ async fn retention_trims_old_messages_and_offset_for_ts_searches() {
         0,
         "nothing more to trim"
     );
+}
+
+/// Offsets of what `read_log` and `read_recent` return for `[from, to)`.
+fn offsets_read(store: &Store, t: &TopicDef, from: u64, to: u64, max: usize) -> (Vec<u64>, Option<Vec<u64>>) {
+    let log = store.read_log(t, 0, from, to, max).unwrap();
+    let recent = store.read_recent(t, 0, from, to, max).unwrap();
+    (
+        log.into_iter().map(|(o, _)| o).collect(),
+        recent.map(|r| r.into_iter().map(|(o, _)| o).collect()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_found_inside_entries_and_trims_inside_an_entry_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = "x".repeat(1000);
+    {
+        let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
+        let t = create(&store, topic("t", 1)).await;
+        let t = as_topic(&t).clone();
+        // One append of 150 × 1 kB: three entries (about 64 KiB each), then two small appends.
+        let payloads: Vec<&str> = (0..150).map(|_| big.as_str()).collect();
+        for records in [texts(&payloads), texts(&["a", "b", "c"]), texts(&["d"])] {
+            store
+                .write(vec![WriteOp::Append {
+                    topic: t.id,
+                    partition: 0,
+                    records,
+                }])
+                .await
+                .unwrap();
+        }
+        let all: Vec<u64> = (0..154).collect();
+        assert_eq!(offsets_read(&store, &t, 0, 1000, 1000).0, all);
+        for (from, to, max) in [(0, 154, 5), (62, 70, 100), (63, 130, 100), (100, 152, 20), (151, 152, 1), (153, 200, 10)] {
+            let want: Vec<u64> = (from..to.min(154)).take(max).collect();
+            let (log, recent) = offsets_read(&store, &t, from, to, max);
+            assert_eq!(log, want, "read_log {from}..{to} max {max}");
+            assert_eq!(recent, Some(want), "read_recent {from}..{to} max {max}");
+        }
+        let first = &store.read_log(&t, 0, 150, 151, 1).unwrap()[0].1;
+        assert_eq!(first.values, vec![Value::Text("a".into())]);
+        // Trim inside the second append: 150 stays on disk but is hidden.
+        store
+            .write(vec![WriteOp::Trim {
+                topic: t.id,
+                partition: 0,
+                before: 151,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(store.partition(&t, 0).unwrap().start_offset(), 151);
+        assert_eq!(offsets_read(&store, &t, 0, 1000, 1000).0, vec![151, 152, 153]);
+        assert_eq!(offsets_read(&store, &t, 0, 1000, 1000).1, None, "below the start");
+        store.shutdown().unwrap();
+    }
+    {
+        let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
+        let t = store.catalog().topic("t").unwrap();
+        let t = as_topic(&t).clone();
+        let p = store.partition(&t, 0).unwrap();
+        assert_eq!((p.start_offset(), p.next_offset()), (151, 154), "after reopen");
+        assert_eq!(offsets_read(&store, &t, 0, 1000, 1000).0, vec![151, 152, 153]);
+        // Trimming everything keeps the offsets going.
+        store
+            .write(vec![WriteOp::Trim {
+                topic: t.id,
+                partition: 0,
+                before: 154,
+            }])
+            .await
+            .unwrap();
+        assert!(offsets_read(&store, &t, 0, 1000, 1000).0.is_empty());
+        store.shutdown().unwrap();
+    }
+    let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
+    let t = store.catalog().topic("t").unwrap();
+    let t = as_topic(&t).clone();
+    let p = store.partition(&t, 0).unwrap();
+    assert_eq!((p.start_offset(), p.next_offset()), (154, 154), "offsets are never reused");
+    let r = store
+        .write(vec![WriteOp::Append {
+            topic: t.id,
+            partition: 0,
+            records: texts(&["e"]),
+        }])
+        .await
+        .unwrap();
+    assert!(matches!(r[0], WriteResult::Appended { first_offset: 154, .. }));
+    assert_eq!(store.offset_for_ts(&t, 0, i64::MIN).unwrap(), 154);
 }
 
 #[test]
