@@ -7,6 +7,7 @@
 //! before a later bad line stay written (like a producer's earlier acknowledged batches);
 //! COPY answers only after everything it reports is durable.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch};
@@ -383,21 +384,45 @@ impl CopyInSink {
 
     /// Parses a chunk of COPY data.
     pub fn push(&mut self, data: &[u8]) -> Result<()> {
+        if self.options.format == CopyFormat::Csv {
+            return self.push_csv(data);
+        }
+        // Text format: every newline ends a line (newlines in values are escaped).
+        let mut rest = data;
+        if !self.partial.is_empty() {
+            let Some(i) = memchr::memchr(b'\n', rest) else {
+                self.partial.extend_from_slice(rest);
+                return Ok(());
+            };
+            let mut line = std::mem::take(&mut self.partial);
+            line.extend_from_slice(&rest[..i]);
+            let done = self.line(strip_cr(&line));
+            line.clear();
+            self.partial = line;
+            done?;
+            rest = &rest[i + 1..];
+        }
+        while let Some(i) = memchr::memchr(b'\n', rest) {
+            self.line(strip_cr(&rest[..i]))?;
+            rest = &rest[i + 1..];
+        }
+        self.partial.extend_from_slice(rest);
+        Ok(())
+    }
+
+    /// [`CopyInSink::push`] for CSV, where a quoted value may hold newlines.
+    fn push_csv(&mut self, data: &[u8]) -> Result<()> {
         self.partial.extend_from_slice(data);
         let mut start = 0;
         let mut in_quotes = false;
         let buf = std::mem::take(&mut self.partial);
         let quote = self.options.quote as u8;
         for (i, &b) in buf.iter().enumerate() {
-            if self.options.format == CopyFormat::Csv && b == quote {
+            if b == quote {
                 in_quotes = !in_quotes;
             }
             if b == b'\n' && !in_quotes {
-                let mut line = &buf[start..i];
-                if line.last() == Some(&b'\r') {
-                    line = &line[..line.len() - 1];
-                }
-                self.line(line)?;
+                self.line(strip_cr(&buf[start..i]))?;
                 start = i + 1;
             }
         }
@@ -431,7 +456,8 @@ impl CopyInSink {
             .map_err(|_| Error::BadCopyData(format!("line {}: invalid UTF-8", self.line)))?;
         let fields = match self.options.format {
             CopyFormat::Text => split_text(text, self.options.delimiter, &self.options.null),
-            CopyFormat::Csv => split_csv(text, &self.options),
+            CopyFormat::Csv => split_csv(text, &self.options)
+                .map(|f| f.into_iter().map(|v| v.map(Cow::Owned)).collect()),
         }
         .map_err(|e| Error::BadCopyData(format!("line {}: {e}", self.line)))?;
         if fields.len() != self.targets.len() {
@@ -454,39 +480,60 @@ impl CopyInSink {
     }
 }
 
+/// A line without its trailing carriage return.
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
 /// Splits a text-format line into fields (`None` = NULL) and undoes backslash escapes.
-fn split_text(
-    line: &str,
+/// Fields without a backslash are borrowed from the line.
+fn split_text<'a>(
+    line: &'a str,
     delim: char,
     null: &str,
-) -> std::result::Result<Vec<Option<String>>, String> {
+) -> std::result::Result<Vec<Option<Cow<'a, str>>>, String> {
     let mut fields = Vec::new();
-    let mut raw = String::new();
-    let mut cur = String::new();
-    let mut chars = line.chars().peekable();
-    let push = |fields: &mut Vec<Option<String>>, raw: &mut String, cur: &mut String| {
-        fields.push(if raw == null {
-            None
-        } else {
-            Some(std::mem::take(cur))
-        });
-        raw.clear();
-        cur.clear();
-    };
-    while let Some(c) = chars.next() {
-        if c == delim {
-            push(&mut fields, &mut raw, &mut cur);
-            continue;
+    let mut rest = line;
+    loop {
+        // The field ends at the first delimiter, unless a backslash comes first.
+        let plain_end = rest.find(['\\', delim]);
+        let (raw, value, more) = match plain_end {
+            Some(i) if rest[i..].starts_with(delim) => (&rest[..i], Cow::Borrowed(&rest[..i]), true),
+            None => (rest, Cow::Borrowed(rest), false),
+            Some(_) => {
+                let (value, raw_len, more) = unescape_field(rest, delim)?;
+                (&rest[..raw_len], Cow::Owned(value), more)
+            }
+        };
+        fields.push((raw != null).then_some(value));
+        if !more {
+            return Ok(fields);
         }
-        raw.push(c);
+        rest = &rest[raw.len() + delim.len_utf8()..];
+    }
+}
+
+/// Decodes one field that holds backslash escapes: its value, its length in the line, and
+/// whether a delimiter follows it.
+fn unescape_field(field: &str, delim: char) -> std::result::Result<(String, usize, bool), String> {
+    let mut cur = String::with_capacity(field.len());
+    let mut chars = field.char_indices().peekable();
+    let digit = |chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>, radix: u32| {
+        let d = chars.peek().and_then(|(_, c)| c.to_digit(radix))?;
+        chars.next();
+        Some(d)
+    };
+    while let Some((at, c)) = chars.next() {
+        if c == delim {
+            return Ok((cur, at, true));
+        }
         if c != '\\' {
             cur.push(c);
             continue;
         }
-        let Some(n) = chars.next() else {
+        let Some((_, n)) = chars.next() else {
             return Err("line ends with a backslash".into());
         };
-        raw.push(n);
         match n {
             'b' => cur.push('\u{8}'),
             'f' => cur.push('\u{c}'),
@@ -496,14 +543,9 @@ fn split_text(
             'v' => cur.push('\u{b}'),
             'x' => {
                 let mut v = 0u32;
-                let mut k = 0;
-                while k < 2 {
-                    match chars.peek().and_then(|c| c.to_digit(16)) {
-                        Some(d) => {
-                            v = v * 16 + d;
-                            raw.push(chars.next().unwrap_or('0'));
-                            k += 1;
-                        }
+                for _ in 0..2 {
+                    match digit(&mut chars, 16) {
+                        Some(d) => v = v * 16 + d,
                         None => break,
                     }
                 }
@@ -512,11 +554,8 @@ fn split_text(
             '0'..='7' => {
                 let mut v = n.to_digit(8).unwrap_or(0);
                 for _ in 0..2 {
-                    match chars.peek().and_then(|c| c.to_digit(8)) {
-                        Some(d) => {
-                            v = v * 8 + d;
-                            raw.push(chars.next().unwrap_or('0'));
-                        }
+                    match digit(&mut chars, 8) {
+                        Some(d) => v = v * 8 + d,
                         None => break,
                     }
                 }
@@ -525,8 +564,7 @@ fn split_text(
             other => cur.push(other),
         }
     }
-    push(&mut fields, &mut raw, &mut cur);
-    Ok(fields)
+    Ok((cur, field.len(), false))
 }
 
 /// Splits a CSV record into fields (`None` = NULL: an unquoted field equal to the NULL string).
@@ -620,7 +658,7 @@ mod tests {
                 Some("a\tb".into()),
                 None,
                 Some("\\x".into()),
-                Some(String::new())
+                Some("".into())
             ]
         );
         assert_eq!(
@@ -628,6 +666,19 @@ mod tests {
             vec![Some("A".into())]
         );
         assert!(split_text("oops\\", '\t', "\\N").is_err());
+        let f = split_text("a\t\t\\N\tb\\\tc\t\\\\N", '\t', "\\N").unwrap();
+        assert_eq!(
+            f,
+            vec![
+                Some("a".into()),
+                Some("".into()),
+                None,
+                Some("b\tc".into()),
+                Some("\\N".into())
+            ],
+            "an escaped delimiter is data; an escaped backslash before N is not NULL"
+        );
+        assert!(matches!(f[0], Some(Cow::Borrowed(_))), "plain fields are borrowed");
     }
 
     #[test]

@@ -962,6 +962,7 @@ async fn append(engine: &Engine, topic: &TopicDef, rows: Vec<Vec<Value>>) -> Res
     }
     let mut by_partition: std::collections::BTreeMap<u32, Part> = Default::default();
     let n = rows.len();
+    let round_robin = engine.round_robin(topic);
     for (pos, mut row) in rows.into_iter().enumerate() {
         let key = match row.remove(0) {
             Value::Text(k) => Some(k),
@@ -974,7 +975,7 @@ async fn append(engine: &Engine, topic: &TopicDef, rows: Vec<Vec<Value>>) -> Res
         };
         let partition = match &key {
             Some(k) => partition_for_key(k, topic.partitions),
-            None => engine.next_round_robin(topic),
+            None => round_robin.next(),
         };
         let part = by_partition.entry(partition).or_insert_with(|| Part {
             records: Records::new(),

@@ -659,14 +659,29 @@ impl Engine {
     }
 
     /// The partition of the next keyless message of `topic`.
-    pub(crate) fn next_round_robin(&self, topic: &TopicDef) -> u32 {
-        let cursor = self.round_robin.lock().entry(topic.id).or_default().clone();
-        (cursor.fetch_add(1, Ordering::Relaxed) % u64::from(topic.partitions)) as u32
+    pub(crate) fn round_robin(&self, topic: &TopicDef) -> RoundRobin {
+        RoundRobin {
+            cursor: self.round_robin.lock().entry(topic.id).or_default().clone(),
+            partitions: u64::from(topic.partitions.max(1)),
+        }
     }
 
     /// Writes ops and returns their results (the one place the query layer writes).
     pub(crate) async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>> {
         Ok(self.store.write(ops).await?)
+    }
+}
+
+/// The partition cursor of a topic for messages without a key (shared by all sessions).
+pub(crate) struct RoundRobin {
+    cursor: Arc<AtomicU64>,
+    partitions: u64,
+}
+
+impl RoundRobin {
+    /// The next partition.
+    pub(crate) fn next(&self) -> u32 {
+        (self.cursor.fetch_add(1, Ordering::Relaxed) % self.partitions) as u32
     }
 }
 
