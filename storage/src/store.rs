@@ -270,6 +270,10 @@ impl Store {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.increase_parallelism(2);
+        // Reuse finished WAL files instead of growing new ones: an fdatasync on a file that
+        // is overwritten in place has no file-size metadata to commit, which is most of
+        // the difference between a durable ack and a plain write on an ext4 disk.
+        opts.set_recycle_log_file_num(4);
         let cfs = ALL_CFS.iter().map(|name| {
             let mut o = Options::default();
             if *name == CF_LOG || *name == CF_ROWS {
