@@ -16,8 +16,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use eddy_query::{CopyFormat, CopyOptions};
 use eddy_storage::layout::{decode_entry, log_key, row_key};
 use eddy_storage::{
-    decode_row, encode_row, ColumnDef, ColumnType, ObjectDef, Records, Replication,
-    StorageConfig, Store, TopicDef, Value, WriteOp, WriteResult,
+    decode_row, encode_row, ColumnDef, ColumnType, ObjectDef, Records, Replication, StorageConfig,
+    Store, TopicDef, Value, WriteOp, WriteResult,
 };
 use pgwire::api::portal::Format;
 

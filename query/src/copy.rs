@@ -498,7 +498,9 @@ fn split_text<'a>(
         // The field ends at the first delimiter, unless a backslash comes first.
         let plain_end = rest.find(['\\', delim]);
         let (raw, value, more) = match plain_end {
-            Some(i) if rest[i..].starts_with(delim) => (&rest[..i], Cow::Borrowed(&rest[..i]), true),
+            Some(i) if rest[i..].starts_with(delim) => {
+                (&rest[..i], Cow::Borrowed(&rest[..i]), true)
+            }
             None => (rest, Cow::Borrowed(rest), false),
             Some(_) => {
                 let (value, raw_len, more) = unescape_field(rest, delim)?;
@@ -678,7 +680,10 @@ mod tests {
             ],
             "an escaped delimiter is data; an escaped backslash before N is not NULL"
         );
-        assert!(matches!(f[0], Some(Cow::Borrowed(_))), "plain fields are borrowed");
+        assert!(
+            matches!(f[0], Some(Cow::Borrowed(_))),
+            "plain fields are borrowed"
+        );
     }
 
     #[test]

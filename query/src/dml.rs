@@ -29,8 +29,8 @@ use datafusion::sql::sqlparser::ast::{
     SetExpr, Statement as SqlStatement, UnaryOperator, Value as SqlValue,
 };
 use eddy_storage::{
-    encode_row, partition_for_key, ColumnType, ObjectDef, OnConflict, Records, TableDef,
-    TopicDef, Value, WriteOp, WriteResult,
+    encode_row, partition_for_key, ColumnType, ObjectDef, OnConflict, Records, TableDef, TopicDef,
+    Value, WriteOp, WriteResult,
 };
 use futures::TryStreamExt;
 

@@ -152,12 +152,20 @@ impl Records {
 
     /// Encoded bytes of every message (without entry headers).
     pub fn bytes(&self) -> usize {
-        self.entries.iter().map(|e| e.buf.len() - ENTRY_HEADER).sum()
+        self.entries
+            .iter()
+            .map(|e| e.buf.len() - ENTRY_HEADER)
+            .sum()
     }
 
     /// Appends one message after checking it against `columns` (arity, types, NOT NULL).
     /// Returns the message's encoded size (its `_key` and row), for size limits.
-    pub fn push(&mut self, columns: &[ColumnDef], key: Option<&str>, values: &[Value]) -> Result<usize> {
+    pub fn push(
+        &mut self,
+        columns: &[ColumnDef],
+        key: Option<&str>,
+        values: &[Value],
+    ) -> Result<usize> {
         check_row(columns, values)?;
         Ok(self.push_with(key, |buf| encode_row(values, buf)))
     }
@@ -254,7 +262,10 @@ impl<'a> Entry<'a> {
         mut each: impl FnMut(u32, LogRecord),
     ) -> Result<()> {
         let mut rest = self.body;
-        for i in 0..self.count.min(skip.saturating_add(max.min(u32::MAX as usize) as u32)) {
+        for i in 0..self
+            .count
+            .min(skip.saturating_add(max.min(u32::MAX as usize) as u32))
+        {
             if rest.len() < 4 {
                 return Err(Error::corrupt("truncated log entry"));
             }
@@ -355,7 +366,8 @@ mod tests {
         let mut recs = Records::new();
         let payload = Value::Text("x".repeat(1000));
         for _ in 0..200 {
-            recs.push(&columns, Some("k"), std::slice::from_ref(&payload)).unwrap();
+            recs.push(&columns, Some("k"), std::slice::from_ref(&payload))
+                .unwrap();
         }
         assert_eq!(recs.len(), 200);
         let entries: Vec<_> = recs.seal(7).collect();
@@ -376,10 +388,15 @@ mod tests {
             recs.push(&columns, None, &[Value::Null]),
             Err(Error::NotNull { .. })
         ));
-        assert!(recs.push(&columns, None, &[Value::Text("x".into())]).is_err());
+        assert!(recs
+            .push(&columns, None, &[Value::Text("x".into())])
+            .is_err());
         assert!(recs.push(&columns, None, &[]).is_err());
         assert!(recs.is_empty(), "a refused message leaves nothing behind");
-        assert_eq!(recs.push(&columns, Some("ab"), &[Value::Int64(5)]).unwrap(), 3 + 1 + 1 + 8);
+        assert_eq!(
+            recs.push(&columns, Some("ab"), &[Value::Int64(5)]).unwrap(),
+            3 + 1 + 1 + 8
+        );
     }
 
     #[test]
@@ -390,7 +407,10 @@ mod tests {
         let (_, buf) = recs.seal(1).next().unwrap();
         for cut in 0..buf.len() {
             if let Ok(e) = Entry::parse(&buf[..cut]) {
-                assert!(e.decode(&[ColumnType::Int64], 0, 10, |_, _| {}).is_err(), "cut at {cut}");
+                assert!(
+                    e.decode(&[ColumnType::Int64], 0, 10, |_, _| {}).is_err(),
+                    "cut at {cut}"
+                );
             }
         }
     }

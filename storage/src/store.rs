@@ -154,7 +154,10 @@ impl Inner {
     /// First retained offset, next offset and newest append time of a partition, from
     /// its entries and its start key.
     fn load_partition_bounds(&self, topic: ObjectId, partition: u32) -> Result<(u64, u64, i64)> {
-        let start = match self.db.get_pinned_cf(self.cf(CF_LOG), log_start_key(topic, partition))? {
+        let start = match self
+            .db
+            .get_pinned_cf(self.cf(CF_LOG), log_start_key(topic, partition))?
+        {
             Some(v) => u64::from_be_bytes(
                 v.as_ref()
                     .try_into()
@@ -217,7 +220,9 @@ impl Inner {
         }
         it.status()?;
         it.seek(log_key(topic, partition, offset));
-        let found = it.key().and_then(|k| entry_first_offset(k, topic, partition));
+        let found = it
+            .key()
+            .and_then(|k| entry_first_offset(k, topic, partition));
         it.status()?;
         Ok(found)
     }
@@ -238,7 +243,9 @@ fn collect(
     let end = first + u64::from(entry.count);
     let skip = from.saturating_sub(first) as u32;
     let want = (max - out.len()).min(to.min(end).saturating_sub(first + u64::from(skip)) as usize);
-    entry.decode(types, skip, want, |i, r| out.push((first + u64::from(i), r)))?;
+    entry.decode(types, skip, want, |i, r| {
+        out.push((first + u64::from(i), r))
+    })?;
     Ok(out.len() >= max || end >= to)
 }
 

@@ -459,7 +459,13 @@ async fn retention_trims_old_messages_and_offset_for_ts_searches() {
 }
 
 /// Offsets of what `read_log` and `read_recent` return for `[from, to)`.
-fn offsets_read(store: &Store, t: &TopicDef, from: u64, to: u64, max: usize) -> (Vec<u64>, Option<Vec<u64>>) {
+fn offsets_read(
+    store: &Store,
+    t: &TopicDef,
+    from: u64,
+    to: u64,
+    max: usize,
+) -> (Vec<u64>, Option<Vec<u64>>) {
     let log = store.read_log(t, 0, from, to, max).unwrap();
     let recent = store.read_recent(t, 0, from, to, max).unwrap();
     (
@@ -490,7 +496,14 @@ async fn messages_are_found_inside_entries_and_trims_inside_an_entry_survive_reo
         }
         let all: Vec<u64> = (0..154).collect();
         assert_eq!(offsets_read(&store, &t, 0, 1000, 1000).0, all);
-        for (from, to, max) in [(0, 154, 5), (62, 70, 100), (63, 130, 100), (100, 152, 20), (151, 152, 1), (153, 200, 10)] {
+        for (from, to, max) in [
+            (0, 154, 5),
+            (62, 70, 100),
+            (63, 130, 100),
+            (100, 152, 20),
+            (151, 152, 1),
+            (153, 200, 10),
+        ] {
             let want: Vec<u64> = (from..to.min(154)).take(max).collect();
             let (log, recent) = offsets_read(&store, &t, from, to, max);
             assert_eq!(log, want, "read_log {from}..{to} max {max}");
@@ -508,8 +521,15 @@ async fn messages_are_found_inside_entries_and_trims_inside_an_entry_survive_reo
             .await
             .unwrap();
         assert_eq!(store.partition(&t, 0).unwrap().start_offset(), 151);
-        assert_eq!(offsets_read(&store, &t, 0, 1000, 1000).0, vec![151, 152, 153]);
-        assert_eq!(offsets_read(&store, &t, 0, 1000, 1000).1, None, "below the start");
+        assert_eq!(
+            offsets_read(&store, &t, 0, 1000, 1000).0,
+            vec![151, 152, 153]
+        );
+        assert_eq!(
+            offsets_read(&store, &t, 0, 1000, 1000).1,
+            None,
+            "below the start"
+        );
         store.shutdown().unwrap();
     }
     {
@@ -517,8 +537,15 @@ async fn messages_are_found_inside_entries_and_trims_inside_an_entry_survive_reo
         let t = store.catalog().topic("t").unwrap();
         let t = as_topic(&t).clone();
         let p = store.partition(&t, 0).unwrap();
-        assert_eq!((p.start_offset(), p.next_offset()), (151, 154), "after reopen");
-        assert_eq!(offsets_read(&store, &t, 0, 1000, 1000).0, vec![151, 152, 153]);
+        assert_eq!(
+            (p.start_offset(), p.next_offset()),
+            (151, 154),
+            "after reopen"
+        );
+        assert_eq!(
+            offsets_read(&store, &t, 0, 1000, 1000).0,
+            vec![151, 152, 153]
+        );
         // Trimming everything keeps the offsets going.
         store
             .write(vec![WriteOp::Trim {
@@ -535,7 +562,11 @@ async fn messages_are_found_inside_entries_and_trims_inside_an_entry_survive_reo
     let t = store.catalog().topic("t").unwrap();
     let t = as_topic(&t).clone();
     let p = store.partition(&t, 0).unwrap();
-    assert_eq!((p.start_offset(), p.next_offset()), (154, 154), "offsets are never reused");
+    assert_eq!(
+        (p.start_offset(), p.next_offset()),
+        (154, 154),
+        "offsets are never reused"
+    );
     let r = store
         .write(vec![WriteOp::Append {
             topic: t.id,
@@ -544,7 +575,13 @@ async fn messages_are_found_inside_entries_and_trims_inside_an_entry_survive_reo
         }])
         .await
         .unwrap();
-    assert!(matches!(r[0], WriteResult::Appended { first_offset: 154, .. }));
+    assert!(matches!(
+        r[0],
+        WriteResult::Appended {
+            first_offset: 154,
+            ..
+        }
+    ));
     assert_eq!(store.offset_for_ts(&t, 0, i64::MIN).unwrap(), 154);
 }
 
