@@ -68,6 +68,29 @@ fn texts(payloads: &[&str]) -> Records {
     r
 }
 
+/// Appends text messages to one partition; returns the first offset and the append time.
+async fn append(store: &Store, topic: ObjectId, partition: u32, payloads: &[&str]) -> (u64, i64) {
+    let r = store
+        .write(vec![WriteOp::Append {
+            topic,
+            partition,
+            records: texts(payloads),
+        }])
+        .await
+        .unwrap();
+    match r[0] {
+        WriteResult::Appended {
+            partition: written,
+            first_offset,
+            ts_micros,
+        } => {
+            assert_eq!(written, partition);
+            (first_offset, ts_micros)
+        }
+        ref other => panic!("unexpected {other:?}"),
+    }
+}
+
 fn as_topic(d: &ObjectDef) -> &TopicDef {
     match d {
         ObjectDef::Topic(t) => t,
@@ -88,37 +111,8 @@ async fn append_assigns_consecutive_offsets_and_survives_reopen() {
     {
         let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
         let t = create(&store, topic("events", 2)).await;
-        let r = store
-            .write(vec![WriteOp::Append {
-                topic: t.id(),
-                partition: 1,
-                records: texts(&["a", "b"]),
-            }])
-            .await
-            .unwrap();
-        assert!(matches!(
-            r[0],
-            WriteResult::Appended {
-                partition: 1,
-                first_offset: 0,
-                ..
-            }
-        ));
-        let r = store
-            .write(vec![WriteOp::Append {
-                topic: t.id(),
-                partition: 1,
-                records: texts(&["c"]),
-            }])
-            .await
-            .unwrap();
-        assert!(matches!(
-            r[0],
-            WriteResult::Appended {
-                first_offset: 2,
-                ..
-            }
-        ));
+        assert_eq!(append(&store, t.id(), 1, &["a", "b"]).await.0, 0);
+        assert_eq!(append(&store, t.id(), 1, &["c"]).await.0, 2);
         store.shutdown().unwrap();
     }
     let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
@@ -153,21 +147,7 @@ async fn append_assigns_consecutive_offsets_and_survives_reopen() {
         Err(Error::NoSuchPartition { .. })
     ));
     // A new append continues after the reopened high watermark.
-    let r = store
-        .write(vec![WriteOp::Append {
-            topic: t.id,
-            partition: 1,
-            records: texts(&["d"]),
-        }])
-        .await
-        .unwrap();
-    assert!(matches!(
-        r[0],
-        WriteResult::Appended {
-            first_offset: 3,
-            ..
-        }
-    ));
+    assert_eq!(append(&store, t.id, 1, &["d"]).await.0, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,18 +160,7 @@ async fn concurrent_writers_get_distinct_offsets_and_share_fsyncs() {
         let store = store.clone();
         let id = t.id();
         tasks.push(tokio::spawn(async move {
-            let r = store
-                .write(vec![WriteOp::Append {
-                    topic: id,
-                    partition: 0,
-                    records: texts(&[&i.to_string()]),
-                }])
-                .await
-                .unwrap();
-            match r[0] {
-                WriteResult::Appended { first_offset, .. } => first_offset,
-                _ => panic!(),
-            }
+            append(&store, id, 0, &[&i.to_string()]).await.0
         }));
     }
     let mut offsets = Vec::new();
@@ -365,14 +334,7 @@ async fn drop_removes_data_and_name_can_be_reused() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
     let t = create(&store, topic("t", 1)).await;
-    store
-        .write(vec![WriteOp::Append {
-            topic: t.id(),
-            partition: 0,
-            records: texts(&["x"]),
-        }])
-        .await
-        .unwrap();
+    append(&store, t.id(), 0, &["x"]).await;
     let err = store
         .write(vec![WriteOp::Create(topic("t", 1))])
         .await
@@ -404,17 +366,7 @@ async fn retention_trims_old_messages_and_offset_for_ts_searches() {
     let t = create(&store, topic("t", 1)).await;
     let mut stamps = Vec::new();
     for i in 0..5 {
-        let r = store
-            .write(vec![WriteOp::Append {
-                topic: t.id(),
-                partition: 0,
-                records: texts(&[&i.to_string()]),
-            }])
-            .await
-            .unwrap();
-        let WriteResult::Appended { ts_micros, .. } = r[0] else {
-            panic!()
-        };
+        let (_, ts_micros) = append(&store, t.id(), 0, &[&i.to_string()]).await;
         stamps.push(ts_micros);
         // Distinct append times for the search below.
         while std::time::SystemTime::now()
@@ -484,15 +436,8 @@ async fn messages_are_found_inside_entries_and_trims_inside_an_entry_survive_reo
         let t = as_topic(&t).clone();
         // One append of 150 × 1 kB: three entries (about 64 KiB each), then two small appends.
         let payloads: Vec<&str> = (0..150).map(|_| big.as_str()).collect();
-        for records in [texts(&payloads), texts(&["a", "b", "c"]), texts(&["d"])] {
-            store
-                .write(vec![WriteOp::Append {
-                    topic: t.id,
-                    partition: 0,
-                    records,
-                }])
-                .await
-                .unwrap();
+        for payloads in [&payloads[..], &["a", "b", "c"], &["d"]] {
+            append(&store, t.id, 0, payloads).await;
         }
         let all: Vec<u64> = (0..154).collect();
         assert_eq!(offsets_read(&store, &t, 0, 1000, 1000).0, all);
@@ -567,21 +512,7 @@ async fn messages_are_found_inside_entries_and_trims_inside_an_entry_survive_reo
         (154, 154),
         "offsets are never reused"
     );
-    let r = store
-        .write(vec![WriteOp::Append {
-            topic: t.id,
-            partition: 0,
-            records: texts(&["e"]),
-        }])
-        .await
-        .unwrap();
-    assert!(matches!(
-        r[0],
-        WriteResult::Appended {
-            first_offset: 154,
-            ..
-        }
-    ));
+    assert_eq!(append(&store, t.id, 0, &["e"]).await.0, 154);
     assert_eq!(store.offset_for_ts(&t, 0, i64::MIN).unwrap(), 154);
 }
 
