@@ -110,6 +110,7 @@ fn classify_storage(e: &StorageError) -> (&'static str, String) {
         StorageError::ObjectNotFound { .. } => UNDEFINED_TABLE,
         StorageError::NoSuchPartition { .. } | StorageError::InvalidValue(_) => INVALID_PARAMETER,
         StorageError::ShuttingDown => ADMIN_SHUTDOWN,
+        StorageError::Remote(_) => INTERNAL_ERROR,
         StorageError::DependentObjects { .. } => DEPENDENT_OBJECTS,
         StorageError::Engine(inner) => {
             tracing::error!(error = %inner, "storage engine error");

@@ -1,7 +1,13 @@
-//! eddy-consensus: replication for eddy (to be built by the cluster and gossip issues).
+//! eddy-consensus: replication of eddy's topics and tables through openraft groups.
 //!
-//! It will hold the openraft groups over storage (metadata group and one group per topic
-//! partition and table), the internal RPC (tokio-util framed TCP), gossip membership and
-//! failure detection, and delta gossip with anti-entropy. Both replication modes feed
-//! `eddy_storage::WriteOp`s into the storage committer, the same path single-node writes
-//! take today. Empty for now: a single node writes to storage directly.
+//! - [`types`] — the openraft type configuration and what travels through Raft.
+//! - [`storage`] — openraft's log storage and state machine over eddy's store.
+
+pub mod storage;
+pub mod types;
+
+pub use storage::{LogStore, StateMachine};
+pub use types::{NodeId, NodeInfo, Request, Response, TypeConfig};
+
+#[cfg(test)]
+mod storage_tests;

@@ -238,6 +238,15 @@ impl Catalog {
             .insert(def.name().to_owned(), Arc::new(def));
     }
 
+    /// Replaces every definition (a snapshot was installed, or the store opened).
+    pub(crate) fn replace_all(&self, defs: Vec<ObjectDef>) {
+        let map = defs
+            .into_iter()
+            .map(|d| (d.name().to_owned(), Arc::new(d)))
+            .collect();
+        *self.by_name.write() = map;
+    }
+
     pub(crate) fn remove(&self, name: &str) -> Option<Arc<ObjectDef>> {
         self.by_name.write().remove(name)
     }

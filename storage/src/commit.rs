@@ -28,6 +28,7 @@ use crate::layout::{
     catalog_key, check_row, log_key, log_start_key, row_key, sub_next_key, sub_pending_key,
     table_prefix, Records, CF_CATALOG, CF_LOG, CF_META, CF_ROWS, CF_SUBS, META_NEXT_OBJECT_ID,
 };
+use crate::raft::{entry_key, slot_key, GroupId, KeyRange, RaftWrite, CF_RAFT};
 use crate::store::Inner;
 use crate::value::{encode_row, Value};
 
@@ -40,7 +41,7 @@ pub(crate) struct TailEntry {
 }
 
 /// What to do when an inserted row's primary key already exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum OnConflict {
     /// Fail the whole request with [`Error::DuplicateKey`].
     Error,
@@ -51,7 +52,7 @@ pub enum OnConflict {
 }
 
 /// One change to the database.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum WriteOp {
     /// Append messages to one partition; they get consecutive offsets and one append time.
     Append {
@@ -106,7 +107,7 @@ pub enum WriteOp {
 }
 
 /// One change to a durable subscription's stored state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SubChange {
     /// Every offset of `partition` below `next` has been read.
     Next {
@@ -169,9 +170,49 @@ pub enum WriteResult {
     Done,
 }
 
+/// One request to the committer: units of ops, each applied all or nothing, plus Raft
+/// state written whatever the units' outcomes, all in one RocksDB batch.
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// Each unit applies atomically; a failed unit leaves no trace and its error is its
+    /// result. A unit with a catalog change must be the request's only unit.
+    pub units: Vec<Vec<WriteOp>>,
+    /// Raft log and slot writes (always written, in the same batch as the units).
+    pub raft: Vec<RaftWrite>,
+    /// Append time chosen by a Raft leader (replicas must agree); `None`: now. Either way
+    /// never earlier than the log's newest append.
+    pub at: Option<i64>,
+    /// fsync before answering. A Raft state machine applies without it: the Raft log is
+    /// the durable copy, and RocksDB recovers a prefix of unsynced batches.
+    pub sync: bool,
+}
+
+impl Commit {
+    /// One unit, fsync'd: what a standalone write is.
+    pub fn durable(ops: Vec<WriteOp>) -> Commit {
+        Commit {
+            units: vec![ops],
+            sync: true,
+            ..Commit::default()
+        }
+    }
+}
+
+/// The outcome of each unit of a [`Commit`].
+pub type UnitResults = Vec<Result<Vec<WriteResult>>>;
+
 pub(crate) struct CommitRequest {
-    pub(crate) ops: Vec<WriteOp>,
-    pub(crate) reply: oneshot::Sender<Result<Vec<WriteResult>>>,
+    pub(crate) commit: Commit,
+    pub(crate) reply: oneshot::Sender<Result<UnitResults>>,
+}
+
+impl CommitRequest {
+    fn is_catalog(&self) -> bool {
+        self.commit
+            .units
+            .iter()
+            .any(|u| u.iter().any(WriteOp::is_catalog))
+    }
 }
 
 pub(crate) fn spawn_committer(
@@ -232,6 +273,8 @@ struct Staged {
     trims: HashMap<(ObjectId, u32), u64>,
     /// (log, partition) -> appended entries, for the in-memory tail
     appended: HashMap<(ObjectId, u32), Vec<TailEntry>>,
+    /// Ranges a snapshot replaced: memory reloads them.
+    replaced: Vec<KeyRange>,
 }
 
 impl Staged {
@@ -245,6 +288,7 @@ impl Staged {
             let e = self.trims.entry(k).or_insert(0);
             *e = (*e).max(v);
         }
+        self.replaced.extend(layer.replaced);
     }
 }
 
@@ -262,7 +306,7 @@ impl Committer {
             // Catalog changes commit on their own so that data ops never see a half-made object.
             let mut data = Vec::with_capacity(reqs.len());
             for req in reqs {
-                if req.ops.iter().any(WriteOp::is_catalog) {
+                if req.is_catalog() {
                     self.commit_data(std::mem::take(&mut data));
                     self.commit_catalog(req);
                 } else {
@@ -273,9 +317,9 @@ impl Committer {
         }
     }
 
-    fn write_options(&self) -> WriteOptions {
+    fn write_options(&self, sync: bool) -> WriteOptions {
         let mut wo = WriteOptions::default();
-        wo.set_sync(self.inner.config.sync);
+        wo.set_sync(self.inner.config.sync && sync);
         wo
     }
 
@@ -286,32 +330,33 @@ impl Committer {
         let mut batch = WriteBatch::default();
         let mut staged = Staged::default();
         let mut outcomes = Vec::with_capacity(reqs.len());
+        let mut sync = false;
         for req in &mut reqs {
-            // Each request applies all-or-nothing: it stages into its own layer on top of
-            // the group's, and the layer joins the group only if every op succeeded.
-            let mut items = StagedBatch::default();
-            let mut layer = Staged::default();
-            match self.apply_data(&mut req.ops, &mut items, &mut layer, &staged) {
-                Ok(results) => {
-                    for (cf, key, item) in items.items {
-                        let cf = self.inner.cf(cf);
-                        match item {
-                            BatchItem::Put(val) => batch.put_cf(cf, key, val),
-                            BatchItem::Delete => batch.delete_cf(cf, key),
-                            BatchItem::DeleteRange(to) => batch.delete_range_cf(cf, key, to),
-                        }
+            sync |= req.commit.sync;
+            let at = req.commit.at;
+            let mut results = Vec::with_capacity(req.commit.units.len());
+            for unit in &mut req.commit.units {
+                // Each unit applies all-or-nothing: it stages into its own layer on top of
+                // the group's, and the layer joins the group only if every op succeeded.
+                let mut items = StagedBatch::default();
+                let mut layer = Staged::default();
+                match self.apply_data(unit, at, &mut items, &mut layer, &staged) {
+                    Ok(r) => {
+                        self.add_items(&mut batch, items);
+                        staged.merge(layer);
+                        results.push(Ok(r));
                     }
-                    staged.merge(layer);
-                    outcomes.push(Ok(results));
+                    Err(e) => results.push(Err(e)),
                 }
-                Err(e) => outcomes.push(Err(e)),
             }
+            self.apply_raft(&req.commit.raft, &mut batch, &mut staged);
+            outcomes.push(results);
         }
         let batch_was_empty = batch.is_empty();
         let written = if batch_was_empty {
             Ok(())
         } else {
-            self.inner.db.write_opt(batch, &self.write_options())
+            self.inner.db.write_opt(batch, &self.write_options(sync))
         };
         match written {
             Ok(()) => {
@@ -324,7 +369,7 @@ impl Committer {
                     .fetch_add(u64::from(!batch_was_empty), Ordering::Relaxed);
                 self.publish(&staged);
                 for (req, outcome) in reqs.into_iter().zip(outcomes) {
-                    let _ = req.reply.send(outcome);
+                    let _ = req.reply.send(Ok(outcome));
                 }
             }
             Err(e) => {
@@ -336,8 +381,67 @@ impl Committer {
         }
     }
 
+    fn add_items(&self, batch: &mut WriteBatch, items: StagedBatch) {
+        for (cf, key, item) in items.items {
+            let cf = self.inner.cf(cf);
+            match item {
+                BatchItem::Put(val) => batch.put_cf(cf, key, val),
+                BatchItem::Delete => batch.delete_cf(cf, key),
+                BatchItem::DeleteRange(to) => batch.delete_range_cf(cf, key, to),
+            }
+        }
+    }
+
+    /// Stages Raft log and slot writes; a snapshot's replaced ranges are noted in
+    /// `staged` so memory is reloaded from them once they are written.
+    fn apply_raft(&self, writes: &[RaftWrite], batch: &mut WriteBatch, staged: &mut Staged) {
+        let cf = self.inner.cf(CF_RAFT);
+        for w in writes {
+            match w {
+                RaftWrite::Put { group, slot, value } => {
+                    batch.put_cf(cf, slot_key(*group, *slot), value)
+                }
+                RaftWrite::Entries { group, entries } => {
+                    for (index, entry) in entries {
+                        batch.put_cf(cf, entry_key(*group, *index), entry);
+                    }
+                }
+                RaftWrite::TruncateFrom { group, index } => {
+                    batch.delete_range_cf(
+                        cf,
+                        &entry_key(*group, *index)[..],
+                        &group_end(*group)[..],
+                    );
+                }
+                RaftWrite::PurgeTo { group, index } => batch.delete_range_cf(
+                    cf,
+                    entry_key(*group, 0),
+                    entry_key(*group, index.saturating_add(1)),
+                ),
+                RaftWrite::Replace { ranges, items } => {
+                    for r in ranges {
+                        let cf = self.inner.cf(r.space.cf());
+                        if r.to.is_empty() {
+                            // Unbounded: no key of ours starts with 0xff bytes this long.
+                            batch.delete_range_cf(cf, &r.from[..], &[0xffu8; 32][..]);
+                        } else {
+                            batch.delete_range_cf(cf, &r.from, &r.to);
+                        }
+                    }
+                    for (space, key, value) in items {
+                        batch.put_cf(self.inner.cf(space.cf()), key, value);
+                    }
+                    staged.replaced.extend(ranges.iter().cloned());
+                }
+            }
+        }
+    }
+
     /// Makes durable changes visible: the in-memory tail, offsets, watermarks, trims.
     fn publish(&self, staged: &Staged) {
+        if !staged.replaced.is_empty() {
+            self.inner.reload(&staged.replaced);
+        }
         for (&(topic, partition), &(next, last_ts)) in &staged.offsets {
             if let Ok(p) = self.inner.partition(topic, partition) {
                 // The tail first: a reader woken by the watermark finds the records there.
@@ -363,6 +467,7 @@ impl Committer {
     fn apply_data(
         &self,
         ops: &mut [WriteOp],
+        at: Option<i64>,
         batch: &mut StagedBatch,
         staged: &mut Staged,
         group: &Staged,
@@ -399,6 +504,7 @@ impl Committer {
                         *topic,
                         *partition,
                         std::mem::take(records),
+                        at,
                         batch,
                         staged,
                         group,
@@ -441,7 +547,7 @@ impl Committer {
                         staged.rows.insert(key, Some(buf.clone()));
                         written += 1;
                     }
-                    self.append_entries(def.id, 0, changes, batch, staged, group)?;
+                    self.append_entries(def.id, 0, changes, at, batch, staged, group)?;
                     WriteResult::Rows(written)
                 }
                 WriteOp::Delete { table, keys } => {
@@ -457,7 +563,7 @@ impl Committer {
                             deleted += 1;
                         }
                     }
-                    self.append_entries(def.id, 0, changes, batch, staged, group)?;
+                    self.append_entries(def.id, 0, changes, at, batch, staged, group)?;
                     WriteResult::Rows(deleted)
                 }
                 WriteOp::SubState { sub, changes } => {
@@ -499,7 +605,7 @@ impl Committer {
                     // Entries wholly below `before` go; one that straddles it stays, and
                     // the start key hides its older messages.
                     let p = self.inner.partition(*topic, *partition)?;
-                    let (next, _) = self.next_position(*topic, *partition, staged, group)?;
+                    let (next, _) = self.next_position(*topic, *partition, at, staged, group)?;
                     let before = (*before).clamp(p.start_offset(), next);
                     let mut it = self.inner.db.raw_iterator_cf(self.inner.cf(CF_LOG));
                     let cut = match self.inner.seek_entry(&mut it, *topic, *partition, before)? {
@@ -564,6 +670,7 @@ impl Committer {
         &self,
         log: ObjectId,
         partition: u32,
+        at: Option<i64>,
         staged: &Staged,
         group: &Staged,
     ) -> Result<(u64, i64)> {
@@ -575,7 +682,7 @@ impl Committer {
                 (p.next_offset(), p.last_ts.load(Ordering::Acquire))
             }
         };
-        Ok((next, now_micros().max(last_ts)))
+        Ok((next, at.unwrap_or_else(now_micros).max(last_ts)))
     }
 
     /// Stores encoded messages as log entries at the log's next offsets, all with one
@@ -586,11 +693,12 @@ impl Committer {
         log: ObjectId,
         partition: u32,
         records: Records,
+        at: Option<i64>,
         batch: &mut StagedBatch,
         staged: &mut Staged,
         group: &Staged,
     ) -> Result<(u64, i64)> {
-        let (first, ts) = self.next_position(log, partition, staged, group)?;
+        let (first, ts) = self.next_position(log, partition, at, staged, group)?;
         if records.is_empty() {
             return Ok((first, ts));
         }
@@ -611,12 +719,57 @@ impl Committer {
     }
 
     fn commit_catalog(&self, req: CommitRequest) {
-        let outcome = self.apply_catalog(&req.ops);
+        let c = &req.commit;
+        let outcome = match c.units.as_slice() {
+            [unit] => self.apply_catalog(unit, &c.raft, c.sync),
+            _ => Err(Error::InvalidValue(
+                "a catalog change must be its request's only unit".into(),
+            )),
+        };
         let _ = req.reply.send(outcome);
     }
 
-    fn apply_catalog(&self, ops: &[WriteOp]) -> Result<Vec<WriteResult>> {
+    fn apply_catalog(
+        &self,
+        ops: &[WriteOp],
+        raft: &[RaftWrite],
+        sync: bool,
+    ) -> Result<UnitResults> {
         let mut batch = WriteBatch::default();
+        let staged = self.stage_catalog(ops, &mut batch);
+        if staged.is_err() {
+            batch = WriteBatch::default();
+        }
+        let mut replaced = Staged::default();
+        self.apply_raft(raft, &mut batch, &mut replaced);
+        if !batch.is_empty() {
+            self.inner.db.write_opt(batch, &self.write_options(sync))?;
+        }
+        self.inner
+            .stats
+            .write_requests
+            .fetch_add(1, Ordering::Relaxed);
+        self.inner.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.publish(&replaced);
+        let staged = match staged {
+            Ok(s) => s,
+            Err(e) => return Ok(vec![Err(e)]),
+        };
+        self.inner
+            .next_object_id
+            .store(u64::from(staged.next_id), Ordering::Release);
+        for (name, id) in staged.dropped {
+            self.inner.catalog.remove(&name);
+            self.inner.partitions.write().retain(|(t, _), _| *t != id);
+        }
+        for def in staged.created {
+            self.inner.catalog.insert(def);
+        }
+        Ok(vec![Ok(staged.results)])
+    }
+
+    /// Stages catalog changes into `batch`; memory changes once the batch is written.
+    fn stage_catalog(&self, ops: &[WriteOp], batch: &mut WriteBatch) -> Result<CatalogChange> {
         let mut results = Vec::new();
         let mut created = Vec::new();
         let mut dropped = Vec::new();
@@ -713,23 +866,28 @@ impl Committer {
             META_NEXT_OBJECT_ID,
             next_id.to_be_bytes(),
         );
-        self.inner.db.write_opt(batch, &self.write_options())?;
-        self.inner
-            .stats
-            .write_requests
-            .fetch_add(1, Ordering::Relaxed);
-        self.inner.stats.commits.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .next_object_id
-            .store(u64::from(next_id), Ordering::Release);
-        for (name, id) in dropped {
-            self.inner.catalog.remove(&name);
-            self.inner.partitions.write().retain(|(t, _), _| *t != id);
-        }
-        for def in created {
-            self.inner.catalog.insert(def);
-        }
-        Ok(results)
+        Ok(CatalogChange {
+            results,
+            created,
+            dropped,
+            next_id,
+        })
+    }
+}
+
+/// A staged catalog change: results, and what memory learns once it is durable.
+struct CatalogChange {
+    results: Vec<WriteResult>,
+    created: Vec<ObjectDef>,
+    dropped: Vec<(String, ObjectId)>,
+    next_id: u32,
+}
+
+/// First key after every key of `group` in the raft column family.
+fn group_end(group: GroupId) -> Vec<u8> {
+    match group.checked_add(1) {
+        Some(g) => slot_key(g, 0).to_vec(),
+        None => vec![0xff; 18],
     }
 }
 

@@ -55,6 +55,9 @@ pub enum Error {
     /// A value does not fit the column's type (caught before it reaches the log).
     #[error("{0}")]
     InvalidValue(String),
+    /// A storage error on another node, by its message (forwarded writes).
+    #[error("{0}")]
+    Remote(String),
     /// The committer thread is gone (the store is shutting down).
     #[error("storage is shutting down")]
     ShuttingDown,

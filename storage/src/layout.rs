@@ -30,7 +30,14 @@ pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_ROWS: &str = "rows";
 pub(crate) const CF_SUBS: &str = "subs";
-pub(crate) const ALL_CFS: [&str; 5] = [CF_CATALOG, CF_META, CF_LOG, CF_ROWS, CF_SUBS];
+pub(crate) const ALL_CFS: [&str; 6] = [
+    CF_CATALOG,
+    CF_META,
+    CF_LOG,
+    CF_ROWS,
+    CF_SUBS,
+    crate::raft::CF_RAFT,
+];
 
 /// Key of a subscription partition's read position.
 pub(crate) fn sub_next_key(sub: ObjectId, partition: u32) -> [u8; 9] {
@@ -121,15 +128,16 @@ const ENTRY_HEADER: usize = 12;
 /// Built by the writer (a session), so encoding runs in parallel on many threads; the
 /// committer only stamps each entry's append time and count and stores it. [`Records::push`]
 /// checks every message against the topic's columns, so the committer trusts the bytes.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Records {
     entries: Vec<EntryBuf>,
     len: u64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 struct EntryBuf {
     /// Header placeholder, then the messages.
+    #[serde(with = "serde_bytes")]
     buf: Vec<u8>,
     count: u32,
 }

@@ -37,6 +37,7 @@ mod config;
 mod error;
 pub mod keys;
 pub mod layout;
+pub mod raft;
 mod store;
 mod value;
 
@@ -44,11 +45,11 @@ pub use catalog::{
     Catalog, ColumnDef, ObjectDef, ObjectId, Replication, SubscriptionDef, TableDef, TopicDef,
     DEFAULT_CHANGE_RETENTION_MS,
 };
-pub use commit::{OnConflict, SubChange, WriteOp, WriteResult};
+pub use commit::{Commit, OnConflict, SubChange, UnitResults, WriteOp, WriteResult};
 pub use config::StorageConfig;
 pub use error::{Error, Result};
 pub use layout::{LogRecord, Records};
-pub use store::{PartitionState, PartitionSubState, Store, StoreStats};
+pub use store::{PartitionState, PartitionSubState, Pending, Store, StoreStats};
 pub use value::{decode_row, encode_row, ColumnType, Value};
 
 /// The partition a message key maps to: FNV-1a (64-bit) of the key's UTF-8 bytes modulo the

@@ -15,13 +15,14 @@ use rocksdb::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::catalog::{Catalog, ObjectDef, ObjectId, SubscriptionDef, TableDef, TopicDef};
-use crate::commit::{spawn_committer, CommitRequest, WriteOp, WriteResult};
+use crate::commit::{spawn_committer, Commit, CommitRequest, UnitResults, WriteOp, WriteResult};
 use crate::config::StorageConfig;
 use crate::error::{Error, Result};
 use crate::layout::{
     entry_first_offset, log_key, log_start_key, row_key, sub_next_key, table_prefix, Entry,
     LogRecord, ALL_CFS, CF_CATALOG, CF_LOG, CF_META, CF_ROWS, CF_SUBS, META_NEXT_OBJECT_ID,
 };
+use crate::raft::{entry_index, entry_key, slot_key, GroupId, KeyRange, Space, CF_RAFT};
 use crate::value::{decode_row, ColumnType, Value};
 
 /// Positions of one topic partition. Only the committer advances them, after the data
@@ -130,6 +131,66 @@ impl Inner {
         self.db
             .cf_handle(name)
             .expect("column family created at open")
+    }
+
+    /// Reads the catalog into `catalog`; returns the next object id.
+    fn load_catalog(db: &DB, catalog: &Catalog) -> Result<u64> {
+        let cf = db
+            .cf_handle(CF_CATALOG)
+            .ok_or_else(|| Error::corrupt("catalog column family"))?;
+        let mut defs = Vec::new();
+        for item in db.iterator_cf(cf, IteratorMode::Start) {
+            let (_, v) = item?;
+            let def: ObjectDef = serde_json::from_slice(&v)
+                .map_err(|e| Error::corrupt(format!("catalog entry: {e}")))?;
+            defs.push(def);
+        }
+        catalog.replace_all(defs);
+        let cf = db
+            .cf_handle(CF_META)
+            .ok_or_else(|| Error::corrupt("meta column family"))?;
+        Ok(match db.get_cf(cf, META_NEXT_OBJECT_ID)? {
+            Some(v) => u64::from(u32::from_be_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| Error::corrupt("next id"))?,
+            )),
+            None => 1,
+        })
+    }
+
+    /// Reloads what memory holds of ranges a snapshot replaced: the catalog, and the
+    /// positions and tails of partitions (subscribers keep their handles and are woken).
+    pub(crate) fn reload(&self, ranges: &[KeyRange]) {
+        if ranges.iter().any(|r| r.space == Space::Catalog) {
+            match Self::load_catalog(&self.db, &self.catalog) {
+                Ok(next) => self.next_object_id.store(next, Ordering::Release),
+                Err(e) => tracing::error!(error = %e, "cannot reload the catalog"),
+            }
+        }
+        let parts: Vec<_> = self
+            .partitions
+            .read()
+            .iter()
+            .filter(|((t, p), _)| {
+                ranges
+                    .iter()
+                    .any(|r| r.space == Space::Log && r.contains(&log_start_key(*t, *p)))
+            })
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for ((t, p), state) in parts {
+            match self.load_partition_bounds(t, p) {
+                Ok((start, next, last_ts)) => {
+                    *state.tail.lock() = Tail::default();
+                    state.start_offset.store(start, Ordering::Release);
+                    state.last_ts.store(last_ts, Ordering::Release);
+                    state.next_offset.store(next, Ordering::Release);
+                    state.watermark.send_replace(next);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot reload partition {t}/{p}"),
+            }
+        }
     }
 
     /// The state of a partition, loaded from the log on first use.
@@ -249,6 +310,24 @@ fn collect(
     Ok(out.len() >= max || end >= to)
 }
 
+/// A queued [`Commit`]'s answer, to be awaited.
+#[derive(Debug)]
+pub struct Pending(oneshot::Receiver<Result<UnitResults>>);
+
+impl Pending {
+    /// Each unit's outcome, once the commit is written.
+    pub async fn wait(self) -> Result<UnitResults> {
+        self.0.await.map_err(|_| Error::ShuttingDown)?
+    }
+}
+
+/// The one unit's result of a single-unit commit.
+fn single(mut results: UnitResults) -> Result<Vec<WriteResult>> {
+    results
+        .pop()
+        .unwrap_or_else(|| Err(Error::InvalidValue("commit without a unit".into())))
+}
+
 /// The storage of one node: RocksDB plus the catalog and the group-commit writer.
 /// Cheap to clone; all clones share one database.
 #[derive(Clone)]
@@ -290,36 +369,13 @@ impl Store {
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         let catalog = Catalog::default();
-        {
-            let cf = db
-                .cf_handle(CF_CATALOG)
-                .ok_or_else(|| Error::corrupt("catalog column family"))?;
-            for item in db.iterator_cf(cf, IteratorMode::Start) {
-                let (_, v) = item?;
-                let def: ObjectDef = serde_json::from_slice(&v)
-                    .map_err(|e| Error::corrupt(format!("catalog entry: {e}")))?;
-                catalog.insert(def);
-            }
-        }
-        let next_id = {
-            let cf = db
-                .cf_handle(CF_META)
-                .ok_or_else(|| Error::corrupt("meta column family"))?;
-            match db.get_cf(cf, META_NEXT_OBJECT_ID)? {
-                Some(v) => u32::from_be_bytes(
-                    v.as_slice()
-                        .try_into()
-                        .map_err(|_| Error::corrupt("next id"))?,
-                ),
-                None => 1,
-            }
-        };
+        let next_id = Inner::load_catalog(&db, &catalog)?;
         let inner = Arc::new(Inner {
             stats: StoreStats::default(),
             db,
             catalog,
             partitions: RwLock::new(HashMap::new()),
-            next_object_id: AtomicU64::new(u64::from(next_id)),
+            next_object_id: AtomicU64::new(next_id),
             config: config.clone(),
         });
         let (tx, rx) = mpsc::channel(config.queue_depth);
@@ -346,21 +402,100 @@ impl Store {
     /// Applies `ops` atomically and durably (fsync'd, shared with concurrent writers) and
     /// returns one result per op. If any op fails, none of them is applied.
     pub async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>> {
-        let (reply, rx) = oneshot::channel();
-        let tx = self.writer.tx.read().clone().ok_or(Error::ShuttingDown)?;
-        tx.send(CommitRequest { ops, reply })
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
-        rx.await.map_err(|_| Error::ShuttingDown)?
+        single(self.commit(Commit::durable(ops)).await?)
     }
 
     /// [`Store::write`] for threads outside the async runtime.
     pub fn write_blocking(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>> {
         let (reply, rx) = oneshot::channel();
         let tx = self.writer.tx.read().clone().ok_or(Error::ShuttingDown)?;
-        tx.blocking_send(CommitRequest { ops, reply })
+        tx.blocking_send(CommitRequest {
+            commit: Commit::durable(ops),
+            reply,
+        })
+        .map_err(|_| Error::ShuttingDown)?;
+        single(rx.blocking_recv().map_err(|_| Error::ShuttingDown)??)
+    }
+
+    /// Hands a [`Commit`] to the committer and returns each unit's outcome; the outer
+    /// error means nothing was written (the batch failed, or the store is shutting down).
+    pub async fn commit(&self, commit: Commit) -> Result<UnitResults> {
+        self.submit(commit).await?.wait().await
+    }
+
+    /// Queues a [`Commit`] and returns once it is queued, so that commits submitted one
+    /// after another are applied in that order (and likely in one batch).
+    pub async fn submit(&self, commit: Commit) -> Result<Pending> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.writer.tx.read().clone().ok_or(Error::ShuttingDown)?;
+        tx.send(CommitRequest { commit, reply })
+            .await
             .map_err(|_| Error::ShuttingDown)?;
-        rx.blocking_recv().map_err(|_| Error::ShuttingDown)?
+        Ok(Pending(rx))
+    }
+
+    /// A Raft group's slot value.
+    pub fn raft_slot(&self, group: GroupId, slot: u8) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .inner
+            .db
+            .get_cf(self.inner.cf(CF_RAFT), slot_key(group, slot))?)
+    }
+
+    /// A Raft group's log entries with indexes in `[from, to)`, in order.
+    pub fn raft_entries(&self, group: GroupId, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        if from >= to {
+            return Ok(out);
+        }
+        let mut it = self.inner.db.raw_iterator_cf(self.inner.cf(CF_RAFT));
+        it.seek(entry_key(group, from));
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            match entry_index(k, group) {
+                Some(i) if i < to => out.push((i, v.to_vec())),
+                _ => break,
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// A Raft group's newest log entry.
+    pub fn raft_last_entry(&self, group: GroupId) -> Result<Option<(u64, Vec<u8>)>> {
+        let mut it = self.inner.db.raw_iterator_cf(self.inner.cf(CF_RAFT));
+        it.seek_for_prev(entry_key(group, u64::MAX));
+        let found = match (it.key(), it.value()) {
+            (Some(k), Some(v)) => entry_index(k, group).map(|i| (i, v.to_vec())),
+            _ => None,
+        };
+        it.status()?;
+        Ok(found)
+    }
+
+    /// Every key and value in `ranges`, read from one consistent RocksDB snapshot (a Raft
+    /// snapshot's data).
+    pub fn read_ranges(&self, ranges: &[KeyRange]) -> Result<Vec<(Space, Vec<u8>, Vec<u8>)>> {
+        let snap = self.inner.db.snapshot();
+        let mut out = Vec::new();
+        for r in ranges {
+            let mut ro = ReadOptions::default();
+            ro.set_snapshot(&snap);
+            let mut it = self
+                .inner
+                .db
+                .raw_iterator_cf_opt(self.inner.cf(r.space.cf()), ro);
+            it.seek(&r.from);
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                if !r.contains(k) {
+                    break;
+                }
+                out.push((r.space, k.to_vec(), v.to_vec()));
+                it.next();
+            }
+            it.status()?;
+        }
+        Ok(out)
     }
 
     /// Stops accepting writes, lets the committer finish what is queued, and syncs the WAL.

@@ -59,7 +59,7 @@ impl ColumnType {
 }
 
 /// One value of a column.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Value {
     /// SQL NULL.
     Null,
@@ -78,7 +78,7 @@ pub enum Value {
     /// TEXT
     Text(String),
     /// BYTEA
-    Bytea(Vec<u8>),
+    Bytea(#[serde(with = "serde_bytes")] Vec<u8>),
     /// TIMESTAMP, microseconds since the epoch.
     Timestamp(i64),
     /// TIMESTAMPTZ, microseconds since the epoch (UTC).

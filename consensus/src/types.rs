@@ -1,0 +1,189 @@
+//! What travels through Raft: the type configuration, requests, responses, nodes.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use eddy_storage::{Error, ObjectDef, WriteOp, WriteResult};
+use serde::{Deserialize, Serialize};
+
+/// A node's id (nonzero; 0 is never a node).
+pub type NodeId = u64;
+
+/// What the cluster knows of a node: where to reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The Postgres address clients connect to.
+    pub pg_addr: String,
+    /// The internal RPC address other nodes connect to.
+    pub cluster_addr: String,
+}
+
+impl std::fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (pg {})", self.cluster_addr, self.pg_addr)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// eddy's openraft type configuration.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = NodeInfo,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A log entry of eddy's Raft groups.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// A log id.
+pub type LogId = openraft::LogId<NodeId>;
+/// Membership as stored with the state machine.
+pub type StoredMembership = openraft::StoredMembership<NodeId, NodeInfo>;
+/// A snapshot.
+pub type Snapshot = openraft::storage::Snapshot<TypeConfig>;
+/// A snapshot's metadata.
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeInfo>;
+/// openraft's storage error.
+pub type StorageError = openraft::StorageError<NodeId>;
+/// A Raft instance of one group.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// A proposal: what a Raft entry asks the state machine to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Changes to the group's data; each unit applies all or nothing. `at` is the
+    /// leader's clock when it proposed them, the append time every replica uses.
+    Write {
+        /// The units.
+        units: Vec<Vec<WriteOp>>,
+        /// Append time, microseconds since the epoch.
+        at: i64,
+    },
+}
+
+/// What applying an entry produced: one outcome per unit (empty for entries that are
+/// not writes).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// Per unit: its results, or why it failed (then nothing of it was applied).
+    pub units: Vec<Result<Vec<Outcome>, WireError>>,
+}
+
+/// [`WriteResult`] as it travels between nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// See [`WriteResult::Appended`].
+    Appended {
+        /// Partition.
+        partition: u32,
+        /// First offset.
+        first_offset: u64,
+        /// Append time.
+        ts_micros: i64,
+    },
+    /// See [`WriteResult::Rows`].
+    Rows(u64),
+    /// See [`WriteResult::Created`].
+    Created(ObjectDef),
+    /// See [`WriteResult::Done`].
+    Done,
+}
+
+impl From<WriteResult> for Outcome {
+    fn from(r: WriteResult) -> Self {
+        match r {
+            WriteResult::Appended {
+                partition,
+                first_offset,
+                ts_micros,
+            } => Outcome::Appended {
+                partition,
+                first_offset,
+                ts_micros,
+            },
+            WriteResult::Rows(n) => Outcome::Rows(n),
+            WriteResult::Created(def) => Outcome::Created((*def).clone()),
+            WriteResult::Done => Outcome::Done,
+        }
+    }
+}
+
+impl From<Outcome> for WriteResult {
+    fn from(o: Outcome) -> Self {
+        match o {
+            Outcome::Appended {
+                partition,
+                first_offset,
+                ts_micros,
+            } => WriteResult::Appended {
+                partition,
+                first_offset,
+                ts_micros,
+            },
+            Outcome::Rows(n) => WriteResult::Rows(n),
+            Outcome::Created(def) => WriteResult::Created(Arc::new(def)),
+            Outcome::Done => WriteResult::Done,
+        }
+    }
+}
+
+/// A storage [`Error`] as it travels between nodes: the variants a client can act on
+/// keep their shape, the rest keep their message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireError {
+    /// [`Error::ObjectNotFound`].
+    NotFound(String),
+    /// [`Error::ObjectExists`].
+    Exists(String),
+    /// [`Error::DuplicateKey`].
+    DuplicateKey(String),
+    /// [`Error::NoSuchPartition`].
+    NoSuchPartition(String, u32),
+    /// [`Error::DependentObjects`].
+    Dependent(String, String),
+    /// [`Error::NotNull`].
+    NotNull(String),
+    /// [`Error::InvalidValue`].
+    Invalid(String),
+    /// Anything else, by its message.
+    Other(String),
+}
+
+impl From<&Error> for WireError {
+    fn from(e: &Error) -> Self {
+        match e {
+            Error::ObjectNotFound { name } => WireError::NotFound(name.clone()),
+            Error::ObjectExists { name } => WireError::Exists(name.clone()),
+            Error::DuplicateKey { table } => WireError::DuplicateKey(table.clone()),
+            Error::NoSuchPartition { topic, partition } => {
+                WireError::NoSuchPartition(topic.clone(), *partition)
+            }
+            Error::DependentObjects { name, dependent } => {
+                WireError::Dependent(name.clone(), dependent.clone())
+            }
+            Error::NotNull { column } => WireError::NotNull(column.clone()),
+            Error::InvalidValue(m) => WireError::Invalid(m.clone()),
+            other => WireError::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<WireError> for Error {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::NotFound(name) => Error::ObjectNotFound { name },
+            WireError::Exists(name) => Error::ObjectExists { name },
+            WireError::DuplicateKey(table) => Error::DuplicateKey { table },
+            WireError::NoSuchPartition(topic, partition) => {
+                Error::NoSuchPartition { topic, partition }
+            }
+            WireError::Dependent(name, dependent) => Error::DependentObjects { name, dependent },
+            WireError::NotNull(column) => Error::NotNull { column },
+            WireError::Invalid(m) => Error::InvalidValue(m),
+            WireError::Other(m) => Error::Remote(m),
+        }
+    }
+}
