@@ -148,6 +148,7 @@ fn topic_def() -> TopicDef {
         retention_ms: None,
         replication: Replication::Raft,
         replicas: None,
+        placement: Vec::new(),
     }
 }
 

@@ -60,6 +60,8 @@ pub mod sqlstate {
     pub const DEPENDENT_OBJECTS: &str = "2BP01";
     /// internal_error
     pub const INTERNAL_ERROR: &str = "XX000";
+    /// serialization_failure: the write could not be ordered now (no Raft leader); retry.
+    pub const SERIALIZATION_FAILURE: &str = "40001";
     /// data_corrupted
     pub const DATA_CORRUPTED: &str = "XX001";
 }
@@ -111,6 +113,7 @@ fn classify_storage(e: &StorageError) -> (&'static str, String) {
         StorageError::NoSuchPartition { .. } | StorageError::InvalidValue(_) => INVALID_PARAMETER,
         StorageError::ShuttingDown => ADMIN_SHUTDOWN,
         StorageError::Remote(_) => INTERNAL_ERROR,
+        StorageError::Unavailable(_) => SERIALIZATION_FAILURE,
         StorageError::DependentObjects { .. } => DEPENDENT_OBJECTS,
         StorageError::Engine(inner) => {
             tracing::error!(error = %inner, "storage engine error");

@@ -2,12 +2,22 @@
 //!
 //! - [`types`] — the openraft type configuration and what travels through Raft.
 //! - [`storage`] — openraft's log storage and state machine over eddy's store.
+//! - [`network`] — the internal RPC: framed TCP between nodes, many groups per connection.
+//! - [`cluster`] — a node's groups, the write path (batching, forwarding), joins.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod cluster;
+pub mod network;
 pub mod storage;
 pub mod types;
 
+pub use cluster::{group_of, Cluster, ClusterConfig, METADATA_GROUP};
+pub use network::Faults;
 pub use storage::{LogStore, StateMachine};
 pub use types::{NodeId, NodeInfo, Request, Response, TypeConfig};
 
+#[cfg(test)]
+mod cluster_tests;
 #[cfg(test)]
 mod storage_tests;

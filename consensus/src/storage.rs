@@ -6,6 +6,9 @@
 //! (the Raft log is the durable copy; after a crash the batch is either there with its
 //! marker or absent with it, and the log replays it).
 
+// openraft's traits fix the error type (`StorageError`, large); helpers return it too.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::{self, Cursor};
 use std::ops::{Bound, RangeBounds};

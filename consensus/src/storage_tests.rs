@@ -36,6 +36,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, Guard> for Builder {
 }
 
 #[test]
-fn openraft_storage_suite_passes() -> Result<(), StorageError> {
-    Suite::test_all(Builder)
+fn openraft_storage_suite_passes() {
+    if let Err(e) = Suite::test_all(Builder) {
+        panic!("openraft storage suite: {e}");
+    }
 }

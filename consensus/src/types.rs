@@ -87,7 +87,7 @@ pub enum Outcome {
     /// See [`WriteResult::Rows`].
     Rows(u64),
     /// See [`WriteResult::Created`].
-    Created(ObjectDef),
+    Created(#[serde(with = "eddy_storage::def_as_json")] ObjectDef),
     /// See [`WriteResult::Done`].
     Done,
 }
@@ -185,5 +185,85 @@ impl From<WireError> for Error {
             WireError::Invalid(m) => Error::InvalidValue(m),
             WireError::Other(m) => Error::Remote(m),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use eddy_storage::*;
+
+    use super::*;
+
+    /// Every kind of op survives the Raft entry encoding (postcard), including catalog
+    /// definitions, which travel as JSON inside it.
+    #[test]
+    fn every_write_op_round_trips_through_the_entry_encoding() {
+        let topic = ObjectDef::Topic(TopicDef {
+            id: 3,
+            name: "t".into(),
+            columns: vec![ColumnDef {
+                name: "payload".into(),
+                ty: ColumnType::Bytea,
+                nullable: true,
+            }],
+            partitions: 2,
+            retention_ms: Some(5),
+            replication: Replication::Raft,
+            replicas: Some(3),
+            placement: vec![vec![1, 2, 3], vec![2, 3, 1]],
+        });
+        let mut records = Records::new();
+        records
+            .push(
+                &[ColumnDef {
+                    name: "payload".into(),
+                    ty: ColumnType::Bytea,
+                    nullable: true,
+                }],
+                Some("k"),
+                &[Value::Bytea(vec![0, 1, 255])],
+            )
+            .unwrap();
+        let ops = vec![
+            WriteOp::Create(topic.clone()),
+            WriteOp::Alter(topic.clone()),
+            WriteOp::Drop { name: "t".into() },
+            WriteOp::Append {
+                topic: 3,
+                partition: 1,
+                records,
+            },
+            WriteOp::Insert {
+                table: 4,
+                rows: vec![vec![Value::Int64(1), Value::Null, Value::Float64(0.5)]],
+                on_conflict: OnConflict::Replace,
+            },
+            WriteOp::Delete {
+                table: 4,
+                keys: vec![vec![Value::Text("x".into())]],
+            },
+            WriteOp::SubState {
+                sub: 9,
+                changes: vec![SubChange::Next {
+                    partition: 0,
+                    next: 7,
+                }],
+            },
+        ];
+        let req = Request::Write {
+            units: vec![ops],
+            at: 42,
+        };
+        let bytes = postcard::to_stdvec(&req).unwrap();
+        let back: Request = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, req);
+        let resp = Response {
+            units: vec![
+                Ok(vec![Outcome::Created(topic), Outcome::Rows(2)]),
+                Err(WireError::DuplicateKey("t".into())),
+            ],
+        };
+        let back: Response = postcard::from_bytes(&postcard::to_stdvec(&resp).unwrap()).unwrap();
+        assert_eq!(back, resp);
     }
 }

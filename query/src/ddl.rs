@@ -119,6 +119,7 @@ impl Engine {
             retention_ms: None,
             replication: Replication::Raft,
             replicas: None,
+            placement: Vec::new(),
         };
         for (k, v) in options_map(options)? {
             match k.as_str() {
@@ -298,6 +299,7 @@ impl Engine {
             primary_key,
             replication,
             change_retention_ms,
+            placement: Vec::new(),
         };
         self.create_object(ObjectDef::Table(def), ct.if_not_exists)
             .await?;

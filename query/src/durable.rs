@@ -234,6 +234,7 @@ impl Engine {
             retention_ms: None,
             replication: Replication::Raft,
             replicas: None,
+            placement: Vec::new(),
         };
         let created = self
             .store()

@@ -62,6 +62,10 @@ pub struct TopicDef {
     pub replication: Replication,
     /// Requested replica count (`None` = cluster default).
     pub replicas: Option<u32>,
+    /// The nodes holding each partition's Raft group, preferred leader first; decided
+    /// when the topic is created in a cluster (empty: this node alone).
+    #[serde(default)]
+    pub placement: Vec<Vec<u64>>,
 }
 
 /// Rows with a primary key.
@@ -81,6 +85,9 @@ pub struct TableDef {
     /// `None` keeps them forever.
     #[serde(default = "default_change_retention")]
     pub change_retention_ms: Option<u64>,
+    /// The nodes holding the table's Raft group (one list, like a one-partition topic's).
+    #[serde(default)]
+    pub placement: Vec<Vec<u64>>,
 }
 
 /// How long a table's change log is kept unless the table says otherwise: one day.
@@ -107,6 +114,7 @@ impl TableDef {
             retention_ms: self.change_retention_ms,
             replication: self.replication,
             replicas: None,
+            placement: self.placement.clone(),
         }
     }
 }
@@ -249,5 +257,26 @@ impl Catalog {
 
     pub(crate) fn remove(&self, name: &str) -> Option<Arc<ObjectDef>> {
         self.by_name.write().remove(name)
+    }
+}
+
+/// Serde adapter that carries an [`ObjectDef`] as JSON text inside other formats: the
+/// definition is an internally tagged enum, which compact binary formats (postcard, in
+/// Raft entries) cannot decode. `#[serde(with = "eddy_storage::def_as_json")]`.
+pub mod def_as_json {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::ObjectDef;
+
+    /// Serializes as a JSON string.
+    pub fn serialize<S: Serializer>(def: &ObjectDef, s: S) -> Result<S::Ok, S::Error> {
+        let json = serde_json::to_string(def).map_err(serde::ser::Error::custom)?;
+        json.serialize(s)
+    }
+
+    /// Deserializes from a JSON string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectDef, D::Error> {
+        let json = String::deserialize(d)?;
+        serde_json::from_str(&json).map_err(serde::de::Error::custom)
     }
 }

@@ -80,9 +80,9 @@ pub enum WriteOp {
         keys: Vec<Vec<Value>>,
     },
     /// Create a topic or table (its id is assigned here).
-    Create(ObjectDef),
+    Create(#[serde(with = "crate::catalog::def_as_json")] ObjectDef),
     /// Replace an existing object's definition (same id and name), e.g. a new retention.
-    Alter(ObjectDef),
+    Alter(#[serde(with = "crate::catalog::def_as_json")] ObjectDef),
     /// Drop an object and all its data.
     Drop {
         /// Object name.
@@ -275,6 +275,8 @@ struct Staged {
     appended: HashMap<(ObjectId, u32), Vec<TailEntry>>,
     /// Ranges a snapshot replaced: memory reloads them.
     replaced: Vec<KeyRange>,
+    /// The unit's append time chosen by a Raft leader (a unit's layer only).
+    at: Option<i64>,
 }
 
 impl Staged {
@@ -339,8 +341,11 @@ impl Committer {
                 // Each unit applies all-or-nothing: it stages into its own layer on top of
                 // the group's, and the layer joins the group only if every op succeeded.
                 let mut items = StagedBatch::default();
-                let mut layer = Staged::default();
-                match self.apply_data(unit, at, &mut items, &mut layer, &staged) {
+                let mut layer = Staged {
+                    at,
+                    ..Staged::default()
+                };
+                match self.apply_data(unit, &mut items, &mut layer, &staged) {
                     Ok(r) => {
                         self.add_items(&mut batch, items);
                         staged.merge(layer);
@@ -467,7 +472,6 @@ impl Committer {
     fn apply_data(
         &self,
         ops: &mut [WriteOp],
-        at: Option<i64>,
         batch: &mut StagedBatch,
         staged: &mut Staged,
         group: &Staged,
@@ -504,7 +508,6 @@ impl Committer {
                         *topic,
                         *partition,
                         std::mem::take(records),
-                        at,
                         batch,
                         staged,
                         group,
@@ -547,7 +550,7 @@ impl Committer {
                         staged.rows.insert(key, Some(buf.clone()));
                         written += 1;
                     }
-                    self.append_entries(def.id, 0, changes, at, batch, staged, group)?;
+                    self.append_entries(def.id, 0, changes, batch, staged, group)?;
                     WriteResult::Rows(written)
                 }
                 WriteOp::Delete { table, keys } => {
@@ -563,7 +566,7 @@ impl Committer {
                             deleted += 1;
                         }
                     }
-                    self.append_entries(def.id, 0, changes, at, batch, staged, group)?;
+                    self.append_entries(def.id, 0, changes, batch, staged, group)?;
                     WriteResult::Rows(deleted)
                 }
                 WriteOp::SubState { sub, changes } => {
@@ -605,7 +608,7 @@ impl Committer {
                     // Entries wholly below `before` go; one that straddles it stays, and
                     // the start key hides its older messages.
                     let p = self.inner.partition(*topic, *partition)?;
-                    let (next, _) = self.next_position(*topic, *partition, at, staged, group)?;
+                    let (next, _) = self.next_position(*topic, *partition, staged, group)?;
                     let before = (*before).clamp(p.start_offset(), next);
                     let mut it = self.inner.db.raw_iterator_cf(self.inner.cf(CF_LOG));
                     let cut = match self.inner.seek_entry(&mut it, *topic, *partition, before)? {
@@ -670,7 +673,6 @@ impl Committer {
         &self,
         log: ObjectId,
         partition: u32,
-        at: Option<i64>,
         staged: &Staged,
         group: &Staged,
     ) -> Result<(u64, i64)> {
@@ -682,7 +684,7 @@ impl Committer {
                 (p.next_offset(), p.last_ts.load(Ordering::Acquire))
             }
         };
-        Ok((next, at.unwrap_or_else(now_micros).max(last_ts)))
+        Ok((next, staged.at.unwrap_or_else(now_micros).max(last_ts)))
     }
 
     /// Stores encoded messages as log entries at the log's next offsets, all with one
@@ -693,12 +695,11 @@ impl Committer {
         log: ObjectId,
         partition: u32,
         records: Records,
-        at: Option<i64>,
         batch: &mut StagedBatch,
         staged: &mut Staged,
         group: &Staged,
     ) -> Result<(u64, i64)> {
-        let (first, ts) = self.next_position(log, partition, at, staged, group)?;
+        let (first, ts) = self.next_position(log, partition, staged, group)?;
         if records.is_empty() {
             return Ok((first, ts));
         }

@@ -55,6 +55,9 @@ pub enum Error {
     /// A value does not fit the column's type (caught before it reaches the log).
     #[error("{0}")]
     InvalidValue(String),
+    /// A Raft group cannot take the write now (no leader, no quorum); retrying can work.
+    #[error("{0}")]
+    Unavailable(String),
     /// A storage error on another node, by its message (forwarded writes).
     #[error("{0}")]
     Remote(String),

@@ -19,7 +19,7 @@
 //! let store = Store::open(dir.path(), StorageConfig::default())?;
 //! let def = ObjectDef::Topic(TopicDef {
 //!     id: 0, name: "events".into(), partitions: 1, retention_ms: None,
-//!     replication: Replication::Raft, replicas: None,
+//!     replication: Replication::Raft, replicas: None, placement: vec![],
 //!     columns: vec![ColumnDef { name: "payload".into(), ty: ColumnType::Text, nullable: true }],
 //! });
 //! let created = store.write(vec![WriteOp::Create(def)]).await?;
@@ -42,8 +42,8 @@ mod store;
 mod value;
 
 pub use catalog::{
-    Catalog, ColumnDef, ObjectDef, ObjectId, Replication, SubscriptionDef, TableDef, TopicDef,
-    DEFAULT_CHANGE_RETENTION_MS,
+    def_as_json, Catalog, ColumnDef, ObjectDef, ObjectId, Replication, SubscriptionDef, TableDef,
+    TopicDef, DEFAULT_CHANGE_RETENTION_MS,
 };
 pub use commit::{Commit, OnConflict, SubChange, UnitResults, WriteOp, WriteResult};
 pub use config::StorageConfig;

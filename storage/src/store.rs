@@ -310,6 +310,9 @@ fn collect(
     Ok(out.len() >= max || end >= to)
 }
 
+/// One key of a snapshot: its column family, key and value.
+pub type RangeItem = (Space, Vec<u8>, Vec<u8>);
+
 /// A queued [`Commit`]'s answer, to be awaited.
 #[derive(Debug)]
 pub struct Pending(oneshot::Receiver<Result<UnitResults>>);
@@ -475,7 +478,7 @@ impl Store {
 
     /// Every key and value in `ranges`, read from one consistent RocksDB snapshot (a Raft
     /// snapshot's data).
-    pub fn read_ranges(&self, ranges: &[KeyRange]) -> Result<Vec<(Space, Vec<u8>, Vec<u8>)>> {
+    pub fn read_ranges(&self, ranges: &[KeyRange]) -> Result<Vec<RangeItem>> {
         let snap = self.inner.db.snapshot();
         let mut out = Vec::new();
         for r in ranges {

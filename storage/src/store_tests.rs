@@ -17,6 +17,7 @@ fn topic(name: &str, partitions: u32) -> ObjectDef {
         retention_ms: None,
         replication: Replication::Raft,
         replicas: None,
+        placement: Vec::new(),
     })
 }
 
@@ -39,6 +40,7 @@ fn table(name: &str) -> ObjectDef {
         primary_key: vec![0],
         replication: Replication::Gossip,
         change_retention_ms: None,
+        placement: Vec::new(),
     })
 }
 

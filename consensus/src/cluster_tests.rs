@@ -1,0 +1,256 @@
+//! In-process clusters: real stores, real TCP between nodes on loopback.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eddy_storage::{
+    ColumnDef, ColumnType, ObjectDef, Records, Replication, StorageConfig, Store, TopicDef, Value,
+    WriteOp, WriteResult,
+};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+use crate::{group_of, Cluster, ClusterConfig, Faults, NodeInfo};
+
+struct TestNode {
+    cluster: Cluster,
+    faults: Arc<Faults>,
+    addr: String,
+    _dir: TempDir,
+}
+
+async fn start_node(id: u64, join: Option<&str>) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let mut config = ClusterConfig::new(
+        id,
+        NodeInfo {
+            pg_addr: format!("pg-{id}"),
+            cluster_addr: addr.clone(),
+        },
+    );
+    config.join = join.map(str::to_owned);
+    let faults = Arc::new(Faults::default());
+    let cluster = Cluster::start(store, config, listener, faults.clone())
+        .await
+        .unwrap();
+    TestNode {
+        cluster,
+        faults,
+        addr,
+        _dir: dir,
+    }
+}
+
+/// Polls `cond` until it holds; panics with `what` after 20 s.
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn three_nodes() -> Vec<TestNode> {
+    let n1 = start_node(1, None).await;
+    let seed = n1.addr.clone();
+    let n2 = start_node(2, Some(&seed)).await;
+    let n3 = start_node(3, Some(&seed)).await;
+    let nodes = vec![n1, n2, n3];
+    wait_for("every node to see three members", || {
+        nodes.iter().all(|n| n.cluster.nodes().len() == 3)
+    })
+    .await;
+    nodes
+}
+
+fn topic_def(name: &str, partitions: u32) -> ObjectDef {
+    ObjectDef::Topic(TopicDef {
+        id: 0,
+        name: name.into(),
+        columns: vec![ColumnDef {
+            name: "payload".into(),
+            ty: ColumnType::Text,
+            nullable: true,
+        }],
+        partitions,
+        retention_ms: None,
+        replication: Replication::Raft,
+        replicas: None,
+        placement: Vec::new(),
+    })
+}
+
+fn texts(payloads: &[String]) -> Records {
+    let columns = [ColumnDef {
+        name: "payload".into(),
+        ty: ColumnType::Text,
+        nullable: true,
+    }];
+    let mut r = Records::new();
+    for p in payloads {
+        r.push(&columns, None, &[Value::Text(p.clone())]).unwrap();
+    }
+    r
+}
+
+fn leader(node: &TestNode, group: u64) -> Option<u64> {
+    node.cluster
+        .raft(group)
+        .and_then(|r| r.metrics().borrow().current_leader)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_partitions_with_spread_leaders_and_forwarded_writes() {
+    let nodes = three_nodes().await;
+    // DDL on node 3 goes through the metadata leader, wherever it is.
+    let created = nodes[2]
+        .cluster
+        .write(vec![WriteOp::Create(topic_def("orders", 3))])
+        .await
+        .unwrap();
+    let WriteResult::Created(def) = &created[0] else {
+        panic!("unexpected {created:?}")
+    };
+    let ObjectDef::Topic(topic) = &**def else {
+        panic!("not a topic")
+    };
+    assert_eq!(topic.placement.len(), 3);
+    let id = topic.id;
+    let groups: Vec<u64> = (0..3).map(|p| group_of(id, p)).collect();
+    wait_for(
+        "every partition group to have a leader on every node",
+        || {
+            nodes
+                .iter()
+                .all(|n| groups.iter().all(|g| leader(n, *g).is_some()))
+        },
+    )
+    .await;
+    let leaders: BTreeSet<u64> = groups
+        .iter()
+        .filter_map(|g| leader(&nodes[0], *g))
+        .collect();
+    assert_eq!(
+        leaders.len(),
+        3,
+        "each node leads one partition: {leaders:?}"
+    );
+
+    // Writes from every node, to every partition: forwarded to each partition's leader.
+    for (i, n) in nodes.iter().enumerate() {
+        for p in 0..3u32 {
+            let payloads = vec![format!("n{i}-p{p}-a"), format!("n{i}-p{p}-b")];
+            let r = n
+                .cluster
+                .write(vec![WriteOp::Append {
+                    topic: id,
+                    partition: p,
+                    records: texts(&payloads),
+                }])
+                .await
+                .unwrap();
+            let WriteResult::Appended { first_offset, .. } = r[0] else {
+                panic!("unexpected {r:?}")
+            };
+            assert_eq!(
+                first_offset,
+                2 * i as u64,
+                "offsets follow the order of commits"
+            );
+        }
+    }
+    // A strong read on each node sees all six messages of each partition, in the same order.
+    let mut seen = Vec::new();
+    for n in &nodes {
+        let store = n.cluster.store();
+        let Some(def) = store.catalog().topic("orders") else {
+            panic!("catalog replicated")
+        };
+        let ObjectDef::Topic(t) = &*def else { panic!() };
+        let mut per_node = Vec::new();
+        for p in 0..3u32 {
+            n.cluster.read_barrier(group_of(id, p)).await.unwrap();
+            let rows = store.read_log(t, p, 0, u64::MAX, 100).unwrap();
+            per_node.push(
+                rows.iter()
+                    .map(|(o, r)| (*o, r.ts_micros, r.values[0].clone()))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        assert!(per_node.iter().all(|rows| rows.len() == 6), "{per_node:?}");
+        seen.push(per_node);
+    }
+    assert_eq!(seen[0], seen[1], "replicas agree, append times included");
+    assert_eq!(seen[0], seen[2]);
+    for n in &nodes {
+        n.cluster.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_node_refuses_writes_with_a_retryable_error_and_the_majority_goes_on() {
+    let nodes = three_nodes().await;
+    nodes[0]
+        .cluster
+        .write(vec![WriteOp::Create(topic_def("events", 1))])
+        .await
+        .unwrap();
+    let def = nodes[0].cluster.store().catalog().topic("events").unwrap();
+    let group = group_of(def.id(), 0);
+    wait_for("a leader known on every node", || {
+        nodes.iter().all(|n| leader(n, group).is_some())
+    })
+    .await;
+    // Cut node 3 off in both directions.
+    for n in &nodes[..2] {
+        n.faults.set_cut(3, true);
+    }
+    nodes[2].faults.set_cut(1, true);
+    nodes[2].faults.set_cut(2, true);
+    let append = |n: &TestNode, what: &str| {
+        let op = WriteOp::Append {
+            topic: def.id(),
+            partition: 0,
+            records: texts(&[what.to_owned()]),
+        };
+        let c = n.cluster.clone();
+        async move { c.write(vec![op]).await }
+    };
+    let refused = append(&nodes[2], "minority").await;
+    match refused {
+        Err(eddy_storage::Error::Unavailable(m)) => assert!(m.contains("retry"), "{m}"),
+        other => panic!("the minority accepted a write: {other:?}"),
+    }
+    assert!(
+        nodes[2]
+            .faults
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "the cut dropped calls"
+    );
+    // The majority elects a leader among itself if needed and keeps writing.
+    append(&nodes[0], "majority").await.unwrap();
+    // Healed, node 3 catches up with what the majority wrote.
+    for n in &nodes {
+        for peer in 1..=3 {
+            n.faults.set_cut(peer, false);
+        }
+    }
+    nodes[2].cluster.read_barrier(group).await.unwrap();
+    let ObjectDef::Topic(t) = &*def else { panic!() };
+    let rows = nodes[2]
+        .cluster
+        .store()
+        .read_log(t, 0, 0, u64::MAX, 10)
+        .unwrap();
+    let values: Vec<_> = rows.iter().map(|(_, r)| r.values[0].clone()).collect();
+    assert_eq!(values, vec![Value::Text("majority".into())]);
+    for n in &nodes {
+        n.cluster.shutdown().await;
+    }
+}

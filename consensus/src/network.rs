@@ -1,0 +1,463 @@
+//! The internal RPC between nodes: one TCP connection per pair of nodes and direction,
+//! length-delimited frames of postcard, many Raft groups and calls in flight on each.
+//!
+//! ```text
+//!  caller ──► Peer (lazy connect) ── frame {id, Call} ──► server task ──► Handler
+//!         ◄── pending[id] oneshot ◄── frame {id, Reply} ◄── (one task per call)
+//! ```
+//!
+//! A broken connection fails every call in flight on it (`Network`), and the next call
+//! connects again; a refused connection is `Unreachable`, which makes openraft back off.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use eddy_storage::raft::GroupId;
+use eddy_storage::WriteOp;
+
+use crate::types::{LogId, NodeId, NodeInfo, Response, TypeConfig};
+
+/// Largest frame accepted (a snapshot chunk or a batch of entries fits well below it).
+const MAX_FRAME: usize = 256 << 20;
+
+/// A call from one node to another.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Call {
+    /// openraft's log replication.
+    Append(GroupId, AppendEntriesRequest<TypeConfig>),
+    /// openraft's election.
+    Vote(GroupId, VoteRequest<NodeId>),
+    /// openraft's snapshot transfer, one chunk.
+    Snapshot(GroupId, InstallSnapshotRequest<TypeConfig>),
+    /// Writes for a group this node leads, sent by a node that does not.
+    Forward(GroupId, Vec<Vec<WriteOp>>),
+    /// A linearizable read barrier: the leader's commit index once it knows it still leads.
+    ReadIndex(GroupId),
+    /// A new node asks to join the cluster.
+    Join(NodeId, NodeInfo),
+}
+
+/// Why a forwarded call failed on the node that received it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum CallError {
+    /// The receiving node does not run this group (yet).
+    #[error("group {0} is not on this node")]
+    NoGroup(GroupId),
+    /// No leader is known, or it is not reachable; retrying later can succeed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The request was refused for good.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The answer to a [`Call`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// To [`Call::Append`].
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// To [`Call::Vote`].
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// To [`Call::Snapshot`].
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// To [`Call::Forward`].
+    Forward(Result<Response, CallError>),
+    /// To [`Call::ReadIndex`].
+    ReadIndex(Result<Option<LogId>, CallError>),
+    /// To [`Call::Join`]: the cluster's members once the node is in.
+    Join(Result<(), CallError>),
+    /// The group named in the call is not running on this node.
+    NoGroup,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Frame {
+    Call(u64, Call),
+    Reply(u64, Reply),
+}
+
+/// Answers calls that arrive at this node.
+pub type Handler = Arc<dyn Fn(Call) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync>;
+
+/// How a call failed on the way.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// No connection could be made.
+    #[error("node {0} unreachable: {1}")]
+    Unreachable(NodeId, String),
+    /// The connection broke or the call timed out.
+    #[error("call to node {0} failed: {1}")]
+    Network(NodeId, String),
+}
+
+/// Fault injection for tests: calls to and from these nodes are dropped, as if the
+/// network between them were cut.
+#[derive(Debug, Default)]
+pub struct Faults {
+    cut: RwLock<HashSet<NodeId>>,
+    /// Calls dropped because of a cut (so a test can prove the fault took effect).
+    pub dropped: AtomicU64,
+}
+
+impl Faults {
+    /// Cuts or heals the link to `node`.
+    pub fn set_cut(&self, node: NodeId, cut: bool) {
+        let mut c = self.cut.write();
+        if cut {
+            c.insert(node);
+        } else {
+            c.remove(&node);
+        }
+    }
+
+    /// The nodes this one is cut off from.
+    pub fn cut(&self) -> Vec<NodeId> {
+        let mut v: Vec<_> = self.cut.read().iter().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn blocks(&self, node: NodeId) -> bool {
+        let blocked = self.cut.read().contains(&node);
+        if blocked {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        blocked
+    }
+}
+
+/// Outgoing connections of this node, one per peer.
+pub struct Peers {
+    me: NodeId,
+    conns: Mutex<HashMap<NodeId, Arc<Conn>>>,
+    /// Network faults injected by tests.
+    pub faults: Arc<Faults>,
+}
+
+struct Conn {
+    addr: String,
+    tx: mpsc::Sender<(Call, oneshot::Sender<Reply>)>,
+}
+
+impl Peers {
+    /// No connections yet; they are made on first use.
+    pub fn new(me: NodeId, faults: Arc<Faults>) -> Arc<Peers> {
+        Arc::new(Peers {
+            me,
+            conns: Mutex::new(HashMap::new()),
+            faults,
+        })
+    }
+
+    /// Sends `call` to `node` at `addr` and waits up to `timeout` for the reply.
+    pub async fn call(
+        &self,
+        node: NodeId,
+        addr: &str,
+        call: Call,
+        timeout: Duration,
+    ) -> Result<Reply, TransportError> {
+        if self.faults.blocks(node) {
+            // A cut link looks like a peer that never answers.
+            tokio::time::sleep(timeout.min(Duration::from_millis(200))).await;
+            return Err(TransportError::Unreachable(node, "link cut".into()));
+        }
+        let conn = self.conn(node, addr).await?;
+        let (tx, rx) = oneshot::channel();
+        if conn.tx.send((call, tx)).await.is_err() {
+            self.forget(node, &conn);
+            return Err(TransportError::Network(node, "connection closed".into()));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => {
+                self.forget(node, &conn);
+                Err(TransportError::Network(node, "connection closed".into()))
+            }
+            Err(_) => Err(TransportError::Network(
+                node,
+                format!("no reply in {timeout:?}"),
+            )),
+        }
+    }
+
+    fn forget(&self, node: NodeId, conn: &Arc<Conn>) {
+        let mut conns = self.conns.lock();
+        if conns.get(&node).is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            conns.remove(&node);
+        }
+    }
+
+    async fn conn(&self, node: NodeId, addr: &str) -> Result<Arc<Conn>, TransportError> {
+        if let Some(c) = self.conns.lock().get(&node) {
+            if c.addr == addr && !c.tx.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        let stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr))
+            .await
+            .map_err(|_| TransportError::Unreachable(node, format!("connect to {addr} timed out")))?
+            .map_err(|e| TransportError::Unreachable(node, format!("{addr}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let mut framed = Framed::new(stream, codec());
+        // The first frame names the caller, so the receiver can apply injected faults.
+        let hello = postcard::to_stdvec(&self.me)
+            .map_err(|e| TransportError::Network(node, e.to_string()))?;
+        framed
+            .send(Bytes::from(hello))
+            .await
+            .map_err(|e| TransportError::Unreachable(node, e.to_string()))?;
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(run_client(framed, rx));
+        let conn = Arc::new(Conn {
+            addr: addr.to_owned(),
+            tx,
+        });
+        self.conns.lock().insert(node, conn.clone());
+        Ok(conn)
+    }
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
+}
+
+/// Writes calls and routes replies to their callers until either side closes.
+async fn run_client(
+    framed: Framed<TcpStream, LengthDelimitedCodec>,
+    mut rx: mpsc::Receiver<(Call, oneshot::Sender<Reply>)>,
+) {
+    let (mut sink, mut stream) = framed.split();
+    let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>> = Arc::default();
+    let reader_pending = pending.clone();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(bytes)) = stream.next().await {
+            match postcard::from_bytes::<Frame>(&bytes) {
+                Ok(Frame::Reply(id, reply)) => {
+                    if let Some(tx) = reader_pending.lock().remove(&id) {
+                        let _ = tx.send(reply);
+                    }
+                }
+                Ok(Frame::Call(..)) | Err(_) => break,
+            }
+        }
+        // Dropping the senders fails every call still waiting.
+        reader_pending.lock().clear();
+    });
+    let mut next_id = 0u64;
+    while let Some((call, reply)) = rx.recv().await {
+        if reader.is_finished() {
+            break;
+        }
+        next_id += 1;
+        pending.lock().insert(next_id, reply);
+        let Ok(bytes) = postcard::to_stdvec(&Frame::Call(next_id, call)) else {
+            pending.lock().remove(&next_id);
+            continue;
+        };
+        if sink.send(Bytes::from(bytes)).await.is_err() {
+            break;
+        }
+    }
+    reader.abort();
+    pending.lock().clear();
+}
+
+/// Accepts connections from other nodes and answers their calls with `handler`.
+pub async fn serve(listener: TcpListener, handler: Handler, faults: Arc<Faults>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_conn(stream, handler.clone(), faults.clone()));
+    }
+}
+
+async fn serve_conn(stream: TcpStream, handler: Handler, faults: Arc<Faults>) {
+    let framed = Framed::new(stream, codec());
+    let (mut sink, mut stream) = framed.split();
+    let from: NodeId = match stream.next().await {
+        Some(Ok(b)) => match postcard::from_bytes(&b) {
+            Ok(id) => id,
+            Err(_) => return,
+        },
+        _ => return,
+    };
+    let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+    let writer = tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            if sink.send(b).await.is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(Ok(bytes)) = stream.next().await {
+        let Ok(Frame::Call(id, call)) = postcard::from_bytes::<Frame>(&bytes) else {
+            tracing::warn!(
+                node = from,
+                "malformed internal frame; closing the connection"
+            );
+            break;
+        };
+        if faults.blocks(from) {
+            continue;
+        }
+        let handler = handler.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let reply = handler(call).await;
+            if let Ok(b) = postcard::to_stdvec(&Frame::Reply(id, reply)) {
+                let _ = tx.send(Bytes::from(b)).await;
+            }
+        });
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// openraft's network for one group: calls go through the shared [`Peers`].
+#[derive(Clone)]
+pub struct GroupNetwork {
+    /// The group.
+    pub group: GroupId,
+    /// This node's connections.
+    pub peers: Arc<Peers>,
+}
+
+/// One group's client to one peer.
+pub struct GroupClient {
+    group: GroupId,
+    target: NodeId,
+    addr: String,
+    peers: Arc<Peers>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
+    type Network = GroupClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> GroupClient {
+        GroupClient {
+            group: self.group,
+            target,
+            addr: node.cluster_addr.clone(),
+            peers: self.peers.clone(),
+        }
+    }
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>>;
+
+impl GroupClient {
+    async fn call(
+        &self,
+        call: Call,
+        option: &RPCOption,
+    ) -> Result<Reply, RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>> {
+        match self
+            .peers
+            .call(self.target, &self.addr, call, option.hard_ttl())
+            .await
+        {
+            Ok(Reply::NoGroup) => Err(RPCError::Unreachable(Unreachable::new(
+                &CallError::NoGroup(self.group),
+            ))),
+            Ok(r) => Ok(r),
+            Err(e @ TransportError::Unreachable(..)) => {
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(e @ TransportError::Network(..)) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+
+    fn unexpected<E: std::error::Error>(&self) -> RPCError<NodeId, NodeInfo, RaftError<NodeId, E>> {
+        RPCError::Network(NetworkError::new(&CallError::Refused(
+            "unexpected reply kind".into(),
+        )))
+    }
+}
+
+/// Re-types a transport failure for an RPC whose remote error type differs.
+fn retype<E: std::error::Error>(
+    e: RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>,
+) -> RPCError<NodeId, NodeInfo, RaftError<NodeId, E>> {
+    match e {
+        RPCError::Unreachable(u) => RPCError::Unreachable(u),
+        RPCError::Timeout(t) => RPCError::Timeout(t),
+        RPCError::PayloadTooLarge(p) => RPCError::PayloadTooLarge(p),
+        RPCError::Network(n) => RPCError::Network(n),
+        RPCError::RemoteError(r) => RPCError::Network(NetworkError::new(&r)),
+    }
+}
+
+impl RaftNetwork<TypeConfig> for GroupClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        match self
+            .call(Call::Append(self.group, rpc), &option)
+            .await
+            .map_err(retype)?
+        {
+            Reply::Append(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        match self.call(Call::Snapshot(self.group, rpc), &option).await? {
+            Reply::Snapshot(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        match self
+            .call(Call::Vote(self.group, rpc), &option)
+            .await
+            .map_err(retype)?
+        {
+            Reply::Vote(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(self.unexpected()),
+        }
+    }
+}
