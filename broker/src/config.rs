@@ -30,6 +30,61 @@ impl Default for NodeConfig {
     }
 }
 
+/// The `[cluster]` section: this node's place in a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// This node's id: nonzero and unique in the cluster, the same on every restart.
+    pub node_id: u64,
+    /// Listener for the internal RPC between nodes. Unset: the Postgres host with port
+    /// + 2000 (5433 -> 7433), or port 0 when the Postgres port is 0.
+    pub cluster_addr: Option<SocketAddr>,
+    /// A member's cluster address to join through when this node starts empty. Unset: an
+    /// empty node forms a new cluster of its own.
+    pub join: Option<String>,
+    /// Raft heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for this long (up to twice it) starts an election.
+    pub election_timeout_ms: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            cluster_addr: None,
+            join: None,
+            heartbeat_ms: 100,
+            election_timeout_ms: 600,
+        }
+    }
+}
+
+impl ClusterSection {
+    /// The cluster listener address for a node whose Postgres listener is `pg`.
+    pub fn cluster_addr_for(&self, pg: SocketAddr) -> SocketAddr {
+        self.cluster_addr.unwrap_or_else(|| {
+            let port = match pg.port() {
+                0 => 0,
+                p => p.saturating_add(2000),
+            };
+            SocketAddr::new(pg.ip(), port)
+        })
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.node_id == 0 {
+            return Err("cluster.node_id must be at least 1".into());
+        }
+        if self.heartbeat_ms == 0 || self.election_timeout_ms <= self.heartbeat_ms {
+            return Err(
+                "cluster.election_timeout_ms must be longer than cluster.heartbeat_ms (> 0)".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Everything a node is configured with.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -40,6 +95,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// SQL layer (message size limit, defaults).
     pub query: QueryConfig,
+    /// Cluster membership and Raft timing.
+    pub cluster: ClusterSection,
 }
 
 impl Config {
@@ -59,6 +116,7 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.storage.validate().map_err(anyhow::Error::msg)?;
         self.query.validate().map_err(anyhow::Error::msg)?;
+        self.cluster.validate().map_err(anyhow::Error::msg)?;
         Ok(())
     }
 }
@@ -75,6 +133,7 @@ mod tests {
         assert_eq!(cfg.node.pg_addr, NodeConfig::default().pg_addr);
         assert_eq!(cfg.storage, StorageConfig::default());
         assert_eq!(cfg.query, QueryConfig::default());
+        assert_eq!(cfg.cluster, ClusterSection::default());
     }
 
     #[test]

@@ -23,5 +23,5 @@ pub mod error;
 mod pg;
 mod server;
 
-pub use config::{Config, NodeConfig};
+pub use config::{ClusterSection, Config, NodeConfig};
 pub use server::{spawn_node, NodeHandle};

@@ -23,6 +23,23 @@ struct Cli {
 enum Command {
     /// Start a node. With no flags: data in ./eddy-data, Postgres port 127.0.0.1:5433.
     Start(StartArgs),
+    /// Start a local cluster for trying things out: one `eddy start` process per node,
+    /// node 1 forming the cluster and the others joining it. Ctrl-C stops them all.
+    Dev(DevArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct DevArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: u16,
+    /// Directory holding each node's data directory and log (node1/, node1.log, ...).
+    #[arg(long, value_name = "DIR", default_value = "eddy-dev")]
+    dir: PathBuf,
+    /// Postgres port of node 1; node N listens on this + N - 1, and its cluster address
+    /// on that + 2000.
+    #[arg(long, value_name = "PORT", default_value_t = 5433)]
+    base_port: u16,
 }
 
 #[derive(clap::Args, Debug)]
@@ -36,11 +53,20 @@ struct StartArgs {
     /// Postgres wire protocol listen address [default: 127.0.0.1:5433].
     #[arg(long, value_name = "HOST:PORT")]
     pg_addr: Option<SocketAddr>,
+    /// This node's id: nonzero, unique in the cluster, the same on every restart [default: 1].
+    #[arg(long, value_name = "N")]
+    node_id: Option<u64>,
+    /// Internal RPC listen address for other nodes [default: the Postgres host, port + 2000].
+    #[arg(long, value_name = "HOST:PORT")]
+    cluster_addr: Option<SocketAddr>,
+    /// Join the cluster of the node at this cluster address (when this node's data is new).
+    #[arg(long, value_name = "HOST:PORT")]
+    join: Option<String>,
     /// Largest message or row accepted, in bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     max_message_bytes: Option<usize>,
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "eddy_broker=debug".
-    #[arg(long, env = "EDDY_LOG", default_value = "info")]
+    #[arg(long, env = "EDDY_LOG", default_value = "info,openraft=warn")]
     log: String,
 }
 
@@ -65,20 +91,109 @@ async fn start(args: StartArgs) -> anyhow::Result<()> {
     if let Some(a) = args.pg_addr {
         config.node.pg_addr = a;
     }
+    if let Some(n) = args.node_id {
+        config.cluster.node_id = n;
+    }
+    if let Some(a) = args.cluster_addr {
+        config.cluster.cluster_addr = Some(a);
+    }
+    if let Some(j) = args.join {
+        config.cluster.join = Some(j);
+    }
     if let Some(m) = args.max_message_bytes {
         config.query.max_message_bytes = m;
     }
     let node = spawn_node(config).await?;
-    // Printed on stdout for scripts and tests: the address actually bound.
-    println!("eddy listening on {}", node.pg_addr());
+    // Printed on stdout for scripts and tests. Whoever started us may read the first line
+    // only and close the pipe, so later lines must not fail (println! would panic).
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "eddy listening on {}", node.pg_addr());
+        let _ = writeln!(
+            out,
+            "eddy node {} cluster address {}",
+            node.cluster().id(),
+            node.cluster_addr()
+        );
+        let _ = out.flush();
+    }
     let signal = wait_for_signal().await?;
     tracing::info!(signal, "shutting down");
     node.shutdown().await
 }
 
+/// Runs `eddy dev`: starts the nodes as child processes and stops them on a signal.
+fn dev(args: DevArgs) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command as Process, Stdio};
+    anyhow::ensure!(args.nodes >= 1, "--nodes must be at least 1");
+    let exe = std::env::current_exe()?;
+    std::fs::create_dir_all(&args.dir)?;
+    let cluster_port = |n: u16| args.base_port.saturating_add(2000 + n - 1);
+    let seed = format!("127.0.0.1:{}", cluster_port(1));
+    let mut children: Vec<std::process::Child> = Vec::new();
+    println!("node  postgres          cluster           data dir");
+    for n in 1..=args.nodes {
+        let data = args.dir.join(format!("node{n}"));
+        let log = std::fs::File::create(args.dir.join(format!("node{n}.log")))?;
+        let pg = format!("127.0.0.1:{}", args.base_port.saturating_add(n - 1));
+        let cluster = format!("127.0.0.1:{}", cluster_port(n));
+        let mut cmd = Process::new(&exe);
+        cmd.arg("start")
+            .args(["--node-id", &n.to_string(), "--pg-addr", &pg])
+            .args(["--cluster-addr", &cluster])
+            .arg("--data-dir")
+            .arg(&data)
+            .stdout(Stdio::piped())
+            .stderr(log);
+        if n > 1 {
+            cmd.args(["--join", &seed]);
+        }
+        let mut child = cmd.spawn()?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            BufReader::new(out).read_line(&mut line)?;
+        }
+        if !line.starts_with("eddy listening on") {
+            let _ = child.kill();
+            for c in &mut children {
+                let _ = Process::new("kill").arg(c.id().to_string()).status();
+            }
+            anyhow::bail!(
+                "node {n} did not start; see {}",
+                args.dir.join(format!("node{n}.log")).display()
+            );
+        }
+        println!("{n:<5} {pg:<17} {cluster:<17} {}", data.display());
+        children.push(child);
+    }
+    println!();
+    println!(
+        "connect: psql -h 127.0.0.1 -p {} -U eddy eddy",
+        args.base_port
+    );
+    println!("logs in {}; Ctrl-C stops the cluster", args.dir.display());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let signal = rt.block_on(wait_for_signal())?;
+    eprintln!("{signal}: stopping {} nodes", children.len());
+    for c in &children {
+        let _ = Process::new("kill").arg(c.id().to_string()).status();
+    }
+    for mut c in children {
+        let _ = c.wait();
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let Command::Start(args) = cli.command;
+    let args = match cli.command {
+        Command::Start(args) => args,
+        Command::Dev(args) => return dev(args),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),

@@ -2,14 +2,19 @@
 //!
 //! Shutdown order (see STYLE.md): stop accepting, give in-flight statements
 //! `shutdown_grace_ms`, close the remaining connections, stop retention, then let the
-//! committer drain its queue and sync the WAL.
+//! Raft groups, then let the committer drain its queue and sync the WAL.
+//!
+//! Every node is a cluster node: a node started without `join` forms a cluster of one
+//! (its metadata group has one voter), which others can join later.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eddy_query::Engine;
-use eddy_storage::Store;
+use async_trait::async_trait;
+use eddy_consensus::{Cluster, ClusterConfig, Faults, NodeInfo};
+use eddy_query::{Engine, Writer};
+use eddy_storage::{Store, WriteOp, WriteResult};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -25,12 +30,34 @@ pub struct NodeHandle {
     retention: tokio::task::JoinHandle<()>,
     store: Store,
     engine: Arc<Engine>,
+    cluster: Cluster,
+    cluster_addr: SocketAddr,
+}
+
+/// The query layer's writes go through the cluster's Raft groups.
+struct Replicated(Cluster);
+
+#[async_trait]
+impl Writer for Replicated {
+    async fn write(&self, ops: Vec<WriteOp>) -> eddy_storage::Result<Vec<WriteResult>> {
+        self.0.write(ops).await
+    }
 }
 
 impl NodeHandle {
     /// The address the Postgres listener is bound to (useful with port 0).
     pub fn pg_addr(&self) -> SocketAddr {
         self.pg_addr
+    }
+
+    /// The address the cluster (internal RPC) listener is bound to.
+    pub fn cluster_addr(&self) -> SocketAddr {
+        self.cluster_addr
+    }
+
+    /// This node's part of the cluster.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
     }
 
     /// The node's query engine.
@@ -44,6 +71,15 @@ impl NodeHandle {
         let _ = self.accept.await;
         let _ = self.retention.await;
         self.engine.close();
+        self.cluster.shutdown().await;
+        drop(self.cluster);
+        drop(self.engine);
+        // openraft's tasks end shortly after their groups shut down; each holds the store,
+        // and the database stays locked until the last handle goes.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.store.handle_count() > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.shutdown()).await??;
         tracing::info!("node stopped");
@@ -70,7 +106,6 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
                 config.node.data_dir.display()
             )
         })?;
-    let engine = Engine::new(store.clone(), config.query.clone())?;
     let listener = TcpListener::bind(config.node.pg_addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.node.pg_addr))?;
@@ -78,7 +113,35 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
     if !pg_addr.ip().is_loopback() {
         tracing::warn!(%pg_addr, "listening beyond loopback with trust authentication: anyone who can reach this port can connect");
     }
-    tracing::info!(%pg_addr, data_dir = %config.node.data_dir.display(), "eddy node started");
+    let want = config.cluster.cluster_addr_for(config.node.pg_addr);
+    let cluster_listener = TcpListener::bind(want)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for the cluster on {want}: {e}"))?;
+    let cluster_addr = cluster_listener.local_addr()?;
+    let mut cc = ClusterConfig::new(
+        config.cluster.node_id,
+        NodeInfo {
+            pg_addr: pg_addr.to_string(),
+            cluster_addr: cluster_addr.to_string(),
+        },
+    );
+    cc.join = config.cluster.join.clone();
+    cc.heartbeat = Duration::from_millis(config.cluster.heartbeat_ms);
+    cc.election_timeout = Duration::from_millis(config.cluster.election_timeout_ms);
+    let cluster = Cluster::start(
+        store.clone(),
+        cc,
+        cluster_listener,
+        Arc::new(Faults::default()),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot start the cluster: {e}"))?;
+    let engine = Engine::with_writer(
+        store.clone(),
+        Arc::new(Replicated(cluster.clone())),
+        config.query.clone(),
+    )?;
+    tracing::info!(%pg_addr, %cluster_addr, node_id = config.cluster.node_id, data_dir = %config.node.data_dir.display(), "eddy node started");
     let cancel = CancellationToken::new();
     let handlers = Handlers(Backend::new(engine.clone()));
     let grace = Duration::from_millis(config.node.shutdown_grace_ms);
@@ -95,6 +158,8 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
         retention,
         store,
         engine,
+        cluster,
+        cluster_addr,
     })
 }
 

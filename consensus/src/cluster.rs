@@ -21,6 +21,7 @@ use openraft::{ChangeMembers, ServerState};
 use parking_lot::RwLock;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::network::{serve, Call, CallError, Faults, GroupNetwork, Handler, Peers, Reply};
 use crate::storage::{LogStore, StateMachine};
@@ -85,6 +86,10 @@ struct Inner {
     peers: Arc<Peers>,
     raft_config: Arc<openraft::Config>,
     groups: RwLock<HashMap<GroupId, Arc<Group>>>,
+    /// Held while a group is created, so that one group never has two instances.
+    starting: tokio::sync::Mutex<()>,
+    /// Stops the RPC server and the background tasks.
+    cancel: CancellationToken,
 }
 
 /// This node's side of the cluster. Cheap to clone.
@@ -123,6 +128,8 @@ impl Cluster {
                 peers,
                 raft_config: Arc::new(raft_config),
                 groups: RwLock::new(HashMap::new()),
+                starting: tokio::sync::Mutex::new(()),
+                cancel: CancellationToken::new(),
             }),
         };
         let handler_cluster = cluster.clone();
@@ -130,7 +137,12 @@ impl Cluster {
             let c = handler_cluster.clone();
             Box::pin(async move { c.handle(call).await })
         });
-        tokio::spawn(serve(listener, handler, faults));
+        tokio::spawn(serve(
+            listener,
+            handler,
+            faults,
+            cluster.inner.cancel.clone(),
+        ));
 
         let meta = cluster
             .start_group(METADATA_GROUP, KeyRange::metadata())
@@ -196,8 +208,11 @@ impl Cluster {
         m.nodes().map(|(id, n)| (*id, n.clone())).collect()
     }
 
-    /// Stops every group (the RPC server stops with the runtime).
+    /// Stops the RPC server, the background tasks and every group.
     pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        // No group starts after this (start_group checks the token under this lock).
+        let _starting = self.inner.starting.lock().await;
         let groups: Vec<_> = self.inner.groups.write().drain().collect();
         for (_, g) in groups {
             let _ = g.raft.shutdown().await;
@@ -205,6 +220,10 @@ impl Cluster {
     }
 
     async fn start_group(&self, id: GroupId, ranges: Vec<KeyRange>) -> Result<Arc<Group>, Error> {
+        let _starting = self.inner.starting.lock().await;
+        if self.inner.cancel.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
         if let Some(g) = self.group(id) {
             return Ok(g);
         }
@@ -216,8 +235,8 @@ impl Cluster {
                 group: id,
                 peers: self.inner.peers.clone(),
             },
-            LogStore::new(store.clone(), id),
-            StateMachine::new(store, id, ranges),
+            LogStore::new(&store, id),
+            StateMachine::new(&store, id, ranges),
         )
         .await
         .map_err(|e| Error::InvalidValue(format!("cannot start raft group {id}: {e}")))?;
@@ -226,12 +245,7 @@ impl Cluster {
             raft: raft.clone(),
             proposals: tx,
         });
-        let mut groups = self.inner.groups.write();
-        if let Some(g) = groups.get(&id) {
-            return Ok(g.clone());
-        }
-        groups.insert(id, group.clone());
-        drop(groups);
+        self.inner.groups.write().insert(id, group.clone());
         tokio::spawn(self.clone().run_proposer(id, raft, rx));
         Ok(group)
     }
@@ -355,16 +369,22 @@ impl Cluster {
         let mut metrics = meta.metrics();
         loop {
             self.reconcile().await;
-            if metrics.changed().await.is_err() {
-                return;
+            tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                changed = metrics.changed() => if changed.is_err() { return },
             }
         }
     }
 
     async fn reconcile(&self) {
+        let mut placed_here = BTreeSet::new();
         for def in self.inner.store.catalog().list() {
             for (group, placement, ranges) in groups_of(&def) {
-                if !placement.contains(&self.id()) || self.group(group).is_some() {
+                if !placement.contains(&self.id()) {
+                    continue;
+                }
+                placed_here.insert(group);
+                if self.group(group).is_some() {
                     continue;
                 }
                 match self.start_group(group, ranges).await {
@@ -375,6 +395,29 @@ impl Cluster {
                     }
                     Err(e) => tracing::error!(group, error = %e, "cannot start a raft group"),
                 }
+            }
+        }
+        // Groups of dropped objects stop, and their Raft state goes.
+        let gone: Vec<GroupId> = self
+            .groups()
+            .into_iter()
+            .filter(|g| *g != METADATA_GROUP && !placed_here.contains(g))
+            .collect();
+        for group in gone {
+            let Some(g) = self.inner.groups.write().remove(&group) else {
+                continue;
+            };
+            let _ = g.raft.shutdown().await;
+            let dropped = self
+                .inner
+                .store
+                .commit(eddy_storage::Commit {
+                    raft: vec![eddy_storage::raft::RaftWrite::DropGroup { group }],
+                    ..Default::default()
+                })
+                .await;
+            if let Err(e) = dropped {
+                tracing::warn!(group, error = %e, "cannot remove a dropped group's raft state");
             }
         }
     }
@@ -447,12 +490,22 @@ impl Cluster {
 
     /// The group an op belongs to; `None` for local writes.
     fn route(&self, op: &WriteOp) -> Option<GroupId> {
-        let raft_object = |id: u32| {
+        // Only objects with a placement have groups; older or gossip ones are local.
+        let placed = |id: u32, partition: u32| {
             self.inner
                 .store
                 .catalog()
                 .by_id(id)
-                .is_some_and(|d| replication_of(&d) == Some(Replication::Raft))
+                .is_some_and(|d| match &*d {
+                    ObjectDef::Topic(t) => {
+                        t.replication == Replication::Raft
+                            && (partition as usize) < t.placement.len()
+                    }
+                    ObjectDef::Table(t) => {
+                        t.replication == Replication::Raft && !t.placement.is_empty()
+                    }
+                    ObjectDef::Subscription(_) => false,
+                })
         };
         match op {
             WriteOp::Create(_)
@@ -461,9 +514,9 @@ impl Cluster {
             | WriteOp::SubState { .. } => Some(METADATA_GROUP),
             WriteOp::Append {
                 topic, partition, ..
-            } => raft_object(*topic).then(|| group_of(*topic, *partition)),
+            } => placed(*topic, *partition).then(|| group_of(*topic, *partition)),
             WriteOp::Insert { table, .. } | WriteOp::Delete { table, .. } => {
-                raft_object(*table).then(|| group_of(*table, 0))
+                placed(*table, 0).then(|| group_of(*table, 0))
             }
             WriteOp::Trim { .. } => None,
         }
@@ -705,15 +758,6 @@ impl Cluster {
         raft.ensure_linearizable()
             .await
             .map_err(|e| CallError::Unavailable(e.to_string()))
-    }
-}
-
-/// Replication mode of a topic or table (`None` for other objects).
-fn replication_of(def: &ObjectDef) -> Option<Replication> {
-    match def {
-        ObjectDef::Topic(t) => Some(t.replication),
-        ObjectDef::Table(t) => Some(t.replication),
-        ObjectDef::Subscription(_) => None,
     }
 }
 

@@ -254,3 +254,33 @@ async fn a_cut_off_node_refuses_writes_with_a_retryable_error_and_the_majority_g
         n.cluster.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shut_down_node_lets_go_of_its_store() {
+    let node = start_node(1, None).await;
+    node.cluster
+        .write(vec![WriteOp::Create(topic_def("t", 2))])
+        .await
+        .unwrap();
+    let def = node.cluster.store().catalog().topic("t").unwrap();
+    node.cluster
+        .write(vec![WriteOp::Append {
+            topic: def.id(),
+            partition: 1,
+            records: texts(&["x".to_owned()]),
+        }])
+        .await
+        .unwrap();
+    let store = node.cluster.store().clone();
+    node.cluster.shutdown().await;
+    drop(node.cluster);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.handle_count() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{} other handles still hold the store",
+            store.handle_count() - 1
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
 
 use eddy_storage::raft::GroupId;
 use eddy_storage::WriteOp;
@@ -285,14 +286,30 @@ async fn run_client(
     pending.lock().clear();
 }
 
-/// Accepts connections from other nodes and answers their calls with `handler`.
-pub async fn serve(listener: TcpListener, handler: Handler, faults: Arc<Faults>) {
+/// Accepts connections from other nodes and answers their calls with `handler`, until
+/// `cancel` fires (then every connection closes too).
+pub async fn serve(
+    listener: TcpListener,
+    handler: Handler,
+    faults: Arc<Faults>,
+    cancel: CancellationToken,
+) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, _)) = accepted else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_conn(stream, handler.clone(), faults.clone()));
+        let (handler, faults, cancel) = (handler.clone(), faults.clone(), cancel.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = serve_conn(stream, handler, faults) => {}
+            }
+        });
     }
 }
 

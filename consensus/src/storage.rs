@@ -14,7 +14,7 @@ use std::io::{self, Cursor};
 use std::ops::{Bound, RangeBounds};
 
 use eddy_storage::raft::{GroupId, KeyRange, RaftWrite, Space};
-use eddy_storage::{Commit, Store};
+use eddy_storage::{Commit, Store, WeakStore};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine};
 use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader,
@@ -86,15 +86,34 @@ async fn write_raft(
 /// The Raft log of one group.
 #[derive(Debug, Clone)]
 pub struct LogStore {
-    store: Store,
+    store: WeakStore,
     group: GroupId,
 }
 
 impl LogStore {
     /// The log of `group` in `store`.
-    pub fn new(store: Store, group: GroupId) -> Self {
-        Self { store, group }
+    pub fn new(store: &Store, group: GroupId) -> Self {
+        Self {
+            store: store.downgrade(),
+            group,
+        }
     }
+
+    fn store(&self) -> Result<Store, StorageError> {
+        upgrade(&self.store)
+    }
+}
+
+/// The store behind a weak handle. Raft's tasks can outlive a node briefly (openraft
+/// keeps a log reader after shutdown), and must not keep its database open.
+fn upgrade(store: &WeakStore) -> Result<Store, StorageError> {
+    store.upgrade().ok_or_else(|| {
+        io_err(
+            ErrorSubject::Store,
+            ErrorVerb::Read,
+            eddy_storage::Error::ShuttingDown,
+        )
+    })
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -113,7 +132,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => u64::MAX,
         };
         let raw = self
-            .store
+            .store()?
             .raft_entries(self.group, from, to)
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
         raw.iter()
@@ -127,8 +146,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let purged: Option<LogId> =
-            read_slot(&self.store, self.group, SLOT_PURGED, ErrorSubject::Logs)?;
-        let last = match self.store.raft_last_entry(self.group) {
+            read_slot(&self.store()?, self.group, SLOT_PURGED, ErrorSubject::Logs)?;
+        let last = match self.store()?.raft_last_entry(self.group) {
             Ok(Some((_, b))) => Some(decode::<Entry>(&b, ErrorSubject::Logs)?.log_id),
             Ok(None) => None,
             Err(e) => return Err(io_err(ErrorSubject::Logs, ErrorVerb::Read, e)),
@@ -146,7 +165,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         let value = encode(vote)?;
         write_raft(
-            &self.store,
+            &self.store()?,
             vec![RaftWrite::Put {
                 group: self.group,
                 slot: SLOT_VOTE,
@@ -158,12 +177,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        read_slot(&self.store, self.group, SLOT_VOTE, ErrorSubject::Vote)
+        read_slot(&self.store()?, self.group, SLOT_VOTE, ErrorSubject::Vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let value = encode(&committed)?;
-        self.store
+        self.store()?
             .commit(Commit {
                 raft: vec![RaftWrite::Put {
                     group: self.group,
@@ -179,7 +198,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         Ok(read_slot::<Option<LogId>>(
-            &self.store,
+            &self.store()?,
             self.group,
             SLOT_COMMITTED,
             ErrorSubject::Store,
@@ -203,7 +222,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The committer's batch is readable and durable at the same moment: once it
         // answers, both halves of the contract hold.
         let written = self
-            .store
+            .store()?
             .commit(Commit {
                 raft: vec![RaftWrite::Entries {
                     group: self.group,
@@ -227,7 +246,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         write_raft(
-            &self.store,
+            &self.store()?,
             vec![RaftWrite::TruncateFrom {
                 group: self.group,
                 index: log_id.index,
@@ -240,7 +259,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let value = encode(&log_id)?;
         write_raft(
-            &self.store,
+            &self.store()?,
             vec![
                 RaftWrite::Put {
                     group: self.group,
@@ -274,19 +293,23 @@ struct SnapshotData {
 /// The state machine of one group: the keys in `ranges` of the store.
 #[derive(Debug, Clone)]
 pub struct StateMachine {
-    store: Store,
+    store: WeakStore,
     group: GroupId,
     ranges: Vec<KeyRange>,
 }
 
 impl StateMachine {
     /// The state machine of `group`, whose data are the keys in `ranges`.
-    pub fn new(store: Store, group: GroupId, ranges: Vec<KeyRange>) -> Self {
+    pub fn new(store: &Store, group: GroupId, ranges: Vec<KeyRange>) -> Self {
         Self {
-            store,
+            store: store.downgrade(),
             group,
             ranges,
         }
+    }
+
+    fn store(&self) -> Result<Store, StorageError> {
+        upgrade(&self.store)
     }
 
     fn applied_range(&self) -> KeyRange {
@@ -307,7 +330,7 @@ impl StateMachine {
         let mut ranges = self.ranges.clone();
         ranges.push(self.applied_range());
         let items = self
-            .store
+            .store()?
             .read_ranges(&ranges)
             .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
         let mut applied = Applied::default();
@@ -350,7 +373,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             },
         };
         write_raft(
-            &self.store,
+            &self.store()?,
             vec![RaftWrite::Put {
                 group: self.group,
                 slot: SLOT_SNAPSHOT,
@@ -368,7 +391,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let applied: Applied = read_slot(
-            &self.store,
+            &self.store()?,
             self.group,
             SLOT_APPLIED,
             ErrorSubject::StateMachine,
@@ -408,7 +431,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 value: encode(&applied)?,
             });
             let rx = self
-                .store
+                .store()?
                 .submit(commit)
                 .await
                 .map_err(|e| io_err(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write, e))?;
@@ -461,7 +484,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Data, marker and snapshot flag in one durable batch: a crash leaves the old
         // state or the new one.
         write_raft(
-            &self.store,
+            &self.store()?,
             vec![
                 RaftWrite::Replace {
                     ranges: self.ranges.clone(),
@@ -485,7 +508,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         if self
-            .store
+            .store()?
             .raft_slot(self.group, SLOT_SNAPSHOT)
             .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?
             .is_none()

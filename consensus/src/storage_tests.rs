@@ -29,8 +29,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, Guard> for Builder {
         #[allow(clippy::expect_used)]
         let store = Store::open(dir.path(), StorageConfig::default()).expect("open store");
         let group = (7u64 << 32) | 1;
-        let log = LogStore::new(store.clone(), group);
-        let sm = StateMachine::new(store.clone(), group, vec![KeyRange::partition(7, 1)]);
+        let log = LogStore::new(&store, group);
+        let sm = StateMachine::new(&store, group, vec![KeyRange::partition(7, 1)]);
         Ok((Guard { store, _dir: dir }, log, sm))
     }
 }

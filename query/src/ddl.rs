@@ -72,7 +72,7 @@ fn retention_value(v: &str) -> Result<Option<u64>> {
 
 impl Engine {
     async fn create_object(&self, def: ObjectDef, if_not_exists: bool) -> Result<()> {
-        match self.store.write(vec![WriteOp::Create(def)]).await {
+        match self.writer.write(vec![WriteOp::Create(def)]).await {
             Ok(_) => Ok(()),
             Err(eddy_storage::Error::ObjectExists { .. }) if if_not_exists => Ok(()),
             Err(e) => Err(e.into()),
@@ -174,8 +174,7 @@ impl Engine {
                 }
             }
         }
-        self.store
-            .write(vec![WriteOp::Alter(ObjectDef::Topic(topic))])
+        self.write(vec![WriteOp::Alter(ObjectDef::Topic(topic))])
             .await?;
         Ok(Output::Command {
             tag: "ALTER TOPIC".into(),
@@ -205,7 +204,7 @@ impl Engine {
                         expected: if topic { "topic" } else { "table" },
                     });
                 }
-                self.store.write(vec![WriteOp::Drop { name }]).await?;
+                self.write(vec![WriteOp::Drop { name }]).await?;
             }
         }
         Ok(Output::Command {

@@ -62,6 +62,8 @@ pub(crate) struct DurableCounters {
 /// One durable subscription as this node serves it.
 pub(crate) struct Durable {
     store: Store,
+    /// Where state changes go (the metadata group in a cluster).
+    writer: std::sync::Arc<dyn crate::writer::Writer>,
     pub(crate) def: SubscriptionDef,
     pub(crate) topic: Arc<TopicDef>,
     schema: SchemaRef,
@@ -237,7 +239,7 @@ impl Engine {
             placement: Vec::new(),
         };
         let created = self
-            .store()
+            .writer
             .write(vec![
                 WriteOp::Create(ObjectDef::Subscription(def)),
                 WriteOp::Create(ObjectDef::Topic(dlq)),
@@ -279,7 +281,7 @@ impl Engine {
                 name: sub.dlq.clone(),
             });
         }
-        self.store().write(ops).await?;
+        self.write(ops).await?;
         self.durable.map.lock().remove(&sub.id);
         Ok(Output::Command {
             tag: "DROP SUBSCRIPTION".into(),
@@ -343,6 +345,7 @@ impl Engine {
         .map_err(|e| Error::InvalidParameter(e.to_string()))??;
         let durable = Arc::new(Durable {
             store: self.store().clone(),
+            writer: self.writer.clone(),
             def: sub.clone(),
             out_schema: fetch_schema(&topic),
             topic,
@@ -581,7 +584,7 @@ impl Durable {
             });
         }
         // Durable before anything is handed out.
-        self.store.write(ops).await?;
+        self.writer.write(ops).await?;
         for (part, next) in st.iter_mut().zip(&new_next) {
             part.next = *next;
         }
@@ -673,7 +676,7 @@ impl Durable {
                 partition: p as u32,
                 offset: o,
             }));
-            self.store
+            self.writer
                 .write(vec![WriteOp::SubState {
                     sub: self.def.id,
                     changes,
@@ -741,7 +744,7 @@ impl Durable {
                 .iter()
                 .map(|&(partition, offset)| SubChange::Done { partition, offset })
                 .collect();
-            self.store
+            self.writer
                 .write(vec![WriteOp::SubState {
                     sub: self.def.id,
                     changes,

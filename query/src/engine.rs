@@ -192,6 +192,8 @@ const PARSE_CACHE_MAX_SQL: usize = 16 * 1024;
 /// The query engine of one node.
 pub struct Engine {
     pub(crate) store: Store,
+    /// Where writes go (the store, or the cluster).
+    pub(crate) writer: Arc<dyn crate::writer::Writer>,
     pub(crate) ctx: SessionContext,
     compat: PostgresCompatibilityParser,
     /// Statements parsed for the extended protocol, by SQL text (see [`Engine::parse_one`]).
@@ -257,6 +259,17 @@ pub(crate) fn object_name(name: &ObjectName) -> Result<String> {
 impl Engine {
     /// An engine over `store`.
     pub fn new(store: Store, config: QueryConfig) -> Result<Arc<Engine>> {
+        let writer = crate::writer::local(&store);
+        Self::with_writer(store, writer, config)
+    }
+
+    /// An engine whose writes go through `writer` (the cluster) and whose reads are
+    /// served from `store`, the local replica.
+    pub fn with_writer(
+        store: Store,
+        writer: Arc<dyn crate::writer::Writer>,
+        config: QueryConfig,
+    ) -> Result<Arc<Engine>> {
         config.validate().map_err(Error::InvalidParameter)?;
         let cfg = SessionConfig::new()
             .with_information_schema(true)
@@ -281,6 +294,7 @@ impl Engine {
             }
             Engine {
                 store,
+                writer,
                 ctx,
                 compat: PostgresCompatibilityParser::new(),
                 parsed: parking_lot::Mutex::new(HashMap::new()),
@@ -668,7 +682,7 @@ impl Engine {
 
     /// Writes ops and returns their results (the one place the query layer writes).
     pub(crate) async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>> {
-        Ok(self.store.write(ops).await?)
+        Ok(self.writer.write(ops).await?)
     }
 }
 

@@ -41,6 +41,7 @@ mod subscribe;
 mod system;
 mod text_encode;
 mod types;
+pub mod writer;
 
 pub use copy::{CopyFormat, CopyInSink, CopyOptions};
 pub use dialect::Statement;
@@ -52,3 +53,4 @@ pub use functions::version_string;
 pub use provider::{table_schema, topic_schema};
 pub use subscribe::{rows_as_json, StartPosition, SubscribeOptions, SubscribeSpec};
 pub use types::{parse_duration_ms, parse_text};
+pub use writer::Writer;

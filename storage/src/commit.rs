@@ -423,6 +423,9 @@ impl Committer {
                     entry_key(*group, 0),
                     entry_key(*group, index.saturating_add(1)),
                 ),
+                RaftWrite::DropGroup { group } => {
+                    batch.delete_range_cf(cf, &slot_key(*group, 0)[..], &group_end(*group)[..]);
+                }
                 RaftWrite::Replace { ranges, items } => {
                     for r in ranges {
                         let cf = self.inner.cf(r.space.cf());

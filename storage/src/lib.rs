@@ -49,7 +49,9 @@ pub use commit::{Commit, OnConflict, SubChange, UnitResults, WriteOp, WriteResul
 pub use config::StorageConfig;
 pub use error::{Error, Result};
 pub use layout::{LogRecord, Records};
-pub use store::{PartitionState, PartitionSubState, Pending, Store, StoreStats};
+pub use store::{
+    PartitionState, PartitionSubState, Pending, RangeItem, Store, StoreStats, WeakStore,
+};
 pub use value::{decode_row, encode_row, ColumnType, Value};
 
 /// The partition a message key maps to: FNV-1a (64-bit) of the key's UTF-8 bytes modulo the

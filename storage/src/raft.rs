@@ -56,6 +56,11 @@ pub enum RaftWrite {
         /// Last index deleted.
         index: u64,
     },
+    /// Deletes everything of a group (its object was dropped).
+    DropGroup {
+        /// The group.
+        group: GroupId,
+    },
     /// Replaces every key in `ranges` with `items` (a snapshot being installed), then
     /// reloads what memory holds of them (catalog, partition positions).
     Replace {

@@ -339,6 +339,30 @@ pub struct Store {
     writer: Arc<Writer>,
 }
 
+/// A handle that does not keep the database open (for long-lived holders that may
+/// outlive the node, such as Raft's log readers).
+#[derive(Clone)]
+pub struct WeakStore {
+    inner: std::sync::Weak<Inner>,
+    writer: std::sync::Weak<Writer>,
+}
+
+impl std::fmt::Debug for WeakStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeakStore").finish_non_exhaustive()
+    }
+}
+
+impl WeakStore {
+    /// The store, unless every strong handle is gone.
+    pub fn upgrade(&self) -> Option<Store> {
+        Some(Store {
+            inner: self.inner.upgrade()?,
+            writer: self.writer.upgrade()?,
+        })
+    }
+}
+
 struct Writer {
     /// Bounded: when full, `write` waits, which is the backpressure on publishers.
     tx: RwLock<Option<mpsc::Sender<CommitRequest>>>,
@@ -390,6 +414,21 @@ impl Store {
                 committer: Mutex::new(Some(committer)),
             }),
         })
+    }
+
+    /// A handle that does not keep the database open.
+    pub fn downgrade(&self) -> WeakStore {
+        WeakStore {
+            inner: Arc::downgrade(&self.inner),
+            writer: Arc::downgrade(&self.writer),
+        }
+    }
+
+    /// How many handles share this database. It stays open (and locked) until the last
+    /// one is dropped, so a node that reopens its directory waits for this to reach 1.
+    pub fn handle_count(&self) -> usize {
+        // Only handles hold the writer; the committer thread holds `inner` too.
+        Arc::strong_count(&self.writer)
     }
 
     /// Read counters.
