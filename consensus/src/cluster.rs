@@ -391,6 +391,20 @@ impl Cluster {
                     Ok(g) => {
                         if placement.first() == Some(&self.id()) {
                             self.initialize(&g, &placement).await;
+                        } else {
+                            // The preferred leader initializes a new group; if it is down,
+                            // another replica does, later. Every replica proposes the same
+                            // first entry (same log id, same members), so this is safe.
+                            let (me, placement) = (self.clone(), placement.clone());
+                            let wait = me.inner.config.election_timeout * 4;
+                            tokio::spawn(async move {
+                                tokio::select! {
+                                    _ = me.inner.cancel.cancelled() => {}
+                                    _ = tokio::time::sleep(wait) => {
+                                        me.initialize(&g, &placement).await;
+                                    }
+                                }
+                            });
                         }
                     }
                     Err(e) => tracing::error!(group, error = %e, "cannot start a raft group"),
@@ -431,6 +445,11 @@ impl Cluster {
             .iter()
             .filter_map(|id| nodes.get(id).map(|n| (*id, n.clone())))
             .collect();
+        if members.len() != placement.len() {
+            // Every replica must propose the very same membership; wait until all are known.
+            tracing::warn!(?placement, "not initializing a group whose nodes are unknown here");
+            return;
+        }
         if let Err(e) = g.raft.initialize(members).await {
             tracing::warn!(error = %e, "raft group initialization");
         }
