@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eddy_consensus::{Cluster, ClusterConfig, Faults, NodeInfo};
-use eddy_query::{Engine, Writer};
+use eddy_consensus::{Cluster, ClusterConfig, Faults, NodeInfo, METADATA_GROUP};
+use eddy_query::{Engine, GroupRow, NodeRow, Writer};
 use eddy_storage::{Store, WriteOp, WriteResult};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -41,6 +41,64 @@ struct Replicated(Cluster);
 impl Writer for Replicated {
     async fn write(&self, ops: Vec<WriteOp>) -> eddy_storage::Result<Vec<WriteResult>> {
         self.0.write(ops).await
+    }
+
+    fn nodes(&self) -> Vec<NodeRow> {
+        let voters = self
+            .0
+            .metadata()
+            .map(|m| {
+                m.metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        self.0
+            .nodes()
+            .into_iter()
+            .map(|(id, info)| NodeRow {
+                id,
+                pg_addr: info.pg_addr,
+                cluster_addr: info.cluster_addr,
+                role: if voters.contains(&id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .into(),
+                this_node: id == self.0.id(),
+            })
+            .collect()
+    }
+
+    fn raft_groups(&self) -> Vec<GroupRow> {
+        let catalog = self.0.store().catalog();
+        self.0
+            .group_info()
+            .into_iter()
+            .map(|g| {
+                let object = (g.group != METADATA_GROUP)
+                    .then(|| catalog.by_id((g.group >> 32) as u32))
+                    .flatten()
+                    .map(|d| d.name().to_owned());
+                let mut replicas: Vec<String> = g.voters.iter().map(u64::to_string).collect();
+                replicas.extend(g.learners.iter().map(|l| format!("{l}(l)")));
+                GroupRow {
+                    group: g.group,
+                    object,
+                    partition: (g.group & 0xffff_ffff) as u32,
+                    state: g.state,
+                    leader: g.leader,
+                    term: g.term,
+                    last_log_index: g.last_log_index,
+                    applied_index: g.applied_index,
+                    replicas: replicas.join(" "),
+                }
+            })
+            .collect()
     }
 }
 

@@ -69,6 +69,27 @@ impl ClusterConfig {
     }
 }
 
+/// One Raft group as this node sees it (for `eddy.raft_groups`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// The group.
+    pub group: GroupId,
+    /// This replica's role: leader, follower, candidate, learner.
+    pub state: String,
+    /// The leader this replica knows of.
+    pub leader: Option<NodeId>,
+    /// Current term.
+    pub term: u64,
+    /// Index of the newest entry in this replica's log.
+    pub last_log_index: Option<u64>,
+    /// Index of the newest entry applied here.
+    pub applied_index: Option<u64>,
+    /// Voting replicas.
+    pub voters: Vec<NodeId>,
+    /// Non-voting replicas.
+    pub learners: Vec<NodeId>,
+}
+
 /// A Raft group on this node and its proposer queue.
 struct Group {
     raft: Raft,
@@ -193,6 +214,34 @@ impl Cluster {
         let mut ids: Vec<_> = self.inner.groups.read().keys().copied().collect();
         ids.sort_unstable();
         ids
+    }
+
+    /// What each group on this node looks like now, by group id.
+    pub fn group_info(&self) -> Vec<GroupInfo> {
+        let mut out: Vec<GroupInfo> = self
+            .inner
+            .groups
+            .read()
+            .iter()
+            .map(|(id, g)| {
+                let m = g.raft.metrics().borrow().clone();
+                let membership = m.membership_config.membership();
+                let voters: Vec<NodeId> = membership.voter_ids().collect();
+                let learners: Vec<NodeId> = membership.learner_ids().collect();
+                GroupInfo {
+                    group: *id,
+                    state: format!("{:?}", m.state).to_ascii_lowercase(),
+                    leader: m.current_leader,
+                    term: m.current_term,
+                    last_log_index: m.last_log_index,
+                    applied_index: m.last_applied.map(|l| l.index),
+                    voters,
+                    learners,
+                }
+            })
+            .collect();
+        out.sort_by_key(|g| g.group);
+        out
     }
 
     fn group(&self, id: GroupId) -> Option<Arc<Group>> {
@@ -447,7 +496,10 @@ impl Cluster {
             .collect();
         if members.len() != placement.len() {
             // Every replica must propose the very same membership; wait until all are known.
-            tracing::warn!(?placement, "not initializing a group whose nodes are unknown here");
+            tracing::warn!(
+                ?placement,
+                "not initializing a group whose nodes are unknown here"
+            );
             return;
         }
         if let Err(e) = g.raft.initialize(members).await {

@@ -47,6 +47,8 @@ pub enum Statement {
     },
     /// `SHOW TOPICS`
     ShowTopics,
+    /// `SHOW CLUSTER`: the nodes (as `eddy.nodes`)
+    ShowCluster,
     /// `SUBSCRIBE topic [WHERE expr] [FROM BEGINNING | NOW | OFFSET n | TIMESTAMP '...']`
     Subscribe(crate::subscribe::SubscribeSpec),
     /// `COPY (SUBSCRIBE ...) TO STDOUT [WITH (FORMAT text | csv, HEADER, DELIMITER 'c', NULL 's')]`
@@ -213,6 +215,7 @@ pub fn parse_statement(sql: &str, compat: &PostgresCompatibilityParser) -> Resul
         | ["ALTER", "TOPIC", ..]
         | ["DROP", "TOPIC", ..]
         | ["SHOW", "TOPICS", ..]
+        | ["SHOW", "CLUSTER", ..]
         | ["SUBSCRIBE", ..]
         | ["COPY", "(", "SUBSCRIBE"]
         | ["CREATE", "SUBSCRIPTION", ..]
@@ -306,8 +309,12 @@ fn parse_eddy(sql: &str) -> Result<Statement, ParserError> {
         let options = parse_copy_options(&mut p)?;
         Statement::CopySubscribe { spec, options }
     } else if p.parse_keyword(Keyword::SHOW) {
-        expect_word(&mut p, "TOPICS")?;
-        Statement::ShowTopics
+        if parse_word(&mut p, "CLUSTER") {
+            Statement::ShowCluster
+        } else {
+            expect_word(&mut p, "TOPICS")?;
+            Statement::ShowTopics
+        }
     } else {
         expect_word(&mut p, "SUBSCRIBE")?;
         Statement::Subscribe(parse_subscribe(&mut p)?)
@@ -714,6 +721,8 @@ mod tests {
             }
         ));
         assert_eq!(parse("SHOW TOPICS")?, vec![Statement::ShowTopics]);
+        assert_eq!(parse("show cluster")?, vec![Statement::ShowCluster]);
+        assert!(matches!(parse("SHOW CLUSTER nodes"), Err(Error::Syntax(_))));
         assert!(matches!(parse("CREATE TOPIC"), Err(Error::Syntax(_))));
         assert!(matches!(parse("SHOW TOPICS extra"), Err(Error::Syntax(_))));
         assert!(matches!(&parse("SELECT 1")?[0], Statement::Sql(_)));

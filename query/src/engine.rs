@@ -410,6 +410,7 @@ impl Engine {
                 _ => (Kind::Other, vec![], None),
             },
             Statement::ShowTopics => (Kind::Other, vec![], Some(show_topics_schema())),
+            Statement::ShowCluster => (Kind::Other, vec![], Some(crate::system::nodes_schema())),
             Statement::ShowSubscriptions => {
                 (Kind::Other, vec![], Some(Engine::subscriptions_schema()))
             }
@@ -496,6 +497,14 @@ impl Engine {
             Statement::AlterTopic { name, options } => self.alter_topic(name, options).await,
             Statement::DropTopic { name, if_exists } => self.drop_object(name, *if_exists, true).await,
             Statement::ShowTopics => self.show_topics(),
+            Statement::ShowCluster => {
+                let batch = self.nodes_batch()?;
+                let schema = batch.schema();
+                Ok(Output::Rows {
+                    tag: "SHOW".into(),
+                    stream: Box::pin(MemoryStream::try_new(vec![batch], schema, None)?),
+                })
+            }
             Statement::CopySubscribe { .. } => Err(Error::NotSupported(
                 "COPY (SUBSCRIBE ...) here: the connection drives subscriptions itself".into(),
             )),

@@ -1,10 +1,10 @@
-//! The `eddy` system schema: `eddy.partitions` and `eddy.subscriptions`, computed when a
-//! query reads them.
+//! The `eddy` system schema: `eddy.partitions`, `eddy.subscriptions`, `eddy.nodes` and
+//! `eddy.raft_groups`, computed when a query reads them.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, TableProvider};
@@ -20,7 +20,7 @@ pub(crate) struct SystemSchema {
     pub(crate) engine: Weak<Engine>,
 }
 
-const TABLES: [&str; 2] = ["partitions", "subscriptions"];
+const TABLES: [&str; 4] = ["partitions", "subscriptions", "nodes", "raft_groups"];
 
 #[async_trait]
 impl SchemaProvider for SystemSchema {
@@ -34,6 +34,8 @@ impl SchemaProvider for SystemSchema {
         let batch = match name {
             "partitions" => engine.partitions_batch(),
             "subscriptions" => engine.subscriptions_batch().await,
+            "nodes" => engine.nodes_batch(),
+            "raft_groups" => engine.raft_groups_batch(),
             _ => return Ok(None),
         }
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
@@ -45,6 +47,17 @@ impl SchemaProvider for SystemSchema {
     fn table_exist(&self, name: &str) -> bool {
         TABLES.contains(&name)
     }
+}
+
+/// The columns of `eddy.nodes` and `SHOW CLUSTER`.
+pub(crate) fn nodes_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("node_id", DataType::Int64, false),
+        Field::new("pg_addr", DataType::Utf8, false),
+        Field::new("cluster_addr", DataType::Utf8, false),
+        Field::new("role", DataType::Utf8, false),
+        Field::new("this_node", DataType::Boolean, false),
+    ]))
 }
 
 fn text(v: Vec<Option<String>>) -> ArrayRef {
@@ -93,6 +106,63 @@ impl Engine {
                 Arc::new(Int32Array::from(part)),
                 int8(start),
                 int8(next),
+            ],
+        )?)
+    }
+
+    /// `eddy.nodes` (and `SHOW CLUSTER`): the cluster's members as this node's metadata
+    /// replica knows them.
+    pub(crate) fn nodes_batch(&self) -> Result<RecordBatch> {
+        let rows = self.writer.nodes();
+        Ok(RecordBatch::try_new(
+            nodes_schema(),
+            vec![
+                int8(rows.iter().map(|r| r.id).collect()),
+                text(rows.iter().map(|r| Some(r.pg_addr.clone())).collect()),
+                text(rows.iter().map(|r| Some(r.cluster_addr.clone())).collect()),
+                text(rows.iter().map(|r| Some(r.role.clone())).collect()),
+                Arc::new(BooleanArray::from(
+                    rows.iter().map(|r| r.this_node).collect::<Vec<_>>(),
+                )),
+            ],
+        )?)
+    }
+
+    /// `eddy.raft_groups`: the Raft groups this node holds a replica of.
+    fn raft_groups_batch(&self) -> Result<RecordBatch> {
+        let rows = self.writer.raft_groups();
+        let opt = |v: Vec<Option<u64>>| -> ArrayRef {
+            Arc::new(Int64Array::from(
+                v.into_iter()
+                    .map(|x| x.map(|x| x as i64))
+                    .collect::<Vec<_>>(),
+            ))
+        };
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("group_id", DataType::Int64, false),
+            Field::new("object", DataType::Utf8, true),
+            Field::new("partition", DataType::Int32, false),
+            Field::new("state", DataType::Utf8, false),
+            Field::new("leader", DataType::Int64, true),
+            Field::new("term", DataType::Int64, false),
+            Field::new("last_log_index", DataType::Int64, true),
+            Field::new("applied_index", DataType::Int64, true),
+            Field::new("replicas", DataType::Utf8, false),
+        ]));
+        Ok(RecordBatch::try_new(
+            schema,
+            vec![
+                int8(rows.iter().map(|r| r.group).collect()),
+                text(rows.iter().map(|r| r.object.clone()).collect()),
+                Arc::new(Int32Array::from(
+                    rows.iter().map(|r| r.partition as i32).collect::<Vec<_>>(),
+                )),
+                text(rows.iter().map(|r| Some(r.state.clone())).collect()),
+                opt(rows.iter().map(|r| r.leader).collect()),
+                int8(rows.iter().map(|r| r.term).collect()),
+                opt(rows.iter().map(|r| r.last_log_index).collect()),
+                opt(rows.iter().map(|r| r.applied_index).collect()),
+                text(rows.iter().map(|r| Some(r.replicas.clone())).collect()),
             ],
         )?)
     }

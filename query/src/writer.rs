@@ -7,11 +7,59 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use eddy_storage::{Store, WriteOp, WriteResult};
 
-/// Applies writes and says when a read may see everything acknowledged before it.
+/// Applies writes, and tells what the cluster looks like.
 #[async_trait]
 pub trait Writer: Send + Sync + 'static {
     /// Applies `ops`; ops for one object apply atomically.
     async fn write(&self, ops: Vec<WriteOp>) -> eddy_storage::Result<Vec<WriteResult>>;
+
+    /// The cluster's nodes (`eddy.nodes`); empty without a cluster.
+    fn nodes(&self) -> Vec<NodeRow> {
+        Vec::new()
+    }
+
+    /// The Raft groups on this node (`eddy.raft_groups`); empty without a cluster.
+    fn raft_groups(&self) -> Vec<GroupRow> {
+        Vec::new()
+    }
+}
+
+/// One row of `eddy.nodes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    /// Node id.
+    pub id: u64,
+    /// Postgres address.
+    pub pg_addr: String,
+    /// Internal RPC address.
+    pub cluster_addr: String,
+    /// `voter` or `learner` in the metadata group.
+    pub role: String,
+    /// The node answering the query.
+    pub this_node: bool,
+}
+
+/// One row of `eddy.raft_groups`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRow {
+    /// Group id (`object id << 32 | partition`; 0 is the metadata group).
+    pub group: u64,
+    /// Topic or table name (`None` for the metadata group).
+    pub object: Option<String>,
+    /// Partition (0 for tables and the metadata group).
+    pub partition: u32,
+    /// This replica's role.
+    pub state: String,
+    /// The leader known here.
+    pub leader: Option<u64>,
+    /// Current term.
+    pub term: u64,
+    /// Newest log index here.
+    pub last_log_index: Option<u64>,
+    /// Newest applied index here.
+    pub applied_index: Option<u64>,
+    /// Replicas, voters first (`1 2 3`, learners marked `4(l)`).
+    pub replicas: String,
 }
 
 /// Writes into the local store only (a node without replication, and unit tests).

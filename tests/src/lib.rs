@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`TestNode`] — an in-process node on port 0 in a temp dir.
 //! - [`ProcessNode`] — the real `eddy` binary as a child process (kill -9, restart).
+//! - [`cluster::TestCluster`] — n real processes forming a cluster (kill, restart).
 //! - [`psql`] — runs the real `psql` client.
 //! - [`slt`] — a small sqllogictest-style runner over the wire protocol.
 //! - [`wait_for`] — condition waits instead of sleeps.
@@ -12,6 +13,7 @@
 //! `tests/process` (real processes: durability, malformed frames, CLI) and `tests/client`
 //! (the `eddy-client` crate against a real node).
 
+pub mod cluster;
 pub mod proxy;
 pub mod slt;
 
@@ -135,6 +137,7 @@ pub fn eddy_bin() -> anyhow::Result<PathBuf> {
 pub struct ProcessNode {
     child: Child,
     addr: SocketAddr,
+    cluster_addr: Option<SocketAddr>,
     /// Where its stderr (logs) goes.
     pub log: PathBuf,
 }
@@ -143,22 +146,34 @@ impl ProcessNode {
     /// Starts `eddy start` on `data_dir` with a free port, plus `extra` flags, and waits
     /// until it prints the address it listens on.
     pub fn start(data_dir: &Path, extra: &[&str]) -> anyhow::Result<ProcessNode> {
+        Self::start_at(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// [`ProcessNode::start`] with the Postgres listener on `pg_addr`. Its stderr is
+    /// appended to `<data_dir>.log`, so a restarted node's log follows the first run's.
+    pub fn start_at(data_dir: &Path, pg_addr: &str, extra: &[&str]) -> anyhow::Result<ProcessNode> {
         let log = data_dir.with_extension("log");
         let mut child = Command::new(eddy_bin()?)
             .arg("start")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--pg-addr", "127.0.0.1:0"])
+            .args(["--pg-addr", pg_addr])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log)?)
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)?,
+            )
             .spawn()?;
         let stdout = child
             .stdout
             .take()
             .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut out = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
+        out.read_line(&mut line)?;
         let addr = line
             .trim()
             .strip_prefix("eddy listening on ")
@@ -167,7 +182,22 @@ impl ProcessNode {
                 anyhow::anyhow!("eddy did not start: {line:?}\n{logs}")
             })?
             .parse()?;
-        Ok(ProcessNode { child, addr, log })
+        // Second line: "eddy node N cluster address HOST:PORT".
+        line.clear();
+        out.read_line(&mut line)?;
+        let cluster_addr = line.trim().rsplit(' ').next().and_then(|a| a.parse().ok());
+        Ok(ProcessNode {
+            child,
+            addr,
+            cluster_addr,
+            log,
+        })
+    }
+
+    /// The cluster (internal RPC) address it printed.
+    pub fn cluster_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.cluster_addr
+            .ok_or_else(|| anyhow::anyhow!("the node printed no cluster address"))
     }
 
     /// The Postgres address.

@@ -1,6 +1,7 @@
 //! The real `eddy` binary as a process: durability across kill -9, malformed wire
-//! frames, and the command line.
+//! frames, the command line, and clusters of processes.
 
 mod t10_durability;
 mod t20_wire;
 mod t30_cli;
+mod t40_cluster;

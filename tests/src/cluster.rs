@@ -1,0 +1,145 @@
+//! A cluster of real `eddy` processes on free ports in one temp dir, formed with the
+//! documented commands: node 1 starts alone, the others `--join` it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use crate::{connect, wait_for, ProcessNode};
+
+/// One node's identity: kept across restarts so it comes back on the same addresses.
+struct Slot {
+    id: u64,
+    data_dir: PathBuf,
+    pg_addr: SocketAddr,
+    cluster_addr: SocketAddr,
+    process: Option<ProcessNode>,
+}
+
+/// n `eddy` processes forming one cluster.
+pub struct TestCluster {
+    slots: Vec<Slot>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes (ids 1..=n) and waits until every node lists all of them.
+    pub async fn start(n: usize) -> anyhow::Result<TestCluster> {
+        let dir = tempfile::tempdir()?;
+        let mut slots: Vec<Slot> = Vec::new();
+        for i in 1..=n {
+            let data_dir = dir.path().join(format!("node{i}"));
+            let id = i.to_string();
+            let seed = slots.first().map(|s| s.cluster_addr.to_string());
+            let mut extra = vec!["--node-id", &id, "--cluster-addr", "127.0.0.1:0"];
+            if let Some(seed) = &seed {
+                extra.extend(["--join", seed.as_str()]);
+            }
+            let p = ProcessNode::start(&data_dir, &extra)?;
+            slots.push(Slot {
+                id: i as u64,
+                data_dir,
+                pg_addr: p.addr(),
+                cluster_addr: p.cluster_addr()?,
+                process: Some(p),
+            });
+        }
+        let cluster = TestCluster { slots, _dir: dir };
+        for i in 1..=n {
+            cluster
+                .wait_rows(i, "SELECT node_id FROM eddy.nodes", n)
+                .await?;
+        }
+        Ok(cluster)
+    }
+
+    fn slot(&mut self, node: usize) -> &mut Slot {
+        &mut self.slots[node - 1]
+    }
+
+    /// Postgres address of node `node` (1-based).
+    pub fn addr(&self, node: usize) -> SocketAddr {
+        self.slots[node - 1].pg_addr
+    }
+
+    /// A client connected to node `node`.
+    pub async fn client(&self, node: usize) -> anyhow::Result<Client> {
+        connect(self.addr(node)).await
+    }
+
+    /// `kill -9` of node `node`.
+    pub fn kill9(&mut self, node: usize) -> anyhow::Result<()> {
+        if let Some(mut p) = self.slot(node).process.take() {
+            p.kill9()?;
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped node again on its old addresses and data.
+    pub fn restart(&mut self, node: usize) -> anyhow::Result<()> {
+        let slot = self.slot(node);
+        anyhow::ensure!(slot.process.is_none(), "node {node} is running");
+        let (id, cluster) = (slot.id.to_string(), slot.cluster_addr.to_string());
+        let p = ProcessNode::start_at(
+            &slot.data_dir,
+            &slot.pg_addr.to_string(),
+            &["--node-id", &id, "--cluster-addr", &cluster],
+        )?;
+        slot.process = Some(p);
+        Ok(())
+    }
+
+    /// The node id (1-based index) leading `object`'s partition, as node `ask` sees it.
+    pub async fn leader_of(
+        &self,
+        ask: usize,
+        object: &str,
+        partition: i32,
+    ) -> anyhow::Result<usize> {
+        let c = self.client(ask).await?;
+        let object = object.to_owned();
+        wait_for("a leader", Duration::from_secs(20), || {
+            let (c, object) = (&c, object.clone());
+            async move {
+                let row = c
+                    .query_opt(
+                        "SELECT leader FROM eddy.raft_groups WHERE object = $1 AND partition = $2",
+                        &[&object, &partition],
+                    )
+                    .await
+                    .ok()??;
+                row.get::<_, Option<i64>>(0).map(|l| l as usize)
+            }
+        })
+        .await
+    }
+
+    /// Waits until `sql` run on node `node` returns `rows` rows.
+    pub async fn wait_rows(&self, node: usize, sql: &str, rows: usize) -> anyhow::Result<()> {
+        let c = self.client(node).await?;
+        wait_for(
+            &format!("{rows} rows from {sql:?} on node {node}"),
+            Duration::from_secs(30),
+            || {
+                let c = &c;
+                async move {
+                    let got = c.query(sql, &[]).await.ok()?;
+                    (got.len() == rows).then_some(())
+                }
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for s in &mut self.slots {
+            if let Some(mut p) = s.process.take() {
+                let _ = p.kill9();
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Real 3-node clusters formed with the documented commands (`--node-id`,
+//! `--cluster-addr`, `--join`): replication, forwarding, leader failure.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use eddy_tests::cluster::TestCluster;
+use eddy_tests::wait_for;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_node_cluster_replicates_writes_sent_to_any_node() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3).await?;
+    let c1 = cluster.client(1).await?;
+    c1.batch_execute(
+        "CREATE TOPIC orders (item TEXT) WITH (partitions = 3);
+         CREATE TABLE stock (item TEXT PRIMARY KEY, n INT);
+         INSERT INTO orders (item) VALUES ('a'), ('b'), ('c'), ('d'), ('e'), ('f');
+         INSERT INTO stock VALUES ('a', 1)",
+    )
+    .await?;
+    // Written through node 1, read on node 3 (its own replica).
+    cluster.wait_rows(3, "SELECT * FROM orders", 6).await?;
+    cluster
+        .wait_rows(3, "SELECT * FROM stock WHERE n = 1", 1)
+        .await?;
+    // A duplicate key sent to node 2 is refused by the table's leader, wherever it is.
+    let c2 = cluster.client(2).await?;
+    let err = c2
+        .execute("INSERT INTO stock VALUES ('a', 2)", &[])
+        .await
+        .expect_err("duplicate");
+    assert_eq!(err.code().map(|c| c.code()), Some("23505"));
+
+    // Every node knows every node; each node leads one of the three partitions.
+    let c3 = cluster.client(3).await?;
+    let nodes = c3
+        .query("SELECT node_id, role FROM eddy.nodes ORDER BY node_id", &[])
+        .await?;
+    let nodes: Vec<(i64, String)> = nodes.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        nodes,
+        vec![
+            (1, "voter".into()),
+            (2, "voter".into()),
+            (3, "voter".into())
+        ]
+    );
+    let shown = c3.simple_query("SHOW CLUSTER").await?;
+    let rows = shown
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(rows, 3, "SHOW CLUSTER lists the nodes");
+    let mut leaders = Vec::new();
+    for p in 0..3 {
+        leaders.push(cluster.leader_of(3, "orders", p).await?);
+    }
+    leaders.sort_unstable();
+    assert_eq!(leaders, vec![1, 2, 3], "leaders spread over the nodes");
+    let replicas: Vec<String> = c3
+        .query(
+            "SELECT replicas FROM eddy.raft_groups WHERE object = 'orders'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(replicas.len(), 3);
+    assert!(
+        replicas.iter().all(|r| r.split(' ').count() == 3),
+        "{replicas:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_partition_leader_while_publishing_loses_no_acknowledged_row(
+) -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start(3).await?;
+    cluster
+        .client(1)
+        .await?
+        .batch_execute("CREATE TOPIC events (id BIGINT)")
+        .await?;
+    let leader = cluster.leader_of(1, "events", 0).await?;
+    let via = if leader == 1 { 2 } else { 1 };
+    let mut client = cluster.client(via).await?;
+    let mut acked: Vec<i64> = Vec::new();
+    // Ids whose insert failed at least once before it was acknowledged: the failed
+    // attempt may have committed too (its outcome was unknown), so they may appear twice.
+    let mut retried: Vec<i64> = Vec::new();
+    let mut errors = 0;
+    let mut id = 0i64;
+    let mut killed = false;
+    while acked.len() < 200 {
+        if acked.len() == 60 && !killed {
+            cluster.kill9(leader)?;
+            killed = true;
+        }
+        match client
+            .execute("INSERT INTO events (id) VALUES ($1)", &[&id])
+            .await
+        {
+            Ok(1) => {
+                acked.push(id);
+                id += 1;
+            }
+            Ok(n) => anyhow::bail!("insert reported {n} rows"),
+            Err(e) => {
+                errors += 1;
+                anyhow::ensure!(errors < 200, "writes never resumed: {e}");
+                retried.push(id);
+                if client.is_closed() {
+                    client = cluster.client(via).await?;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let new_leader = cluster.leader_of(via, "events", 0).await?;
+    assert_ne!(new_leader, leader, "a new leader took over after the kill");
+    cluster.restart(leader)?;
+    let want = acked.len();
+    for node in 1..=3 {
+        let c = cluster.client(node).await?;
+        let rows = wait_for(
+            &format!("node {node} to hold every acknowledged row"),
+            Duration::from_secs(30),
+            || {
+                let c = &c;
+                async move {
+                    let rows = c
+                        .query("SELECT id FROM events ORDER BY _offset", &[])
+                        .await
+                        .ok()?;
+                    let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+                    (ids.len() >= want).then_some(ids)
+                }
+            },
+        )
+        .await?;
+        let mut seen: HashMap<i64, usize> = HashMap::new();
+        for i in &rows {
+            *seen.entry(*i).or_default() += 1;
+        }
+        for a in &acked {
+            let n = seen.get(a).copied().unwrap_or(0);
+            assert!(n >= 1, "node {node} lost acknowledged row {a}");
+            assert!(
+                n == 1 || retried.contains(a),
+                "node {node} holds row {a} {n} times"
+            );
+        }
+        // In order: first appearances follow the order of acknowledgement.
+        let mut firsts: Vec<i64> = Vec::new();
+        for i in rows {
+            if !firsts.contains(&i) {
+                firsts.push(i);
+            }
+        }
+        let acked_order: Vec<i64> = firsts.into_iter().filter(|i| acked.contains(i)).collect();
+        assert_eq!(
+            acked_order, acked,
+            "node {node}: acknowledged rows out of order"
+        );
+    }
+    Ok(())
+}
