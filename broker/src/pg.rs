@@ -56,7 +56,12 @@ impl Backend {
     /// A backend serving `engine`.
     pub fn new(engine: Arc<Engine>) -> Arc<Backend> {
         let mut params = DefaultServerParameterProvider::default();
-        params.server_version = eddy_query::DEFAULT_SETTINGS[0].1.to_owned();
+        if let Some((_, v)) = eddy_query::DEFAULT_SETTINGS
+            .iter()
+            .find(|(k, _)| *k == "server_version")
+        {
+            params.server_version = (*v).to_owned();
+        }
         params.time_zone = "UTC".into();
         Arc::new(Backend {
             engine,

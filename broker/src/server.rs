@@ -43,6 +43,14 @@ impl Writer for Replicated {
         self.0.write(ops).await
     }
 
+    async fn read_barrier(&self, objects: &[u32]) -> eddy_storage::Result<()> {
+        self.0.read_barrier_objects(objects).await
+    }
+
+    async fn metadata_barrier(&self) -> eddy_storage::Result<()> {
+        self.0.read_barrier(METADATA_GROUP).await
+    }
+
     fn nodes(&self) -> Vec<NodeRow> {
         let voters = self
             .0

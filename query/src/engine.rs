@@ -123,6 +123,9 @@ pub struct Prepared {
     pub schema: Option<SchemaRef>,
 }
 
+/// A planned statement's kind, parameter types and result columns.
+type Planned = (Kind, Vec<Option<DataType>>, Option<SchemaRef>);
+
 #[derive(Debug, Clone)]
 pub(crate) enum Kind {
     Query(Box<LogicalPlan>),
@@ -142,7 +145,7 @@ pub struct Session {
 }
 
 /// Defaults reported by SHOW (and as ParameterStatus at startup).
-pub const DEFAULT_SETTINGS: [(&str, &str); 13] = [
+pub const DEFAULT_SETTINGS: [(&str, &str); 14] = [
     ("server_version", "16.6"),
     ("server_version_num", "160006"),
     ("server_encoding", "UTF8"),
@@ -156,6 +159,7 @@ pub const DEFAULT_SETTINGS: [(&str, &str); 13] = [
     ("transaction_isolation", "read committed"),
     ("default_transaction_isolation", "read committed"),
     ("max_identifier_length", "63"),
+    ("consistency", "strong"),
 ];
 
 impl Session {
@@ -372,7 +376,39 @@ impl Engine {
         hints: &[Option<DataType>],
         session: &Session,
     ) -> Result<Prepared> {
-        let (kind, mut param_types, schema) = match &statement {
+        let planned = match self.plan_statement(&statement, session).await {
+            Err(e) if e.is_undefined_relation() && Self::is_strong(session) => {
+                // This node's catalog can lag a CREATE acknowledged on another node: catch
+                // up with the metadata group, then plan again.
+                self.writer.metadata_barrier().await?;
+                self.plan_statement(&statement, session).await
+            }
+            other => other,
+        };
+        let (kind, mut param_types, schema) = planned?;
+        for (i, h) in hints.iter().enumerate() {
+            if let Some(h) = h {
+                if param_types.len() <= i {
+                    param_types.resize(i + 1, None);
+                }
+                param_types[i].get_or_insert_with(|| h.clone());
+            }
+        }
+        Ok(Prepared {
+            statement,
+            kind,
+            param_types,
+            schema,
+        })
+    }
+
+    fn is_strong(session: &Session) -> bool {
+        session.get("consistency").as_deref() != Some("local")
+    }
+
+    /// How a statement runs: its kind, parameter types and result columns.
+    async fn plan_statement(&self, statement: &Statement, session: &Session) -> Result<Planned> {
+        Ok(match statement {
             Statement::Sql(s) => match &**s {
                 SqlStatement::Query(_) | SqlStatement::Explain { .. } => {
                     match crate::point::PointRead::plan(self, s)? {
@@ -423,20 +459,6 @@ impl Engine {
                 (Kind::Other, vec![], self.fetch_subscription_schema(name))
             }
             _ => (Kind::Other, vec![], None),
-        };
-        for (i, h) in hints.iter().enumerate() {
-            if let Some(h) = h {
-                if param_types.len() <= i {
-                    param_types.resize(i + 1, None);
-                }
-                param_types[i].get_or_insert_with(|| h.clone());
-            }
-        }
-        Ok(Prepared {
-            statement,
-            kind,
-            param_types,
-            schema,
         })
     }
 
@@ -470,17 +492,33 @@ impl Engine {
         params: &ParamValues,
     ) -> Result<Output> {
         match &p.kind {
-            Kind::Query(plan) => Ok(Output::Rows {
-                tag: "SELECT".into(),
-                stream: self.run_plan(plan, params).await?,
-            }),
-            Kind::Point(read) => Ok(Output::Rows {
-                tag: "SELECT".into(),
-                stream: read.execute(self, params)?,
-            }),
+            Kind::Query(plan) => {
+                self.strong_read(session, plan_objects(self, plan)).await?;
+                Ok(Output::Rows {
+                    tag: "SELECT".into(),
+                    stream: self.run_plan(plan, params).await?,
+                })
+            }
+            Kind::Point(read) => {
+                self.strong_read(session, vec![read.table_id()]).await?;
+                Ok(Output::Rows {
+                    tag: "SELECT".into(),
+                    stream: read.execute(self, params)?,
+                })
+            }
             Kind::Dml(plan) => dml::execute(self, plan, params).await,
             Kind::Other => self.execute_other(session, &p.statement).await,
         }
+    }
+
+    /// With `consistency = 'strong'` (the default), waits until the local replicas of
+    /// `objects` have applied every write acknowledged before now; `'local'` reads the
+    /// replica as it is.
+    async fn strong_read(&self, session: &Session, objects: Vec<ObjectId>) -> Result<()> {
+        if objects.is_empty() || !Self::is_strong(session) {
+            return Ok(());
+        }
+        Ok(self.writer.read_barrier(&objects).await?)
     }
 
     /// Parses, plans and runs a statement without parameters (the simple protocol).
@@ -790,6 +828,27 @@ fn first_words(sql: &str) -> String {
 }
 
 /// Parameter types of a DataFusion plan, ordered by `$n`.
+/// The topics and tables a plan reads (system and catalog tables excluded).
+fn plan_objects(engine: &Engine, plan: &LogicalPlan) -> Vec<ObjectId> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    let mut ids = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let user = matches!(scan.table_name.schema(), None | Some("public"));
+            if let Some(def) = user
+                .then(|| engine.store().catalog().get(scan.table_name.table()))
+                .flatten()
+            {
+                if !ids.contains(&def.id()) {
+                    ids.push(def.id());
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    ids
+}
+
 pub(crate) fn param_types_of(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
     let map = plan.get_parameter_types()?;
     let mut out: Vec<Option<DataType>> = Vec::new();

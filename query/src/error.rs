@@ -135,3 +135,16 @@ impl From<arrow::error::ArrowError> for Error {
 
 /// Result with the query [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// True when a statement names a topic or table this node's catalog does not have
+    /// (ours, or DataFusion's "table '...' not found").
+    pub(crate) fn is_undefined_relation(&self) -> bool {
+        match self {
+            Error::UndefinedObject { .. } => true,
+            Error::Storage(eddy_storage::Error::ObjectNotFound { .. }) => true,
+            Error::DataFusion(d) => d.to_string().starts_with("Error during planning: table '"),
+            _ => false,
+        }
+    }
+}

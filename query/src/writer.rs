@@ -1,5 +1,5 @@
-//! Where the query layer's writes go: straight into the local store, or through the
-//! cluster's Raft groups (the broker plugs `eddy-consensus` in; this crate does not
+//! Where the query layer's writes go (and what its strong reads wait for): straight into
+//! the local store, or through the cluster's Raft groups (the broker plugs `eddy-consensus` in; this crate does not
 //! depend on it).
 
 use std::sync::Arc;
@@ -12,6 +12,19 @@ use eddy_storage::{Store, WriteOp, WriteResult};
 pub trait Writer: Send + Sync + 'static {
     /// Applies `ops`; ops for one object apply atomically.
     async fn write(&self, ops: Vec<WriteOp>) -> eddy_storage::Result<Vec<WriteResult>>;
+
+    /// Waits until this node's replicas of `objects` have applied every write
+    /// acknowledged before the call, so that a read of them is linearizable
+    /// (`SET consistency = 'strong'`). Local writes need no wait.
+    async fn read_barrier(&self, objects: &[eddy_storage::ObjectId]) -> eddy_storage::Result<()> {
+        let _ = objects;
+        Ok(())
+    }
+
+    /// Waits until this node's catalog has every change acknowledged before the call.
+    async fn metadata_barrier(&self) -> eddy_storage::Result<()> {
+        Ok(())
+    }
 
     /// The cluster's nodes (`eddy.nodes`); empty without a cluster.
     fn nodes(&self) -> Vec<NodeRow> {

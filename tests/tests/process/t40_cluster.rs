@@ -18,11 +18,29 @@ async fn a_three_node_cluster_replicates_writes_sent_to_any_node() -> anyhow::Re
          INSERT INTO stock VALUES ('a', 1)",
     )
     .await?;
-    // Written through node 1, read on node 3 (its own replica).
-    cluster.wait_rows(3, "SELECT * FROM orders", 6).await?;
-    cluster
-        .wait_rows(3, "SELECT * FROM stock WHERE n = 1", 1)
-        .await?;
+    // Written through node 1, read on node 3 at once: reads are strong by default, so
+    // node 3 catches up with the catalog and the data before it answers.
+    let c3 = cluster.client(3).await?;
+    let n: i64 = c3
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await?
+        .get(0);
+    assert_eq!(
+        n, 6,
+        "a strong read on node 3 sees what node 1 acknowledged"
+    );
+    let stock: i32 = c3
+        .query_one("SELECT n FROM stock WHERE item = $1", &[&"a"])
+        .await?
+        .get(0);
+    assert_eq!(stock, 1, "point reads are strong too");
+    c3.batch_execute("SET consistency = 'local'").await?;
+    let local: i64 = c3
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await?
+        .get(0);
+    assert!(local <= 6, "a local read serves the replica as it is");
+    c3.batch_execute("SET consistency = 'strong'").await?;
     // A duplicate key sent to node 2 is refused by the table's leader, wherever it is.
     let c2 = cluster.client(2).await?;
     let err = c2
@@ -32,7 +50,6 @@ async fn a_three_node_cluster_replicates_writes_sent_to_any_node() -> anyhow::Re
     assert_eq!(err.code().map(|c| c.code()), Some("23505"));
 
     // Every node knows every node; each node leads one of the three partitions.
-    let c3 = cluster.client(3).await?;
     let nodes = c3
         .query("SELECT node_id, role FROM eddy.nodes ORDER BY node_id", &[])
         .await?;
