@@ -16,8 +16,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use eddy_query::{CopyFormat, CopyOptions};
 use eddy_storage::layout::{decode_entry, log_key, row_key};
 use eddy_storage::{
-    decode_row, encode_row, ColumnDef, ColumnType, ObjectDef, Records, Replication, StorageConfig,
-    Store, TopicDef, Value, WriteOp, WriteResult,
+    decode_row, encode_row, ColumnDef, ColumnType, ObjectDef, Records, StorageConfig, Store,
+    TopicDef, Value, WriteOp, WriteResult,
 };
 use pgwire::api::portal::Format;
 
@@ -136,20 +136,10 @@ fn append(c: &mut Criterion) {
 
 /// The topic both the append and the encoding benchmarks use: one text column.
 fn topic_def() -> TopicDef {
-    TopicDef {
-        id: 0,
-        name: "micro".into(),
-        columns: vec![ColumnDef {
-            name: "payload".into(),
-            ty: ColumnType::Text,
-            nullable: true,
-        }],
-        partitions: 1,
-        retention_ms: None,
-        replication: Replication::Raft,
-        replicas: None,
-        placement: Vec::new(),
-    }
+    TopicDef::new(
+        "micro",
+        vec![ColumnDef::new("payload", ColumnType::Text, true)],
+    )
 }
 
 /// A batch shaped like the topic as a table: partition, offset, timestamp, key (NULL),

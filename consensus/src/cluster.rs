@@ -54,6 +54,11 @@ pub struct ClusterConfig {
     pub heartbeat: Duration,
     /// Lower bound of the election timeout (the upper is twice it).
     pub election_timeout: Duration,
+    /// A group builds a snapshot after this many log entries since the last one, and
+    /// then purges its log up to it, keeping `keep_after_snapshot` entries.
+    pub snapshot_every: u64,
+    /// Log entries kept below a snapshot (followers a little behind catch up by log).
+    pub keep_after_snapshot: u64,
 }
 
 impl ClusterConfig {
@@ -65,6 +70,8 @@ impl ClusterConfig {
             join: None,
             heartbeat: Duration::from_millis(100),
             election_timeout: Duration::from_millis(600),
+            snapshot_every: 10_000,
+            keep_after_snapshot: 1_000,
         }
     }
 }
@@ -135,8 +142,9 @@ impl Cluster {
             heartbeat_interval: config.heartbeat.as_millis() as u64,
             election_timeout_min: election,
             election_timeout_max: election * 2,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
-            max_in_snapshot_log_to_keep: 1_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: config.keep_after_snapshot,
+            purge_batch_size: 1,
             ..Default::default()
         }
         .validate()

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eddy_storage::{
-    ColumnDef, ColumnType, ObjectDef, Records, Replication, StorageConfig, Store, TopicDef, Value,
-    WriteOp, WriteResult,
+    ColumnDef, ColumnType, ObjectDef, Records, StorageConfig, Store, TopicDef, Value, WriteOp,
+    WriteResult,
 };
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -21,6 +21,14 @@ struct TestNode {
 }
 
 async fn start_node(id: u64, join: Option<&str>) -> TestNode {
+    start_node_with(id, join, |_| {}).await
+}
+
+async fn start_node_with(
+    id: u64,
+    join: Option<&str>,
+    tune: impl FnOnce(&mut ClusterConfig),
+) -> TestNode {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -33,6 +41,7 @@ async fn start_node(id: u64, join: Option<&str>) -> TestNode {
         },
     );
     config.join = join.map(str::to_owned);
+    tune(&mut config);
     let faults = Arc::new(Faults::default());
     let cluster = Cluster::start(store, config, listener, faults.clone())
         .await
@@ -55,10 +64,14 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 async fn three_nodes() -> Vec<TestNode> {
-    let n1 = start_node(1, None).await;
+    three_nodes_with(|_| {}).await
+}
+
+async fn three_nodes_with(tune: impl Fn(&mut ClusterConfig)) -> Vec<TestNode> {
+    let n1 = start_node_with(1, None, &tune).await;
     let seed = n1.addr.clone();
-    let n2 = start_node(2, Some(&seed)).await;
-    let n3 = start_node(3, Some(&seed)).await;
+    let n2 = start_node_with(2, Some(&seed), &tune).await;
+    let n3 = start_node_with(3, Some(&seed), &tune).await;
     let nodes = vec![n1, n2, n3];
     wait_for("every node to see three members", || {
         nodes.iter().all(|n| n.cluster.nodes().len() == 3)
@@ -68,28 +81,15 @@ async fn three_nodes() -> Vec<TestNode> {
 }
 
 fn topic_def(name: &str, partitions: u32) -> ObjectDef {
+    let columns = vec![ColumnDef::new("payload", ColumnType::Text, true)];
     ObjectDef::Topic(TopicDef {
-        id: 0,
-        name: name.into(),
-        columns: vec![ColumnDef {
-            name: "payload".into(),
-            ty: ColumnType::Text,
-            nullable: true,
-        }],
         partitions,
-        retention_ms: None,
-        replication: Replication::Raft,
-        replicas: None,
-        placement: Vec::new(),
+        ..TopicDef::new(name, columns)
     })
 }
 
 fn texts(payloads: &[String]) -> Records {
-    let columns = [ColumnDef {
-        name: "payload".into(),
-        ty: ColumnType::Text,
-        nullable: true,
-    }];
+    let columns = [ColumnDef::new("payload", ColumnType::Text, true)];
     let mut r = Records::new();
     for p in payloads {
         r.push(&columns, None, &[Value::Text(p.clone())]).unwrap();
@@ -282,5 +282,106 @@ async fn a_shut_down_node_lets_go_of_its_store() {
             store.handle_count() - 1
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_fell_behind_a_purged_log_catches_up_by_snapshot() {
+    let nodes = three_nodes_with(|c| {
+        c.snapshot_every = 20;
+        c.keep_after_snapshot = 0;
+    })
+    .await;
+    nodes[0]
+        .cluster
+        .write(vec![WriteOp::Create(topic_def("snap", 1))])
+        .await
+        .unwrap();
+    let def = nodes[0].cluster.store().catalog().topic("snap").unwrap();
+    let group = group_of(def.id(), 0);
+    wait_for("a leader known on every node", || {
+        nodes.iter().all(|n| leader(n, group).is_some())
+    })
+    .await;
+    let lead = leader(&nodes[0], group).unwrap();
+    let behind = nodes.iter().position(|n| n.cluster.id() != lead).unwrap();
+    // Cut one follower off, then write enough for the others to snapshot and purge.
+    for (i, n) in nodes.iter().enumerate() {
+        if i == behind {
+            for peer in 1..=3 {
+                n.faults.set_cut(peer, true);
+            }
+        } else {
+            n.faults.set_cut(nodes[behind].cluster.id(), true);
+        }
+    }
+    let writer = nodes.iter().find(|n| n.cluster.id() == lead).unwrap();
+    for i in 0..60 {
+        writer
+            .cluster
+            .write(vec![WriteOp::Append {
+                topic: def.id(),
+                partition: 0,
+                records: texts(&[format!("m{i}")]),
+            }])
+            .await
+            .unwrap();
+    }
+    let purged = writer
+        .cluster
+        .raft(group)
+        .and_then(|r| r.metrics().borrow().purged.map(|p| p.index))
+        .unwrap_or(0);
+    let had = nodes[behind]
+        .cluster
+        .raft(group)
+        .and_then(|r| r.metrics().borrow().last_log_index)
+        .unwrap_or(0);
+    assert!(
+        purged > had,
+        "the leader purged entries the follower lacks ({purged} > {had})"
+    );
+    for n in &nodes {
+        for peer in 1..=3 {
+            n.faults.set_cut(peer, false);
+        }
+    }
+    nodes[behind].cluster.read_barrier(group).await.unwrap();
+    let ObjectDef::Topic(t) = &*def else { panic!() };
+    let rows = nodes[behind]
+        .cluster
+        .store()
+        .read_log(t, 0, 0, u64::MAX, 100)
+        .unwrap();
+    let values: Vec<_> = rows.iter().map(|(_, r)| r.values[0].clone()).collect();
+    let want: Vec<_> = (0..60).map(|i| Value::Text(format!("m{i}"))).collect();
+    assert_eq!(values, want, "the snapshot brought every message, in order");
+    let snap = nodes[behind]
+        .cluster
+        .raft(group)
+        .and_then(|r| r.metrics().borrow().snapshot.map(|s| s.index));
+    assert!(snap.is_some(), "the follower installed a snapshot");
+    // And it keeps replicating by log afterwards.
+    writer
+        .cluster
+        .write(vec![WriteOp::Append {
+            topic: def.id(),
+            partition: 0,
+            records: texts(&["after".to_owned()]),
+        }])
+        .await
+        .unwrap();
+    nodes[behind].cluster.read_barrier(group).await.unwrap();
+    assert_eq!(
+        nodes[behind]
+            .cluster
+            .store()
+            .read_log(t, 0, 60, u64::MAX, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+    for n in &nodes {
+        n.cluster.shutdown().await;
     }
 }

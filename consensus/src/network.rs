@@ -389,44 +389,34 @@ type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>>;
 
 impl GroupClient {
-    async fn call(
+    /// Sends one openraft RPC and takes its answer out of the reply with `pick`.
+    async fn rpc<T, E: std::error::Error>(
         &self,
         call: Call,
         option: &RPCOption,
-    ) -> Result<Reply, RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>> {
-        match self
+        pick: impl FnOnce(Reply) -> Option<Result<T, RaftError<NodeId, E>>>,
+    ) -> RpcResult<T, E> {
+        let reply = self
             .peers
             .call(self.target, &self.addr, call, option.hard_ttl())
-            .await
-        {
+            .await;
+        match reply {
             Ok(Reply::NoGroup) => Err(RPCError::Unreachable(Unreachable::new(
                 &CallError::NoGroup(self.group),
             ))),
-            Ok(r) => Ok(r),
+            Ok(r) => match pick(r) {
+                Some(answer) => {
+                    answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+                }
+                None => Err(RPCError::Network(NetworkError::new(&CallError::Refused(
+                    "unexpected reply kind".into(),
+                )))),
+            },
             Err(e @ TransportError::Unreachable(..)) => {
                 Err(RPCError::Unreachable(Unreachable::new(&e)))
             }
             Err(e @ TransportError::Network(..)) => Err(RPCError::Network(NetworkError::new(&e))),
         }
-    }
-
-    fn unexpected<E: std::error::Error>(&self) -> RPCError<NodeId, NodeInfo, RaftError<NodeId, E>> {
-        RPCError::Network(NetworkError::new(&CallError::Refused(
-            "unexpected reply kind".into(),
-        )))
-    }
-}
-
-/// Re-types a transport failure for an RPC whose remote error type differs.
-fn retype<E: std::error::Error>(
-    e: RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>,
-) -> RPCError<NodeId, NodeInfo, RaftError<NodeId, E>> {
-    match e {
-        RPCError::Unreachable(u) => RPCError::Unreachable(u),
-        RPCError::Timeout(t) => RPCError::Timeout(t),
-        RPCError::PayloadTooLarge(p) => RPCError::PayloadTooLarge(p),
-        RPCError::Network(n) => RPCError::Network(n),
-        RPCError::RemoteError(r) => RPCError::Network(NetworkError::new(&r)),
     }
 }
 
@@ -436,16 +426,11 @@ impl RaftNetwork<TypeConfig> for GroupClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        match self
-            .call(Call::Append(self.group, rpc), &option)
-            .await
-            .map_err(retype)?
-        {
-            Reply::Append(r) => {
-                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            _ => Err(self.unexpected()),
-        }
+        self.rpc(Call::Append(self.group, rpc), &option, |r| match r {
+            Reply::Append(a) => Some(a),
+            _ => None,
+        })
+        .await
     }
 
     async fn install_snapshot(
@@ -453,12 +438,11 @@ impl RaftNetwork<TypeConfig> for GroupClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        match self.call(Call::Snapshot(self.group, rpc), &option).await? {
-            Reply::Snapshot(r) => {
-                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            _ => Err(self.unexpected()),
-        }
+        self.rpc(Call::Snapshot(self.group, rpc), &option, |r| match r {
+            Reply::Snapshot(a) => Some(a),
+            _ => None,
+        })
+        .await
     }
 
     async fn vote(
@@ -466,15 +450,10 @@ impl RaftNetwork<TypeConfig> for GroupClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        match self
-            .call(Call::Vote(self.group, rpc), &option)
-            .await
-            .map_err(retype)?
-        {
-            Reply::Vote(r) => {
-                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            _ => Err(self.unexpected()),
-        }
+        self.rpc(Call::Vote(self.group, rpc), &option, |r| match r {
+            Reply::Vote(a) => Some(a),
+            _ => None,
+        })
+        .await
     }
 }

@@ -112,14 +112,8 @@ impl Engine {
             });
         }
         let mut topic = TopicDef {
-            id: 0,
-            name,
-            columns: cols,
             partitions: self.config.default_partitions,
-            retention_ms: None,
-            replication: Replication::Raft,
-            replicas: None,
-            placement: Vec::new(),
+            ..TopicDef::new(name, cols)
         };
         for (k, v) in options_map(options)? {
             match k.as_str() {

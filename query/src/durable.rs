@@ -18,7 +18,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::sql::sqlparser::ast::ObjectName;
 use eddy_storage::{
-    ColumnDef, ColumnType, LogRecord, ObjectDef, ObjectId, Records, Replication, Store, SubChange,
+    ColumnDef, ColumnType, LogRecord, ObjectDef, ObjectId, Records, Store, SubChange,
     SubscriptionDef, TopicDef, Value, WriteOp,
 };
 
@@ -228,16 +228,7 @@ impl Engine {
             )));
         }
         columns.extend(source.log.columns.iter().cloned());
-        let dlq = TopicDef {
-            id: 0,
-            name: def.dlq.clone(),
-            columns,
-            partitions: 1,
-            retention_ms: None,
-            replication: Replication::Raft,
-            replicas: None,
-            placement: Vec::new(),
-        };
+        let dlq = TopicDef::new(def.dlq.clone(), columns);
         let created = self
             .writer
             .write(vec![

@@ -144,7 +144,34 @@ pub struct SubscriptionDef {
     pub dlq: String,
 }
 
+impl ColumnDef {
+    /// A column.
+    pub fn new(name: impl Into<String>, ty: ColumnType, nullable: bool) -> ColumnDef {
+        ColumnDef {
+            name: name.into(),
+            ty,
+            nullable,
+        }
+    }
+}
+
 impl TopicDef {
+    /// A topic with these columns and the defaults for the rest: one partition, kept
+    /// forever, replicated through Raft with the cluster's replica count (its id and
+    /// placement are decided when it is created).
+    pub fn new(name: impl Into<String>, columns: Vec<ColumnDef>) -> TopicDef {
+        TopicDef {
+            id: 0,
+            name: name.into(),
+            columns,
+            partitions: 1,
+            retention_ms: None,
+            replication: Replication::Raft,
+            replicas: None,
+            placement: Vec::new(),
+        }
+    }
+
     /// The user column types in declaration order.
     pub fn column_types(&self) -> Vec<ColumnType> {
         self.columns.iter().map(|c| c.ty).collect()

@@ -5,19 +5,10 @@ use std::sync::Arc;
 use crate::*;
 
 fn topic(name: &str, partitions: u32) -> ObjectDef {
+    let columns = vec![ColumnDef::new("payload", ColumnType::Text, true)];
     ObjectDef::Topic(TopicDef {
-        id: 0,
-        name: name.into(),
-        columns: vec![ColumnDef {
-            name: "payload".into(),
-            ty: ColumnType::Text,
-            nullable: true,
-        }],
         partitions,
-        retention_ms: None,
-        replication: Replication::Raft,
-        replicas: None,
-        placement: Vec::new(),
+        ..TopicDef::new(name, columns)
     })
 }
 
