@@ -327,20 +327,20 @@ async fn a_node_that_fell_behind_a_purged_log_catches_up_by_snapshot() {
             .await
             .unwrap();
     }
-    let purged = writer
-        .cluster
-        .raft(group)
-        .and_then(|r| r.metrics().borrow().purged.map(|p| p.index))
-        .unwrap_or(0);
     let had = nodes[behind]
         .cluster
         .raft(group)
         .and_then(|r| r.metrics().borrow().last_log_index)
         .unwrap_or(0);
-    assert!(
-        purged > had,
-        "the leader purged entries the follower lacks ({purged} > {had})"
-    );
+    // Snapshots are built and the log purged in the background, after the writes.
+    wait_for("the leader to purge entries the follower lacks", || {
+        writer
+            .cluster
+            .raft(group)
+            .and_then(|r| r.metrics().borrow().purged.map(|p| p.index))
+            .is_some_and(|purged| purged > had)
+    })
+    .await;
     for n in &nodes {
         for peer in 1..=3 {
             n.faults.set_cut(peer, false);
