@@ -46,6 +46,10 @@ pub struct ClusterSection {
     pub heartbeat_ms: u64,
     /// A follower that hears no leader for this long (up to twice it) starts an election.
     pub election_timeout_ms: u64,
+    /// Testing only: a file listing node ids (whitespace-separated) whose links to this
+    /// node are cut, re-read every 100 ms. Calls to and from them are dropped, as if the
+    /// network between were split; `eddy.nodes` shows them with `link = 'cut'`.
+    pub fault_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ClusterSection {
@@ -56,6 +60,7 @@ impl Default for ClusterSection {
             join: None,
             heartbeat_ms: 100,
             election_timeout_ms: 600,
+            fault_file: None,
         }
     }
 }

@@ -62,6 +62,10 @@ struct StartArgs {
     /// Join the cluster of the node at this cluster address (when this node's data is new).
     #[arg(long, value_name = "HOST:PORT")]
     join: Option<String>,
+    /// Testing only: cut this node's links to the node ids listed in FILE (re-read
+    /// every 100 ms), to simulate a network partition.
+    #[arg(long, value_name = "FILE", hide = true)]
+    fault_file: Option<PathBuf>,
     /// Largest message or row accepted, in bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     max_message_bytes: Option<usize>,
@@ -99,6 +103,9 @@ async fn start(args: StartArgs) -> anyhow::Result<()> {
     }
     if let Some(j) = args.join {
         config.cluster.join = Some(j);
+    }
+    if let Some(f) = args.fault_file {
+        config.cluster.fault_file = Some(f);
     }
     if let Some(m) = args.max_message_bytes {
         config.query.max_message_bytes = m;

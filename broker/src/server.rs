@@ -35,7 +35,7 @@ pub struct NodeHandle {
 }
 
 /// The query layer's writes go through the cluster's Raft groups.
-struct Replicated(Cluster);
+struct Replicated(Cluster, Arc<Faults>);
 
 #[async_trait]
 impl Writer for Replicated {
@@ -64,6 +64,7 @@ impl Writer for Replicated {
                     .collect::<Vec<_>>()
             })
             .unwrap_or_default();
+        let cut = self.1.cut();
         self.0
             .nodes()
             .into_iter()
@@ -78,6 +79,7 @@ impl Writer for Replicated {
                 }
                 .into(),
                 this_node: id == self.0.id(),
+                link: if cut.contains(&id) { "cut" } else { "ok" }.into(),
             })
             .collect()
     }
@@ -194,17 +196,13 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
     cc.join = config.cluster.join.clone();
     cc.heartbeat = Duration::from_millis(config.cluster.heartbeat_ms);
     cc.election_timeout = Duration::from_millis(config.cluster.election_timeout_ms);
-    let cluster = Cluster::start(
-        store.clone(),
-        cc,
-        cluster_listener,
-        Arc::new(Faults::default()),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("cannot start the cluster: {e}"))?;
+    let faults = Arc::new(Faults::default());
+    let cluster = Cluster::start(store.clone(), cc, cluster_listener, faults.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the cluster: {e}"))?;
     let engine = Engine::with_writer(
         store.clone(),
-        Arc::new(Replicated(cluster.clone())),
+        Arc::new(Replicated(cluster.clone(), faults.clone())),
         config.query.clone(),
     )?;
     tracing::info!(%pg_addr, %cluster_addr, node_id = config.cluster.node_id, data_dir = %config.node.data_dir.display(), "eddy node started");
@@ -212,6 +210,9 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
     let handlers = Handlers(Backend::new(engine.clone()));
     let grace = Duration::from_millis(config.node.shutdown_grace_ms);
     let accept = tokio::spawn(accept_loop(listener, handlers, cancel.clone(), grace));
+    if let Some(file) = config.cluster.fault_file.clone() {
+        tokio::spawn(fault_loop(file, faults.clone(), cancel.clone()));
+    }
     let retention = tokio::spawn(retention_loop(
         store.clone(),
         Duration::from_millis(config.storage.retention_check_ms),
@@ -266,6 +267,29 @@ async fn accept_loop(
             "closing connections still open after the grace period"
         );
         connections.shutdown().await;
+    }
+}
+
+/// Testing only: applies the node ids listed in `file` as cut links, until cancelled.
+async fn fault_loop(file: std::path::PathBuf, faults: Arc<Faults>, cancel: CancellationToken) {
+    loop {
+        let listed: Vec<u64> = std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        for id in faults.cut() {
+            if !listed.contains(&id) {
+                faults.set_cut(id, false);
+            }
+        }
+        for id in listed {
+            faults.set_cut(id, true);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
     }
 }
 

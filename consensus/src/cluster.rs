@@ -434,14 +434,9 @@ impl Cluster {
     }
 
     async fn reconcile(&self) {
-        let mut placed_here = BTreeSet::new();
         for def in self.inner.store.catalog().list() {
             for (group, placement, ranges) in groups_of(&def) {
-                if !placement.contains(&self.id()) {
-                    continue;
-                }
-                placed_here.insert(group);
-                if self.group(group).is_some() {
+                if !placement.contains(&self.id()) || self.group(group).is_some() {
                     continue;
                 }
                 match self.start_group(group, ranges).await {
@@ -468,11 +463,24 @@ impl Cluster {
                 }
             }
         }
-        // Groups of dropped objects stop, and their Raft state goes.
+        // Groups of dropped objects stop, and their Raft state goes. Decided under the
+        // start lock from the catalog as it is now: a group another reconcile started
+        // since the list above belongs to an object that list did not have yet.
+        let _starting = self.inner.starting.lock().await;
+        let current: BTreeSet<GroupId> = self
+            .inner
+            .store
+            .catalog()
+            .list()
+            .iter()
+            .flat_map(|def| groups_of(def))
+            .filter(|(_, placement, _)| placement.contains(&self.id()))
+            .map(|(g, _, _)| g)
+            .collect();
         let gone: Vec<GroupId> = self
             .groups()
             .into_iter()
-            .filter(|g| *g != METADATA_GROUP && !placed_here.contains(g))
+            .filter(|g| *g != METADATA_GROUP && !current.contains(g))
             .collect();
         for group in gone {
             let Some(g) = self.inner.groups.write().remove(&group) else {
@@ -717,18 +725,20 @@ impl Cluster {
             let last_error = match leader {
                 Some(l) if l == self.id() && state == ServerState::Leader => {
                     let at = now_micros();
-                    match raft
-                        .client_write(Request::Write {
-                            units: units.clone(),
-                            at,
-                        })
-                        .await
-                    {
-                        Ok(r) => return Ok(r.data),
-                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    let write = raft.client_write(Request::Write {
+                        units: units.clone(),
+                        at,
+                    });
+                    // A leader cut off from its quorum never commits: give up at the
+                    // deadline (the outcome is then unknown to the client).
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, write).await {
+                        Ok(Ok(r)) => return Ok(r.data),
+                        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                             format!("leadership moved to {:?}", f.leader_id)
                         }
-                        Err(e) => e.to_string(),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "no quorum acknowledged the write in time".to_owned(),
                     }
                 }
                 Some(l) if l != self.id() => {

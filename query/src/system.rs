@@ -57,6 +57,7 @@ pub(crate) fn nodes_schema() -> SchemaRef {
         Field::new("cluster_addr", DataType::Utf8, false),
         Field::new("role", DataType::Utf8, false),
         Field::new("this_node", DataType::Boolean, false),
+        Field::new("link", DataType::Utf8, false),
     ]))
 }
 
@@ -80,9 +81,17 @@ fn positions_text(next: &[u64]) -> String {
 }
 
 impl Engine {
-    /// `eddy.partitions`: every topic partition's retained start and next offset.
+    /// `eddy.partitions`: every topic partition's retained start offset and next offset
+    /// (its high watermark) on this node, and its Raft group's leader and replicas.
     fn partitions_batch(&self) -> Result<RecordBatch> {
+        let groups: std::collections::HashMap<(String, u32), (Option<u64>, String)> = self
+            .writer
+            .raft_groups()
+            .into_iter()
+            .filter_map(|g| Some(((g.object?, g.partition), (g.leader, g.replicas))))
+            .collect();
         let (mut topic, mut part, mut start, mut next) = (vec![], vec![], vec![], vec![]);
+        let (mut leader, mut replicas) = (vec![], vec![]);
         for obj in self.store().catalog().list() {
             let ObjectDef::Topic(t) = &*obj else { continue };
             for p in 0..t.partitions {
@@ -91,6 +100,22 @@ impl Engine {
                 part.push(p as i32);
                 start.push(s.start_offset());
                 next.push(s.next_offset());
+                let (l, r) = match groups.get(&(t.name.clone(), p)) {
+                    Some((l, r)) => (l.map(|l| l as i64), Some(r.clone())),
+                    // Not replicated here: a replica elsewhere, or a local topic.
+                    None => (
+                        None,
+                        t.placement.get(p as usize).map(|nodes| {
+                            nodes
+                                .iter()
+                                .map(u64::to_string)
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        }),
+                    ),
+                };
+                leader.push(l);
+                replicas.push(r);
             }
         }
         let schema = Arc::new(Schema::new(vec![
@@ -98,6 +123,8 @@ impl Engine {
             Field::new("partition", DataType::Int32, false),
             Field::new("start_offset", DataType::Int64, false),
             Field::new("next_offset", DataType::Int64, false),
+            Field::new("leader", DataType::Int64, true),
+            Field::new("replicas", DataType::Utf8, true),
         ]));
         Ok(RecordBatch::try_new(
             schema,
@@ -106,6 +133,8 @@ impl Engine {
                 Arc::new(Int32Array::from(part)),
                 int8(start),
                 int8(next),
+                Arc::new(Int64Array::from(leader)),
+                text(replicas),
             ],
         )?)
     }
@@ -124,6 +153,7 @@ impl Engine {
                 Arc::new(BooleanArray::from(
                     rows.iter().map(|r| r.this_node).collect::<Vec<_>>(),
                 )),
+                text(rows.iter().map(|r| Some(r.link.clone())).collect()),
             ],
         )?)
     }

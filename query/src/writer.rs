@@ -50,6 +50,8 @@ pub struct NodeRow {
     pub role: String,
     /// The node answering the query.
     pub this_node: bool,
+    /// `ok`, or `cut` when fault injection (testing) cut this node's link to it.
+    pub link: String,
 }
 
 /// One row of `eddy.raft_groups`.

@@ -16,6 +16,8 @@ struct Slot {
     pg_addr: SocketAddr,
     cluster_addr: SocketAddr,
     process: Option<ProcessNode>,
+    /// The node's `--fault-file`: the node ids its links are cut to.
+    faults: PathBuf,
 }
 
 /// n `eddy` processes forming one cluster.
@@ -31,9 +33,19 @@ impl TestCluster {
         let mut slots: Vec<Slot> = Vec::new();
         for i in 1..=n {
             let data_dir = dir.path().join(format!("node{i}"));
+            let faults = dir.path().join(format!("node{i}.faults"));
+            std::fs::write(&faults, "")?;
             let id = i.to_string();
             let seed = slots.first().map(|s| s.cluster_addr.to_string());
-            let mut extra = vec!["--node-id", &id, "--cluster-addr", "127.0.0.1:0"];
+            let fault_file = faults.display().to_string();
+            let mut extra = vec![
+                "--node-id",
+                &id,
+                "--cluster-addr",
+                "127.0.0.1:0",
+                "--fault-file",
+                &fault_file,
+            ];
             if let Some(seed) = &seed {
                 extra.extend(["--join", seed.as_str()]);
             }
@@ -44,6 +56,7 @@ impl TestCluster {
                 pg_addr: p.addr(),
                 cluster_addr: p.cluster_addr()?,
                 process: Some(p),
+                faults,
             });
         }
         let cluster = TestCluster { slots, _dir: dir };
@@ -82,12 +95,47 @@ impl TestCluster {
         let slot = self.slot(node);
         anyhow::ensure!(slot.process.is_none(), "node {node} is running");
         let (id, cluster) = (slot.id.to_string(), slot.cluster_addr.to_string());
+        let faults = slot.faults.display().to_string();
         let p = ProcessNode::start_at(
             &slot.data_dir,
             &slot.pg_addr.to_string(),
-            &["--node-id", &id, "--cluster-addr", &cluster],
+            &[
+                "--node-id",
+                &id,
+                "--cluster-addr",
+                &cluster,
+                "--fault-file",
+                &faults,
+            ],
         )?;
         slot.process = Some(p);
+        Ok(())
+    }
+
+    /// Cuts node `node` off from every other node, in both directions (each node reads
+    /// its fault file every 100 ms; `eddy.nodes` shows `link = 'cut'` once it has).
+    pub fn isolate(&self, node: usize) -> anyhow::Result<()> {
+        for s in &self.slots {
+            let cut = if s.id == node as u64 {
+                self.slots
+                    .iter()
+                    .filter(|o| o.id != s.id)
+                    .map(|o| o.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            } else {
+                node.to_string()
+            };
+            std::fs::write(&s.faults, cut)?;
+        }
+        Ok(())
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) -> anyhow::Result<()> {
+        for s in &self.slots {
+            std::fs::write(&s.faults, "")?;
+        }
         Ok(())
     }
 

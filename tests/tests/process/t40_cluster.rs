@@ -88,6 +88,25 @@ async fn a_three_node_cluster_replicates_writes_sent_to_any_node() -> anyhow::Re
         replicas.iter().all(|r| r.split(' ').count() == 3),
         "{replicas:?}"
     );
+    // eddy.partitions on node 2: each partition's leader, replicas and high watermark.
+    let parts = c2
+        .query(
+            "SELECT leader, replicas, next_offset FROM eddy.partitions
+             WHERE topic = 'orders' ORDER BY partition",
+            &[],
+        )
+        .await?;
+    let mut part_leaders: Vec<i64> = parts.iter().map(|r| r.get(0)).collect();
+    part_leaders.sort_unstable();
+    assert_eq!(part_leaders, vec![1, 2, 3]);
+    assert!(parts
+        .iter()
+        .all(|r| r.get::<_, String>(1).split(' ').count() == 3));
+    let messages: i64 = parts.iter().map(|r| r.get::<_, i64>(2)).sum();
+    assert!(
+        messages <= 6,
+        "high watermarks count the six messages at most"
+    );
     Ok(())
 }
 
@@ -182,5 +201,71 @@ async fn killing_a_partition_leader_while_publishing_loses_no_acknowledged_row(
             "node {node}: acknowledged rows out of order"
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_partitioned_node_refuses_writes_and_serves_local_reads() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3).await?;
+    let c1 = cluster.client(1).await?;
+    c1.batch_execute("CREATE TOPIC t (n INT); INSERT INTO t VALUES (1)")
+        .await?;
+    let c3 = cluster.client(3).await?;
+    let n: i64 = c3.query_one("SELECT count(*) FROM t", &[]).await?.get(0);
+    assert_eq!(n, 1);
+
+    cluster.isolate(3)?;
+    // The fault took effect: node 3 sees both links cut.
+    cluster
+        .wait_rows(3, "SELECT node_id FROM eddy.nodes WHERE link = 'cut'", 2)
+        .await?;
+    let err = c3
+        .execute("INSERT INTO t VALUES (2)", &[])
+        .await
+        .expect_err("the minority refuses writes");
+    assert_eq!(err.code().map(|c| c.code()), Some("40001"), "{err}");
+    let msg = err
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert!(msg.contains("retry"), "{msg}");
+    // It still serves its own replica.
+    c3.batch_execute("SET consistency = 'local'").await?;
+    let n: i64 = c3.query_one("SELECT count(*) FROM t", &[]).await?.get(0);
+    assert_eq!(n, 1);
+    // The majority side goes on.
+    let c2 = cluster.client(2).await?;
+    wait_for(
+        "the majority to accept a write",
+        Duration::from_secs(30),
+        || {
+            let c2 = &c2;
+            async move { c2.execute("INSERT INTO t VALUES (3)", &[]).await.ok() }
+        },
+    )
+    .await?;
+
+    cluster.heal()?;
+    cluster
+        .wait_rows(3, "SELECT node_id FROM eddy.nodes WHERE link = 'ok'", 3)
+        .await?;
+    c3.batch_execute("SET consistency = 'strong'").await?;
+    let rows = wait_for("node 3 to catch up", Duration::from_secs(30), || {
+        let c3 = &c3;
+        async move {
+            let rows = c3
+                .query("SELECT n FROM t ORDER BY _offset", &[])
+                .await
+                .ok()?;
+            let ns: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+            ns.contains(&3).then_some(ns)
+        }
+    })
+    .await?;
+    assert!(
+        !rows.contains(&2),
+        "the refused write never appears: {rows:?}"
+    );
+    assert_eq!(rows.first(), Some(&1));
     Ok(())
 }
