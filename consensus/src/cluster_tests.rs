@@ -97,6 +97,23 @@ fn texts(payloads: &[String]) -> Records {
     r
 }
 
+/// Creates a one-partition topic through node 1 and waits until every node knows the
+/// leader of its group.
+async fn one_partition_topic(nodes: &[TestNode], name: &str) -> (Arc<ObjectDef>, u64) {
+    nodes[0]
+        .cluster
+        .write(vec![WriteOp::Create(topic_def(name, 1))])
+        .await
+        .unwrap();
+    let def = nodes[0].cluster.store().catalog().topic(name).unwrap();
+    let group = group_of(def.id(), 0);
+    wait_for("a leader known on every node", || {
+        nodes.iter().all(|n| leader(n, group).is_some())
+    })
+    .await;
+    (def, group)
+}
+
 fn leader(node: &TestNode, group: u64) -> Option<u64> {
     node.cluster
         .raft(group)
@@ -194,17 +211,7 @@ async fn three_nodes_replicate_partitions_with_spread_leaders_and_forwarded_writ
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_node_refuses_writes_with_a_retryable_error_and_the_majority_goes_on() {
     let nodes = three_nodes().await;
-    nodes[0]
-        .cluster
-        .write(vec![WriteOp::Create(topic_def("events", 1))])
-        .await
-        .unwrap();
-    let def = nodes[0].cluster.store().catalog().topic("events").unwrap();
-    let group = group_of(def.id(), 0);
-    wait_for("a leader known on every node", || {
-        nodes.iter().all(|n| leader(n, group).is_some())
-    })
-    .await;
+    let (def, group) = one_partition_topic(&nodes, "events").await;
     // Cut node 3 off in both directions.
     for n in &nodes[..2] {
         n.faults.set_cut(3, true);
@@ -292,17 +299,7 @@ async fn a_node_that_fell_behind_a_purged_log_catches_up_by_snapshot() {
         c.keep_after_snapshot = 0;
     })
     .await;
-    nodes[0]
-        .cluster
-        .write(vec![WriteOp::Create(topic_def("snap", 1))])
-        .await
-        .unwrap();
-    let def = nodes[0].cluster.store().catalog().topic("snap").unwrap();
-    let group = group_of(def.id(), 0);
-    wait_for("a leader known on every node", || {
-        nodes.iter().all(|n| leader(n, group).is_some())
-    })
-    .await;
+    let (def, group) = one_partition_topic(&nodes, "snap").await;
     let lead = leader(&nodes[0], group).unwrap();
     let behind = nodes.iter().position(|n| n.cluster.id() != lead).unwrap();
     // Cut one follower off, then write enough for the others to snapshot and purge.
