@@ -74,13 +74,17 @@ struct StartArgs {
     log: String,
 }
 
-async fn wait_for_signal() -> anyhow::Result<&'static str> {
+/// Installs the SIGTERM/SIGINT handlers now (so a signal that comes early is not lost to
+/// the default action) and returns a future that resolves with the first one.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     })
 }
 
@@ -110,6 +114,7 @@ async fn start(args: StartArgs) -> anyhow::Result<()> {
     if let Some(m) = args.max_message_bytes {
         config.query.max_message_bytes = m;
     }
+    let signal = shutdown_signal()?;
     let node = spawn_node(config).await?;
     // Printed on stdout for scripts and tests. Whoever started us may read the first line
     // only and close the pipe, so later lines must not fail (println! would panic).
@@ -125,7 +130,7 @@ async fn start(args: StartArgs) -> anyhow::Result<()> {
         );
         let _ = out.flush();
     }
-    let signal = wait_for_signal().await?;
+    let signal = signal.await;
     tracing::info!(signal, "shutting down");
     node.shutdown().await
 }
@@ -184,7 +189,7 @@ fn dev(args: DevArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let signal = rt.block_on(wait_for_signal())?;
+    let signal = rt.block_on(async { anyhow::Ok(shutdown_signal()?.await) })?;
     eprintln!("{signal}: stopping {} nodes", children.len());
     for c in &children {
         let _ = Process::new("kill").arg(c.id().to_string()).status();

@@ -164,6 +164,7 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
             config.node.data_dir.display()
         )
     })?;
+    claim_node_id(&config.node.data_dir, config.cluster.node_id)?;
     let dir = config.node.data_dir.clone();
     let storage_cfg = config.storage.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&dir, storage_cfg))
@@ -267,6 +268,31 @@ async fn accept_loop(
             "closing connections still open after the grace period"
         );
         connections.shutdown().await;
+    }
+}
+
+/// A data directory belongs to one node id for good: its Raft state (votes, logs) was
+/// written as that node, and reusing it under another id would corrupt the cluster.
+fn claim_node_id(dir: &std::path::Path, id: u64) -> anyhow::Result<()> {
+    let file = dir.join("NODE_ID");
+    match std::fs::read_to_string(&file) {
+        Ok(text) => {
+            let owner: u64 = text
+                .trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{} is damaged: {text:?}", file.display()))?;
+            anyhow::ensure!(
+                owner == id,
+                "data dir {} belongs to node {owner}; start it with --node-id {owner} (this start asked for {id})",
+                dir.display()
+            );
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&file, format!("{id}\n"))
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))
+        }
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", file.display())),
     }
 }
 

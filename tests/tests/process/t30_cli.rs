@@ -1,4 +1,4 @@
-//! The command line: help, config file, clean shutdown on SIGTERM.
+//! The command line: help, config file, clean shutdown on SIGTERM, node id checks.
 
 use std::process::Command;
 
@@ -12,7 +12,15 @@ fn help_lists_the_flags() -> anyhow::Result<()> {
         .output()?;
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--data-dir", "--pg-addr", "--config", "--max-message-bytes"] {
+    for flag in [
+        "--data-dir",
+        "--pg-addr",
+        "--config",
+        "--max-message-bytes",
+        "--node-id",
+        "--cluster-addr",
+        "--join",
+    ] {
         assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
     }
     let out = Command::new(eddy_bin()?).arg("--version").output()?;
@@ -73,5 +81,34 @@ fn bad_config_is_a_clear_error() -> anyhow::Result<()> {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nope"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn a_data_dir_keeps_its_node_id() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("d");
+    let mut node = ProcessNode::start(&data, &["--node-id", "4"])?;
+    assert!(node.terminate()?.success());
+    let out = Command::new(eddy_bin()?)
+        .args([
+            "start",
+            "--pg-addr",
+            "127.0.0.1:0",
+            "--node-id",
+            "5",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()?;
+    assert!(
+        !out.status.success(),
+        "another id on the same data is refused"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("belongs to node 4"), "{err}");
+    // The same id starts again.
+    let mut node = ProcessNode::start(&data, &["--node-id", "4"])?;
+    assert!(node.terminate()?.success());
     Ok(())
 }
