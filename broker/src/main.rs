@@ -13,7 +13,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// eddy: a message broker you talk to in SQL over the Postgres wire protocol.
 #[derive(Parser, Debug)]
-#[command(name = "eddy", version, about, long_about = None)]
+#[command(
+    name = "eddy",
+    version,
+    about = "eddy: a message broker you talk to in SQL over the Postgres wire protocol",
+    long_about = None
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
