@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eddy_consensus::{Cluster, ClusterConfig, Faults, NodeInfo, METADATA_GROUP};
+use eddy_consensus::{split_group, Cluster, ClusterConfig, Faults, NodeInfo, METADATA_GROUP};
 use eddy_query::{Engine, GroupRow, NodeRow, Writer};
 use eddy_storage::{Store, WriteOp, WriteResult};
 use tokio::net::TcpListener;
@@ -91,7 +91,7 @@ impl Writer for Replicated {
             .into_iter()
             .map(|g| {
                 let object = (g.group != METADATA_GROUP)
-                    .then(|| catalog.by_id((g.group >> 32) as u32))
+                    .then(|| catalog.by_id(split_group(g.group).0))
                     .flatten()
                     .map(|d| d.name().to_owned());
                 let mut replicas: Vec<String> = g.voters.iter().map(u64::to_string).collect();
@@ -99,7 +99,7 @@ impl Writer for Replicated {
                 GroupRow {
                     group: g.group,
                     object,
-                    partition: (g.group & 0xffff_ffff) as u32,
+                    partition: split_group(g.group).1,
                     state: g.state,
                     leader: g.leader,
                     term: g.term,

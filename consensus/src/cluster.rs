@@ -1,4 +1,5 @@
-//! One node's part of the cluster: its Raft groups, the RPC server, the write path.
+//! One node's part of the cluster: its Raft groups, the RPC server, membership; the write
+//! path and strong reads are in [`write`].
 //!
 //! - Group 0 (metadata) holds the catalog, durable subscription state and, in its
 //!   openraft membership, every node and its addresses.
@@ -6,17 +7,16 @@
 //!   (`object id << 32 | partition`) on the nodes its definition's `placement` names.
 //!   After each change to the metadata, every node starts the groups placed on it; the
 //!   first node of a placement initializes a new group, so leaders spread like placements.
-//! - [`Cluster::write`] sends each op to its group: concurrent writes to one group are
+//! - [`Cluster::write`] (in [`write`]) sends each op to its group: concurrent writes to one group are
 //!   proposed as one Raft entry (the proposer drains its queue while an entry is in
 //!   flight); a node that does not lead the group forwards the batch to the leader.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use eddy_storage::raft::{GroupId, KeyRange};
-use eddy_storage::{Error, ObjectDef, Replication, Store, WriteOp, WriteResult};
-use openraft::error::{ClientWriteError, RaftError};
+use eddy_storage::{Error, ObjectDef, Replication, Store, WriteOp};
 use openraft::{ChangeMembers, ServerState};
 use parking_lot::RwLock;
 use tokio::net::TcpListener;
@@ -24,8 +24,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::network::{serve, Call, CallError, Faults, GroupNetwork, Handler, Peers, Reply};
+
+mod write;
 use crate::storage::{LogStore, StateMachine};
-use crate::types::{NodeId, NodeInfo, Raft, Request, Response};
+use crate::types::{NodeId, NodeInfo, Raft, Response};
 
 /// The metadata group's id.
 pub const METADATA_GROUP: GroupId = 0;
@@ -39,6 +41,33 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 /// The group of a topic partition or a table (partition 0).
 pub fn group_of(object: u32, partition: u32) -> GroupId {
     (u64::from(object) << 32) | u64::from(partition)
+}
+
+/// The object and partition of a group ([`group_of`] undone).
+pub fn split_group(group: GroupId) -> (u32, u32) {
+    ((group >> 32) as u32, group as u32)
+}
+
+/// Who leads a group as one replica sees it, and where the leader is reached.
+struct LeaderView {
+    leader: Option<NodeId>,
+    state: ServerState,
+    addr: String,
+}
+
+impl LeaderView {
+    fn of(m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> LeaderView {
+        let addr = m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l))
+            .map(|n| n.cluster_addr.clone())
+            .unwrap_or_default();
+        LeaderView {
+            leader: m.current_leader,
+            state: m.state,
+            addr,
+        }
+    }
 }
 
 /// Settings of this node in the cluster.
@@ -232,7 +261,8 @@ impl Cluster {
             .read()
             .iter()
             .map(|(id, g)| {
-                let m = g.raft.metrics().borrow().clone();
+                let m = g.raft.metrics();
+                let m = m.borrow();
                 let membership = m.membership_config.membership();
                 let voters: Vec<NodeId> = membership.voter_ids().collect();
                 let learners: Vec<NodeId> = membership.learner_ids().collect();
@@ -372,20 +402,15 @@ impl Cluster {
         let Some(meta) = self.metadata() else {
             return Err(CallError::NoGroup(METADATA_GROUP));
         };
-        let leader = meta.current_leader().await;
-        if leader != Some(self.id()) {
-            let Some(l) = leader else {
+        let view = LeaderView::of(&meta.metrics().borrow());
+        if view.leader != Some(self.id()) {
+            let Some(l) = view.leader else {
                 return Err(CallError::Unavailable("no metadata leader".into()));
             };
-            let addr = self
-                .nodes()
-                .get(&l)
-                .map(|n| n.cluster_addr.clone())
-                .unwrap_or_default();
             return match self
                 .inner
                 .peers
-                .call(l, &addr, Call::Join(id, info), Duration::from_secs(10))
+                .call(l, &view.addr, Call::Join(id, info), Duration::from_secs(10))
                 .await
             {
                 Ok(Reply::Join(r)) => r,
@@ -435,19 +460,20 @@ impl Cluster {
 
     async fn reconcile(&self) {
         for def in self.inner.store.catalog().list() {
-            for (group, placement, ranges) in groups_of(&def) {
+            for (group, placement) in groups_of(&def) {
                 if !placement.contains(&self.id()) || self.group(group).is_some() {
                     continue;
                 }
+                let ranges = ranges_of(&def, split_group(group).1);
                 match self.start_group(group, ranges).await {
                     Ok(g) => {
                         if placement.first() == Some(&self.id()) {
-                            self.initialize(&g, &placement).await;
+                            self.initialize(&g, placement).await;
                         } else {
                             // The preferred leader initializes a new group; if it is down,
                             // another replica does, later. Every replica proposes the same
                             // first entry (same log id, same members), so this is safe.
-                            let (me, placement) = (self.clone(), placement.clone());
+                            let (me, placement) = (self.clone(), placement.to_vec());
                             let wait = me.inner.config.election_timeout * 4;
                             tokio::spawn(async move {
                                 tokio::select! {
@@ -473,9 +499,13 @@ impl Cluster {
             .catalog()
             .list()
             .iter()
-            .flat_map(|def| groups_of(def))
-            .filter(|(_, placement, _)| placement.contains(&self.id()))
-            .map(|(g, _, _)| g)
+            .flat_map(|def| {
+                groups_of(def)
+                    .into_iter()
+                    .filter(|(_, placement)| placement.contains(&self.id()))
+                    .map(|(g, _)| g)
+                    .collect::<Vec<_>>()
+            })
             .collect();
         let gone: Vec<GroupId> = self
             .groups()
@@ -522,400 +552,29 @@ impl Cluster {
             tracing::warn!(error = %e, "raft group initialization");
         }
     }
-
-    /// Applies `ops` through Raft: each op goes to its object's group (catalog and
-    /// subscription changes to the metadata group); objects replicated by gossip and
-    /// trims are written locally. Ops for one group apply atomically.
-    pub async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, Error> {
-        let mut by_group: BTreeMap<Option<GroupId>, Vec<(usize, WriteOp)>> = BTreeMap::new();
-        let n = ops.len();
-        for (i, op) in ops.into_iter().enumerate() {
-            by_group.entry(self.route(&op)).or_default().push((i, op));
-        }
-        if by_group.len() == 1 {
-            let (group, ops) = by_group.into_iter().next().unwrap_or((None, Vec::new()));
-            let ops = ops.into_iter().map(|(_, op)| op).collect();
-            return self.write_group(group, ops).await;
-        }
-        let writes = by_group.into_iter().map(|(group, ops)| {
-            let (idx, ops): (Vec<usize>, Vec<WriteOp>) = ops.into_iter().unzip();
-            async move { (idx, self.write_group(group, ops).await) }
-        });
-        let mut out: Vec<Option<WriteResult>> = vec![None; n];
-        for (idx, results) in futures::future::join_all(writes).await {
-            for (i, r) in idx.into_iter().zip(results?) {
-                out[i] = Some(r);
-            }
-        }
-        Ok(out
-            .into_iter()
-            .map(|r| r.unwrap_or(WriteResult::Done))
-            .collect())
-    }
-
-    async fn write_group(
-        &self,
-        group: Option<GroupId>,
-        mut ops: Vec<WriteOp>,
-    ) -> Result<Vec<WriteResult>, Error> {
-        let Some(group) = group else {
-            return self.inner.store.write(ops).await;
-        };
-        if group == METADATA_GROUP {
-            self.place(&mut ops);
-        }
-        let mut response = self.propose(group, vec![ops]).await.map_err(|e| match e {
-            CallError::Refused(m) => Error::InvalidValue(m),
-            other => Error::Unavailable(other.to_string()),
-        })?;
-        match response.units.pop() {
-            Some(Ok(results)) => Ok(results.into_iter().map(Into::into).collect()),
-            Some(Err(e)) => Err(e.into()),
-            None => Err(Error::Unavailable(format!("group {group}: empty response"))),
-        }
-    }
-
-    /// The group an op belongs to; `None` for local writes.
-    fn route(&self, op: &WriteOp) -> Option<GroupId> {
-        // Only objects with a placement have groups; older or gossip ones are local.
-        let placed = |id: u32, partition: u32| {
-            self.inner
-                .store
-                .catalog()
-                .by_id(id)
-                .is_some_and(|d| match &*d {
-                    ObjectDef::Topic(t) => {
-                        t.replication == Replication::Raft
-                            && (partition as usize) < t.placement.len()
-                    }
-                    ObjectDef::Table(t) => {
-                        t.replication == Replication::Raft && !t.placement.is_empty()
-                    }
-                    ObjectDef::Subscription(_) => false,
-                })
-        };
-        match op {
-            WriteOp::Create(_)
-            | WriteOp::Alter(_)
-            | WriteOp::Drop { .. }
-            | WriteOp::SubState { .. } => Some(METADATA_GROUP),
-            WriteOp::Append {
-                topic, partition, ..
-            } => placed(*topic, *partition).then(|| group_of(*topic, *partition)),
-            WriteOp::Insert { table, .. } | WriteOp::Delete { table, .. } => {
-                placed(*table, 0).then(|| group_of(*table, 0))
-            }
-            WriteOp::Trim { .. } => None,
-        }
-    }
-
-    /// Decides where a new object's groups live: `replicas` nodes each (default up to
-    /// three), the first one rotating over the nodes so leaders spread.
-    fn place(&self, ops: &mut [WriteOp]) {
-        let nodes: Vec<NodeId> = self.nodes().keys().copied().collect();
-        if nodes.is_empty() {
-            return;
-        }
-        let spread = |count: u32, replicas: Option<u32>, salt: usize| -> Vec<Vec<NodeId>> {
-            let r = (replicas.unwrap_or(3) as usize).clamp(1, nodes.len());
-            (0..count as usize)
-                .map(|p| {
-                    (0..r)
-                        .map(|k| nodes[(salt + p + k) % nodes.len()])
-                        .collect()
-                })
-                .collect()
-        };
-        for op in ops {
-            if let WriteOp::Create(def) = op {
-                let salt = def.name().bytes().map(usize::from).sum::<usize>();
-                match def {
-                    ObjectDef::Topic(t) if t.replication == Replication::Raft => {
-                        t.placement = spread(t.partitions, t.replicas, salt);
-                    }
-                    ObjectDef::Table(t) if t.replication == Replication::Raft => {
-                        t.placement = spread(1, None, salt);
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    /// Queues units for `group`'s proposer and waits for their outcome.
-    async fn propose(
-        &self,
-        group: GroupId,
-        units: Vec<Vec<WriteOp>>,
-    ) -> Result<Response, CallError> {
-        let g = match self.group(group) {
-            Some(g) => g,
-            None => {
-                self.reconcile().await;
-                self.group(group).ok_or(CallError::NoGroup(group))?
-            }
-        };
-        let (reply, rx) = oneshot::channel();
-        g.proposals
-            .send(Proposal { units, reply })
-            .await
-            .map_err(|_| CallError::Unavailable(format!("group {group} is shutting down")))?;
-        rx.await
-            .map_err(|_| CallError::Unavailable(format!("group {group} is shutting down")))?
-    }
-
-    /// Drains the queue into one Raft entry at a time (group commit one level up).
-    async fn run_proposer(self, group: GroupId, raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            let mut units: usize = batch[0].units.len();
-            while units < 4096 {
-                match rx.try_recv() {
-                    Ok(p) => {
-                        units += p.units.len();
-                        batch.push(p);
-                    }
-                    Err(_) => break,
-                }
-            }
-            let sizes: Vec<usize> = batch.iter().map(|p| p.units.len()).collect();
-            let all: Vec<Vec<WriteOp>> = batch
-                .iter_mut()
-                .flat_map(|p| std::mem::take(&mut p.units))
-                .collect();
-            let outcome = self.submit(group, &raft, all).await;
-            // Hand each proposal its own units' outcomes, in order.
-            match outcome {
-                Ok(r) => {
-                    let mut it = r.units.into_iter();
-                    for (p, n) in batch.into_iter().zip(sizes) {
-                        let units = it.by_ref().take(n).collect();
-                        let _ = p.reply.send(Ok(Response { units }));
-                    }
-                }
-                Err(e) => {
-                    for p in batch {
-                        let _ = p.reply.send(Err(e.clone()));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Proposes `units` as one entry on the leader, wherever it is.
-    async fn submit(
-        &self,
-        group: GroupId,
-        raft: &Raft,
-        units: Vec<Vec<WriteOp>>,
-    ) -> Result<Response, CallError> {
-        let deadline = Instant::now() + WRITE_DEADLINE;
-        let mut metrics = raft.metrics();
-        loop {
-            let (leader, state, addr) = {
-                let m = metrics.borrow_and_update();
-                let addr = m.current_leader.and_then(|l| {
-                    m.membership_config
-                        .membership()
-                        .get_node(&l)
-                        .map(|n| n.cluster_addr.clone())
-                });
-                (m.current_leader, m.state, addr)
-            };
-            let last_error = match leader {
-                Some(l) if l == self.id() && state == ServerState::Leader => {
-                    let at = now_micros();
-                    let write = raft.client_write(Request::Write {
-                        units: units.clone(),
-                        at,
-                    });
-                    // A leader cut off from its quorum never commits: give up at the
-                    // deadline (the outcome is then unknown to the client).
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match tokio::time::timeout(left, write).await {
-                        Ok(Ok(r)) => return Ok(r.data),
-                        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                            format!("leadership moved to {:?}", f.leader_id)
-                        }
-                        Ok(Err(e)) => e.to_string(),
-                        Err(_) => "no quorum acknowledged the write in time".to_owned(),
-                    }
-                }
-                Some(l) if l != self.id() => {
-                    let addr = addr.unwrap_or_default();
-                    match self
-                        .inner
-                        .peers
-                        .call(
-                            l,
-                            &addr,
-                            Call::Forward(group, units.clone()),
-                            WRITE_DEADLINE,
-                        )
-                        .await
-                    {
-                        Ok(Reply::Forward(Ok(r))) => return Ok(r),
-                        Ok(Reply::Forward(Err(CallError::Refused(m)))) => {
-                            return Err(CallError::Refused(m))
-                        }
-                        Ok(other) => format!("{other:?}"),
-                        Err(e) => e.to_string(),
-                    }
-                }
-                _ => "no leader".to_owned(),
-            };
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(CallError::Unavailable(format!(
-                    "raft group {group} has no reachable leader ({last_error}); retry"
-                )));
-            }
-            // Wait for the group's view to change (an election), or retry shortly.
-            let _ = tokio::time::timeout(
-                Duration::from_millis(100).min(deadline - now),
-                metrics.changed(),
-            )
-            .await;
-        }
-    }
-
-    /// [`Cluster::read_barrier`] for every group of these topics and tables (objects
-    /// without groups, such as gossip ones, need no wait).
-    pub async fn read_barrier_objects(&self, objects: &[u32]) -> Result<(), Error> {
-        let catalog = self.inner.store.catalog();
-        let mut waits = Vec::new();
-        for id in objects {
-            let Some(def) = catalog.by_id(*id) else {
-                continue;
-            };
-            for (group, placement, _) in groups_of(&def) {
-                if !placement.contains(&self.id()) {
-                    return Err(Error::Unavailable(format!(
-                        "this node holds no replica of \"{}\" for a strong read; connect to node {} or SET consistency = 'local'",
-                        def.name(),
-                        placement.first().copied().unwrap_or_default()
-                    )));
-                }
-                waits.push(self.read_barrier(group));
-            }
-        }
-        for r in futures::future::join_all(waits).await {
-            r?;
-        }
-        Ok(())
-    }
-
-    /// Waits until this node's replica of `group` has applied everything committed
-    /// before the call (a linearizable read can then read the local replica).
-    pub async fn read_barrier(&self, group: GroupId) -> Result<(), Error> {
-        let raft = self
-            .raft(group)
-            .ok_or_else(|| Error::Unavailable(format!("raft group {group} is not on this node")))?;
-        {
-            // The only voter is its own leader: whatever it acknowledged is applied here.
-            let m = raft.metrics().borrow().clone();
-            let mut voters = m.membership_config.membership().voter_ids();
-            if m.state == ServerState::Leader
-                && voters.next() == Some(self.id())
-                && voters.next().is_none()
-            {
-                return Ok(());
-            }
-        }
-        let deadline = Instant::now() + WRITE_DEADLINE;
-        loop {
-            let (leader, addr) = {
-                let m = raft.metrics().borrow().clone();
-                let addr = m.current_leader.and_then(|l| {
-                    m.membership_config
-                        .membership()
-                        .get_node(&l)
-                        .map(|n| n.cluster_addr.clone())
-                });
-                (m.current_leader, addr)
-            };
-            let index = match leader {
-                Some(l) if l == self.id() => self.read_index_here(group).await,
-                Some(l) => match self
-                    .inner
-                    .peers
-                    .call(
-                        l,
-                        &addr.unwrap_or_default(),
-                        Call::ReadIndex(group),
-                        WRITE_DEADLINE,
-                    )
-                    .await
-                {
-                    Ok(Reply::ReadIndex(r)) => r,
-                    Ok(other) => Err(CallError::Unavailable(format!("{other:?}"))),
-                    Err(e) => Err(CallError::Unavailable(e.to_string())),
-                },
-                None => Err(CallError::Unavailable("no leader".into())),
-            };
-            match index {
-                Ok(index) => {
-                    let Some(index) = index else { return Ok(()) };
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    return raft
-                        .wait(Some(left))
-                        .applied_index_at_least(Some(index.index), "read barrier")
-                        .await
-                        .map(drop)
-                        .map_err(|e| {
-                            Error::Unavailable(format!("raft group {group}: {e}; retry"))
-                        });
-                }
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(Error::Unavailable(format!(
-                        "raft group {group} cannot serve a strong read ({e}); retry"
-                    )))
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    }
-
-    async fn read_index_here(
-        &self,
-        group: GroupId,
-    ) -> Result<Option<crate::types::LogId>, CallError> {
-        let raft = self.raft(group).ok_or(CallError::NoGroup(group))?;
-        raft.ensure_linearizable()
-            .await
-            .map_err(|e| CallError::Unavailable(e.to_string()))
-    }
 }
 
-/// The Raft groups of an object: id, placement, and the keys its state machine owns.
-fn groups_of(def: &ObjectDef) -> Vec<(GroupId, Vec<NodeId>, Vec<KeyRange>)> {
+/// The Raft groups of an object and the nodes each is placed on.
+fn groups_of(def: &ObjectDef) -> Vec<(GroupId, &[NodeId])> {
+    let placement = match def {
+        ObjectDef::Topic(t) if t.replication == Replication::Raft => &t.placement[..],
+        // A table is one group, like a one-partition topic.
+        ObjectDef::Table(t) if t.replication == Replication::Raft => {
+            &t.placement[..t.placement.len().min(1)]
+        }
+        _ => &[],
+    };
+    placement
+        .iter()
+        .enumerate()
+        .map(|(p, nodes)| (group_of(def.id(), p as u32), &nodes[..]))
+        .collect()
+}
+
+/// The keys the state machine of `def`'s group for `partition` owns.
+fn ranges_of(def: &ObjectDef, partition: u32) -> Vec<KeyRange> {
     match def {
-        ObjectDef::Topic(t) if t.replication == Replication::Raft => t
-            .placement
-            .iter()
-            .enumerate()
-            .map(|(p, nodes)| {
-                let p = p as u32;
-                (
-                    group_of(t.id, p),
-                    nodes.clone(),
-                    vec![KeyRange::partition(t.id, p)],
-                )
-            })
-            .collect(),
-        ObjectDef::Table(t) if t.replication == Replication::Raft => t
-            .placement
-            .first()
-            .map(|nodes| (group_of(t.id, 0), nodes.clone(), KeyRange::table(t.id)))
-            .into_iter()
-            .collect(),
-        _ => Vec::new(),
+        ObjectDef::Table(t) => KeyRange::table(t.id),
+        _ => vec![KeyRange::partition(def.id(), partition)],
     }
-}
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }

@@ -12,7 +12,7 @@ pub mod network;
 pub mod storage;
 pub mod types;
 
-pub use cluster::{group_of, Cluster, ClusterConfig, GroupInfo, METADATA_GROUP};
+pub use cluster::{group_of, split_group, Cluster, ClusterConfig, GroupInfo, METADATA_GROUP};
 pub use network::Faults;
 pub use storage::{LogStore, StateMachine};
 pub use types::{NodeId, NodeInfo, Request, Response, TypeConfig};

@@ -312,23 +312,10 @@ impl StateMachine {
         upgrade(&self.store)
     }
 
-    fn applied_range(&self) -> KeyRange {
-        let key = |slot: u8| {
-            let mut k = self.group.to_be_bytes().to_vec();
-            k.push(slot);
-            k
-        };
-        KeyRange {
-            space: Space::Raft,
-            from: key(SLOT_APPLIED),
-            to: key(SLOT_APPLIED + 1),
-        }
-    }
-
     /// The group's state now, as a snapshot (one consistent read of data and marker).
     fn snapshot_now(&self) -> Result<Option<Snapshot>, StorageError> {
         let mut ranges = self.ranges.clone();
-        ranges.push(self.applied_range());
+        ranges.push(KeyRange::raft_slot(self.group, SLOT_APPLIED));
         let items = self
             .store()?
             .read_ranges(&ranges)

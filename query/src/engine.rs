@@ -121,6 +121,8 @@ pub struct Prepared {
     pub param_types: Vec<Option<DataType>>,
     /// Result columns, if the statement returns rows.
     pub schema: Option<SchemaRef>,
+    /// Topics and tables a query reads (what a strong read waits for).
+    reads: Vec<ObjectId>,
 }
 
 /// A planned statement's kind, parameter types and result columns.
@@ -394,11 +396,17 @@ impl Engine {
                 param_types[i].get_or_insert_with(|| h.clone());
             }
         }
+        let reads = match &kind {
+            Kind::Query(plan) => plan_objects(self, plan),
+            Kind::Point(read) => vec![read.table_id()],
+            Kind::Dml(_) | Kind::Other => Vec::new(),
+        };
         Ok(Prepared {
             statement,
             kind,
             param_types,
             schema,
+            reads,
         })
     }
 
@@ -493,14 +501,14 @@ impl Engine {
     ) -> Result<Output> {
         match &p.kind {
             Kind::Query(plan) => {
-                self.strong_read(session, plan_objects(self, plan)).await?;
+                self.strong_read(session, &p.reads).await?;
                 Ok(Output::Rows {
                     tag: "SELECT".into(),
                     stream: self.run_plan(plan, params).await?,
                 })
             }
             Kind::Point(read) => {
-                self.strong_read(session, vec![read.table_id()]).await?;
+                self.strong_read(session, &p.reads).await?;
                 Ok(Output::Rows {
                     tag: "SELECT".into(),
                     stream: read.execute(self, params)?,
@@ -514,11 +522,11 @@ impl Engine {
     /// With `consistency = 'strong'` (the default), waits until the local replicas of
     /// `objects` have applied every write acknowledged before now; `'local'` reads the
     /// replica as it is.
-    async fn strong_read(&self, session: &Session, objects: Vec<ObjectId>) -> Result<()> {
+    async fn strong_read(&self, session: &Session, objects: &[ObjectId]) -> Result<()> {
         if objects.is_empty() || !Self::is_strong(session) {
             return Ok(());
         }
-        Ok(self.writer.read_barrier(&objects).await?)
+        Ok(self.writer.read_barrier(objects).await?)
     }
 
     /// Parses, plans and runs a statement without parameters (the simple protocol).

@@ -225,7 +225,8 @@ pub(crate) fn spawn_committer(
         .map_err(|e| Error::InvalidValue(format!("cannot start committer thread: {e}")))
 }
 
-fn now_micros() -> i64 {
+/// Now, in microseconds since the epoch (UTC): the clock append times come from.
+pub fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)

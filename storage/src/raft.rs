@@ -168,6 +168,15 @@ impl KeyRange {
             .collect()
     }
 
+    /// One slot of a Raft group (its applied marker, say), to read with a snapshot's data.
+    pub fn raft_slot(group: GroupId, slot: u8) -> KeyRange {
+        KeyRange {
+            space: Space::Raft,
+            from: slot_key(group, slot).to_vec(),
+            to: slot_key(group, slot + 1).to_vec(),
+        }
+    }
+
     pub(crate) fn contains(&self, key: &[u8]) -> bool {
         key >= self.from.as_slice() && (self.to.is_empty() || key < self.to.as_slice())
     }

@@ -84,6 +84,15 @@ async fn append(store: &Store, topic: ObjectId, partition: u32, payloads: &[&str
     }
 }
 
+/// Opens the store in `dir` again: the store, topic `name` and its partition 0.
+fn reopen(dir: &std::path::Path, name: &str) -> (Store, TopicDef, Arc<PartitionState>) {
+    let store = Store::open(dir, StorageConfig::default()).unwrap();
+    let t = store.catalog().topic(name).unwrap();
+    let t = as_topic(&t).clone();
+    let p = store.partition(&t, 0).unwrap();
+    (store, t, p)
+}
+
 fn as_topic(d: &ObjectDef) -> &TopicDef {
     match d {
         ObjectDef::Topic(t) => t,
@@ -471,10 +480,7 @@ async fn messages_are_found_inside_entries_and_trims_inside_an_entry_survive_reo
         store.shutdown().unwrap();
     }
     {
-        let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
-        let t = store.catalog().topic("t").unwrap();
-        let t = as_topic(&t).clone();
-        let p = store.partition(&t, 0).unwrap();
+        let (store, t, p) = reopen(dir.path(), "t");
         assert_eq!(
             (p.start_offset(), p.next_offset()),
             (151, 154),
@@ -496,10 +502,7 @@ async fn messages_are_found_inside_entries_and_trims_inside_an_entry_survive_reo
         assert!(offsets_read(&store, &t, 0, 1000, 1000).0.is_empty());
         store.shutdown().unwrap();
     }
-    let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
-    let t = store.catalog().topic("t").unwrap();
-    let t = as_topic(&t).clone();
-    let p = store.partition(&t, 0).unwrap();
+    let (store, t, p) = reopen(dir.path(), "t");
     assert_eq!(
         (p.start_offset(), p.next_offset()),
         (154, 154),

@@ -1,0 +1,363 @@
+//! The write path and strong reads of a [`Cluster`]: ops routed to their groups,
+//! batched by each group's proposer into one Raft entry, forwarded to the leader when
+//! this node does not lead; read barriers for linearizable reads.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use eddy_storage::raft::GroupId;
+use eddy_storage::{now_micros, Error, ObjectDef, Replication, WriteOp, WriteResult};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ServerState;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{group_of, groups_of, Cluster, LeaderView, Proposal, METADATA_GROUP, WRITE_DEADLINE};
+use crate::network::{Call, CallError, Reply};
+use crate::types::{NodeId, Raft, Request, Response};
+
+impl Cluster {
+    /// Applies `ops` through Raft: each op goes to its object's group (catalog and
+    /// subscription changes to the metadata group); objects replicated by gossip and
+    /// trims are written locally. Ops for one group apply atomically.
+    pub async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, Error> {
+        let mut by_group: BTreeMap<Option<GroupId>, Vec<(usize, WriteOp)>> = BTreeMap::new();
+        let n = ops.len();
+        for (i, op) in ops.into_iter().enumerate() {
+            by_group.entry(self.route(&op)).or_default().push((i, op));
+        }
+        if by_group.len() == 1 {
+            let (group, ops) = by_group.into_iter().next().unwrap_or((None, Vec::new()));
+            let ops = ops.into_iter().map(|(_, op)| op).collect();
+            return self.write_group(group, ops).await;
+        }
+        let writes = by_group.into_iter().map(|(group, ops)| {
+            let (idx, ops): (Vec<usize>, Vec<WriteOp>) = ops.into_iter().unzip();
+            async move { (idx, self.write_group(group, ops).await) }
+        });
+        let mut out: Vec<Option<WriteResult>> = vec![None; n];
+        for (idx, results) in futures::future::join_all(writes).await {
+            for (i, r) in idx.into_iter().zip(results?) {
+                out[i] = Some(r);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or(WriteResult::Done))
+            .collect())
+    }
+
+    async fn write_group(
+        &self,
+        group: Option<GroupId>,
+        mut ops: Vec<WriteOp>,
+    ) -> Result<Vec<WriteResult>, Error> {
+        let Some(group) = group else {
+            return self.inner.store.write(ops).await;
+        };
+        if group == METADATA_GROUP {
+            self.place(&mut ops);
+        }
+        let mut response = self.propose(group, vec![ops]).await.map_err(|e| match e {
+            CallError::Refused(m) => Error::InvalidValue(m),
+            other => Error::Unavailable(other.to_string()),
+        })?;
+        match response.units.pop() {
+            Some(Ok(results)) => Ok(results.into_iter().map(Into::into).collect()),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(Error::Unavailable(format!("group {group}: empty response"))),
+        }
+    }
+
+    /// The group an op belongs to; `None` for local writes.
+    fn route(&self, op: &WriteOp) -> Option<GroupId> {
+        // Only objects with a placement have groups; older or gossip ones are local.
+        let placed = |id: u32, partition: u32| {
+            self.inner
+                .store
+                .catalog()
+                .by_id(id)
+                .is_some_and(|d| match &*d {
+                    ObjectDef::Topic(t) => {
+                        t.replication == Replication::Raft
+                            && (partition as usize) < t.placement.len()
+                    }
+                    ObjectDef::Table(t) => {
+                        t.replication == Replication::Raft && !t.placement.is_empty()
+                    }
+                    ObjectDef::Subscription(_) => false,
+                })
+        };
+        match op {
+            WriteOp::Create(_)
+            | WriteOp::Alter(_)
+            | WriteOp::Drop { .. }
+            | WriteOp::SubState { .. } => Some(METADATA_GROUP),
+            WriteOp::Append {
+                topic, partition, ..
+            } => placed(*topic, *partition).then(|| group_of(*topic, *partition)),
+            WriteOp::Insert { table, .. } | WriteOp::Delete { table, .. } => {
+                placed(*table, 0).then(|| group_of(*table, 0))
+            }
+            WriteOp::Trim { .. } => None,
+        }
+    }
+
+    /// Decides where a new object's groups live: `replicas` nodes each (default up to
+    /// three), the first one rotating over the nodes so leaders spread.
+    fn place(&self, ops: &mut [WriteOp]) {
+        let nodes: Vec<NodeId> = self.nodes().keys().copied().collect();
+        if nodes.is_empty() {
+            return;
+        }
+        let spread = |count: u32, replicas: Option<u32>, salt: usize| -> Vec<Vec<NodeId>> {
+            let r = (replicas.unwrap_or(3) as usize).clamp(1, nodes.len());
+            (0..count as usize)
+                .map(|p| {
+                    (0..r)
+                        .map(|k| nodes[(salt + p + k) % nodes.len()])
+                        .collect()
+                })
+                .collect()
+        };
+        for op in ops {
+            if let WriteOp::Create(def) = op {
+                let salt = def.name().bytes().map(usize::from).sum::<usize>();
+                match def {
+                    ObjectDef::Topic(t) if t.replication == Replication::Raft => {
+                        t.placement = spread(t.partitions, t.replicas, salt);
+                    }
+                    ObjectDef::Table(t) if t.replication == Replication::Raft => {
+                        t.placement = spread(1, None, salt);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Queues units for `group`'s proposer and waits for their outcome.
+    pub(super) async fn propose(
+        &self,
+        group: GroupId,
+        units: Vec<Vec<WriteOp>>,
+    ) -> Result<Response, CallError> {
+        let g = match self.group(group) {
+            Some(g) => g,
+            None => {
+                self.reconcile().await;
+                self.group(group).ok_or(CallError::NoGroup(group))?
+            }
+        };
+        let (reply, rx) = oneshot::channel();
+        g.proposals
+            .send(Proposal { units, reply })
+            .await
+            .map_err(|_| CallError::Unavailable(format!("group {group} is shutting down")))?;
+        rx.await
+            .map_err(|_| CallError::Unavailable(format!("group {group} is shutting down")))?
+    }
+
+    /// Drains the queue into one Raft entry at a time (group commit one level up).
+    pub(super) async fn run_proposer(
+        self,
+        group: GroupId,
+        raft: Raft,
+        mut rx: mpsc::Receiver<Proposal>,
+    ) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            let mut units: usize = batch[0].units.len();
+            while units < 4096 {
+                match rx.try_recv() {
+                    Ok(p) => {
+                        units += p.units.len();
+                        batch.push(p);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let sizes: Vec<usize> = batch.iter().map(|p| p.units.len()).collect();
+            let all: Vec<Vec<WriteOp>> = batch
+                .iter_mut()
+                .flat_map(|p| std::mem::take(&mut p.units))
+                .collect();
+            let outcome = self.submit(group, &raft, all).await;
+            // Hand each proposal its own units' outcomes, in order.
+            match outcome {
+                Ok(r) => {
+                    let mut it = r.units.into_iter();
+                    for (p, n) in batch.into_iter().zip(sizes) {
+                        let units = it.by_ref().take(n).collect();
+                        let _ = p.reply.send(Ok(Response { units }));
+                    }
+                }
+                Err(e) => {
+                    for p in batch {
+                        let _ = p.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Proposes `units` as one entry on the leader, wherever it is.
+    async fn submit(
+        &self,
+        group: GroupId,
+        raft: &Raft,
+        units: Vec<Vec<WriteOp>>,
+    ) -> Result<Response, CallError> {
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        let mut metrics = raft.metrics();
+        loop {
+            let view = LeaderView::of(&metrics.borrow_and_update());
+            let last_error = match view.leader {
+                Some(l) if l == self.id() && view.state == ServerState::Leader => {
+                    let at = now_micros();
+                    let write = raft.client_write(Request::Write {
+                        units: units.clone(),
+                        at,
+                    });
+                    // A leader cut off from its quorum never commits: give up at the
+                    // deadline (the outcome is then unknown to the client).
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, write).await {
+                        Ok(Ok(r)) => return Ok(r.data),
+                        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                            format!("leadership moved to {:?}", f.leader_id)
+                        }
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "no quorum acknowledged the write in time".to_owned(),
+                    }
+                }
+                Some(l) if l != self.id() => {
+                    match self
+                        .inner
+                        .peers
+                        .call(
+                            l,
+                            &view.addr,
+                            Call::Forward(group, units.clone()),
+                            WRITE_DEADLINE,
+                        )
+                        .await
+                    {
+                        Ok(Reply::Forward(Ok(r))) => return Ok(r),
+                        Ok(Reply::Forward(Err(CallError::Refused(m)))) => {
+                            return Err(CallError::Refused(m))
+                        }
+                        Ok(other) => format!("{other:?}"),
+                        Err(e) => e.to_string(),
+                    }
+                }
+                _ => "no leader".to_owned(),
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(CallError::Unavailable(format!(
+                    "raft group {group} has no reachable leader ({last_error}); retry"
+                )));
+            }
+            // Wait for the group's view to change (an election), or retry shortly.
+            let _ = tokio::time::timeout(
+                Duration::from_millis(100).min(deadline - now),
+                metrics.changed(),
+            )
+            .await;
+        }
+    }
+
+    /// [`Cluster::read_barrier`] for every group of these topics and tables (objects
+    /// without groups, such as gossip ones, need no wait).
+    pub async fn read_barrier_objects(&self, objects: &[u32]) -> Result<(), Error> {
+        let catalog = self.inner.store.catalog();
+        let mut waits = Vec::new();
+        for id in objects {
+            let Some(def) = catalog.by_id(*id) else {
+                continue;
+            };
+            for (group, placement) in groups_of(&def) {
+                if !placement.contains(&self.id()) {
+                    return Err(Error::Unavailable(format!(
+                        "this node holds no replica of \"{}\" for a strong read; connect to node {} or SET consistency = 'local'",
+                        def.name(),
+                        placement.first().copied().unwrap_or_default()
+                    )));
+                }
+                waits.push(self.read_barrier(group));
+            }
+        }
+        for r in futures::future::join_all(waits).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Waits until this node's replica of `group` has applied everything committed
+    /// before the call (a linearizable read can then read the local replica).
+    pub async fn read_barrier(&self, group: GroupId) -> Result<(), Error> {
+        let raft = self
+            .raft(group)
+            .ok_or_else(|| Error::Unavailable(format!("raft group {group} is not on this node")))?;
+        {
+            // The only voter is its own leader: whatever it acknowledged is applied here.
+            let m = raft.metrics();
+            let m = m.borrow();
+            let mut voters = m.membership_config.membership().voter_ids();
+            if m.state == ServerState::Leader
+                && voters.next() == Some(self.id())
+                && voters.next().is_none()
+            {
+                return Ok(());
+            }
+        }
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        loop {
+            let view = LeaderView::of(&raft.metrics().borrow());
+            let index = match view.leader {
+                Some(l) if l == self.id() => self.read_index_here(group).await,
+                Some(l) => match self
+                    .inner
+                    .peers
+                    .call(l, &view.addr, Call::ReadIndex(group), WRITE_DEADLINE)
+                    .await
+                {
+                    Ok(Reply::ReadIndex(r)) => r,
+                    Ok(other) => Err(CallError::Unavailable(format!("{other:?}"))),
+                    Err(e) => Err(CallError::Unavailable(e.to_string())),
+                },
+                None => Err(CallError::Unavailable("no leader".into())),
+            };
+            match index {
+                Ok(index) => {
+                    let Some(index) = index else { return Ok(()) };
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    return raft
+                        .wait(Some(left))
+                        .applied_index_at_least(Some(index.index), "read barrier")
+                        .await
+                        .map(drop)
+                        .map_err(|e| {
+                            Error::Unavailable(format!("raft group {group}: {e}; retry"))
+                        });
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(Error::Unavailable(format!(
+                        "raft group {group} cannot serve a strong read ({e}); retry"
+                    )))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    pub(super) async fn read_index_here(
+        &self,
+        group: GroupId,
+    ) -> Result<Option<crate::types::LogId>, CallError> {
+        let raft = self.raft(group).ok_or(CallError::NoGroup(group))?;
+        raft.ensure_linearizable()
+            .await
+            .map_err(|e| CallError::Unavailable(e.to_string()))
+    }
+}
