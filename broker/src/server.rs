@@ -51,6 +51,14 @@ impl Writer for Replicated {
         self.0.read_barrier(METADATA_GROUP).await
     }
 
+    async fn add_node(&self, cluster_addr: &str) -> eddy_storage::Result<u64> {
+        self.0.add_node_at(cluster_addr).await
+    }
+
+    async fn remove_node(&self, node: u64) -> eddy_storage::Result<()> {
+        self.0.remove_node(node).await
+    }
+
     fn nodes(&self) -> Vec<NodeRow> {
         let voters = self
             .0

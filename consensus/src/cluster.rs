@@ -13,11 +13,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use eddy_storage::raft::{GroupId, KeyRange};
 use eddy_storage::{Error, ObjectDef, Replication, Store, WriteOp};
-use openraft::{ChangeMembers, ServerState};
+use openraft::ServerState;
 use parking_lot::RwLock;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::network::{serve, Call, CallError, Faults, GroupNetwork, Handler, Peers, Reply};
 
+mod members;
 mod write;
 use crate::storage::{LogStore, StateMachine};
 use crate::types::{NodeId, NodeInfo, Raft, Response};
@@ -337,35 +338,6 @@ impl Cluster {
         Ok(group)
     }
 
-    /// Asks the node at `seed` to add this one, retrying until it is in.
-    async fn join(&self, seed: &str) -> Result<(), Error> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let call = Call::Join(self.id(), self.inner.config.info.clone());
-            // The seed's id is unknown; calls are keyed by node, so use a reserved one.
-            match self
-                .inner
-                .peers
-                .call(0, seed, call, Duration::from_secs(10))
-                .await
-            {
-                Ok(Reply::Join(Ok(()))) => return Ok(()),
-                Ok(Reply::Join(Err(CallError::Refused(why)))) => {
-                    return Err(Error::InvalidValue(format!("join refused: {why}")))
-                }
-                other => {
-                    if Instant::now() > deadline {
-                        return Err(Error::InvalidValue(format!(
-                            "cannot join the cluster through {seed}: {other:?}"
-                        )));
-                    }
-                    tracing::info!(seed, "waiting to join the cluster: {other:?}");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
-    }
-
     /// Answers a call from another node.
     async fn handle(&self, call: Call) -> Reply {
         let group_of_call = match &call {
@@ -393,64 +365,31 @@ impl Cluster {
             },
             Call::Forward(g, units) => Reply::Forward(self.propose(g, units).await),
             Call::ReadIndex(g) => Reply::ReadIndex(self.read_index_here(g).await),
-            Call::Join(id, info) => Reply::Join(self.add_node(id, info).await),
-        }
-    }
-
-    /// Adds a node to the metadata group (as a voter while there are fewer than five).
-    async fn add_node(&self, id: NodeId, info: NodeInfo) -> Result<(), CallError> {
-        let Some(meta) = self.metadata() else {
-            return Err(CallError::NoGroup(METADATA_GROUP));
-        };
-        let view = LeaderView::of(&meta.metrics().borrow());
-        if view.leader != Some(self.id()) {
-            let Some(l) = view.leader else {
-                return Err(CallError::Unavailable("no metadata leader".into()));
-            };
-            return match self
-                .inner
-                .peers
-                .call(l, &view.addr, Call::Join(id, info), Duration::from_secs(10))
-                .await
-            {
-                Ok(Reply::Join(r)) => r,
-                Ok(_) => Err(CallError::Unavailable("unexpected reply".into())),
-                Err(e) => Err(CallError::Unavailable(e.to_string())),
-            };
-        }
-        if id == 0 {
-            return Err(CallError::Refused("node id 0 is reserved".into()));
-        }
-        if let Some(existing) = self.nodes().get(&id) {
-            if existing != &info {
-                return Err(CallError::Refused(format!(
-                    "node id {id} is already taken by {existing}"
-                )));
+            Call::Join(id, info) => Reply::Done(self.add_node(id, info).await),
+            Call::Adopt(seed) => Reply::Adopted(self.adopt(seed).await),
+            Call::Reconfigure { group, gone, add } => {
+                Reply::Done(self.reconfigure_here(group, gone, add).await)
             }
         }
-        meta.add_learner(id, info, true)
-            .await
-            .map_err(|e| CallError::Unavailable(e.to_string()))?;
-        let voters: BTreeSet<NodeId> = meta
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
-        if voters.len() < METADATA_VOTERS && !voters.contains(&id) {
-            meta.change_membership(ChangeMembers::AddVoterIds([id].into()), false)
-                .await
-                .map_err(|e| CallError::Unavailable(e.to_string()))?;
-        }
-        Ok(())
     }
 
     /// Starts the groups the catalog places on this node, whenever the metadata moves.
     async fn reconcile_loop(self, meta: Raft) {
         let mut metrics = meta.metrics();
+        let mut removed = false;
         loop {
             self.reconcile().await;
+            let member = {
+                let m = metrics.borrow();
+                let config = &m.membership_config;
+                config.log_id().is_none() || config.membership().get_node(&self.id()).is_some()
+            };
+            if !member && !removed {
+                tracing::error!(
+                    "this node was removed from the cluster (ALTER CLUSTER REMOVE NODE); stop it"
+                );
+            }
+            removed = !member;
             tokio::select! {
                 _ = self.inner.cancel.cancelled() => return,
                 changed = metrics.changed() => if changed.is_err() { return },
@@ -466,6 +405,8 @@ impl Cluster {
                 }
                 let ranges = ranges_of(&def, split_group(group).1);
                 match self.start_group(group, ranges).await {
+                    // A replica moved here joins a running group: its leader adds it.
+                    Ok(_) if def.reassigned() => {}
                     Ok(g) => {
                         if placement.first() == Some(&self.id()) {
                             self.initialize(&g, placement).await;

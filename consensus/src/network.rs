@@ -56,6 +56,19 @@ pub enum Call {
     ReadIndex(GroupId),
     /// A new node asks to join the cluster.
     Join(NodeId, NodeInfo),
+    /// Asks an empty node of a cluster of its own to join the cluster of the node at
+    /// this cluster address (`ALTER CLUSTER ADD NODE`).
+    Adopt(String),
+    /// Moves a group's replica: `gone` stops voting and leaves the group, the nodes in
+    /// the list become voters (the metadata group promotes a learner for a gone voter).
+    Reconfigure {
+        /// The group.
+        group: GroupId,
+        /// The node leaving the group.
+        gone: NodeId,
+        /// Nodes joining the group.
+        add: Vec<NodeId>,
+    },
 }
 
 /// Why a forwarded call failed on the node that received it.
@@ -70,6 +83,10 @@ pub enum CallError {
     /// The request was refused for good.
     #[error("{0}")]
     Refused(String),
+    /// A write was proposed but its fate is unknown (the leader died or stopped
+    /// answering): it may still commit, so it is not retried inside the cluster.
+    #[error("{0}")]
+    Unknown(String),
 }
 
 /// The answer to a [`Call`].
@@ -85,8 +102,10 @@ pub enum Reply {
     Forward(Result<Response, CallError>),
     /// To [`Call::ReadIndex`].
     ReadIndex(Result<Option<LogId>, CallError>),
-    /// To [`Call::Join`]: the cluster's members once the node is in.
-    Join(Result<(), CallError>),
+    /// To [`Call::Join`] and [`Call::Reconfigure`]: done, or why not.
+    Done(Result<(), CallError>),
+    /// To [`Call::Adopt`]: the node's id once it is in.
+    Adopted(Result<NodeId, CallError>),
     /// The group named in the call is not running on this node.
     NoGroup,
 }
@@ -103,10 +122,11 @@ pub type Handler = Arc<dyn Fn(Call) -> Pin<Box<dyn Future<Output = Reply> + Send
 /// How a call failed on the way.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    /// No connection could be made.
+    /// No connection could be made: the call was not sent.
     #[error("node {0} unreachable: {1}")]
     Unreachable(NodeId, String),
-    /// The connection broke or the call timed out.
+    /// The connection broke or the call timed out after the call was sent: whether
+    /// the other node acted on it is unknown.
     #[error("call to node {0} failed: {1}")]
     Network(NodeId, String),
 }
@@ -186,8 +206,12 @@ impl Peers {
         let conn = self.conn(node, addr).await?;
         let (tx, rx) = oneshot::channel();
         if conn.tx.send((call, tx)).await.is_err() {
+            // Never sent: as good as unreachable.
             self.forget(node, &conn);
-            return Err(TransportError::Network(node, "connection closed".into()));
+            return Err(TransportError::Unreachable(
+                node,
+                "connection closed".into(),
+            ));
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(reply)) => Ok(reply),

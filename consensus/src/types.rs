@@ -211,6 +211,7 @@ mod tests {
             replication: Replication::Raft,
             replicas: Some(3),
             placement: vec![vec![1, 2, 3], vec![2, 3, 1]],
+            reassigned: true,
         });
         let mut records = Records::new();
         records

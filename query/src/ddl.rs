@@ -293,6 +293,7 @@ impl Engine {
             replication,
             change_retention_ms,
             placement: Vec::new(),
+            reassigned: false,
         };
         self.create_object(ObjectDef::Table(def), ct.if_not_exists)
             .await?;

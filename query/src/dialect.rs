@@ -49,6 +49,12 @@ pub enum Statement {
     ShowTopics,
     /// `SHOW CLUSTER`: the nodes (as `eddy.nodes`)
     ShowCluster,
+    /// `ALTER CLUSTER ADD NODE 'cluster address'`: the (new, empty) node listening there
+    /// joins the cluster.
+    AddNode(String),
+    /// `ALTER CLUSTER REMOVE NODE id`: the node's replicas move to other nodes, then it
+    /// leaves the cluster.
+    RemoveNode(u64),
     /// `SUBSCRIBE topic [WHERE expr] [FROM BEGINNING | NOW | OFFSET n | TIMESTAMP '...']`
     Subscribe(crate::subscribe::SubscribeSpec),
     /// `COPY (SUBSCRIBE ...) TO STDOUT [WITH (FORMAT text | csv, HEADER, DELIMITER 'c', NULL 's')]`
@@ -216,6 +222,7 @@ pub fn parse_statement(sql: &str, compat: &PostgresCompatibilityParser) -> Resul
         | ["DROP", "TOPIC", ..]
         | ["SHOW", "TOPICS", ..]
         | ["SHOW", "CLUSTER", ..]
+        | ["ALTER", "CLUSTER", ..]
         | ["SUBSCRIBE", ..]
         | ["COPY", "(", "SUBSCRIBE"]
         | ["CREATE", "SUBSCRIPTION", ..]
@@ -285,12 +292,23 @@ fn parse_eddy(sql: &str) -> Result<Statement, ParserError> {
             if_not_exists,
         }
     } else if p.parse_keyword(Keyword::ALTER) {
-        expect_word(&mut p, "TOPIC")?;
-        let name = p.parse_object_name(false)?;
-        p.expect_keyword(Keyword::SET)?;
-        Statement::AlterTopic {
-            name,
-            options: parse_option_list(&mut p)?,
+        if parse_word(&mut p, "CLUSTER") {
+            if parse_word(&mut p, "ADD") {
+                expect_word(&mut p, "NODE")?;
+                Statement::AddNode(p.parse_literal_string()?)
+            } else {
+                expect_word(&mut p, "REMOVE")?;
+                expect_word(&mut p, "NODE")?;
+                Statement::RemoveNode(parse_u64(&mut p, "node id")?)
+            }
+        } else {
+            expect_word(&mut p, "TOPIC")?;
+            let name = p.parse_object_name(false)?;
+            p.expect_keyword(Keyword::SET)?;
+            Statement::AlterTopic {
+                name,
+                options: parse_option_list(&mut p)?,
+            }
         }
     } else if p.parse_keyword(Keyword::DROP) {
         expect_word(&mut p, "TOPIC")?;
@@ -723,6 +741,23 @@ mod tests {
         assert_eq!(parse("SHOW TOPICS")?, vec![Statement::ShowTopics]);
         assert_eq!(parse("show cluster")?, vec![Statement::ShowCluster]);
         assert!(matches!(parse("SHOW CLUSTER nodes"), Err(Error::Syntax(_))));
+        assert_eq!(
+            parse("alter cluster add node '127.0.0.1:7436'")?,
+            vec![Statement::AddNode("127.0.0.1:7436".into())]
+        );
+        assert_eq!(
+            parse("ALTER CLUSTER REMOVE NODE 3")?,
+            vec![Statement::RemoveNode(3)]
+        );
+        for bad in [
+            "ALTER CLUSTER ADD NODE 4",
+            "ALTER CLUSTER REMOVE NODE '3'",
+            "ALTER CLUSTER REMOVE 3",
+            "ALTER CLUSTER DROP NODE 3",
+            "ALTER CLUSTER ADD NODE 'a' 'b'",
+        ] {
+            assert!(matches!(parse(bad), Err(Error::Syntax(_))), "{bad}");
+        }
         assert!(matches!(parse("CREATE TOPIC"), Err(Error::Syntax(_))));
         assert!(matches!(parse("SHOW TOPICS extra"), Err(Error::Syntax(_))));
         assert!(matches!(&parse("SELECT 1")?[0], Statement::Sql(_)));

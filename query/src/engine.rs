@@ -551,6 +551,21 @@ impl Engine {
                     stream: Box::pin(MemoryStream::try_new(vec![batch], schema, None)?),
                 })
             }
+            Statement::AddNode(addr) => {
+                let id = self.writer.add_node(addr).await?;
+                tracing::info!(node = id, addr, "node added to the cluster");
+                Ok(Output::Command {
+                    tag: "ALTER CLUSTER".into(),
+                    rows: None,
+                })
+            }
+            Statement::RemoveNode(id) => {
+                self.writer.remove_node(*id).await?;
+                Ok(Output::Command {
+                    tag: "ALTER CLUSTER".into(),
+                    rows: None,
+                })
+            }
             Statement::CopySubscribe { .. } => Err(Error::NotSupported(
                 "COPY (SUBSCRIBE ...) here: the connection drives subscriptions itself".into(),
             )),

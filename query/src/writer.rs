@@ -26,6 +26,19 @@ pub trait Writer: Send + Sync + 'static {
         Ok(())
     }
 
+    /// `ALTER CLUSTER ADD NODE`: the empty node at this cluster address joins the
+    /// cluster; returns its id.
+    async fn add_node(&self, cluster_addr: &str) -> eddy_storage::Result<u64> {
+        let _ = cluster_addr;
+        Err(no_cluster())
+    }
+
+    /// `ALTER CLUSTER REMOVE NODE`: moves the node's replicas elsewhere, then removes it.
+    async fn remove_node(&self, node: u64) -> eddy_storage::Result<()> {
+        let _ = node;
+        Err(no_cluster())
+    }
+
     /// The cluster's nodes (`eddy.nodes`); empty without a cluster.
     fn nodes(&self) -> Vec<NodeRow> {
         Vec::new()
@@ -35,6 +48,10 @@ pub trait Writer: Send + Sync + 'static {
     fn raft_groups(&self) -> Vec<GroupRow> {
         Vec::new()
     }
+}
+
+fn no_cluster() -> eddy_storage::Error {
+    eddy_storage::Error::InvalidValue("this node is not part of a cluster".into())
 }
 
 /// One row of `eddy.nodes`.

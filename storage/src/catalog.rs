@@ -66,6 +66,10 @@ pub struct TopicDef {
     /// when the topic is created in a cluster (empty: this node alone).
     #[serde(default)]
     pub placement: Vec<Vec<u64>>,
+    /// Some replica was moved since creation (`ALTER CLUSTER REMOVE NODE`): a node new
+    /// to a group waits for the group's leader to add it instead of initializing it.
+    #[serde(default)]
+    pub reassigned: bool,
 }
 
 /// Rows with a primary key.
@@ -88,6 +92,9 @@ pub struct TableDef {
     /// The nodes holding the table's Raft group (one list, like a one-partition topic's).
     #[serde(default)]
     pub placement: Vec<Vec<u64>>,
+    /// See [`TopicDef::reassigned`].
+    #[serde(default)]
+    pub reassigned: bool,
 }
 
 /// How long a table's change log is kept unless the table says otherwise: one day.
@@ -115,6 +122,7 @@ impl TableDef {
             replication: self.replication,
             replicas: None,
             placement: self.placement.clone(),
+            reassigned: self.reassigned,
         }
     }
 }
@@ -169,6 +177,7 @@ impl TopicDef {
             replication: Replication::Raft,
             replicas: None,
             placement: Vec::new(),
+            reassigned: false,
         }
     }
 
@@ -205,6 +214,30 @@ impl ObjectDef {
             ObjectDef::Topic(t) => t.id,
             ObjectDef::Table(t) => t.id,
             ObjectDef::Subscription(s) => s.id,
+        }
+    }
+    /// The nodes of each of the object's Raft groups (a table has one; subscriptions none).
+    pub fn placement(&self) -> &[Vec<u64>] {
+        match self {
+            ObjectDef::Topic(t) => &t.placement,
+            ObjectDef::Table(t) => &t.placement,
+            ObjectDef::Subscription(_) => &[],
+        }
+    }
+    /// Whether some replica of the object was moved since creation.
+    pub fn reassigned(&self) -> bool {
+        match self {
+            ObjectDef::Topic(t) => t.reassigned,
+            ObjectDef::Table(t) => t.reassigned,
+            ObjectDef::Subscription(_) => false,
+        }
+    }
+    /// Replaces the placement of the object's groups and its reassigned mark.
+    pub(crate) fn set_placement(&mut self, placement: Vec<Vec<u64>>, reassigned: bool) {
+        match self {
+            ObjectDef::Topic(t) => (t.placement, t.reassigned) = (placement, reassigned),
+            ObjectDef::Table(t) => (t.placement, t.reassigned) = (placement, reassigned),
+            ObjectDef::Subscription(_) => {}
         }
     }
     pub(crate) fn set_id(&mut self, id: ObjectId) {

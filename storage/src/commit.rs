@@ -83,6 +83,16 @@ pub enum WriteOp {
     Create(#[serde(with = "crate::catalog::def_as_json")] ObjectDef),
     /// Replace an existing object's definition (same id and name), e.g. a new retention.
     Alter(#[serde(with = "crate::catalog::def_as_json")] ObjectDef),
+    /// Move an object's Raft group (topic partition, or a table's group 0) to other
+    /// nodes: its placement becomes `nodes` and the object is marked reassigned.
+    Place {
+        /// Object id.
+        object: ObjectId,
+        /// Partition (0 for a table).
+        partition: u32,
+        /// The group's nodes, preferred leader first.
+        nodes: Vec<u64>,
+    },
     /// Drop an object and all its data.
     Drop {
         /// Object name.
@@ -145,7 +155,7 @@ impl WriteOp {
     fn is_catalog(&self) -> bool {
         matches!(
             self,
-            WriteOp::Create(_) | WriteOp::Alter(_) | WriteOp::Drop { .. }
+            WriteOp::Create(_) | WriteOp::Alter(_) | WriteOp::Place { .. } | WriteOp::Drop { .. }
         )
     }
 }
@@ -632,7 +642,10 @@ impl Committer {
                     staged.trims.insert((*topic, *partition), before);
                     WriteResult::Done
                 }
-                WriteOp::Create(_) | WriteOp::Alter(_) | WriteOp::Drop { .. } => {
+                WriteOp::Create(_)
+                | WriteOp::Alter(_)
+                | WriteOp::Place { .. }
+                | WriteOp::Drop { .. } => {
                     return Err(Error::InvalidValue(
                         "catalog change mixed with data changes".into(),
                     ))
@@ -811,13 +824,47 @@ impl Committer {
                             name: def.name().to_owned(),
                         });
                     }
+                    // Placement changes only through Place.
+                    let mut def = def.clone();
+                    let current = staged(&created, &current);
+                    def.set_placement(current.placement().to_vec(), current.reassigned());
                     batch.put_cf(
                         self.inner.cf(CF_CATALOG),
                         catalog_key(def.id()),
-                        to_json(def)?,
+                        to_json(&def)?,
                     );
                     results.push(WriteResult::Done);
-                    created.push(def.clone());
+                    created.push(def);
+                }
+                WriteOp::Place {
+                    object,
+                    partition,
+                    nodes,
+                } => {
+                    let current =
+                        self.inner
+                            .catalog
+                            .by_id(*object)
+                            .ok_or_else(|| Error::ObjectNotFound {
+                                name: format!("object #{object}"),
+                            })?;
+                    let mut def = staged(&created, &current);
+                    let mut placement = def.placement().to_vec();
+                    let Some(slot) = placement.get_mut(*partition as usize) else {
+                        return Err(Error::InvalidValue(format!(
+                            "\"{}\" has no raft group {partition}",
+                            def.name()
+                        )));
+                    };
+                    *slot = nodes.clone();
+                    def.set_placement(placement, true);
+                    batch.put_cf(
+                        self.inner.cf(CF_CATALOG),
+                        catalog_key(def.id()),
+                        to_json(&def)?,
+                    );
+                    results.push(WriteResult::Done);
+                    created.push(def);
                 }
                 WriteOp::Drop { name } => {
                     let def = self
@@ -899,4 +946,14 @@ fn group_end(group: GroupId) -> Vec<u8> {
 fn to_json(def: &ObjectDef) -> Result<Vec<u8>> {
     serde_json::to_vec(def)
         .map_err(|e| Error::InvalidValue(format!("cannot encode catalog entry: {e}")))
+}
+
+/// The definition of `current` as the changes staged so far in one batch left it.
+fn staged(created: &[ObjectDef], current: &ObjectDef) -> ObjectDef {
+    created
+        .iter()
+        .rev()
+        .find(|d| d.id() == current.id())
+        .unwrap_or(current)
+        .clone()
 }

@@ -32,6 +32,7 @@ fn table(name: &str) -> ObjectDef {
         replication: Replication::Gossip,
         change_retention_ms: None,
         placement: Vec::new(),
+        reassigned: false,
     })
 }
 
@@ -802,4 +803,63 @@ async fn raft_entries_truncate_and_purge_by_index() {
         .collect();
     assert_eq!(left, vec![3, 4]);
     assert_eq!(s.raft_entries(6, 0, u64::MAX).unwrap(), vec![(1, vec![99])]);
+}
+
+/// `Place` moves one group and marks the object reassigned (two in one batch both
+/// land); `Alter` never changes placement; both survive a restart.
+#[tokio::test]
+async fn place_moves_one_group_and_alter_keeps_placement() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
+        let mut def = topic("moved", 2);
+        if let ObjectDef::Topic(t) = &mut def {
+            t.placement = vec![vec![1, 2, 3], vec![2, 3, 1]];
+        }
+        let id = create(&store, def).await.id();
+        store
+            .write(vec![
+                WriteOp::Place {
+                    object: id,
+                    partition: 0,
+                    nodes: vec![1, 2, 4],
+                },
+                WriteOp::Place {
+                    object: id,
+                    partition: 1,
+                    nodes: vec![2, 1, 4],
+                },
+            ])
+            .await
+            .unwrap();
+        let placed = store.catalog().get("moved").unwrap();
+        assert_eq!(placed.placement(), &[vec![1, 2, 4], vec![2, 1, 4]]);
+        assert!(placed.reassigned());
+        // An ALTER built from an older definition keeps the current placement.
+        let mut stale = as_topic(&placed).clone();
+        stale.placement = vec![vec![9], vec![9]];
+        stale.reassigned = false;
+        stale.retention_ms = Some(5);
+        store
+            .write(vec![WriteOp::Alter(ObjectDef::Topic(stale))])
+            .await
+            .unwrap();
+        let bad = store
+            .write(vec![WriteOp::Place {
+                object: id,
+                partition: 2,
+                nodes: vec![1],
+            }])
+            .await;
+        assert!(
+            matches!(bad, Err(Error::InvalidValue(ref m)) if m.contains("no raft group 2")),
+            "{bad:?}"
+        );
+        store.shutdown().unwrap();
+    }
+    let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
+    let def = store.catalog().get("moved").unwrap();
+    assert_eq!(as_topic(&def).retention_ms, Some(5));
+    assert_eq!(def.placement(), &[vec![1, 2, 4], vec![2, 1, 4]]);
+    assert!(def.reassigned());
 }

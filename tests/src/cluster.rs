@@ -23,7 +23,7 @@ struct Slot {
 /// n `eddy` processes forming one cluster.
 pub struct TestCluster {
     slots: Vec<Slot>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl TestCluster {
@@ -59,13 +59,48 @@ impl TestCluster {
                 faults,
             });
         }
-        let cluster = TestCluster { slots, _dir: dir };
+        let cluster = TestCluster { slots, dir };
         for i in 1..=n {
             cluster
                 .wait_rows(i, "SELECT node_id FROM eddy.nodes", n)
                 .await?;
         }
         Ok(cluster)
+    }
+
+    /// Starts one more node (the next id) the way `ALTER CLUSTER ADD NODE` expects it:
+    /// on its own, without `--join`. Returns its number; it is not in the cluster yet.
+    pub fn start_new_node(&mut self) -> anyhow::Result<usize> {
+        let n = self.slots.len() + 1;
+        let data_dir = self.dir.path().join(format!("node{n}"));
+        let faults = self.dir.path().join(format!("node{n}.faults"));
+        std::fs::write(&faults, "")?;
+        let (id, fault_file) = (n.to_string(), faults.display().to_string());
+        let p = ProcessNode::start(
+            &data_dir,
+            &[
+                "--node-id",
+                &id,
+                "--cluster-addr",
+                "127.0.0.1:0",
+                "--fault-file",
+                &fault_file,
+            ],
+        )?;
+        self.slots.push(Slot {
+            id: n as u64,
+            data_dir,
+            pg_addr: p.addr(),
+            cluster_addr: p.cluster_addr()?,
+            process: Some(p),
+            faults,
+        });
+        Ok(n)
+    }
+
+    /// Cluster (internal RPC) address of node `node`.
+    pub fn cluster_addr(&self, node: usize) -> SocketAddr {
+        self.slots[node - 1].cluster_addr
     }
 
     fn slot(&mut self, node: usize) -> &mut Slot {

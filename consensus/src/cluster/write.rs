@@ -12,7 +12,7 @@ use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{group_of, groups_of, Cluster, LeaderView, Proposal, METADATA_GROUP, WRITE_DEADLINE};
-use crate::network::{Call, CallError, Reply};
+use crate::network::{Call, CallError, Reply, TransportError};
 use crate::types::{NodeId, Raft, Request, Response};
 
 impl Cluster {
@@ -90,6 +90,7 @@ impl Cluster {
         match op {
             WriteOp::Create(_)
             | WriteOp::Alter(_)
+            | WriteOp::Place { .. }
             | WriteOp::Drop { .. }
             | WriteOp::SubState { .. } => Some(METADATA_GROUP),
             WriteOp::Append {
@@ -211,6 +212,13 @@ impl Cluster {
         let mut metrics = raft.metrics();
         loop {
             let view = LeaderView::of(&metrics.borrow_and_update());
+            // Failures before the write reached a log are retried here until the
+            // deadline; after, the outcome is unknown and the client decides.
+            let unknown = |why: String| {
+                CallError::Unknown(format!(
+                    "raft group {group}: {why}; the write may or may not have been applied (a retry may write it twice)"
+                ))
+            };
             let last_error = match view.leader {
                 Some(l) if l == self.id() && view.state == ServerState::Leader => {
                     let at = now_micros();
@@ -219,15 +227,18 @@ impl Cluster {
                         at,
                     });
                     // A leader cut off from its quorum never commits: give up at the
-                    // deadline (the outcome is then unknown to the client).
+                    // deadline.
                     let left = deadline.saturating_duration_since(Instant::now());
                     match tokio::time::timeout(left, write).await {
                         Ok(Ok(r)) => return Ok(r.data),
+                        // Not in the log (never appended, or truncated away).
                         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                             format!("leadership moved to {:?}", f.leader_id)
                         }
-                        Ok(Err(e)) => e.to_string(),
-                        Err(_) => "no quorum acknowledged the write in time".to_owned(),
+                        Ok(Err(e)) => return Err(unknown(e.to_string())),
+                        Err(_) => {
+                            return Err(unknown("no quorum acknowledged the write in time".into()))
+                        }
                     }
                 }
                 Some(l) if l != self.id() => {
@@ -243,10 +254,11 @@ impl Cluster {
                         .await
                     {
                         Ok(Reply::Forward(Ok(r))) => return Ok(r),
-                        Ok(Reply::Forward(Err(CallError::Refused(m)))) => {
-                            return Err(CallError::Refused(m))
-                        }
+                        Ok(Reply::Forward(Err(
+                            e @ (CallError::Refused(_) | CallError::Unknown(_)),
+                        ))) => return Err(e),
                         Ok(other) => format!("{other:?}"),
+                        Err(e @ TransportError::Network(..)) => return Err(unknown(e.to_string())),
                         Err(e) => e.to_string(),
                     }
                 }

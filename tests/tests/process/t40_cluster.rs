@@ -269,3 +269,184 @@ async fn a_minority_partitioned_node_refuses_writes_and_serves_local_reads() -> 
     assert_eq!(rows.first(), Some(&1));
     Ok(())
 }
+
+/// Publishes ids 0, 1, 2, ... through `addr` with retries until `stop`; returns the
+/// acknowledged ids in order and the ids whose first attempt failed (their failed
+/// attempt may have committed too, so they may appear twice).
+async fn publish_until(
+    addr: std::net::SocketAddr,
+    sql: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked_count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> anyhow::Result<(Vec<i64>, Vec<i64>)> {
+    use std::sync::atomic::Ordering;
+    let mut client = eddy_tests::connect(addr).await?;
+    let (mut acked, mut retried) = (Vec::new(), Vec::new());
+    let mut id = 0i64;
+    let mut errors = 0;
+    while !stop.load(Ordering::Acquire) {
+        match client.execute(sql, &[&id]).await {
+            Ok(1) => {
+                acked.push(id);
+                acked_count.store(acked.len(), Ordering::Release);
+                id += 1;
+            }
+            Ok(n) => anyhow::bail!("insert reported {n} rows"),
+            Err(e) => {
+                errors += 1;
+                anyhow::ensure!(errors < 400, "writes never resumed: {e}");
+                retried.push(id);
+                if client.is_closed() {
+                    client = eddy_tests::connect(addr).await?;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    Ok((acked, retried))
+}
+
+/// Waits until the publisher has `n` more acknowledgements than now.
+async fn more_acks(count: &std::sync::atomic::AtomicUsize, n: usize) -> anyhow::Result<()> {
+    let target = count.load(std::sync::atomic::Ordering::Acquire) + n;
+    wait_for(
+        "more acknowledged writes",
+        Duration::from_secs(60),
+        || async { (count.load(std::sync::atomic::Ordering::Acquire) >= target).then_some(()) },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_added_and_another_removed_while_publishing_loses_no_acknowledged_row(
+) -> anyhow::Result<()> {
+    replace_node_while_publishing(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_is_replaced_while_publishing_without_losing_acknowledged_rows(
+) -> anyhow::Result<()> {
+    replace_node_while_publishing(true).await
+}
+
+/// Node 4 is added and node 3 removed (`dead`: after a kill -9) while a client
+/// publishes through node 1; node 3's replicas end up on node 4.
+async fn replace_node_while_publishing(dead: bool) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mut cluster = TestCluster::start(3).await?;
+    let c2 = cluster.client(2).await?;
+    c2.batch_execute(
+        "CREATE TOPIC events (id BIGINT) WITH (partitions = 2);
+         CREATE TABLE kv (k BIGINT PRIMARY KEY, v TEXT);
+         INSERT INTO kv VALUES (1, 'one'), (2, 'two');",
+    )
+    .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
+    let publisher = tokio::spawn(publish_until(
+        cluster.addr(1),
+        "INSERT INTO events (id) VALUES ($1)",
+        stop.clone(),
+        count.clone(),
+    ));
+    more_acks(&count, 30).await?;
+    if dead {
+        cluster.kill9(3)?;
+        more_acks(&count, 30).await?;
+    }
+
+    // A new node, started on its own, joins through ALTER CLUSTER ADD NODE.
+    let new = cluster.start_new_node()?;
+    let new_addr = cluster.cluster_addr(new).to_string();
+    c2.batch_execute(&format!("ALTER CLUSTER ADD NODE '{new_addr}'"))
+        .await?;
+    cluster
+        .wait_rows(new, "SELECT node_id FROM eddy.nodes", 4)
+        .await?;
+    // Adding it again is a no-op; a node that is not there is a clear error.
+    c2.batch_execute(&format!("ALTER CLUSTER ADD NODE '{new_addr}'"))
+        .await?;
+    let err = c2
+        .batch_execute("ALTER CLUSTER ADD NODE '127.0.0.1:1'")
+        .await
+        .expect_err("nothing listens there");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "40001", "{db:?}");
+    assert!(db.message().contains("127.0.0.1:1"), "{}", db.message());
+    more_acks(&count, 30).await?;
+
+    // Node 3 leaves (alive, or dead); its replicas move, the new node being the only
+    // one free.
+    c2.batch_execute("ALTER CLUSTER REMOVE NODE 3").await?;
+    let err = c2
+        .batch_execute("ALTER CLUSTER REMOVE NODE 9")
+        .await
+        .expect_err("no node 9");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "22023", "{db:?}");
+    assert!(db.message().contains("node 9"), "{}", db.message());
+    more_acks(&count, 30).await?;
+    // Node 3 is gone for good: writes go on without it.
+    cluster.kill9(3)?;
+    more_acks(&count, 30).await?;
+    stop.store(true, Ordering::Release);
+    let (acked, retried) = publisher.await??;
+
+    for node in [1, 2, new] {
+        let c = cluster.client(node).await?;
+        let nodes: Vec<i64> = c
+            .query("SELECT node_id FROM eddy.nodes ORDER BY node_id", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(nodes, vec![1, 2, new as i64], "members seen by node {node}");
+    }
+    let c = cluster.client(new).await?;
+    let replicas: Vec<(Option<String>, String)> = c
+        .query(
+            "SELECT object, replicas FROM eddy.raft_groups ORDER BY group_id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    // The metadata group, both partitions and the table, each on nodes 1, 2 and 4.
+    assert_eq!(replicas.len(), 4, "{replicas:?}");
+    for (object, r) in &replicas {
+        let mut r: Vec<&str> = r.split(' ').collect();
+        r.sort_unstable();
+        assert_eq!(r, vec!["1", "2", "4"], "replicas of {object:?}");
+    }
+    let kv: Vec<(i64, String)> = c
+        .query("SELECT k, v FROM kv ORDER BY k", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(kv, vec![(1, "one".into()), (2, "two".into())]);
+    for node in [1, 2, new] {
+        let c = cluster.client(node).await?;
+        let ids: Vec<i64> = c
+            .query("SELECT id FROM events", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut seen: HashMap<i64, usize> = HashMap::new();
+        for i in &ids {
+            *seen.entry(*i).or_default() += 1;
+        }
+        for a in &acked {
+            let n = seen.get(a).copied().unwrap_or(0);
+            assert!(n >= 1, "node {node} lost acknowledged row {a}");
+            assert!(
+                n == 1 || retried.contains(a),
+                "node {node} holds {a} {n} times"
+            );
+        }
+    }
+    Ok(())
+}
