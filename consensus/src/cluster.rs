@@ -367,6 +367,10 @@ impl Cluster {
             Call::ReadIndex(g) => Reply::ReadIndex(self.read_index_here(g).await),
             Call::Join(id, info) => Reply::Done(self.add_node(id, info).await),
             Call::Adopt(seed) => Reply::Adopted(self.adopt(seed).await),
+            Call::Removed => {
+                self.removed();
+                Reply::Done(Ok(()))
+            }
             Call::Reconfigure { group, gone, add } => {
                 Reply::Done(self.reconfigure_here(group, gone, add).await)
             }

@@ -59,6 +59,8 @@ pub enum Call {
     /// Asks an empty node of a cluster of its own to join the cluster of the node at
     /// this cluster address (`ALTER CLUSTER ADD NODE`).
     Adopt(String),
+    /// Tells a node it was removed from the cluster: it stops its groups.
+    Removed,
     /// Moves a group's replica: `gone` stops voting and leaves the group, the nodes in
     /// the list become voters (the metadata group promotes a learner for a gone voter).
     Reconfigure {

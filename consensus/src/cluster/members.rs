@@ -247,13 +247,43 @@ impl Cluster {
             self.write(moves.iter().map(|m| place(m, m.to.clone())).collect())
                 .await?;
         }
-        if nodes.contains_key(&gone) {
+        if let Some(info) = nodes.get(&gone) {
             self.reconfigure_here(METADATA_GROUP, gone, Vec::new())
                 .await
                 .map_err(call_error)?;
+            // A removed node no longer hears from the metadata leader, so it would stand
+            // for election forever: tell it (if it runs) to stop its groups.
+            if gone == self.id() {
+                self.removed();
+            } else {
+                let told = self
+                    .inner
+                    .peers
+                    .call(
+                        gone,
+                        &info.cluster_addr,
+                        Call::Removed,
+                        Duration::from_secs(2),
+                    )
+                    .await;
+                tracing::info!(node = gone, ?told, "told the removed node");
+            }
         }
         tracing::info!(node = gone, groups = moves.len(), "node removed");
         Ok(())
+    }
+
+    /// This node was removed from the cluster: stops every group and the RPC server
+    /// (after the reply to the call that said so has gone out).
+    pub(super) fn removed(&self) {
+        tracing::error!(
+            "this node was removed from the cluster (ALTER CLUSTER REMOVE NODE); it serves nothing now: stop it"
+        );
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            me.shutdown().await;
+        });
     }
 
     /// Where each group placed on `gone` goes.

@@ -387,6 +387,13 @@ async fn replace_node_while_publishing(dead: bool) -> anyhow::Result<()> {
     assert_eq!(db.code().code(), "22023", "{db:?}");
     assert!(db.message().contains("node 9"), "{}", db.message());
     more_acks(&count, 30).await?;
+    if !dead {
+        // Told it was removed, node 3 stopped its groups (it would otherwise stand for
+        // election in the metadata group forever).
+        cluster
+            .wait_rows(3, "SELECT group_id FROM eddy.raft_groups", 0)
+            .await?;
+    }
     // Node 3 is gone for good: writes go on without it.
     cluster.kill9(3)?;
     more_acks(&count, 30).await?;
