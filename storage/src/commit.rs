@@ -499,13 +499,7 @@ impl Committer {
                     partition,
                     records,
                 } => {
-                    let def =
-                        self.inner
-                            .catalog
-                            .by_id(*topic)
-                            .ok_or_else(|| Error::ObjectNotFound {
-                                name: format!("object #{topic}"),
-                            })?;
+                    let def = self.object(*topic)?;
                     let ObjectDef::Topic(def) = &*def else {
                         return Err(Error::InvalidValue(format!(
                             "\"{}\" is not a topic",
@@ -655,14 +649,18 @@ impl Committer {
         Ok(results)
     }
 
-    fn table(&self, id: ObjectId) -> Result<Arc<crate::catalog::TableDef>> {
-        let def = self
-            .inner
+    /// The catalog object with this id.
+    fn object(&self, id: ObjectId) -> Result<Arc<ObjectDef>> {
+        self.inner
             .catalog
             .by_id(id)
             .ok_or_else(|| Error::ObjectNotFound {
                 name: format!("object #{id}"),
-            })?;
+            })
+    }
+
+    fn table(&self, id: ObjectId) -> Result<Arc<crate::catalog::TableDef>> {
+        let def = self.object(id)?;
         match &*def {
             ObjectDef::Table(t) => Ok(Arc::new(t.clone())),
             other => Err(Error::InvalidValue(format!(
@@ -841,14 +839,7 @@ impl Committer {
                     partition,
                     nodes,
                 } => {
-                    let current =
-                        self.inner
-                            .catalog
-                            .by_id(*object)
-                            .ok_or_else(|| Error::ObjectNotFound {
-                                name: format!("object #{object}"),
-                            })?;
-                    let mut def = staged(&created, &current);
+                    let mut def = staged(&created, &*self.object(*object)?);
                     let mut placement = def.placement().to_vec();
                     let Some(slot) = placement.get_mut(*partition as usize) else {
                         return Err(Error::InvalidValue(format!(

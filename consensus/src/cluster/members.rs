@@ -79,21 +79,24 @@ impl Cluster {
         let view = LeaderView::of(&raft.metrics().borrow());
         match view.leader {
             Some(l) if l == self.id() && view.state == ServerState::Leader => None,
-            Some(l) if l != self.id() => Some(
-                match self
-                    .inner
-                    .peers
-                    .call(l, &view.addr, call, CATCH_UP_DEADLINE)
-                    .await
-                {
-                    Ok(Reply::Done(r)) => r,
-                    Ok(other) => Err(CallError::Unavailable(format!("{other:?}"))),
-                    Err(e) => Err(CallError::Unavailable(e.to_string())),
-                },
-            ),
+            Some(l) if l != self.id() => Some(self.call_done(l, &view.addr, call).await),
             _ => Some(Err(CallError::Unavailable(format!(
                 "raft group {group} has no leader; retry"
             )))),
+        }
+    }
+
+    /// Sends a membership call answered by [`Reply::Done`].
+    async fn call_done(&self, node: NodeId, addr: &str, call: Call) -> Result<(), CallError> {
+        match self
+            .inner
+            .peers
+            .call(node, addr, call, CATCH_UP_DEADLINE)
+            .await
+        {
+            Ok(Reply::Done(r)) => r,
+            Ok(other) => Err(CallError::Unavailable(format!("{other:?}"))),
+            Err(e) => Err(CallError::Unavailable(e.to_string())),
         }
     }
 
@@ -385,16 +388,7 @@ impl Cluster {
                         gone,
                         add: add.clone(),
                     };
-                    match self
-                        .inner
-                        .peers
-                        .call(n, &info.cluster_addr, call, CATCH_UP_DEADLINE)
-                        .await
-                    {
-                        Ok(Reply::Done(r)) => r,
-                        Ok(other) => Err(CallError::Unavailable(format!("{other:?}"))),
-                        Err(e) => Err(CallError::Unavailable(e.to_string())),
-                    }
+                    self.call_done(n, &info.cluster_addr, call).await
                 } else {
                     continue;
                 };
