@@ -17,11 +17,10 @@
 //! use eddy_storage::*;
 //! let dir = tempfile::tempdir().unwrap();
 //! let store = Store::open(dir.path(), StorageConfig::default())?;
-//! let def = ObjectDef::Topic(TopicDef {
-//!     id: 0, name: "events".into(), partitions: 1, retention_ms: None,
-//!     replication: Replication::Raft, replicas: None, placement: vec![],
-//!     columns: vec![ColumnDef { name: "payload".into(), ty: ColumnType::Text, nullable: true }],
-//! });
+//! let def = ObjectDef::Topic(TopicDef::new(
+//!     "events",
+//!     vec![ColumnDef::new("payload", ColumnType::Text, true)],
+//! ));
 //! let created = store.write(vec![WriteOp::Create(def)]).await?;
 //! let WriteResult::Created(obj) = &created[0] else { unreachable!() };
 //! let ObjectDef::Topic(topic) = &**obj else { unreachable!() };
