@@ -4,10 +4,13 @@
 //! # Layout
 //! - [`Scenario`] — what a run does; [`System`] — what it runs against.
 //! - [`servers`] — eddy and its peers started as processes of their own on loopback, in
-//!   temp dirs, with their CPU seconds read from `/proc`.
+//!   temp dirs, with their CPU seconds read from `/proc`; eddy and NATS as [`Cluster`]s of
+//!   one or more nodes that can be killed and restarted.
 //! - [`scenarios`] — the workloads, one module each, written against each system's own
 //!   Rust client (tokio-postgres, eddy-client, redis, async-nats).
 //! - [`run`] — one measured run: setup, workload, CPU accounting, [`Summary`].
+//! - [`failover`] — `replicated`'s leader kills: write unavailability and a loss check,
+//!   [`Failover`].
 //! - [`report`] — the table, JSON (ratio above 1 means eddy wins) and SVG chart.
 //!
 //! Tests check counting (every acknowledged message is stored or received exactly once),
@@ -24,7 +27,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-pub use servers::Server;
+pub use scenarios::failover;
+pub use servers::{Cluster, Server};
 
 /// A workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -43,6 +47,10 @@ pub enum Scenario {
     /// Publish to receive latency at a fixed rate (peers: Redis pub/sub, NATS,
     /// PostgreSQL LISTEN/NOTIFY).
     Latency,
+    /// Single-row publishes to a 3-node cluster, many in flight, each acknowledged once a
+    /// majority of its replicas has it; then leader kills (peer: NATS JetStream R3 on 3
+    /// servers).
+    Replicated,
 }
 
 impl Scenario {
@@ -54,6 +62,16 @@ impl Scenario {
             Scenario::PublishDurable => &[System::Postgres, System::Redis, System::Nats],
             Scenario::Fanout => &[System::Redis, System::Nats],
             Scenario::Latency => &[System::Redis, System::Nats, System::Postgres],
+            Scenario::Replicated => &[System::Nats],
+        }
+    }
+
+    /// Nodes of the tool's own eddy (and of a NATS peer) unless `--nodes` says otherwise.
+    pub fn default_nodes(self) -> usize {
+        if self == Scenario::Replicated {
+            3
+        } else {
+            1
         }
     }
 
@@ -63,6 +81,9 @@ impl Scenario {
             Scenario::PointSelect | Scenario::PublishBulk => 4,
             Scenario::PublishDurable => 50,
             Scenario::Fanout | Scenario::Latency => 1,
+            // One publish in flight per connection: eddy serves a connection's statements
+            // one after another, so pipelining on fewer connections would only queue.
+            Scenario::Replicated => 256,
         }
     }
 
@@ -127,11 +148,17 @@ pub struct Options {
     pub subscribers: usize,
     /// `publish-bulk` on eddy: COPY or the producer.
     pub via: Via,
+    /// `replicated`: publishes awaiting their acknowledgement at once, over all
+    /// connections (spread evenly over them).
+    pub in_flight: usize,
+    /// `replicated`: leader kills of the failover measurement (0: none).
+    pub kills: usize,
 }
 
 impl Options {
     /// The scenario's defaults: 10 s, 100-byte messages, 1M bulk rows in COPYs of 10,000,
-    /// 10 fanout subscribers, latency at 1,000 msg/s.
+    /// 10 fanout subscribers, latency at 1,000 msg/s, 256 replicated publishes in flight
+    /// and 5 leader kills.
     pub fn defaults(scenario: Scenario) -> Options {
         Options {
             connections: scenario.default_connections(),
@@ -142,6 +169,8 @@ impl Options {
             batch: 10_000,
             subscribers: 10,
             via: Via::Copy,
+            in_flight: 256,
+            kills: 5,
         }
     }
 }
@@ -211,6 +240,47 @@ pub struct Summary {
     pub ops_per_cpu_second: Option<f64>,
 }
 
+/// What the failover measurement found: how long writes stalled after each leader kill,
+/// and whether every acknowledged message survived.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Failover {
+    /// The system measured.
+    pub system: System,
+    /// Leaders killed (`kill -9`), each restarted before the next kill.
+    pub kills: usize,
+    /// Per kill: the longest gap in milliseconds between two acknowledgements, from the
+    /// last one before the kill until writes flow again (one message in flight).
+    pub unavailable_ms: Vec<f64>,
+    /// Median of `unavailable_ms` (nearest rank).
+    pub p50_ms: f64,
+    /// 99th percentile (nearest rank: the largest with fewer than 100 kills).
+    pub p99_ms: f64,
+    /// Largest.
+    pub max_ms: f64,
+    /// Messages acknowledged (each retried until it was).
+    pub acked: u64,
+    /// Attempts that failed and were retried.
+    pub retries: u64,
+    /// Distinct acknowledged messages stored, on the replica holding the fewest (eddy:
+    /// every node's own replica; NATS: the stream leader's count).
+    pub stored: u64,
+    /// Acknowledged messages missing: `acked - stored`. Must be 0.
+    pub lost: u64,
+    /// Extra copies stored (a retried attempt whose first try was committed after all);
+    /// allowed, and counted.
+    pub duplicates: u64,
+}
+
+impl Failover {
+    /// Percentile `q` (0..=1) of `ms` by nearest rank; 0 when empty.
+    pub fn percentile(ms: &[f64], q: f64) -> f64 {
+        let mut sorted = ms.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let rank = (q * sorted.len() as f64).ceil().max(1.0) as usize;
+        sorted.get(rank - 1).copied().unwrap_or(0.0)
+    }
+}
+
 /// Paces a loop at `rate` operations per second. Slots are fixed from the start, so a
 /// slow operation is followed by catch-up ones rather than lowering the rate. Latency is
 /// measured from when an operation actually starts: the timer's own lateness (tokio's
@@ -273,6 +343,22 @@ pub async fn run(
         cpu_seconds: cpu,
         ops_per_cpu_second: cpu.filter(|c| *c > 0.0).map(|c| m.ops as f64 / c),
     })
+}
+
+/// Polls `check` every 50 ms until it gives `Some`; fails naming `what` after `limit`.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Connects tokio-postgres and drives the connection in the background.

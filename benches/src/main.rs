@@ -1,6 +1,7 @@
-//! `eddy-bench <scenario>`: runs a load scenario against eddy (a node of its own, started
-//! as a child process in a temp dir, or `--url`) and, interleaved in the same run, against
+//! `eddy-bench <scenario>`: runs a load scenario against eddy (nodes of its own, started
+//! as child processes in a temp dir, or `--url`) and, interleaved in the same run, against
 //! the peers asked for; prints a table and optionally writes JSON and an SVG chart.
+//! `replicated` then kills leaders (`--kills`) and reports write unavailability.
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,8 @@ enum Peer {
     Postgres,
     /// Redis (`apt-get install redis-server`), with appendfsync always.
     Redis,
-    /// NATS (`apt-get install nats-server`), with JetStream on file storage.
+    /// NATS (`apt-get install nats-server`), with JetStream on file storage (for
+    /// `replicated`: 3 servers clustered on loopback, a stream with 3 replicas).
     Nats,
     /// Every peer the scenario has a workload for.
     All,
@@ -34,12 +36,18 @@ struct Args {
     #[arg(value_enum)]
     scenario: Scenario,
     /// A running eddy (a libpq-style connection string, e.g. "host=127.0.0.1 port=5433
-    /// user=eddy"); without it, the tool starts its own node in a temp dir.
+    /// user=eddy"), repeated for each node of a cluster; without it, the tool starts its
+    /// own nodes in a temp dir.
     #[arg(long)]
-    url: Option<String>,
-    /// Nodes of the tool's own eddy (1; clusters are not implemented yet).
-    #[arg(long, default_value_t = 1)]
-    nodes: usize,
+    url: Vec<String>,
+    /// Nodes of the tool's own eddy, one `eddy start` process each, forming one cluster
+    /// [default: replicated 3, others 1].
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// An extra flag for every `eddy start` of the tool's own nodes (repeatable), e.g.
+    /// `--eddy-arg=--config=eddy.toml`.
+    #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
+    eddy_arg: Vec<String>,
     /// Also run the scenario against this peer, started on loopback in a temp dir
     /// (repeatable).
     #[arg(long, value_enum)]
@@ -51,10 +59,17 @@ struct Args {
     /// issue as fast as acknowledgements come back).
     #[arg(long)]
     rate: Option<u64>,
-    /// Connections (publishers) [default: point-select 4, publish-bulk 4,
-    /// publish-durable 50, fanout and latency 1].
+    /// Connections (publishers), spread over the nodes [default: point-select 4,
+    /// publish-bulk 4, publish-durable 50, fanout and latency 1, replicated 256].
     #[arg(long)]
     connections: Option<usize>,
+    /// replicated: publishes awaiting their acknowledgement at once, over all connections.
+    #[arg(long, default_value_t = 256)]
+    in_flight: usize,
+    /// replicated: leaders to kill with SIGKILL after the rounds, one at a time, each
+    /// restarted before the next (0: no failover measurement).
+    #[arg(long, default_value_t = 5)]
+    kills: usize,
     /// Payload bytes per published message.
     #[arg(long, default_value_t = 100)]
     size: usize,
@@ -170,13 +185,19 @@ async fn measured(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(
-        args.nodes == 1,
-        "--nodes {}: multi-node clusters are not implemented yet; use --nodes 1",
-        args.nodes
-    );
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
     let scenario = args.scenario;
+    let nodes = args.nodes.unwrap_or(scenario.default_nodes());
+    anyhow::ensure!(nodes >= 1, "--nodes must be at least 1");
+    anyhow::ensure!(
+        scenario != Scenario::Replicated || nodes >= 3,
+        "replicated measures a 3-node cluster (topics with 3 replicas); it needs --nodes 3 \
+         or more, not {nodes}"
+    );
+    anyhow::ensure!(
+        scenario != Scenario::Replicated || args.url.is_empty() || args.url.len() >= 3,
+        "replicated needs a --url for each of at least 3 nodes"
+    );
     if let Some(path) = &args.replot {
         let report = Report::from_json(&serde_json::from_slice(&std::fs::read(path)?)?)?;
         anyhow::ensure!(
@@ -196,14 +217,32 @@ async fn main() -> anyhow::Result<()> {
     opts.messages = args.messages;
     opts.batch = args.batch;
     opts.subscribers = args.subscribers;
+    opts.in_flight = args.in_flight.max(1);
+    opts.kills = if scenario == Scenario::Replicated {
+        args.kills
+    } else {
+        0
+    };
+    anyhow::ensure!(
+        args.url.is_empty() || opts.kills == 0,
+        "--kills needs nodes the tool started (it kills and restarts them); with --url, \
+         pass --kills 0"
+    );
 
-    let eddy = match &args.url {
-        Some(u) => Server::external(System::Eddy, u.clone()),
-        None => Server::start(System::Eddy)?,
+    let eddy = if args.url.is_empty() {
+        Server::start_eddy(nodes, &args.eddy_arg).await?
+    } else {
+        Server::external(System::Eddy, args.url.clone())?
     };
     let mut servers = Vec::new();
     for s in &peer_systems {
-        servers.push(Server::start(*s)?);
+        // replicated compares clusters of the same size; other scenarios one node each.
+        let n = if scenario == Scenario::Replicated {
+            nodes
+        } else {
+            1
+        };
+        servers.push(Server::start(*s, n).await?);
     }
     // eddy's variants: publish-bulk measures COPY and the client's producer.
     let variants: Vec<(String, Via)> = if scenario == Scenario::PublishBulk {
@@ -239,6 +278,21 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    // replicated: the leader kills, after every throughput round (they restart nodes).
+    let mut failover = Vec::new();
+    if opts.kills > 0 {
+        for server in std::iter::once(&eddy).chain(&servers) {
+            eprintln!(
+                "{}: {} leader kills (kill -9, restart, catch up)",
+                server.system.name(),
+                opts.kills
+            );
+            let f = eddy_bench::failover(server, &opts)
+                .await
+                .map_err(|e| e.context(format!("{} failover", server.system.name())))?;
+            failover.push(f);
+        }
+    }
     let shape = match scenario {
         Scenario::PublishBulk => format!(
             "{} x {} B rows, {} connections, COPY batches of {}",
@@ -251,6 +305,13 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Latency => format!(
             "{} msg/s, {} B, {:?}",
             opts.rate.unwrap_or(0),
+            opts.size,
+            opts.duration
+        ),
+        Scenario::Replicated => format!(
+            "{nodes} nodes, 3 replicas; {} in flight over {} connections, {} B, {:?}",
+            opts.in_flight,
+            opts.connections.min(opts.in_flight),
             opts.size,
             opts.duration
         ),
@@ -272,6 +333,7 @@ async fn main() -> anyhow::Result<()> {
             .zip(peer_rounds)
             .map(|(s, r)| Entry::median(s.system.name().into(), s.system, scenario, r))
             .collect(),
+        failover,
     };
     output(&report, &args)
 }
@@ -312,5 +374,10 @@ mod tests {
             peers(Scenario::Fanout, &[Peer::Nats, Peer::Nats]).ok(),
             Some(vec![System::Nats])
         );
+        assert_eq!(
+            peers(Scenario::Replicated, &[Peer::All]).ok(),
+            Some(vec![System::Nats])
+        );
+        assert!(peers(Scenario::Replicated, &[Peer::Postgres]).is_err());
     }
 }

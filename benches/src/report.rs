@@ -3,7 +3,7 @@
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::{Scenario, Summary, System};
+use crate::{Failover, Scenario, Summary, System};
 
 /// One measured line of a report: a system (or a variant of eddy) and its median run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,6 +64,8 @@ pub struct Report {
     pub eddy: Vec<Entry>,
     /// Each peer run.
     pub peers: Vec<Entry>,
+    /// `replicated`: the leader-kill measurement of each system (eddy first), if run.
+    pub failover: Vec<Failover>,
 }
 
 impl Report {
@@ -94,26 +96,69 @@ impl Report {
             let verdict = if r >= 1.0 { "eddy wins" } else { "peer wins" };
             out.push_str(&format!("ratio vs {peer} ({basis}): {r:.2} — {verdict}\n"));
         }
+        if self.scenario == Scenario::Replicated {
+            // Its goal has two parts: throughput, and an ack p99 no worse than the peer's.
+            for (peer, r) in self.p99_ratios() {
+                let verdict = if r >= 1.0 { "eddy wins" } else { "peer wins" };
+                out.push_str(&format!(
+                    "p99 ack latency vs {peer} (peer/eddy): {r:.2} — {verdict}\n"
+                ));
+            }
+        }
+        if !self.failover.is_empty() {
+            out.push_str(&format!(
+                "{:<16} {:>6} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6} {:>10}\n",
+                "leader kill -9",
+                "kills",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "acked",
+                "retries",
+                "lost",
+                "duplicates"
+            ));
+            for f in &self.failover {
+                out.push_str(&format!(
+                    "{:<16} {:>6} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>8} {:>6} {:>10}\n",
+                    f.system.name(),
+                    f.kills,
+                    f.p50_ms,
+                    f.p99_ms,
+                    f.max_ms,
+                    f.acked,
+                    f.retries,
+                    f.lost,
+                    f.duplicates
+                ));
+            }
+        }
         out
+    }
+
+    /// (peer, p99 latency ratio peer / eddy) for each peer: above 1, eddy's tail is shorter.
+    pub fn p99_ratios(&self) -> Vec<(&'static str, f64)> {
+        self.ratios_as(Scenario::Latency)
     }
 
     /// (peer, ratio) for each peer.
     pub fn ratios(&self) -> Vec<(&'static str, f64)> {
+        self.ratios_as(self.scenario)
+    }
+
+    /// (peer, ratio) for each peer, on the basis `scenario` decides by.
+    fn ratios_as(&self, scenario: Scenario) -> Vec<(&'static str, f64)> {
         let Some(eddy) = self.eddy.first() else {
             return Vec::new();
         };
         self.peers
             .iter()
-            .map(|p| {
-                (
-                    p.system.name(),
-                    ratio(self.scenario, &eddy.summary, &p.summary),
-                )
-            })
+            .map(|p| (p.system.name(), ratio(scenario, &eddy.summary, &p.summary)))
             .collect()
     }
 
-    /// The JSON object: `scenario`, `eddy`, `peer` (by name), `ratio` (by peer name).
+    /// The JSON object: `scenario`, `eddy`, `peer` (by name), `ratio` (by peer name); for
+    /// `replicated` also `p99_ratio` (by peer name) and `failover` (by system name).
     pub fn json(&self) -> serde_json::Value {
         let peer: serde_json::Map<String, serde_json::Value> = self
             .peers
@@ -125,7 +170,7 @@ impl Report {
             .into_iter()
             .map(|(p, r)| (p.to_owned(), r.into()))
             .collect();
-        serde_json::json!({
+        let mut out = serde_json::json!({
             "scenario": self.scenario,
             "shape": self.shape,
             "ratio_basis": if self.scenario.latency_bound() { "p99 latency: peer / eddy" } else { "throughput: eddy / peer" },
@@ -133,7 +178,24 @@ impl Report {
             "eddy_variants": &self.eddy[self.eddy.len().min(1)..],
             "peer": peer,
             "ratio": ratio,
-        })
+        });
+        if self.scenario == Scenario::Replicated {
+            let p99: serde_json::Map<String, serde_json::Value> = self
+                .p99_ratios()
+                .into_iter()
+                .map(|(p, r)| (p.to_owned(), r.into()))
+                .collect();
+            out["p99_ratio"] = p99.into();
+        }
+        if !self.failover.is_empty() {
+            let failover: serde_json::Map<String, serde_json::Value> = self
+                .failover
+                .iter()
+                .map(|f| (f.system.name().to_owned(), serde_json::json!(f)))
+                .collect();
+            out["failover"] = failover.into();
+        }
+        out
     }
 
     /// Reads back what [`Report::json`] wrote (to redraw a chart without running again).
@@ -156,11 +218,22 @@ impl Report {
         // In the order the scenario runs its peers.
         peers.sort_by_key(|e| scenario.peers().iter().position(|p| *p == e.system));
         let shape = serde_json::from_value(field("shape")?)?;
+        let mut failover: Vec<Failover> = match v.get("failover") {
+            Some(f) => {
+                serde_json::from_value::<serde_json::Map<String, serde_json::Value>>(f.clone())?
+                    .into_iter()
+                    .map(|(_, f)| serde_json::from_value(f))
+                    .collect::<Result<_, _>>()?
+            }
+            None => Vec::new(),
+        };
+        failover.sort_by_key(|f| (f.system != System::Eddy, f.system.name()));
         Ok(Report {
             scenario,
             shape,
             eddy,
             peers,
+            failover,
         })
     }
 
@@ -305,6 +378,7 @@ mod tests {
                 entry("postgres", System::Postgres, vec![summary(400.0, 5)]),
                 entry("redis", System::Redis, vec![summary(100.0, 5)]),
             ],
+            failover: Vec::new(),
         };
         assert_eq!(report.ratios(), vec![("postgres", 0.5), ("redis", 2.0)]);
         assert_eq!(
@@ -334,6 +408,7 @@ mod tests {
                 entry("redis", System::Redis, vec![summary(700.0, 50)]),
                 entry("nats", System::Nats, vec![summary(800.0, 40)]),
             ],
+            failover: Vec::new(),
         };
         let back = Report::from_json(&report.json()).unwrap();
         assert_eq!(back.table(), report.table());
@@ -342,5 +417,52 @@ mod tests {
         back.chart(&svg).unwrap();
         let drawn = std::fs::read_to_string(&svg).unwrap();
         assert!(drawn.starts_with("<svg") && drawn.contains("redis") && drawn.contains("p99.9"));
+    }
+
+    fn failover(system: System, ms: Vec<f64>, lost: u64) -> Failover {
+        Failover {
+            system,
+            kills: ms.len(),
+            p50_ms: Failover::percentile(&ms, 0.5),
+            p99_ms: Failover::percentile(&ms, 0.99),
+            max_ms: Failover::percentile(&ms, 1.0),
+            unavailable_ms: ms,
+            acked: 1000,
+            retries: 3,
+            stored: 1000 - lost,
+            lost,
+            duplicates: 1,
+        }
+    }
+
+    #[test]
+    fn replicated_reports_both_goals_and_the_failover_and_reads_them_back() {
+        let report = Report {
+            scenario: Scenario::Replicated,
+            shape: "tiny".into(),
+            eddy: vec![entry("eddy", System::Eddy, vec![summary(5000.0, 40)])],
+            peers: vec![entry("nats", System::Nats, vec![summary(1000.0, 80)])],
+            failover: vec![
+                failover(System::Eddy, vec![900.0, 700.0, 1200.0], 0),
+                failover(System::Nats, vec![2000.0], 0),
+            ],
+        };
+        let f = &report.failover[0];
+        assert_eq!((f.p50_ms, f.p99_ms, f.max_ms), (900.0, 1200.0, 1200.0));
+        let table = report.table();
+        assert!(
+            table.contains("ratio vs nats (throughput, eddy/peer): 5.00 — eddy wins"),
+            "{table}"
+        );
+        assert!(
+            table.contains("p99 ack latency vs nats (peer/eddy): 2.00 — eddy wins"),
+            "{table}"
+        );
+        assert!(table.contains("leader kill -9"), "{table}");
+        let json = report.json();
+        assert_eq!(json["p99_ratio"]["nats"], 2.0);
+        assert_eq!(json["failover"]["eddy"]["lost"], 0);
+        let back = Report::from_json(&json).unwrap();
+        assert_eq!(back.table(), table);
     }
 }

@@ -1,54 +1,143 @@
-//! The servers a run talks to, each started by the tool as its own process on loopback in a
-//! temporary directory (so its CPU seconds can be read from `/proc`), or given by URL.
+//! The servers a run talks to, each started by the tool as processes of its own on loopback
+//! in a temporary directory (so their CPU seconds can be read from `/proc`), or given by
+//! URL. eddy and NATS run as [`Cluster`]s of one or more nodes, which the failover
+//! measurement kills and restarts.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::System;
 
-/// A running server: where to connect, and (when the tool started it) its process.
+mod cluster;
+
+pub use cluster::Cluster;
+
+/// A running server: where to connect, and (when the tool started it) its processes.
 pub struct Server {
     /// Which system it is.
     pub system: System,
-    /// Connection string for the system's client (tokio-postgres, redis://, nats://).
-    pub url: String,
-    /// The root of its process tree, when started by the tool.
-    pub pid: Option<u32>,
-    /// Keeps the process and its directory alive; dropping it stops the server.
-    _guard: Option<Box<dyn Send + Sync>>,
+    /// One connection string per node for the system's client (tokio-postgres, redis://,
+    /// nats://); never empty. Clients spread over them with [`Server::url_for`].
+    pub urls: Vec<String>,
+    processes: Processes,
+}
+
+/// What the tool knows of a server's processes.
+enum Processes {
+    /// Started elsewhere: no CPU accounting, nothing to kill.
+    External,
+    /// One process tree (PostgreSQL's postmaster and its backends, Redis). The guard
+    /// stops the server and removes its directory when dropped.
+    Tree {
+        pid: Option<u32>,
+        _guard: Box<dyn Send + Sync>,
+    },
+    /// Nodes started by the tool (eddy, NATS), each of which can be killed and started
+    /// again (the failover measurement). Locked only for process operations, never
+    /// across an await.
+    Cluster(Mutex<Cluster>),
 }
 
 impl Server {
-    /// A server started elsewhere: no CPU accounting.
-    pub fn external(system: System, url: String) -> Server {
+    /// A server started elsewhere, one connection string per node: no CPU accounting.
+    pub fn external(system: System, urls: Vec<String>) -> anyhow::Result<Server> {
+        anyhow::ensure!(!urls.is_empty(), "no address given for {}", system.name());
+        Ok(Server {
+            system,
+            urls,
+            processes: Processes::External,
+        })
+    }
+
+    /// Starts `system` with `nodes` nodes on free loopback ports in a temp dir (eddy: a
+    /// cluster of `nodes`; NATS: JetStream servers clustered on loopback; PostgreSQL and
+    /// Redis: one node only). Fails with install advice when a server binary is missing.
+    pub async fn start(system: System, nodes: usize) -> anyhow::Result<Server> {
+        anyhow::ensure!(nodes >= 1, "a server has at least one node");
+        match system {
+            System::Eddy => Server::start_eddy(nodes, &[]).await,
+            System::Nats => Ok(Server::cluster_of(
+                System::Nats,
+                Cluster::start_nats(nodes)?,
+            )),
+            System::Postgres | System::Redis => {
+                anyhow::ensure!(
+                    nodes == 1,
+                    "the tool starts {} as a single node only",
+                    system.name()
+                );
+                if system == System::Postgres {
+                    start_postgres()
+                } else {
+                    start_redis()
+                }
+            }
+        }
+    }
+
+    /// eddy with `nodes` nodes, each `eddy start` given `extra` flags too (a `--config`
+    /// file, say).
+    pub async fn start_eddy(nodes: usize, extra: &[String]) -> anyhow::Result<Server> {
+        anyhow::ensure!(nodes >= 1, "a server has at least one node");
+        let cluster = Cluster::start_eddy(nodes, extra).await?;
+        Ok(Server::cluster_of(System::Eddy, cluster))
+    }
+
+    fn cluster_of(system: System, cluster: Cluster) -> Server {
         Server {
             system,
-            url,
-            pid: None,
-            _guard: None,
+            urls: cluster.urls(),
+            processes: Processes::Cluster(Mutex::new(cluster)),
         }
     }
 
-    /// Starts `system` on a free loopback port in a temp dir. Fails with install advice
-    /// when its server binary is missing.
-    pub fn start(system: System) -> anyhow::Result<Server> {
-        match system {
-            System::Eddy => start_eddy(),
-            System::Postgres => start_postgres(),
-            System::Redis => start_redis(),
-            System::Nats => start_nats(),
-        }
+    /// The first node's connection string.
+    pub fn url(&self) -> &str {
+        // `urls` is never empty (both constructors make sure).
+        &self.urls[0]
     }
 
-    /// CPU seconds (user + system) used so far by the server's whole process tree, counting
-    /// exited children it reaped (PostgreSQL's backends). `None` for external servers.
+    /// The connection string of the node client `i` uses: clients go round the nodes.
+    pub fn url_for(&self, i: usize) -> &str {
+        &self.urls[i % self.urls.len()]
+    }
+
+    /// Nodes (connection strings) of the server.
+    pub fn nodes(&self) -> usize {
+        self.urls.len()
+    }
+
+    /// CPU seconds (user + system) used so far by the server's process trees (every node
+    /// running now), counting exited children they reaped (PostgreSQL's backends). `None`
+    /// for external servers.
     pub fn cpu_seconds(&self) -> Option<f64> {
-        self.pid.map(tree_cpu_seconds)
+        match &self.processes {
+            Processes::External => None,
+            Processes::Tree { pid, .. } => pid.map(|p| tree_cpu_seconds(&[p])),
+            Processes::Cluster(c) => Some(tree_cpu_seconds(&lock(c).pids())),
+        }
     }
+
+    /// The nodes the tool started, to kill and restart; an error for other servers.
+    pub fn cluster(&self) -> anyhow::Result<MutexGuard<'_, Cluster>> {
+        match &self.processes {
+            Processes::Cluster(c) => Ok(lock(c)),
+            _ => anyhow::bail!(
+                "{} was not started by the tool as nodes it can kill and restart",
+                self.system.name()
+            ),
+        }
+    }
+}
+
+/// Locks the cluster even if a thread panicked holding it (its processes are still
+/// what they were).
+fn lock(c: &Mutex<Cluster>) -> MutexGuard<'_, Cluster> {
+    c.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A child process killed (and reaped) on drop, with its temp dir removed after.
@@ -62,6 +151,17 @@ impl Drop for ChildGuard {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `n` distinct free loopback ports (all bound at once, so none is handed out twice).
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -106,37 +206,6 @@ pub fn eddy_bin() -> anyhow::Result<PathBuf> {
     })
 }
 
-fn start_eddy() -> anyhow::Result<Server> {
-    let dir = tempfile::tempdir()?;
-    let log = dir.path().join("eddy.log");
-    let mut child = Command::new(eddy_bin()?)
-        .arg("start")
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(["--pg-addr", "127.0.0.1:0", "--log", "warn"])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("eddy: no stdout"))?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let Some(addr) = line.trim().strip_prefix("eddy listening on ") else {
-        let _ = child.kill();
-        let logs = std::fs::read_to_string(&log).unwrap_or_default();
-        anyhow::bail!("eddy did not start: {line:?}\n{logs}");
-    };
-    let addr: std::net::SocketAddr = addr.parse()?;
-    Ok(Server {
-        system: System::Eddy,
-        url: format!("host=127.0.0.1 port={} user=eddy dbname=eddy", addr.port()),
-        pid: Some(child.id()),
-        _guard: Some(Box::new(ChildGuard { child, _dir: dir })),
-    })
-}
-
 fn start_redis() -> anyhow::Result<Server> {
     let bin = find_on_path("redis-server", &[])
         .ok_or_else(|| anyhow::anyhow!("redis-server not found: apt-get install redis-server"))?;
@@ -169,32 +238,11 @@ fn start_redis() -> anyhow::Result<Server> {
     wait_listening(&mut child, port, "redis-server", &log)?;
     Ok(Server {
         system: System::Redis,
-        url: format!("redis://127.0.0.1:{port}/"),
-        pid: Some(child.id()),
-        _guard: Some(Box::new(ChildGuard { child, _dir: dir })),
-    })
-}
-
-fn start_nats() -> anyhow::Result<Server> {
-    let bin = find_on_path("nats-server", &["/usr/sbin"])
-        .ok_or_else(|| anyhow::anyhow!("nats-server not found: apt-get install nats-server"))?;
-    let dir = tempfile::tempdir()?;
-    let port = free_port()?;
-    let log = dir.path().join("nats.log");
-    let mut child = Command::new(bin)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(dir.path().join("js"))
-        .arg("-l")
-        .arg(&log)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    wait_listening(&mut child, port, "nats-server", &log)?;
-    Ok(Server {
-        system: System::Nats,
-        url: format!("nats://127.0.0.1:{port}"),
-        pid: Some(child.id()),
-        _guard: Some(Box::new(ChildGuard { child, _dir: dir })),
+        urls: vec![format!("redis://127.0.0.1:{port}/")],
+        processes: Processes::Tree {
+            pid: Some(child.id()),
+            _guard: Box::new(ChildGuard { child, _dir: dir }),
+        },
     })
 }
 
@@ -302,9 +350,13 @@ fn start_postgres() -> anyhow::Result<Server> {
     let pid = pidfile.lines().next().and_then(|l| l.trim().parse().ok());
     Ok(Server {
         system: System::Postgres,
-        url: format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
-        pid,
-        _guard: Some(Box::new(pg)),
+        urls: vec![format!(
+            "host=127.0.0.1 port={port} user=postgres dbname=postgres"
+        )],
+        processes: Processes::Tree {
+            pid,
+            _guard: Box::new(pg),
+        },
     })
 }
 
@@ -333,9 +385,9 @@ fn parse_stat(stat: &str) -> Option<(u32, u64)> {
     Some((ppid, ticks))
 }
 
-/// CPU seconds of `root` and every live descendant (reaped children count through
-/// cutime/cstime, so nothing is counted twice).
-pub fn tree_cpu_seconds(root: u32) -> f64 {
+/// CPU seconds of the `roots` and every live descendant of theirs (reaped children count
+/// through cutime/cstime, so nothing is counted twice).
+pub fn tree_cpu_seconds(roots: &[u32]) -> f64 {
     let mut procs: HashMap<u32, (u32, u64)> = HashMap::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -350,7 +402,7 @@ pub fn tree_cpu_seconds(root: u32) -> f64 {
         }
     }
     let mut total = 0u64;
-    let mut frontier = vec![root];
+    let mut frontier = roots.to_vec();
     while let Some(p) = frontier.pop() {
         if let Some((_, t)) = procs.get(&p) {
             total += t;
@@ -382,6 +434,6 @@ mod tests {
             x = x.wrapping_mul(31).wrapping_add(i);
         }
         assert!(x != 1);
-        assert!(tree_cpu_seconds(std::process::id()) > 0.0);
+        assert!(tree_cpu_seconds(&[std::process::id()]) > 0.0);
     }
 }

@@ -1,10 +1,11 @@
-//! The tool counts right: a tiny run of every scenario against a real eddy process, checking
-//! that every acknowledged message is stored (or received by every subscriber) exactly
-//! once. Timings are never asserted.
+//! The tool counts right: a tiny run of every scenario against a real eddy process (three
+//! forming a cluster for `replicated`), checking that every acknowledged message is stored
+//! (or received by every subscriber) exactly once, and that a leader kill loses nothing.
+//! Timings are never asserted.
 
 use std::time::Duration;
 
-use eddy_bench::{connect, run, Meter, Options, Scenario, Server, System, Via};
+use eddy_bench::{connect, failover, run, wait_for, Meter, Options, Scenario, Server, System, Via};
 
 fn tiny(scenario: Scenario) -> Options {
     let mut o = Options::defaults(scenario);
@@ -13,12 +14,14 @@ fn tiny(scenario: Scenario) -> Options {
     o.messages = 2_500;
     o.batch = 400;
     o.subscribers = 3;
+    o.in_flight = 12;
+    o.kills = 1;
     o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_durable_counts_every_acknowledged_message_once() -> anyhow::Result<()> {
-    let eddy = Server::start(System::Eddy)?;
+    let eddy = Server::start(System::Eddy, 1).await?;
     let s = run(
         Scenario::PublishDurable,
         &eddy,
@@ -27,7 +30,7 @@ async fn publish_durable_counts_every_acknowledged_message_once() -> anyhow::Res
     )
     .await?;
     assert!(s.ops > 0);
-    let stored: i64 = connect(&eddy.url)
+    let stored: i64 = connect(eddy.url())
         .await?
         .query_one("SELECT count(*) FROM bench_publish", &[])
         .await?
@@ -46,7 +49,7 @@ async fn publish_durable_counts_every_acknowledged_message_once() -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_bulk_stores_exactly_the_rows_by_copy_and_by_producer() -> anyhow::Result<()> {
-    let eddy = Server::start(System::Eddy)?;
+    let eddy = Server::start(System::Eddy, 1).await?;
     for via in [Via::Copy, Via::Producer] {
         let opts = Options {
             via,
@@ -55,7 +58,7 @@ async fn publish_bulk_stores_exactly_the_rows_by_copy_and_by_producer() -> anyho
         // A second run starts from an empty topic: setup drops what the first left.
         let s = run(Scenario::PublishBulk, &eddy, &opts, &Meter::default()).await?;
         assert_eq!(s.ops, 2_500, "{via:?}");
-        let c = connect(&eddy.url).await?;
+        let c = connect(eddy.url()).await?;
         let row = c
             .query_one(
                 "SELECT count(*), count(DISTINCT (_partition, _offset)) FROM bench_bulk",
@@ -73,7 +76,7 @@ async fn publish_bulk_stores_exactly_the_rows_by_copy_and_by_producer() -> anyho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn point_select_finds_every_row_it_asks_for() -> anyhow::Result<()> {
-    let eddy = Server::start(System::Eddy)?;
+    let eddy = Server::start(System::Eddy, 1).await?;
     // `run` fails if any lookup misses its row.
     let meter = Meter::default();
     let s = run(
@@ -90,11 +93,11 @@ async fn point_select_finds_every_row_it_asks_for() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_delivers_every_message_to_every_subscriber_once() -> anyhow::Result<()> {
-    let eddy = Server::start(System::Eddy)?;
+    let eddy = Server::start(System::Eddy, 1).await?;
     let opts = tiny(Scenario::Fanout);
     // `run` fails unless each subscriber got every published message exactly once.
     let s = run(Scenario::Fanout, &eddy, &opts, &Meter::default()).await?;
-    let published: i64 = connect(&eddy.url)
+    let published: i64 = connect(eddy.url())
         .await?
         .query_one("SELECT count(*) FROM bench_fanout", &[])
         .await?
@@ -110,11 +113,11 @@ async fn fanout_delivers_every_message_to_every_subscriber_once() -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_run_receives_what_it_paced_out() -> anyhow::Result<()> {
-    let eddy = Server::start(System::Eddy)?;
+    let eddy = Server::start(System::Eddy, 1).await?;
     let mut opts = tiny(Scenario::Latency);
     opts.rate = Some(200);
     let s = run(Scenario::Latency, &eddy, &opts, &Meter::default()).await?;
-    let published: i64 = connect(&eddy.url)
+    let published: i64 = connect(eddy.url())
         .await?
         .query_one("SELECT count(*) FROM bench_fanout", &[])
         .await?
@@ -122,5 +125,69 @@ async fn latency_run_receives_what_it_paced_out() -> anyhow::Result<()> {
     assert_eq!(s.ops, published as u64);
     // 300 ms at 200/s: the pacer has 61 slots at most, however fast the machine.
     assert!(s.ops > 0 && s.ops <= 61, "paced: {}", s.ops);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_stores_every_acknowledged_publish_once_on_every_node_and_survives_a_kill(
+) -> anyhow::Result<()> {
+    let eddy = Server::start(System::Eddy, 3).await?;
+    assert_eq!(eddy.nodes(), 3);
+    let opts = tiny(Scenario::Replicated);
+    let s = run(Scenario::Replicated, &eddy, &opts, &Meter::default()).await?;
+    assert!(s.ops > 0);
+    assert!(
+        s.cpu_seconds.is_some_and(|c| c > 0.0),
+        "CPU seconds summed over the three nodes: {s:?}"
+    );
+    // A strong read on each node sees every acknowledged publish; then the node's own
+    // replica (a local read) holds each exactly once.
+    let want = (s.ops as i64, s.ops as i64);
+    let sql = "SELECT count(*), count(DISTINCT payload) FROM bench_replicated";
+    for node in 0..3 {
+        let c = connect(eddy.url_for(node)).await?;
+        let row = c.query_one(sql, &[]).await?;
+        assert_eq!((row.get(0), row.get(1)), want, "node {}: strong", node + 1);
+        c.batch_execute("SET consistency = 'local'").await?;
+        let local = wait_for("the local replica", Duration::from_secs(30), || async {
+            let row = c.query_one(sql, &[]).await.ok()?;
+            let got: (i64, i64) = (row.get(0), row.get(1));
+            (got == want).then_some(got)
+        })
+        .await;
+        assert!(local.is_ok(), "node {}: local replica", node + 1);
+    }
+    // The writes were spread: every partition (each led by its own node) has some.
+    let c = connect(eddy.url()).await?;
+    let parts = c
+        .query(
+            "SELECT leader FROM eddy.partitions WHERE topic = 'bench_replicated' AND next_offset > 0",
+            &[],
+        )
+        .await?;
+    assert_eq!(parts.len(), 3, "all three partitions written");
+
+    // The fault injector works: a killed node refuses connections, a restarted one serves
+    // on its old address.
+    eddy.cluster()?.kill9(2)?;
+    assert!(connect(eddy.url_for(2)).await.is_err(), "node 3 is down");
+    eddy.cluster()?.restart(2)?;
+    connect(eddy.url_for(2))
+        .await?
+        .query_one("SELECT count(*) FROM eddy.nodes", &[])
+        .await?;
+
+    // One leader kill: the publisher goes on through the new leader, nothing acknowledged
+    // is lost, and the killed node comes back.
+    let f = failover(&eddy, &opts).await?;
+    assert_eq!(f.kills, 1);
+    assert_eq!(
+        f.unavailable_ms.len(),
+        1,
+        "the gap around the kill was measured"
+    );
+    assert!(f.acked > 0);
+    assert_eq!(f.lost, 0, "{f:?}");
+    assert_eq!(f.stored, f.acked, "{f:?}");
     Ok(())
 }

@@ -1,9 +1,13 @@
 //! The workloads. Each is written once per system against that system's own Rust client,
 //! doing the same work: the same rows, payloads, connections and durability.
 
+mod failover;
 mod point;
 mod publish;
 mod pubsub;
+mod replicated;
+
+pub use failover::failover;
 
 use crate::{Measured, Meter, Options, Scenario, Server, System};
 
@@ -18,6 +22,7 @@ pub async fn setup(scenario: Scenario, server: &Server, opts: &Options) -> anyho
         Scenario::PointSelect => point::setup(server).await,
         Scenario::PublishBulk | Scenario::PublishDurable => publish::setup(scenario, server).await,
         Scenario::Fanout | Scenario::Latency => pubsub::setup(server, opts).await,
+        Scenario::Replicated => replicated::setup(server).await,
     }
 }
 
@@ -33,6 +38,7 @@ pub async fn run(
         Scenario::PublishBulk => publish::bulk(server, opts, meter).await,
         Scenario::PublishDurable => publish::durable(server, opts, meter).await,
         Scenario::Fanout | Scenario::Latency => pubsub::run(scenario, server, opts, meter).await,
+        Scenario::Replicated => replicated::run(server, opts, meter).await,
     }
 }
 

@@ -7,7 +7,7 @@ use crate::{connect, Measured, Meter, Options, Server};
 const ROWS: i64 = 10_000;
 
 pub(super) async fn setup(server: &Server) -> anyhow::Result<()> {
-    let c = connect(&server.url).await?;
+    let c = connect(server.url()).await?;
     c.batch_execute("DROP TABLE IF EXISTS bench_points").await?;
     c.batch_execute("CREATE TABLE bench_points (id BIGINT PRIMARY KEY, name TEXT)")
         .await?;
@@ -28,8 +28,8 @@ pub(super) async fn run(
     meter: &Meter,
 ) -> anyhow::Result<Measured> {
     let mut clients = Vec::with_capacity(opts.connections);
-    for _ in 0..opts.connections {
-        clients.push(connect(&server.url).await?);
+    for i in 0..opts.connections {
+        clients.push(connect(server.url_for(i)).await?);
     }
     super::closed_loop(clients, opts, meter, |worker, c, mut run| async move {
         let stmt = c

@@ -31,7 +31,7 @@ pub(super) async fn setup(scenario: Scenario, server: &Server) -> anyhow::Result
     };
     match server.system {
         System::Eddy => {
-            let c = connect(&server.url).await?;
+            let c = connect(server.url()).await?;
             c.batch_execute(&format!("DROP TOPIC IF EXISTS {name}"))
                 .await?;
             c.batch_execute(&format!(
@@ -40,7 +40,7 @@ pub(super) async fn setup(scenario: Scenario, server: &Server) -> anyhow::Result
             .await?;
         }
         System::Postgres => {
-            let c = connect(&server.url).await?;
+            let c = connect(server.url()).await?;
             c.batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
                 .await?;
             // A queue table as people write one: a generated key for single inserts; bulk
@@ -54,14 +54,14 @@ pub(super) async fn setup(scenario: Scenario, server: &Server) -> anyhow::Result
                 .await?;
         }
         System::Redis => {
-            let mut r = redis_connection(&server.url).await?;
+            let mut r = redis_connection(server.url()).await?;
             redis::cmd("DEL")
                 .arg(name)
                 .query_async::<()>(&mut r)
                 .await?;
         }
         System::Nats => {
-            let js = jetstream::new(async_nats::connect(&server.url).await?);
+            let js = jetstream::new(async_nats::connect(server.url()).await?);
             let _ = js.delete_stream(STREAM).await; // absent on the first run
             js.create_stream(jetstream::stream::Config {
                 name: STREAM.into(),
@@ -92,10 +92,12 @@ enum Writer {
 }
 
 impl Writer {
-    async fn connect(server: &Server) -> anyhow::Result<Writer> {
+    /// Connection `i`, to node `i` mod nodes.
+    async fn connect(server: &Server, i: usize) -> anyhow::Result<Writer> {
+        let url = server.url_for(i);
         Ok(match server.system {
             System::Eddy | System::Postgres => {
-                let c = connect(&server.url).await?;
+                let c = connect(url).await?;
                 let returning = if server.system == System::Eddy {
                     "_offset"
                 } else {
@@ -108,8 +110,8 @@ impl Writer {
                     .await?;
                 Writer::Sql(c, stmt)
             }
-            System::Redis => Writer::Redis(redis_connection(&server.url).await?),
-            System::Nats => Writer::Nats(jetstream::new(async_nats::connect(&server.url).await?)),
+            System::Redis => Writer::Redis(redis_connection(url).await?),
+            System::Nats => Writer::Nats(jetstream::new(async_nats::connect(url).await?)),
         })
     }
 
@@ -144,8 +146,8 @@ pub(super) async fn durable(
     meter: &Meter,
 ) -> anyhow::Result<Measured> {
     let mut writers = Vec::with_capacity(opts.connections);
-    for _ in 0..opts.connections {
-        writers.push(Writer::connect(server).await?);
+    for i in 0..opts.connections {
+        writers.push(Writer::connect(server, i).await?);
     }
     let payload: Arc<str> = "x".repeat(opts.size).into();
     super::closed_loop(writers, opts, meter, |_, mut w, mut run| {
@@ -176,7 +178,7 @@ pub(super) async fn bulk(
     let payload: Arc<str> = "x".repeat(opts.size).into();
     let (system, via, n) = (server.system, opts.via, opts.connections);
     let (ops, latency) = super::gather(n, |i| {
-        let (url, meter, payload) = (server.url.clone(), meter.clone(), payload.clone());
+        let (url, meter, payload) = (server.url_for(i).to_owned(), meter.clone(), payload.clone());
         let rows = share(opts.messages, n, i);
         async move {
             match (system, via) {

@@ -40,7 +40,7 @@ const IN_FLIGHT: usize = 64;
 
 pub(super) async fn setup(server: &Server, _opts: &Options) -> anyhow::Result<()> {
     if server.system == System::Eddy {
-        let c = connect(&server.url).await?;
+        let c = connect(server.url()).await?;
         c.batch_execute(&format!("DROP TOPIC IF EXISTS {TOPIC}"))
             .await?;
         // One partition: one ordered stream, as a Redis channel or NATS subject is.
@@ -76,7 +76,7 @@ pub(super) async fn run(
     let (target_tx, target_rx) = watch::channel(None::<u64>);
     let mut subs = Vec::with_capacity(subscribers);
     for i in 0..subscribers {
-        let stream = subscribe(server).await?;
+        let stream = subscribe(server, i).await?;
         let (counters, target, meter) = (counters.clone(), target_rx.clone(), meter.clone());
         subs.push(tokio::spawn(receive(
             stream, i, base, counters, target, meter,
@@ -152,11 +152,16 @@ async fn receive(
     }
 }
 
-/// Subscribes one client and returns its payloads once the subscription is in place.
-async fn subscribe(server: &Server) -> anyhow::Result<BoxStream<'static, anyhow::Result<Bytes>>> {
+/// Subscribes client `i` (on node `i` mod nodes) and returns its payloads once the
+/// subscription is in place.
+async fn subscribe(
+    server: &Server,
+    i: usize,
+) -> anyhow::Result<BoxStream<'static, anyhow::Result<Bytes>>> {
+    let url = server.url_for(i);
     Ok(match server.system {
         System::Eddy => {
-            let c = connect(&server.url).await?;
+            let c = connect(url).await?;
             let rows = c
                 .copy_out(&format!(
                     "COPY (SUBSCRIBE {TOPIC} FROM BEGINNING) TO STDOUT"
@@ -174,16 +179,14 @@ async fn subscribe(server: &Server) -> anyhow::Result<BoxStream<'static, anyhow:
             .boxed()
         }
         System::Redis => {
-            let mut ps = redis::Client::open(server.url.as_str())?
-                .get_async_pubsub()
-                .await?;
+            let mut ps = redis::Client::open(url)?.get_async_pubsub().await?;
             ps.subscribe(TOPIC).await?;
             ps.into_on_message()
                 .map(|m| Ok(Bytes::copy_from_slice(m.get_payload_bytes())))
                 .boxed()
         }
         System::Nats => {
-            let c = async_nats::connect(&server.url).await?;
+            let c = async_nats::connect(url).await?;
             let sub = c.subscribe(SUBJECT).await?;
             c.flush().await?; // the server has the subscription
             sub.map(move |m| {
@@ -193,7 +196,7 @@ async fn subscribe(server: &Server) -> anyhow::Result<BoxStream<'static, anyhow:
             .boxed()
         }
         System::Postgres => {
-            let (c, mut conn) = tokio_postgres::connect(&server.url, tokio_postgres::NoTls).await?;
+            let (c, mut conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(async move {
                 let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -250,7 +253,7 @@ impl Publisher {
     async fn connect(server: &Server, paced: bool) -> anyhow::Result<Publisher> {
         Ok(match server.system {
             System::Eddy => {
-                let client = eddy_client::Client::connect(&server.url).await?;
+                let client = eddy_client::Client::connect(server.url()).await?;
                 // Paced: every row goes out at once; flat out: batches fill for up to 1 ms.
                 let linger = if paced {
                     Duration::ZERO
@@ -274,12 +277,12 @@ impl Publisher {
                 Publisher::Eddy(producer, tx, acks)
             }
             System::Postgres => {
-                let c = connect(&server.url).await?;
+                let c = connect(server.url()).await?;
                 let stmt = c.prepare("SELECT pg_notify($1, $2)").await?;
                 Publisher::Postgres(Arc::new(c), stmt)
             }
-            System::Redis => Publisher::Redis(redis_connection(&server.url).await?),
-            System::Nats => Publisher::Nats(async_nats::connect(&server.url).await?),
+            System::Redis => Publisher::Redis(redis_connection(server.url()).await?),
+            System::Nats => Publisher::Nats(async_nats::connect(server.url()).await?),
         })
     }
 
