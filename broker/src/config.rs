@@ -44,7 +44,9 @@ pub struct ClusterSection {
     pub join: Option<String>,
     /// Raft heartbeat interval.
     pub heartbeat_ms: u64,
-    /// A follower that hears no leader for this long (up to twice it) starts an election.
+    /// Raft's election timeout: a follower that hears no leader for three to four times
+    /// this (the old leader's lease, twice it, then a random timeout up to twice it)
+    /// starts an election.
     pub election_timeout_ms: u64,
     /// Testing only: a file listing node ids (whitespace-separated) whose links to this
     /// node are cut, re-read every 100 ms. Calls to and from them are dropped, as if the
@@ -59,7 +61,7 @@ impl Default for ClusterSection {
             cluster_addr: None,
             join: None,
             heartbeat_ms: 100,
-            election_timeout_ms: 600,
+            election_timeout_ms: 300,
             fault_file: None,
         }
     }

@@ -99,7 +99,7 @@ impl ClusterConfig {
             info,
             join: None,
             heartbeat: Duration::from_millis(100),
-            election_timeout: Duration::from_millis(600),
+            election_timeout: Duration::from_millis(300),
             snapshot_every: 10_000,
             keep_after_snapshot: 1_000,
         }
