@@ -112,6 +112,7 @@ impl Writer for Replicated {
                     leader: g.leader,
                     term: g.term,
                     last_log_index: g.last_log_index,
+                    commit_index: g.commit_index,
                     applied_index: g.applied_index,
                     replicas: replicas.join(" "),
                 }

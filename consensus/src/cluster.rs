@@ -119,6 +119,8 @@ pub struct GroupInfo {
     pub term: u64,
     /// Index of the newest entry in this replica's log.
     pub last_log_index: Option<u64>,
+    /// Index of the newest entry this replica knows committed (as last saved).
+    pub commit_index: Option<u64>,
     /// Index of the newest entry applied here.
     pub applied_index: Option<u64>,
     /// Voting replicas.
@@ -273,6 +275,7 @@ impl Cluster {
                     leader: m.current_leader,
                     term: m.current_term,
                     last_log_index: m.last_log_index,
+                    commit_index: crate::storage::committed_index(&self.inner.store, *id),
                     applied_index: m.last_applied.map(|l| l.index),
                     voters,
                     learners,

@@ -66,6 +66,16 @@ fn read_slot<T: DeserializeOwned>(
     }
 }
 
+/// The committed index openraft last saved for `group` (openraft 0.9's metrics have no
+/// committed index).
+pub(crate) fn committed_index(store: &Store, group: GroupId) -> Option<u64> {
+    read_slot::<Option<LogId>>(store, group, SLOT_COMMITTED, ErrorSubject::Store)
+        .ok()
+        .flatten()
+        .flatten()
+        .map(|l| l.index)
+}
+
 /// Writes Raft state durably through the committer.
 async fn write_raft(
     store: &Store,

@@ -176,6 +176,7 @@ impl Engine {
             Field::new("leader", DataType::Int64, true),
             Field::new("term", DataType::Int64, false),
             Field::new("last_log_index", DataType::Int64, true),
+            Field::new("commit_index", DataType::Int64, true),
             Field::new("applied_index", DataType::Int64, true),
             Field::new("replicas", DataType::Utf8, false),
         ]));
@@ -191,6 +192,7 @@ impl Engine {
                 opt(rows.iter().map(|r| r.leader).collect()),
                 int8(rows.iter().map(|r| r.term).collect()),
                 opt(rows.iter().map(|r| r.last_log_index).collect()),
+                opt(rows.iter().map(|r| r.commit_index).collect()),
                 opt(rows.iter().map(|r| r.applied_index).collect()),
                 text(rows.iter().map(|r| Some(r.replicas.clone())).collect()),
             ],

@@ -88,6 +88,8 @@ pub struct GroupRow {
     pub term: u64,
     /// Newest log index here.
     pub last_log_index: Option<u64>,
+    /// Newest index this replica knows committed.
+    pub commit_index: Option<u64>,
     /// Newest applied index here.
     pub applied_index: Option<u64>,
     /// Replicas, voters first (`1 2 3`, learners marked `4(l)`).

@@ -427,6 +427,20 @@ async fn replace_node_while_publishing(dead: bool) -> anyhow::Result<()> {
         r.sort_unstable();
         assert_eq!(r, vec!["1", "2", "4"], "replicas of {object:?}");
     }
+    // Each replica's indexes agree with each other: applied <= committed <= last log.
+    for r in c
+        .query(
+            "SELECT last_log_index, commit_index, applied_index FROM eddy.raft_groups",
+            &[],
+        )
+        .await?
+    {
+        let (last, commit, applied): (i64, i64, i64) = (r.get(0), r.get(1), r.get(2));
+        assert!(
+            applied <= commit && commit <= last,
+            "{applied} {commit} {last}"
+        );
+    }
     let kv: Vec<(i64, String)> = c
         .query("SELECT k, v FROM kv ORDER BY k", &[])
         .await?
