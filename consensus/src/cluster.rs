@@ -383,20 +383,8 @@ impl Cluster {
     /// Starts the groups the catalog places on this node, whenever the metadata moves.
     async fn reconcile_loop(self, meta: Raft) {
         let mut metrics = meta.metrics();
-        let mut removed = false;
         loop {
             self.reconcile().await;
-            let member = {
-                let m = metrics.borrow();
-                let config = &m.membership_config;
-                config.log_id().is_none() || config.membership().get_node(&self.id()).is_some()
-            };
-            if !member && !removed {
-                tracing::error!(
-                    "this node was removed from the cluster (ALTER CLUSTER REMOVE NODE); stop it"
-                );
-            }
-            removed = !member;
             tokio::select! {
                 _ = self.inner.cancel.cancelled() => return,
                 changed = metrics.changed() => if changed.is_err() { return },

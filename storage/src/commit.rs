@@ -784,6 +784,16 @@ impl Committer {
         Ok(vec![Ok(staged.results)])
     }
 
+    /// Stages a definition's catalog entry into `batch`.
+    fn put_def(&self, batch: &mut WriteBatch, def: &ObjectDef) -> Result<()> {
+        batch.put_cf(
+            self.inner.cf(CF_CATALOG),
+            catalog_key(def.id()),
+            to_json(def)?,
+        );
+        Ok(())
+    }
+
     /// Stages catalog changes into `batch`; memory changes once the batch is written.
     fn stage_catalog(&self, ops: &[WriteOp], batch: &mut WriteBatch) -> Result<CatalogChange> {
         let mut results = Vec::new();
@@ -803,11 +813,7 @@ impl Committer {
                     let mut def = def.clone();
                     def.set_id(next_id);
                     next_id += 1;
-                    batch.put_cf(
-                        self.inner.cf(CF_CATALOG),
-                        catalog_key(def.id()),
-                        to_json(&def)?,
-                    );
+                    self.put_def(batch, &def)?;
                     results.push(WriteResult::Created(Arc::new(def.clone())));
                     created.push(def);
                 }
@@ -826,11 +832,7 @@ impl Committer {
                     let mut def = def.clone();
                     let current = staged(&created, &current);
                     def.set_placement(current.placement().to_vec(), current.reassigned());
-                    batch.put_cf(
-                        self.inner.cf(CF_CATALOG),
-                        catalog_key(def.id()),
-                        to_json(&def)?,
-                    );
+                    self.put_def(batch, &def)?;
                     results.push(WriteResult::Done);
                     created.push(def);
                 }
@@ -849,11 +851,7 @@ impl Committer {
                     };
                     *slot = nodes.clone();
                     def.set_placement(placement, true);
-                    batch.put_cf(
-                        self.inner.cf(CF_CATALOG),
-                        catalog_key(def.id()),
-                        to_json(&def)?,
-                    );
+                    self.put_def(batch, &def)?;
                     results.push(WriteResult::Done);
                     created.push(def);
                 }

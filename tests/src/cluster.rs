@@ -29,37 +29,14 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `n` nodes (ids 1..=n) and waits until every node lists all of them.
     pub async fn start(n: usize) -> anyhow::Result<TestCluster> {
-        let dir = tempfile::tempdir()?;
-        let mut slots: Vec<Slot> = Vec::new();
-        for i in 1..=n {
-            let data_dir = dir.path().join(format!("node{i}"));
-            let faults = dir.path().join(format!("node{i}.faults"));
-            std::fs::write(&faults, "")?;
-            let id = i.to_string();
-            let seed = slots.first().map(|s| s.cluster_addr.to_string());
-            let fault_file = faults.display().to_string();
-            let mut extra = vec![
-                "--node-id",
-                &id,
-                "--cluster-addr",
-                "127.0.0.1:0",
-                "--fault-file",
-                &fault_file,
-            ];
-            if let Some(seed) = &seed {
-                extra.extend(["--join", seed.as_str()]);
-            }
-            let p = ProcessNode::start(&data_dir, &extra)?;
-            slots.push(Slot {
-                id: i as u64,
-                data_dir,
-                pg_addr: p.addr(),
-                cluster_addr: p.cluster_addr()?,
-                process: Some(p),
-                faults,
-            });
+        let mut cluster = TestCluster {
+            slots: Vec::new(),
+            dir: tempfile::tempdir()?,
+        };
+        for _ in 1..=n {
+            let seed = cluster.slots.first().map(|s| s.cluster_addr.to_string());
+            cluster.launch(seed.as_deref())?;
         }
-        let cluster = TestCluster { slots, dir };
         for i in 1..=n {
             cluster
                 .wait_rows(i, "SELECT node_id FROM eddy.nodes", n)
@@ -71,22 +48,29 @@ impl TestCluster {
     /// Starts one more node (the next id) the way `ALTER CLUSTER ADD NODE` expects it:
     /// on its own, without `--join`. Returns its number; it is not in the cluster yet.
     pub fn start_new_node(&mut self) -> anyhow::Result<usize> {
+        self.launch(None)
+    }
+
+    /// Starts the node with the next id in its own data dir, joining through `seed`
+    /// when given; returns its number.
+    fn launch(&mut self, seed: Option<&str>) -> anyhow::Result<usize> {
         let n = self.slots.len() + 1;
         let data_dir = self.dir.path().join(format!("node{n}"));
         let faults = self.dir.path().join(format!("node{n}.faults"));
         std::fs::write(&faults, "")?;
         let (id, fault_file) = (n.to_string(), faults.display().to_string());
-        let p = ProcessNode::start(
-            &data_dir,
-            &[
-                "--node-id",
-                &id,
-                "--cluster-addr",
-                "127.0.0.1:0",
-                "--fault-file",
-                &fault_file,
-            ],
-        )?;
+        let mut extra = vec![
+            "--node-id",
+            &id,
+            "--cluster-addr",
+            "127.0.0.1:0",
+            "--fault-file",
+            &fault_file,
+        ];
+        if let Some(seed) = seed {
+            extra.extend(["--join", seed]);
+        }
+        let p = ProcessNode::start(&data_dir, &extra)?;
         self.slots.push(Slot {
             id: n as u64,
             data_dir,
