@@ -224,6 +224,14 @@ impl ObjectDef {
             ObjectDef::Subscription(_) => &[],
         }
     }
+    /// True for a topic or table replicated by gossip.
+    pub fn is_gossip(&self) -> bool {
+        match self {
+            ObjectDef::Topic(t) => t.replication == Replication::Gossip,
+            ObjectDef::Table(t) => t.replication == Replication::Gossip,
+            ObjectDef::Subscription(_) => false,
+        }
+    }
     /// Whether some replica of the object was moved since creation.
     pub fn reassigned(&self) -> bool {
         match self {

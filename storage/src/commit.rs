@@ -22,15 +22,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::catalog::{ObjectDef, ObjectId};
+use crate::catalog::{ObjectDef, ObjectId, Replication};
+use crate::gossip::RowChange;
 use crate::error::{Error, Result};
 use crate::layout::{
     catalog_key, check_row, log_key, log_start_key, row_key, sub_next_key, sub_pending_key,
-    table_prefix, Records, CF_CATALOG, CF_LOG, CF_META, CF_ROWS, CF_SUBS, META_NEXT_OBJECT_ID,
+    table_prefix, Records, CF_CATALOG, CF_GOSSIP, CF_LOG, CF_META, CF_ROWS, CF_SUBS,
+    META_NEXT_OBJECT_ID,
 };
 use crate::raft::{entry_key, slot_key, GroupId, KeyRange, RaftWrite, CF_RAFT};
 use crate::store::Inner;
 use crate::value::{encode_row, Value};
+
+mod gossip;
 
 /// A log entry as the in-memory tail keeps it: first offset, message count, stored bytes.
 #[derive(Debug, Clone)]
@@ -105,6 +109,9 @@ pub enum WriteOp {
         /// The changes, applied in order.
         changes: Vec<SubChange>,
     },
+    /// Apply deltas of a gossip object received from another node: each origin's deltas
+    /// apply in sequence (duplicates are skipped, a gap stops the batch).
+    Merge(crate::gossip::DeltaBatch),
     /// Remove a partition's messages below an offset (retention).
     Trim {
         /// Topic id.
@@ -178,6 +185,11 @@ pub enum WriteResult {
     Created(Arc<ObjectDef>),
     /// A catalog change or trim without further detail.
     Done,
+    /// Deltas merged: the origin's applied seq for the object afterwards.
+    Merged {
+        /// Every delta of the origin up to this seq is applied.
+        applied: u64,
+    },
 }
 
 /// One request to the committer: units of ops, each applied all or nothing, plus Raft
@@ -288,6 +300,12 @@ struct Staged {
     replaced: Vec<KeyRange>,
     /// The unit's append time chosen by a Raft leader (a unit's layer only).
     at: Option<i64>,
+    /// (gossip object, origin) -> its version vector entry
+    vv: HashMap<(ObjectId, crate::gossip::Origin), crate::gossip::VvEntry>,
+    /// row key -> the row's gossip version
+    versions: HashMap<Vec<u8>, crate::gossip::RowVersion>,
+    /// A local write to a gossip object is in the batch (peers are told once durable).
+    local_deltas: bool,
 }
 
 impl Staged {
@@ -302,6 +320,9 @@ impl Staged {
             *e = (*e).max(v);
         }
         self.replaced.extend(layer.replaced);
+        self.vv.extend(layer.vv);
+        self.versions.extend(layer.versions);
+        self.local_deltas |= layer.local_deltas;
     }
 }
 
@@ -479,6 +500,9 @@ impl Committer {
                 p.start_offset.fetch_max(start, Ordering::AcqRel);
             }
         }
+        if staged.local_deltas {
+            self.inner.gossip_changes.send_modify(|n| *n += 1);
+        }
     }
 
     /// Stages one request's ops. Takes the encoded messages out of its `Append`s (the
@@ -512,14 +536,12 @@ impl Committer {
                             partition: *partition,
                         });
                     }
-                    let (first_offset, ts_micros) = self.append_entries(
-                        *topic,
-                        *partition,
-                        std::mem::take(records),
-                        batch,
-                        staged,
-                        group,
-                    )?;
+                    let records = std::mem::take(records);
+                    let (first_offset, ts_micros) = if def.replication == Replication::Gossip {
+                        self.append_local_gossip(*topic, *partition, records, batch, staged, group)?
+                    } else {
+                        self.append_entries(*topic, *partition, records, batch, staged, group)?
+                    };
                     WriteResult::Appended {
                         partition: *partition,
                         first_offset,
@@ -534,6 +556,7 @@ impl Committer {
                     let def = self.table(*table)?;
                     let mut written = 0;
                     let mut changes = Records::new();
+                    let mut gossip = (def.replication == Replication::Gossip).then(Vec::new);
                     for row in rows.iter() {
                         check_row(&def.columns, row)?;
                         let pk: Vec<&Value> = def.primary_key.iter().map(|&i| &row[i]).collect();
@@ -555,18 +578,36 @@ impl Committer {
                         batch.put(CF_ROWS, key.clone(), buf.clone());
                         let kind = if exists { CHANGE_UPDATE } else { CHANGE_INSERT };
                         changes.push_encoded(Some(kind), &buf);
+                        if let Some(g) = &mut gossip {
+                            g.push(RowChange {
+                                key: key[4..].to_vec(),
+                                row: Some(serde_bytes::ByteBuf::from(buf.clone())),
+                            });
+                        }
                         staged.rows.insert(key, Some(buf.clone()));
                         written += 1;
                     }
                     self.append_entries(def.id, 0, changes, batch, staged, group)?;
+                    if let Some(rows) = gossip.filter(|g| !g.is_empty()) {
+                        self.record_local_rows(def.id, rows, batch, staged, group)?;
+                    }
                     WriteResult::Rows(written)
                 }
                 WriteOp::Delete { table, keys } => {
                     let def = self.table(*table)?;
                     let mut deleted = 0;
                     let mut changes = Records::new();
+                    // Gossip tables leave a tombstone even for a row not here (yet): the
+                    // delete reaches the nodes that have it.
+                    let mut gossip = (def.replication == Replication::Gossip).then(Vec::new);
                     for pk in keys.iter() {
                         let key = row_key(def.id, &pk.iter().collect::<Vec<_>>())?;
+                        if let Some(g) = &mut gossip {
+                            g.push(RowChange {
+                                key: key[4..].to_vec(),
+                                row: None,
+                            });
+                        }
                         if let Some(old) = self.current_row(&key, staged, group)? {
                             batch.delete(CF_ROWS, key.clone());
                             changes.push_encoded(Some(CHANGE_DELETE), &old);
@@ -575,6 +616,9 @@ impl Committer {
                         }
                     }
                     self.append_entries(def.id, 0, changes, batch, staged, group)?;
+                    if let Some(rows) = gossip.filter(|g| !g.is_empty()) {
+                        self.record_local_rows(def.id, rows, batch, staged, group)?;
+                    }
                     WriteResult::Rows(deleted)
                 }
                 WriteOp::SubState { sub, changes } => {
@@ -608,6 +652,7 @@ impl Committer {
                     }
                     WriteResult::Done
                 }
+                WriteOp::Merge(deltas) => self.merge(deltas, batch, staged, group)?,
                 WriteOp::Trim {
                     topic,
                     partition,
@@ -881,8 +926,8 @@ impl Committer {
                     batch.delete_cf(self.inner.cf(CF_CATALOG), catalog_key(id));
                     // Topics: the log. Tables: the rows and the change log. Subscriptions: their state.
                     let cfs: &[&str] = match &*def {
-                        ObjectDef::Topic(_) => &[CF_LOG],
-                        ObjectDef::Table(_) => &[CF_ROWS, CF_LOG],
+                        ObjectDef::Topic(_) => &[CF_LOG, CF_GOSSIP],
+                        ObjectDef::Table(_) => &[CF_ROWS, CF_LOG, CF_GOSSIP],
                         ObjectDef::Subscription(_) => &[CF_SUBS],
                     };
                     for cf in cfs {

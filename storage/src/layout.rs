@@ -10,6 +10,7 @@
 //! | `rows`        | `u32 table id ++ memcomparable primary key` | [`crate::value::encode_row`] |
 //! | `subs`        | `u32 sub id, u32 partition, 0x00`     | `u64` next offset to read      |
 //! | `subs`        | `u32 sub id, u32 partition, 0x01, u64 offset` | `u32` deliveries of a pending row |
+//! | `gossip`      | `u32 object id, tag, ...` (see [`crate::gossip`]) | delta log, version vectors, row versions |
 //!
 //! A *log entry* holds the messages of one append (split at about [`ENTRY_TARGET_BYTES`]),
 //! at consecutive offsets from the one in its key, all with one append time:
@@ -30,12 +31,15 @@ pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_ROWS: &str = "rows";
 pub(crate) const CF_SUBS: &str = "subs";
-pub(crate) const ALL_CFS: [&str; 6] = [
+/// Gossip replication: delta log, version vectors, row versions (see [`crate::gossip`]).
+pub(crate) const CF_GOSSIP: &str = "gossip";
+pub(crate) const ALL_CFS: [&str; 7] = [
     CF_CATALOG,
     CF_META,
     CF_LOG,
     CF_ROWS,
     CF_SUBS,
+    CF_GOSSIP,
     crate::raft::CF_RAFT,
 ];
 
@@ -176,6 +180,26 @@ impl Records {
     ) -> Result<usize> {
         check_row(columns, values)?;
         Ok(self.push_with(key, |buf| encode_row(values, buf)))
+    }
+
+    /// The messages of one stored log entry (another node's, received by gossip), checked
+    /// against the topic's column types; the entry keeps its bytes and gets a new append
+    /// time when sealed.
+    pub(crate) fn from_entry(buf: Vec<u8>, types: &[ColumnType]) -> Result<Records> {
+        let entry = Entry::parse(&buf)?;
+        let count = entry.count;
+        let mut seen = 0u32;
+        entry.decode(types, 0, usize::MAX, |_, _| seen += 1)?;
+        if seen != count {
+            return Err(Error::corrupt("log entry count does not match its messages"));
+        }
+        if count == 0 {
+            return Ok(Records::new());
+        }
+        Ok(Records {
+            entries: vec![EntryBuf { buf, count }],
+            len: u64::from(count),
+        })
     }
 
     /// Appends a message whose row is already encoded (a table's change log).

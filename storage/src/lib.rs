@@ -34,6 +34,8 @@ mod catalog;
 mod commit;
 mod config;
 mod error;
+pub mod gossip;
+pub mod hlc;
 pub mod keys;
 pub mod layout;
 pub mod raft;
@@ -66,3 +68,5 @@ pub fn partition_for_key(key: &str, partitions: u32) -> u32 {
 
 #[cfg(test)]
 mod store_tests;
+#[cfg(test)]
+mod gossip_tests;

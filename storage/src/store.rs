@@ -122,6 +122,12 @@ pub(crate) struct Inner {
     pub(crate) partitions: RwLock<HashMap<(ObjectId, u32), Arc<PartitionState>>>,
     pub(crate) next_object_id: AtomicU64,
     pub(crate) config: StorageConfig,
+    /// This node's id as the origin of gossip writes.
+    pub(crate) origin: AtomicU64,
+    /// The clock of gossip writes.
+    pub(crate) hlc: crate::hlc::Hlc,
+    /// Bumped after local gossip writes become durable.
+    pub(crate) gossip_changes: watch::Sender<u64>,
 }
 
 impl Inner {
@@ -335,7 +341,7 @@ fn single(mut results: UnitResults) -> Result<Vec<WriteResult>> {
 /// Cheap to clone; all clones share one database.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     writer: Arc<Writer>,
 }
 
@@ -404,6 +410,9 @@ impl Store {
             partitions: RwLock::new(HashMap::new()),
             next_object_id: AtomicU64::new(next_id),
             config: config.clone(),
+            origin: AtomicU64::new(1),
+            hlc: crate::hlc::Hlc::new(),
+            gossip_changes: watch::channel(0).0,
         });
         let (tx, rx) = mpsc::channel(config.queue_depth);
         let committer = spawn_committer(inner.clone(), rx)?;
