@@ -50,8 +50,13 @@ pub struct ClusterSection {
     pub election_timeout_ms: u64,
     /// Testing only: a file listing node ids (whitespace-separated) whose links to this
     /// node are cut, re-read every 100 ms. Calls to and from them are dropped, as if the
-    /// network between were split; `eddy.nodes` shows them with `link = 'cut'`.
+    /// network between were split; `eddy.nodes` shows them with `link = 'cut'`. A word
+    /// `loss=N` loses N per mille of the gossip frames this node sends.
     pub fault_file: Option<std::path::PathBuf>,
+    /// The cluster secret: every internal frame (Raft, gossip) carries an HMAC-SHA256 tag
+    /// keyed by it, and frames without the right tag are refused. Every node of a cluster
+    /// needs the same one. Unset: a built-in development secret (the node warns).
+    pub secret: Option<String>,
 }
 
 impl Default for ClusterSection {
@@ -63,6 +68,7 @@ impl Default for ClusterSection {
             heartbeat_ms: 100,
             election_timeout_ms: 300,
             fault_file: None,
+            secret: None,
         }
     }
 }
@@ -92,6 +98,61 @@ impl ClusterSection {
     }
 }
 
+/// The `[gossip]` section: membership, failure detection and delta gossip.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GossipSection {
+    /// How often a node gossips its membership state to a few peers (UDP, on the
+    /// cluster address's port).
+    pub interval_ms: u64,
+    /// About how long after its last heartbeat a silent node is marked dead.
+    pub dead_after_ms: u64,
+    /// How often anti-entropy runs with one peer (in turn).
+    pub anti_entropy_ms: u64,
+    /// Most delta bytes one anti-entropy round sends each way.
+    pub sync_bytes: usize,
+    /// Deltas stamped further than this ahead of the local clock are refused (counted in
+    /// `eddy.gossip_peers.refused`) until the clock catches up.
+    pub max_clock_offset_ms: u64,
+    /// Origins (node ids) whose deltas this node accepts; unset accepts every origin.
+    pub trust_origins: Option<Vec<u64>>,
+    /// This node's zone label, gossiped to the others (`eddy.nodes.zone`).
+    pub zone: String,
+    /// LAN discovery: announce this node's cluster address by UDP broadcast on this port
+    /// and join the nodes heard there. Unset: off.
+    pub discover_port: Option<u16>,
+}
+
+impl Default for GossipSection {
+    fn default() -> Self {
+        Self {
+            interval_ms: 200,
+            dead_after_ms: 3_000,
+            anti_entropy_ms: 1_000,
+            sync_bytes: 4 << 20,
+            max_clock_offset_ms: 500,
+            trust_origins: None,
+            zone: String::new(),
+            discover_port: None,
+        }
+    }
+}
+
+impl GossipSection {
+    fn validate(&self) -> Result<(), String> {
+        if self.interval_ms == 0 || self.anti_entropy_ms == 0 || self.sync_bytes == 0 {
+            return Err(
+                "gossip.interval_ms, gossip.anti_entropy_ms and gossip.sync_bytes must be at least 1"
+                    .into(),
+            );
+        }
+        if self.dead_after_ms < 2 * self.interval_ms {
+            return Err("gossip.dead_after_ms must be at least twice gossip.interval_ms".into());
+        }
+        Ok(())
+    }
+}
+
 /// Everything a node is configured with.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -104,6 +165,8 @@ pub struct Config {
     pub query: QueryConfig,
     /// Cluster membership and Raft timing.
     pub cluster: ClusterSection,
+    /// Gossip membership, failure detection and delta gossip.
+    pub gossip: GossipSection,
 }
 
 impl Config {
@@ -124,6 +187,7 @@ impl Config {
         self.storage.validate().map_err(anyhow::Error::msg)?;
         self.query.validate().map_err(anyhow::Error::msg)?;
         self.cluster.validate().map_err(anyhow::Error::msg)?;
+        self.gossip.validate().map_err(anyhow::Error::msg)?;
         Ok(())
     }
 }

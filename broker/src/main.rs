@@ -71,6 +71,26 @@ struct StartArgs {
     /// every 100 ms), to simulate a network partition.
     #[arg(long, value_name = "FILE", hide = true)]
     fault_file: Option<PathBuf>,
+    /// The cluster secret: every internal frame carries an HMAC-SHA256 tag keyed by it;
+    /// every node of a cluster needs the same one [default: a built-in development secret].
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "EDDY_CLUSTER_SECRET",
+        hide_env_values = true
+    )]
+    cluster_secret: Option<String>,
+    /// Accept gossip deltas only from these origins (node ids, comma-separated)
+    /// [default: every origin].
+    #[arg(long, value_name = "IDS", value_delimiter = ',')]
+    trust_origins: Option<Vec<u64>>,
+    /// This node's zone label, gossiped to the other nodes.
+    #[arg(long, value_name = "NAME")]
+    zone: Option<String>,
+    /// LAN discovery: announce this node by UDP broadcast on PORT and join the nodes
+    /// heard there [default: off].
+    #[arg(long, value_name = "PORT")]
+    discover: Option<u16>,
     /// Largest message or row accepted, in bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     max_message_bytes: Option<usize>,
@@ -115,6 +135,18 @@ async fn start(args: StartArgs) -> anyhow::Result<()> {
     }
     if let Some(f) = args.fault_file {
         config.cluster.fault_file = Some(f);
+    }
+    if let Some(s) = args.cluster_secret {
+        config.cluster.secret = Some(s);
+    }
+    if let Some(t) = args.trust_origins {
+        config.gossip.trust_origins = Some(t);
+    }
+    if let Some(z) = args.zone {
+        config.gossip.zone = z;
+    }
+    if let Some(p) = args.discover {
+        config.gossip.discover_port = Some(p);
     }
     if let Some(m) = args.max_message_bytes {
         config.query.max_message_bytes = m;

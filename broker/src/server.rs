@@ -12,8 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eddy_consensus::{split_group, Cluster, ClusterConfig, Faults, NodeInfo, METADATA_GROUP};
-use eddy_query::{Engine, GroupRow, NodeRow, Writer};
+use eddy_consensus::{
+    split_group, Cluster, ClusterConfig, Faults, GossipConfig, NodeInfo, METADATA_GROUP,
+};
+use eddy_query::{Engine, GossipPeerRow, GroupRow, NodeRow, Writer};
 use eddy_storage::{Store, WriteOp, WriteResult};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -73,21 +75,54 @@ impl Writer for Replicated {
             })
             .unwrap_or_default();
         let cut = self.1.cut();
+        let members = self.0.members();
         self.0
             .nodes()
             .into_iter()
-            .map(|(id, info)| NodeRow {
-                id,
-                pg_addr: info.pg_addr,
-                cluster_addr: info.cluster_addr,
-                role: if voters.contains(&id) {
-                    "voter"
-                } else {
-                    "learner"
+            .map(|(id, info)| {
+                let member = members.iter().find(|m| m.node_id == id);
+                let this_node = id == self.0.id();
+                NodeRow {
+                    id,
+                    pg_addr: info.pg_addr,
+                    cluster_addr: info.cluster_addr,
+                    role: if voters.contains(&id) {
+                        "voter"
+                    } else {
+                        "learner"
+                    }
+                    .into(),
+                    this_node,
+                    link: if cut.contains(&id) { "cut" } else { "ok" }.into(),
+                    gossip: member.map(|m| m.liveness.to_string()),
+                    zone: member.map(|m| m.zone.clone()),
+                    frames_refused: this_node.then(|| self.0.frames_refused_all()),
                 }
-                .into(),
-                this_node: id == self.0.id(),
-                link: if cut.contains(&id) { "cut" } else { "ok" }.into(),
+            })
+            .collect()
+    }
+
+    fn gossip_peers(&self) -> Vec<GossipPeerRow> {
+        self.0
+            .gossip_peers()
+            .into_iter()
+            .map(|(peer, s)| GossipPeerRow {
+                peer,
+                status: self
+                    .0
+                    .liveness(peer)
+                    .map_or_else(|| "unknown".to_owned(), |l| l.to_string()),
+                pushed: s.pushed,
+                pushed_bytes: s.pushed_bytes,
+                pulled: s.pulled,
+                pulled_bytes: s.pulled_bytes,
+                refused: s.refused,
+                failures: s.failures,
+                last_sync_micros: s.last_sync.and_then(|t| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .ok()
+                        .map(|d| d.as_micros() as i64)
+                }),
             })
             .collect()
     }
@@ -206,6 +241,25 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
     cc.join = config.cluster.join.clone();
     cc.heartbeat = Duration::from_millis(config.cluster.heartbeat_ms);
     cc.election_timeout = Duration::from_millis(config.cluster.election_timeout_ms);
+    match &config.cluster.secret {
+        Some(s) => cc.secret = s.clone(),
+        None => tracing::warn!("no cluster secret set (--cluster-secret, EDDY_CLUSTER_SECRET): internal frames are authenticated with the built-in development secret; set one before running a cluster across machines"),
+    }
+    let g = &config.gossip;
+    cc.gossip = GossipConfig {
+        anti_entropy: Duration::from_millis(g.anti_entropy_ms),
+        sync_bytes: g.sync_bytes,
+        max_clock_offset: Duration::from_millis(g.max_clock_offset_ms),
+        trust_origins: g
+            .trust_origins
+            .as_ref()
+            .map(|t| t.iter().copied().collect()),
+        interval: Duration::from_millis(g.interval_ms),
+        dead_after: Duration::from_millis(g.dead_after_ms),
+        zone: g.zone.clone(),
+        discover: g.discover_port,
+        ..GossipConfig::default()
+    };
     let faults = Arc::new(Faults::default());
     let cluster = Cluster::start(store.clone(), cc, cluster_listener, faults.clone())
         .await
@@ -305,14 +359,20 @@ fn claim_node_id(dir: &std::path::Path, id: u64) -> anyhow::Result<()> {
     }
 }
 
-/// Testing only: applies the node ids listed in `file` as cut links, until cancelled.
+/// Testing only: applies the node ids listed in `file` as cut links, and `loss=N` as the
+/// per-mille share of gossip frames lost, until cancelled.
 async fn fault_loop(file: std::path::PathBuf, faults: Arc<Faults>, cancel: CancellationToken) {
     loop {
-        let listed: Vec<u64> = std::fs::read_to_string(&file)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let listed: Vec<u64> = text
             .split_whitespace()
             .filter_map(|w| w.parse().ok())
             .collect();
+        let loss = text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("loss=")?.parse().ok())
+            .unwrap_or(0);
+        faults.set_gossip_loss(loss);
         for id in faults.cut() {
             if !listed.contains(&id) {
                 faults.set_cut(id, false);

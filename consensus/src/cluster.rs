@@ -23,8 +23,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::FrameAuth;
+use crate::membership::{Liveness, Member, Membership, MembershipConfig};
 use crate::network::{serve, Call, CallError, Faults, GroupNetwork, Handler, Peers, Reply};
 
+mod gossip;
 mod members;
 mod write;
 use crate::storage::{LogStore, StateMachine};
@@ -89,7 +92,14 @@ pub struct ClusterConfig {
     pub snapshot_every: u64,
     /// Log entries kept below a snapshot (followers a little behind catch up by log).
     pub keep_after_snapshot: u64,
+    /// The cluster secret: every internal frame is authenticated with it.
+    pub secret: String,
+    /// Delta gossip settings.
+    pub gossip: crate::gossip::GossipConfig,
 }
+
+/// The secret used when none is configured: fine on one machine, never in production.
+pub const DEV_SECRET: &str = "eddy-development-secret";
 
 impl ClusterConfig {
     /// Defaults for a node with this id and these addresses.
@@ -102,6 +112,8 @@ impl ClusterConfig {
             election_timeout: Duration::from_millis(300),
             snapshot_every: 10_000,
             keep_after_snapshot: 1_000,
+            secret: DEV_SECRET.into(),
+            gossip: crate::gossip::GossipConfig::default(),
         }
     }
 }
@@ -150,6 +162,12 @@ struct Inner {
     starting: tokio::sync::Mutex<()>,
     /// Stops the RPC server and the background tasks.
     cancel: CancellationToken,
+    /// Delta gossip state.
+    gossip: gossip::GossipState,
+    /// Gossip membership and failure detection (`None` once shut down).
+    membership: parking_lot::Mutex<Option<Membership>>,
+    /// Cluster address -> node id, for the membership's fault injection.
+    addrs: Arc<RwLock<HashMap<std::net::SocketAddr, NodeId>>>,
 }
 
 /// This node's side of the cluster. Cheap to clone.
@@ -181,10 +199,18 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| Error::InvalidValue(format!("raft settings: {e}")))?;
-        let peers = Peers::new(config.node_id, faults.clone());
+        let auth = Arc::new(FrameAuth::new(&config.secret));
+        let peers = Peers::new(config.node_id, faults.clone(), auth.clone());
+        store.set_origin(config.node_id);
+        let gossip = gossip::GossipState::new(config.gossip.clone());
+        let addrs: Arc<RwLock<HashMap<std::net::SocketAddr, NodeId>>> = Arc::default();
+        let membership = Self::start_membership(&config, &listener, &auth, &faults, &addrs).await?;
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 config,
+                gossip,
+                membership: parking_lot::Mutex::new(Some(membership)),
+                addrs,
                 store,
                 peers,
                 raft_config: Arc::new(raft_config),
@@ -202,6 +228,7 @@ impl Cluster {
             listener,
             handler,
             faults,
+            auth,
             cluster.inner.cancel.clone(),
         ));
 
@@ -226,7 +253,65 @@ impl Cluster {
             }
         }
         tokio::spawn(cluster.clone().reconcile_loop(meta.raft.clone()));
+        tokio::spawn(cluster.clone().push_loop());
+        tokio::spawn(cluster.clone().anti_entropy_loop());
         Ok(cluster)
+    }
+
+    /// Starts gossip membership on the cluster address (UDP), seeded by the join address.
+    async fn start_membership(
+        config: &ClusterConfig,
+        listener: &TcpListener,
+        auth: &Arc<FrameAuth>,
+        faults: &Arc<Faults>,
+        addrs: &Arc<RwLock<HashMap<std::net::SocketAddr, NodeId>>>,
+    ) -> Result<Membership, Error> {
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::InvalidValue(format!("cluster listener: {e}")))?;
+        let g = &config.gossip;
+        let mut mc = MembershipConfig::new(config.node_id, addr, auth.clone());
+        mc.pg_addr = config.info.pg_addr.clone();
+        mc.zone = g.zone.clone();
+        mc.seeds = config.join.iter().cloned().collect();
+        mc.gossip_interval = g.interval;
+        mc.dead_after = g.dead_after;
+        mc.discover = g.discover;
+        let (faults, addrs) = (faults.clone(), addrs.clone());
+        mc.blocked = Arc::new(move |a: std::net::SocketAddr| {
+            let id = addrs.read().get(&a).copied();
+            id.is_some_and(|id| faults.is_cut(id))
+        });
+        Membership::start(mc)
+            .await
+            .map_err(|e| Error::InvalidValue(format!("cannot start gossip on {addr}/udp: {e}")))
+    }
+
+    /// Every node gossip membership has heard of, this one included.
+    pub fn members(&self) -> Vec<Member> {
+        self.inner
+            .membership
+            .lock()
+            .as_ref()
+            .map(Membership::members)
+            .unwrap_or_default()
+    }
+
+    /// Tells membership about the cluster's nodes (seeds, and addresses for faults).
+    fn seed_members(&self) {
+        let nodes = self.nodes();
+        let mut addrs = self.inner.addrs.write();
+        let guard = self.inner.membership.lock();
+        for (id, info) in nodes {
+            let Ok(a) = info.cluster_addr.parse::<std::net::SocketAddr>() else {
+                continue;
+            };
+            if addrs.insert(a, id).is_none() && id != self.id() {
+                if let Some(m) = guard.as_ref() {
+                    m.add_seed(&info.cluster_addr);
+                }
+            }
+        }
     }
 
     /// This node's id.
@@ -302,6 +387,10 @@ impl Cluster {
     /// Stops the RPC server, the background tasks and every group.
     pub async fn shutdown(&self) {
         self.inner.cancel.cancel();
+        let membership = self.inner.membership.lock().take();
+        if let Some(m) = membership {
+            m.shutdown().await;
+        }
         // No group starts after this (start_group checks the token under this lock).
         let _starting = self.inner.starting.lock().await;
         let groups: Vec<_> = self.inner.groups.write().drain().collect();
@@ -377,13 +466,47 @@ impl Cluster {
             Call::Reconfigure { group, gone, add } => {
                 Reply::Done(self.reconfigure_here(group, gone, add).await)
             }
+            Call::Deltas(from, batches) => Reply::Deltas(self.receive_deltas(from, batches).await),
+            Call::Digest(_, theirs) => Reply::Digest(self.answer_digest(theirs)),
         }
+    }
+
+    /// Frames refused because they did not carry this cluster's secret.
+    pub fn frames_refused(&self) -> u64 {
+        self.inner.peers.auth.rejected()
+    }
+
+    /// Frames refused by membership gossip (UDP) and the internal RPC (TCP) because
+    /// they did not carry this cluster's secret.
+    pub fn frames_refused_all(&self) -> u64 {
+        let udp = self
+            .inner
+            .membership
+            .lock()
+            .as_ref()
+            .map_or(0, Membership::rejected);
+        udp + self.frames_refused()
+    }
+
+    /// Gossip failure detection's view of `node` (`None`: never heard of).
+    pub fn liveness(&self, node: NodeId) -> Option<Liveness> {
+        self.inner
+            .membership
+            .lock()
+            .as_ref()
+            .and_then(|m| m.liveness(node))
+    }
+
+    /// Whether gossip failure detection thinks `node` is dead.
+    pub fn is_dead(&self, node: NodeId) -> bool {
+        self.liveness(node) == Some(Liveness::Dead)
     }
 
     /// Starts the groups the catalog places on this node, whenever the metadata moves.
     async fn reconcile_loop(self, meta: Raft) {
         let mut metrics = meta.metrics();
         loop {
+            self.seed_members();
             self.reconcile().await;
             tokio::select! {
                 _ = self.inner.cancel.cancelled() => return,

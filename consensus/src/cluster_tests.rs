@@ -13,10 +13,10 @@ use tokio::net::TcpListener;
 
 use crate::{group_of, Cluster, ClusterConfig, Faults, NodeInfo};
 
-struct TestNode {
-    cluster: Cluster,
-    faults: Arc<Faults>,
-    addr: String,
+pub(crate) struct TestNode {
+    pub(crate) cluster: Cluster,
+    pub(crate) faults: Arc<Faults>,
+    pub(crate) addr: String,
     _dir: TempDir,
 }
 
@@ -24,7 +24,7 @@ async fn start_node(id: u64, join: Option<&str>) -> TestNode {
     start_node_with(id, join, |_| {}).await
 }
 
-async fn start_node_with(
+pub(crate) async fn start_node_with(
     id: u64,
     join: Option<&str>,
     tune: impl FnOnce(&mut ClusterConfig),
@@ -55,7 +55,7 @@ async fn start_node_with(
 }
 
 /// Polls `cond` until it holds; panics with `what` after 20 s.
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -67,7 +67,7 @@ async fn three_nodes() -> Vec<TestNode> {
     three_nodes_with(|_| {}).await
 }
 
-async fn three_nodes_with(tune: impl Fn(&mut ClusterConfig)) -> Vec<TestNode> {
+pub(crate) async fn three_nodes_with(tune: impl Fn(&mut ClusterConfig)) -> Vec<TestNode> {
     let n1 = start_node_with(1, None, &tune).await;
     let seed = n1.addr.clone();
     let n2 = start_node_with(2, Some(&seed), &tune).await;

@@ -7,17 +7,27 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod auth;
 pub mod cluster;
+pub mod gossip;
+pub mod membership;
 pub mod network;
 pub mod storage;
 pub mod types;
 
-pub use cluster::{group_of, split_group, Cluster, ClusterConfig, GroupInfo, METADATA_GROUP};
+pub use auth::FrameAuth;
+pub use cluster::{
+    group_of, split_group, Cluster, ClusterConfig, GroupInfo, DEV_SECRET, METADATA_GROUP,
+};
+pub use gossip::{GossipConfig, PeerStats};
+pub use membership::{Liveness, Member, Membership, MembershipConfig, MembershipError};
 pub use network::Faults;
 pub use storage::{LogStore, StateMachine};
 pub use types::{NodeId, NodeInfo, Request, Response, TypeConfig};
 
 #[cfg(test)]
 mod cluster_tests;
+#[cfg(test)]
+mod gossip_tests;
 #[cfg(test)]
 mod storage_tests;

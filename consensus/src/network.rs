@@ -8,6 +8,9 @@
 //!
 //! A broken connection fails every call in flight on it (`Network`), and the next call
 //! connects again; a refused connection is `Unreachable`, which makes openraft back off.
+//!
+//! Every frame ends with an HMAC-SHA256 tag keyed by the cluster secret ([`FrameAuth`]);
+//! a frame with a wrong tag is counted and closes its connection.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -36,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use eddy_storage::raft::GroupId;
 use eddy_storage::WriteOp;
 
+use crate::auth::FrameAuth;
 use crate::types::{LogId, NodeId, NodeInfo, Response, TypeConfig};
 
 /// Largest frame accepted (a snapshot chunk or a batch of entries fits well below it).
@@ -71,6 +75,10 @@ pub enum Call {
         /// Nodes joining the group.
         add: Vec<NodeId>,
     },
+    /// Gossip push: deltas of gossip objects from the calling node.
+    Deltas(NodeId, Vec<eddy_storage::gossip::DeltaBatch>),
+    /// Gossip anti-entropy: the caller's version vectors; the answer carries what it lacks.
+    Digest(NodeId, Vec<crate::gossip::ObjectVv>),
 }
 
 /// Why a forwarded call failed on the node that received it.
@@ -108,6 +116,10 @@ pub enum Reply {
     Done(Result<(), CallError>),
     /// To [`Call::Adopt`]: the node's id once it is in.
     Adopted(Result<NodeId, CallError>),
+    /// To [`Call::Deltas`]: per object and origin, the seq applied here afterwards.
+    Deltas(Vec<crate::gossip::Applied>),
+    /// To [`Call::Digest`].
+    Digest(crate::gossip::DigestReply),
     /// The group named in the call is not running on this node.
     NoGroup,
 }
@@ -140,6 +152,12 @@ pub struct Faults {
     cut: RwLock<HashSet<NodeId>>,
     /// Calls dropped because of a cut (so a test can prove the fault took effect).
     pub dropped: AtomicU64,
+    /// Share of gossip frames (pushes, digests) lost on the way, per mille.
+    gossip_loss: AtomicU64,
+    /// State of the loss dice.
+    dice: AtomicU64,
+    /// Gossip frames lost to `gossip_loss`.
+    pub gossip_lost: AtomicU64,
 }
 
 impl Faults {
@@ -153,11 +171,48 @@ impl Faults {
         }
     }
 
+    /// Whether the link to `node` is cut.
+    pub fn is_cut(&self, node: NodeId) -> bool {
+        self.cut.read().contains(&node)
+    }
+
     /// The nodes this one is cut off from.
     pub fn cut(&self) -> Vec<NodeId> {
         let mut v: Vec<_> = self.cut.read().iter().copied().collect();
         v.sort_unstable();
         v
+    }
+
+    /// Loses this share (per mille) of the gossip frames this node sends.
+    pub fn set_gossip_loss(&self, permille: u64) {
+        self.gossip_loss
+            .store(permille.min(1000), Ordering::Relaxed);
+    }
+
+    /// The share of gossip frames lost, per mille.
+    pub fn gossip_loss(&self) -> u64 {
+        self.gossip_loss.load(Ordering::Relaxed)
+    }
+
+    /// Whether to lose the next gossip frame (counted when it is).
+    pub(crate) fn lose_gossip(&self) -> bool {
+        let p = self.gossip_loss.load(Ordering::Relaxed);
+        if p == 0 {
+            return false;
+        }
+        // splitmix64 over a counter: uniform enough for dropping frames.
+        let mut z = self
+            .dice
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let lost = z % 1000 < p;
+        if lost {
+            self.gossip_lost.fetch_add(1, Ordering::Relaxed);
+        }
+        lost
     }
 
     fn blocks(&self, node: NodeId) -> bool {
@@ -175,6 +230,8 @@ pub struct Peers {
     conns: Mutex<HashMap<NodeId, Arc<Conn>>>,
     /// Network faults injected by tests.
     pub faults: Arc<Faults>,
+    /// Seals and checks every frame.
+    pub auth: Arc<FrameAuth>,
 }
 
 struct Conn {
@@ -184,11 +241,12 @@ struct Conn {
 
 impl Peers {
     /// No connections yet; they are made on first use.
-    pub fn new(me: NodeId, faults: Arc<Faults>) -> Arc<Peers> {
+    pub fn new(me: NodeId, faults: Arc<Faults>, auth: Arc<FrameAuth>) -> Arc<Peers> {
         Arc::new(Peers {
             me,
             conns: Mutex::new(HashMap::new()),
             faults,
+            auth,
         })
     }
 
@@ -248,14 +306,14 @@ impl Peers {
         let _ = stream.set_nodelay(true);
         let mut framed = Framed::new(stream, codec());
         // The first frame names the caller, so the receiver can apply injected faults.
-        let hello = postcard::to_stdvec(&self.me)
+        let hello = sealed(&self.auth, &self.me)
             .map_err(|e| TransportError::Network(node, e.to_string()))?;
         framed
-            .send(Bytes::from(hello))
+            .send(hello)
             .await
             .map_err(|e| TransportError::Unreachable(node, e.to_string()))?;
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(run_client(framed, rx));
+        tokio::spawn(run_client(framed, rx, self.auth.clone()));
         let conn = Arc::new(Conn {
             addr: addr.to_owned(),
             tx,
@@ -263,6 +321,18 @@ impl Peers {
         self.conns.lock().insert(node, conn.clone());
         Ok(conn)
     }
+}
+
+/// `value` in postcard, sealed with the cluster secret's tag.
+fn sealed<T: Serialize>(auth: &FrameAuth, value: &T) -> Result<Bytes, postcard::Error> {
+    let mut buf = postcard::to_stdvec(value)?;
+    auth.seal(&mut buf);
+    Ok(Bytes::from(buf))
+}
+
+/// A received frame checked against its tag and decoded; `None` if either fails.
+fn opened<T: serde::de::DeserializeOwned>(auth: &FrameAuth, frame: &[u8]) -> Option<T> {
+    postcard::from_bytes(auth.open(frame)?).ok()
 }
 
 fn codec() -> LengthDelimitedCodec {
@@ -275,19 +345,21 @@ fn codec() -> LengthDelimitedCodec {
 async fn run_client(
     framed: Framed<TcpStream, LengthDelimitedCodec>,
     mut rx: mpsc::Receiver<(Call, oneshot::Sender<Reply>)>,
+    auth: Arc<FrameAuth>,
 ) {
     let (mut sink, mut stream) = framed.split();
     let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>> = Arc::default();
     let reader_pending = pending.clone();
+    let reader_auth = auth.clone();
     let reader = tokio::spawn(async move {
         while let Some(Ok(bytes)) = stream.next().await {
-            match postcard::from_bytes::<Frame>(&bytes) {
-                Ok(Frame::Reply(id, reply)) => {
+            match opened::<Frame>(&reader_auth, &bytes) {
+                Some(Frame::Reply(id, reply)) => {
                     if let Some(tx) = reader_pending.lock().remove(&id) {
                         let _ = tx.send(reply);
                     }
                 }
-                Ok(Frame::Call(..)) | Err(_) => break,
+                Some(Frame::Call(..)) | None => break,
             }
         }
         // Dropping the senders fails every call still waiting.
@@ -300,11 +372,11 @@ async fn run_client(
         }
         next_id += 1;
         pending.lock().insert(next_id, reply);
-        let Ok(bytes) = postcard::to_stdvec(&Frame::Call(next_id, call)) else {
+        let Ok(bytes) = sealed(&auth, &Frame::Call(next_id, call)) else {
             pending.lock().remove(&next_id);
             continue;
         };
-        if sink.send(Bytes::from(bytes)).await.is_err() {
+        if sink.send(bytes).await.is_err() {
             break;
         }
     }
@@ -318,6 +390,7 @@ pub async fn serve(
     listener: TcpListener,
     handler: Handler,
     faults: Arc<Faults>,
+    auth: Arc<FrameAuth>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -330,22 +403,35 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let (handler, faults, cancel) = (handler.clone(), faults.clone(), cancel.clone());
+        let auth = auth.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                _ = serve_conn(stream, handler, faults) => {}
+                _ = serve_conn(stream, handler, faults, auth) => {}
             }
         });
     }
 }
 
-async fn serve_conn(stream: TcpStream, handler: Handler, faults: Arc<Faults>) {
+async fn serve_conn(
+    stream: TcpStream,
+    handler: Handler,
+    faults: Arc<Faults>,
+    auth: Arc<FrameAuth>,
+) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let framed = Framed::new(stream, codec());
     let (mut sink, mut stream) = framed.split();
     let from: NodeId = match stream.next().await {
-        Some(Ok(b)) => match postcard::from_bytes(&b) {
-            Ok(id) => id,
-            Err(_) => return,
+        Some(Ok(b)) => match opened(&auth, &b) {
+            Some(id) => id,
+            None => {
+                tracing::warn!(%peer, "internal connection refused: its first frame does not carry this cluster's secret");
+                return;
+            }
         },
         _ => return,
     };
@@ -358,10 +444,10 @@ async fn serve_conn(stream: TcpStream, handler: Handler, faults: Arc<Faults>) {
         }
     });
     while let Some(Ok(bytes)) = stream.next().await {
-        let Ok(Frame::Call(id, call)) = postcard::from_bytes::<Frame>(&bytes) else {
+        let Some(Frame::Call(id, call)) = opened::<Frame>(&auth, &bytes) else {
             tracing::warn!(
                 node = from,
-                "malformed internal frame; closing the connection"
+                "malformed or unauthenticated internal frame; closing the connection"
             );
             break;
         };
@@ -370,10 +456,11 @@ async fn serve_conn(stream: TcpStream, handler: Handler, faults: Arc<Faults>) {
         }
         let handler = handler.clone();
         let tx = tx.clone();
+        let auth = auth.clone();
         tokio::spawn(async move {
             let reply = handler(call).await;
-            if let Ok(b) = postcard::to_stdvec(&Frame::Reply(id, reply)) {
-                let _ = tx.send(Bytes::from(b)).await;
+            if let Ok(b) = sealed(&auth, &Frame::Reply(id, reply)) {
+                let _ = tx.send(b).await;
             }
         });
     }

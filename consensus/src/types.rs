@@ -90,6 +90,8 @@ pub enum Outcome {
     Created(#[serde(with = "eddy_storage::def_as_json")] ObjectDef),
     /// See [`WriteResult::Done`].
     Done,
+    /// See [`WriteResult::Merged`].
+    Merged(u64),
 }
 
 impl From<WriteResult> for Outcome {
@@ -107,6 +109,7 @@ impl From<WriteResult> for Outcome {
             WriteResult::Rows(n) => Outcome::Rows(n),
             WriteResult::Created(def) => Outcome::Created((*def).clone()),
             WriteResult::Done => Outcome::Done,
+            WriteResult::Merged { applied } => Outcome::Merged(applied),
         }
     }
 }
@@ -126,6 +129,7 @@ impl From<Outcome> for WriteResult {
             Outcome::Rows(n) => WriteResult::Rows(n),
             Outcome::Created(def) => WriteResult::Created(Arc::new(def)),
             Outcome::Done => WriteResult::Done,
+            Outcome::Merged(applied) => WriteResult::Merged { applied },
         }
     }
 }

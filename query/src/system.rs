@@ -1,5 +1,5 @@
-//! The `eddy` system schema: `eddy.partitions`, `eddy.subscriptions`, `eddy.nodes` and
-//! `eddy.raft_groups`, computed when a query reads them.
+//! The `eddy` system schema: `eddy.partitions`, `eddy.subscriptions`, `eddy.nodes`,
+//! `eddy.raft_groups` and `eddy.gossip_peers`, computed when a query reads them.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -20,7 +20,13 @@ pub(crate) struct SystemSchema {
     pub(crate) engine: Weak<Engine>,
 }
 
-const TABLES: [&str; 4] = ["partitions", "subscriptions", "nodes", "raft_groups"];
+const TABLES: [&str; 5] = [
+    "partitions",
+    "subscriptions",
+    "nodes",
+    "raft_groups",
+    "gossip_peers",
+];
 
 #[async_trait]
 impl SchemaProvider for SystemSchema {
@@ -36,6 +42,7 @@ impl SchemaProvider for SystemSchema {
             "subscriptions" => engine.subscriptions_batch().await,
             "nodes" => engine.nodes_batch(),
             "raft_groups" => engine.raft_groups_batch(),
+            "gossip_peers" => engine.gossip_peers_batch(),
             _ => return Ok(None),
         }
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
@@ -58,7 +65,18 @@ pub(crate) fn nodes_schema() -> SchemaRef {
         Field::new("role", DataType::Utf8, false),
         Field::new("this_node", DataType::Boolean, false),
         Field::new("link", DataType::Utf8, false),
+        Field::new("gossip", DataType::Utf8, true),
+        Field::new("zone", DataType::Utf8, true),
+        Field::new("frames_refused", DataType::Int64, true),
     ]))
+}
+
+fn opt_int8(v: Vec<Option<u64>>) -> ArrayRef {
+    Arc::new(Int64Array::from(
+        v.into_iter()
+            .map(|x| x.map(|x| x as i64))
+            .collect::<Vec<_>>(),
+    ))
 }
 
 fn text(v: Vec<Option<String>>) -> ArrayRef {
@@ -154,6 +172,47 @@ impl Engine {
                     rows.iter().map(|r| r.this_node).collect::<Vec<_>>(),
                 )),
                 text(rows.iter().map(|r| Some(r.link.clone())).collect()),
+                text(rows.iter().map(|r| r.gossip.clone()).collect()),
+                text(rows.iter().map(|r| r.zone.clone()).collect()),
+                opt_int8(rows.iter().map(|r| r.frames_refused).collect()),
+            ],
+        )?)
+    }
+
+    /// `eddy.gossip_peers`: per peer, what this node's delta gossip exchanged with it.
+    fn gossip_peers_batch(&self) -> Result<RecordBatch> {
+        let rows = self.writer.gossip_peers();
+        let int8f = |n: &str| Field::new(n, DataType::Int64, false);
+        let schema = Arc::new(Schema::new(vec![
+            int8f("peer"),
+            Field::new("status", DataType::Utf8, false),
+            int8f("pushed"),
+            int8f("pushed_bytes"),
+            int8f("pulled"),
+            int8f("pulled_bytes"),
+            int8f("refused"),
+            int8f("failures"),
+            Field::new(
+                "last_sync",
+                DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
+                true,
+            ),
+        ]));
+        let col = |f: fn(&crate::writer::GossipPeerRow) -> u64| int8(rows.iter().map(f).collect());
+        Ok(RecordBatch::try_new(
+            schema,
+            vec![
+                col(|r| r.peer),
+                text(rows.iter().map(|r| Some(r.status.clone())).collect()),
+                col(|r| r.pushed),
+                col(|r| r.pushed_bytes),
+                col(|r| r.pulled),
+                col(|r| r.pulled_bytes),
+                col(|r| r.refused),
+                col(|r| r.failures),
+                Arc::new(arrow::array::TimestampMicrosecondArray::from(
+                    rows.iter().map(|r| r.last_sync_micros).collect::<Vec<_>>(),
+                )),
             ],
         )?)
     }
@@ -161,13 +220,7 @@ impl Engine {
     /// `eddy.raft_groups`: the Raft groups this node holds a replica of.
     fn raft_groups_batch(&self) -> Result<RecordBatch> {
         let rows = self.writer.raft_groups();
-        let opt = |v: Vec<Option<u64>>| -> ArrayRef {
-            Arc::new(Int64Array::from(
-                v.into_iter()
-                    .map(|x| x.map(|x| x as i64))
-                    .collect::<Vec<_>>(),
-            ))
-        };
+        let opt = opt_int8;
         let schema = Arc::new(Schema::new(vec![
             Field::new("group_id", DataType::Int64, false),
             Field::new("object", DataType::Utf8, true),

@@ -48,6 +48,11 @@ pub trait Writer: Send + Sync + 'static {
     fn raft_groups(&self) -> Vec<GroupRow> {
         Vec::new()
     }
+
+    /// What this node exchanged with each gossip peer (`eddy.gossip_peers`).
+    fn gossip_peers(&self) -> Vec<GossipPeerRow> {
+        Vec::new()
+    }
 }
 
 fn no_cluster() -> eddy_storage::Error {
@@ -69,6 +74,36 @@ pub struct NodeRow {
     pub this_node: bool,
     /// `ok`, or `cut` when fault injection (testing) cut this node's link to it.
     pub link: String,
+    /// Gossip failure detection's view: `live`, `suspect` or `dead` (`None`: not heard of).
+    pub gossip: Option<String>,
+    /// The node's zone label, as gossiped.
+    pub zone: Option<String>,
+    /// On the answering node's row: internal frames it refused because they did not
+    /// carry the cluster secret.
+    pub frames_refused: Option<u64>,
+}
+
+/// One row of `eddy.gossip_peers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GossipPeerRow {
+    /// The peer's node id.
+    pub peer: u64,
+    /// Its liveness as gossip sees it.
+    pub status: String,
+    /// Deltas sent to it.
+    pub pushed: u64,
+    /// Bytes of those deltas.
+    pub pushed_bytes: u64,
+    /// Deltas received from it that were new here.
+    pub pulled: u64,
+    /// Bytes received from it.
+    pub pulled_bytes: u64,
+    /// Deltas from it refused (untrusted origin, clock too far ahead).
+    pub refused: u64,
+    /// Exchanges with it that failed.
+    pub failures: u64,
+    /// Last successful exchange, microseconds since the epoch.
+    pub last_sync_micros: Option<i64>,
 }
 
 /// One row of `eddy.raft_groups`.

@@ -23,8 +23,8 @@ use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::{ObjectDef, ObjectId, Replication};
-use crate::gossip::RowChange;
 use crate::error::{Error, Result};
+use crate::gossip::RowChange;
 use crate::layout::{
     catalog_key, check_row, log_key, log_start_key, row_key, sub_next_key, sub_pending_key,
     table_prefix, Records, CF_CATALOG, CF_GOSSIP, CF_LOG, CF_META, CF_ROWS, CF_SUBS,

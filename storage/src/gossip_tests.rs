@@ -92,9 +92,7 @@ fn sync(from: &Store, to: &Store, object: ObjectId) {
 
 fn rows(store: &Store, object: ObjectId) -> Vec<Vec<Value>> {
     let def = store.catalog().by_id(object).unwrap();
-    let ObjectDef::Table(t) = &*def else {
-        panic!()
-    };
+    let ObjectDef::Table(t) = &*def else { panic!() };
     store.scan_rows(t, None, usize::MAX).unwrap().0
 }
 
@@ -299,11 +297,17 @@ fn merge_skips_duplicates_stops_at_a_gap_and_refuses_non_gossip_objects() {
     assert_eq!(log.len(), 3);
 
     // A raft table refuses deltas.
-    let ObjectDef::Table(mut raft) = gossip_table() else { panic!() };
+    let ObjectDef::Table(mut raft) = gossip_table() else {
+        panic!()
+    };
     raft.name = "r".into();
     raft.replication = Replication::Raft;
-    let created = b.write_blocking(vec![WriteOp::Create(ObjectDef::Table(raft))]).unwrap();
-    let WriteResult::Created(r) = &created[0] else { panic!() };
+    let created = b
+        .write_blocking(vec![WriteOp::Create(ObjectDef::Table(raft))])
+        .unwrap();
+    let WriteResult::Created(r) = &created[0] else {
+        panic!()
+    };
     let err = b
         .write_blocking(vec![WriteOp::Merge(DeltaBatch {
             object: r.id(),
@@ -311,7 +315,10 @@ fn merge_skips_duplicates_stops_at_a_gap_and_refuses_non_gossip_objects() {
             deltas: ds,
         })])
         .unwrap_err();
-    assert!(err.to_string().contains("not replicated by gossip"), "{err}");
+    assert!(
+        err.to_string().contains("not replicated by gossip"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -321,8 +328,12 @@ fn gossip_state_survives_a_restart_and_goes_with_drop() {
     {
         let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
         store.set_origin(4);
-        let created = store.write_blocking(vec![WriteOp::Create(gossip_table())]).unwrap();
-        let WriteResult::Created(d) = &created[0] else { panic!() };
+        let created = store
+            .write_blocking(vec![WriteOp::Create(gossip_table())])
+            .unwrap();
+        let WriteResult::Created(d) = &created[0] else {
+            panic!()
+        };
         table = d.id();
         write(&store, table, 1, &Some("a".into()));
         write(&store, table, 1, &None);
@@ -337,6 +348,9 @@ fn gossip_state_survives_a_restart_and_goes_with_drop() {
         .write_blocking(vec![WriteOp::Drop { name: "kv".into() }])
         .unwrap();
     assert!(store.version_vector(table).unwrap().is_empty());
-    assert!(store.read_deltas(table, 4, 1, usize::MAX).unwrap().is_empty());
+    assert!(store
+        .read_deltas(table, 4, 1, usize::MAX)
+        .unwrap()
+        .is_empty());
     assert!(store.table_state(table).unwrap().is_empty());
 }

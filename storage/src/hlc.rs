@@ -95,7 +95,11 @@ mod tests {
         let remote = hlc_from_millis(wall_millis() + 60_000) + 7;
         c.observe(remote);
         let next = c.now();
-        assert_eq!(next, remote + 1, "the counter moves on while the wall is behind");
+        assert_eq!(
+            next,
+            remote + 1,
+            "the counter moves on while the wall is behind"
+        );
         assert!(Hlc::ahead_millis(remote) > 50_000);
         assert_eq!(Hlc::ahead_millis(hlc_from_millis(1)), 0);
     }

@@ -191,7 +191,9 @@ impl Records {
         let mut seen = 0u32;
         entry.decode(types, 0, usize::MAX, |_, _| seen += 1)?;
         if seen != count {
-            return Err(Error::corrupt("log entry count does not match its messages"));
+            return Err(Error::corrupt(
+                "log entry count does not match its messages",
+            ));
         }
         if count == 0 {
             return Ok(Records::new());

@@ -67,6 +67,6 @@ pub fn partition_for_key(key: &str, partitions: u32) -> u32 {
 }
 
 #[cfg(test)]
-mod store_tests;
-#[cfg(test)]
 mod gossip_tests;
+#[cfg(test)]
+mod store_tests;

@@ -150,6 +150,14 @@ impl TestCluster {
         Ok(())
     }
 
+    /// Every node loses `permille` per mille of the gossip frames it sends (until `heal`).
+    pub fn lose_gossip(&self, permille: u32) -> anyhow::Result<()> {
+        for s in &self.slots {
+            std::fs::write(&s.faults, format!("loss={permille}"))?;
+        }
+        Ok(())
+    }
+
     /// Restores every link.
     pub fn heal(&self) -> anyhow::Result<()> {
         for s in &self.slots {

@@ -99,7 +99,7 @@ impl Cluster {
             WriteOp::Insert { table, .. } | WriteOp::Delete { table, .. } => {
                 placed(*table, 0).then(|| group_of(*table, 0))
             }
-            WriteOp::Trim { .. } => None,
+            WriteOp::Trim { .. } | WriteOp::Merge(_) => None,
         }
     }
 

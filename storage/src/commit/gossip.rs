@@ -5,8 +5,8 @@
 use crate::catalog::{ObjectDef, ObjectId, TableDef, TopicDef};
 use crate::error::{Error, Result};
 use crate::gossip::{
-    delta_key, encode_delta, version_key, vv_key, Delta, DeltaBatch, DeltaBody, Origin,
-    RowChange, RowVersion, VvEntry,
+    delta_key, encode_delta, version_key, vv_key, Delta, DeltaBatch, DeltaBody, Origin, RowChange,
+    RowVersion, VvEntry,
 };
 use crate::layout::{table_prefix, Records, CF_GOSSIP, CF_ROWS};
 use crate::value::decode_row;
@@ -35,7 +35,12 @@ impl Committer {
     }
 
     /// A row's gossip version, as this batch has left it.
-    fn version(&self, row_key: &[u8], staged: &Staged, group: &Staged) -> Result<Option<RowVersion>> {
+    fn version(
+        &self,
+        row_key: &[u8],
+        staged: &Staged,
+        group: &Staged,
+    ) -> Result<Option<RowVersion>> {
         if let Some(v) = staged
             .versions
             .get(row_key)
@@ -50,7 +55,13 @@ impl Committer {
             .transpose()
     }
 
-    fn put_version(&self, row_key: Vec<u8>, v: RowVersion, batch: &mut StagedBatch, staged: &mut Staged) {
+    fn put_version(
+        &self,
+        row_key: Vec<u8>,
+        v: RowVersion,
+        batch: &mut StagedBatch,
+        staged: &mut Staged,
+    ) {
         batch.put(CF_GOSSIP, version_key(&row_key), v.encode().to_vec());
         staged.versions.insert(row_key, v);
     }
@@ -74,7 +85,11 @@ impl Committer {
             delta_key(object, origin, delta.seq).to_vec(),
             encode_delta(delta.hlc, &delta.body)?,
         );
-        batch.put(CF_GOSSIP, vv_key(object, origin).to_vec(), e.encode().to_vec());
+        batch.put(
+            CF_GOSSIP,
+            vv_key(object, origin).to_vec(),
+            e.encode().to_vec(),
+        );
         staged.vv.insert((object, origin), e);
         Ok(())
     }
@@ -111,10 +126,7 @@ impl Committer {
         staged: &mut Staged,
         group: &Staged,
     ) -> Result<(u64, i64)> {
-        let before = staged
-            .appended
-            .get(&(topic, partition))
-            .map_or(0, Vec::len);
+        let before = staged.appended.get(&(topic, partition)).map_or(0, Vec::len);
         let out = self.append_entries(topic, partition, records, batch, staged, group)?;
         let entries: Vec<Vec<u8>> = staged
             .appended
