@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Start a node. With no flags: data in ./eddy-data, Postgres port 127.0.0.1:5433.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Start a local cluster for trying things out: one `eddy start` process per node,
     /// node 1 forming the cluster and the others joining it. Ctrl-C stops them all.
     Dev(DevArgs),
@@ -240,7 +240,7 @@ fn dev(args: DevArgs) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
-        Command::Start(args) => args,
+        Command::Start(args) => *args,
         Command::Dev(args) => return dev(args),
     };
     tracing_subscriber::fmt()
