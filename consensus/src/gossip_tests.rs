@@ -19,18 +19,13 @@ fn fast(c: &mut ClusterConfig) {
 }
 
 fn kv_def() -> ObjectDef {
+    let columns = vec![
+        ColumnDef::new("id", ColumnType::Int64, false),
+        ColumnDef::new("v", ColumnType::Text, true),
+    ];
     ObjectDef::Table(TableDef {
-        id: 0,
-        name: "kv".into(),
-        columns: vec![
-            ColumnDef::new("id", ColumnType::Int64, false),
-            ColumnDef::new("v", ColumnType::Text, true),
-        ],
-        primary_key: vec![0],
         replication: Replication::Gossip,
-        change_retention_ms: None,
-        placement: Vec::new(),
-        reassigned: false,
+        ..TableDef::new("kv", columns, vec![0])
     })
 }
 

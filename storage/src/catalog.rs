@@ -105,6 +105,26 @@ fn default_change_retention() -> Option<u64> {
 }
 
 impl TableDef {
+    /// A table with these columns and primary key (indexes into `columns`) and the
+    /// defaults for the rest: replicated through Raft, changes kept a day (its id and
+    /// placement are decided when it is created).
+    pub fn new(
+        name: impl Into<String>,
+        columns: Vec<ColumnDef>,
+        primary_key: Vec<usize>,
+    ) -> TableDef {
+        TableDef {
+            id: 0,
+            name: name.into(),
+            columns,
+            primary_key,
+            replication: Replication::Raft,
+            change_retention_ms: default_change_retention(),
+            placement: Vec::new(),
+            reassigned: false,
+        }
+    }
+
     /// The column types in declaration order.
     pub fn column_types(&self) -> Vec<ColumnType> {
         self.columns.iter().map(|c| c.ty).collect()

@@ -107,6 +107,16 @@ pub struct Delta {
 }
 
 impl Delta {
+    /// The version a row gets from this delta, made on `origin`.
+    pub fn version(&self, origin: Origin, change: &RowChange) -> RowVersion {
+        RowVersion {
+            hlc: self.hlc,
+            origin,
+            seq: self.seq,
+            tombstone: change.row.is_none(),
+        }
+    }
+
     /// Encoded size, roughly what it costs on the wire.
     pub fn size(&self) -> usize {
         24 + match &self.body {

@@ -12,18 +12,13 @@ use crate::*;
 const ORIGINS: [Origin; 3] = [1, 2, 3];
 
 fn gossip_table() -> ObjectDef {
+    let columns = vec![
+        ColumnDef::new("id", ColumnType::Int64, false),
+        ColumnDef::new("v", ColumnType::Text, true),
+    ];
     ObjectDef::Table(TableDef {
-        id: 0,
-        name: "kv".into(),
-        columns: vec![
-            ColumnDef::new("id", ColumnType::Int64, false),
-            ColumnDef::new("v", ColumnType::Text, true),
-        ],
-        primary_key: vec![0],
         replication: Replication::Gossip,
-        change_retention_ms: None,
-        placement: Vec::new(),
-        reassigned: false,
+        ..TableDef::new("kv", columns, vec![0])
     })
 }
 

@@ -157,13 +157,7 @@ impl Committer {
         if let DeltaBody::Rows(rows) = &delta.body {
             for r in rows {
                 let key = full_key(table, &r.key);
-                let version = RowVersion {
-                    hlc: delta.hlc,
-                    origin,
-                    seq: delta.seq,
-                    tombstone: r.row.is_none(),
-                };
-                self.put_version(key, version, batch, staged);
+                self.put_version(key, delta.version(origin, r), batch, staged);
             }
         }
         self.put_delta(table, origin, &delta, batch, staged, group)?;
@@ -259,13 +253,7 @@ impl Committer {
                     }
                 }
             }
-            let version = RowVersion {
-                hlc: delta.hlc,
-                origin,
-                seq: delta.seq,
-                tombstone: r.row.is_none(),
-            };
-            self.put_version(key, version, batch, staged);
+            self.put_version(key, delta.version(origin, r), batch, staged);
         }
         self.append_entries(table.id, 0, changes, batch, staged, group)?;
         Ok(())
