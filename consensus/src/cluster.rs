@@ -201,7 +201,7 @@ impl Cluster {
         .map_err(|e| Error::InvalidValue(format!("raft settings: {e}")))?;
         let auth = Arc::new(FrameAuth::new(&config.secret));
         let peers = Peers::new(config.node_id, faults.clone(), auth.clone());
-        store.set_origin(config.node_id);
+        store.set_origin(config.node_id)?;
         let gossip = gossip::GossipState::new(config.gossip.clone());
         let addrs: Arc<RwLock<HashMap<std::net::SocketAddr, NodeId>>> = Arc::default();
         let membership = Self::start_membership(&config, &listener, &auth, &faults, &addrs).await?;

@@ -255,11 +255,25 @@ impl Store {
         self.inner.origin.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Sets this node's id as the origin of its gossip writes (at start, before writing).
-    pub fn set_origin(&self, origin: Origin) {
+    /// Sets this node's id as the origin of its gossip writes (at start, before writing),
+    /// and moves the clock past every timestamp this origin stored, so a write after a
+    /// restart wins over the writes before it even if the wall clock went back.
+    pub fn set_origin(&self, origin: Origin) -> Result<()> {
         self.inner
             .origin
             .store(origin, std::sync::atomic::Ordering::Release);
+        for object in self.gossip_objects() {
+            let Some(e) = self.version_vector(object)?.get(&origin).copied() else {
+                continue;
+            };
+            if e.applied == 0 {
+                continue;
+            }
+            if let Some(last) = self.read_deltas(object, origin, e.applied, 0)?.first() {
+                self.inner.hlc.observe(last.hlc);
+            }
+        }
+        Ok(())
     }
 
     /// The node's hybrid logical clock.

@@ -47,7 +47,7 @@ impl Drop for Dir {
 fn node(origin: Origin, def: ObjectDef) -> (Dir, Store, ObjectId) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
-    store.set_origin(origin);
+    store.set_origin(origin).unwrap();
     let created = store.write_blocking(vec![WriteOp::Create(def)]).unwrap();
     let WriteResult::Created(d) = &created[0] else {
         panic!("{created:?}")
@@ -322,7 +322,7 @@ fn gossip_state_survives_a_restart_and_goes_with_drop() {
     let table;
     {
         let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
-        store.set_origin(4);
+        store.set_origin(4).unwrap();
         let created = store
             .write_blocking(vec![WriteOp::Create(gossip_table())])
             .unwrap();
@@ -335,8 +335,13 @@ fn gossip_state_survives_a_restart_and_goes_with_drop() {
         store.shutdown().unwrap();
     }
     let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
-    store.set_origin(4);
+    store.set_origin(4).unwrap();
     assert_eq!(store.version_vector(table).unwrap()[&4].applied, 2);
+    let last = store.read_deltas(table, 4, 2, 0).unwrap()[0].hlc;
+    assert!(
+        store.hlc().last() >= last,
+        "the clock restarts past the origin's newest write"
+    );
     write(&store, table, 2, &Some("b".into()));
     assert_eq!(store.read_deltas(table, 4, 1, usize::MAX).unwrap().len(), 3);
     store
