@@ -121,6 +121,10 @@ pub struct GossipSection {
     /// LAN discovery: announce this node's cluster address by UDP broadcast on this port
     /// and join the nodes heard there. Unset: off.
     pub discover_port: Option<u16>,
+    /// Deltas and tombstones older than this are collected. A node away longer than this
+    /// resyncs tables from a peer's full state (deleted rows stay deleted) and skips topic
+    /// messages the peers no longer hold.
+    pub tombstone_horizon_ms: u64,
 }
 
 impl Default for GossipSection {
@@ -134,15 +138,20 @@ impl Default for GossipSection {
             trust_origins: None,
             zone: String::new(),
             discover_port: None,
+            tombstone_horizon_ms: 24 * 3600 * 1000,
         }
     }
 }
 
 impl GossipSection {
     fn validate(&self) -> Result<(), String> {
-        if self.interval_ms == 0 || self.anti_entropy_ms == 0 || self.sync_bytes == 0 {
+        if self.interval_ms == 0
+            || self.anti_entropy_ms == 0
+            || self.sync_bytes == 0
+            || self.tombstone_horizon_ms == 0
+        {
             return Err(
-                "gossip.interval_ms, gossip.anti_entropy_ms and gossip.sync_bytes must be at least 1"
+                "gossip.interval_ms, anti_entropy_ms, sync_bytes and tombstone_horizon_ms must be at least 1"
                     .into(),
             );
         }

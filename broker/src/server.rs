@@ -258,6 +258,7 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
         dead_after: Duration::from_millis(g.dead_after_ms),
         zone: g.zone.clone(),
         discover: g.discover_port,
+        horizon: Duration::from_millis(g.tombstone_horizon_ms),
         ..GossipConfig::default()
     };
     let faults = Arc::new(Faults::default());

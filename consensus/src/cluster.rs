@@ -255,6 +255,7 @@ impl Cluster {
         tokio::spawn(cluster.clone().reconcile_loop(meta.raft.clone()));
         tokio::spawn(cluster.clone().push_loop());
         tokio::spawn(cluster.clone().anti_entropy_loop());
+        tokio::spawn(cluster.clone().collect_loop());
         Ok(cluster)
     }
 
@@ -468,6 +469,7 @@ impl Cluster {
             }
             Call::Deltas(from, batches) => Reply::Deltas(self.receive_deltas(from, batches).await),
             Call::Digest(_, theirs) => Reply::Digest(self.answer_digest(theirs)),
+            Call::Resync(table) => Reply::Resync(self.gossip_table_state(table)),
         }
     }
 

@@ -33,6 +33,8 @@ pub struct GossipConfig {
     pub zone: String,
     /// LAN discovery port (UDP broadcast); `None`: off.
     pub discover: Option<u16>,
+    /// Deltas and tombstones older than this are collected; a node away longer resyncs.
+    pub horizon: Duration,
 }
 
 impl Default for GossipConfig {
@@ -47,6 +49,7 @@ impl Default for GossipConfig {
             dead_after: Duration::from_secs(3),
             zone: String::new(),
             discover: None,
+            horizon: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -80,6 +83,16 @@ pub struct DigestReply {
     pub behind: Vec<(ObjectId, Origin, u64)>,
     /// The answering node's version vectors of every gossip object.
     pub mine: Vec<ObjectVv>,
+}
+
+/// A gossip table's full state: its version vector (read first) and every row version
+/// with its row.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableState {
+    /// (origin, entry), by origin.
+    pub vv: Vec<(Origin, eddy_storage::gossip::VvEntry)>,
+    /// Row key, version, row (`None` for a tombstone).
+    pub rows: Vec<eddy_storage::gossip::RowState>,
 }
 
 /// What this node exchanged with one peer (`eddy.gossip_peers`).

@@ -322,3 +322,47 @@ async fn untrusted_origins_and_frames_without_the_secret_are_refused_and_counted
         n.cluster.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_away_longer_than_the_horizon_resyncs_and_deleted_rows_stay_deleted() {
+    let nodes = three_nodes_with(|c| {
+        fast(c);
+        c.gossip.horizon = Duration::from_millis(300);
+    })
+    .await;
+    let table = kv(&nodes).await;
+    put(&nodes[0], table, 1, "one").await;
+    put(&nodes[0], table, 2, "two").await;
+    converged(&nodes, table).await;
+
+    cut(&nodes, 0, 2, true);
+    cut(&nodes, 1, 2, true);
+    delete(&nodes[0], table, 1).await;
+    put(&nodes[0], table, 3, "three").await;
+    put(&nodes[2], table, 4, "made while away").await;
+    wait_for("node 1 to collect its deltas and the tombstone", || {
+        let store = nodes[0].cluster.store();
+        let vv = store.version_vector(table).unwrap();
+        vv[&1].floor > vv[&1].applied
+            && store
+                .table_state(table)
+                .unwrap()
+                .iter()
+                .all(|s| !s.1.tombstone)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    cut(&nodes, 0, 2, false);
+    cut(&nodes, 1, 2, false);
+    converged(&nodes, table).await;
+    let text = |k: i64, v: &str| vec![Value::Int64(k), Value::Text(v.into())];
+    assert_eq!(
+        rows(&nodes[0]),
+        vec![text(2, "two"), text(3, "three"), text(4, "made while away")],
+        "row 1 deleted while node 3 was away never comes back"
+    );
+    for n in nodes {
+        n.cluster.shutdown().await;
+    }
+}

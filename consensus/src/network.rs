@@ -79,6 +79,8 @@ pub enum Call {
     Deltas(NodeId, Vec<eddy_storage::gossip::DeltaBatch>),
     /// Gossip anti-entropy: the caller's version vectors; the answer carries what it lacks.
     Digest(NodeId, Vec<crate::gossip::ObjectVv>),
+    /// Gossip: the full state of a table, for a caller behind this node's horizon.
+    Resync(eddy_storage::ObjectId),
 }
 
 /// Why a forwarded call failed on the node that received it.
@@ -120,6 +122,8 @@ pub enum Reply {
     Deltas(Vec<crate::gossip::Applied>),
     /// To [`Call::Digest`].
     Digest(crate::gossip::DigestReply),
+    /// To [`Call::Resync`].
+    Resync(Result<crate::gossip::TableState, CallError>),
     /// The group named in the call is not running on this node.
     NoGroup,
 }

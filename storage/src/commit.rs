@@ -112,6 +112,37 @@ pub enum WriteOp {
     /// Apply deltas of a gossip object received from another node: each origin's deltas
     /// apply in sequence (duplicates are skipped, a gap stops the batch).
     Merge(crate::gossip::DeltaBatch),
+    /// Collect a gossip object's deltas and tombstones stamped before `before` (an HLC
+    /// timestamp: the horizon); each origin's version vector entry keeps the first seq
+    /// still held.
+    Collect {
+        /// The gossip topic or table.
+        object: ObjectId,
+        /// Horizon.
+        before: u64,
+    },
+    /// Merge a peer's full state of a gossip table (a node behind the peer's horizon):
+    /// its rows merge last-writer-wins, and each row here that the peer has seen (its
+    /// write is within the peer's version vector) but no longer holds goes, since the
+    /// peer deleted it and collected the tombstone.
+    Resync {
+        /// The gossip table.
+        table: ObjectId,
+        /// Every row version of the peer (tombstones included) with its row.
+        rows: Vec<crate::gossip::RowState>,
+        /// The peer's version vector.
+        vv: Vec<(crate::gossip::Origin, crate::gossip::VvEntry)>,
+    },
+    /// Move an origin's applied seq of a gossip topic forward to `to`, skipping deltas a
+    /// peer no longer holds (a node behind the peer's horizon).
+    Skip {
+        /// The gossip topic.
+        object: ObjectId,
+        /// The origin.
+        origin: crate::gossip::Origin,
+        /// New applied seq.
+        to: u64,
+    },
     /// Remove a partition's messages below an offset (retention).
     Trim {
         /// Topic id.
@@ -653,6 +684,15 @@ impl Committer {
                     WriteResult::Done
                 }
                 WriteOp::Merge(deltas) => self.merge(deltas, batch, staged, group)?,
+                WriteOp::Collect { object, before } => {
+                    self.collect(*object, *before, batch, staged, group)?
+                }
+                WriteOp::Resync { table, rows, vv } => {
+                    self.resync(*table, std::mem::take(rows), vv, batch, staged, group)?
+                }
+                WriteOp::Skip { object, origin, to } => {
+                    self.skip(*object, *origin, *to, batch, staged, group)?
+                }
                 WriteOp::Trim {
                     topic,
                     partition,

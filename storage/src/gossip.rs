@@ -245,6 +245,72 @@ fn decode_delta(seq: u64, v: &[u8]) -> Result<Delta> {
     })
 }
 
+/// An object's version vector as stored (not what a batch in progress has staged).
+pub(crate) fn stored_vv(inner: &crate::store::Inner, object: ObjectId) -> Result<VersionVector> {
+    let mut out = VersionVector::new();
+    let from = prefix(object, TAG_VV);
+    let mut it = inner.db.raw_iterator_cf(inner.cf(CF_GOSSIP));
+    it.seek(from);
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        if k.len() != 13 || k[..5] != from {
+            break;
+        }
+        let mut o = [0u8; 8];
+        o.copy_from_slice(&k[5..]);
+        out.insert(u64::from_be_bytes(o), VvEntry::decode(v)?);
+        it.next();
+    }
+    it.status()?;
+    Ok(out)
+}
+
+/// Every stored row version of a table: (version key, version).
+pub(crate) fn stored_versions(
+    inner: &crate::store::Inner,
+    table: ObjectId,
+) -> Result<Vec<(Vec<u8>, RowVersion)>> {
+    let mut out = Vec::new();
+    let from = prefix(table, TAG_VERSION);
+    let mut it = inner.db.raw_iterator_cf(inner.cf(CF_GOSSIP));
+    it.seek(from);
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        if !k.starts_with(&from) {
+            break;
+        }
+        out.push((k.to_vec(), RowVersion::decode(v)?));
+        it.next();
+    }
+    it.status()?;
+    Ok(out)
+}
+
+/// The timestamps of an origin's stored deltas from seq `from` to `to` (inclusive).
+pub(crate) fn stored_delta_stamps(
+    inner: &crate::store::Inner,
+    object: ObjectId,
+    origin: Origin,
+    from: u64,
+    to: u64,
+) -> Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    let end = delta_key(object, origin, to);
+    let mut it = inner.db.raw_iterator_cf(inner.cf(CF_GOSSIP));
+    it.seek(delta_key(object, origin, from));
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        if k.len() != 21 || k[..13] != end[..13] || k > &end[..] || v.len() < 8 {
+            break;
+        }
+        let mut s = [0u8; 8];
+        s.copy_from_slice(&k[13..]);
+        let mut h = [0u8; 8];
+        h.copy_from_slice(&v[..8]);
+        out.push((u64::from_be_bytes(s), u64::from_be_bytes(h)));
+        it.next();
+    }
+    it.status()?;
+    Ok(out)
+}
+
 /// One row of a table's full state, for a resync: its key, version and row (`None` for
 /// a tombstone).
 pub type RowState = (Vec<u8>, RowVersion, Option<Vec<u8>>);
@@ -299,21 +365,7 @@ impl Store {
 
     /// An object's version vector, as durable here.
     pub fn version_vector(&self, object: ObjectId) -> Result<VersionVector> {
-        let mut out = VersionVector::new();
-        let from = prefix(object, TAG_VV);
-        let mut it = self.inner.db.raw_iterator_cf(self.inner.cf(CF_GOSSIP));
-        it.seek(from);
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if k.len() != 13 || k[..5] != from {
-                break;
-            }
-            let mut o = [0u8; 8];
-            o.copy_from_slice(&k[5..]);
-            out.insert(u64::from_be_bytes(o), VvEntry::decode(v)?);
-            it.next();
-        }
-        it.status()?;
-        Ok(out)
+        stored_vv(&self.inner, object)
     }
 
     /// Deltas of `origin` for `object` from seq `from` on, in order, until about
@@ -360,15 +412,8 @@ impl Store {
     /// Every row version of a gossip table (tombstones included) with the row, by key.
     pub fn table_state(&self, table: ObjectId) -> Result<Vec<RowState>> {
         let mut out = Vec::new();
-        let from = prefix(table, TAG_VERSION);
-        let mut it = self.inner.db.raw_iterator_cf(self.inner.cf(CF_GOSSIP));
-        it.seek(from);
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if !k.starts_with(&from) {
-                break;
-            }
-            let version = RowVersion::decode(v)?;
-            let row_key = row_key_of_version(k);
+        for (k, version) in stored_versions(&self.inner, table)? {
+            let row_key = row_key_of_version(&k);
             let row = if version.tombstone {
                 None
             } else {
@@ -378,9 +423,7 @@ impl Store {
                     .map(|r| r.to_vec())
             };
             out.push((row_key, version, row));
-            it.next();
         }
-        it.status()?;
         Ok(out)
     }
 }

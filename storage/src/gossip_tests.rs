@@ -354,3 +354,113 @@ fn gossip_state_survives_a_restart_and_goes_with_drop() {
         .is_empty());
     assert!(store.table_state(table).unwrap().is_empty());
 }
+
+#[test]
+fn a_node_behind_the_horizon_resyncs_without_bringing_deleted_rows_back() {
+    let (_a, a, table) = node(1, gossip_table());
+    let (_b, b, _) = node(2, gossip_table());
+    write(&a, table, 1, &Some("x".into()));
+    write(&a, table, 2, &Some("y".into()));
+    sync(&a, &b, table);
+    // b is away: a deletes 1 and writes 3, then collects everything before now.
+    write(&a, table, 1, &None);
+    write(&a, table, 3, &Some("z".into()));
+    write(&b, table, 4, &Some("made while away".into()));
+    let now = a.hlc().now();
+    a.write_blocking(vec![WriteOp::Collect {
+        object: table,
+        before: now,
+    }])
+    .unwrap();
+    let vv = a.version_vector(table).unwrap();
+    assert_eq!(vv[&1].applied, 4);
+    assert_eq!(vv[&1].floor, 5, "every delta of origin 1 is collected");
+    assert!(a.read_deltas(table, 1, 0, usize::MAX).unwrap().is_empty());
+    assert!(
+        a.table_state(table).unwrap().iter().all(|s| !s.1.tombstone),
+        "the tombstone is collected"
+    );
+    // Offered in sequence, b cannot catch up from a any more: a's deltas are gone.
+    sync(&a, &b, table);
+    assert_eq!(b.version_vector(table).unwrap()[&1].applied, 2);
+
+    let vv: Vec<_> = a.version_vector(table).unwrap().into_iter().collect();
+    let state = a.table_state(table).unwrap();
+    let r = b
+        .write_blocking(vec![WriteOp::Resync {
+            table,
+            rows: state,
+            vv,
+        }])
+        .unwrap();
+    assert_eq!(r[0], WriteResult::Rows(1), "row 1 removed");
+    let text = |k: i64, v: &str| vec![Value::Int64(k), Value::Text(v.into())];
+    let want = vec![text(2, "y"), text(3, "z"), text(4, "made while away")];
+    assert_eq!(
+        rows(&b, table),
+        want,
+        "deleted row 1 stays deleted, b's own write stays"
+    );
+    let bvv = b.version_vector(table).unwrap();
+    assert_eq!((bvv[&1].applied, bvv[&1].floor), (4, 5));
+    // b's own write still reaches a by its deltas.
+    sync(&b, &a, table);
+    assert_eq!(rows(&a, table), want);
+}
+
+#[test]
+fn a_resync_from_a_stale_peer_does_not_bring_back_rows_deleted_here() {
+    let (_a, a, table) = node(1, gossip_table());
+    let (_b, b, _) = node(2, gossip_table());
+    write(&a, table, 1, &Some("x".into()));
+    sync(&a, &b, table);
+    write(&a, table, 1, &None);
+    let now = a.hlc().now();
+    a.write_blocking(vec![WriteOp::Collect {
+        object: table,
+        before: now,
+    }])
+    .unwrap();
+    // b still holds row 1 (origin 1, seq 1), which a has applied and then deleted.
+    let vv: Vec<_> = b.version_vector(table).unwrap().into_iter().collect();
+    let state = b.table_state(table).unwrap();
+    a.write_blocking(vec![WriteOp::Resync {
+        table,
+        rows: state,
+        vv,
+    }])
+    .unwrap();
+    assert!(rows(&a, table).is_empty(), "row 1 stays deleted");
+}
+
+#[test]
+fn a_topic_origin_can_be_skipped_past_collected_deltas() {
+    let (_a, a, topic) = node(1, gossip_topic());
+    let columns = [ColumnDef::new("p", ColumnType::Text, true)];
+    for i in 0..3 {
+        let mut r = Records::new();
+        r.push(&columns, None, &[Value::Text(format!("m{i}"))])
+            .unwrap();
+        a.write_blocking(vec![WriteOp::Append {
+            topic,
+            partition: 0,
+            records: r,
+        }])
+        .unwrap();
+    }
+    let (_b, b, _) = node(2, gossip_topic());
+    let last = a.read_deltas(topic, 1, 3, usize::MAX).unwrap();
+    b.write_blocking(vec![WriteOp::Skip {
+        object: topic,
+        origin: 1,
+        to: 2,
+    }])
+    .unwrap();
+    assert_eq!(
+        merge(&b, topic, 1, last),
+        3,
+        "the delta after the skip applies"
+    );
+    let vv = b.version_vector(topic).unwrap();
+    assert_eq!((vv[&1].applied, vv[&1].floor), (3, 3));
+}

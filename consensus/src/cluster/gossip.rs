@@ -14,13 +14,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
 use eddy_storage::gossip::{DeltaBatch, Origin};
-use eddy_storage::hlc::Hlc;
+use eddy_storage::hlc::{hlc_from_millis, Hlc};
 use eddy_storage::{Commit, ObjectId, WriteOp};
 use parking_lot::Mutex;
 
 use super::Cluster;
-use crate::gossip::{Applied, DigestReply, GossipConfig, ObjectVv, PeerStats};
-use crate::network::{Call, Reply};
+use crate::gossip::{Applied, DigestReply, GossipConfig, ObjectVv, PeerStats, TableState};
+use crate::network::{Call, CallError, Reply};
 use crate::types::NodeId;
 
 /// How long a gossip call may take.
@@ -386,14 +386,8 @@ impl Cluster {
                 return;
             }
         };
-        for (object, origin, floor) in &reply.behind {
-            tracing::warn!(
-                peer,
-                object,
-                origin,
-                floor,
-                "this node is behind the peer's gossip horizon for this object"
-            );
+        if !reply.behind.is_empty() {
+            self.catch_up_past_horizon(peer, addr, &reply.behind).await;
         }
         if !reply.missing.is_empty() {
             self.receive_deltas(peer, reply.missing).await;
@@ -434,6 +428,108 @@ impl Cluster {
             self.with_stats(peer, |s| s.last_sync = Some(SystemTime::now()));
         } else {
             self.send_deltas(peer, addr, batches).await;
+        }
+    }
+}
+
+impl Cluster {
+    /// Collects old deltas and tombstones, a few times per horizon, until the node stops.
+    pub(crate) async fn collect_loop(self) {
+        let horizon = self.gossip().config.horizon;
+        let every = (horizon / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let now = SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let before = hlc_from_millis(now.saturating_sub(horizon.as_millis() as u64));
+            let store = &self.inner.store;
+            for object in store.gossip_objects() {
+                if let Err(e) = store.write(vec![WriteOp::Collect { object, before }]).await {
+                    tracing::warn!(object, error = %e, "collecting old gossip deltas failed");
+                }
+            }
+        }
+    }
+
+    /// A gossip table's full state (`Call::Resync`): version vector first, so every
+    /// write it names is in the rows read after.
+    pub(crate) fn gossip_table_state(&self, table: ObjectId) -> Result<TableState, CallError> {
+        let store = &self.inner.store;
+        let fail = |e: eddy_storage::Error| CallError::Refused(e.to_string());
+        let vv = store.version_vector(table).map_err(fail)?;
+        let rows = store.table_state(table).map_err(fail)?;
+        Ok(TableState {
+            vv: vv.into_iter().collect(),
+            rows,
+        })
+    }
+
+    /// This node lacks deltas `peer` has already collected: a table is resynced from the
+    /// peer's full state; a topic skips to what the peer still holds (those messages
+    /// never reach this node).
+    async fn catch_up_past_horizon(
+        &self,
+        peer: NodeId,
+        addr: &str,
+        behind: &[(ObjectId, Origin, u64)],
+    ) {
+        let store = &self.inner.store;
+        let mut tables = Vec::new();
+        for &(object, origin, floor) in behind {
+            let is_table = matches!(
+                store.catalog().by_id(object).as_deref(),
+                Some(eddy_storage::ObjectDef::Table(_))
+            );
+            if is_table {
+                if !tables.contains(&object) {
+                    tables.push(object);
+                }
+                continue;
+            }
+            let had = applied_here(store, object, origin);
+            tracing::warn!(
+                peer,
+                object,
+                origin,
+                skipped = floor.saturating_sub(had + 1),
+                "gossip topic behind the peer's horizon: skipping messages it no longer holds"
+            );
+            let skip = WriteOp::Skip {
+                object,
+                origin,
+                to: floor - 1,
+            };
+            if let Err(e) = store.write(vec![skip]).await {
+                tracing::warn!(object, error = %e, "skipping past the horizon failed");
+            }
+        }
+        for table in tables {
+            let reply = self
+                .inner
+                .peers
+                .call(peer, addr, Call::Resync(table), CALL_TIMEOUT * 10)
+                .await;
+            let state = match reply {
+                Ok(Reply::Resync(Ok(s))) => s,
+                other => {
+                    tracing::warn!(peer, table, ?other, "gossip resync failed");
+                    self.with_stats(peer, |s| s.failures += 1);
+                    continue;
+                }
+            };
+            let op = WriteOp::Resync {
+                table,
+                rows: state.rows,
+                vv: state.vv,
+            };
+            match store.write(vec![op]).await {
+                Ok(_) => tracing::info!(peer, table, "gossip table resynced past the horizon"),
+                Err(e) => tracing::warn!(peer, table, error = %e, "gossip resync failed"),
+            }
         }
     }
 }

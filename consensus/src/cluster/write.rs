@@ -99,7 +99,11 @@ impl Cluster {
             WriteOp::Insert { table, .. } | WriteOp::Delete { table, .. } => {
                 placed(*table, 0).then(|| group_of(*table, 0))
             }
-            WriteOp::Trim { .. } | WriteOp::Merge(_) => None,
+            WriteOp::Trim { .. }
+            | WriteOp::Merge(_)
+            | WriteOp::Collect { .. }
+            | WriteOp::Resync { .. }
+            | WriteOp::Skip { .. } => None,
         }
     }
 

@@ -1,15 +1,17 @@
 //! The committer's part of gossip replication: local writes to gossip objects become
 //! deltas in the delta log, and deltas from other nodes merge in, last-writer-wins for
-//! table rows, appended for topic messages (see `crate::gossip` for the keys).
+//! table rows, appended for topic messages (see `crate::gossip` for the keys); old
+//! deltas and tombstones are collected, and a node behind a peer's horizon resyncs.
 
 use crate::catalog::{ObjectDef, ObjectId, TableDef, TopicDef};
 use crate::error::{Error, Result};
 use crate::gossip::{
-    delta_key, encode_delta, version_key, vv_key, Delta, DeltaBatch, DeltaBody, Origin, RowChange,
-    RowVersion, VvEntry,
+    delta_key, encode_delta, row_key_of_version, stored_delta_stamps, stored_versions, stored_vv,
+    version_key, vv_key, Delta, DeltaBatch, DeltaBody, Origin, RowChange, RowState, RowVersion,
+    VvEntry,
 };
 use crate::layout::{table_prefix, Records, CF_GOSSIP, CF_ROWS};
-use crate::value::decode_row;
+use crate::value::{decode_row, ColumnType};
 
 use super::{
     Committer, Staged, StagedBatch, WriteResult, CHANGE_DELETE, CHANGE_INSERT, CHANGE_UPDATE,
@@ -174,13 +176,7 @@ impl Committer {
         staged: &mut Staged,
         group: &Staged,
     ) -> Result<WriteResult> {
-        let def = self.object(deltas.object)?;
-        if !def.is_gossip() {
-            return Err(Error::InvalidValue(format!(
-                "\"{}\" is not replicated by gossip",
-                def.name()
-            )));
-        }
+        let def = self.gossip_object(deltas.object)?;
         let origin = deltas.origin;
         let mut applied = self.vv_entry(deltas.object, origin, staged, group)?.applied;
         for delta in std::mem::take(&mut deltas.deltas) {
@@ -227,36 +223,244 @@ impl Committer {
         let mut changes = Records::new();
         for r in rows {
             let key = full_key(table.id, &r.key);
-            if let Some(current) = self.version(&key, staged, group)? {
-                if !current.loses_to(delta.hlc, origin) {
-                    continue;
-                }
-            }
-            let existing = self.current_row(&key, staged, group)?;
-            match &r.row {
-                Some(row) => {
-                    decode_row(&types, row)?;
-                    batch.put(CF_ROWS, key.clone(), row.to_vec());
-                    let kind = if existing.is_some() {
-                        CHANGE_UPDATE
-                    } else {
-                        CHANGE_INSERT
-                    };
-                    changes.push_encoded(Some(kind), row);
-                    staged.rows.insert(key.clone(), Some(row.to_vec()));
-                }
-                None => {
-                    if let Some(old) = existing {
-                        batch.delete(CF_ROWS, key.clone());
-                        changes.push_encoded(Some(CHANGE_DELETE), &old);
-                        staged.rows.insert(key.clone(), None);
-                    }
-                }
-            }
-            self.put_version(key, delta.version(origin, r), batch, staged);
+            let row = r.row.as_ref().map(|b| b.as_slice());
+            let version = delta.version(origin, r);
+            self.merge_row(
+                key,
+                version,
+                row,
+                &types,
+                &mut changes,
+                batch,
+                staged,
+                group,
+            )?;
         }
         self.append_entries(table.id, 0, changes, batch, staged, group)?;
         Ok(())
+    }
+
+    /// One row version from elsewhere: it replaces the row here if it is newer
+    /// (last-writer-wins), and the change is recorded in `changes`.
+    #[allow(clippy::too_many_arguments)]
+    fn merge_row(
+        &self,
+        key: Vec<u8>,
+        version: RowVersion,
+        row: Option<&[u8]>,
+        types: &[ColumnType],
+        changes: &mut Records,
+        batch: &mut StagedBatch,
+        staged: &mut Staged,
+        group: &Staged,
+    ) -> Result<()> {
+        if let Some(current) = self.version(&key, staged, group)? {
+            if !current.loses_to(version.hlc, version.origin) {
+                return Ok(());
+            }
+        }
+        let existing = self.current_row(&key, staged, group)?;
+        match row {
+            Some(row) => {
+                decode_row(types, row)?;
+                batch.put(CF_ROWS, key.clone(), row.to_vec());
+                let kind = if existing.is_some() {
+                    CHANGE_UPDATE
+                } else {
+                    CHANGE_INSERT
+                };
+                changes.push_encoded(Some(kind), row);
+                staged.rows.insert(key.clone(), Some(row.to_vec()));
+            }
+            None => self.remove_row(&key, existing, changes, batch, staged),
+        }
+        self.put_version(key, version, batch, staged);
+        Ok(())
+    }
+
+    /// Deletes a row that exists (`existing`), recording the change.
+    fn remove_row(
+        &self,
+        key: &[u8],
+        existing: Option<Vec<u8>>,
+        changes: &mut Records,
+        batch: &mut StagedBatch,
+        staged: &mut Staged,
+    ) {
+        if let Some(old) = existing {
+            batch.delete(CF_ROWS, key.to_vec());
+            changes.push_encoded(Some(CHANGE_DELETE), &old);
+            staged.rows.insert(key.to_vec(), None);
+        }
+    }
+
+    /// Drops `origin`'s deltas below `floor` and records the floor (and `applied`).
+    #[allow(clippy::too_many_arguments)]
+    fn set_floor(
+        &self,
+        object: ObjectId,
+        origin: Origin,
+        mut e: VvEntry,
+        floor: u64,
+        batch: &mut StagedBatch,
+        staged: &mut Staged,
+    ) {
+        batch.delete_range(
+            CF_GOSSIP,
+            delta_key(object, origin, 0).to_vec(),
+            delta_key(object, origin, floor).to_vec(),
+        );
+        e.floor = floor;
+        batch.put(
+            CF_GOSSIP,
+            vv_key(object, origin).to_vec(),
+            e.encode().to_vec(),
+        );
+        staged.vv.insert((object, origin), e);
+    }
+
+    /// Collects deltas and tombstones stamped before `before`.
+    pub(super) fn collect(
+        &self,
+        object: ObjectId,
+        before: u64,
+        batch: &mut StagedBatch,
+        staged: &mut Staged,
+        group: &Staged,
+    ) -> Result<WriteResult> {
+        let def = self.gossip_object(object)?;
+        for origin in stored_vv(&self.inner, object)?.into_keys() {
+            let e = self.vv_entry(object, origin, staged, group)?;
+            let stamps = stored_delta_stamps(&self.inner, object, origin, e.floor, e.applied)?;
+            // An origin's timestamps grow with its seq: collect the prefix before the horizon.
+            let last = stamps
+                .iter()
+                .take_while(|(_, hlc)| *hlc < before)
+                .last()
+                .map(|(seq, _)| *seq);
+            if let Some(last) = last {
+                self.set_floor(object, origin, e, last + 1, batch, staged);
+            }
+        }
+        if matches!(&*def, ObjectDef::Table(_)) {
+            for (k, v) in stored_versions(&self.inner, object)? {
+                let row_key = row_key_of_version(&k);
+                let newer =
+                    staged.versions.contains_key(&row_key) || group.versions.contains_key(&row_key);
+                if v.tombstone && v.hlc < before && !newer {
+                    batch.delete(CF_GOSSIP, k);
+                }
+            }
+        }
+        Ok(WriteResult::Done)
+    }
+
+    /// Merges a peer's full table state (see [`WriteOp::Resync`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn resync(
+        &self,
+        table: ObjectId,
+        rows: Vec<RowState>,
+        vv: &[(Origin, VvEntry)],
+        batch: &mut StagedBatch,
+        staged: &mut Staged,
+        group: &Staged,
+    ) -> Result<WriteResult> {
+        let def = self.gossip_object(table)?;
+        let ObjectDef::Table(def) = &*def else {
+            return Err(Error::InvalidValue(format!(
+                "\"{}\" is not a table",
+                def.name()
+            )));
+        };
+        let types = def.column_types();
+        let prefix = table_prefix(table);
+        let mut changes = Records::new();
+        let mut theirs = std::collections::HashSet::new();
+        for (key, version, row) in rows {
+            if !key.starts_with(&prefix) {
+                return Err(Error::InvalidValue("a resync row of another table".into()));
+            }
+            self.inner.hlc.observe(version.hlc);
+            theirs.insert(key.clone());
+            // A write this node applied whose key it no longer holds was deleted here
+            // and the tombstone collected: it must not come back.
+            let applied = self.vv_entry(table, version.origin, staged, group)?.applied;
+            if version.seq <= applied && self.version(&key, staged, group)?.is_none() {
+                continue;
+            }
+            self.merge_row(
+                key,
+                version,
+                row.as_deref(),
+                &types,
+                &mut changes,
+                batch,
+                staged,
+                group,
+            )?;
+        }
+        // Rows the peer has seen written but no longer holds were deleted there, and the
+        // tombstone collected: they go here too.
+        let seen = |v: &RowVersion| vv.iter().any(|(o, e)| *o == v.origin && v.seq <= e.applied);
+        let mut removed = 0;
+        for (k, v) in stored_versions(&self.inner, table)? {
+            let row_key = row_key_of_version(&k);
+            if theirs.contains(&row_key)
+                || staged.versions.contains_key(&row_key)
+                || group.versions.contains_key(&row_key)
+                || !seen(&v)
+            {
+                continue;
+            }
+            let existing = self.current_row(&row_key, staged, group)?;
+            self.remove_row(&row_key, existing, &mut changes, batch, staged);
+            batch.delete(CF_GOSSIP, k);
+            removed += 1;
+        }
+        self.append_entries(table, 0, changes, batch, staged, group)?;
+        // Where the peer is ahead, this node now holds the effect of deltas it never
+        // stored: it can serve that origin only from past them.
+        for (origin, theirs) in vv {
+            let mut e = self.vv_entry(table, *origin, staged, group)?;
+            if theirs.applied > e.applied {
+                e.applied = theirs.applied;
+                self.set_floor(table, *origin, e, theirs.applied + 1, batch, staged);
+            }
+        }
+        Ok(WriteResult::Rows(removed))
+    }
+
+    /// Skips a topic origin's deltas up to `to` (see [`WriteOp::Skip`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn skip(
+        &self,
+        object: ObjectId,
+        origin: Origin,
+        to: u64,
+        batch: &mut StagedBatch,
+        staged: &mut Staged,
+        group: &Staged,
+    ) -> Result<WriteResult> {
+        self.gossip_object(object)?;
+        let mut e = self.vv_entry(object, origin, staged, group)?;
+        if to > e.applied {
+            e.applied = to;
+            self.set_floor(object, origin, e, to + 1, batch, staged);
+        }
+        Ok(WriteResult::Done)
+    }
+
+    /// The definition of a gossip object.
+    fn gossip_object(&self, id: ObjectId) -> Result<std::sync::Arc<ObjectDef>> {
+        let def = self.object(id)?;
+        if !def.is_gossip() {
+            return Err(Error::InvalidValue(format!(
+                "\"{}\" is not replicated by gossip",
+                def.name()
+            )));
+        }
+        Ok(def)
     }
 
     /// Another node's log entry, appended here at the partition's next offsets.
