@@ -6,12 +6,13 @@
 //! - **anti-entropy**: every `anti_entropy` one peer, in turn, gets a `Digest` (this
 //!   node's version vectors); it answers with what this node lacks and its own vectors,
 //!   from which this node pushes what the peer lacks. Both ways are bounded to
-//!   `sync_bytes` per round.
+//!   `sync_bytes` per round. A peer whose last exchange failed, or that gossip has just
+//!   seen come back to life, is synced on the next 100 ms tick instead of waiting its turn.
 //! - **receive**: deltas of untrusted origins, and deltas stamped too far ahead of the
 //!   local clock, are refused and counted; the rest merge through the committer.
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, SystemTime};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime};
 
 use eddy_storage::gossip::{DeltaBatch, Origin};
 use eddy_storage::hlc::{hlc_from_millis, Hlc};
@@ -37,6 +38,10 @@ pub(crate) struct GossipState {
     pushing: Mutex<HashMap<NodeId, bool>>,
     /// Whose turn it is for anti-entropy.
     turn: Mutex<usize>,
+    /// Peers whose last exchange failed: anti-entropy retries them at once.
+    dirty: Mutex<HashSet<NodeId>>,
+    /// Peers with an anti-entropy exchange in flight.
+    syncing: Mutex<HashSet<NodeId>>,
 }
 
 impl GossipState {
@@ -66,6 +71,19 @@ impl Cluster {
 
     fn with_stats(&self, peer: NodeId, f: impl FnOnce(&mut PeerStats)) {
         f(self.gossip().stats.lock().entry(peer).or_default());
+    }
+
+    /// An exchange with `peer` failed (or its frame was lost): counted, and anti-entropy
+    /// tries the peer again on its next tick.
+    fn failed(&self, peer: NodeId) {
+        self.with_stats(peer, |s| s.failures += 1);
+        self.gossip().dirty.lock().insert(peer);
+    }
+
+    /// An exchange with `peer` succeeded.
+    fn synced(&self, peer: NodeId) {
+        self.with_stats(peer, |s| s.last_sync = Some(SystemTime::now()));
+        self.gossip().dirty.lock().remove(&peer);
     }
 
     /// Peers to gossip with: every member but this node, not known dead.
@@ -179,6 +197,7 @@ impl Cluster {
             .map(|d| d.size() as u64)
             .sum();
         if self.inner.peers.faults.lose_gossip() {
+            self.failed(peer);
             return None;
         }
         let reply = self
@@ -192,12 +211,12 @@ impl Cluster {
                 self.with_stats(peer, |s| {
                     s.pushed += count;
                     s.pushed_bytes += bytes;
-                    s.last_sync = Some(SystemTime::now());
                 });
+                self.synced(peer);
                 Some(applied)
             }
             _ => {
-                self.with_stats(peer, |s| s.failures += 1);
+                self.failed(peer);
                 None
             }
         }
@@ -351,24 +370,48 @@ impl Cluster {
         reply
     }
 
-    /// Runs anti-entropy with one peer per round, in turn, until the node stops.
+    /// Runs anti-entropy until the node stops: with one peer per `anti_entropy`, in
+    /// turn, and at once (on a 100 ms tick) with a peer whose last exchange failed or
+    /// that gossip has just seen come back to life, so a healed partition converges
+    /// without waiting for its turn.
     pub(crate) async fn anti_entropy_loop(self) {
         let every = self.gossip().config.anti_entropy;
+        let tick = every.min(Duration::from_millis(100));
+        let mut last_round = Instant::now();
+        let mut was_live: HashSet<NodeId> = HashSet::new();
         loop {
             tokio::select! {
                 _ = self.inner.cancel.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(tick) => {}
             }
             let targets = self.gossip_targets();
             if targets.is_empty() || self.inner.store.gossip_objects().is_empty() {
                 continue;
             }
-            let (peer, addr) = {
+            let live: HashSet<NodeId> = targets
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| self.liveness(*id) == Some(crate::membership::Liveness::Live))
+                .collect();
+            let mut urgent: HashSet<NodeId> = live.difference(&was_live).copied().collect();
+            was_live = live;
+            urgent.extend(self.gossip().dirty.lock().iter().copied());
+            if last_round.elapsed() >= every {
+                last_round = Instant::now();
                 let mut turn = self.gossip().turn.lock();
                 *turn = turn.wrapping_add(1);
-                targets[*turn % targets.len()].clone()
-            };
-            self.anti_entropy_with(peer, &addr).await;
+                urgent.insert(targets[*turn % targets.len()].0);
+            }
+            for (peer, addr) in targets.into_iter().filter(|(id, _)| urgent.contains(id)) {
+                if !self.gossip().syncing.lock().insert(peer) {
+                    continue;
+                }
+                let this = self.clone();
+                tokio::spawn(async move {
+                    this.anti_entropy_with(peer, &addr).await;
+                    this.gossip().syncing.lock().remove(&peer);
+                });
+            }
         }
     }
 
@@ -376,13 +419,14 @@ impl Cluster {
     /// the peer lacks.
     pub(crate) async fn anti_entropy_with(&self, peer: NodeId, addr: &str) {
         if self.inner.peers.faults.lose_gossip() {
+            self.failed(peer);
             return;
         }
         let call = Call::Digest(self.id(), self.digest());
         let reply = match self.inner.peers.call(peer, addr, call, CALL_TIMEOUT).await {
             Ok(Reply::Digest(r)) => r,
             _ => {
-                self.with_stats(peer, |s| s.failures += 1);
+                self.failed(peer);
                 return;
             }
         };
@@ -425,7 +469,7 @@ impl Cluster {
             }
         }
         if batches.is_empty() {
-            self.with_stats(peer, |s| s.last_sync = Some(SystemTime::now()));
+            self.synced(peer);
         } else {
             self.send_deltas(peer, addr, batches).await;
         }
@@ -517,7 +561,7 @@ impl Cluster {
                 Ok(Reply::Resync(Ok(s))) => s,
                 other => {
                     tracing::warn!(peer, table, ?other, "gossip resync failed");
-                    self.with_stats(peer, |s| s.failures += 1);
+                    self.failed(peer);
                     continue;
                 }
             };
