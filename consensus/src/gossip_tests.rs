@@ -366,3 +366,66 @@ async fn a_node_away_longer_than_the_horizon_resyncs_and_deleted_rows_stay_delet
         n.cluster.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deltas_stamped_too_far_ahead_are_refused_until_they_are_not() {
+    use eddy_storage::gossip::{Delta, DeltaBatch, DeltaBody, RowChange};
+    use eddy_storage::hlc::{hlc_from_millis, hlc_millis};
+
+    let n1 = start_node_with(1, None, fast).await;
+    let nodes = vec![n1];
+    let table = kv(&nodes).await;
+    let key = eddy_storage::layout::row_key(table, &[&Value::Int64(99)]).unwrap();
+    let mut row = Vec::new();
+    eddy_storage::encode_row(&[Value::Int64(99), Value::Text("x".into())], &mut row);
+    let delta = |hlc: u64| DeltaBatch {
+        object: table,
+        origin: 7,
+        deltas: vec![Delta {
+            seq: 1,
+            hlc,
+            body: DeltaBody::Rows(vec![RowChange {
+                key: key[4..].to_vec(),
+                row: Some(serde_bytes::ByteBuf::from(row.clone())),
+            }]),
+        }],
+    };
+    let peer = Peers::new(
+        7,
+        Arc::new(Faults::default()),
+        Arc::new(FrameAuth::new(crate::DEV_SECRET)),
+    );
+    let now = hlc_millis(nodes[0].cluster.store().hlc().now());
+    let send = |b: DeltaBatch| {
+        let peer = peer.clone();
+        let addr = nodes[0].addr.clone();
+        async move {
+            peer.call(1, &addr, Call::Deltas(7, vec![b]), Duration::from_secs(2))
+                .await
+                .unwrap()
+        }
+    };
+    // A minute ahead of the node's clock: refused, counted, not applied.
+    let Reply::Deltas(applied) = send(delta(hlc_from_millis(now + 60_000))).await else {
+        panic!("unexpected reply")
+    };
+    assert_eq!(applied[0].applied, 0);
+    assert_eq!(nodes[0].cluster.gossip_peers()[&7].refused, 1);
+    assert!(rows(&nodes[0]).is_empty());
+    // Within the allowed offset: applied.
+    let Reply::Deltas(applied) = send(delta(hlc_from_millis(now + 100))).await else {
+        panic!("unexpected reply")
+    };
+    assert_eq!(applied[0].applied, 1);
+    assert_eq!(
+        rows(&nodes[0]),
+        vec![vec![Value::Int64(99), Value::Text("x".into())]]
+    );
+    assert!(
+        nodes[0].cluster.store().hlc().last() >= hlc_from_millis(now + 100),
+        "the clock moved past the merged write"
+    );
+    for n in nodes {
+        n.cluster.shutdown().await;
+    }
+}
