@@ -18,6 +18,8 @@ struct Slot {
     process: Option<ProcessNode>,
     /// The node's `--fault-file`: the node ids its links are cut to.
     faults: PathBuf,
+    /// Further flags, given on every start.
+    extra: Vec<String>,
 }
 
 /// n `eddy` processes forming one cluster.
@@ -29,13 +31,22 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `n` nodes (ids 1..=n) and waits until every node lists all of them.
     pub async fn start(n: usize) -> anyhow::Result<TestCluster> {
+        Self::start_with(n, |_| Vec::new()).await
+    }
+
+    /// [`TestCluster::start`] with further flags for each node (`flags(node)`, 1-based),
+    /// kept for its restarts.
+    pub async fn start_with(
+        n: usize,
+        flags: impl Fn(usize) -> Vec<String>,
+    ) -> anyhow::Result<TestCluster> {
         let mut cluster = TestCluster {
             slots: Vec::new(),
             dir: tempfile::tempdir()?,
         };
-        for _ in 1..=n {
+        for i in 1..=n {
             let seed = cluster.slots.first().map(|s| s.cluster_addr.to_string());
-            cluster.launch(seed.as_deref())?;
+            cluster.launch(seed.as_deref(), flags(i))?;
         }
         for i in 1..=n {
             cluster
@@ -48,12 +59,12 @@ impl TestCluster {
     /// Starts one more node (the next id) the way `ALTER CLUSTER ADD NODE` expects it:
     /// on its own, without `--join`. Returns its number; it is not in the cluster yet.
     pub fn start_new_node(&mut self) -> anyhow::Result<usize> {
-        self.launch(None)
+        self.launch(None, Vec::new())
     }
 
     /// Starts the node with the next id in its own data dir, joining through `seed`
     /// when given; returns its number.
-    fn launch(&mut self, seed: Option<&str>) -> anyhow::Result<usize> {
+    fn launch(&mut self, seed: Option<&str>, flags: Vec<String>) -> anyhow::Result<usize> {
         let n = self.slots.len() + 1;
         let data_dir = self.dir.path().join(format!("node{n}"));
         let faults = self.dir.path().join(format!("node{n}.faults"));
@@ -70,6 +81,7 @@ impl TestCluster {
         if let Some(seed) = seed {
             extra.extend(["--join", seed]);
         }
+        extra.extend(flags.iter().map(String::as_str));
         let p = ProcessNode::start(&data_dir, &extra)?;
         self.slots.push(Slot {
             id: n as u64,
@@ -78,6 +90,7 @@ impl TestCluster {
             cluster_addr: p.cluster_addr()?,
             process: Some(p),
             faults,
+            extra: flags,
         });
         Ok(n)
     }
@@ -115,18 +128,16 @@ impl TestCluster {
         anyhow::ensure!(slot.process.is_none(), "node {node} is running");
         let (id, cluster) = (slot.id.to_string(), slot.cluster_addr.to_string());
         let faults = slot.faults.display().to_string();
-        let p = ProcessNode::start_at(
-            &slot.data_dir,
-            &slot.pg_addr.to_string(),
-            &[
-                "--node-id",
-                &id,
-                "--cluster-addr",
-                &cluster,
-                "--fault-file",
-                &faults,
-            ],
-        )?;
+        let mut args = vec![
+            "--node-id",
+            &id,
+            "--cluster-addr",
+            &cluster,
+            "--fault-file",
+            &faults,
+        ];
+        args.extend(slot.extra.iter().map(String::as_str));
+        let p = ProcessNode::start_at(&slot.data_dir, &slot.pg_addr.to_string(), &args)?;
         slot.process = Some(p);
         Ok(())
     }

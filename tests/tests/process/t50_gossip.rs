@@ -202,3 +202,49 @@ async fn gossip_marks_a_killed_node_dead_and_live_again_after_restart() -> anyho
     assert_eq!(n, 3, "the stranger never joined");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_deltas_from_origins_it_does_not_trust() -> anyhow::Result<()> {
+    // Node 2 trusts writes made on nodes 2 and 3 only.
+    let cluster = TestCluster::start_with(3, |n| {
+        if n == 2 {
+            vec!["--trust-origins".into(), "2,3".into()]
+        } else {
+            Vec::new()
+        }
+    })
+    .await?;
+    let c1 = cluster.client(1).await?;
+    c1.batch_execute(
+        "CREATE TABLE kv (id BIGINT PRIMARY KEY, v TEXT) WITH (replication = 'gossip');
+         INSERT INTO kv VALUES (1, 'from 1')",
+    )
+    .await?;
+    let c3 = cluster.client(3).await?;
+    c3.batch_execute("INSERT INTO kv VALUES (3, 'from 3')")
+        .await?;
+    let c2 = cluster.client(2).await?;
+    wait_for("node 2 to refuse node 1's delta", DEADLINE, || async {
+        let r = c2
+            .query_one("SELECT sum(refused) FROM eddy.gossip_peers", &[])
+            .await
+            .ok()?;
+        (r.get::<_, Option<i64>>(0)? > 0).then_some(())
+    })
+    .await?;
+    wait_for("node 3's row on node 2", DEADLINE, || async {
+        (kv_digest(&cluster, 2).await.ok()? == "3=from 3").then_some(())
+    })
+    .await?;
+    wait_for("both rows on node 3", DEADLINE, || async {
+        (kv_digest(&cluster, 3).await.ok()? == "1=from 1,3=from 3").then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        kv_digest(&cluster, 2).await?,
+        "3=from 3",
+        "a refused delta is never applied, even relayed through node 3"
+    );
+    Ok(())
+}
