@@ -96,6 +96,13 @@ impl Writer for Replicated {
                     link: if cut.contains(&id) { "cut" } else { "ok" }.into(),
                     gossip: member.map(|m| m.liveness.to_string()),
                     zone: member.map(|m| m.zone.clone()),
+                    load: member.map(|m| {
+                        m.load
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    }),
                     frames_refused: this_node.then(|| self.0.frames_refused_all()),
                 }
             })
@@ -274,7 +281,15 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
     let cancel = CancellationToken::new();
     let handlers = Handlers(Backend::new(engine.clone()));
     let grace = Duration::from_millis(config.node.shutdown_grace_ms);
-    let accept = tokio::spawn(accept_loop(listener, handlers, cancel.clone(), grace));
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accept = tokio::spawn(accept_loop(
+        listener,
+        handlers,
+        cancel.clone(),
+        grace,
+        open.clone(),
+    ));
+    tokio::spawn(load_loop(cluster.clone(), open, cancel.clone()));
     if let Some(file) = config.cluster.fault_file.clone() {
         tokio::spawn(fault_loop(file, faults.clone(), cancel.clone()));
     }
@@ -300,6 +315,7 @@ async fn accept_loop(
     handlers: Handlers,
     cancel: CancellationToken,
     grace: Duration,
+    open: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let mut connections = JoinSet::new();
     loop {
@@ -309,11 +325,14 @@ async fn accept_loop(
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
                     let h = handlers.clone();
+                    let open = open.clone();
+                    open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     connections.spawn(async move {
                         // A malformed frame ends this connection only; the node stays up.
                         if let Err(e) = crate::pg::conn::serve(socket, h).await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
+                        open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                     });
                 }
                 Err(e) => {
@@ -332,6 +351,35 @@ async fn accept_loop(
             "closing connections still open after the grace period"
         );
         connections.shutdown().await;
+    }
+}
+
+/// Gossips this node's load figures (for routing): open Postgres connections and Raft
+/// groups led here, refreshed every second while they change.
+async fn load_loop(
+    cluster: Cluster,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    cancel: CancellationToken,
+) {
+    let mut last = (usize::MAX, usize::MAX);
+    loop {
+        let now = (
+            open.load(std::sync::atomic::Ordering::Relaxed),
+            cluster
+                .group_info()
+                .iter()
+                .filter(|g| g.state == "leader")
+                .count(),
+        );
+        if now != last {
+            cluster.set_load("connections", now.0.to_string());
+            cluster.set_load("leaders", now.1.to_string());
+            last = now;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 

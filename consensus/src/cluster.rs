@@ -298,6 +298,13 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// Sets one of this node's load figures, gossiped to the others (`Member::load`).
+    pub fn set_load(&self, key: &str, value: String) {
+        if let Some(m) = self.inner.membership.lock().as_ref() {
+            m.set_load(key, value);
+        }
+    }
+
     /// Tells membership about the cluster's nodes (seeds, and addresses for faults).
     fn seed_members(&self) {
         let nodes = self.nodes();

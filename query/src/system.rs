@@ -67,6 +67,7 @@ pub(crate) fn nodes_schema() -> SchemaRef {
         Field::new("link", DataType::Utf8, false),
         Field::new("gossip", DataType::Utf8, true),
         Field::new("zone", DataType::Utf8, true),
+        Field::new("load", DataType::Utf8, true),
         Field::new("frames_refused", DataType::Int64, true),
     ]))
 }
@@ -174,6 +175,7 @@ impl Engine {
                 text(rows.iter().map(|r| Some(r.link.clone())).collect()),
                 text(rows.iter().map(|r| r.gossip.clone()).collect()),
                 text(rows.iter().map(|r| r.zone.clone()).collect()),
+                text(rows.iter().map(|r| r.load.clone()).collect()),
                 opt_int8(rows.iter().map(|r| r.frames_refused).collect()),
             ],
         )?)

@@ -78,6 +78,8 @@ pub struct NodeRow {
     pub gossip: Option<String>,
     /// The node's zone label, as gossiped.
     pub zone: Option<String>,
+    /// The node's load figures, as gossiped (`connections=3 leaders=2`).
+    pub load: Option<String>,
     /// On the answering node's row: internal frames it refused because they did not
     /// carry the cluster secret.
     pub frames_refused: Option<u64>,

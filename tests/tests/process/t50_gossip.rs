@@ -159,6 +159,31 @@ async fn gossip_marks_a_killed_node_dead_and_live_again_after_restart() -> anyho
         Some(())
     })
     .await?;
+    // Load figures travel with gossip: node 1 sees node 2's.
+    let load: String = wait_for("node 2's load figures on node 1", DEADLINE, || async {
+        let r = c1
+            .query_one("SELECT load FROM eddy.nodes WHERE node_id = 2", &[])
+            .await
+            .ok()?;
+        let load: String = r.get::<_, Option<String>>(0)?;
+        (load.contains("connections=") && load.contains("leaders=")).then_some(load)
+    })
+    .await?;
+    let _ = load;
+    let leaders: i64 = wait_for("the metadata leader's figure", DEADLINE, || async {
+        let rows = c1.query("SELECT load FROM eddy.nodes", &[]).await.ok()?;
+        let sum: i64 = rows
+            .iter()
+            .filter_map(|r| r.get::<_, Option<String>>(0))
+            .filter_map(|l| {
+                l.split(' ')
+                    .find_map(|w| w.strip_prefix("leaders=")?.parse::<i64>().ok())
+            })
+            .sum();
+        (sum >= 1).then_some(sum)
+    })
+    .await?;
+    assert!(leaders >= 1, "some node leads the metadata group");
     cluster.kill9(3)?;
     wait_for("node 3 marked dead on node 1", DEADLINE, || async {
         (gossip_of(3).await.as_deref() == Some("dead")).then_some(())
