@@ -273,3 +273,70 @@ async fn a_node_refuses_deltas_from_origins_it_does_not_trust() -> anyhow::Resul
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_on_every_node_get_every_gossip_message_once_in_origin_order(
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    const EACH: usize = 20;
+    let cluster = TestCluster::start(3).await?;
+    cluster
+        .client(1)
+        .await?
+        .batch_execute("CREATE TOPIC ev1 (p TEXT) WITH (replication = 'gossip')")
+        .await?;
+    // A subscriber on every node, from the beginning, in CSV.
+    let mut streams = Vec::new();
+    for n in 1..=3 {
+        let c = cluster.client(n).await?;
+        wait_for("the topic on the node", DEADLINE, || async {
+            c.query_one("SELECT count(*) FROM ev1", &[]).await.ok()
+        })
+        .await?;
+        let s = c
+            .copy_out("COPY (SUBSCRIBE ev1 FROM BEGINNING) TO STDOUT WITH (FORMAT csv)")
+            .await?;
+        streams.push((c, Box::pin(s)));
+    }
+    // Every node publishes, one message per statement, all at once.
+    let mut publishers = Vec::new();
+    for n in 1..=3 {
+        let c = cluster.client(n).await?;
+        publishers.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                c.execute("INSERT INTO ev1 (p) VALUES ($1)", &[&format!("{n}-{i}")])
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for p in publishers {
+        p.await??;
+    }
+    for (n, (_c, stream)) in streams.iter_mut().enumerate() {
+        let mut got: Vec<String> = Vec::new();
+        while got.len() < 3 * EACH {
+            let chunk = tokio::time::timeout(DEADLINE, stream.next())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("subscription ended"))??;
+            got.extend(
+                String::from_utf8_lossy(&chunk)
+                    .lines()
+                    .filter_map(|l| l.rsplit(',').next().map(str::to_owned)),
+            );
+        }
+        let mut sorted = got.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 3 * EACH, "node {}: every message once", n + 1);
+        for origin in 1..=3 {
+            let seq: Vec<usize> = got
+                .iter()
+                .filter_map(|p| p.strip_prefix(&format!("{origin}-"))?.parse().ok())
+                .collect();
+            let want: Vec<usize> = (0..EACH).collect();
+            assert_eq!(seq, want, "node {}: origin {origin} in order", n + 1);
+        }
+    }
+    Ok(())
+}
