@@ -429,3 +429,46 @@ async fn deltas_stamped_too_far_ahead_are_refused_until_they_are_not() {
         n.cluster.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn anti_entropy_answers_are_bounded_in_bytes_and_the_rest_comes_next_round() {
+    let n1 = start_node_with(1, None, |c| {
+        fast(c);
+        c.gossip.sync_bytes = 2_000;
+    })
+    .await;
+    let nodes = vec![n1];
+    let table = kv(&nodes).await;
+    for i in 0..100 {
+        put(&nodes[0], table, i, &"x".repeat(100)).await;
+    }
+    let mut theirs = crate::gossip::ObjectVv {
+        object: table,
+        applied: vec![(1, 0)],
+    };
+    let mut rounds = 0;
+    let mut got = 0;
+    while got < 100 {
+        let reply = nodes[0].cluster.answer_digest(vec![theirs.clone()]);
+        let deltas: Vec<_> = reply.missing.iter().flat_map(|b| &b.deltas).collect();
+        let bytes: usize = deltas.iter().map(|d| d.size()).sum();
+        let largest = deltas.iter().map(|d| d.size()).max().unwrap_or(0);
+        assert!(!deltas.is_empty(), "every round makes progress");
+        assert!(bytes <= 2_000 + largest, "{bytes} bytes in one answer");
+        assert_eq!(
+            deltas[0].seq,
+            got + 1,
+            "it goes on where the last answer stopped"
+        );
+        got = deltas.last().unwrap().seq;
+        theirs.applied = vec![(1, got)];
+        rounds += 1;
+    }
+    assert!(
+        rounds > 5,
+        "100 deltas of ~140 bytes need several 2 kB answers"
+    );
+    for n in nodes {
+        n.cluster.shutdown().await;
+    }
+}
