@@ -9,7 +9,7 @@
 //! |---|---|
 //! | `INSERT INTO topic VALUES (literals/$n)` | fast path → `Append` per partition |
 //! | `INSERT INTO table ... [ON CONFLICT DO NOTHING]` | fast path → `Insert` (Error / Ignore) |
-//! | `... ON CONFLICT (pk) DO UPDATE SET ...` | read existing row, merge, `Insert(Replace)`; under the RMW lock |
+//! | `... ON CONFLICT (pk) DO UPDATE SET ...` | read existing row, merge, `Insert(Replace)`, or `Insert(Error)` for a new key; under the RMW lock; run again if a key appeared meanwhile (another node, a gossip merge) |
 //! | `UPDATE t SET .. WHERE ..` | `SELECT *, <new values> FROM t WHERE ..` → `Insert(Replace)`; under the RMW lock |
 //! | `DELETE FROM t WHERE ..` | `SELECT * FROM t WHERE ..` → `Delete` |
 
@@ -821,51 +821,80 @@ async fn write_rows(
                     table_alias,
                 } => {
                     let _guard = engine.rmw.lock().await;
-                    let mut written = Vec::new();
-                    let mut ops = Vec::new();
-                    for row in rows {
-                        let pk: Vec<Value> =
-                            table.primary_key.iter().map(|&i| row[i].clone()).collect();
-                        let store = engine.store().clone();
-                        let t = table.clone();
-                        let existing = tokio::task::spawn_blocking(move || store.get_row(&t, &pk))
-                            .await
-                            .map_err(|e| Error::InvalidParameter(e.to_string()))??;
-                        match existing {
-                            None => {
-                                ops.push(WriteOp::Insert {
-                                    table: table.id,
-                                    rows: vec![row.clone()],
-                                    on_conflict: OnConflict::Error,
-                                });
-                                written.push(row);
+                    // The rows are read, merged and written back; the write refuses a
+                    // key that appeared after the read (another node's upsert, a gossip
+                    // delta merged meanwhile). Nothing of the statement is written then,
+                    // so it runs again on fresh rows, after this replica has caught up.
+                    let mut attempt = 0;
+                    loop {
+                        let tried =
+                            upsert_once(engine, table, table_alias, assignments, &rows, params)
+                                .await;
+                        match tried {
+                            Err(Error::Storage(eddy_storage::Error::DuplicateKey { .. }))
+                                if attempt < UPSERT_ATTEMPTS =>
+                            {
+                                attempt += 1;
+                                tokio::time::sleep(std::time::Duration::from_millis(5 * attempt))
+                                    .await;
+                                engine.writer.read_barrier(&[table.id]).await?;
                             }
-                            Some(old) => {
-                                let merged = merge_update(
-                                    table,
-                                    table_alias,
-                                    &old,
-                                    &row,
-                                    assignments,
-                                    params,
-                                )
-                                .await?;
-                                check_size(engine, &merged)?;
-                                ops.push(WriteOp::Insert {
-                                    table: table.id,
-                                    rows: vec![merged.clone()],
-                                    on_conflict: OnConflict::Replace,
-                                });
-                                written.push(merged);
-                            }
+                            Err(e) => return Err(e),
+                            Ok(written) => return finish(plan, "INSERT", written),
                         }
                     }
-                    engine.write(ops).await?;
-                    finish(plan, "INSERT", written)
                 }
             }
         }
     }
+}
+
+/// How often an upsert runs again after a key appeared between its read and its write.
+const UPSERT_ATTEMPTS: u64 = 10;
+
+/// One try of `INSERT ... ON CONFLICT DO UPDATE`: reads each row's current version,
+/// merges, and writes all of them at once; returns the rows written.
+async fn upsert_once(
+    engine: &Engine,
+    table: &TableDef,
+    table_alias: &str,
+    assignments: &[(usize, SqlExpr)],
+    rows: &[Vec<Value>],
+    params: &ParamValues,
+) -> Result<Vec<Vec<Value>>> {
+    let mut written = Vec::new();
+    let mut ops = Vec::new();
+    for row in rows {
+        let pk: Vec<Value> = table.primary_key.iter().map(|&i| row[i].clone()).collect();
+        let store = engine.store().clone();
+        let t = table.clone();
+        let existing = tokio::task::spawn_blocking(move || store.get_row(&t, &pk))
+            .await
+            .map_err(|e| Error::InvalidParameter(e.to_string()))??;
+        match existing {
+            None => {
+                ops.push(WriteOp::Insert {
+                    table: table.id,
+                    rows: vec![row.clone()],
+                    on_conflict: OnConflict::Error,
+                });
+                written.push(row.clone());
+            }
+            Some(old) => {
+                let merged =
+                    merge_update(table, table_alias, &old, row, assignments, params).await?;
+                check_size(engine, &merged)?;
+                ops.push(WriteOp::Insert {
+                    table: table.id,
+                    rows: vec![merged.clone()],
+                    on_conflict: OnConflict::Replace,
+                });
+                written.push(merged);
+            }
+        }
+    }
+    engine.write(ops).await?;
+    Ok(written)
 }
 
 /// The row after `ON CONFLICT DO UPDATE SET ...` applied to `old` with `excluded` = `new`.

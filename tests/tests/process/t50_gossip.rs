@@ -340,3 +340,64 @@ async fn subscribers_on_every_node_get_every_gossip_message_once_in_origin_order
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_upserts_on_every_node_never_fail_with_a_duplicate_key() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3).await?;
+    cluster
+        .client(1)
+        .await?
+        .batch_execute(
+            "CREATE TABLE g (id BIGINT PRIMARY KEY, v TEXT) WITH (replication = 'gossip');
+             CREATE TABLE r (id BIGINT PRIMARY KEY, v TEXT)",
+        )
+        .await?;
+    let mut tasks = Vec::new();
+    for n in 1..=3 {
+        for c in 0..3 {
+            let client = cluster.client(n).await?;
+            wait_for("both tables on the node", DEADLINE, || async {
+                client.query_one("SELECT count(*) FROM g", &[]).await.ok()?;
+                client.query_one("SELECT count(*) FROM r", &[]).await.ok()
+            })
+            .await?;
+            tasks.push(tokio::spawn(async move {
+                for i in 0..40i64 {
+                    for t in ["g", "r"] {
+                        // A new key every statement, written by every node at once.
+                        let sql = format!(
+                            "INSERT INTO {t} VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET v = excluded.v"
+                        );
+                        client
+                            .execute(&sql, &[&i, &format!("{n}.{c}.{i}")])
+                            .await
+                            .map_err(|e| anyhow::anyhow!("node {n}: {t}: {:?}", e.as_db_error()))?;
+                    }
+                }
+                anyhow::Ok(())
+            }));
+        }
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let c = cluster.client(2).await?;
+    let n: i64 = c.query_one("SELECT count(*) FROM r", &[]).await?.get(0);
+    assert_eq!(n, 40);
+    wait_for("the gossip table on every node", DEADLINE, || async {
+        for i in 1..=3 {
+            let c = cluster.client(i).await.ok()?;
+            let n: i64 = c
+                .query_one("SELECT count(*) FROM g", &[])
+                .await
+                .ok()?
+                .get(0);
+            if n != 40 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await?;
+    Ok(())
+}
