@@ -11,6 +11,9 @@
 //! - [`run`] — one measured run: setup, workload, CPU accounting, [`Summary`].
 //! - [`failover`] — `replicated`'s leader kills: write unavailability and a loss check,
 //!   [`Failover`].
+//! - [`gossip_converge`] — `gossip-converge`: a gossip table written on both sides of a
+//!   partition (cut through the nodes' fault files), the time every node takes to hold
+//!   the same rows after the heal, and gossip's delta bytes per update, [`Convergence`].
 //! - [`report`] — the table, JSON (ratio above 1 means eddy wins) and SVG chart.
 //!
 //! Tests check counting (every acknowledged message is stored or received exactly once),
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-pub use scenarios::failover;
+pub use scenarios::{failover, gossip_converge};
 pub use servers::{Cluster, Server};
 
 /// A workload.
@@ -51,6 +54,11 @@ pub enum Scenario {
     /// majority of its replicas has it; then leader kills (peer: NATS JetStream R3 on 3
     /// servers).
     Replicated,
+    /// A gossip table written on every node while the last node is cut off; time from the
+    /// heal until every node holds the same rows (p50/p99/max over --rounds), and gossip's
+    /// delta bytes per update; --loss loses a share of gossip frames (no peer; nodes of
+    /// the tool's own only, default 3).
+    GossipConverge,
 }
 
 impl Scenario {
@@ -63,15 +71,25 @@ impl Scenario {
             Scenario::Fanout => &[System::Redis, System::Nats],
             Scenario::Latency => &[System::Redis, System::Nats, System::Postgres],
             Scenario::Replicated => &[System::Nats],
+            Scenario::GossipConverge => &[],
         }
     }
 
     /// Nodes of the tool's own eddy (and of a NATS peer) unless `--nodes` says otherwise.
     pub fn default_nodes(self) -> usize {
-        if self == Scenario::Replicated {
-            3
+        match self {
+            Scenario::Replicated | Scenario::GossipConverge => 3,
+            _ => 1,
+        }
+    }
+
+    /// Rounds unless `--rounds` says otherwise: `gossip-converge` reports percentiles
+    /// over its rounds, the others the median round.
+    pub fn default_rounds(self) -> usize {
+        if self == Scenario::GossipConverge {
+            20
         } else {
-            1
+            3
         }
     }
 
@@ -80,7 +98,8 @@ impl Scenario {
         match self {
             Scenario::PointSelect | Scenario::PublishBulk => 4,
             Scenario::PublishDurable => 50,
-            Scenario::Fanout | Scenario::Latency => 1,
+            // gossip-converge: one connection per node, whatever this says.
+            Scenario::Fanout | Scenario::Latency | Scenario::GossipConverge => 1,
             // One publish in flight per connection: eddy serves a connection's statements
             // one after another, so pipelining on fewer connections would only queue.
             Scenario::Replicated => 256,
@@ -153,12 +172,16 @@ pub struct Options {
     pub in_flight: usize,
     /// `replicated`: leader kills of the failover measurement (0: none).
     pub kills: usize,
+    /// `gossip-converge`: updates per round over all nodes.
+    pub updates: usize,
+    /// `gossip-converge`: per mille of the gossip frames each node loses.
+    pub loss_permille: u64,
 }
 
 impl Options {
     /// The scenario's defaults: 10 s, 100-byte messages, 1M bulk rows in COPYs of 10,000,
-    /// 10 fanout subscribers, latency at 1,000 msg/s, 256 replicated publishes in flight
-    /// and 5 leader kills.
+    /// 10 fanout subscribers, latency at 1,000 msg/s, 256 replicated publishes in flight,
+    /// 5 leader kills, and 200 gossip-converge updates per round with no frame lost.
     pub fn defaults(scenario: Scenario) -> Options {
         Options {
             connections: scenario.default_connections(),
@@ -171,6 +194,8 @@ impl Options {
             via: Via::Copy,
             in_flight: 256,
             kills: 5,
+            updates: 200,
+            loss_permille: 0,
         }
     }
 }
@@ -269,6 +294,64 @@ pub struct Failover {
     /// Extra copies stored (a retried attempt whose first try was committed after all);
     /// allowed, and counted.
     pub duplicates: u64,
+}
+
+/// What `gossip-converge` found: how long after a partition healed every node held the
+/// same rows of a gossip table written on both sides, and the delta bytes gossip sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Convergence {
+    /// Nodes; the last one is cut off in every round.
+    pub nodes: usize,
+    /// Share of the gossip frames every node loses, in percent.
+    pub loss_percent: f64,
+    /// Updates per round, over all nodes (upserts and deletes).
+    pub updates: usize,
+    /// The key space the updates are drawn from.
+    pub keys: u64,
+    /// Rounds (partition, updates, heal, convergence).
+    pub rounds: usize,
+    /// Per round: milliseconds from the heal (fault files rewritten) until every node
+    /// returned the same rows, and the rows the updates leave.
+    pub converge_ms: Vec<f64>,
+    /// Per round: how long the partition lasted (fault files written, the cut seen on
+    /// every node, the updates, a random pause of up to 1 s), in milliseconds.
+    pub partition_ms: Vec<f64>,
+    /// Per round: milliseconds from the heal until every node's `eddy.nodes` was seen to
+    /// show no cut (the nodes re-read their fault files every 100 ms); the rest of
+    /// `converge_ms` is gossip's own.
+    #[serde(default)]
+    pub heal_seen_ms: Vec<f64>,
+    /// Median of `converge_ms` (nearest rank).
+    pub p50_ms: f64,
+    /// 99th percentile (nearest rank: the largest with fewer than 100 rounds).
+    pub p99_ms: f64,
+    /// Largest.
+    pub max_ms: f64,
+    /// Delta bytes pushed, over all rounds, nodes and peers (`eddy.gossip_peers.pushed_bytes`:
+    /// one update pushed to N-1 peers counts N-1 times).
+    pub pushed_bytes: u64,
+    /// Delta bytes received, pushes and anti-entropy answers, over all rounds, nodes and
+    /// peers (`eddy.gossip_peers.pulled_bytes`).
+    pub delivered_bytes: u64,
+    /// `pushed_bytes` per update.
+    pub pushed_per_update: f64,
+    /// `pushed_per_update` / (nodes - 1): per update and peer.
+    pub pushed_per_update_per_peer: f64,
+    /// `delivered_bytes` per update.
+    pub delivered_per_update: f64,
+    /// Rows after the last round, the same on every node.
+    pub rows: u64,
+    /// Keys written by one node in a round (their final value known and checked), summed
+    /// over the rounds.
+    pub single_writer_keys: u64,
+    /// Keys written by several nodes in a round (the final value one of theirs).
+    pub conflicting_keys: u64,
+    /// Of those, keys written on both sides of the partition.
+    pub cross_partition_keys: u64,
+    /// Upserts that failed with `23505` (a gossip delta for the same key merged while the
+    /// upsert read the key and wrote) and were tried again.
+    #[serde(default)]
+    pub upsert_retries: u64,
 }
 
 impl Failover {

@@ -2,12 +2,14 @@
 //! as child processes in a temp dir, or `--url`) and, interleaved in the same run, against
 //! the peers asked for; prints a table and optionally writes JSON and an SVG chart.
 //! `replicated` then kills leaders (`--kills`) and reports write unavailability.
+//! `gossip-converge` has no peer and no timed run: it partitions its own nodes, heals
+//! them and reports how long their gossip table takes to converge (`--rounds` times).
 
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use eddy_bench::report::{Entry, Report};
-use eddy_bench::{run, Meter, Options, Scenario, Server, System, Via};
+use eddy_bench::{gossip_converge, run, Meter, Options, Scenario, Server, System, Via};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// A peer to compare with.
@@ -41,7 +43,7 @@ struct Args {
     #[arg(long)]
     url: Vec<String>,
     /// Nodes of the tool's own eddy, one `eddy start` process each, forming one cluster
-    /// [default: replicated 3, others 1].
+    /// [default: replicated and gossip-converge 3, others 1].
     #[arg(long)]
     nodes: Option<usize>,
     /// An extra flag for every `eddy start` of the tool's own nodes (repeatable), e.g.
@@ -82,9 +84,19 @@ struct Args {
     /// fanout: subscribers.
     #[arg(long, default_value_t = 10)]
     subscribers: usize,
-    /// Rounds; each runs eddy then every peer, and the median round is reported.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
+    /// Rounds; each runs eddy then every peer, and the median round is reported
+    /// (gossip-converge: partition and heal rounds, percentiles over them) [default: 3,
+    /// gossip-converge 20].
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// gossip-converge: updates per round over all nodes (upserts and one in five a
+    /// delete, of keys drawn from half as many).
+    #[arg(long, default_value_t = 200)]
+    updates: usize,
+    /// gossip-converge: percent of the gossip frames (delta pushes, anti-entropy) every
+    /// node loses, 0 to 100 (one decimal: the nodes take per mille).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
     /// Write the results as JSON to this file (ratio above 1 means eddy wins).
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -185,8 +197,9 @@ async fn measured(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
     let scenario = args.scenario;
+    let rounds = args.rounds.unwrap_or(scenario.default_rounds());
+    anyhow::ensure!(rounds >= 1, "--rounds must be at least 1");
     let nodes = args.nodes.unwrap_or(scenario.default_nodes());
     anyhow::ensure!(nodes >= 1, "--nodes must be at least 1");
     anyhow::ensure!(
@@ -198,6 +211,32 @@ async fn main() -> anyhow::Result<()> {
         scenario != Scenario::Replicated || args.url.is_empty() || args.url.len() >= 3,
         "replicated needs a --url for each of at least 3 nodes"
     );
+    if scenario == Scenario::GossipConverge && args.replot.is_none() {
+        // Before any node starts: these are mistakes, not things to find out later.
+        anyhow::ensure!(
+            args.peer.is_empty(),
+            "gossip-converge measures eddy's own gossip and has no peer workload: drop --peer"
+        );
+        anyhow::ensure!(
+            args.url.is_empty(),
+            "gossip-converge cuts and heals links through the fault files of nodes it \
+             starts itself: drop --url"
+        );
+        anyhow::ensure!(
+            nodes >= 2,
+            "gossip-converge needs --nodes 2 or more, not {nodes}"
+        );
+        anyhow::ensure!(
+            args.chart.is_none(),
+            "gossip-converge has no throughput or latency to chart: use --json"
+        );
+        anyhow::ensure!(args.updates >= 1, "--updates must be at least 1");
+        anyhow::ensure!(
+            (0.0..=100.0).contains(&args.loss),
+            "--loss is a percentage from 0 to 100, not {}",
+            args.loss
+        );
+    }
     if let Some(path) = &args.replot {
         let report = Report::from_json(&serde_json::from_slice(&std::fs::read(path)?)?)?;
         anyhow::ensure!(
@@ -207,6 +246,9 @@ async fn main() -> anyhow::Result<()> {
             report.scenario
         );
         return output(&report, &args);
+    }
+    if scenario == Scenario::GossipConverge {
+        return converge(&args, nodes, rounds).await;
     }
     let peer_systems = peers(scenario, &args.peer)?;
     let mut opts = Options::defaults(scenario);
@@ -256,25 +298,17 @@ async fn main() -> anyhow::Result<()> {
     let mut eddy_rounds = vec![Vec::new(); variants.len()];
     let mut peer_rounds = vec![Vec::new(); servers.len()];
     // Interleaved: every round runs eddy then each peer, so drift hits all alike.
-    for round in 0..args.rounds {
+    for round in 0..rounds {
         for (i, (label, via)) in variants.iter().enumerate() {
             let o = Options {
                 via: *via,
                 ..opts.clone()
             };
-            eddy_rounds[i].push(measured(label, scenario, &eddy, &o, round, args.rounds).await?);
+            eddy_rounds[i].push(measured(label, scenario, &eddy, &o, round, rounds).await?);
         }
         for (i, server) in servers.iter().enumerate() {
             peer_rounds[i].push(
-                measured(
-                    server.system.name(),
-                    scenario,
-                    server,
-                    &opts,
-                    round,
-                    args.rounds,
-                )
-                .await?,
+                measured(server.system.name(), scenario, server, &opts, round, rounds).await?,
             );
         }
     }
@@ -319,7 +353,7 @@ async fn main() -> anyhow::Result<()> {
             "{} connections, {} B, {:?}",
             opts.connections, opts.size, opts.duration
         ),
-    } + &format!("; median of {} rounds", args.rounds);
+    } + &format!("; median of {} rounds", rounds);
     let report = Report {
         scenario,
         shape,
@@ -334,8 +368,57 @@ async fn main() -> anyhow::Result<()> {
             .map(|(s, r)| Entry::median(s.system.name().into(), s.system, scenario, r))
             .collect(),
         failover,
+        gossip: None,
     };
     output(&report, &args)
+}
+
+/// gossip-converge: starts `nodes` eddy nodes, runs `rounds` partition and heal rounds
+/// under a progress bar, and reports them.
+async fn converge(args: &Args, nodes: usize, rounds: usize) -> anyhow::Result<()> {
+    let mut opts = Options::defaults(Scenario::GossipConverge);
+    opts.updates = args.updates;
+    opts.loss_permille = (args.loss * 10.0).round() as u64;
+    let loss = opts.loss_permille as f64 / 10.0;
+    eprintln!(
+        "eddy: {rounds} rounds of {nodes} nodes, node {nodes} cut off, {} updates, heal; \
+         {loss}% of gossip frames lost",
+        opts.updates
+    );
+    let eddy = Server::start_eddy(nodes, &args.eddy_arg).await?;
+    let meter = Meter::default();
+    let bar = ProgressBar::new(rounds as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} rounds")?
+            .progress_chars("=> "),
+    );
+    bar.set_prefix("eddy gossip-converge");
+    let ticker = {
+        let (bar, meter) = (bar.clone(), meter.clone());
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(meter.get());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let result = gossip_converge(&eddy, &opts, rounds, &meter).await;
+    ticker.abort();
+    bar.finish_and_clear();
+    let g = result?;
+    let report = Report {
+        scenario: Scenario::GossipConverge,
+        shape: format!(
+            "{nodes} nodes, node {nodes} cut off then healed; {} updates per round over {} keys \
+             on every node; {loss}% of gossip frames lost; {rounds} rounds",
+            g.updates, g.keys
+        ),
+        eddy: Vec::new(),
+        peers: Vec::new(),
+        failover: Vec::new(),
+        gossip: Some(g),
+    };
+    output(&report, args)
 }
 
 /// Prints the table and writes the JSON and chart files asked for.

@@ -3,7 +3,7 @@
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::{Failover, Scenario, Summary, System};
+use crate::{Convergence, Failover, Scenario, Summary, System};
 
 /// One measured line of a report: a system (or a variant of eddy) and its median run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,11 +66,16 @@ pub struct Report {
     pub peers: Vec<Entry>,
     /// `replicated`: the leader-kill measurement of each system (eddy first), if run.
     pub failover: Vec<Failover>,
+    /// `gossip-converge`: its measurement (`eddy` and `peers` are empty then).
+    pub gossip: Option<Convergence>,
 }
 
 impl Report {
     /// The summary table and ratio lines, as printed.
     pub fn table(&self) -> String {
+        if let Some(g) = &self.gossip {
+            return format!("{:?} — {}\n{}", self.scenario, self.shape, gossip_table(g));
+        }
         let mut out = format!("{:?} — {}\n", self.scenario, self.shape);
         out.push_str(&format!(
             "{:<16} {:>12} {:>9} {:>9} {:>9} {:>9} {:>8} {:>12}\n",
@@ -158,8 +163,16 @@ impl Report {
     }
 
     /// The JSON object: `scenario`, `eddy`, `peer` (by name), `ratio` (by peer name); for
-    /// `replicated` also `p99_ratio` (by peer name) and `failover` (by system name).
+    /// `replicated` also `p99_ratio` (by peer name) and `failover` (by system name). For
+    /// `gossip-converge`: `scenario`, `shape` and `gossip_converge` only.
     pub fn json(&self) -> serde_json::Value {
+        if let Some(g) = &self.gossip {
+            return serde_json::json!({
+                "scenario": self.scenario,
+                "shape": self.shape,
+                "gossip_converge": g,
+            });
+        }
         let peer: serde_json::Map<String, serde_json::Value> = self
             .peers
             .iter()
@@ -206,6 +219,16 @@ impl Report {
                 .ok_or_else(|| anyhow::anyhow!("results JSON has no \"{name}\""))
         };
         let scenario: Scenario = serde_json::from_value(field("scenario")?)?;
+        if scenario == Scenario::GossipConverge {
+            return Ok(Report {
+                scenario,
+                shape: serde_json::from_value(field("shape")?)?,
+                eddy: Vec::new(),
+                peers: Vec::new(),
+                failover: Vec::new(),
+                gossip: Some(serde_json::from_value(field("gossip_converge")?)?),
+            });
+        }
         let mut eddy: Vec<Entry> = vec![serde_json::from_value(field("eddy")?)?];
         eddy.extend(serde_json::from_value::<Vec<Entry>>(field(
             "eddy_variants",
@@ -234,11 +257,17 @@ impl Report {
             eddy,
             peers,
             failover,
+            gossip: None,
         })
     }
 
     /// An SVG chart: throughput per system on the left, latency percentiles on the right.
     pub fn chart(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.gossip.is_none(),
+            "{:?} has no throughput or latency to chart: see its table or --json",
+            self.scenario
+        );
         let entries: Vec<&Entry> = self.eddy.iter().chain(&self.peers).collect();
         let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
         root.fill(&WHITE)?;
@@ -336,6 +365,70 @@ impl Report {
     }
 }
 
+/// `gossip-converge`'s table: convergence percentiles and bytes per update, with what
+/// the byte columns count.
+fn gossip_table(g: &Convergence) -> String {
+    // Per round, the part of the convergence time after the heal was seen.
+    let after_seen: Vec<f64> = g
+        .converge_ms
+        .iter()
+        .zip(&g.heal_seen_ms)
+        .map(|(c, s)| c - s)
+        .collect();
+    let mut out = format!(
+        "{:>5} {:>6} {:>6} {:>8} {:>8} {:>8} {:>9} {:>10} {:>8} {:>12} {:>9} {:>15}\n",
+        "nodes",
+        "loss %",
+        "rounds",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "seen p50",
+        "after p50",
+        "cut ms",
+        "pushed B/upd",
+        "per peer",
+        "delivered B/upd"
+    );
+    out.push_str(&format!(
+        "{:>5} {:>6} {:>6} {:>8.0} {:>8.0} {:>8.0} {:>9.0} {:>10.0} {:>8.0} {:>12.1} {:>9.1} {:>15.1}\n",
+        g.nodes,
+        g.loss_percent,
+        g.rounds,
+        g.p50_ms,
+        g.p99_ms,
+        g.max_ms,
+        Failover::percentile(&g.heal_seen_ms, 0.5),
+        Failover::percentile(&after_seen, 0.5),
+        Failover::percentile(&g.partition_ms, 0.5),
+        g.pushed_per_update,
+        g.pushed_per_update_per_peer,
+        g.delivered_per_update
+    ));
+    out.push_str(&format!(
+        "converged after the heal in (ms, by round): {}\n",
+        g.converge_ms
+            .iter()
+            .map(|m| format!("{m:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    out.push_str(&format!(
+        "keys checked: {} written by one node (exact), {} by several ({} across the cut); \
+         {} rows at the end on every node; {} upserts retried after 23505\n",
+        g.single_writer_keys, g.conflicting_keys, g.cross_partition_keys, g.rows, g.upsert_retries
+    ));
+    out.push_str(
+        "seen: the heal seen in every node's eddy.nodes (fault files are re-read every \
+         100 ms); after: convergence minus that, per round. \
+         cut ms: median time node N was cut off (cut seen everywhere, the updates, a random \
+         pause below 1 s so the heal falls anywhere in the nodes' 100 ms timers). \
+         pushed: delta bytes pushed, counted once per peer reached (per peer: divided by \
+         nodes - 1); delivered: delta bytes received, pushes and anti-entropy answers.\n",
+    );
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a test fails loudly
 mod tests {
@@ -379,6 +472,7 @@ mod tests {
                 entry("redis", System::Redis, vec![summary(100.0, 5)]),
             ],
             failover: Vec::new(),
+            gossip: None,
         };
         assert_eq!(report.ratios(), vec![("postgres", 0.5), ("redis", 2.0)]);
         assert_eq!(
@@ -409,6 +503,7 @@ mod tests {
                 entry("nats", System::Nats, vec![summary(800.0, 40)]),
             ],
             failover: Vec::new(),
+            gossip: None,
         };
         let back = Report::from_json(&report.json()).unwrap();
         assert_eq!(back.table(), report.table());
@@ -446,6 +541,7 @@ mod tests {
                 failover(System::Eddy, vec![900.0, 700.0, 1200.0], 0),
                 failover(System::Nats, vec![2000.0], 0),
             ],
+            gossip: None,
         };
         let f = &report.failover[0];
         assert_eq!((f.p50_ms, f.p99_ms, f.max_ms), (900.0, 1200.0, 1200.0));
@@ -464,5 +560,58 @@ mod tests {
         assert_eq!(json["failover"]["eddy"]["lost"], 0);
         let back = Report::from_json(&json).unwrap();
         assert_eq!(back.table(), table);
+    }
+
+    #[test]
+    fn gossip_converge_reports_percentiles_and_bytes_and_reads_them_back() {
+        let converge_ms = vec![120.0, 80.0, 300.0, 95.0];
+        let report = Report {
+            scenario: Scenario::GossipConverge,
+            shape: "tiny".into(),
+            eddy: Vec::new(),
+            peers: Vec::new(),
+            failover: Vec::new(),
+            gossip: Some(Convergence {
+                nodes: 3,
+                loss_percent: 10.0,
+                updates: 200,
+                keys: 100,
+                rounds: 4,
+                p50_ms: Failover::percentile(&converge_ms, 0.5),
+                p99_ms: Failover::percentile(&converge_ms, 0.99),
+                max_ms: Failover::percentile(&converge_ms, 1.0),
+                converge_ms,
+                partition_ms: vec![400.0; 4],
+                heal_seen_ms: vec![50.0, 30.0, 60.0, 40.0],
+                pushed_bytes: 80_000,
+                delivered_bytes: 120_000,
+                pushed_per_update: 100.0,
+                pushed_per_update_per_peer: 50.0,
+                delivered_per_update: 150.0,
+                rows: 70,
+                single_writer_keys: 150,
+                conflicting_keys: 200,
+                cross_partition_keys: 90,
+                upsert_retries: 1,
+            }),
+        };
+        let g = report.gossip.as_ref().unwrap();
+        assert_eq!((g.p50_ms, g.p99_ms, g.max_ms), (95.0, 300.0, 300.0));
+        let table = report.table();
+        assert!(
+            table.contains("      95      300      300        40         55"),
+            "{table}"
+        );
+        assert!(table.contains("100.0      50.0           150.0"), "{table}");
+        let json = report.json();
+        assert_eq!(json["scenario"], "gossip-converge");
+        assert_eq!(json["gossip_converge"]["pushed_per_update"], 100.0);
+        let back = Report::from_json(&json).unwrap();
+        assert_eq!(back.table(), table);
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            back.chart(&dir.path().join("c.svg")).is_err(),
+            "nothing to chart"
+        );
     }
 }

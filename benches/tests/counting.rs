@@ -1,11 +1,16 @@
 //! The tool counts right: a tiny run of every scenario against a real eddy process (three
-//! forming a cluster for `replicated`), checking that every acknowledged message is stored
-//! (or received by every subscriber) exactly once, and that a leader kill loses nothing.
+//! forming a cluster for `replicated` and `gossip-converge`), checking that every
+//! acknowledged message is stored (or received by every subscriber) exactly once, that a
+//! leader kill loses nothing, and that a healed partition leaves every node the same rows.
 //! Timings are never asserted.
 
 use std::time::Duration;
 
-use eddy_bench::{connect, failover, run, wait_for, Meter, Options, Scenario, Server, System, Via};
+use eddy_bench::scenarios::GOSSIP_TABLE;
+use eddy_bench::{
+    connect, failover, gossip_converge, run, wait_for, Meter, Options, Scenario, Server, System,
+    Via,
+};
 
 fn tiny(scenario: Scenario) -> Options {
     let mut o = Options::defaults(scenario);
@@ -189,5 +194,125 @@ async fn replicated_stores_every_acknowledged_publish_once_on_every_node_and_sur
     assert!(f.acked > 0);
     assert_eq!(f.lost, 0, "{f:?}");
     assert_eq!(f.stored, f.acked, "{f:?}");
+    Ok(())
+}
+
+/// Every row of the gossip-converge table on node `node`, ordered by id.
+async fn gossip_rows(eddy: &Server, node: usize) -> anyhow::Result<Vec<(i64, String)>> {
+    let rows = connect(eddy.url_for(node))
+        .await?
+        .query(
+            &format!("SELECT id, v FROM {GOSSIP_TABLE} ORDER BY id"),
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Gossip frames node 1 failed to exchange so far (lost frames count as failures).
+async fn gossip_failures(c: &tokio_postgres::Client) -> anyhow::Result<i64> {
+    let r = c
+        .query_one(
+            "SELECT coalesce(sum(failures), 0) FROM eddy.gossip_peers",
+            &[],
+        )
+        .await?;
+    Ok(r.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_converge_leaves_every_node_the_same_rows_and_counts_the_bytes() -> anyhow::Result<()>
+{
+    let eddy = Server::start(System::Eddy, 3).await?;
+    let mut opts = Options::defaults(Scenario::GossipConverge);
+    opts.updates = 24;
+    opts.loss_permille = 100;
+    let meter = Meter::default();
+    // Each round waits until every node's eddy.nodes shows the cut (the fault files took
+    // effect), and ends only once every node holds the same rows, as the updates leave
+    // them (a key one node wrote exactly as that node left it).
+    let g = gossip_converge(&eddy, &opts, 2, &meter).await?;
+    assert_eq!(meter.get(), 2, "both rounds counted");
+    assert_eq!(
+        (
+            g.converge_ms.len(),
+            g.partition_ms.len(),
+            g.heal_seen_ms.len()
+        ),
+        (2, 2, 2)
+    );
+    assert!(
+        g.heal_seen_ms
+            .iter()
+            .zip(&g.converge_ms)
+            .all(|(s, c)| s <= c),
+        "the heal is seen no later than the rows converge: {g:?}"
+    );
+    assert_eq!(
+        (g.nodes, g.updates, g.keys, g.loss_percent),
+        (3, 24, 12, 10.0)
+    );
+    assert!(g.single_writer_keys + g.conflicting_keys > 0, "{g:?}");
+    assert!(g.pushed_bytes > 0 && g.pushed_per_update > 0.0, "{g:?}");
+    assert!(
+        g.delivered_bytes >= g.pushed_bytes,
+        "every pushed byte was received, and anti-entropy answers come on top: {g:?}"
+    );
+    assert_eq!(g.pushed_per_update, g.pushed_bytes as f64 / 48.0);
+    assert_eq!(g.pushed_per_update_per_peer, g.pushed_per_update / 2.0);
+    let first = gossip_rows(&eddy, 0).await?;
+    assert_eq!(first.len() as u64, g.rows, "the rows reported are node 1's");
+    for node in 1..3 {
+        assert_eq!(gossip_rows(&eddy, node).await?, first, "node {}", node + 1);
+    }
+
+    // The loss injector works: with every frame lost, a write stays on its node (its
+    // pushes and syncs fail); with none lost, it reaches the others.
+    let clients = [
+        connect(eddy.url_for(0)).await?,
+        connect(eddy.url_for(1)).await?,
+        connect(eddy.url_for(2)).await?,
+    ];
+    let mut before = Vec::new();
+    for c in &clients {
+        before.push(gossip_failures(c).await?);
+    }
+    eddy.cluster()?.set_gossip_loss(1000)?;
+    // Applied once every node's idle anti-entropy exchanges start failing.
+    for (c, b) in clients.iter().zip(&before) {
+        wait_for(
+            "every node to lose frames",
+            Duration::from_secs(30),
+            || async { (gossip_failures(c).await.ok()? > *b).then_some(()) },
+        )
+        .await?;
+    }
+    let c1 = &clients[0];
+    let failures = gossip_failures(c1).await?;
+    c1.execute(
+        &format!("INSERT INTO {GOSSIP_TABLE} (id, v) VALUES (-1, 'lost')"),
+        &[],
+    )
+    .await?;
+    wait_for("node 1 to lose frames", Duration::from_secs(30), || async {
+        (gossip_failures(c1).await.ok()? >= failures + 3).then_some(())
+    })
+    .await?;
+    for node in 1..3 {
+        let rows = gossip_rows(&eddy, node).await?;
+        assert!(
+            !rows.contains(&(-1, "lost".into())),
+            "node {}: nothing got through",
+            node + 1
+        );
+    }
+    eddy.cluster()?.set_gossip_loss(0)?;
+    for node in 1..3 {
+        wait_for("the write to spread", Duration::from_secs(30), || async {
+            let rows = gossip_rows(&eddy, node).await.ok()?;
+            rows.contains(&(-1, "lost".into())).then_some(())
+        })
+        .await?;
+    }
     Ok(())
 }

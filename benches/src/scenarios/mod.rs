@@ -2,12 +2,14 @@
 //! doing the same work: the same rows, payloads, connections and durability.
 
 mod failover;
+mod gossip;
 mod point;
 mod publish;
 mod pubsub;
 mod replicated;
 
 pub use failover::failover;
+pub use gossip::{gossip_converge, TABLE as GOSSIP_TABLE};
 
 use crate::{Measured, Meter, Options, Scenario, Server, System};
 
@@ -23,7 +25,13 @@ pub async fn setup(scenario: Scenario, server: &Server, opts: &Options) -> anyho
         Scenario::PublishBulk | Scenario::PublishDurable => publish::setup(scenario, server).await,
         Scenario::Fanout | Scenario::Latency => pubsub::setup(server, opts).await,
         Scenario::Replicated => replicated::setup(server).await,
+        Scenario::GossipConverge => Err(not_a_run()),
     }
+}
+
+/// gossip-converge is no timed run of operations: it is measured by [`gossip_converge`].
+fn not_a_run() -> anyhow::Error {
+    anyhow::anyhow!("gossip-converge is measured by gossip_converge(), not run()")
 }
 
 /// Runs the workload (after [`setup`]).
@@ -39,6 +47,7 @@ pub async fn run(
         Scenario::PublishDurable => publish::durable(server, opts, meter).await,
         Scenario::Fanout | Scenario::Latency => pubsub::run(scenario, server, opts, meter).await,
         Scenario::Replicated => replicated::run(server, opts, meter).await,
+        Scenario::GossipConverge => Err(not_a_run()),
     }
 }
 
