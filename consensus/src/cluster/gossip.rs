@@ -24,8 +24,10 @@ use crate::gossip::{Applied, DigestReply, GossipConfig, ObjectVv, PeerStats, Tab
 use crate::network::{Call, CallError, Reply};
 use crate::types::NodeId;
 
-/// How long a gossip call may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a gossip call may take. An exchange in flight blocks the next one with the
+/// same peer, so a frame lost on the way (the peer never answers) must not hold the
+/// peer for long: a push or an anti-entropy answer of a few MiB takes far less.
+const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// This node's gossip state.
 #[derive(Default)]
