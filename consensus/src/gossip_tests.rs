@@ -29,20 +29,26 @@ fn kv_def() -> ObjectDef {
     })
 }
 
-/// Creates the gossip table `kv` through the metadata group; waits for every node.
-async fn kv(nodes: &[TestNode]) -> ObjectId {
+/// Creates `def` through the metadata group; waits until every node has it.
+async fn create(nodes: &[TestNode], def: ObjectDef) -> Arc<ObjectDef> {
+    let name = def.name().to_owned();
     nodes[0]
         .cluster
-        .write(vec![WriteOp::Create(kv_def())])
+        .write(vec![WriteOp::Create(def)])
         .await
         .unwrap();
-    wait_for("the table on every node", || {
+    wait_for("the object on every node", || {
         nodes
             .iter()
-            .all(|n| n.cluster.store().catalog().table("kv").is_some())
+            .all(|n| n.cluster.store().catalog().get(&name).is_some())
     })
     .await;
-    nodes[0].cluster.store().catalog().table("kv").unwrap().id()
+    nodes[0].cluster.store().catalog().get(&name).unwrap()
+}
+
+/// Creates the gossip table `kv`; returns its id.
+async fn kv(nodes: &[TestNode]) -> ObjectId {
+    create(nodes, kv_def()).await.id()
 }
 
 async fn put(node: &TestNode, table: ObjectId, id: i64, v: &str) {
@@ -193,18 +199,7 @@ async fn gossip_topic_messages_reach_every_node_once() {
         replication: Replication::Gossip,
         ..TopicDef::new("ev", vec![ColumnDef::new("p", ColumnType::Text, true)])
     });
-    nodes[0]
-        .cluster
-        .write(vec![WriteOp::Create(def)])
-        .await
-        .unwrap();
-    wait_for("the topic on every node", || {
-        nodes
-            .iter()
-            .all(|n| n.cluster.store().catalog().topic("ev").is_some())
-    })
-    .await;
-    let topic = nodes[0].cluster.store().catalog().topic("ev").unwrap();
+    let topic = create(&nodes, def).await;
     let ObjectDef::Topic(t) = &*topic else {
         panic!()
     };
