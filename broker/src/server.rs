@@ -103,7 +103,7 @@ impl Writer for Replicated {
                             .collect::<Vec<_>>()
                             .join(" ")
                     }),
-                    frames_refused: this_node.then(|| self.0.frames_refused_all()),
+                    frames_refused: this_node.then(|| self.0.frames_refused()),
                 }
             })
             .collect()

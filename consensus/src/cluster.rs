@@ -480,21 +480,16 @@ impl Cluster {
         }
     }
 
-    /// Frames refused because they did not carry this cluster's secret.
-    pub fn frames_refused(&self) -> u64 {
-        self.inner.peers.auth.rejected()
-    }
-
     /// Frames refused by membership gossip (UDP) and the internal RPC (TCP) because
     /// they did not carry this cluster's secret.
-    pub fn frames_refused_all(&self) -> u64 {
+    pub fn frames_refused(&self) -> u64 {
         let udp = self
             .inner
             .membership
             .lock()
             .as_ref()
             .map_or(0, Membership::rejected);
-        udp + self.frames_refused()
+        udp + self.inner.peers.auth.rejected()
     }
 
     /// Gossip failure detection's view of `node` (`None`: never heard of).

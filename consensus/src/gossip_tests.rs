@@ -96,10 +96,13 @@ async fn converged(nodes: &[TestNode], table: ObjectId) {
     .await;
 }
 
-fn cut(nodes: &[TestNode], a: usize, b: usize, on: bool) {
-    let (ia, ib) = (nodes[a].cluster.id(), nodes[b].cluster.id());
-    nodes[a].faults.set_cut(ib, on);
-    nodes[b].faults.set_cut(ia, on);
+/// Cuts (or heals) the links between node `i` and every other node, both ways.
+fn isolate(nodes: &[TestNode], i: usize, on: bool) {
+    let id = nodes[i].cluster.id();
+    for other in nodes.iter().filter(|n| n.cluster.id() != id) {
+        other.faults.set_cut(id, on);
+        nodes[i].faults.set_cut(other.cluster.id(), on);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -111,8 +114,7 @@ async fn writes_on_both_sides_of_a_partition_converge_after_it_heals() {
     converged(&nodes, table).await;
 
     // Node 3 alone on one side.
-    cut(&nodes, 0, 2, true);
-    cut(&nodes, 1, 2, true);
+    isolate(&nodes, 2, true);
     put(&nodes[0], table, 10, "from 1").await;
     put(&nodes[1], table, 20, "from 2").await;
     put(&nodes[2], table, 30, "from 3").await;
@@ -135,8 +137,7 @@ async fn writes_on_both_sides_of_a_partition_converge_after_it_heals() {
             > 0
     );
 
-    cut(&nodes, 0, 2, false);
-    cut(&nodes, 1, 2, false);
+    isolate(&nodes, 2, false);
     converged(&nodes, table).await;
     let got = rows(&nodes[1]);
     let want: Vec<Vec<Value>> = [
@@ -330,8 +331,7 @@ async fn a_node_away_longer_than_the_horizon_resyncs_and_deleted_rows_stay_delet
     put(&nodes[0], table, 2, "two").await;
     converged(&nodes, table).await;
 
-    cut(&nodes, 0, 2, true);
-    cut(&nodes, 1, 2, true);
+    isolate(&nodes, 2, true);
     delete(&nodes[0], table, 1).await;
     put(&nodes[0], table, 3, "three").await;
     put(&nodes[2], table, 4, "made while away").await;
@@ -348,8 +348,7 @@ async fn a_node_away_longer_than_the_horizon_resyncs_and_deleted_rows_stay_delet
     .await;
     tokio::time::sleep(Duration::from_millis(400)).await;
 
-    cut(&nodes, 0, 2, false);
-    cut(&nodes, 1, 2, false);
+    isolate(&nodes, 2, false);
     converged(&nodes, table).await;
     let text = |k: i64, v: &str| vec![Value::Int64(k), Value::Text(v.into())];
     assert_eq!(

@@ -546,7 +546,6 @@ impl Committer {
         group: &Staged,
     ) -> Result<Vec<WriteResult>> {
         let mut results = Vec::with_capacity(ops.len());
-        let mut buf = Vec::new();
         for op in ops {
             results.push(match op {
                 WriteOp::Append {
@@ -604,18 +603,15 @@ impl Committer {
                                 OnConflict::Replace => {}
                             }
                         }
-                        buf.clear();
+                        let mut buf = Vec::new();
                         encode_row(row, &mut buf);
-                        batch.put(CF_ROWS, key.clone(), buf.clone());
-                        let kind = if exists { CHANGE_UPDATE } else { CHANGE_INSERT };
-                        changes.push_encoded(Some(kind), &buf);
                         if let Some(g) = &mut gossip {
                             g.push(RowChange {
                                 key: key[4..].to_vec(),
                                 row: Some(serde_bytes::ByteBuf::from(buf.clone())),
                             });
                         }
-                        staged.rows.insert(key, Some(buf.clone()));
+                        put_row(key, buf, exists, &mut changes, batch, staged);
                         written += 1;
                     }
                     self.append_entries(def.id, 0, changes, batch, staged, group)?;
@@ -640,9 +636,7 @@ impl Committer {
                             });
                         }
                         if let Some(old) = self.current_row(&key, staged, group)? {
-                            batch.delete(CF_ROWS, key.clone());
-                            changes.push_encoded(Some(CHANGE_DELETE), &old);
-                            staged.rows.insert(key, None);
+                            remove_row(key, &old, &mut changes, batch, staged);
                             deleted += 1;
                         }
                     }
@@ -1007,6 +1001,39 @@ struct CatalogChange {
     created: Vec<ObjectDef>,
     dropped: Vec<(String, ObjectId)>,
     next_id: u32,
+}
+
+/// Stages a table row's new value (encoded) and records the change: an update if a row
+/// `existed` under the key, an insert otherwise.
+fn put_row(
+    key: Vec<u8>,
+    row: Vec<u8>,
+    existed: bool,
+    changes: &mut Records,
+    batch: &mut StagedBatch,
+    staged: &mut Staged,
+) {
+    let kind = if existed {
+        CHANGE_UPDATE
+    } else {
+        CHANGE_INSERT
+    };
+    changes.push_encoded(Some(kind), &row);
+    batch.put(CF_ROWS, key.clone(), row.clone());
+    staged.rows.insert(key, Some(row));
+}
+
+/// Stages the removal of the table row `old` under `key` and records the change.
+fn remove_row(
+    key: Vec<u8>,
+    old: &[u8],
+    changes: &mut Records,
+    batch: &mut StagedBatch,
+    staged: &mut Staged,
+) {
+    changes.push_encoded(Some(CHANGE_DELETE), old);
+    batch.delete(CF_ROWS, key.clone());
+    staged.rows.insert(key, None);
 }
 
 /// First key after every key of `group` in the raft column family.

@@ -270,11 +270,7 @@ impl Cluster {
             }
         }
         let store = &self.inner.store;
-        let before: HashMap<(ObjectId, Origin), u64> = keys
-            .iter()
-            .map(|&(o, origin)| (o, origin))
-            .map(|k| (k, applied_here(store, k.0, k.1)))
-            .collect();
+        let before = applied_of(store, &keys);
         if !units.is_empty() {
             // No fsync: a lost merge loses its version vector entry with it, and is
             // fetched again.
@@ -293,10 +289,11 @@ impl Cluster {
                 Err(e) => tracing::warn!(peer = from, error = %e, "deltas not merged"),
             }
         }
+        let after = applied_of(store, &keys);
         let mut out = Vec::with_capacity(keys.len());
         let mut pulled = 0;
         for (object, origin) in keys {
-            let applied = applied_here(store, object, origin);
+            let applied = after[&(object, origin)];
             pulled += applied.saturating_sub(before[&(object, origin)]);
             out.push(Applied {
                 object,
@@ -476,9 +473,6 @@ impl Cluster {
             self.send_deltas(peer, addr, batches).await;
         }
     }
-}
-
-impl Cluster {
     /// Collects old deltas and tombstones, a few times per horizon, until the node stops.
     pub(crate) async fn collect_loop(self) {
         let horizon = self.gossip().config.horizon;
@@ -578,6 +572,24 @@ impl Cluster {
             }
         }
     }
+}
+
+/// For each (object, origin), the seq applied here; each object's version vector is read
+/// once.
+fn applied_of(
+    store: &eddy_storage::Store,
+    keys: &[(ObjectId, Origin)],
+) -> HashMap<(ObjectId, Origin), u64> {
+    let mut vvs: HashMap<ObjectId, eddy_storage::gossip::VersionVector> = HashMap::new();
+    keys.iter()
+        .map(|&(object, origin)| {
+            let vv = vvs
+                .entry(object)
+                .or_insert_with(|| store.version_vector(object).unwrap_or_default());
+            let applied = vv.get(&origin).map_or(0, |e| e.applied);
+            ((object, origin), applied)
+        })
+        .collect()
 }
 
 /// The seq of `origin` applied here for `object` (0 if none).

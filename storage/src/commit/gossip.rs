@@ -10,12 +10,10 @@ use crate::gossip::{
     version_key, vv_key, Delta, DeltaBatch, DeltaBody, Origin, RowChange, RowState, RowVersion,
     VvEntry,
 };
-use crate::layout::{table_prefix, Records, CF_GOSSIP, CF_ROWS};
+use crate::layout::{table_prefix, Records, CF_GOSSIP};
 use crate::value::{decode_row, ColumnType};
 
-use super::{
-    Committer, Staged, StagedBatch, WriteResult, CHANGE_DELETE, CHANGE_INSERT, CHANGE_UPDATE,
-};
+use super::{put_row, remove_row, Committer, Staged, StagedBatch, WriteResult};
 
 impl Committer {
     /// The version vector entry of `origin` for `object`, as this batch has left it.
@@ -87,13 +85,25 @@ impl Committer {
             delta_key(object, origin, delta.seq).to_vec(),
             encode_delta(delta.hlc, &delta.body)?,
         );
+        self.put_vv(object, origin, e, batch, staged);
+        Ok(())
+    }
+
+    /// Stages an origin's version vector entry.
+    fn put_vv(
+        &self,
+        object: ObjectId,
+        origin: Origin,
+        e: VvEntry,
+        batch: &mut StagedBatch,
+        staged: &mut Staged,
+    ) {
         batch.put(
             CF_GOSSIP,
             vv_key(object, origin).to_vec(),
             e.encode().to_vec(),
         );
         staged.vv.insert((object, origin), e);
-        Ok(())
     }
 
     /// A local write's delta: this node's next seq and a new timestamp.
@@ -260,42 +270,20 @@ impl Committer {
             }
         }
         let existing = self.current_row(&key, staged, group)?;
-        match row {
-            Some(row) => {
+        match (row, existing) {
+            (Some(row), existing) => {
                 decode_row(types, row)?;
-                batch.put(CF_ROWS, key.clone(), row.to_vec());
-                let kind = if existing.is_some() {
-                    CHANGE_UPDATE
-                } else {
-                    CHANGE_INSERT
-                };
-                changes.push_encoded(Some(kind), row);
-                staged.rows.insert(key.clone(), Some(row.to_vec()));
+                let existed = existing.is_some();
+                put_row(key.clone(), row.to_vec(), existed, changes, batch, staged);
             }
-            None => self.remove_row(&key, existing, changes, batch, staged),
+            (None, Some(old)) => remove_row(key.clone(), &old, changes, batch, staged),
+            (None, None) => {}
         }
         self.put_version(key, version, batch, staged);
         Ok(())
     }
 
-    /// Deletes a row that exists (`existing`), recording the change.
-    fn remove_row(
-        &self,
-        key: &[u8],
-        existing: Option<Vec<u8>>,
-        changes: &mut Records,
-        batch: &mut StagedBatch,
-        staged: &mut Staged,
-    ) {
-        if let Some(old) = existing {
-            batch.delete(CF_ROWS, key.to_vec());
-            changes.push_encoded(Some(CHANGE_DELETE), &old);
-            staged.rows.insert(key.to_vec(), None);
-        }
-    }
-
     /// Drops `origin`'s deltas below `floor` and records the floor (and `applied`).
-    #[allow(clippy::too_many_arguments)]
     fn set_floor(
         &self,
         object: ObjectId,
@@ -311,12 +299,7 @@ impl Committer {
             delta_key(object, origin, floor).to_vec(),
         );
         e.floor = floor;
-        batch.put(
-            CF_GOSSIP,
-            vv_key(object, origin).to_vec(),
-            e.encode().to_vec(),
-        );
-        staged.vv.insert((object, origin), e);
+        self.put_vv(object, origin, e, batch, staged);
     }
 
     /// Collects deltas and tombstones stamped before `before`.
@@ -356,7 +339,6 @@ impl Committer {
     }
 
     /// Merges a peer's full table state (see [`WriteOp::Resync`]).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn resync(
         &self,
         table: ObjectId,
@@ -413,8 +395,9 @@ impl Committer {
             {
                 continue;
             }
-            let existing = self.current_row(&row_key, staged, group)?;
-            self.remove_row(&row_key, existing, &mut changes, batch, staged);
+            if let Some(old) = self.current_row(&row_key, staged, group)? {
+                remove_row(row_key, &old, &mut changes, batch, staged);
+            }
             batch.delete(CF_GOSSIP, k);
             removed += 1;
         }
@@ -432,7 +415,6 @@ impl Committer {
     }
 
     /// Skips a topic origin's deltas up to `to` (see [`WriteOp::Skip`]).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn skip(
         &self,
         object: ObjectId,
