@@ -138,11 +138,12 @@ impl System {
     }
 }
 
-/// How eddy is written to in `publish-bulk`.
+/// How eddy is written to in `publish-bulk` and `replicated`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Via {
-    /// `COPY ... FROM STDIN` (and COPY for PostgreSQL, pipelined XADD for Redis).
+    /// Statements: `COPY ... FROM STDIN` in publish-bulk (and COPY for PostgreSQL, pipelined
+    /// XADD for Redis), one INSERT per message in replicated.
     Copy,
     /// eddy-client's batching `Producer`.
     Producer,
@@ -263,6 +264,10 @@ pub struct Summary {
     pub cpu_seconds: Option<f64>,
     /// Operations per server CPU second.
     pub ops_per_cpu_second: Option<f64>,
+    /// CPU seconds the load generator itself (this process: the clients) used during the
+    /// run. On a box shared with the servers, what the clients use the servers cannot.
+    #[serde(default)]
+    pub client_cpu_seconds: f64,
 }
 
 /// What the failover measurement found: how long writes stalled after each leader kill,
@@ -409,7 +414,9 @@ pub async fn run(
     meter.reset();
     scenarios::setup(scenario, server, opts).await?;
     let cpu_before = server.cpu_seconds();
+    let client_before = servers::own_cpu_seconds();
     let m = scenarios::run(scenario, server, opts, meter).await?;
+    let client_cpu_seconds = servers::own_cpu_seconds() - client_before;
     let cpu = server
         .cpu_seconds()
         .zip(cpu_before)
@@ -425,6 +432,7 @@ pub async fn run(
         p999_us: m.latency.value_at_quantile(0.999),
         cpu_seconds: cpu,
         ops_per_cpu_second: cpu.filter(|c| *c > 0.0).map(|c| m.ops as f64 / c),
+        client_cpu_seconds,
     })
 }
 

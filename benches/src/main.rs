@@ -286,15 +286,17 @@ async fn main() -> anyhow::Result<()> {
         };
         servers.push(Server::start(*s, n).await?);
     }
-    // eddy's variants: publish-bulk measures COPY and the client's producer.
-    let variants: Vec<(String, Via)> = if scenario == Scenario::PublishBulk {
-        vec![
-            ("eddy".into(), Via::Copy),
-            ("eddy (producer)".into(), Via::Producer),
-        ]
-    } else {
-        vec![("eddy".into(), Via::Copy)]
-    };
+    // eddy's variants: publish-bulk and replicated measure statements (COPY, or one INSERT
+    // per message) and the client's producer.
+    let variants: Vec<(String, Via)> =
+        if matches!(scenario, Scenario::PublishBulk | Scenario::Replicated) {
+            vec![
+                ("eddy".into(), Via::Copy),
+                ("eddy (producer)".into(), Via::Producer),
+            ]
+        } else {
+            vec![("eddy".into(), Via::Copy)]
+        };
     let mut eddy_rounds = vec![Vec::new(); variants.len()];
     let mut peer_rounds = vec![Vec::new(); servers.len()];
     // Interleaved: every round runs eddy then each peer, so drift hits all alike.

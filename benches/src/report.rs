@@ -60,7 +60,7 @@ pub struct Report {
     pub scenario: Scenario,
     /// A one-line description of the shape (sizes, connections, rounds).
     pub shape: String,
-    /// eddy, then any variants (publish-bulk's producer).
+    /// eddy, then any variants (publish-bulk's and replicated's producer).
     pub eddy: Vec<Entry>,
     /// Each peer run.
     pub peers: Vec<Entry>,
@@ -78,8 +78,16 @@ impl Report {
         }
         let mut out = format!("{:?} — {}\n", self.scenario, self.shape);
         out.push_str(&format!(
-            "{:<16} {:>12} {:>9} {:>9} {:>9} {:>9} {:>8} {:>12}\n",
-            "system", "ops/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "cpu s", "ops/cpu-s"
+            "{:<16} {:>12} {:>9} {:>9} {:>9} {:>9} {:>8} {:>12} {:>12}\n",
+            "system",
+            "ops/s",
+            "p50 µs",
+            "p90 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "cpu s",
+            "ops/cpu-s",
+            "client cpu s"
         ));
         for e in self.eddy.iter().chain(&self.peers) {
             let s = &e.summary;
@@ -88,8 +96,16 @@ impl Report {
                 .ops_per_cpu_second
                 .map_or("-".into(), |c| format!("{c:.0}"));
             out.push_str(&format!(
-                "{:<16} {:>12.0} {:>9} {:>9} {:>9} {:>9} {:>8} {:>12}\n",
-                e.label, s.throughput, s.p50_us, s.p90_us, s.p99_us, s.p999_us, cpu, per_cpu
+                "{:<16} {:>12.0} {:>9} {:>9} {:>9} {:>9} {:>8} {:>12} {:>12.2}\n",
+                e.label,
+                s.throughput,
+                s.p50_us,
+                s.p90_us,
+                s.p99_us,
+                s.p999_us,
+                cpu,
+                per_cpu,
+                s.client_cpu_seconds
             ));
         }
         let basis = if self.scenario.latency_bound() {
@@ -100,6 +116,14 @@ impl Report {
         for (peer, r) in self.ratios() {
             let verdict = if r >= 1.0 { "eddy wins" } else { "peer wins" };
             out.push_str(&format!("ratio vs {peer} ({basis}): {r:.2} — {verdict}\n"));
+        }
+        for (label, ratios) in self.variant_ratios() {
+            for (peer, r) in ratios {
+                let verdict = if r >= 1.0 { "eddy wins" } else { "peer wins" };
+                out.push_str(&format!(
+                    "ratio of {label} vs {peer} ({basis}): {r:.2} — {verdict}\n"
+                ));
+            }
         }
         if self.scenario == Scenario::Replicated {
             // Its goal has two parts: throughput, and an ack p99 no worse than the peer's.
@@ -153,12 +177,26 @@ impl Report {
 
     /// (peer, ratio) for each peer, on the basis `scenario` decides by.
     fn ratios_as(&self, scenario: Scenario) -> Vec<(&'static str, f64)> {
-        let Some(eddy) = self.eddy.first() else {
-            return Vec::new();
-        };
+        self.eddy
+            .first()
+            .map(|e| self.ratios_of(e, scenario))
+            .unwrap_or_default()
+    }
+
+    /// (peer, ratio) of one eddy entry against each peer.
+    fn ratios_of(&self, eddy: &Entry, scenario: Scenario) -> Vec<(&'static str, f64)> {
         self.peers
             .iter()
             .map(|p| (p.system.name(), ratio(scenario, &eddy.summary, &p.summary)))
+            .collect()
+    }
+
+    /// For each eddy variant after the first: its label and (peer, ratio) per peer.
+    pub fn variant_ratios(&self) -> Vec<(&str, Vec<(&'static str, f64)>)> {
+        self.eddy
+            .iter()
+            .skip(1)
+            .map(|e| (e.label.as_str(), self.ratios_of(e, self.scenario)))
             .collect()
     }
 
@@ -192,6 +230,20 @@ impl Report {
             "peer": peer,
             "ratio": ratio,
         });
+        if self.eddy.len() > 1 {
+            let variants: serde_json::Map<String, serde_json::Value> = self
+                .variant_ratios()
+                .into_iter()
+                .map(|(label, rs)| {
+                    let rs: serde_json::Map<String, serde_json::Value> = rs
+                        .into_iter()
+                        .map(|(p, r)| (p.to_owned(), r.into()))
+                        .collect();
+                    (label.to_owned(), rs.into())
+                })
+                .collect();
+            out["variant_ratio"] = variants.into();
+        }
         if self.scenario == Scenario::Replicated {
             let p99: serde_json::Map<String, serde_json::Value> = self
                 .p99_ratios()
@@ -445,6 +497,7 @@ mod tests {
             p999_us: p99_us * 2,
             cpu_seconds: Some(0.5),
             ops_per_cpu_second: Some(200.0),
+            client_cpu_seconds: 0.25,
         }
     }
 

@@ -385,6 +385,25 @@ fn parse_stat(stat: &str) -> Option<(u32, u64)> {
     Some((ppid, ticks))
 }
 
+/// CPU seconds this process (the load generator, all its threads) has used so far; its
+/// servers are other processes and do not count.
+pub fn own_cpu_seconds() -> f64 {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let rest = stat[stat.rfind(')')? + 2..].to_owned();
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            Some(f.iter().sum::<u64>())
+        })
+        .unwrap_or(0);
+    ticks as f64 / clock_ticks()
+}
+
 /// CPU seconds of the `roots` and every live descendant of theirs (reaped children count
 /// through cutime/cstime, so nothing is counted twice).
 pub fn tree_cpu_seconds(roots: &[u32]) -> f64 {
@@ -435,5 +454,6 @@ mod tests {
         }
         assert!(x != 1);
         assert!(tree_cpu_seconds(&[std::process::id()]) > 0.0);
+        assert!(own_cpu_seconds() > 0.0);
     }
 }

@@ -14,6 +14,7 @@ pub(crate) mod conn;
 mod copy;
 mod extended;
 mod listen;
+mod pipeline;
 mod subscription;
 
 use std::fmt::Debug;
@@ -154,13 +155,7 @@ pub(crate) fn respond<C: ClientInfo>(
         Output::Rows { tag, stream } => {
             rows_response(&tag, stream, format, format_options(client), token)?
         }
-        Output::Command { tag, rows } => {
-            let t = Tag::new(&tag);
-            Response::Execution(match rows {
-                Some(n) => t.with_rows(n as usize),
-                None => t,
-            })
-        }
+        Output::Command { tag, rows } => Response::Execution(command_tag(&tag, rows)),
         Output::TransactionStart => Response::TransactionStart(Tag::new("BEGIN")),
         Output::TransactionEnd { tag } => Response::TransactionEnd(Tag::new(tag)),
         Output::CopyIn(sink) => {
@@ -172,7 +167,16 @@ pub(crate) fn respond<C: ClientInfo>(
     })
 }
 
-fn rows_response(
+/// A CommandComplete tag, with its row count when the command has one.
+pub(crate) fn command_tag(tag: &str, rows: Option<u64>) -> Tag {
+    let t = Tag::new(tag);
+    match rows {
+        Some(n) => t.with_rows(n as usize),
+        None => t,
+    }
+}
+
+pub(crate) fn rows_response(
     tag: &str,
     stream: SendableRecordBatchStream,
     format: &Format,

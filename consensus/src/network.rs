@@ -339,6 +339,10 @@ fn opened<T: serde::de::DeserializeOwned>(auth: &FrameAuth, frame: &[u8]) -> Opt
     postcard::from_bytes(auth.open(frame)?).ok()
 }
 
+/// Most frames written together in one flush (the codec writes through above 8 KiB
+/// buffered anyway; this bounds how long one burst holds the writer).
+const COALESCE_FRAMES: usize = 256;
+
 fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .max_frame_length(MAX_FRAME)
@@ -370,17 +374,32 @@ async fn run_client(
         reader_pending.lock().clear();
     });
     let mut next_id = 0u64;
-    while let Some((call, reply)) = rx.recv().await {
+    'conn: while let Some(first) = rx.recv().await {
         if reader.is_finished() {
             break;
         }
-        next_id += 1;
-        pending.lock().insert(next_id, reply);
-        let Ok(bytes) = sealed(&auth, &Frame::Call(next_id, call)) else {
-            pending.lock().remove(&next_id);
-            continue;
-        };
-        if sink.send(bytes).await.is_err() {
+        // Calls queued meanwhile go out in the same write.
+        let mut next = Some(first);
+        let mut fed = 0;
+        while let Some((call, reply)) = next.take() {
+            next_id += 1;
+            pending.lock().insert(next_id, reply);
+            match sealed(&auth, &Frame::Call(next_id, call)) {
+                Ok(bytes) => {
+                    if sink.feed(bytes).await.is_err() {
+                        break 'conn;
+                    }
+                    fed += 1;
+                }
+                Err(_) => {
+                    pending.lock().remove(&next_id);
+                }
+            }
+            if fed < COALESCE_FRAMES {
+                next = rx.try_recv().ok();
+            }
+        }
+        if sink.flush().await.is_err() {
             break;
         }
     }
@@ -442,7 +461,19 @@ async fn serve_conn(
     let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
     let writer = tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
-            if sink.send(b).await.is_err() {
+            // Replies ready meanwhile go out in the same write.
+            let mut next = Some(b);
+            let mut fed = 0;
+            while let Some(b) = next.take() {
+                if sink.feed(b).await.is_err() {
+                    return;
+                }
+                fed += 1;
+                if fed < COALESCE_FRAMES {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if sink.flush().await.is_err() {
                 break;
             }
         }

@@ -604,6 +604,19 @@ async fn plan_delete(engine: &Engine, del: &ast::Delete) -> Result<DmlPlan> {
 }
 
 impl DmlPlan {
+    /// True for `INSERT .. VALUES` without `ON CONFLICT DO UPDATE`: the statement reads
+    /// nothing before its write, so a connection may run the next statement before this
+    /// one's write is acknowledged (pipelining) without changing what either does.
+    pub(crate) fn writes_blind(&self) -> bool {
+        matches!(
+            &self.action,
+            Action::Values {
+                conflict: Conflict::Error | Conflict::Nothing,
+                ..
+            }
+        )
+    }
+
     /// The RETURNING columns, if any.
     pub fn returning_schema(&self) -> Option<SchemaRef> {
         self.returning.as_ref().map(|r| r.schema.clone())

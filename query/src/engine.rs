@@ -125,6 +125,16 @@ pub struct Prepared {
     reads: Vec<ObjectId>,
 }
 
+impl Prepared {
+    /// True when executing this statement only writes (an `INSERT .. VALUES` into a
+    /// topic or table, no `ON CONFLICT DO UPDATE`): it reads nothing and needs no
+    /// session, so its execution may overlap the statements that follow it on the
+    /// connection. Its write is still submitted in statement order.
+    pub fn is_blind_write(&self) -> bool {
+        matches!(&self.kind, Kind::Dml(plan) if plan.writes_blind())
+    }
+}
+
 /// A planned statement's kind, parameter types and result columns.
 type Planned = (Kind, Vec<Option<DataType>>, Option<SchemaRef>);
 

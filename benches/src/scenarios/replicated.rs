@@ -18,7 +18,7 @@ use async_nats::jetstream;
 use bytes::Bytes;
 
 use super::stamped;
-use crate::{connect, wait_for, Measured, Meter, Options, Server, System};
+use crate::{connect, wait_for, Measured, Meter, Options, Server, System, Via};
 
 /// The topic eddy publishes to.
 pub const TOPIC: &str = "bench_replicated";
@@ -111,15 +111,28 @@ pub(super) async fn create_stream(
 #[derive(Clone)]
 enum Writer {
     Eddy(Arc<tokio_postgres::Client>, tokio_postgres::Statement),
+    /// eddy-client's batching producer: the messages its workers have waiting go out
+    /// together as multi-row INSERTs, several pipelined on the connection.
+    Producer(Arc<eddy_client::Producer>),
     /// Shared rather than cloned per worker: a context is large.
     Nats(Arc<jetstream::Context>),
 }
 
 impl Writer {
-    async fn connect(server: &Server, i: usize) -> anyhow::Result<Writer> {
+    async fn connect(server: &Server, i: usize, via: Via) -> anyhow::Result<Writer> {
         let url = server.url_for(i);
         Ok(match server.system {
             System::Nats => Writer::Nats(Arc::new(jetstream::new(async_nats::connect(url).await?))),
+            System::Eddy if via == Via::Producer => {
+                let client = eddy_client::Client::connect(url).await?;
+                let producer = client
+                    .producer(TOPIC, &["payload"])
+                    .linger(Duration::ZERO)
+                    .max_in_flight(8)
+                    .build()
+                    .await?;
+                Writer::Producer(Arc::new(producer))
+            }
             _ => {
                 let c = connect(url).await?;
                 let stmt = c
@@ -136,6 +149,9 @@ impl Writer {
             Writer::Eddy(c, stmt) => {
                 let n = c.execute(stmt, &[&payload]).await?;
                 anyhow::ensure!(n == 1, "INSERT reported {n} rows");
+            }
+            Writer::Producer(p) => {
+                p.send(None, vec![Box::new(payload)]).await?;
             }
             Writer::Nats(js) => {
                 js.publish(SUBJECT, Bytes::from(payload)).await?.await?;
@@ -154,7 +170,7 @@ pub(super) async fn run(
     let connections = opts.connections.clamp(1, in_flight);
     let mut writers = Vec::with_capacity(connections);
     for i in 0..connections {
-        writers.push(Writer::connect(server, i).await?);
+        writers.push(Writer::connect(server, i, opts.via).await?);
     }
     // Worker w publishes on connection w mod connections: each connection has
     // in_flight / connections publishes outstanding (tokio-postgres pipelines them).

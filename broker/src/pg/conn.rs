@@ -27,6 +27,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, FramedParts};
 
+use super::pipeline::{self, Pipeline};
+
 /// Startup must finish within this time (as pgwire's own loop does).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -106,6 +108,9 @@ pub(crate) struct FrameGuard<S> {
     out: bytes::BytesMut,
     /// While true, flushes are deferred (the loop is handling a message).
     hold: bool,
+    /// While true, everything written is kept, past [`HOLD_LIMIT`] too: the output is
+    /// queued behind pipelined writes' answers (see `pipeline`).
+    capture: bool,
 }
 
 impl<S: AsyncWrite + Unpin> FrameGuard<S> {
@@ -150,7 +155,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrameGuard<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.out.len() >= HOLD_LIMIT || (!this.hold && !this.out.is_empty()) {
+        if (this.out.len() >= HOLD_LIMIT && !this.capture) || (!this.hold && !this.out.is_empty()) {
             std::task::ready!(this.poll_drain(cx))?;
         }
         if !this.hold {
@@ -196,6 +201,7 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
             check,
             out: bytes::BytesMut::new(),
             hold: false,
+            capture: false,
         },
         parts.codec,
     );
@@ -214,6 +220,8 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
     // Messages that arrived while a subscription streamed, handled before reading more.
     let mut pending = std::collections::VecDeque::new();
     let mut listeners = super::listen::Listeners::default();
+    // Answers owed to pipelined writes, and output queued behind them.
+    let mut pipeline = Pipeline::default();
     loop {
         let msg = match pending.pop_front() {
             Some(m) => m,
@@ -227,6 +235,23 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
                     tokio::select! {
                         _ = &mut deadline => None,
                         m = socket.next() => m,
+                    }
+                } else if !pipeline.is_empty() {
+                    // Answers go out as their writes are acknowledged, in order, while
+                    // the client's next messages are read.
+                    loop {
+                        tokio::select! {
+                            biased;
+                            Some(first) = pipeline.next() => {
+                                let out = &mut socket.get_mut().out;
+                                out.extend_from_slice(&first);
+                                out.extend_from_slice(&pipeline.take_ready());
+                                if SinkExt::<pgwire::messages::PgWireBackendMessage>::flush(&mut socket).await.is_err() {
+                                    break None;
+                                }
+                            }
+                            m = socket.next(), if pipeline.has_room() => break m,
+                        }
                     }
                 } else if listeners.is_empty() {
                     socket.next().await
@@ -247,6 +272,22 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
         if matches!(msg, PgWireFrontendMessage::Terminate(_)) {
             break;
         }
+        if let PgWireFrontendMessage::Execute(execute) = &msg {
+            if pipeline::defer(
+                &engine,
+                &socket,
+                socket.read_buffer(),
+                execute,
+                &mut pipeline,
+            )
+            .await
+            {
+                continue;
+            }
+        }
+        if !pipeline::runs_ahead(&msg) && answer_all(&mut socket, &mut pipeline).await.is_err() {
+            break;
+        }
         if matches!(socket.state(), PgWireConnectionState::ReadyForQuery) {
             if let Some(req) = super::subscription::requested(&engine, &msg, &socket) {
                 match super::subscription::drive(&engine, &mut socket, req).await {
@@ -260,7 +301,12 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
             PgWireConnectionState::CopyInProgress(ext) => ext,
             _ => msg.is_extended_query(),
         };
+        // Behind outstanding answers, this message's output is queued, not sent.
+        // Behind outstanding answers, this message's output is queued, not sent. Held
+        // output of earlier messages stays in front of it (see `hold_output`).
+        let capture = (!pipeline.is_empty()).then(|| socket.get_ref().out.len());
         socket.get_mut().hold = true;
+        socket.get_mut().capture = capture.is_some();
         let handled = process_message(
             msg,
             &mut socket,
@@ -277,7 +323,16 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
                 break;
             }
         }
-        socket.get_mut().hold = false;
+        if hold_output(&mut socket).await.is_err() {
+            break;
+        }
+        let guard = socket.get_mut();
+        guard.hold = false;
+        guard.capture = false;
+        if let Some(start) = capture {
+            pipeline.push_ready(guard.out.split_off(start).freeze());
+            continue;
+        }
         // The replies go out before the loop could wait: unless the client's next message
         // is already here (a pipelined Bind/Execute/Sync), flush now.
         if pending.is_empty()
@@ -293,8 +348,41 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
             listeners.reconcile(&engine, &wanted).await;
         }
     }
+    // Writes already submitted are answered even when the client has stopped reading
+    // (a client may pipeline inserts and Terminate without waiting).
+    let _ = answer_all(&mut socket, &mut pipeline).await;
     cancels.unregister(socket.pid_and_secret_key().0);
     Ok(())
+}
+
+/// Moves what pgwire wrote but the codec still buffers into the guard's held output (the
+/// guard holds, so nothing is sent). Afterwards the held output is everything written so
+/// far, in order, so a pipelined answer or captured output appended to it lands after it.
+async fn hold_output<T, C>(socket: &mut Framed<FrameGuard<T>, C>) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin,
+    C: tokio_util::codec::Encoder<pgwire::messages::PgWireBackendMessage, Error = io::Error>,
+{
+    debug_assert!(socket.get_ref().hold);
+    SinkExt::<pgwire::messages::PgWireBackendMessage>::flush(socket).await
+}
+
+/// Waits for every answer `pipeline` owes and sends them, in order.
+async fn answer_all<T, C>(
+    socket: &mut Framed<FrameGuard<T>, C>,
+    pipeline: &mut Pipeline,
+) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin,
+    C: tokio_util::codec::Encoder<pgwire::messages::PgWireBackendMessage, Error = io::Error>,
+{
+    if pipeline.is_empty() {
+        return Ok(());
+    }
+    while let Some(bytes) = pipeline.next().await {
+        socket.get_mut().out.extend_from_slice(&bytes);
+    }
+    SinkExt::<pgwire::messages::PgWireBackendMessage>::flush(socket).await
 }
 
 /// True when `buf` starts with a complete typed frame (type byte, length, body).

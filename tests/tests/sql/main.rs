@@ -8,3 +8,4 @@ mod t40_psycopg;
 mod t50_subscribe;
 mod t60_transports;
 mod t70_durable;
+mod t80_pipeline;
