@@ -30,6 +30,7 @@ use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, ObjectName, SqlOption};
 use eddy_storage::{LogRecord, ObjectDef, Store, TableDef, TopicDef};
 use futures::StreamExt;
 
+use crate::copy::CopyOptions;
 use crate::engine::{object_name, Engine};
 use crate::error::{Error, Result};
 use crate::provider::{log_batch, topic_schema};
@@ -111,6 +112,8 @@ const CHUNK: usize = 1024;
 /// record keys are the change kinds).
 #[derive(Debug, Clone)]
 pub(crate) struct Source {
+    /// The catalog's definition read from (shared by every subscription made from it).
+    pub(crate) def: Arc<ObjectDef>,
     pub(crate) log: Arc<TopicDef>,
     pub(crate) schema: SchemaRef,
     pub(crate) table: Option<Arc<TableDef>>,
@@ -159,6 +162,93 @@ pub struct SubStats {
 pub(crate) struct Registry {
     next_id: AtomicU64,
     live: parking_lot::Mutex<BTreeMap<u64, Weak<SubStats>>>,
+    /// Chunks decoded lately, shared by the subscriptions reading them.
+    pub(crate) chunks: Arc<SharedChunks>,
+    /// COPY lines encoded lately, by batch and options (see [`Engine::copy_lines`]).
+    lines: parking_lot::Mutex<std::collections::VecDeque<EncodedLines>>,
+}
+
+/// One batch's COPY lines in one layout. Holds the batch, so the identity of its columns
+/// (what a lookup compares) stays unique while the entry lives.
+#[derive(Debug)]
+struct EncodedLines {
+    batch: RecordBatch,
+    options: CopyOptions,
+    lines: Vec<bytes::Bytes>,
+}
+
+/// Encodings [`Registry::lines`] keeps.
+const SHARED_ENCODINGS: usize = 16;
+
+/// True when `a` and `b` are the same batch (clones share their column arrays).
+fn same_batch(a: &RecordBatch, b: &RecordBatch) -> bool {
+    a.num_rows() == b.num_rows()
+        && a.num_columns() == b.num_columns()
+        && a.columns()
+            .iter()
+            .zip(b.columns())
+            .all(|(x, y)| Arc::ptr_eq(x, y))
+}
+
+/// Which chunk of which log: subscriptions that read the same range of the same
+/// partition get the same rows.
+#[derive(Debug, Clone)]
+struct ChunkKey {
+    /// The catalog's definition (a new one after ALTER: its columns may differ). Held, so
+    /// its address is not reused while the key lives.
+    def: Arc<ObjectDef>,
+    partition: u32,
+    from: u64,
+    high: u64,
+}
+
+impl PartialEq for ChunkKey {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.def, &other.def)
+            && (self.partition, self.from, self.high) == (other.partition, other.from, other.high)
+    }
+}
+
+/// A decoded chunk: its rows as one batch, and the offset after its last row.
+#[derive(Debug)]
+struct Chunk {
+    batch: RecordBatch,
+    next: u64,
+}
+
+/// The last few chunks subscriptions decoded. Subscribers that keep up with a partition
+/// are woken by the same watermark change and ask for the same range, so with many of
+/// them (fanout) each chunk is read from the tail and turned into Arrow once instead of
+/// once per subscriber. A subscriber behind the others asks for ranges nobody else does
+/// and decodes its own.
+#[derive(Debug, Default)]
+pub(crate) struct SharedChunks {
+    recent: parking_lot::Mutex<std::collections::VecDeque<(ChunkKey, Arc<Chunk>)>>,
+}
+
+/// Chunks [`SharedChunks`] keeps.
+const SHARED_CHUNKS: usize = 32;
+
+impl SharedChunks {
+    fn get(&self, key: &ChunkKey) -> Option<Arc<Chunk>> {
+        self.recent
+            .lock()
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, c)| c.clone())
+    }
+
+    fn put(&self, key: ChunkKey, chunk: Arc<Chunk>) {
+        let mut recent = self.recent.lock();
+        if recent.iter().any(|(k, _)| k == &key) {
+            return;
+        }
+        if recent.len() >= SHARED_CHUNKS {
+            recent.pop_front();
+        }
+        recent.push_back((key, chunk));
+    }
 }
 
 impl Registry {
@@ -181,6 +271,7 @@ impl Registry {
 
 struct PartitionReader {
     store: Store,
+    chunks: Arc<SharedChunks>,
     source: Source,
     partition: u32,
     next: u64,
@@ -201,34 +292,89 @@ impl PartitionReader {
                 }
                 continue;
             }
-            let rows = match read_chunk(
-                &self.store,
-                &self.source.log,
-                self.partition,
-                self.next,
-                high,
-            )
-            .await
-            {
-                Ok(Some(rows)) => rows,
-                Ok(None) => return None, // dropped while we read
+            let chunk = match self.chunk(high).await? {
+                Ok(c) => c,
                 Err(e) => return Some(Err(e)),
             };
-            let last = rows.last().map(|(o, _)| *o).unwrap_or(self.next);
-            self.next = last + 1;
+            self.next = chunk.next;
             if let Some(n) = self.stats.next.get(self.partition as usize) {
                 n.store(self.next, Ordering::Relaxed);
             }
-            let batch =
-                match log_batch(&self.source.schema, &self.source.log, self.partition, &rows) {
-                    Ok(b) => b,
-                    Err(e) => return Some(Err(e.into())),
-                };
-            match apply_filter(self.filter.as_ref(), batch) {
+            match apply_filter(self.filter.as_ref(), chunk.batch.clone()) {
                 Ok(b) if b.num_rows() == 0 => continue,
                 other => return Some(other),
             }
         }
+    }
+}
+
+impl Engine {
+    /// `batch` as COPY lines in `options`' layout. Subscriptions reading the same chunk
+    /// unfiltered get the same batch (see [`SharedChunks`]), so with many of them on one
+    /// partition its lines are encoded once and shared.
+    pub fn copy_lines(
+        &self,
+        options: &CopyOptions,
+        batch: &RecordBatch,
+    ) -> Result<Vec<bytes::Bytes>> {
+        let found = self
+            .subscriptions
+            .lines
+            .lock()
+            .iter()
+            .rev()
+            .find(|e| &e.options == options && same_batch(&e.batch, batch))
+            .map(|e| e.lines.clone());
+        if let Some(lines) = found {
+            return Ok(lines);
+        }
+        let lines = options.encode_batch(batch)?;
+        let mut recent = self.subscriptions.lines.lock();
+        if recent.len() >= SHARED_ENCODINGS {
+            recent.pop_front();
+        }
+        recent.push_back(EncodedLines {
+            batch: batch.clone(),
+            options: options.clone(),
+            lines: lines.clone(),
+        });
+        Ok(lines)
+    }
+}
+
+impl PartitionReader {
+    /// The rows of `[next, high)`, up to one chunk, decoded; shared with any other
+    /// subscription that read the same range lately. `None` if the log was dropped.
+    async fn chunk(&self, high: u64) -> Option<Result<Arc<Chunk>>> {
+        let key = ChunkKey {
+            def: self.source.def.clone(),
+            partition: self.partition,
+            from: self.next,
+            high,
+        };
+        if let Some(c) = self.chunks.get(&key) {
+            return Some(Ok(c));
+        }
+        let rows = match read_chunk(
+            &self.store,
+            &self.source.log,
+            self.partition,
+            self.next,
+            high,
+        )
+        .await
+        {
+            Ok(Some(rows)) => rows,
+            Ok(None) => return None, // dropped while we read
+            Err(e) => return Some(Err(e)),
+        };
+        let next = rows.last().map(|(o, _)| *o).unwrap_or(self.next) + 1;
+        let chunk = match log_batch(&self.source.schema, &self.source.log, self.partition, &rows) {
+            Ok(batch) => Arc::new(Chunk { batch, next }),
+            Err(e) => return Some(Err(e.into())),
+        };
+        self.chunks.put(key, chunk.clone());
+        Some(Ok(chunk))
     }
 }
 
@@ -332,6 +478,7 @@ impl Engine {
             .ok_or(Error::UndefinedObject { name: name.clone() })?;
         Ok(match &*def {
             ObjectDef::Topic(t) => Source {
+                def: def.clone(),
                 schema: topic_schema(t),
                 log: Arc::new(t.clone()),
                 table: None,
@@ -339,6 +486,7 @@ impl Engine {
             ObjectDef::Table(t) => {
                 let log = t.change_log();
                 Source {
+                    def: def.clone(),
                     schema: change_schema(&log),
                     log: Arc::new(log),
                     table: Some(Arc::new(t.clone())),
@@ -485,6 +633,7 @@ impl Engine {
             let state = self.store().partition(&source.log, p as u32)?;
             readers.push(PartitionReader {
                 store: self.store().clone(),
+                chunks: self.subscriptions.chunks.clone(),
                 source: source.clone(),
                 partition: p as u32,
                 next,
@@ -634,6 +783,77 @@ mod tests {
                 "partition {p} in offset order"
             );
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn subscriptions_reading_the_same_rows_share_one_decoding_and_encoding() {
+        let (_dir, e) = engine().await;
+        run(&e, "CREATE TOPIC t (n INT)").await;
+        let values: Vec<String> = (0..50).map(|i| format!("({i})")).collect();
+        run(
+            &e,
+            &format!("INSERT INTO t (n) VALUES {}", values.join(",")),
+        )
+        .await;
+        let read = || {
+            e.store()
+                .stats()
+                .log_records_from_memory
+                .load(Ordering::Relaxed)
+        };
+        let before = read();
+        let next = |mut s: SendableRecordBatchStream| async move {
+            let b = tokio::time::timeout(Duration::from_secs(10), s.next())
+                .await
+                .expect("rows arrive")
+                .expect("stream open")
+                .unwrap();
+            (s, b)
+        };
+        let all = spec(&e, "SUBSCRIBE t FROM BEGINNING");
+        let (_s1, b1) = next(e.subscribe(&all, "test").await.unwrap()).await;
+        let (_s2, b2) = next(e.subscribe(&all, "test").await.unwrap()).await;
+        let ns = |b: &RecordBatch| -> Vec<i32> {
+            let n = b.column(4).as_any().downcast_ref::<Int32Array>().unwrap();
+            n.values().to_vec()
+        };
+        assert_eq!(ns(&b1), (0..50).collect::<Vec<_>>());
+        assert!(
+            same_batch(&b1, &b2),
+            "the second subscription reuses the first one's rows"
+        );
+        assert_eq!(read() - before, 50, "the tail was read once for both");
+        // A filtered subscription shares the decoding and filters its own copy.
+        let filtered = spec(&e, "SUBSCRIBE t WHERE n >= 45 FROM BEGINNING");
+        let (_s3, b3) = next(e.subscribe(&filtered, "test").await.unwrap()).await;
+        assert_eq!(ns(&b3), (45..50).collect::<Vec<_>>());
+        assert_eq!(read() - before, 50);
+        // The COPY lines of a shared batch are encoded once; other options, other lines.
+        let text = CopyOptions::from_ast(&[], &[]).unwrap();
+        let l1 = e.copy_lines(&text, &b1).unwrap();
+        let l2 = e.copy_lines(&text, &b2).unwrap();
+        assert_eq!(l1.len(), 50);
+        assert_eq!(l1, l2);
+        assert!(
+            l1.iter().zip(&l2).all(|(a, b)| a.as_ptr() == b.as_ptr()),
+            "the same encoded bytes"
+        );
+        assert!(
+            String::from_utf8_lossy(&l1[7]).ends_with("\t7\n"),
+            "{:?}",
+            l1[7]
+        );
+        let csv = CopyOptions {
+            format: crate::copy::CopyFormat::Csv,
+            delimiter: ',',
+            ..text.clone()
+        };
+        let l3 = e.copy_lines(&csv, &b1).unwrap();
+        assert!(
+            String::from_utf8_lossy(&l3[7]).ends_with(",7\n"),
+            "{:?}",
+            l3[7]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

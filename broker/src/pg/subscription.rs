@@ -164,7 +164,7 @@ where
             }
             batch = stream.next() => match batch {
                 Some(Ok(b)) => {
-                    let lines = match opts.encode_batch(&b) {
+                    let lines = match engine.copy_lines(&opts, &b) {
                         Ok(l) => l,
                         Err(e) => return finish_with_error(socket, ErrorInfo::from(to_pg(e)), req.extended, queued).await,
                     };
