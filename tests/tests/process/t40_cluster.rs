@@ -471,3 +471,44 @@ async fn replace_node_while_publishing(dead: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_through_a_follower_keep_their_order_on_every_replica(
+) -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3).await?;
+    cluster
+        .client(1)
+        .await?
+        .batch_execute("CREATE TOPIC seq (n BIGINT) WITH (partitions = 1)")
+        .await?;
+    let leader = cluster.leader_of(1, "seq", 0).await?;
+    let via = if leader == 1 { 2 } else { 1 };
+    let c = cluster.client(via).await?;
+    let ins = c
+        .prepare("INSERT INTO seq (n) VALUES ($1) RETURNING _offset")
+        .await?;
+    // Sent without waiting for answers (tokio-postgres pipelines queries polled
+    // together); node `via` forwards them to the leader.
+    let ns: Vec<i64> = (0..400).collect();
+    let params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 1]> =
+        ns.iter().map(|n| [n as _]).collect();
+    let answers = futures::future::join_all(params.iter().map(|p| c.query_one(&ins, p))).await;
+    for (n, a) in ns.iter().zip(answers) {
+        assert_eq!(a?.get::<_, i64>(0), *n, "publish {n} got the next offset");
+    }
+    for node in 1..=3 {
+        cluster
+            .wait_rows(node, "SELECT n FROM seq", ns.len())
+            .await?;
+        let got: Vec<i64> = cluster
+            .client(node)
+            .await?
+            .query("SELECT n FROM seq ORDER BY _offset", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(got, ns, "node {node} holds the publishes in the order sent");
+    }
+    Ok(())
+}
