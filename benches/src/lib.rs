@@ -51,8 +51,8 @@ pub enum Scenario {
     /// PostgreSQL LISTEN/NOTIFY).
     Latency,
     /// Single-row publishes to a 3-node cluster, many in flight, each acknowledged once a
-    /// majority of its replicas has it; then leader kills (peer: NATS JetStream R3 on 3
-    /// servers).
+    /// majority of its replicas has it, as one INSERT each and through eddy-client's
+    /// producer; then leader kills (peer: NATS JetStream R3 on 3 servers).
     Replicated,
     /// A gossip table written on every node while the last node is cut off; time from the
     /// heal until every node holds the same rows (p50/p99/max over --rounds), and gossip's
