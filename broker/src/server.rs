@@ -36,6 +36,35 @@ pub struct NodeHandle {
     cluster_addr: SocketAddr,
 }
 
+/// Binds the cluster (internal RPC) listener. Gossip uses the same port over UDP, so with
+/// port 0 the port the system picks must be free for UDP too: it is probed, and another
+/// one picked while it is not. The probe socket is returned and held until gossip binds.
+async fn bind_cluster(
+    want: SocketAddr,
+) -> anyhow::Result<(TcpListener, Option<std::net::UdpSocket>)> {
+    let mut tries = 0;
+    loop {
+        let listener = TcpListener::bind(want)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for the cluster on {want}: {e}"))?;
+        if want.port() != 0 {
+            return Ok((listener, None));
+        }
+        match std::net::UdpSocket::bind(listener.local_addr()?) {
+            Ok(probe) => return Ok((listener, Some(probe))),
+            Err(e) if tries < 20 => {
+                tracing::debug!(error = %e, "cluster port taken for UDP; picking another");
+                tries += 1;
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "cannot find a cluster port free for TCP and UDP on {want}: {e}"
+                ))
+            }
+        }
+    }
+}
+
 /// The query layer's writes go through the cluster's Raft groups.
 struct Replicated(Cluster, Arc<Faults>);
 
@@ -234,9 +263,7 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
         tracing::warn!(%pg_addr, "listening beyond loopback with trust authentication: anyone who can reach this port can connect");
     }
     let want = config.cluster.cluster_addr_for(config.node.pg_addr);
-    let cluster_listener = TcpListener::bind(want)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen for the cluster on {want}: {e}"))?;
+    let (cluster_listener, udp_probe) = bind_cluster(want).await?;
     let cluster_addr = cluster_listener.local_addr()?;
     let mut cc = ClusterConfig::new(
         config.cluster.node_id,
@@ -269,6 +296,8 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
         ..GossipConfig::default()
     };
     let faults = Arc::new(Faults::default());
+    // Released just before gossip binds the same port.
+    drop(udp_probe);
     let cluster = Cluster::start(store.clone(), cc, cluster_listener, faults.clone())
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the cluster: {e}"))?;
