@@ -53,6 +53,15 @@ pub fn ratio(scenario: Scenario, eddy: &Summary, peer: &Summary) -> f64 {
     }
 }
 
+/// Who a ratio favours (above 1, eddy).
+fn verdict(ratio: f64) -> &'static str {
+    if ratio >= 1.0 {
+        "eddy wins"
+    } else {
+        "peer wins"
+    }
+}
+
 /// A scenario's results: eddy's entries (the first is the one compared) and the peers'.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -114,12 +123,12 @@ impl Report {
             "throughput, eddy/peer"
         };
         for (peer, r) in self.ratios() {
-            let verdict = if r >= 1.0 { "eddy wins" } else { "peer wins" };
+            let verdict = verdict(r);
             out.push_str(&format!("ratio vs {peer} ({basis}): {r:.2} — {verdict}\n"));
         }
         for (label, ratios) in self.variant_ratios() {
             for (peer, r) in ratios {
-                let verdict = if r >= 1.0 { "eddy wins" } else { "peer wins" };
+                let verdict = verdict(r);
                 out.push_str(&format!(
                     "ratio of {label} vs {peer} ({basis}): {r:.2} — {verdict}\n"
                 ));
@@ -128,7 +137,7 @@ impl Report {
         if self.scenario == Scenario::Replicated {
             // Its goal has two parts: throughput, and an ack p99 no worse than the peer's.
             for (peer, r) in self.p99_ratios() {
-                let verdict = if r >= 1.0 { "eddy wins" } else { "peer wins" };
+                let verdict = verdict(r);
                 out.push_str(&format!(
                     "p99 ack latency vs {peer} (peer/eddy): {r:.2} — {verdict}\n"
                 ));

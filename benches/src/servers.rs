@@ -370,19 +370,28 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// The fields of a `/proc/<pid>/stat` line from field 3 (state) on: index 1 is ppid, 11
+/// and 12 utime and stime, 13 and 14 cutime and cstime.
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    // The command name is in parentheses and may hold spaces; fields follow the last ')'.
+    Some(stat[stat.rfind(')')? + 2..].split_whitespace().collect())
+}
+
+/// The sum of `stat`'s fields in `range` (see [`stat_fields`]), in clock ticks.
+fn stat_ticks(fields: &[&str], range: std::ops::Range<usize>) -> Option<u64> {
+    Some(
+        fields
+            .get(range)?
+            .iter()
+            .filter_map(|v| v.parse::<u64>().ok())
+            .sum(),
+    )
+}
+
 /// (ppid, utime + stime + cutime + cstime) from a `/proc/<pid>/stat` line.
 fn parse_stat(stat: &str) -> Option<(u32, u64)> {
-    // The command name is in parentheses and may hold spaces; fields follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // Fields from 3 (state): ppid is 4, utime 14, stime 15, cutime 16, cstime 17.
-    let ppid = f.get(1)?.parse().ok()?;
-    let ticks: u64 = f
-        .get(11..15)?
-        .iter()
-        .filter_map(|v| v.parse::<u64>().ok())
-        .sum();
-    Some((ppid, ticks))
+    let f = stat_fields(stat)?;
+    Some((f.get(1)?.parse().ok()?, stat_ticks(&f, 11..15)?))
 }
 
 /// CPU seconds this process (the load generator, all its threads) has used so far; its
@@ -390,16 +399,7 @@ fn parse_stat(stat: &str) -> Option<(u32, u64)> {
 pub fn own_cpu_seconds() -> f64 {
     let ticks = std::fs::read_to_string("/proc/self/stat")
         .ok()
-        .and_then(|stat| {
-            let rest = stat[stat.rfind(')')? + 2..].to_owned();
-            let f: Vec<u64> = rest
-                .split_whitespace()
-                .skip(11)
-                .take(2)
-                .filter_map(|v| v.parse().ok())
-                .collect();
-            Some(f.iter().sum::<u64>())
-        })
+        .and_then(|stat| stat_ticks(&stat_fields(&stat)?, 11..13))
         .unwrap_or(0);
     ticks as f64 / clock_ticks()
 }

@@ -343,6 +343,34 @@ fn opened<T: serde::de::DeserializeOwned>(auth: &FrameAuth, frame: &[u8]) -> Opt
 /// buffered anyway; this bounds how long one burst holds the writer).
 const COALESCE_FRAMES: usize = 256;
 
+/// Writes `first`, and whatever `rx` already holds (up to [`COALESCE_FRAMES`]), as frames
+/// made by `frame` (`None`: nothing to send for that item), then flushes once: frames
+/// queued together leave in one write. False when the connection failed.
+async fn write_coalesced<T, S>(
+    sink: &mut S,
+    first: T,
+    rx: &mut mpsc::Receiver<T>,
+    mut frame: impl FnMut(T) -> Option<Bytes>,
+) -> bool
+where
+    S: futures::Sink<Bytes> + Unpin,
+{
+    let mut next = Some(first);
+    let mut fed = 0;
+    while let Some(item) = next.take() {
+        if let Some(bytes) = frame(item) {
+            if sink.feed(bytes).await.is_err() {
+                return false;
+            }
+            fed += 1;
+        }
+        if fed < COALESCE_FRAMES {
+            next = rx.try_recv().ok();
+        }
+    }
+    sink.flush().await.is_ok()
+}
+
 fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .max_frame_length(MAX_FRAME)
@@ -374,32 +402,21 @@ async fn run_client(
         reader_pending.lock().clear();
     });
     let mut next_id = 0u64;
-    'conn: while let Some(first) = rx.recv().await {
+    while let Some(first) = rx.recv().await {
         if reader.is_finished() {
             break;
         }
-        // Calls queued meanwhile go out in the same write.
-        let mut next = Some(first);
-        let mut fed = 0;
-        while let Some((call, reply)) = next.take() {
+        let sent = write_coalesced(&mut sink, first, &mut rx, |(call, reply)| {
             next_id += 1;
             pending.lock().insert(next_id, reply);
-            match sealed(&auth, &Frame::Call(next_id, call)) {
-                Ok(bytes) => {
-                    if sink.feed(bytes).await.is_err() {
-                        break 'conn;
-                    }
-                    fed += 1;
-                }
-                Err(_) => {
-                    pending.lock().remove(&next_id);
-                }
+            let bytes = sealed(&auth, &Frame::Call(next_id, call)).ok();
+            if bytes.is_none() {
+                pending.lock().remove(&next_id);
             }
-            if fed < COALESCE_FRAMES {
-                next = rx.try_recv().ok();
-            }
-        }
-        if sink.flush().await.is_err() {
+            bytes
+        })
+        .await;
+        if !sent {
             break;
         }
     }
@@ -461,19 +478,7 @@ async fn serve_conn(
     let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
     let writer = tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
-            // Replies ready meanwhile go out in the same write.
-            let mut next = Some(b);
-            let mut fed = 0;
-            while let Some(b) = next.take() {
-                if sink.feed(b).await.is_err() {
-                    return;
-                }
-                fed += 1;
-                if fed < COALESCE_FRAMES {
-                    next = rx.try_recv().ok();
-                }
-            }
-            if sink.flush().await.is_err() {
+            if !write_coalesced(&mut sink, b, &mut rx, Some).await {
                 break;
             }
         }

@@ -34,6 +34,7 @@ mod dml;
 mod durable;
 mod engine;
 mod error;
+mod fanout;
 mod functions;
 mod point;
 mod provider;

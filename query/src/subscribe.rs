@@ -30,9 +30,9 @@ use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, ObjectName, SqlOption};
 use eddy_storage::{LogRecord, ObjectDef, Store, TableDef, TopicDef};
 use futures::StreamExt;
 
-use crate::copy::CopyOptions;
 use crate::engine::{object_name, Engine};
 use crate::error::{Error, Result};
+use crate::fanout::{Chunk, ChunkKey, SharedChunks};
 use crate::provider::{log_batch, topic_schema};
 
 /// Where a subscription starts, in every partition.
@@ -162,93 +162,8 @@ pub struct SubStats {
 pub(crate) struct Registry {
     next_id: AtomicU64,
     live: parking_lot::Mutex<BTreeMap<u64, Weak<SubStats>>>,
-    /// Chunks decoded lately, shared by the subscriptions reading them.
-    pub(crate) chunks: Arc<SharedChunks>,
-    /// COPY lines encoded lately, by batch and options (see [`Engine::copy_lines`]).
-    lines: parking_lot::Mutex<std::collections::VecDeque<EncodedLines>>,
-}
-
-/// One batch's COPY lines in one layout. Holds the batch, so the identity of its columns
-/// (what a lookup compares) stays unique while the entry lives.
-#[derive(Debug)]
-struct EncodedLines {
-    batch: RecordBatch,
-    options: CopyOptions,
-    lines: Vec<bytes::Bytes>,
-}
-
-/// Encodings [`Registry::lines`] keeps.
-const SHARED_ENCODINGS: usize = 16;
-
-/// True when `a` and `b` are the same batch (clones share their column arrays).
-fn same_batch(a: &RecordBatch, b: &RecordBatch) -> bool {
-    a.num_rows() == b.num_rows()
-        && a.num_columns() == b.num_columns()
-        && a.columns()
-            .iter()
-            .zip(b.columns())
-            .all(|(x, y)| Arc::ptr_eq(x, y))
-}
-
-/// Which chunk of which log: subscriptions that read the same range of the same
-/// partition get the same rows.
-#[derive(Debug, Clone)]
-struct ChunkKey {
-    /// The catalog's definition (a new one after ALTER: its columns may differ). Held, so
-    /// its address is not reused while the key lives.
-    def: Arc<ObjectDef>,
-    partition: u32,
-    from: u64,
-    high: u64,
-}
-
-impl PartialEq for ChunkKey {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.def, &other.def)
-            && (self.partition, self.from, self.high) == (other.partition, other.from, other.high)
-    }
-}
-
-/// A decoded chunk: its rows as one batch, and the offset after its last row.
-#[derive(Debug)]
-struct Chunk {
-    batch: RecordBatch,
-    next: u64,
-}
-
-/// The last few chunks subscriptions decoded. Subscribers that keep up with a partition
-/// are woken by the same watermark change and ask for the same range, so with many of
-/// them (fanout) each chunk is read from the tail and turned into Arrow once instead of
-/// once per subscriber. A subscriber behind the others asks for ranges nobody else does
-/// and decodes its own.
-#[derive(Debug, Default)]
-pub(crate) struct SharedChunks {
-    recent: parking_lot::Mutex<std::collections::VecDeque<(ChunkKey, Arc<Chunk>)>>,
-}
-
-/// Chunks [`SharedChunks`] keeps.
-const SHARED_CHUNKS: usize = 32;
-
-impl SharedChunks {
-    fn get(&self, key: &ChunkKey) -> Option<Arc<Chunk>> {
-        self.recent
-            .lock()
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, c)| c.clone())
-    }
-
-    fn put(&self, key: ChunkKey, chunk: Arc<Chunk>) {
-        let mut recent = self.recent.lock();
-        if recent.iter().any(|(k, _)| k == &key) {
-            return;
-        }
-        if recent.len() >= SHARED_CHUNKS {
-            recent.pop_front();
-        }
-        recent.push_back((key, chunk));
-    }
+    /// Decoded chunks and COPY encodings shared by subscriptions (fanout).
+    pub(crate) shared: crate::fanout::Shared,
 }
 
 impl Registry {
@@ -306,43 +221,7 @@ impl PartitionReader {
             }
         }
     }
-}
 
-impl Engine {
-    /// `batch` as COPY lines in `options`' layout. Subscriptions reading the same chunk
-    /// unfiltered get the same batch (see [`SharedChunks`]), so with many of them on one
-    /// partition its lines are encoded once and shared.
-    pub fn copy_lines(
-        &self,
-        options: &CopyOptions,
-        batch: &RecordBatch,
-    ) -> Result<Vec<bytes::Bytes>> {
-        let found = self
-            .subscriptions
-            .lines
-            .lock()
-            .iter()
-            .rev()
-            .find(|e| &e.options == options && same_batch(&e.batch, batch))
-            .map(|e| e.lines.clone());
-        if let Some(lines) = found {
-            return Ok(lines);
-        }
-        let lines = options.encode_batch(batch)?;
-        let mut recent = self.subscriptions.lines.lock();
-        if recent.len() >= SHARED_ENCODINGS {
-            recent.pop_front();
-        }
-        recent.push_back(EncodedLines {
-            batch: batch.clone(),
-            options: options.clone(),
-            lines: lines.clone(),
-        });
-        Ok(lines)
-    }
-}
-
-impl PartitionReader {
     /// The rows of `[next, high)`, up to one chunk, decoded; shared with any other
     /// subscription that read the same range lately. `None` if the log was dropped.
     async fn chunk(&self, high: u64) -> Option<Result<Arc<Chunk>>> {
@@ -352,7 +231,7 @@ impl PartitionReader {
             from: self.next,
             high,
         };
-        if let Some(c) = self.chunks.get(&key) {
+        if let Some(c) = self.chunks.find(|(k, c)| (k == &key).then(|| c.clone())) {
             return Some(Ok(c));
         }
         let rows = match read_chunk(
@@ -373,7 +252,8 @@ impl PartitionReader {
             Ok(batch) => Arc::new(Chunk { batch, next }),
             Err(e) => return Some(Err(e.into())),
         };
-        self.chunks.put(key, chunk.clone());
+        self.chunks
+            .put((key.clone(), chunk.clone()), |(k, _)| k == &key);
         Some(Ok(chunk))
     }
 }
@@ -633,7 +513,7 @@ impl Engine {
             let state = self.store().partition(&source.log, p as u32)?;
             readers.push(PartitionReader {
                 store: self.store().clone(),
-                chunks: self.subscriptions.chunks.clone(),
+                chunks: self.subscriptions.shared.chunks.clone(),
                 source: source.clone(),
                 partition: p as u32,
                 next,
@@ -819,7 +699,7 @@ mod tests {
         };
         assert_eq!(ns(&b1), (0..50).collect::<Vec<_>>());
         assert!(
-            same_batch(&b1, &b2),
+            crate::fanout::same_batch(&b1, &b2),
             "the second subscription reuses the first one's rows"
         );
         assert_eq!(read() - before, 50, "the tail was read once for both");
@@ -829,7 +709,7 @@ mod tests {
         assert_eq!(ns(&b3), (45..50).collect::<Vec<_>>());
         assert_eq!(read() - before, 50);
         // The COPY lines of a shared batch are encoded once; other options, other lines.
-        let text = CopyOptions::from_ast(&[], &[]).unwrap();
+        let text = crate::copy::CopyOptions::from_ast(&[], &[]).unwrap();
         let l1 = e.copy_lines(&text, &b1).unwrap();
         let l2 = e.copy_lines(&text, &b2).unwrap();
         assert_eq!(l1.len(), 50);
@@ -843,7 +723,7 @@ mod tests {
             "{:?}",
             l1[7]
         );
-        let csv = CopyOptions {
+        let csv = crate::copy::CopyOptions {
             format: crate::copy::CopyFormat::Csv,
             delimiter: ',',
             ..text.clone()

@@ -301,7 +301,6 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
             PgWireConnectionState::CopyInProgress(ext) => ext,
             _ => msg.is_extended_query(),
         };
-        // Behind outstanding answers, this message's output is queued, not sent.
         // Behind outstanding answers, this message's output is queued, not sent. Held
         // output of earlier messages stays in front of it (see `hold_output`).
         let capture = (!pipeline.is_empty()).then(|| socket.get_ref().out.len());

@@ -8,6 +8,7 @@ use arrow::datatypes::{DataType, TimeUnit};
 use arrow_pg::datatypes::df::deserialize_parameters;
 use arrow_pg::datatypes::{arrow_schema_to_pg_fields, into_pg_type};
 use async_trait::async_trait;
+use datafusion::common::ParamValues;
 use eddy_query::{Engine, Prepared};
 use futures::Sink;
 use pgwire::api::portal::{Format, Portal};
@@ -38,6 +39,22 @@ fn arrow_of_pg(t: &Type) -> Option<DataType> {
         Type::DATE => DataType::Date32,
         _ => return None,
     })
+}
+
+/// A portal's parameter values, decoded as the statement's parameter types say (types
+/// it does not know are left to the client's format).
+pub(super) fn parameters(portal: &Portal<Arc<Prepared>>) -> PgWireResult<ParamValues> {
+    let mut types: Vec<Option<&DataType>> = portal
+        .statement
+        .statement
+        .param_types
+        .iter()
+        .map(Option::as_ref)
+        .collect();
+    if types.len() < portal.parameter_len() {
+        types.resize(portal.parameter_len(), None);
+    }
+    deserialize_parameters(portal, &types)
 }
 
 /// Plans statements at Parse time.
@@ -119,12 +136,7 @@ impl ExtendedQueryHandler for Backend {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let prepared = &portal.statement.statement;
-        let mut types: Vec<Option<&DataType>> =
-            prepared.param_types.iter().map(Option::as_ref).collect();
-        if types.len() < portal.parameter_len() {
-            types.resize(portal.parameter_len(), None);
-        }
-        let params = deserialize_parameters(portal, &types)?;
+        let params = parameters(portal)?;
         let token = super::cancel::begin_statement(client);
         let session = session_of(client);
         let mut s = session.lock().clone();

@@ -23,13 +23,11 @@
 //!   the `Sync` already received: an error then ends just that statement's implicit
 //!   transaction, exactly as when it runs alone.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
-use arrow_pg::datatypes::df::deserialize_parameters;
 use bytes::{Bytes, BytesMut};
 use eddy_query::{Engine, Prepared, Session};
 use futures::stream::FuturesOrdered;
@@ -50,7 +48,8 @@ use crate::error::to_pg;
 /// stops reading until the oldest is answered.
 pub(crate) const MAX_DEFERRED: usize = 1024;
 
-type Reply = Pin<Box<dyn Future<Output = Bytes> + Send>>;
+/// An owed answer: whether it is a deferred write's, and its bytes once complete.
+type Reply = Pin<Box<dyn Future<Output = (bool, Bytes)> + Send>>;
 
 /// The answers a connection owes, in the order it owes them.
 #[derive(Default)]
@@ -58,8 +57,6 @@ pub(crate) struct Pipeline {
     replies: FuturesOrdered<Reply>,
     /// Deferred writes among `replies` (captured output does not count against the limit).
     writes: usize,
-    /// How many of the first replies are writes (so `writes` can be kept on completion).
-    kinds: VecDeque<bool>,
 }
 
 impl Pipeline {
@@ -76,15 +73,15 @@ impl Pipeline {
     /// Queues output that is already complete, behind what is owed.
     pub(crate) fn push_ready(&mut self, bytes: Bytes) {
         if !bytes.is_empty() {
-            self.replies.push_back(Box::pin(std::future::ready(bytes)));
-            self.kinds.push_back(false);
+            self.replies
+                .push_back(Box::pin(std::future::ready((false, bytes))));
         }
     }
 
     /// The next answer, in order, once it is complete; `None` when nothing is owed.
     pub(crate) async fn next(&mut self) -> Option<Bytes> {
-        let bytes = self.replies.next().await?;
-        if self.kinds.pop_front() == Some(true) {
+        let (write, bytes) = self.replies.next().await?;
+        if write {
             self.writes -= 1;
         }
         Some(bytes)
@@ -102,14 +99,13 @@ impl Pipeline {
     /// Queues a deferred write's answer after polling it once, so its write is submitted
     /// before anything that follows (see the module notes).
     async fn push_write(&mut self, reply: impl Future<Output = Bytes> + Send + 'static) {
-        let mut reply: Reply = Box::pin(reply);
+        let mut reply: Reply = Box::pin(async move { (true, reply.await) });
         let polled = std::future::poll_fn(|cx| Poll::Ready(reply.as_mut().poll(cx))).await;
         let reply: Reply = match polled {
-            Poll::Ready(bytes) => Box::pin(std::future::ready(bytes)),
+            Poll::Ready(done) => Box::pin(std::future::ready(done)),
             Poll::Pending => reply,
         };
         self.replies.push_back(reply);
-        self.kinds.push_back(true);
         self.writes += 1;
     }
 }
@@ -167,13 +163,8 @@ where
     if !fresh || !prepared.is_blind_write() {
         return false;
     }
-    let mut types: Vec<Option<&arrow::datatypes::DataType>> =
-        prepared.param_types.iter().map(Option::as_ref).collect();
-    if types.len() < portal.parameter_len() {
-        types.resize(portal.parameter_len(), None);
-    }
     // Parameters that do not decode are reported by the ordinary path.
-    let Ok(params) = deserialize_parameters(&portal, &types) else {
+    let Ok(params) = super::extended::parameters(&portal) else {
         return false;
     };
     let format = portal.result_column_format.clone();
