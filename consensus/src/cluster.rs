@@ -30,7 +30,7 @@ use crate::network::{serve, Call, CallError, Faults, GroupNetwork, Handler, Peer
 mod gossip;
 mod members;
 mod write;
-use crate::storage::{LogStore, StateMachine};
+use crate::storage::group_storage;
 use crate::types::{NodeId, NodeInfo, Raft, Response};
 
 /// The metadata group's id.
@@ -415,7 +415,7 @@ impl Cluster {
         if let Some(g) = self.group(id) {
             return Ok(g);
         }
-        let store = self.inner.store.clone();
+        let (log, sm) = group_storage(&self.inner.store, id, ranges, Some(self.id()));
         let raft = Raft::new(
             self.id(),
             self.inner.raft_config.clone(),
@@ -423,8 +423,8 @@ impl Cluster {
                 group: id,
                 peers: self.inner.peers.clone(),
             },
-            LogStore::new(&store, id),
-            StateMachine::new(&store, id, ranges),
+            log,
+            sm,
         )
         .await
         .map_err(|e| Error::InvalidValue(format!("cannot start raft group {id}: {e}")))?;

@@ -115,7 +115,11 @@ async fn one_partition_topic(nodes: &[TestNode], name: &str) -> (Arc<ObjectDef>,
 }
 
 fn leader(node: &TestNode, group: u64) -> Option<u64> {
-    node.cluster
+    leader_of(&node.cluster, group)
+}
+
+fn leader_of(cluster: &Cluster, group: u64) -> Option<u64> {
+    cluster
         .raft(group)
         .and_then(|r| r.metrics().borrow().current_leader)
 }
@@ -381,4 +385,90 @@ async fn a_node_that_fell_behind_a_purged_log_catches_up_by_snapshot() {
     for n in &nodes {
         n.cluster.shutdown().await;
     }
+}
+
+/// Starts a node of its own cluster on the store in `dir`.
+async fn start_solo_in(dir: &std::path::Path) -> Cluster {
+    let store = Store::open(dir, StorageConfig::default()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let config = ClusterConfig::new(
+        1,
+        NodeInfo {
+            pg_addr: "pg-1".into(),
+            cluster_addr: addr,
+        },
+    );
+    Cluster::start(store, config, listener, Arc::new(Faults::default()))
+        .await
+        .unwrap()
+}
+
+/// Stops a node and closes its store, so that it can be opened again.
+async fn stop_solo(cluster: Cluster) {
+    let store = cluster.store().clone();
+    cluster.shutdown().await;
+    drop(cluster);
+    wait_for("Raft's tasks to let go of the store", || {
+        store.handle_count() == 1
+    })
+    .await;
+    store.shutdown().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_solo_group_applies_each_write_in_its_append_and_restarts_without_reapplying() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_solo_in(dir.path()).await;
+    cluster
+        .write(vec![WriteOp::Create(topic_def("solo", 1))])
+        .await
+        .unwrap();
+    let id = cluster.store().catalog().topic("solo").unwrap().id();
+    let group = group_of(id, 0);
+    let append = |i: usize| WriteOp::Append {
+        topic: id,
+        partition: 0,
+        records: texts(&[format!("m{i}")]),
+    };
+    // Warm up: the group's first entries (its membership, the leader's blank) apply apart.
+    for i in 0..3 {
+        cluster.write(vec![append(i)]).await.unwrap();
+    }
+    let stats = cluster.store().stats();
+    let before = stats.write_requests.load(Ordering::Relaxed);
+    for i in 3..23 {
+        let r = cluster.write(vec![append(i)]).await.unwrap();
+        let WriteResult::Appended { first_offset, .. } = r[0] else {
+            panic!("unexpected {r:?}")
+        };
+        assert_eq!(first_offset, i as u64);
+    }
+    // One committer request per write (its entry, data and applied marker together);
+    // appending and applying apart, with the committed index saved between, took three.
+    let requests = stats.write_requests.load(Ordering::Relaxed) - before;
+    assert_eq!(requests, 20, "committer requests for 20 sequential writes");
+    let metrics = cluster.raft(group).unwrap().metrics().borrow().clone();
+    assert_eq!(
+        metrics.last_applied.map(|l| l.index),
+        metrics.last_log_index,
+        "every entry in the log is applied"
+    );
+    stop_solo(cluster).await;
+
+    // After a restart nothing is applied twice: 23 messages, and the next offset is 23.
+    let cluster = start_solo_in(dir.path()).await;
+    let r = cluster.write(vec![append(23)]).await.unwrap();
+    let WriteResult::Appended { first_offset, .. } = r[0] else {
+        panic!("unexpected {r:?}")
+    };
+    assert_eq!(first_offset, 23);
+    let def = cluster.store().catalog().topic("solo").unwrap();
+    let ObjectDef::Topic(t) = &*def else { panic!() };
+    let rows = cluster.store().read_log(t, 0, 0, u64::MAX, 100).unwrap();
+    let payloads: Vec<Value> = rows.iter().map(|(_, r)| r.values[0].clone()).collect();
+    let expected: Vec<Value> = (0..24).map(|i| Value::Text(format!("m{i}"))).collect();
+    assert_eq!(payloads, expected);
+    stop_solo(cluster).await;
 }

@@ -5,7 +5,7 @@ use eddy_storage::{StorageConfig, Store};
 use openraft::testing::{StoreBuilder, Suite};
 use tempfile::TempDir;
 
-use crate::storage::{LogStore, StateMachine};
+use crate::storage::{group_storage, LogStore, StateMachine};
 use crate::types::{StorageError, TypeConfig};
 
 /// Keeps the directory and the store alive for one case, and shuts the store down after.
@@ -29,8 +29,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, Guard> for Builder {
         #[allow(clippy::expect_used)]
         let store = Store::open(dir.path(), StorageConfig::default()).expect("open store");
         let group = (7u64 << 32) | 1;
-        let log = LogStore::new(&store, group);
-        let sm = StateMachine::new(&store, group, vec![KeyRange::partition(7, 1)]);
+        // The suite checks append and apply apart: no applying at append.
+        let (log, sm) = group_storage(&store, group, vec![KeyRange::partition(7, 1)], None);
         Ok((Guard { store, _dir: dir }, log, sm))
     }
 }

@@ -42,6 +42,8 @@ pub type Entry = openraft::Entry<TypeConfig>;
 pub type LogId = openraft::LogId<NodeId>;
 /// Membership as stored with the state machine.
 pub type StoredMembership = openraft::StoredMembership<NodeId, NodeInfo>;
+/// A group's voters and learners.
+pub type Membership = openraft::Membership<NodeId, NodeInfo>;
 /// A snapshot.
 pub type Snapshot = openraft::storage::Snapshot<TypeConfig>;
 /// A snapshot's metadata.

@@ -110,9 +110,11 @@ impl Cluster {
     /// Decides where a new object's groups live: `replicas` nodes each (default up to
     /// three), the first one rotating over the nodes so leaders spread.
     fn place(&self, ops: &mut [WriteOp]) {
-        let nodes: Vec<NodeId> = self.nodes().keys().copied().collect();
+        let mut nodes: Vec<NodeId> = self.nodes().keys().copied().collect();
         if nodes.is_empty() {
-            return;
+            // Just started: the metadata group has not shown this node's membership yet,
+            // but a node is always a member of its own cluster.
+            nodes.push(self.id());
         }
         let spread = |count: u32, replicas: Option<u32>, salt: usize| -> Vec<Vec<NodeId>> {
             let r = (replicas.unwrap_or(3) as usize).clamp(1, nodes.len());
