@@ -214,6 +214,9 @@ pub struct Engine {
     compat: PostgresCompatibilityParser,
     /// Statements parsed for the extended protocol, by SQL text (see [`Engine::parse_one`]).
     parsed: parking_lot::Mutex<HashMap<String, Statement>>,
+    /// Blind writes prepared for the extended protocol, by SQL text, with the parameter
+    /// types the client declared (see [`Engine::prepare_text`]).
+    prepared_writes: parking_lot::Mutex<HashMap<String, (Vec<Option<DataType>>, Arc<Prepared>)>>,
     pub(crate) config: QueryConfig,
     /// Round-robin cursor per topic for messages without a key.
     round_robin: parking_lot::Mutex<HashMap<ObjectId, Arc<AtomicU64>>>,
@@ -314,6 +317,7 @@ impl Engine {
                 ctx,
                 compat: PostgresCompatibilityParser::new(),
                 parsed: parking_lot::Mutex::new(HashMap::new()),
+                prepared_writes: parking_lot::Mutex::new(HashMap::new()),
                 config,
                 round_robin: parking_lot::Mutex::new(HashMap::new()),
                 rmw: tokio::sync::Mutex::new(()),
@@ -378,6 +382,48 @@ impl Engine {
             }
         }
         Ok(stmt)
+    }
+
+    /// Parses and plans the one statement of an extended-protocol Parse (`None` for an
+    /// empty one). `hints` are the parameter types the client declared.
+    ///
+    /// A blind write (see [`Prepared::is_blind_write`]) is kept by its text and hints and
+    /// handed out again while its target's definition is unchanged: a producer sends its
+    /// batch INSERT as a new unnamed statement every time, and such a plan depends only on
+    /// the text and the target (not on the session), so the parse tree is neither cloned
+    /// nor planned again.
+    pub async fn prepare_text(
+        &self,
+        sql: &str,
+        hints: &[Option<DataType>],
+        session: &Session,
+    ) -> Result<Option<Arc<Prepared>>> {
+        if let Some(kept) = self.prepared_write(sql, hints) {
+            return Ok(Some(kept));
+        }
+        let Some(stmt) = self.parse_one(sql)? else {
+            return Ok(None);
+        };
+        let prepared = Arc::new(self.prepare(stmt, hints, session).await?);
+        if prepared.is_blind_write() && sql.len() <= PARSE_CACHE_MAX_SQL {
+            let mut cache = self.prepared_writes.lock();
+            if cache.len() >= PARSE_CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(sql.to_owned(), (hints.to_vec(), prepared.clone()));
+        }
+        Ok(Some(prepared))
+    }
+
+    /// The blind write kept for `sql` and `hints`, if its target is unchanged since.
+    fn prepared_write(&self, sql: &str, hints: &[Option<DataType>]) -> Option<Arc<Prepared>> {
+        let cache = self.prepared_writes.lock();
+        let (declared, prepared) = cache.get(sql)?;
+        let current = match &prepared.kind {
+            Kind::Dml(plan) => plan.targets_current(self.store.catalog()),
+            _ => false,
+        };
+        (current && declared.as_slice() == hints).then(|| prepared.clone())
     }
 
     /// Plans a statement. `hints` are parameter types the client declared; `session`
@@ -905,5 +951,57 @@ pub(crate) fn param_list(params: &ParamValues) -> Vec<ScalarValue> {
     match params {
         ParamValues::List(l) => l.iter().map(|s| s.value.clone()).collect(),
         ParamValues::Map(_) => vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use eddy_storage::{StorageConfig, Store};
+
+    use super::*;
+
+    async fn run(e: &Engine, sql: &str) {
+        let mut s = Session::new();
+        for stmt in e.parse(sql).unwrap() {
+            e.run(&mut s, stmt).await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blind_write_is_planned_once_per_text_until_its_target_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
+        let e = Engine::new(store, QueryConfig::default()).unwrap();
+        let s = Session::new();
+        run(&e, "CREATE TOPIC t (a BIGINT)").await;
+        let sql = "INSERT INTO t VALUES ($1)";
+        let prepare = |hints: Vec<Option<DataType>>| {
+            let (e, s) = (&e, &s);
+            async move { e.prepare_text(sql, &hints, s).await.unwrap().unwrap() }
+        };
+        // Other declared types are another plan.
+        let declared = prepare(vec![Some(DataType::Utf8)]).await;
+        let first = prepare(vec![]).await;
+        assert!(!Arc::ptr_eq(&first, &declared));
+        assert!(first.is_blind_write());
+        assert_eq!(first.param_types, vec![Some(DataType::Int64)]);
+        assert!(Arc::ptr_eq(&first, &prepare(vec![]).await), "kept");
+
+        // The topic made anew with another column type: planned again against it.
+        run(&e, "DROP TOPIC t").await;
+        run(&e, "CREATE TOPIC t (a TEXT)").await;
+        let again = prepare(vec![]).await;
+        assert!(!Arc::ptr_eq(&first, &again));
+        assert_eq!(again.param_types, vec![Some(DataType::Utf8)]);
+        // ALTER changes the definition too.
+        run(&e, "ALTER TOPIC t SET (retention = '1 day')").await;
+        let altered = prepare(vec![]).await;
+        assert!(!Arc::ptr_eq(&again, &altered));
+
+        // Reads are not kept: each Parse plans them.
+        let q = "SELECT a FROM t WHERE a = $1";
+        let q1 = e.prepare_text(q, &[], &s).await.unwrap().unwrap();
+        let q2 = e.prepare_text(q, &[], &s).await.unwrap().unwrap();
+        assert!(!Arc::ptr_eq(&q1, &q2));
     }
 }

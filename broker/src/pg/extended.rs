@@ -75,20 +75,15 @@ impl QueryParser for EddyParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let Some(stmt) = self.engine.parse_one(sql).map_err(to_pg)? else {
-            return Ok(None);
-        };
         let hints: Vec<Option<DataType>> = types
             .iter()
             .map(|t| t.as_ref().and_then(arrow_of_pg))
             .collect();
         let session = session_of(client).lock().clone();
-        let prepared = self
-            .engine
-            .prepare(stmt, &hints, &session)
+        self.engine
+            .prepare_text(sql, &hints, &session)
             .await
-            .map_err(to_pg)?;
-        Ok(Some(Arc::new(prepared)))
+            .map_err(to_pg)
     }
 
     fn get_parameter_types(&self, stmt: &Arc<Prepared>) -> PgWireResult<Vec<Type>> {
