@@ -30,7 +30,7 @@ use crate::network::{serve, Call, CallError, Faults, GroupNetwork, Handler, Peer
 mod gossip;
 mod members;
 mod write;
-use crate::storage::group_storage;
+use crate::storage::{group_storage, Stubs};
 use crate::types::{NodeId, NodeInfo, Raft, Response};
 
 /// The metadata group's id.
@@ -145,6 +145,8 @@ pub struct GroupInfo {
 struct Group {
     raft: Raft,
     proposals: mpsc::Sender<Proposal>,
+    /// Sealed before another node joins the group.
+    stubs: Stubs,
 }
 
 struct Proposal {
@@ -415,7 +417,9 @@ impl Cluster {
         if let Some(g) = self.group(id) {
             return Ok(g);
         }
-        let (log, sm) = group_storage(&self.inner.store, id, ranges, Some(self.id()));
+        // The metadata group's log is how joining nodes catch up: no stubs in it.
+        let stubs = id != METADATA_GROUP;
+        let (log, sm, stubs) = group_storage(&self.inner.store, id, ranges, Some(self.id()), stubs);
         let raft = Raft::new(
             self.id(),
             self.inner.raft_config.clone(),
@@ -432,6 +436,7 @@ impl Cluster {
         let group = Arc::new(Group {
             raft: raft.clone(),
             proposals: tx,
+            stubs,
         });
         self.inner.groups.write().insert(id, group.clone());
         tokio::spawn(self.clone().run_proposer(id, raft, rx));

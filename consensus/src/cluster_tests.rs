@@ -472,3 +472,75 @@ async fn a_solo_group_applies_each_write_in_its_append_and_restarts_without_reap
     assert_eq!(payloads, expected);
     stop_solo(cluster).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_replica_group_logs_stubs_and_its_new_replica_still_gets_every_write() {
+    use crate::types::Entry;
+    use openraft::EntryPayload;
+    let nodes = three_nodes().await;
+    let ObjectDef::Topic(mut def) = topic_def("one", 1) else {
+        unreachable!()
+    };
+    def.replicas = Some(1);
+    nodes[0]
+        .cluster
+        .write(vec![WriteOp::Create(ObjectDef::Topic(def))])
+        .await
+        .unwrap();
+    let def = nodes[0].cluster.store().catalog().topic("one").unwrap();
+    let holder = def.placement()[0].clone();
+    assert_eq!(holder.len(), 1, "one replica: {holder:?}");
+    let holder = holder[0];
+    let id = def.id();
+    let group = group_of(id, 0);
+    let append = |i: usize| WriteOp::Append {
+        topic: id,
+        partition: 0,
+        records: texts(&[format!("m{i}")]),
+    };
+    let on = |id: u64| &nodes[(id - 1) as usize];
+    wait_for("the topic on its replica", || {
+        on(holder).cluster.store().catalog().topic("one").is_some()
+    })
+    .await;
+    for i in 0..30 {
+        on(holder).cluster.write(vec![append(i)]).await.unwrap();
+    }
+    // The holder's log keeps stubs: no entry carries a write.
+    let logged = on(holder)
+        .cluster
+        .store()
+        .raft_entries(group, 0, u64::MAX)
+        .unwrap();
+    let entries: Vec<Entry> = logged
+        .iter()
+        .map(|(_, b)| postcard::from_bytes(b).unwrap())
+        .collect();
+    assert!(entries.len() >= 30, "{} entries", entries.len());
+    assert!(
+        entries
+            .iter()
+            .all(|e| !matches!(e.payload, EntryPayload::Normal(_))),
+        "a write's data is in the log"
+    );
+
+    // Move the replica: the holder leaves the cluster, another node takes the group over.
+    let driver = if holder == 1 { 2 } else { 1 };
+    on(driver).cluster.remove_node(holder).await.unwrap();
+    let def = on(driver).cluster.store().catalog().topic("one").unwrap();
+    let new_holder = def.placement()[0][0];
+    assert_ne!(new_holder, holder);
+    let n = on(new_holder);
+    n.cluster.write(vec![append(30)]).await.unwrap();
+    n.cluster.read_barrier(group).await.unwrap();
+    let ObjectDef::Topic(t) = &*def else { panic!() };
+    let rows = n.cluster.store().read_log(t, 0, 0, u64::MAX, 100).unwrap();
+    let got: Vec<(u64, Value)> = rows.iter().map(|(o, r)| (*o, r.values[0].clone())).collect();
+    let want: Vec<(u64, Value)> = (0..31)
+        .map(|i| (i as u64, Value::Text(format!("m{i}"))))
+        .collect();
+    assert_eq!(got, want, "every write on the new replica, in order");
+    for n in &nodes {
+        n.cluster.shutdown().await;
+    }
+}

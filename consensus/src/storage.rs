@@ -9,7 +9,12 @@
 //! A group whose only voter is this node commits an entry the moment it is durable here,
 //! so its log store applies such entries in the append's own commit (entry, data and
 //! applied marker in one fsync'd batch) and keeps their responses for `apply`, which
-//! then has nothing to write: one committer round per write instead of two.
+//! then has nothing to write: one committer round per write instead of two. While the
+//! group has no other member at all, the log keeps only a stub of such an entry (its log
+//! id, no data): nothing will ever read the data from the log, and writing it twice
+//! doubled the WAL of a bulk load. Before another node joins the group, [`Stubs::seal`]
+//! stops the stubs and purges the log behind a snapshot, so the newcomer starts from the
+//! snapshot and never sees one.
 
 // openraft's traits fix the error type (`StorageError`, large); helpers return it too.
 #![allow(clippy::result_large_err)]
@@ -18,7 +23,9 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::{self, Cursor};
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use eddy_storage::raft::{GroupId, KeyRange, RaftWrite, Space};
 use eddy_storage::{Commit, Pending, Store, UnitResults, WeakStore};
@@ -33,8 +40,8 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::types::{
-    Entry, LogId, Membership, NodeId, Request, Response, Snapshot, SnapshotMeta, StorageError,
-    StoredMembership, TypeConfig, WireError,
+    Entry, LogId, Membership, NodeId, RaftMetrics, Request, Response, Snapshot, SnapshotMeta,
+    StorageError, StoredMembership, TypeConfig, WireError,
 };
 
 const SLOT_VOTE: u8 = 0;
@@ -103,15 +110,19 @@ async fn write_raft(
 
 /// The log store and state machine of one group, sharing what entries applied at append
 /// left for `apply`. `me`: this node, whose solo groups apply at append (`None`: never).
+/// `stubs`: whether such entries may be logged as stubs (see [`Stubs`]).
 pub fn group_storage(
     store: &Store,
     group: GroupId,
     ranges: Vec<KeyRange>,
     me: Option<NodeId>,
-) -> (LogStore, StateMachine) {
+    stubs: bool,
+) -> (LogStore, StateMachine, Stubs) {
     let early = Arc::new(Early {
         me,
         state: Mutex::default(),
+        stubs: AtomicBool::new(stubs),
+        gate: tokio::sync::RwLock::new(()),
     });
     let log = LogStore {
         store: store.downgrade(),
@@ -122,9 +133,74 @@ pub fn group_storage(
         store: store.downgrade(),
         group,
         ranges,
-        early,
+        early: early.clone(),
     };
-    (log, sm)
+    let stubs = Stubs {
+        early,
+        store: store.downgrade(),
+        group,
+    };
+    (log, sm, stubs)
+}
+
+/// Control over the stubs a group's log keeps for entries applied at append.
+#[derive(Debug, Clone)]
+pub struct Stubs {
+    early: Arc<Early>,
+    store: WeakStore,
+    group: GroupId,
+}
+
+impl Stubs {
+    /// Makes the group's log safe to replicate: logs whole entries from now on, then
+    /// builds a snapshot and purges the log up to the applied index, which covers every
+    /// stub ever written (stubs are applied in their own commit, restarts included). A
+    /// node added afterwards gets the snapshot, then whole entries. Run it on the
+    /// leader before adding a node to the group; running it again is harmless.
+    pub async fn seal(&self, raft: &crate::types::Raft, deadline: Duration) -> Result<(), String> {
+        {
+            // Waits for appends that are writing stubs right now.
+            let _closed = self.early.gate.write().await;
+            self.early.stubs.store(false, Ordering::SeqCst);
+        }
+        // Every stub is at or below the stored applied marker; openraft must have
+        // applied that far before its log may be purged there.
+        let store = upgrade(&self.store).map_err(|e| e.to_string())?;
+        let applied = read_applied(&store, self.group).map_err(|e| e.to_string())?;
+        drop(store);
+        let Some(upto) = applied.log_id.map(|l| l.index) else {
+            return Ok(());
+        };
+        let failed = |e: &dyn std::fmt::Display| format!("raft group {}: {e}", self.group);
+        let wait = |what: &'static str, done: fn(&RaftMetrics, u64) -> bool| {
+            let waiting = raft.wait(Some(deadline));
+            async move {
+                waiting
+                    .metrics(move |m| done(m, upto), what)
+                    .await
+                    .map(drop)
+                    .map_err(|e| failed(&e))
+            }
+        };
+        wait("the stubs applied", |m, i| {
+            m.last_applied.is_some_and(|l| l.index >= i)
+        })
+        .await?;
+        raft.trigger().snapshot().await.map_err(|e| failed(&e))?;
+        wait("a snapshot covering the stubs", |m, i| {
+            m.snapshot.is_some_and(|s| s.index >= i)
+        })
+        .await?;
+        raft.trigger()
+            .purge_log(upto)
+            .await
+            .map_err(|e| failed(&e))?;
+        wait("the log purged past the stubs", |m, i| {
+            m.purged.is_some_and(|p| p.index >= i)
+        })
+        .await?;
+        Ok(())
+    }
 }
 
 /// Entries a solo group applied as it appended them.
@@ -132,6 +208,10 @@ pub fn group_storage(
 struct Early {
     me: Option<NodeId>,
     state: Mutex<EarlyState>,
+    /// Whether entries applied at append may be logged as stubs.
+    stubs: AtomicBool,
+    /// Held (shared) by appends writing stubs, (exclusively) by [`Stubs::seal`].
+    gate: tokio::sync::RwLock<()>,
 }
 
 #[derive(Debug, Default)]
@@ -164,7 +244,7 @@ impl LogStore {
         &self,
         store: &Store,
         entries: &[Entry],
-    ) -> Result<Option<StoredMembership>, StorageError> {
+    ) -> Result<Option<(StoredMembership, bool)>, StorageError> {
         let (Some(me), Some(first)) = (self.early.me, entries.first()) else {
             return Ok(None);
         };
@@ -172,32 +252,42 @@ impl LogStore {
         if applied.log_id.map(|l| l.index + 1) != Some(first.log_id.index) {
             return Ok(None);
         }
-        let alone = |m: &Membership| matches!(m.get_joint_config().as_slice(), [v] if v.len() == 1 && v.contains(&me));
-        let mut solo = alone(applied.membership.membership());
+        let solo = |m: &Membership| matches!(m.get_joint_config().as_slice(), [v] if v.len() == 1 && v.contains(&me));
+        let mut last = applied.membership.membership();
         for entry in entries {
             if let EntryPayload::Membership(m) = &entry.payload {
-                solo = alone(m);
+                last = m;
             }
-            if !solo || entry.log_id.leader_id.node_id != me {
+            if !solo(last) || entry.log_id.leader_id.node_id != me {
                 return Ok(None);
             }
         }
-        Ok(Some(applied.membership))
+        // Learners would read the log: only a group of this node alone logs stubs.
+        let alone = last.nodes().count() == 1;
+        Ok(Some((applied.membership.clone(), alone)))
     }
 }
 
-/// The commits that append and apply `entries` at once: each entry with its data and its
-/// applied marker, fsync'd.
+/// The commits that append and apply `entries` at once: each entry (or, with `stubs`,
+/// a write's stub: its log id and no data) with its data and its applied marker, fsync'd.
 fn folded_commits(
     group: GroupId,
     entries: Vec<Entry>,
     mut membership: StoredMembership,
+    stubs: bool,
 ) -> Result<Vec<Commit>, StorageError> {
     let mut commits = Vec::with_capacity(entries.len());
     for entry in entries {
+        let bytes = match &entry.payload {
+            EntryPayload::Normal(_) if stubs => encode(&Entry {
+                log_id: entry.log_id,
+                payload: EntryPayload::Blank,
+            })?,
+            _ => encode(&entry)?,
+        };
         let logged = RaftWrite::Entries {
             group,
-            entries: vec![(entry.log_id.index, encode(&entry)?)],
+            entries: vec![(entry.log_id.index, bytes)],
         };
         let mut commit = entry_commit(group, entry, &mut membership)?;
         commit.raft.insert(0, logged);
@@ -326,9 +416,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let store = self.store()?;
-        if let Some(membership) = self.foldable(&store, &entries)? {
+        if let Some((membership, alone)) = self.foldable(&store, &entries)? {
+            // Shared with other appends; `seal` waits for it to close the stubs.
+            let _open = self.early.gate.read().await;
+            let stubs = alone && self.early.stubs.load(Ordering::SeqCst);
             let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
-            let commits = folded_commits(self.group, entries, membership)?;
+            let commits = folded_commits(self.group, entries, membership, stubs)?;
             let written = match submit_all(&store, commits).await {
                 Ok(pending) => wait_all(pending).await,
                 Err(e) => Err(e),

@@ -30,7 +30,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, Guard> for Builder {
         let store = Store::open(dir.path(), StorageConfig::default()).expect("open store");
         let group = (7u64 << 32) | 1;
         // The suite checks append and apply apart: no applying at append.
-        let (log, sm) = group_storage(&store, group, vec![KeyRange::partition(7, 1)], None);
+        let (log, sm, _) =
+            group_storage(&store, group, vec![KeyRange::partition(7, 1)], None, false);
         Ok((Guard { store, _dir: dir }, log, sm))
     }
 }

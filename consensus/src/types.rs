@@ -52,6 +52,8 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeInfo>;
 pub type StorageError = openraft::StorageError<NodeId>;
 /// A Raft instance of one group.
 pub type Raft = openraft::Raft<TypeConfig>;
+/// A group's metrics.
+pub type RaftMetrics = openraft::RaftMetrics<NodeId, NodeInfo>;
 
 /// A proposal: what a Raft entry asks the state machine to do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -205,6 +205,9 @@ const PARSE_CACHE_ENTRIES: usize = 512;
 /// Longer statements are not kept.
 const PARSE_CACHE_MAX_SQL: usize = 16 * 1024;
 
+/// A kept blind write: the parameter types declared at its Parse, and its plan.
+type KeptWrite = (Vec<Option<DataType>>, Arc<Prepared>);
+
 /// The query engine of one node.
 pub struct Engine {
     pub(crate) store: Store,
@@ -216,7 +219,7 @@ pub struct Engine {
     parsed: parking_lot::Mutex<HashMap<String, Statement>>,
     /// Blind writes prepared for the extended protocol, by SQL text, with the parameter
     /// types the client declared (see [`Engine::prepare_text`]).
-    prepared_writes: parking_lot::Mutex<HashMap<String, (Vec<Option<DataType>>, Arc<Prepared>)>>,
+    prepared_writes: parking_lot::Mutex<HashMap<String, KeptWrite>>,
     pub(crate) config: QueryConfig,
     /// Round-robin cursor per topic for messages without a key.
     round_robin: parking_lot::Mutex<HashMap<ObjectId, Arc<AtomicU64>>>,

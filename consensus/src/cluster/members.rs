@@ -435,6 +435,14 @@ impl Cluster {
             add.extend(membership.learner_ids().filter(|l| *l != gone).take(1));
         }
         let nodes = self.nodes();
+        if add.iter().any(|id| membership.get_node(id).is_none()) {
+            // The log may hold stubs of writes applied at append: past them first.
+            let g = self.group(group).ok_or(CallError::NoGroup(group))?;
+            g.stubs
+                .seal(&raft, CATCH_UP_DEADLINE)
+                .await
+                .map_err(CallError::Unavailable)?;
+        }
         for id in add {
             if membership.get_node(&id).is_none() {
                 let info = nodes.get(&id).cloned().ok_or_else(|| {
