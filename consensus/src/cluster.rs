@@ -142,7 +142,7 @@ pub struct GroupInfo {
 }
 
 /// A Raft group on this node and its proposer queue.
-struct Group {
+pub(crate) struct Group {
     raft: Raft,
     proposals: mpsc::Sender<Proposal>,
     /// Sealed before another node joins the group.
@@ -468,7 +468,7 @@ impl Cluster {
                 Some(gr) => Reply::Snapshot(gr.raft.install_snapshot(rpc).await),
                 None => Reply::NoGroup,
             },
-            Call::Forward(g, units) => Reply::Forward(self.propose(g, units).await),
+            Call::Forward(g, units) => Reply::Forward(self.propose_here(g, units).await),
             Call::ReadIndex(g) => Reply::ReadIndex(self.read_index_here(g).await),
             Call::Join(id, info) => Reply::Done(self.add_node(id, info).await),
             Call::Adopt(seed) => Reply::Adopted(self.adopt(seed).await),

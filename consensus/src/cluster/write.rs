@@ -142,19 +142,30 @@ impl Cluster {
         }
     }
 
-    /// Queues units for `group`'s proposer and waits for their outcome.
+    /// Queues units for `group`'s proposer and waits for their outcome. A node that holds
+    /// no replica of the group (more nodes than replicas) hands them to one that does.
     pub(super) async fn propose(
         &self,
         group: GroupId,
         units: Vec<Vec<WriteOp>>,
     ) -> Result<Response, CallError> {
-        let g = match self.group(group) {
-            Some(g) => g,
-            None => {
-                self.reconcile().await;
-                self.group(group).ok_or(CallError::NoGroup(group))?
-            }
-        };
+        match self.local_group(group).await {
+            Some(_) => self.propose_here(group, units).await,
+            None => self.propose_via_replica(group, units).await,
+        }
+    }
+
+    /// [`Cluster::propose`] on this node's replica only: what a forwarded write gets, so
+    /// that a stale placement cannot bounce it between nodes.
+    pub(super) async fn propose_here(
+        &self,
+        group: GroupId,
+        units: Vec<Vec<WriteOp>>,
+    ) -> Result<Response, CallError> {
+        let g = self
+            .local_group(group)
+            .await
+            .ok_or(CallError::NoGroup(group))?;
         let (reply, rx) = oneshot::channel();
         g.proposals
             .send(Proposal { units, reply })
@@ -162,6 +173,56 @@ impl Cluster {
             .map_err(|_| CallError::Unavailable(format!("group {group} is shutting down")))?;
         rx.await
             .map_err(|_| CallError::Unavailable(format!("group {group} is shutting down")))?
+    }
+
+    /// This node's replica of `group`, started first if the catalog just placed it here.
+    async fn local_group(&self, group: GroupId) -> Option<std::sync::Arc<super::Group>> {
+        if let Some(g) = self.group(group) {
+            return Some(g);
+        }
+        self.reconcile().await;
+        self.group(group)
+    }
+
+    /// Sends units to the replicas of `group` in placement order until one takes them
+    /// (its proposer forwards them to the leader if it does not lead).
+    async fn propose_via_replica(
+        &self,
+        group: GroupId,
+        units: Vec<Vec<WriteOp>>,
+    ) -> Result<Response, CallError> {
+        let object = (group >> 32) as u32;
+        let replicas: Vec<NodeId> = self
+            .inner
+            .store
+            .catalog()
+            .by_id(object)
+            .and_then(|def| {
+                groups_of(&def)
+                    .into_iter()
+                    .find(|(g, _)| *g == group)
+                    .map(|(_, nodes)| nodes.to_vec())
+            })
+            .unwrap_or_default();
+        let nodes = self.nodes();
+        let mut last = CallError::NoGroup(group);
+        for id in replicas {
+            let Some(info) = nodes.get(&id) else { continue };
+            let call = Call::Forward(group, units.clone());
+            match self
+                .inner
+                .peers
+                .call(id, &info.cluster_addr, call, WRITE_DEADLINE)
+                .await
+            {
+                Ok(Reply::Forward(Err(e @ CallError::NoGroup(_)))) => last = e,
+                Ok(Reply::Forward(r)) => return r,
+                Ok(other) => last = CallError::Unavailable(format!("node {id}: {other:?}")),
+                Err(e @ TransportError::Network(..)) => return Err(unknown(group, e.to_string())),
+                Err(e) => last = CallError::Unavailable(format!("node {id}: {e}")),
+            }
+        }
+        Err(last)
     }
 
     /// Drains the queue into one Raft entry at a time (group commit one level up).
@@ -220,11 +281,7 @@ impl Cluster {
             let view = LeaderView::of(&metrics.borrow_and_update());
             // Failures before the write reached a log are retried here until the
             // deadline; after, the outcome is unknown and the client decides.
-            let unknown = |why: String| {
-                CallError::Unknown(format!(
-                    "raft group {group}: {why}; the write may or may not have been applied (a retry may write it twice)"
-                ))
-            };
+            let unknown = |why: String| unknown(group, why);
             let last_error = match view.leader {
                 Some(l) if l == self.id() && view.state == ServerState::Leader => {
                     let at = now_micros();
@@ -378,4 +435,11 @@ impl Cluster {
             .await
             .map_err(|e| CallError::Unavailable(e.to_string()))
     }
+}
+
+/// A write whose outcome is not known: it may be in a leader's log.
+fn unknown(group: GroupId, why: String) -> CallError {
+    CallError::Unknown(format!(
+        "raft group {group}: {why}; the write may or may not have been applied (a retry may write it twice)"
+    ))
 }
