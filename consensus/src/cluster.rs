@@ -370,7 +370,11 @@ impl Cluster {
                     leader: m.current_leader,
                     term: m.current_term,
                     last_log_index: m.last_log_index,
-                    commit_index: crate::storage::committed_index(&self.inner.store, *id),
+                    // What openraft last saved, or the applied index if that is newer:
+                    // entries applied at append skip the save, and a snapshot just
+                    // installed was committed before it was sent.
+                    commit_index: crate::storage::committed_index(&self.inner.store, *id)
+                        .max(m.last_applied.map(|l| l.index)),
                     applied_index: m.last_applied.map(|l| l.index),
                     voters,
                     learners,

@@ -456,6 +456,11 @@ async fn a_solo_group_applies_each_write_in_its_append_and_restarts_without_reap
         metrics.last_log_index,
         "every entry in the log is applied"
     );
+    // eddy.raft_groups: the saves skipped, the committed index shown is still current.
+    let info = cluster.group_info();
+    let shown = info.iter().find(|g| g.group == group).unwrap();
+    assert_eq!(shown.commit_index, metrics.last_log_index);
+    assert_eq!(shown.applied_index, metrics.last_log_index);
     stop_solo(cluster).await;
 
     // After a restart nothing is applied twice: 23 messages, and the next offset is 23.
@@ -546,6 +551,20 @@ async fn a_single_replica_group_takes_writes_from_every_node_logs_stubs_and_move
             .filter(|e| matches!(e.payload, EntryPayload::Normal(_)))
             .map(|e| e.log_id)
             .collect::<Vec<_>>()
+    );
+
+    // A node without a replica cannot read it, and says where to.
+    let other = if holder == 3 { 2 } else { 3 };
+    let refused = on(other)
+        .cluster
+        .read_barrier_objects(&[id])
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains(&format!("node {holder} (pg-{holder})")),
+        "{refused}"
     );
 
     // Move the replica: the holder leaves the cluster, another node takes the group over.

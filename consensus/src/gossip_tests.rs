@@ -158,7 +158,10 @@ async fn writes_on_both_sides_of_a_partition_converge_after_it_heals() {
     })
     .await;
     let peers = nodes[0].cluster.gossip_peers();
-    assert!(peers.values().map(|p| p.pulled).sum::<u64>() > 0, "{peers:?}");
+    assert!(
+        peers.values().map(|p| p.pulled).sum::<u64>() > 0,
+        "{peers:?}"
+    );
     for n in nodes {
         n.cluster.shutdown().await;
     }

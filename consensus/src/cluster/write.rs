@@ -353,10 +353,16 @@ impl Cluster {
             };
             for (group, placement) in groups_of(&def) {
                 if !placement.contains(&self.id()) {
+                    // Not even a `local` read helps: this node has none of its rows.
+                    let replica = placement.first().copied().unwrap_or_default();
+                    let at = self
+                        .nodes()
+                        .get(&replica)
+                        .map(|n| format!(" ({})", n.pg_addr))
+                        .unwrap_or_default();
                     return Err(Error::Unavailable(format!(
-                        "this node holds no replica of \"{}\" for a strong read; connect to node {} or SET consistency = 'local'",
+                        "this node holds no replica of \"{}\"; read it on node {replica}{at}, one of its replicas",
                         def.name(),
-                        placement.first().copied().unwrap_or_default()
                     )));
                 }
                 waits.push(self.read_barrier(group));
