@@ -239,7 +239,8 @@ impl LogStore {
     /// can be applied in their append: this node proposed them, it alone votes in the
     /// membership each falls under (the applied one, as changed by membership entries
     /// among them), and every entry before them is applied (so the applied membership
-    /// is the log's latest). Returns the membership before them.
+    /// is the log's latest). Returns the membership before them, and whether this node
+    /// is the group's only member after them (no learner either).
     fn foldable(
         &self,
         store: &Store,
@@ -264,7 +265,7 @@ impl LogStore {
         }
         // Learners would read the log: only a group of this node alone logs stubs.
         let alone = last.nodes().count() == 1;
-        Ok(Some((applied.membership.clone(), alone)))
+        Ok(Some((applied.membership, alone)))
     }
 }
 

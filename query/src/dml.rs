@@ -604,9 +604,6 @@ async fn plan_delete(engine: &Engine, del: &ast::Delete) -> Result<DmlPlan> {
 }
 
 impl DmlPlan {
-    /// True for `INSERT .. VALUES` without `ON CONFLICT DO UPDATE`: the statement reads
-    /// nothing before its write, so a connection may run the next statement before this
-    /// one's write is acknowledged (pipelining) without changing what either does.
     /// Whether the plan's target is still the catalog's definition of it (not altered,
     /// dropped or made anew since the plan was made).
     pub(crate) fn targets_current(&self, catalog: &eddy_storage::Catalog) -> bool {
@@ -615,6 +612,9 @@ impl DmlPlan {
             .is_some_and(|d| Arc::ptr_eq(&d, &self.target))
     }
 
+    /// True for `INSERT .. VALUES` without `ON CONFLICT DO UPDATE`: the statement reads
+    /// nothing before its write, so a connection may run the next statement before this
+    /// one's write is acknowledged (pipelining) without changing what either does.
     pub(crate) fn writes_blind(&self) -> bool {
         matches!(
             &self.action,

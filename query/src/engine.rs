@@ -208,6 +208,19 @@ const PARSE_CACHE_MAX_SQL: usize = 16 * 1024;
 /// A kept blind write: the parameter types declared at its Parse, and its plan.
 type KeptWrite = (Vec<Option<DataType>>, Arc<Prepared>);
 
+/// Keeps `value` under `sql` in one of the engine's by-text caches: statements up to
+/// [`PARSE_CACHE_MAX_SQL`], [`PARSE_CACHE_ENTRIES`] of them, dropped together when full.
+fn keep_by_text<V>(cache: &parking_lot::Mutex<HashMap<String, V>>, sql: &str, value: V) {
+    if sql.len() > PARSE_CACHE_MAX_SQL {
+        return;
+    }
+    let mut cache = cache.lock();
+    if cache.len() >= PARSE_CACHE_ENTRIES {
+        cache.clear();
+    }
+    cache.insert(sql.to_owned(), value);
+}
+
 /// The query engine of one node.
 pub struct Engine {
     pub(crate) store: Store,
@@ -376,13 +389,7 @@ impl Engine {
             }
         };
         if let Some(s) = &stmt {
-            if sql.len() <= PARSE_CACHE_MAX_SQL {
-                let mut cache = self.parsed.lock();
-                if cache.len() >= PARSE_CACHE_ENTRIES {
-                    cache.clear();
-                }
-                cache.insert(sql.to_owned(), s.clone());
-            }
+            keep_by_text(&self.parsed, sql, s.clone());
         }
         Ok(stmt)
     }
@@ -408,12 +415,12 @@ impl Engine {
             return Ok(None);
         };
         let prepared = Arc::new(self.prepare(stmt, hints, session).await?);
-        if prepared.is_blind_write() && sql.len() <= PARSE_CACHE_MAX_SQL {
-            let mut cache = self.prepared_writes.lock();
-            if cache.len() >= PARSE_CACHE_ENTRIES {
-                cache.clear();
-            }
-            cache.insert(sql.to_owned(), (hints.to_vec(), prepared.clone()));
+        if prepared.is_blind_write() {
+            keep_by_text(
+                &self.prepared_writes,
+                sql,
+                (hints.to_vec(), prepared.clone()),
+            );
         }
         Ok(Some(prepared))
     }

@@ -150,7 +150,7 @@ impl Cluster {
         units: Vec<Vec<WriteOp>>,
     ) -> Result<Response, CallError> {
         match self.local_group(group).await {
-            Some(_) => self.propose_here(group, units).await,
+            Some(g) => queue(&g, group, units).await,
             None => self.propose_via_replica(group, units).await,
         }
     }
@@ -166,13 +166,7 @@ impl Cluster {
             .local_group(group)
             .await
             .ok_or(CallError::NoGroup(group))?;
-        let (reply, rx) = oneshot::channel();
-        g.proposals
-            .send(Proposal { units, reply })
-            .await
-            .map_err(|_| CallError::Unavailable(format!("group {group} is shutting down")))?;
-        rx.await
-            .map_err(|_| CallError::Unavailable(format!("group {group} is shutting down")))?
+        queue(&g, group, units).await
     }
 
     /// This node's replica of `group`, started first if the catalog just placed it here.
@@ -441,6 +435,21 @@ impl Cluster {
             .await
             .map_err(|e| CallError::Unavailable(e.to_string()))
     }
+}
+
+/// Queues units for a local group's proposer and waits for their outcome.
+async fn queue(
+    g: &super::Group,
+    group: GroupId,
+    units: Vec<Vec<WriteOp>>,
+) -> Result<Response, CallError> {
+    let (reply, rx) = oneshot::channel();
+    g.proposals
+        .send(Proposal { units, reply })
+        .await
+        .map_err(|_| CallError::Unavailable(format!("group {group} is shutting down")))?;
+    rx.await
+        .map_err(|_| CallError::Unavailable(format!("group {group} is shutting down")))?
 }
 
 /// A write whose outcome is not known: it may be in a leader's log.
