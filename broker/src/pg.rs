@@ -6,7 +6,9 @@
 //!                                   ├─ startup: trust auth, server parameters, cancel key
 //!                                   ├─ simple query: parse → run each statement → Response
 //!                                   ├─ extended: Parse = plan once, Bind/Execute = run with params
-//!                                   └─ COPY FROM data → CopyInSink → batched writes
+//!                                   ├─ COPY FROM data → CopyInSink → batched writes
+//!                                   └─ relay: statements reading objects with no replica here
+//!                                      run on a node that has them (pg/relay.rs)
 //! ```
 
 mod cancel;
@@ -15,6 +17,7 @@ mod copy;
 mod extended;
 mod listen;
 mod pipeline;
+mod relay;
 mod subscription;
 
 use std::fmt::Debug;

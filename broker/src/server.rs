@@ -78,6 +78,14 @@ impl Writer for Replicated {
         self.0.read_barrier_objects(objects).await
     }
 
+    fn lacks_replicas(&self) -> bool {
+        self.0.lacks_replicas()
+    }
+
+    fn serving_nodes(&self, objects: &[u32]) -> Option<Vec<String>> {
+        self.0.serving_nodes(objects)
+    }
+
     async fn metadata_barrier(&self) -> eddy_storage::Result<()> {
         self.0.read_barrier(METADATA_GROUP).await
     }

@@ -123,6 +123,8 @@ pub struct Prepared {
     pub schema: Option<SchemaRef>,
     /// Topics and tables a query reads (what a strong read waits for).
     reads: Vec<ObjectId>,
+    /// The SQL text, when prepared from it ([`Engine::prepare_text`]).
+    sql: Option<String>,
 }
 
 impl Prepared {
@@ -132,6 +134,11 @@ impl Prepared {
     /// connection. Its write is still submitted in statement order.
     pub fn is_blind_write(&self) -> bool {
         matches!(&self.kind, Kind::Dml(plan) if plan.writes_blind())
+    }
+
+    /// The SQL text it was prepared from (extended protocol).
+    pub fn sql(&self) -> Option<&str> {
+        self.sql.as_deref()
     }
 }
 
@@ -192,6 +199,10 @@ impl Session {
     /// Changes a setting.
     pub fn set(&mut self, name: &str, value: String) {
         self.vars.insert(name.to_ascii_lowercase(), value);
+    }
+    /// The settings changed with SET in this session (lower-case names).
+    pub fn settings(&self) -> &BTreeMap<String, String> {
+        &self.vars
     }
     /// The topics (or tables) this session LISTENs to, with the per-partition offsets the
     /// notifications start from.
@@ -414,7 +425,9 @@ impl Engine {
         let Some(stmt) = self.parse_one(sql)? else {
             return Ok(None);
         };
-        let prepared = Arc::new(self.prepare(stmt, hints, session).await?);
+        let mut prepared = self.prepare(stmt, hints, session).await?;
+        prepared.sql = Some(sql.to_owned());
+        let prepared = Arc::new(prepared);
         if prepared.is_blind_write() {
             keep_by_text(
                 &self.prepared_writes,
@@ -473,6 +486,7 @@ impl Engine {
             param_types,
             schema,
             reads,
+            sql: None,
         })
     }
 
@@ -916,7 +930,6 @@ fn first_words(sql: &str) -> String {
     sql.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
 }
 
-/// Parameter types of a DataFusion plan, ordered by `$n`.
 /// The topics and tables a plan reads (system and catalog tables excluded).
 fn plan_objects(engine: &Engine, plan: &LogicalPlan) -> Vec<ObjectId> {
     use datafusion::common::tree_node::TreeNodeRecursion;
@@ -938,6 +951,7 @@ fn plan_objects(engine: &Engine, plan: &LogicalPlan) -> Vec<ObjectId> {
     ids
 }
 
+/// Parameter types of a DataFusion plan, ordered by `$n`.
 pub(crate) fn param_types_of(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
     let map = plan.get_parameter_types()?;
     let mut out: Vec<Option<DataType>> = Vec::new();

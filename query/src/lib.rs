@@ -10,6 +10,7 @@
 //!   FETCH FROM SUBSCRIPTION, ACK/NACK; `system` — `eddy.partitions`, `eddy.subscriptions`.
 //! - `provider` — DataFusion table providers for topics (pushdown of `_partition`,
 //!   `_offset`, `_ts`) and tables (primary-key point reads).
+//! - `route` — which topics and tables a statement reads, and which nodes can run it.
 //! - `dml` — INSERT (with a fast path that never plans through DataFusion), UPDATE, DELETE.
 //! - [`CopyInSink`], [`CopyOptions`] — COPY FROM STDIN parsing and COPY TO encoding.
 //!
@@ -38,6 +39,7 @@ mod fanout;
 mod functions;
 mod point;
 mod provider;
+mod route;
 mod subscribe;
 mod system;
 mod text_encode;

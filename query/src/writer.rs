@@ -21,6 +21,20 @@ pub trait Writer: Send + Sync + 'static {
         Ok(())
     }
 
+    /// True when this node holds no replica of some object's Raft group (a cluster with
+    /// more nodes than the object's `replicas`).
+    fn lacks_replicas(&self) -> bool {
+        false
+    }
+
+    /// Where a statement reading `objects` can run: `None` on this node, which holds a
+    /// replica of every group of them; otherwise the Postgres addresses of the nodes
+    /// that do, in the order to try them (empty: no node holds them all).
+    fn serving_nodes(&self, objects: &[eddy_storage::ObjectId]) -> Option<Vec<String>> {
+        let _ = objects;
+        None
+    }
+
     /// Waits until this node's catalog has every change acknowledged before the call.
     async fn metadata_barrier(&self) -> eddy_storage::Result<()> {
         Ok(())

@@ -323,6 +323,11 @@ impl Catalog {
         self.by_name.read().values().cloned().collect()
     }
 
+    /// True when `f` holds for some object.
+    pub fn any(&self, f: impl Fn(&ObjectDef) -> bool) -> bool {
+        self.by_name.read().values().any(|o| f(o))
+    }
+
     /// The object with this id.
     pub fn by_id(&self, id: ObjectId) -> Option<Arc<ObjectDef>> {
         self.by_name.read().values().find(|o| o.id() == id).cloned()

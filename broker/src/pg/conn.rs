@@ -113,6 +113,19 @@ pub(crate) struct FrameGuard<S> {
     capture: bool,
 }
 
+impl<S> FrameGuard<S> {
+    /// Queues bytes already framed (a relayed answer) behind what is held; the next
+    /// flush writes them.
+    pub(crate) fn queue_raw(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// Bytes queued and not yet written.
+    pub(crate) fn queued(&self) -> usize {
+        self.out.len()
+    }
+}
+
 impl<S: AsyncWrite + Unpin> FrameGuard<S> {
     /// Writes out everything held.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -222,6 +235,8 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
     let mut listeners = super::listen::Listeners::default();
     // Answers owed to pipelined writes, and output queued behind them.
     let mut pipeline = Pipeline::default();
+    // Statements run on another node holding the replicas they read.
+    let mut relay = super::relay::Relay::default();
     loop {
         let msg = match pending.pop_front() {
             Some(m) => m,
@@ -289,6 +304,13 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
             break;
         }
         if matches!(socket.state(), PgWireConnectionState::ReadyForQuery) {
+            if let Some(req) = relay.requested(&engine, &msg, &socket) {
+                match relay.drive(&mut socket, req).await {
+                    Ok(queued) => pending.extend(queued),
+                    Err(_) => break,
+                }
+                continue;
+            }
             if let Some(req) = super::subscription::requested(&engine, &msg, &socket) {
                 match super::subscription::drive(&engine, &mut socket, req).await {
                     Ok(queued) => pending.extend(queued),

@@ -3,7 +3,8 @@
 //!
 //! Removing node `gone`, driven by the node that runs the statement:
 //! 1. every group placed on `gone` gets a new placement: the other replicas, topped up
-//!    to the object's replica count from the nodes holding the fewest replicas;
+//!    to the object's replica count from the nodes holding the fewest replicas (the
+//!    same nodes for every group of one object, so they keep sharing one set);
 //! 2. the metadata records the new placement with `gone` still in it (so the new
 //!    replicas start their side of the group) and marks the object reassigned (so they
 //!    wait for the leader instead of initializing the group);
@@ -318,6 +319,9 @@ impl Cluster {
                 _ => continue,
             } as usize;
             let wanted = wanted.clamp(1, remaining.len().max(1));
+            // The nodes taking this object's groups in: the same for each of its groups,
+            // so its groups keep sharing one set of nodes.
+            let mut taking: Vec<NodeId> = Vec::new();
             for (group, placement) in super::groups_of(def) {
                 if !placement.contains(&gone) {
                     continue;
@@ -326,13 +330,19 @@ impl Cluster {
                     placement.iter().copied().filter(|n| *n != gone).collect();
                 let mut added = Vec::new();
                 while to.len() < wanted {
-                    let Some((&pick, _)) = load
-                        .iter()
-                        .filter(|(n, _)| !to.contains(n))
-                        .min_by_key(|(n, c)| (**c, **n))
-                    else {
+                    let again = taking.iter().copied().find(|n| !to.contains(n));
+                    let least = || {
+                        load.iter()
+                            .filter(|(n, _)| !to.contains(n))
+                            .min_by_key(|(n, c)| (**c, **n))
+                            .map(|(n, _)| *n)
+                    };
+                    let Some(pick) = again.or_else(least) else {
                         break;
                     };
+                    if !taking.contains(&pick) {
+                        taking.push(pick);
+                    }
                     *load.entry(pick).or_default() += 1;
                     to.push(pick);
                     added.push(pick);

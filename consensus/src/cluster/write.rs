@@ -107,8 +107,12 @@ impl Cluster {
         }
     }
 
-    /// Decides where a new object's groups live: `replicas` nodes each (default up to
-    /// three), the first one rotating over the nodes so leaders spread.
+    /// Decides where a new object's groups live: one set of `replicas` nodes (default up
+    /// to three) for all of them, picked by rotating over the nodes by the object's name,
+    /// and the first of each group (its preferred leader) rotating within the set so
+    /// leaders spread. One node thus holds everything of an object, and a statement
+    /// reading it from a node outside the set can run there (docs/architecture.md,
+    /// "Statements relayed to a replica").
     fn place(&self, ops: &mut [WriteOp]) {
         let mut nodes: Vec<NodeId> = self.nodes().keys().copied().collect();
         if nodes.is_empty() {
@@ -118,12 +122,9 @@ impl Cluster {
         }
         let spread = |count: u32, replicas: Option<u32>, salt: usize| -> Vec<Vec<NodeId>> {
             let r = (replicas.unwrap_or(3) as usize).clamp(1, nodes.len());
+            let set: Vec<NodeId> = (0..r).map(|k| nodes[(salt + k) % nodes.len()]).collect();
             (0..count as usize)
-                .map(|p| {
-                    (0..r)
-                        .map(|k| nodes[(salt + p + k) % nodes.len()])
-                        .collect()
-                })
+                .map(|p| (0..r).map(|k| set[(p + k) % r]).collect())
                 .collect()
         };
         for op in ops {
@@ -334,6 +335,47 @@ impl Cluster {
             )
             .await;
         }
+    }
+
+    /// True when this node holds no replica of some Raft object's group.
+    pub fn lacks_replicas(&self) -> bool {
+        let me = self.id();
+        self.inner
+            .store
+            .catalog()
+            .any(|def| groups_of(def).iter().any(|(_, p)| !p.contains(&me)))
+    }
+
+    /// Where a statement reading these topics and tables can run: `None` here, where
+    /// every group of them has a replica; otherwise the Postgres addresses of the nodes
+    /// holding a replica of every group, in the first group's placement order (so every
+    /// node sends a given object's statements to the same replica while it is up);
+    /// empty when no node holds them all.
+    pub fn serving_nodes(&self, objects: &[u32]) -> Option<Vec<String>> {
+        let catalog = self.inner.store.catalog();
+        let me = self.id();
+        let mut here = true;
+        let mut common: Option<Vec<NodeId>> = None;
+        for def in objects.iter().filter_map(|id| catalog.by_id(*id)) {
+            for (_, placement) in groups_of(&def) {
+                here &= placement.contains(&me);
+                common = Some(match common {
+                    None => placement.to_vec(),
+                    Some(c) => c.into_iter().filter(|n| placement.contains(n)).collect(),
+                });
+            }
+        }
+        if here {
+            return None;
+        }
+        let nodes = self.nodes();
+        Some(
+            common
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|n| nodes.get(n).map(|info| info.pg_addr.clone()))
+                .collect(),
+        )
     }
 
     /// [`Cluster::read_barrier`] for every group of these topics and tables (objects

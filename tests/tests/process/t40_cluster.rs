@@ -512,3 +512,223 @@ async fn pipelined_publishes_through_a_follower_keep_their_order_on_every_replic
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_on_a_node_without_a_replica_run_on_a_node_that_has_one() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let mut cluster = TestCluster::start(3).await?;
+    cluster
+        .client(1)
+        .await?
+        .batch_execute("CREATE TOPIC solo (item TEXT) WITH (partitions = 3, replicas = 1)")
+        .await?;
+    // All partitions of an object share one set of nodes: here, one node.
+    let mut holders = Vec::new();
+    for node in 1..=3 {
+        let c = cluster.client(node).await?;
+        let groups = c
+            .query(
+                "SELECT partition FROM eddy.raft_groups WHERE object = 'solo'",
+                &[],
+            )
+            .await?;
+        if !groups.is_empty() {
+            holders.push((node, groups.len()));
+        }
+    }
+    let [(holder, 3)] = holders[..] else {
+        panic!("one node holds the three partitions: {holders:?}")
+    };
+    let others: Vec<usize> = (1..=3).filter(|n| *n != holder).collect();
+    let (a, b) = (others[0], others[1]);
+
+    // A subscription on node a, rows published through node b: neither holds a replica.
+    let sub = cluster.client(a).await?;
+    let copy = sub
+        .copy_out("COPY (SUBSCRIBE solo FROM BEGINNING) TO STDOUT")
+        .await?;
+    let cb = cluster.client(b).await?;
+    let items: Vec<String> = (0..30).map(|i| format!("m{i:02}")).collect();
+    for item in &items {
+        cb.execute("INSERT INTO solo (item) VALUES ($1)", &[item])
+            .await?;
+    }
+    let mut copy = Box::pin(copy);
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < items.len() {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), copy.next())
+            .await?
+            .expect("the relayed subscription goes on")?;
+        let line = String::from_utf8(chunk.to_vec())?;
+        // _partition, _offset, _ts, _key, item
+        seen.insert(
+            line.trim_end()
+                .rsplit('\t')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), items);
+
+    // Queries on node a, simple and extended (parameters, binary results).
+    let ca = cluster.client(a).await?;
+    let n: i64 = ca.query_one("SELECT count(*) FROM solo", &[]).await?.get(0);
+    assert_eq!(n, 30, "a strong read through node {a}");
+    let row = ca
+        .query_one("SELECT _offset, item FROM solo WHERE item = $1", &[&"m07"])
+        .await?;
+    assert_eq!(row.get::<_, String>(1), "m07");
+    ca.batch_execute("SET consistency = 'local'").await?;
+    let local = ca.simple_query("SELECT count(*) FROM solo").await?;
+    let count = local.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(count.as_deref(), Some("30"), "local read of the replica");
+    ca.batch_execute("SET consistency = 'strong'").await?;
+
+    // A cursor declared through node a pages on the holder.
+    ca.batch_execute("DECLARE c CURSOR FOR SELECT item FROM solo ORDER BY item")
+        .await?;
+    let first = ca.query("FETCH 10 FROM c", &[]).await?;
+    let rest = ca.query("FETCH ALL FROM c", &[]).await?;
+    let paged: Vec<String> = first.iter().chain(&rest).map(|r| r.get(0)).collect();
+    assert_eq!((first.len(), paged), (10, items.clone()));
+    ca.batch_execute("CLOSE c").await?;
+    let err = ca.query("FETCH 1 FROM c", &[]).await.expect_err("closed");
+    assert_eq!(err.code().map(|c| c.code()), Some("34000"));
+
+    // A durable subscription fetched and acked through node a.
+    ca.batch_execute("CREATE SUBSCRIPTION s ON solo FROM BEGINNING")
+        .await?;
+    let leased = ca
+        .query("FETCH 100 FROM SUBSCRIPTION s WITH (timeout = '5s')", &[])
+        .await?;
+    assert_eq!(leased.len(), 30, "every row leased once");
+    let acks: Vec<String> = leased
+        .iter()
+        .map(|r| {
+            format!(
+                "({}, {})",
+                r.get::<_, i32>("_partition"),
+                r.get::<_, i64>("_offset")
+            )
+        })
+        .collect();
+    let acked = ca
+        .execute(&format!("ACK SUBSCRIPTION s {}", acks.join(", ")), &[])
+        .await?;
+    assert_eq!(acked, 30);
+
+    // Errors come back with their SQLSTATE, and the connection goes on.
+    let err = ca
+        .query("SELECT nope FROM solo", &[])
+        .await
+        .expect_err("no such column");
+    assert_eq!(err.code().map(|c| c.code()), Some("42703"));
+    let n: i64 = ca.query_one("SELECT count(*) FROM solo", &[]).await?.get(0);
+    assert_eq!(n, 30);
+
+    // A cancel reaches the relayed subscription.
+    sub.cancel_token()
+        .cancel_query(tokio_postgres::NoTls)
+        .await?;
+    let end = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match copy.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => break Some(e),
+                None => break None,
+            }
+        }
+    })
+    .await?;
+    let code = end.and_then(|e| e.as_db_error().map(|d| d.code().code().to_owned()));
+    assert_eq!(
+        code.as_deref(),
+        Some("57014"),
+        "the subscription was cancelled"
+    );
+
+    // With the holder gone, node a says so with a retryable error and stays up.
+    cluster.kill9(holder)?;
+    let err = ca
+        .query("SELECT count(*) FROM solo", &[])
+        .await
+        .expect_err("no replica left");
+    assert_eq!(err.code().map(|c| c.code()), Some("40001"), "{err}");
+    let one: i64 = ca.query_one("SELECT 1", &[]).await?.get(0);
+    assert_eq!(one, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_outside_a_tables_replicas_updates_and_reads_it_while_replicas_die(
+) -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start(4).await?;
+    cluster
+        .client(1)
+        .await?
+        .batch_execute("CREATE TABLE kv (k TEXT PRIMARY KEY, v INT)")
+        .await?;
+    // Three replicas on four nodes.
+    let replicas: Vec<usize> = wait_for("the table's replicas", Duration::from_secs(30), || {
+        let cluster = &cluster;
+        async move {
+            let mut on = Vec::new();
+            for node in 1..=4 {
+                let c = cluster.client(node).await.ok()?;
+                let g = c
+                    .query("SELECT 1 FROM eddy.raft_groups WHERE object = 'kv'", &[])
+                    .await
+                    .ok()?;
+                if !g.is_empty() {
+                    on.push(node);
+                }
+            }
+            (on.len() == 3).then_some(on)
+        }
+    })
+    .await?;
+    let outside = (1..=4)
+        .find(|n| !replicas.contains(n))
+        .expect("a fourth node");
+    let c = cluster.client(outside).await?;
+    c.batch_execute("INSERT INTO kv VALUES ('a', 1), ('b', 2), ('c', 3)")
+        .await?;
+    // Statements that read before they write run where the rows are.
+    assert_eq!(
+        c.execute("UPDATE kv SET v = v + 10 WHERE k <> 'c'", &[])
+            .await?,
+        2
+    );
+    c.execute(
+        "INSERT INTO kv VALUES ('c', 30) ON CONFLICT (k) DO UPDATE SET v = excluded.v + kv.v",
+        &[],
+    )
+    .await?;
+    assert_eq!(c.execute("DELETE FROM kv WHERE k = $1", &[&"b"]).await?, 1);
+    let want = vec![("a".to_owned(), 11), ("c".to_owned(), 33)];
+    assert_eq!(kv_rows(&c).await?, want);
+    let v: i32 = c
+        .query_one("SELECT v FROM kv WHERE k = $1", &[&"a"])
+        .await?
+        .get(0);
+    assert_eq!(v, 11, "a point read");
+
+    // Replicas die one after another, the relayed one among them: each read runs on
+    // one still up. With one replica left there is no quorum, and a `local` read (the
+    // setting goes along to the replica) still answers.
+    c.batch_execute("SET consistency = 'local'").await?;
+    for dead in &replicas[..2] {
+        cluster.kill9(*dead)?;
+        assert_eq!(kv_rows(&c).await?, want, "after node {dead} died");
+    }
+    Ok(())
+}
+
+async fn kv_rows(c: &tokio_postgres::Client) -> anyhow::Result<Vec<(String, i32)>> {
+    let rows = c.query("SELECT k, v FROM kv ORDER BY k", &[]).await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}

@@ -1,0 +1,736 @@
+//! Statements relayed to a node holding replicas of what they read (docs/architecture.md,
+//! "Statements relayed to a replica").
+//!
+//! ```text
+//!  client ─► this node: Engine::route(statement) = [replica nodes]
+//!            └─ backend connection (Postgres wire, one per client connection and node)
+//!               ─► replica node runs it ─► frames back verbatim ─► client
+//! ```
+//!
+//! The backend connection is opened on first use with the client's user and database and
+//! carries the session's `SET` values. Its `ReadyForQuery` is dropped: this node answers
+//! the client's own Sync (or simple query), with its own transaction status.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use eddy_query::{Engine, Prepared, Statement};
+use futures::{SinkExt, StreamExt};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::stmt::StoredStatement;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireConnectionState};
+use pgwire::error::{ErrorInfo, PgWireError};
+use pgwire::messages::response::ReadyForQuery;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::tokio::server::PgWireMessageServerCodec;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::{Decoder, Encoder, Framed};
+
+use super::conn::FrameGuard;
+use crate::error::{sqlstate, to_pg, user_error};
+
+/// Longest wait for a replica node to accept a backend connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest backend frame accepted (PostgreSQL's own limit is 1 GiB).
+const MAX_FRAME: usize = 1 << 30;
+/// Relayed output held before it is written to the client.
+const FLUSH_BYTES: usize = 64 * 1024;
+
+/// One client connection's relay state: its backend connections and the cursors declared
+/// through them.
+#[derive(Default)]
+pub(crate) struct Relay {
+    /// Backend connections by the Postgres address of their node.
+    backends: HashMap<String, BackendConn>,
+    /// Cursors declared through the relay, by name, with the node holding them: their
+    /// FETCH and CLOSE follow them there.
+    cursors: HashMap<String, String>,
+}
+
+/// A statement to relay, found before pgwire handles its message.
+pub(crate) struct Requested {
+    route: Route,
+    /// What to send.
+    message: Outgoing,
+}
+
+/// Where a statement runs, and what running it there means here.
+struct Route {
+    /// Nodes that can run it, in the order to try them (or the error to answer).
+    targets: Result<Vec<String>, PgWireError>,
+    /// A cursor it declares or closes.
+    cursor: CursorChange,
+    /// It only reads (a query, a subscription, a cursor's declaration, a Describe): if
+    /// its node goes away before answering, it runs on the next one instead.
+    retry: bool,
+}
+
+enum Outgoing {
+    /// A simple query.
+    Query(String),
+    /// Extended-protocol messages ending with Sync: Parse, Bind and Execute for an
+    /// Execute; Parse (and Bind) and Describe for a Describe.
+    Extended(Bytes),
+}
+
+enum CursorChange {
+    None,
+    Declare(String),
+    Close(String),
+}
+
+impl Relay {
+    /// The relay `msg` asks for, if its statement reads objects this node holds no replica
+    /// of, or uses a cursor declared through the relay.
+    pub(crate) fn requested<S>(
+        &mut self,
+        engine: &Engine,
+        msg: &PgWireFrontendMessage,
+        socket: &S,
+    ) -> Option<Requested>
+    where
+        S: ClientPortalStore,
+        S::PortalStore: PortalStore<Statement = Arc<Prepared>>,
+    {
+        // Nothing to do while this node holds every replica and no cursor is remote.
+        if self.cursors.is_empty() && !engine.lacks_replicas() {
+            return None;
+        }
+        match msg {
+            PgWireFrontendMessage::Query(q) => {
+                let stmts = engine.parse(&q.query).ok()?;
+                if stmts.len() != 1 {
+                    return None;
+                }
+                let route = self.route(engine, &stmts[0])?;
+                Some(Requested {
+                    route,
+                    message: Outgoing::Query(q.query.clone()),
+                })
+            }
+            PgWireFrontendMessage::Execute(e) => {
+                let entry = socket
+                    .portal_store()
+                    .get_portal(e.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME))?;
+                let portal = entry.value()?;
+                let route = self.route_prepared(engine, &portal.statement.statement)?;
+                let mut b = parse_message(&portal.statement)?;
+                bind_message(&mut b, portal);
+                // All rows at once: a portal suspended there would end at the Sync below,
+                // and its next Execute would start it over.
+                frame(&mut b, b'E', |b| {
+                    put_cstr(b, "");
+                    b.put_i32(0);
+                });
+                frame(&mut b, b'S', |_| {});
+                Some(Requested {
+                    route,
+                    message: Outgoing::Extended(b.freeze()),
+                })
+            }
+            // Described there too, so the row description matches the rows relayed.
+            PgWireFrontendMessage::Describe(d) => {
+                let name = d.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME);
+                let store = socket.portal_store();
+                let (route, mut b) = if d.target_type == b'S' {
+                    let entry = store.get_statement(name)?;
+                    let statement = entry.value()?;
+                    let route = self.route_prepared(engine, &statement.statement)?;
+                    (route, parse_message(statement)?)
+                } else {
+                    let entry = store.get_portal(name)?;
+                    let portal = entry.value()?;
+                    let route = self.route_prepared(engine, &portal.statement.statement)?;
+                    let mut b = parse_message(&portal.statement)?;
+                    bind_message(&mut b, portal);
+                    (route, b)
+                };
+                frame(&mut b, b'D', |b| {
+                    b.put_u8(d.target_type);
+                    put_cstr(b, "");
+                });
+                frame(&mut b, b'S', |_| {});
+                Some(Requested {
+                    route: Route {
+                        cursor: CursorChange::None,
+                        retry: true,
+                        ..route
+                    },
+                    message: Outgoing::Extended(b.freeze()),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// [`Relay::route`] for a prepared statement (blind writes always run here).
+    fn route_prepared(&mut self, engine: &Engine, prepared: &Prepared) -> Option<Route> {
+        if prepared.is_blind_write() {
+            return None;
+        }
+        self.route(engine, &prepared.statement)
+    }
+
+    /// Where `statement` goes; `None` to run it here.
+    fn route(&mut self, engine: &Engine, statement: &Statement) -> Option<Route> {
+        let held = |name: &str| self.cursors.get(name).cloned();
+        let (targets, cursor) = match statement {
+            Statement::Fetch { cursor, .. } => (Ok(vec![held(cursor)?]), CursorChange::None),
+            Statement::Close { cursor: Some(c) } => {
+                (Ok(vec![held(c)?]), CursorChange::Close(c.clone()))
+            }
+            _ => {
+                let targets = match engine.route(statement) {
+                    Ok(None) => return None,
+                    Ok(Some(nodes)) => Ok(nodes),
+                    Err(e) => Err(to_pg(e)),
+                };
+                let cursor = match statement {
+                    Statement::DeclareCursor { name, .. } => CursorChange::Declare(name.clone()),
+                    _ => CursorChange::None,
+                };
+                (targets, cursor)
+            }
+        };
+        let retry = match statement {
+            Statement::Sql(s) => matches!(**s, SqlStatement::Query(_) | SqlStatement::Copy { .. }),
+            Statement::CopySubscribe { .. } | Statement::DeclareCursor { .. } => true,
+            _ => false,
+        };
+        Some(Route {
+            targets,
+            cursor,
+            retry,
+        })
+    }
+
+    /// Runs the statement on the first target that takes a connection and passes its
+    /// answer to the client. Messages the client sends meanwhile are returned, to be
+    /// handled afterwards. `Err` ends the client's connection (it went away).
+    pub(crate) async fn drive<T, ST>(
+        &mut self,
+        socket: &mut Framed<FrameGuard<T>, PgWireMessageServerCodec<ST>>,
+        req: Requested,
+    ) -> io::Result<Vec<PgWireFrontendMessage>>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+    {
+        let extended = matches!(req.message, Outgoing::Extended(_));
+        let token = super::cancel::begin_statement(socket);
+        let Route {
+            targets,
+            cursor,
+            retry,
+        } = req.route;
+        let mut targets = match targets {
+            Ok(t) => t,
+            Err(e) => return finish(socket, Some(e), extended, Vec::new()).await,
+        };
+        let (user, database) = {
+            let m = socket.metadata();
+            let user = m.get("user").cloned().unwrap_or_else(|| "eddy".into());
+            let database = m.get("database").cloned().unwrap_or_else(|| user.clone());
+            (user, database)
+        };
+        let settings = super::session_of(socket).lock().settings().clone();
+        let mut queued = Vec::new();
+        loop {
+            let addr = match self.connect(&targets, &user, &database).await {
+                Ok(addr) => addr,
+                Err(e) => return finish(socket, Some(e), extended, queued).await,
+            };
+            let backend = self.backends.get_mut(&addr).expect("connected above");
+            let outcome = async {
+                backend.apply_settings(&settings).await?;
+                backend
+                    .send(req.message.bytes())
+                    .await
+                    .map_err(Gone::Early)?;
+                backend.relay(socket, &token, &mut queued).await
+            }
+            .await;
+            let (e, early) = match outcome {
+                Ok(failed) => {
+                    self.finished(cursor, failed, addr);
+                    if extended && failed {
+                        // As after any error in the extended protocol: skip to the Sync.
+                        socket.set_state(PgWireConnectionState::AwaitingSync);
+                    } else if !extended {
+                        socket
+                            .send(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(
+                                socket.transaction_status(),
+                            )))
+                            .await?;
+                    }
+                    return Ok(queued);
+                }
+                Err(Gone::Client(e)) => return Err(e),
+                Err(Gone::Early(e)) => (e, true),
+                Err(Gone::Backend(e)) => (e, false),
+            };
+            // The replica's node went away: its cursors went with it. A read it had not
+            // answered yet runs on the next replica.
+            self.backends.remove(&addr);
+            self.cursors.retain(|_, at| at != &addr);
+            targets.retain(|t| t != &addr);
+            if !(retry && early && !targets.is_empty()) {
+                let e = user_error(
+                    sqlstate::SERIALIZATION_FAILURE,
+                    format!("the node at {addr} running this statement went away ({e}); retry"),
+                );
+                return finish(socket, Some(e), extended, queued).await;
+            }
+            tracing::debug!(%addr, error = %e, "relay target went away; trying the next replica");
+        }
+    }
+
+    /// Records the cursor a statement that ran on `addr` declared or closed.
+    fn finished(&mut self, cursor: CursorChange, failed: bool, addr: String) {
+        match cursor {
+            _ if failed => {}
+            CursorChange::Declare(name) => {
+                self.cursors.insert(name, addr);
+            }
+            CursorChange::Close(name) => {
+                self.cursors.remove(&name);
+            }
+            CursorChange::None => {}
+        }
+    }
+
+    /// The address of a backend connection to one of `targets`: one already open, else
+    /// the first that accepts a new one.
+    async fn connect(
+        &mut self,
+        targets: &[String],
+        user: &str,
+        database: &str,
+    ) -> Result<String, PgWireError> {
+        // A connection whose node went away since its last statement reads as closed
+        // (or holds the node's goodbye): dropped, so the statement goes elsewhere.
+        self.backends.retain(|_, b| b.idle_and_open());
+        self.cursors.retain(|_, at| self.backends.contains_key(at));
+        if let Some(open) = targets.iter().find(|t| self.backends.contains_key(*t)) {
+            return Ok(open.clone());
+        }
+        let mut last = String::from("no replica node is known");
+        for addr in targets {
+            match BackendConn::open(addr, user, database).await {
+                Ok(b) => {
+                    self.backends.insert(addr.clone(), b);
+                    return Ok(addr.clone());
+                }
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        Err(user_error(
+            sqlstate::SERIALIZATION_FAILURE,
+            format!("no node holding a replica of what this statement reads is reachable ({last}); retry"),
+        ))
+    }
+}
+
+impl Outgoing {
+    fn bytes(&self) -> Bytes {
+        match self {
+            Outgoing::Query(sql) => {
+                let mut b = BytesMut::new();
+                frame(&mut b, b'Q', |b| put_cstr(b, sql));
+                b.freeze()
+            }
+            Outgoing::Extended(b) => b.clone(),
+        }
+    }
+}
+
+/// Parse of a statement as the client prepared it (its text and declared types), unnamed.
+fn parse_message(statement: &StoredStatement<Arc<Prepared>>) -> Option<BytesMut> {
+    let sql = statement.statement.sql()?;
+    let mut b = BytesMut::new();
+    frame(&mut b, b'P', |b| {
+        put_cstr(b, "");
+        put_cstr(b, sql);
+        b.put_i16(statement.parameter_types.len() as i16);
+        for t in &statement.parameter_types {
+            b.put_u32(t.as_ref().map_or(0, |t| t.oid()));
+        }
+    });
+    Some(b)
+}
+
+/// Bind of the unnamed statement to the unnamed portal, with `portal`'s parameter bytes
+/// and formats and its result formats.
+fn bind_message(b: &mut BytesMut, portal: &Portal<Arc<Prepared>>) {
+    frame(b, b'B', |b| {
+        put_cstr(b, "");
+        put_cstr(b, "");
+        put_formats(b, &portal.parameter_format);
+        b.put_i16(portal.parameters.len() as i16);
+        for p in &portal.parameters {
+            match p {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v);
+                }
+                None => b.put_i32(-1),
+            }
+        }
+        put_formats(b, &portal.result_column_format);
+    });
+}
+
+fn put_formats(b: &mut BytesMut, f: &Format) {
+    match f {
+        Format::UnifiedText => b.put_i16(0),
+        Format::UnifiedBinary => {
+            b.put_i16(1);
+            b.put_i16(1);
+        }
+        Format::Individual(codes) => {
+            b.put_i16(codes.len() as i16);
+            for c in codes {
+                b.put_i16(*c);
+            }
+        }
+    }
+}
+
+/// Appends a typed frame whose body `body` writes.
+fn frame(b: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+    b.put_u8(tag);
+    let at = b.len();
+    b.put_i32(0);
+    body(b);
+    let len = (b.len() - at) as i32;
+    b[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_cstr(b: &mut BytesMut, s: &str) {
+    b.put_slice(s.as_bytes());
+    b.put_u8(0);
+}
+
+/// Why a relay stopped early.
+enum Gone {
+    /// The client's connection failed or closed.
+    Client(io::Error),
+    /// The backend connection failed or closed before any of its answer was passed on.
+    Early(io::Error),
+    /// The backend connection failed or closed.
+    Backend(io::Error),
+}
+
+/// One connection to another node's Postgres port.
+struct BackendConn {
+    addr: String,
+    io: Framed<TcpStream, RawFrames>,
+    /// The backend's pid and secret, for CancelRequest.
+    key: Option<(i32, i32)>,
+    /// The session settings it has been given.
+    sent: BTreeMap<String, String>,
+}
+
+impl BackendConn {
+    async fn open(addr: &str, user: &str, database: &str) -> io::Result<BackendConn> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        tcp.set_nodelay(true)?;
+        let mut conn = BackendConn {
+            addr: addr.to_owned(),
+            io: Framed::new(tcp, RawFrames),
+            key: None,
+            sent: BTreeMap::new(),
+        };
+        let mut startup = BytesMut::new();
+        startup.put_i32(0);
+        startup.put_i32(196_608); // protocol 3.0
+        for (k, v) in [
+            ("user", user),
+            ("database", database),
+            ("application_name", "eddy relay"),
+        ] {
+            put_cstr(&mut startup, k);
+            put_cstr(&mut startup, v);
+        }
+        startup.put_u8(0);
+        let len = startup.len() as i32;
+        startup[..4].copy_from_slice(&len.to_be_bytes());
+        conn.send(startup.freeze()).await?;
+        loop {
+            let (tag, f) = conn.next().await?;
+            match tag {
+                b'R' if body(&f).get_i32() != 0 => {
+                    return Err(io::Error::other("the node asks for a password"))
+                }
+                b'K' => {
+                    let mut b = body(&f);
+                    conn.key = Some((b.get_i32(), b.get_i32()));
+                }
+                b'E' => return Err(io::Error::other(error_text(&f))),
+                b'Z' => return Ok(conn),
+                _ => {}
+            }
+        }
+    }
+
+    /// True unless the connection was closed or sent something unasked since the last
+    /// statement ended.
+    fn idle_and_open(&mut self) -> bool {
+        use futures::FutureExt;
+        self.io.next().now_or_never().is_none()
+    }
+
+    async fn send(&mut self, bytes: Bytes) -> io::Result<()> {
+        self.io.send(bytes).await
+    }
+
+    async fn next(&mut self) -> io::Result<(u8, Bytes)> {
+        match self.io.next().await {
+            Some(r) => r,
+            None => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            )),
+        }
+    }
+
+    /// Sends the SET (and RESET) statements that make the backend's settings `want`.
+    async fn apply_settings(&mut self, want: &BTreeMap<String, String>) -> Result<(), Gone> {
+        if &self.sent == want {
+            return Ok(());
+        }
+        let mut statements: Vec<String> = want
+            .iter()
+            .filter(|(k, v)| self.sent.get(*k) != Some(*v))
+            .map(|(k, v)| format!("SET {k} = '{}'", v.replace('\'', "''")))
+            .collect();
+        statements.extend(
+            self.sent
+                .keys()
+                .filter(|k| !want.contains_key(*k))
+                .map(|k| format!("RESET {k}")),
+        );
+        let mut b = BytesMut::new();
+        for sql in &statements {
+            frame(&mut b, b'Q', |b| put_cstr(b, sql));
+        }
+        self.send(b.freeze()).await.map_err(Gone::Early)?;
+        for _ in &statements {
+            loop {
+                let (tag, f) = self.next().await.map_err(Gone::Early)?;
+                match tag {
+                    b'E' => {
+                        tracing::debug!(addr = %self.addr, error = %error_text(&f), "relayed SET refused")
+                    }
+                    b'Z' => break,
+                    _ => {}
+                }
+            }
+        }
+        self.sent = want.clone();
+        Ok(())
+    }
+
+    /// Passes the backend's answer to the client up to its ReadyForQuery (not passed).
+    /// Returns whether the statement failed. A cancel of the client's statement is sent
+    /// on to the backend.
+    async fn relay<T, ST>(
+        &mut self,
+        socket: &mut Framed<FrameGuard<T>, PgWireMessageServerCodec<ST>>,
+        token: &tokio_util::sync::CancellationToken,
+        queued: &mut Vec<PgWireFrontendMessage>,
+    ) -> Result<bool, Gone>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+    {
+        let mut failed = false;
+        let mut cancel_sent = false;
+        let mut passed = false;
+        let gone = |passed: bool, e: io::Error| {
+            if passed {
+                Gone::Backend(e)
+            } else {
+                Gone::Early(e)
+            }
+        };
+        loop {
+            tokio::select! {
+                frame = self.io.next() => {
+                    let (tag, f) = match frame {
+                        Some(Ok(f)) => f,
+                        Some(Err(e)) => return Err(gone(passed, e)),
+                        None => return Err(gone(passed, io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"))),
+                    };
+                    match tag {
+                        b'Z' => {
+                            flush_client(socket).await.map_err(Gone::Client)?;
+                            return Ok(failed);
+                        }
+                        // Parse, Bind and Close were answered here already.
+                        b'1' | b'2' | b'3' => {}
+                        _ => {
+                            failed |= tag == b'E';
+                            passed = true;
+                            socket.get_mut().queue_raw(&f);
+                            // Written out when more would have to be waited for.
+                            if socket.get_ref().queued() >= FLUSH_BYTES || !has_frame(self.io.read_buffer()) {
+                                flush_client(socket).await.map_err(Gone::Client)?;
+                            }
+                        }
+                    }
+                }
+                _ = token.cancelled(), if !cancel_sent => {
+                    cancel_sent = true;
+                    if let Some((pid, secret)) = self.key {
+                        send_cancel(&self.addr, pid, secret).await;
+                    }
+                }
+                // While a statement runs, the client only talks to end the session.
+                msg = socket.next() => match msg {
+                    Some(Ok(PgWireFrontendMessage::Terminate(_))) | None | Some(Err(_)) => {
+                        return Err(Gone::Client(io::Error::new(io::ErrorKind::ConnectionAborted, "client left during a relayed statement")));
+                    }
+                    Some(Ok(m)) => queued.push(m),
+                },
+            }
+        }
+    }
+}
+
+/// Sends a CancelRequest for the backend connection `pid` to the node at `addr`.
+async fn send_cancel(addr: &str, pid: i32, secret: i32) {
+    let mut b = BytesMut::with_capacity(16);
+    b.put_i32(16);
+    b.put_i32(80_877_102);
+    b.put_i32(pid);
+    b.put_i32(secret);
+    let sent = async {
+        let mut tcp = TcpStream::connect(addr).await?;
+        tcp.write_all(&b).await?;
+        tcp.shutdown().await
+    };
+    if let Err(e) = tokio::time::timeout(CONNECT_TIMEOUT, sent)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+    {
+        tracing::debug!(%addr, error = %e, "could not pass a cancel on");
+    }
+}
+
+async fn flush_client<T, ST>(
+    socket: &mut Framed<FrameGuard<T>, PgWireMessageServerCodec<ST>>,
+) -> io::Result<()>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+{
+    SinkExt::<PgWireBackendMessage>::flush(socket).await
+}
+
+/// Ends a relay that could not run: the error, then ReadyForQuery (simple protocol) or
+/// skipping to the client's Sync (extended).
+async fn finish<T, ST>(
+    socket: &mut Framed<FrameGuard<T>, PgWireMessageServerCodec<ST>>,
+    error: Option<PgWireError>,
+    extended: bool,
+    queued: Vec<PgWireFrontendMessage>,
+) -> io::Result<Vec<PgWireFrontendMessage>>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+{
+    if let Some(e) = error {
+        flush_client(socket).await?;
+        let info = match e {
+            PgWireError::UserError(info) => *info,
+            other => ErrorInfo::new(
+                "ERROR".into(),
+                sqlstate::INTERNAL_ERROR.into(),
+                other.to_string(),
+            ),
+        };
+        socket
+            .feed(PgWireBackendMessage::ErrorResponse(info.into()))
+            .await?;
+    }
+    if extended {
+        socket.set_state(PgWireConnectionState::AwaitingSync);
+    } else {
+        socket
+            .feed(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(
+                socket.transaction_status(),
+            )))
+            .await?;
+    }
+    socket.flush().await?;
+    Ok(queued)
+}
+
+/// A frame's body (after the type byte and length).
+fn body(frame: &Bytes) -> Bytes {
+    frame.slice(5..)
+}
+
+/// The message of an ErrorResponse frame.
+fn error_text(frame: &Bytes) -> String {
+    let mut fields = body(frame);
+    while fields.has_remaining() {
+        let code = fields.get_u8();
+        if code == 0 {
+            break;
+        }
+        let end = fields.iter().position(|b| *b == 0).unwrap_or(fields.len());
+        let value = String::from_utf8_lossy(&fields[..end]).into_owned();
+        fields.advance((end + 1).min(fields.len()));
+        if code == b'M' {
+            return value;
+        }
+    }
+    "error".into()
+}
+
+/// True when `buf` starts with a whole typed frame.
+fn has_frame(buf: &[u8]) -> bool {
+    buf.len() >= 5 && buf.len() > u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize
+}
+
+/// Backend frames, whole (type byte, length and body), and raw bytes out.
+struct RawFrames;
+
+impl Decoder for RawFrames {
+    type Item = (u8, Bytes);
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<(u8, Bytes)>> {
+        if src.len() < 5 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([src[1], src[2], src[3], src[4]]) as usize;
+        if !(4..=MAX_FRAME).contains(&len) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("backend frame of length {len}"),
+            ));
+        }
+        if src.len() < len + 1 {
+            src.reserve(len + 1 - src.len());
+            return Ok(None);
+        }
+        let f = src.split_to(len + 1).freeze();
+        Ok(Some((f[0], f)))
+    }
+}
+
+impl Encoder<Bytes> for RawFrames {
+    type Error = io::Error;
+
+    fn encode(&mut self, item: Bytes, dst: &mut BytesMut) -> io::Result<()> {
+        dst.extend_from_slice(&item);
+        Ok(())
+    }
+}
