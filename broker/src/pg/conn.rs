@@ -407,7 +407,7 @@ where
 }
 
 /// True when `buf` starts with a complete typed frame (type byte, length, body).
-fn has_whole_frame(buf: &[u8]) -> bool {
+pub(crate) fn has_whole_frame(buf: &[u8]) -> bool {
     match buf.get(1..5) {
         Some(len) => {
             let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;

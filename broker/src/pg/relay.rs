@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use eddy_query::{Engine, Prepared, Statement};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::stmt::StoredStatement;
 use pgwire::api::store::PortalStore;
@@ -98,12 +98,11 @@ impl Relay {
         S: ClientPortalStore,
         S::PortalStore: PortalStore<Statement = Arc<Prepared>>,
     {
-        // Nothing to do while this node holds every replica and no cursor is remote.
-        if self.cursors.is_empty() && !engine.lacks_replicas() {
-            return None;
-        }
         match msg {
             PgWireFrontendMessage::Query(q) => {
+                if !self.may_route(engine) {
+                    return None;
+                }
                 let stmts = engine.parse(&q.query).ok()?;
                 if stmts.len() != 1 {
                     return None;
@@ -171,10 +170,16 @@ impl Relay {
 
     /// [`Relay::route`] for a prepared statement (blind writes always run here).
     fn route_prepared(&mut self, engine: &Engine, prepared: &Prepared) -> Option<Route> {
-        if prepared.is_blind_write() {
+        if prepared.is_blind_write() || !self.may_route(engine) {
             return None;
         }
         self.route(engine, &prepared.statement)
+    }
+
+    /// False while this node holds every replica and no cursor lives elsewhere: then
+    /// nothing is relayed, and statements need no look.
+    fn may_route(&self, engine: &Engine) -> bool {
+        !self.cursors.is_empty() || engine.lacks_replicas()
     }
 
     /// Where `statement` goes; `None` to run it here.
@@ -230,7 +235,7 @@ impl Relay {
         } = req.route;
         let mut targets = match targets {
             Ok(t) => t,
-            Err(e) => return finish(socket, Some(e), extended, Vec::new()).await,
+            Err(e) => return finish(socket, e, extended, Vec::new()).await,
         };
         let (user, database) = {
             let m = socket.metadata();
@@ -243,7 +248,7 @@ impl Relay {
         loop {
             let addr = match self.connect(&targets, &user, &database).await {
                 Ok(addr) => addr,
-                Err(e) => return finish(socket, Some(e), extended, queued).await,
+                Err(e) => return finish(socket, e, extended, queued).await,
             };
             let backend = self.backends.get_mut(&addr).expect("connected above");
             let outcome = async {
@@ -284,7 +289,7 @@ impl Relay {
                     sqlstate::SERIALIZATION_FAILURE,
                     format!("the node at {addr} running this statement went away ({e}); retry"),
                 );
-                return finish(socket, Some(e), extended, queued).await;
+                return finish(socket, e, extended, queued).await;
             }
             tracing::debug!(%addr, error = %e, "relay target went away; trying the next replica");
         }
@@ -483,7 +488,6 @@ impl BackendConn {
     /// True unless the connection was closed or sent something unasked since the last
     /// statement ended.
     fn idle_and_open(&mut self) -> bool {
-        use futures::FutureExt;
         self.io.next().now_or_never().is_none()
     }
 
@@ -580,7 +584,7 @@ impl BackendConn {
                             passed = true;
                             socket.get_mut().queue_raw(&f);
                             // Written out when more would have to be waited for.
-                            if socket.get_ref().queued() >= FLUSH_BYTES || !has_frame(self.io.read_buffer()) {
+                            if socket.get_ref().queued() >= FLUSH_BYTES || !super::conn::has_whole_frame(self.io.read_buffer()) {
                                 flush_client(socket).await.map_err(Gone::Client)?;
                             }
                         }
@@ -633,42 +637,18 @@ where
     SinkExt::<PgWireBackendMessage>::flush(socket).await
 }
 
-/// Ends a relay that could not run: the error, then ReadyForQuery (simple protocol) or
-/// skipping to the client's Sync (extended).
+/// Ends a relay with `error`: then ReadyForQuery (simple protocol) or skipping to the
+/// client's Sync (extended).
 async fn finish<T, ST>(
     socket: &mut Framed<FrameGuard<T>, PgWireMessageServerCodec<ST>>,
-    error: Option<PgWireError>,
+    error: PgWireError,
     extended: bool,
     queued: Vec<PgWireFrontendMessage>,
 ) -> io::Result<Vec<PgWireFrontendMessage>>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
-    if let Some(e) = error {
-        flush_client(socket).await?;
-        let info = match e {
-            PgWireError::UserError(info) => *info,
-            other => ErrorInfo::new(
-                "ERROR".into(),
-                sqlstate::INTERNAL_ERROR.into(),
-                other.to_string(),
-            ),
-        };
-        socket
-            .feed(PgWireBackendMessage::ErrorResponse(info.into()))
-            .await?;
-    }
-    if extended {
-        socket.set_state(PgWireConnectionState::AwaitingSync);
-    } else {
-        socket
-            .feed(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(
-                socket.transaction_status(),
-            )))
-            .await?;
-    }
-    socket.flush().await?;
-    Ok(queued)
+    super::subscription::finish_with_error(socket, ErrorInfo::from(error), extended, queued).await
 }
 
 /// A frame's body (after the type byte and length).
@@ -692,11 +672,6 @@ fn error_text(frame: &Bytes) -> String {
         }
     }
     "error".into()
-}
-
-/// True when `buf` starts with a whole typed frame.
-fn has_frame(buf: &[u8]) -> bool {
-    buf.len() >= 5 && buf.len() > u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize
 }
 
 /// Backend frames, whole (type byte, length and body), and raw bytes out.

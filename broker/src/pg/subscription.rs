@@ -221,7 +221,9 @@ fn heartbeat_row(schema: &SchemaRef) -> eddy_query::Result<RecordBatch> {
         .map_err(datafusion::error::DataFusionError::from)?)
 }
 
-async fn finish_with_error<T, ST>(
+/// Answers `error` in place of a statement's result: then ReadyForQuery (simple
+/// protocol) or skipping to the client's Sync (extended).
+pub(crate) async fn finish_with_error<T, ST>(
     socket: &mut Framed<T, PgWireMessageServerCodec<ST>>,
     error: ErrorInfo,
     extended: bool,
