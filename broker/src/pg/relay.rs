@@ -39,6 +39,9 @@ use crate::error::{sqlstate, to_pg, user_error};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest backend frame accepted (PostgreSQL's own limit is 1 GiB).
 const MAX_FRAME: usize = 1 << 30;
+/// The `application_name` of backend connections (statements arriving on one are not
+/// relayed again).
+const RELAY_APP: &str = "eddy relay";
 /// Relayed output held before it is written to the client.
 const FLUSH_BYTES: usize = 64 * 1024;
 
@@ -95,9 +98,19 @@ impl Relay {
         socket: &S,
     ) -> Option<Requested>
     where
-        S: ClientPortalStore,
+        S: ClientPortalStore + ClientInfo,
         S::PortalStore: PortalStore<Statement = Arc<Prepared>>,
     {
+        // A statement relayed here runs here: nodes whose catalogs disagree for a moment
+        // about where a replica is could otherwise pass it back and forth.
+        if socket
+            .metadata()
+            .get("application_name")
+            .map(String::as_str)
+            == Some(RELAY_APP)
+        {
+            return None;
+        }
         match msg {
             PgWireFrontendMessage::Query(q) => {
                 if !self.may_route(engine) {
@@ -459,7 +472,7 @@ impl BackendConn {
         for (k, v) in [
             ("user", user),
             ("database", database),
-            ("application_name", "eddy relay"),
+            ("application_name", RELAY_APP),
         ] {
             put_cstr(&mut startup, k);
             put_cstr(&mut startup, v);
