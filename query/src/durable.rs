@@ -756,17 +756,23 @@ impl Durable {
 
 impl Engine {
     /// The schema `FETCH ... FROM SUBSCRIPTION s` returns (for Describe).
-    pub(crate) fn fetch_subscription_schema(&self, name: &ObjectName) -> Option<SchemaRef> {
+    pub(crate) fn fetch_subscription_schema(&self, name: &ObjectName) -> Result<SchemaRef> {
+        // Unknown here is an error at planning, so a strong session first catches up
+        // with a subscription created on another node a moment ago.
+        let undefined = || Error::UndefinedObject {
+            name: name.to_string(),
+        };
         let def = self
             .store()
             .catalog()
-            .subscription(&object_name(name).ok()?)?;
+            .subscription(&object_name(name)?)
+            .ok_or_else(undefined)?;
         let ObjectDef::Subscription(sub) = &*def else {
-            return None;
+            return Err(undefined());
         };
         match self.store().catalog().by_id(sub.topic).as_deref() {
-            Some(ObjectDef::Topic(t)) => Some(fetch_schema(t)),
-            _ => None,
+            Some(ObjectDef::Topic(t)) => Ok(fetch_schema(t)),
+            _ => Err(undefined()),
         }
     }
 }

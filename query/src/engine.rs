@@ -543,9 +543,11 @@ impl Engine {
                 vec![],
                 session.cursors.get(cursor).map(|c| c.schema.clone()),
             ),
-            Statement::FetchSubscription { name, .. } => {
-                (Kind::Other, vec![], self.fetch_subscription_schema(name))
-            }
+            Statement::FetchSubscription { name, .. } => (
+                Kind::Other,
+                vec![],
+                Some(self.fetch_subscription_schema(name)?),
+            ),
             _ => (Kind::Other, vec![], None),
         })
     }
@@ -595,7 +597,15 @@ impl Engine {
                 })
             }
             Kind::Dml(plan) => dml::execute(self, plan, params).await,
-            Kind::Other => self.execute_other(session, &p.statement).await,
+            Kind::Other => match self.execute_other(session, &p.statement).await {
+                // As at planning: an object created on another node a moment ago (a
+                // subscription, say) is caught up with, and the statement run again.
+                Err(e) if e.is_undefined_relation() && Self::is_strong(session) => {
+                    self.writer.metadata_barrier().await?;
+                    self.execute_other(session, &p.statement).await
+                }
+                other => other,
+            },
         }
     }
 

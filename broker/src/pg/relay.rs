@@ -42,6 +42,8 @@ const MAX_FRAME: usize = 1 << 30;
 /// The `application_name` of backend connections (statements arriving on one are not
 /// relayed again).
 const RELAY_APP: &str = "eddy relay";
+/// Statements kept prepared on one backend connection.
+const BACKEND_STATEMENTS: usize = 256;
 /// Relayed output held before it is written to the client.
 const FLUSH_BYTES: usize = 64 * 1024;
 
@@ -77,9 +79,26 @@ struct Route {
 enum Outgoing {
     /// A simple query.
     Query(String),
-    /// Extended-protocol messages ending with Sync: Parse, Bind and Execute for an
-    /// Execute; Parse (and Bind) and Describe for a Describe.
-    Extended(Bytes),
+    /// An extended-protocol Execute or Describe.
+    Extended(Extended),
+}
+
+/// A client's prepared statement run or described on the backend: there it is prepared
+/// once per backend connection (named), then bound and run like here.
+struct Extended {
+    /// The statement's text and the parameter types the client declared (0: unknown).
+    sql: String,
+    types: Vec<u32>,
+    /// The Bind body after the statement name (parameter formats and bytes, result
+    /// formats), when a portal is bound.
+    bind: Option<Bytes>,
+    /// Execute the portal, or Describe the statement (`S`) or portal (`P`).
+    then: Then,
+}
+
+enum Then {
+    Execute,
+    Describe(u8),
 }
 
 enum CursorChange {
@@ -132,49 +151,35 @@ impl Relay {
                     .get_portal(e.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME))?;
                 let portal = entry.value()?;
                 let route = self.route_prepared(engine, &portal.statement.statement)?;
-                let mut b = parse_message(&portal.statement)?;
-                bind_message(&mut b, portal);
-                // All rows at once: a portal suspended there would end at the Sync below,
-                // and its next Execute would start it over.
-                frame(&mut b, b'E', |b| {
-                    put_cstr(b, "");
-                    b.put_i32(0);
-                });
-                frame(&mut b, b'S', |_| {});
+                let call = Extended::of(&portal.statement, Some(portal), Then::Execute)?;
                 Some(Requested {
                     route,
-                    message: Outgoing::Extended(b.freeze()),
+                    message: Outgoing::Extended(call),
                 })
             }
             // Described there too, so the row description matches the rows relayed.
             PgWireFrontendMessage::Describe(d) => {
                 let name = d.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME);
                 let store = socket.portal_store();
-                let (route, mut b) = if d.target_type == b'S' {
+                let then = Then::Describe(d.target_type);
+                let (route, call) = if d.target_type == b'S' {
                     let entry = store.get_statement(name)?;
                     let statement = entry.value()?;
                     let route = self.route_prepared(engine, &statement.statement)?;
-                    (route, parse_message(statement)?)
+                    (route, Extended::of(statement, None, then)?)
                 } else {
                     let entry = store.get_portal(name)?;
                     let portal = entry.value()?;
                     let route = self.route_prepared(engine, &portal.statement.statement)?;
-                    let mut b = parse_message(&portal.statement)?;
-                    bind_message(&mut b, portal);
-                    (route, b)
+                    (route, Extended::of(&portal.statement, Some(portal), then)?)
                 };
-                frame(&mut b, b'D', |b| {
-                    b.put_u8(d.target_type);
-                    put_cstr(b, "");
-                });
-                frame(&mut b, b'S', |_| {});
                 Some(Requested {
                     route: Route {
                         cursor: CursorChange::None,
                         retry: true,
                         ..route
                     },
-                    message: Outgoing::Extended(b.freeze()),
+                    message: Outgoing::Extended(call),
                 })
             }
             _ => None,
@@ -266,11 +271,13 @@ impl Relay {
             let backend = self.backends.get_mut(&addr).expect("connected above");
             let outcome = async {
                 backend.apply_settings(&settings).await?;
-                backend
-                    .send(req.message.bytes())
-                    .await
-                    .map_err(Gone::Early)?;
-                backend.relay(socket, &token, &mut queued).await
+                let prepared = backend.send_statement(&req.message).await?;
+                let outcome = backend.relay(socket, &token, &mut queued).await;
+                if let (Some(key), Ok(true) | Err(_)) = (prepared, &outcome) {
+                    // It may not be prepared there after all: Parse it again next time.
+                    backend.statements.remove(&key);
+                }
+                outcome
             }
             .await;
             let (e, early) = match outcome {
@@ -354,53 +361,78 @@ impl Relay {
     }
 }
 
-impl Outgoing {
-    fn bytes(&self) -> Bytes {
-        match self {
-            Outgoing::Query(sql) => {
-                let mut b = BytesMut::new();
-                frame(&mut b, b'Q', |b| put_cstr(b, sql));
-                b.freeze()
-            }
-            Outgoing::Extended(b) => b.clone(),
-        }
-    }
-}
-
-/// Parse of a statement as the client prepared it (its text and declared types), unnamed.
-fn parse_message(statement: &StoredStatement<Arc<Prepared>>) -> Option<BytesMut> {
-    let sql = statement.statement.sql()?;
-    let mut b = BytesMut::new();
-    frame(&mut b, b'P', |b| {
-        put_cstr(b, "");
-        put_cstr(b, sql);
-        b.put_i16(statement.parameter_types.len() as i16);
-        for t in &statement.parameter_types {
-            b.put_u32(t.as_ref().map_or(0, |t| t.oid()));
-        }
-    });
-    Some(b)
-}
-
-/// Bind of the unnamed statement to the unnamed portal, with `portal`'s parameter bytes
-/// and formats and its result formats.
-fn bind_message(b: &mut BytesMut, portal: &Portal<Arc<Prepared>>) {
-    frame(b, b'B', |b| {
-        put_cstr(b, "");
-        put_cstr(b, "");
-        put_formats(b, &portal.parameter_format);
-        b.put_i16(portal.parameters.len() as i16);
-        for p in &portal.parameters {
-            match p {
-                Some(v) => {
-                    b.put_i32(v.len() as i32);
-                    b.put_slice(v);
+impl Extended {
+    /// The call for `statement` (bound as `portal`, when given); `None` for a statement
+    /// not prepared from text.
+    fn of(
+        statement: &StoredStatement<Arc<Prepared>>,
+        portal: Option<&Portal<Arc<Prepared>>>,
+        then: Then,
+    ) -> Option<Extended> {
+        let bind = portal.map(|portal| {
+            let mut b = BytesMut::new();
+            put_formats(&mut b, &portal.parameter_format);
+            b.put_i16(portal.parameters.len() as i16);
+            for p in &portal.parameters {
+                match p {
+                    Some(v) => {
+                        b.put_i32(v.len() as i32);
+                        b.put_slice(v);
+                    }
+                    None => b.put_i32(-1),
                 }
-                None => b.put_i32(-1),
             }
+            put_formats(&mut b, &portal.result_column_format);
+            b.freeze()
+        });
+        Some(Extended {
+            sql: statement.statement.sql()?.to_owned(),
+            types: statement
+                .parameter_types
+                .iter()
+                .map(|t| t.as_ref().map_or(0, |t| t.oid()))
+                .collect(),
+            bind,
+            then,
+        })
+    }
+
+    /// The messages for a backend where the statement is prepared as `name`, preceded by
+    /// its Parse when `parse`.
+    fn messages(&self, name: &str, parse: bool) -> Bytes {
+        let mut b = BytesMut::new();
+        if parse {
+            frame(&mut b, b'P', |b| {
+                put_cstr(b, name);
+                put_cstr(b, &self.sql);
+                b.put_i16(self.types.len() as i16);
+                for t in &self.types {
+                    b.put_u32(*t);
+                }
+            });
         }
-        put_formats(b, &portal.result_column_format);
-    });
+        if let Some(bind) = &self.bind {
+            frame(&mut b, b'B', |b| {
+                put_cstr(b, "");
+                put_cstr(b, name);
+                b.put_slice(bind);
+            });
+        }
+        match self.then {
+            // All rows at once: a portal suspended there would end at the Sync below,
+            // and its next Execute would start it over.
+            Then::Execute => frame(&mut b, b'E', |b| {
+                put_cstr(b, "");
+                b.put_i32(0);
+            }),
+            Then::Describe(target) => frame(&mut b, b'D', |b| {
+                b.put_u8(target);
+                put_cstr(b, if target == b'S' { name } else { "" });
+            }),
+        }
+        frame(&mut b, b'S', |_| {});
+        b.freeze()
+    }
 }
 
 fn put_formats(b: &mut BytesMut, f: &Format) {
@@ -452,6 +484,10 @@ struct BackendConn {
     key: Option<(i32, i32)>,
     /// The session settings it has been given.
     sent: BTreeMap<String, String>,
+    /// Statements prepared on it, by text and declared types, with their names.
+    statements: HashMap<(String, Vec<u32>), String>,
+    /// Statement names given out (at most [`BACKEND_STATEMENTS`]).
+    named: usize,
 }
 
 impl BackendConn {
@@ -465,6 +501,8 @@ impl BackendConn {
             io: Framed::new(tcp, RawFrames),
             key: None,
             sent: BTreeMap::new(),
+            statements: HashMap::new(),
+            named: 0,
         };
         let mut startup = BytesMut::new();
         startup.put_i32(0);
@@ -502,6 +540,38 @@ impl BackendConn {
     /// statement ended.
     fn idle_and_open(&mut self) -> bool {
         self.io.next().now_or_never().is_none()
+    }
+
+    /// Sends a statement; for an extended one, returns the key it was newly prepared
+    /// under (Parse sent), if it was.
+    async fn send_statement(
+        &mut self,
+        message: &Outgoing,
+    ) -> Result<Option<(String, Vec<u32>)>, Gone> {
+        let (bytes, parsed) = match message {
+            Outgoing::Query(sql) => {
+                let mut b = BytesMut::new();
+                frame(&mut b, b'Q', |b| put_cstr(b, sql));
+                (b.freeze(), None)
+            }
+            Outgoing::Extended(call) => {
+                let key = (call.sql.clone(), call.types.clone());
+                match self.statements.get(&key) {
+                    Some(name) => (call.messages(name, false), None),
+                    // Up to a bound, statements stay prepared; past it, they go unnamed.
+                    None if self.named >= BACKEND_STATEMENTS => (call.messages("", true), None),
+                    None => {
+                        self.named += 1;
+                        let name = format!("eddy_relay_{}", self.named);
+                        let bytes = call.messages(&name, true);
+                        self.statements.insert(key.clone(), name);
+                        (bytes, Some(key))
+                    }
+                }
+            }
+        };
+        self.send(bytes).await.map_err(Gone::Early)?;
+        Ok(parsed)
     }
 
     async fn send(&mut self, bytes: Bytes) -> io::Result<()> {

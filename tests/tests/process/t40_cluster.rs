@@ -523,19 +523,27 @@ async fn statements_on_a_node_without_a_replica_run_on_a_node_that_has_one() -> 
         .batch_execute("CREATE TOPIC solo (item TEXT) WITH (partitions = 3, replicas = 1)")
         .await?;
     // All partitions of an object share one set of nodes: here, one node.
-    let mut holders = Vec::new();
-    for node in 1..=3 {
-        let c = cluster.client(node).await?;
-        let groups = c
-            .query(
-                "SELECT partition FROM eddy.raft_groups WHERE object = 'solo'",
-                &[],
-            )
-            .await?;
-        if !groups.is_empty() {
-            holders.push((node, groups.len()));
+    let holders = wait_for("the topic's groups", Duration::from_secs(30), || {
+        let cluster = &cluster;
+        async move {
+            let mut holders = Vec::new();
+            for node in 1..=3 {
+                let c = cluster.client(node).await.ok()?;
+                let groups = c
+                    .query(
+                        "SELECT partition FROM eddy.raft_groups WHERE object = 'solo'",
+                        &[],
+                    )
+                    .await
+                    .ok()?;
+                if !groups.is_empty() {
+                    holders.push((node, groups.len()));
+                }
+            }
+            (holders.iter().map(|h| h.1).sum::<usize>() == 3).then_some(holders)
         }
-    }
+    })
+    .await?;
     let [(holder, 3)] = holders[..] else {
         panic!("one node holds the three partitions: {holders:?}")
     };
@@ -579,6 +587,23 @@ async fn statements_on_a_node_without_a_replica_run_on_a_node_that_has_one() -> 
         .query_one("SELECT _offset, item FROM solo WHERE item = $1", &[&"m07"])
         .await?;
     assert_eq!(row.get::<_, String>(1), "m07");
+    // One prepared statement, run again with other values (prepared once on the holder).
+    let by_item = ca
+        .prepare("SELECT count(*) FROM solo WHERE item >= $1")
+        .await?;
+    for (from, want) in [("m00", 30i64), ("m25", 5), ("m29", 1), ("z", 0)] {
+        let n: i64 = ca.query_one(&by_item, &[&from]).await?.get(0);
+        assert_eq!(n, want, "items from {from}");
+    }
+    // A statement failing there (at run time) fails here with its SQLSTATE, again when
+    // repeated, and the connection goes on.
+    for _ in 0..2 {
+        let err = ca
+            .query("SELECT CAST(item AS BIGINT) FROM solo", &[])
+            .await
+            .expect_err("'m00' is no number");
+        assert!(err.code().is_some(), "{err}");
+    }
     ca.batch_execute("SET consistency = 'local'").await?;
     let local = ca.simple_query("SELECT count(*) FROM solo").await?;
     let count = local.iter().find_map(|m| match m {
