@@ -573,7 +573,6 @@ impl Cluster {
             .iter()
             .flat_map(|def| {
                 groups_of(def)
-                    .into_iter()
                     .filter(|(_, placement)| placement.contains(&self.id()))
                     .map(|(g, _)| g)
                     .collect::<Vec<_>>()
@@ -627,7 +626,7 @@ impl Cluster {
 }
 
 /// The Raft groups of an object and the nodes each is placed on.
-fn groups_of(def: &ObjectDef) -> Vec<(GroupId, &[NodeId])> {
+fn groups_of(def: &ObjectDef) -> impl Iterator<Item = (GroupId, &[NodeId])> {
     let placement = match def {
         ObjectDef::Topic(t) if t.replication == Replication::Raft => &t.placement[..],
         // A table is one group, like a one-partition topic.
@@ -640,7 +639,6 @@ fn groups_of(def: &ObjectDef) -> Vec<(GroupId, &[NodeId])> {
         .iter()
         .enumerate()
         .map(|(p, nodes)| (group_of(def.id(), p as u32), &nodes[..]))
-        .collect()
 }
 
 /// The keys the state machine of `def`'s group for `partition` owns.

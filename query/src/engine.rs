@@ -457,15 +457,10 @@ impl Engine {
         hints: &[Option<DataType>],
         session: &Session,
     ) -> Result<Prepared> {
-        let planned = match self.plan_statement(&statement, session).await {
-            Err(e) if e.is_undefined_relation() && Self::is_strong(session) => {
-                // This node's catalog can lag a CREATE acknowledged on another node: catch
-                // up with the metadata group, then plan again.
-                self.writer.metadata_barrier().await?;
-                self.plan_statement(&statement, session).await
-            }
-            other => other,
-        };
+        let mut planned = self.plan_statement(&statement, session).await;
+        if self.caught_up(session, planned.as_ref().err()).await? {
+            planned = self.plan_statement(&statement, session).await;
+        }
         let (kind, mut param_types, schema) = planned?;
         for (i, h) in hints.iter().enumerate() {
             if let Some(h) = h {
@@ -597,15 +592,27 @@ impl Engine {
                 })
             }
             Kind::Dml(plan) => dml::execute(self, plan, params).await,
-            Kind::Other => match self.execute_other(session, &p.statement).await {
-                // As at planning: an object created on another node a moment ago (a
-                // subscription, say) is caught up with, and the statement run again.
-                Err(e) if e.is_undefined_relation() && Self::is_strong(session) => {
-                    self.writer.metadata_barrier().await?;
-                    self.execute_other(session, &p.statement).await
+            Kind::Other => {
+                let mut done = self.execute_other(session, &p.statement).await;
+                if self.caught_up(session, done.as_ref().err()).await? {
+                    done = self.execute_other(session, &p.statement).await;
                 }
-                other => other,
-            },
+                done
+            }
+        }
+    }
+
+    /// After a statement failed with `error` on an object this node does not know, in a
+    /// strong session: catches up with the catalog and returns true, for the caller to
+    /// try once more. This node's catalog can lag a CREATE (of a table, a subscription)
+    /// acknowledged on another node.
+    async fn caught_up(&self, session: &Session, error: Option<&Error>) -> Result<bool> {
+        match error {
+            Some(e) if e.is_undefined_relation() && Self::is_strong(session) => {
+                self.writer.metadata_barrier().await?;
+                Ok(true)
+            }
+            _ => Ok(false),
         }
     }
 

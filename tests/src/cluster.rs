@@ -177,6 +177,45 @@ impl TestCluster {
         Ok(())
     }
 
+    /// The running nodes holding replicas of `object`'s Raft groups, each with how many
+    /// (as its `eddy.raft_groups` shows), once they hold `replicas` between them.
+    pub async fn replicas_of(
+        &self,
+        object: &str,
+        replicas: usize,
+    ) -> anyhow::Result<Vec<(usize, usize)>> {
+        let running: Vec<usize> = (1..=self.slots.len())
+            .filter(|n| self.slots[n - 1].process.is_some())
+            .collect();
+        wait_for(
+            &format!("{replicas} replicas of {object}"),
+            Duration::from_secs(30),
+            || {
+                let running = &running;
+                async move {
+                    let mut holders = Vec::new();
+                    for &node in running {
+                        let groups = self
+                            .client(node)
+                            .await
+                            .ok()?
+                            .query(
+                                "SELECT 1 FROM eddy.raft_groups WHERE object = $1",
+                                &[&object],
+                            )
+                            .await
+                            .ok()?;
+                        if !groups.is_empty() {
+                            holders.push((node, groups.len()));
+                        }
+                    }
+                    (holders.iter().map(|h| h.1).sum::<usize>() == replicas).then_some(holders)
+                }
+            },
+        )
+        .await
+    }
+
     /// The node id (1-based index) leading `object`'s partition, as node `ask` sees it.
     pub async fn leader_of(
         &self,

@@ -343,7 +343,7 @@ impl Cluster {
         self.inner
             .store
             .catalog()
-            .any(|def| groups_of(def).iter().any(|(_, p)| !p.contains(&me)))
+            .any(|def| groups_of(def).any(|(_, p)| !p.contains(&me)))
     }
 
     /// Where a statement reading these topics and tables can run: `None` here, where

@@ -523,27 +523,7 @@ async fn statements_on_a_node_without_a_replica_run_on_a_node_that_has_one() -> 
         .batch_execute("CREATE TOPIC solo (item TEXT) WITH (partitions = 3, replicas = 1)")
         .await?;
     // All partitions of an object share one set of nodes: here, one node.
-    let holders = wait_for("the topic's groups", Duration::from_secs(30), || {
-        let cluster = &cluster;
-        async move {
-            let mut holders = Vec::new();
-            for node in 1..=3 {
-                let c = cluster.client(node).await.ok()?;
-                let groups = c
-                    .query(
-                        "SELECT partition FROM eddy.raft_groups WHERE object = 'solo'",
-                        &[],
-                    )
-                    .await
-                    .ok()?;
-                if !groups.is_empty() {
-                    holders.push((node, groups.len()));
-                }
-            }
-            (holders.iter().map(|h| h.1).sum::<usize>() == 3).then_some(holders)
-        }
-    })
-    .await?;
+    let holders = cluster.replicas_of("solo", 3).await?;
     let [(holder, 3)] = holders[..] else {
         panic!("one node holds the three partitions: {holders:?}")
     };
@@ -698,24 +678,12 @@ async fn a_node_outside_a_tables_replicas_updates_and_reads_it_while_replicas_di
         .batch_execute("CREATE TABLE kv (k TEXT PRIMARY KEY, v INT)")
         .await?;
     // Three replicas on four nodes.
-    let replicas: Vec<usize> = wait_for("the table's replicas", Duration::from_secs(30), || {
-        let cluster = &cluster;
-        async move {
-            let mut on = Vec::new();
-            for node in 1..=4 {
-                let c = cluster.client(node).await.ok()?;
-                let g = c
-                    .query("SELECT 1 FROM eddy.raft_groups WHERE object = 'kv'", &[])
-                    .await
-                    .ok()?;
-                if !g.is_empty() {
-                    on.push(node);
-                }
-            }
-            (on.len() == 3).then_some(on)
-        }
-    })
-    .await?;
+    let replicas: Vec<usize> = cluster
+        .replicas_of("kv", 3)
+        .await?
+        .into_iter()
+        .map(|(node, _)| node)
+        .collect();
     let outside = (1..=4)
         .find(|n| !replicas.contains(n))
         .expect("a fourth node");
