@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use eddy_bench::report::{Entry, Report};
+use eddy_bench::report::{DiskSync, Entry, Report};
 use eddy_bench::{gossip_converge, run, Meter, Options, Scenario, Server, System, Via};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -329,6 +329,13 @@ async fn main() -> anyhow::Result<()> {
             failover.push(f);
         }
     }
+    // latency: the disk's own floor under a durable publish, in the same run.
+    let disk = if scenario == Scenario::Latency {
+        let dir = std::env::temp_dir();
+        Some(tokio::task::spawn_blocking(move || DiskSync::measure(&dir, 2000)).await??)
+    } else {
+        None
+    };
     let shape = match scenario {
         Scenario::PublishBulk => format!(
             "{} x {} B rows, {} connections, COPY batches of {}",
@@ -371,6 +378,7 @@ async fn main() -> anyhow::Result<()> {
             .collect(),
         failover,
         gossip: None,
+        disk,
     };
     output(&report, &args)
 }
@@ -419,6 +427,7 @@ async fn converge(args: &Args, nodes: usize, rounds: usize) -> anyhow::Result<()
         peers: Vec::new(),
         failover: Vec::new(),
         gossip: Some(g),
+        disk: None,
     };
     output(&report, args)
 }

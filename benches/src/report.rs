@@ -77,6 +77,59 @@ pub struct Report {
     pub failover: Vec<Failover>,
     /// `gossip-converge`: its measurement (`eddy` and `peers` are empty then).
     pub gossip: Option<Convergence>,
+    /// `latency`: what one durable write costs the disk alone, measured in the same run.
+    pub disk: Option<DiskSync>,
+}
+
+/// The disk's floor under a durable write: 4 KiB overwritten in place and fdatasync'd,
+/// one after another, in the directory the tool's servers use (the cheapest durable
+/// write a log can make: nothing to allocate, no size to commit).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DiskSync {
+    /// Writes measured.
+    pub syncs: u64,
+    /// Median, µs.
+    pub p50_us: u64,
+    /// 99th percentile, µs.
+    pub p99_us: u64,
+    /// 99.9th percentile, µs.
+    pub p999_us: u64,
+}
+
+impl DiskSync {
+    /// Times `syncs` in-place 4 KiB writes with fdatasync in a temp file under `dir`.
+    pub fn measure(dir: &std::path::Path, syncs: u64) -> anyhow::Result<DiskSync> {
+        use std::os::unix::fs::FileExt;
+        const BLOCK: u64 = 4096;
+        const BLOCKS: u64 = 256;
+        let file = tempfile::tempfile_in(dir)?;
+        // Written and synced once first, so the timed writes allocate nothing.
+        file.write_all_at(&vec![0u8; (BLOCK * BLOCKS) as usize], 0)?;
+        file.sync_all()?;
+        let block = vec![b'x'; BLOCK as usize];
+        let mut h = crate::histogram();
+        for i in 0..syncs {
+            let start = std::time::Instant::now();
+            file.write_all_at(&block, (i % BLOCKS) * BLOCK)?;
+            file.sync_data()?;
+            h.saturating_record(start.elapsed().as_micros().max(1) as u64);
+        }
+        Ok(DiskSync {
+            syncs,
+            p50_us: h.value_at_quantile(0.5),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+        })
+    }
+
+    /// The line printed under the latency table.
+    fn line(&self) -> String {
+        format!(
+            "disk floor: 4 KiB overwritten in place + fdatasync, {} in a row: p50 {} µs, \
+             p99 {} µs, p99.9 {} µs (a publish durable before delivery takes at least this)\n",
+            self.syncs, self.p50_us, self.p99_us, self.p999_us
+        )
+    }
 }
 
 impl Report {
@@ -142,6 +195,9 @@ impl Report {
                     "p99 ack latency vs {peer} (peer/eddy): {r:.2} — {verdict}\n"
                 ));
             }
+        }
+        if let Some(d) = &self.disk {
+            out.push_str(&d.line());
         }
         if !self.failover.is_empty() {
             out.push_str(&format!(
@@ -269,6 +325,9 @@ impl Report {
                 .collect();
             out["failover"] = failover.into();
         }
+        if let Some(d) = &self.disk {
+            out["disk_sync"] = serde_json::json!(d);
+        }
         out
     }
 
@@ -288,6 +347,7 @@ impl Report {
                 peers: Vec::new(),
                 failover: Vec::new(),
                 gossip: Some(serde_json::from_value(field("gossip_converge")?)?),
+                disk: None,
             });
         }
         let mut eddy: Vec<Entry> = vec![serde_json::from_value(field("eddy")?)?];
@@ -312,6 +372,10 @@ impl Report {
             None => Vec::new(),
         };
         failover.sort_by_key(|f| (f.system != System::Eddy, f.system.name()));
+        let disk = match v.get("disk_sync") {
+            Some(d) => Some(serde_json::from_value(d.clone())?),
+            None => None,
+        };
         Ok(Report {
             scenario,
             shape,
@@ -319,6 +383,7 @@ impl Report {
             peers,
             failover,
             gossip: None,
+            disk,
         })
     }
 
@@ -535,6 +600,7 @@ mod tests {
             ],
             failover: Vec::new(),
             gossip: None,
+            disk: None,
         };
         assert_eq!(report.ratios(), vec![("postgres", 0.5), ("redis", 2.0)]);
         assert_eq!(
@@ -555,8 +621,12 @@ mod tests {
 
     #[test]
     fn json_reads_back_into_the_same_report_and_charts() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskSync::measure(dir.path(), 20).unwrap();
+        assert_eq!(disk.syncs, 20);
+        assert!(disk.p50_us >= 1 && disk.p50_us <= disk.p99_us && disk.p99_us <= disk.p999_us);
         let report = Report {
-            scenario: Scenario::Fanout,
+            scenario: Scenario::Latency,
             shape: "tiny".into(),
             eddy: vec![entry("eddy", System::Eddy, vec![summary(900.0, 30)])],
             // The scenario's own peer order, which reading back restores.
@@ -566,9 +636,19 @@ mod tests {
             ],
             failover: Vec::new(),
             gossip: None,
+            disk: Some(disk),
         };
+        let table = report.table();
+        assert!(
+            table.contains(&format!(
+                "disk floor: 4 KiB overwritten in place + fdatasync, 20 in a row: p50 {} µs",
+                disk.p50_us
+            )),
+            "{table}"
+        );
         let back = Report::from_json(&report.json()).unwrap();
-        assert_eq!(back.table(), report.table());
+        assert_eq!(back.disk, Some(disk));
+        assert_eq!(back.table(), table);
         let dir = tempfile::tempdir().unwrap();
         let svg = dir.path().join("chart.svg");
         back.chart(&svg).unwrap();
@@ -604,6 +684,7 @@ mod tests {
                 failover(System::Nats, vec![2000.0], 0),
             ],
             gossip: None,
+            disk: None,
         };
         let f = &report.failover[0];
         assert_eq!((f.p50_ms, f.p99_ms, f.max_ms), (900.0, 1200.0, 1200.0));
@@ -656,6 +737,7 @@ mod tests {
                 cross_partition_keys: 90,
                 upsert_retries: 1,
             }),
+            disk: None,
         };
         let g = report.gossip.as_ref().unwrap();
         assert_eq!((g.p50_ms, g.p99_ms, g.max_ms), (95.0, 300.0, 300.0));

@@ -86,6 +86,10 @@ impl Writer for Replicated {
         self.0.serving_nodes(objects)
     }
 
+    fn led_partitions(&self, topic: u32, partitions: u32) -> Option<Vec<u32>> {
+        self.0.led_partitions(topic, partitions)
+    }
+
     async fn metadata_barrier(&self) -> eddy_storage::Result<()> {
         self.0.read_barrier(METADATA_GROUP).await
     }

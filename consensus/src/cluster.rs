@@ -344,6 +344,13 @@ impl Cluster {
         self.group(group).map(|g| g.raft.clone())
     }
 
+    /// Seals a group's stubs, as before a node joins it (tests).
+    #[cfg(test)]
+    pub(crate) async fn seal(&self, group: GroupId) -> Result<(), String> {
+        let g = self.group(group).ok_or("no such group")?;
+        g.stubs.seal(&g.raft, Duration::from_secs(10)).await
+    }
+
     /// Ids of the groups running on this node.
     pub fn groups(&self) -> Vec<GroupId> {
         let mut ids: Vec<_> = self.inner.groups.read().keys().copied().collect();
@@ -440,10 +447,10 @@ impl Cluster {
         let group = Arc::new(Group {
             raft: raft.clone(),
             proposals: tx,
-            stubs,
+            stubs: stubs.clone(),
         });
         self.inner.groups.write().insert(id, group.clone());
-        tokio::spawn(self.clone().run_proposer(id, raft, rx));
+        tokio::spawn(self.clone().run_proposer(id, raft, stubs, rx));
         Ok(group)
     }
 

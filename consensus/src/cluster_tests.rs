@@ -418,7 +418,8 @@ async fn stop_solo(cluster: Cluster) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_solo_group_applies_each_write_in_its_append_and_restarts_without_reapplying() {
+async fn a_solo_group_writes_around_its_log_then_applies_at_append_once_sealed_and_restarts_without_reapplying(
+) {
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
     let cluster = start_solo_in(dir.path()).await;
@@ -438,43 +439,74 @@ async fn a_solo_group_applies_each_write_in_its_append_and_restarts_without_reap
         cluster.write(vec![append(i)]).await.unwrap();
     }
     let stats = cluster.store().stats();
-    let before = stats.write_requests.load(Ordering::Relaxed);
-    for i in 3..23 {
-        let r = cluster.write(vec![append(i)]).await.unwrap();
-        let WriteResult::Appended { first_offset, .. } = r[0] else {
-            panic!("unexpected {r:?}")
-        };
-        assert_eq!(first_offset, i as u64);
-    }
-    // One committer request per write (its entry, data and applied marker together);
-    // appending and applying apart, with the committed index saved between, took three.
-    let requests = stats.write_requests.load(Ordering::Relaxed) - before;
-    assert_eq!(requests, 20, "committer requests for 20 sequential writes");
-    let metrics = cluster.raft(group).unwrap().metrics().borrow().clone();
-    assert_eq!(
-        metrics.last_applied.map(|l| l.index),
-        metrics.last_log_index,
-        "every entry in the log is applied"
+    let requests = || stats.write_requests.load(Ordering::Relaxed);
+    let last_log = || {
+        let raft = cluster.raft(group).unwrap();
+        let m = raft.metrics().borrow().clone();
+        (m.last_log_index, m.last_applied.map(|l| l.index))
+    };
+    let write_in_turn = |from: usize, to: usize| {
+        let cluster = &cluster;
+        async move {
+            for i in from..to {
+                let r = cluster.write(vec![append(i)]).await.unwrap();
+                let WriteResult::Appended { first_offset, .. } = r[0] else {
+                    panic!("unexpected {r:?}")
+                };
+                assert_eq!(first_offset, i as u64);
+            }
+        }
+    };
+
+    // A group of this node alone, which it leads: each write is one committer request
+    // and no Raft entry.
+    let (before, log_before) = (requests(), last_log());
+    write_in_turn(3, 23).await;
+    assert_eq!(requests() - before, 20, "committer requests for 20 writes");
+    assert_eq!(last_log(), log_before, "the writes went around the log");
+
+    // Sealed (as before another node joins): the writes so far are under the applied
+    // index of a snapshot, and from now on each write is a Raft entry applied in its own
+    // append: still one committer request (entry, data and applied marker together;
+    // appending and applying apart, with the committed index saved between, took three).
+    cluster.seal(group).await.unwrap();
+    let raft = cluster.raft(group).unwrap();
+    let m = raft.metrics().borrow().clone();
+    let sealed_at = m.last_applied.unwrap().index;
+    assert!(
+        sealed_at > log_before.1.unwrap(),
+        "the seal's own entry is applied"
     );
+    assert!(
+        m.snapshot.is_some_and(|s| s.index >= sealed_at),
+        "{:?}",
+        m.snapshot
+    );
+    let before = requests();
+    write_in_turn(23, 28).await;
+    assert_eq!(requests() - before, 5, "committer requests for 5 writes");
+    let (last, applied) = last_log();
+    assert_eq!(last, Some(sealed_at + 5), "one entry per write");
+    assert_eq!(applied, last, "every entry in the log is applied");
     // eddy.raft_groups: the saves skipped, the committed index shown is still current.
     let info = cluster.group_info();
     let shown = info.iter().find(|g| g.group == group).unwrap();
-    assert_eq!(shown.commit_index, metrics.last_log_index);
-    assert_eq!(shown.applied_index, metrics.last_log_index);
+    assert_eq!(shown.commit_index, last);
+    assert_eq!(shown.applied_index, last);
     stop_solo(cluster).await;
 
-    // After a restart nothing is applied twice: 23 messages, and the next offset is 23.
+    // After a restart nothing is lost or applied twice: 28 messages, the next offset 28.
     let cluster = start_solo_in(dir.path()).await;
-    let r = cluster.write(vec![append(23)]).await.unwrap();
+    let r = cluster.write(vec![append(28)]).await.unwrap();
     let WriteResult::Appended { first_offset, .. } = r[0] else {
         panic!("unexpected {r:?}")
     };
-    assert_eq!(first_offset, 23);
+    assert_eq!(first_offset, 28);
     let def = cluster.store().catalog().topic("solo").unwrap();
     let ObjectDef::Topic(t) = &*def else { panic!() };
     let rows = cluster.store().read_log(t, 0, 0, u64::MAX, 100).unwrap();
     let payloads: Vec<Value> = rows.iter().map(|(_, r)| r.values[0].clone()).collect();
-    let expected: Vec<Value> = (0..24).map(|i| Value::Text(format!("m{i}"))).collect();
+    let expected: Vec<Value> = (0..29).map(|i| Value::Text(format!("m{i}"))).collect();
     assert_eq!(payloads, expected);
     stop_solo(cluster).await;
 }
@@ -530,7 +562,8 @@ async fn a_single_replica_group_takes_writes_from_every_node_logs_stubs_and_move
         };
         assert_eq!(first_offset, i as u64);
     }
-    // The holder's log keeps stubs: no later entry carries a write.
+    // The writes went around the holder's log (a group of one node, which it leads),
+    // and no entry that did reach it carries a write's data.
     let logged = on(holder)
         .cluster
         .store()
@@ -540,7 +573,11 @@ async fn a_single_replica_group_takes_writes_from_every_node_logs_stubs_and_move
         .iter()
         .map(|(_, b)| postcard::from_bytes(b).unwrap())
         .collect();
-    assert!(entries.len() >= 29, "{} entries", entries.len());
+    assert!(
+        entries.len() < 29,
+        "an entry per write: {} entries",
+        entries.len()
+    );
     assert!(
         entries
             .iter()

@@ -14,7 +14,9 @@
 //! id, no data): nothing will ever read the data from the log, and writing it twice
 //! doubled the WAL of a bulk load. Before another node joins the group, [`Stubs::seal`]
 //! stops the stubs and purges the log behind a snapshot, so the newcomer starts from the
-//! snapshot and never sees one.
+//! snapshot and never sees one. While the group is of this node alone and led here,
+//! its writes skip the log altogether ([`Stubs::write_alone`]): one fsync'd commit of
+//! their units, with no Raft entry.
 
 // openraft's traits fix the error type (`StorageError`, large); helpers return it too.
 #![allow(clippy::result_large_err)]
@@ -28,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eddy_storage::raft::{GroupId, KeyRange, RaftWrite, Space};
-use eddy_storage::{Commit, Pending, Store, UnitResults, WeakStore};
+use eddy_storage::{Commit, Pending, Store, UnitResults, WeakStore, WriteOp};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine};
 use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader,
@@ -158,10 +160,25 @@ impl Stubs {
     /// node added afterwards gets the snapshot, then whole entries. Run it on the
     /// leader before adding a node to the group; running it again is harmless.
     pub async fn seal(&self, raft: &crate::types::Raft, deadline: Duration) -> Result<(), String> {
-        {
-            // Waits for appends that are writing stubs right now.
+        let was_open = {
+            // Waits for appends writing stubs, and writes outside the log, in flight.
             let _closed = self.early.gate.write().await;
-            self.early.stubs.store(false, Ordering::SeqCst);
+            self.early.stubs.swap(false, Ordering::SeqCst)
+        };
+        let failed = |e: &dyn std::fmt::Display| format!("raft group {}: {e}", self.group);
+        if was_open {
+            // Writes applied outside the log (`write_alone`) moved no index: one more
+            // entry puts the applied index past them, so that the snapshot awaited below
+            // is built after them and covers them.
+            let at = eddy_storage::now_micros();
+            let write = raft.client_write(Request::Write {
+                units: Vec::new(),
+                at,
+            });
+            tokio::time::timeout(deadline, write)
+                .await
+                .map_err(|_| failed(&"no quorum for the sealing entry"))?
+                .map_err(|e| failed(&e))?;
         }
         // Every stub is at or below the stored applied marker; openraft must have
         // applied that far before its log may be purged there.
@@ -171,7 +188,6 @@ impl Stubs {
         let Some(upto) = applied.log_id.map(|l| l.index) else {
             return Ok(());
         };
-        let failed = |e: &dyn std::fmt::Display| format!("raft group {}: {e}", self.group);
         let wait = |what: &'static str, done: fn(&RaftMetrics, u64) -> bool| {
             let waiting = raft.wait(Some(deadline));
             async move {
@@ -201,6 +217,55 @@ impl Stubs {
         .await?;
         Ok(())
     }
+}
+
+impl Stubs {
+    /// Applies `units` straight to the store, fsync'd, without a Raft entry: what a
+    /// write costs on a group of this node alone, which it leads, while its stubs are
+    /// open. Such a group's log would only have kept a stub of the write, and its
+    /// commit is this node's fsync either way; leaving Raft out saves the hand-offs
+    /// between the proposer, openraft's core, the log store and the state machine.
+    /// [`Stubs::seal`] waits for these writes and closes the way before another node
+    /// joins, then snapshots them. Gives the units back when the group does not
+    /// qualify, for the caller to propose through Raft.
+    pub async fn write_alone(
+        &self,
+        raft: &crate::types::Raft,
+        units: Vec<Vec<WriteOp>>,
+    ) -> Result<Result<Response, eddy_storage::Error>, Vec<Vec<WriteOp>>> {
+        let Some(me) = self.early.me else {
+            return Err(units);
+        };
+        if !self.early.stubs.load(Ordering::SeqCst) || !alone_leader(raft, me) {
+            return Err(units);
+        }
+        let _open = self.early.gate.read().await;
+        if !self.early.stubs.load(Ordering::SeqCst) {
+            return Err(units);
+        }
+        let Some(store) = self.store.upgrade() else {
+            return Ok(Err(eddy_storage::Error::ShuttingDown));
+        };
+        Ok(store
+            .commit(Commit {
+                units,
+                sync: true,
+                ..Commit::default()
+            })
+            .await
+            .map(response_of))
+    }
+}
+
+/// Whether `me` leads the group and is its only member (no other voter, no learner).
+fn alone_leader(raft: &crate::types::Raft, me: NodeId) -> bool {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    let membership = m.membership_config.membership();
+    m.state == openraft::ServerState::Leader
+        && m.current_leader == Some(me)
+        && membership.get_joint_config().len() == 1
+        && membership.nodes().map(|(id, _)| *id).eq([me])
 }
 
 /// Entries a solo group applied as it appended them.

@@ -1012,7 +1012,7 @@ async fn append(engine: &Engine, topic: &TopicDef, rows: Vec<Vec<Value>>) -> Res
     }
     let mut by_partition: std::collections::BTreeMap<u32, Part> = Default::default();
     let n = rows.len();
-    let round_robin = engine.round_robin(topic);
+    let mut round_robin = engine.round_robin(topic);
     for (pos, mut row) in rows.into_iter().enumerate() {
         let key = match row.remove(0) {
             Value::Text(k) => Some(k),

@@ -839,11 +839,16 @@ impl Engine {
         self.subscribe(&spec, "listen").await
     }
 
-    /// The partition of the next keyless message of `topic`.
-    pub(crate) fn round_robin(&self, topic: &TopicDef) -> RoundRobin {
+    /// The partition of the next keyless message of `topic`: in turn over the
+    /// partitions this node leads when it leads some but not all of them (so the write
+    /// needs no hop to another node's leader), else over all of them.
+    pub(crate) fn round_robin(&self, topic: &TopicDef) -> RoundRobin<'_> {
         RoundRobin {
             cursor: self.round_robin.lock().entry(topic.id).or_default().clone(),
             partitions: u64::from(topic.partitions.max(1)),
+            led: None,
+            writer: &*self.writer,
+            topic: topic.id,
         }
     }
 
@@ -854,15 +859,30 @@ impl Engine {
 }
 
 /// The partition cursor of a topic for messages without a key (shared by all sessions).
-pub(crate) struct RoundRobin {
+pub(crate) struct RoundRobin<'a> {
     cursor: Arc<AtomicU64>,
     partitions: u64,
+    /// The partitions led here, asked of the writer at the first keyless message.
+    led: Option<Vec<u32>>,
+    writer: &'a dyn crate::writer::Writer,
+    topic: ObjectId,
 }
 
-impl RoundRobin {
+impl RoundRobin<'_> {
     /// The next partition.
-    pub(crate) fn next(&self) -> u32 {
-        (self.cursor.fetch_add(1, Ordering::Relaxed) % self.partitions) as u32
+    pub(crate) fn next(&mut self) -> u32 {
+        let n = self.cursor.fetch_add(1, Ordering::Relaxed);
+        if self.partitions == 1 {
+            return 0;
+        }
+        let (writer, topic, partitions) = (self.writer, self.topic, self.partitions as u32);
+        let led = self
+            .led
+            .get_or_insert_with(|| writer.led_partitions(topic, partitions).unwrap_or_default());
+        match led.len() {
+            0 => (n % self.partitions) as u32,
+            k => led[(n % k as u64) as usize],
+        }
     }
 }
 

@@ -35,6 +35,14 @@ pub trait Writer: Send + Sync + 'static {
         None
     }
 
+    /// The partitions of a Raft topic whose group this node leads now, when it leads
+    /// some but not all of its `partitions`; `None` otherwise. Keyless messages go to
+    /// these, so that their writes are proposed here.
+    fn led_partitions(&self, topic: eddy_storage::ObjectId, partitions: u32) -> Option<Vec<u32>> {
+        let _ = (topic, partitions);
+        None
+    }
+
     /// Waits until this node's catalog has every change acknowledged before the call.
     async fn metadata_barrier(&self) -> eddy_storage::Result<()> {
         Ok(())

@@ -225,6 +225,7 @@ impl Cluster {
         self,
         group: GroupId,
         raft: Raft,
+        stubs: crate::storage::Stubs,
         mut rx: mpsc::Receiver<Proposal>,
     ) {
         while let Some(first) = rx.recv().await {
@@ -244,7 +245,10 @@ impl Cluster {
                 .iter_mut()
                 .flat_map(|p| std::mem::take(&mut p.units))
                 .collect();
-            let outcome = self.submit(group, &raft, all).await;
+            let outcome = match stubs.write_alone(&raft, all).await {
+                Ok(written) => written.map_err(|e| unknown(group, e.to_string())),
+                Err(all) => self.submit(group, &raft, all).await,
+            };
             // Hand each proposal its own units' outcomes, in order.
             match outcome {
                 Ok(r) => {
@@ -344,6 +348,22 @@ impl Cluster {
             .store
             .catalog()
             .any(|def| groups_of(def).any(|(_, p)| !p.contains(&me)))
+    }
+
+    /// The partitions of `topic` whose group this node leads now, when that is some
+    /// but not all of its `partitions` (see `Writer::led_partitions`).
+    pub fn led_partitions(&self, topic: u32, partitions: u32) -> Option<Vec<u32>> {
+        let groups = self.inner.groups.read();
+        let led: Vec<u32> = (0..partitions)
+            .filter(|p| {
+                groups.get(&group_of(topic, *p)).is_some_and(|g| {
+                    let m = g.raft.metrics();
+                    let m = m.borrow();
+                    m.state == ServerState::Leader && m.current_leader == Some(self.id())
+                })
+            })
+            .collect();
+        (!led.is_empty() && led.len() < partitions as usize).then_some(led)
     }
 
     /// Where a statement reading these topics and tables can run: `None` here, where

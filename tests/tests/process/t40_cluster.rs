@@ -72,6 +72,7 @@ async fn a_three_node_cluster_replicates_writes_sent_to_any_node() -> anyhow::Re
     for p in 0..3 {
         leaders.push(cluster.leader_of(3, "orders", p).await?);
     }
+    let leaders_by_partition = leaders.clone();
     leaders.sort_unstable();
     assert_eq!(leaders, vec![1, 2, 3], "leaders spread over the nodes");
     let replicas: Vec<String> = c3
@@ -107,6 +108,39 @@ async fn a_three_node_cluster_replicates_writes_sent_to_any_node() -> anyhow::Re
         messages <= 6,
         "high watermarks count the six messages at most"
     );
+    // Keyless rows go to the partitions led by the node they arrive at, so that no
+    // write is forwarded; keyed rows still go by their key's hash.
+    let by_hash: Vec<i32> = ["k1", "k2", "k3", "k4"]
+        .iter()
+        .map(|k| eddy_storage::partition_for_key(k, 3) as i32)
+        .collect();
+    for node in 1..=3usize {
+        let led: Vec<i32> = (0..3)
+            .filter(|p| leaders_by_partition[*p as usize] == node)
+            .collect();
+        let c = cluster.client(node).await?;
+        let rows = c
+            .query(
+                "INSERT INTO orders (item) VALUES ('x'), ('y'), ('z'), ('w') RETURNING _partition",
+                &[],
+            )
+            .await?;
+        let went: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+        assert!(
+            went.iter().all(|p| led.contains(p)),
+            "keyless rows through node {node} (leading {led:?}) went to {went:?}"
+        );
+        let keyed: Vec<i32> = c
+            .query(
+                "INSERT INTO orders (_key, item) VALUES ('k1', 'x'), ('k2', 'y'), ('k3', 'z'), ('k4', 'w') RETURNING _partition",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(keyed, by_hash, "keyed rows through node {node}");
+    }
     Ok(())
 }
 
