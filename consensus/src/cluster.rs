@@ -147,6 +147,8 @@ pub(crate) struct Group {
     proposals: mpsc::Sender<Proposal>,
     /// Sealed before another node joins the group.
     stubs: Stubs,
+    /// Proposals queued for the proposer and not answered yet.
+    queued: std::sync::atomic::AtomicUsize,
 }
 
 struct Proposal {
@@ -448,6 +450,7 @@ impl Cluster {
             raft: raft.clone(),
             proposals: tx,
             stubs: stubs.clone(),
+            queued: std::sync::atomic::AtomicUsize::new(0),
         });
         self.inner.groups.write().insert(id, group.clone());
         tokio::spawn(self.clone().run_proposer(id, raft, stubs, rx));

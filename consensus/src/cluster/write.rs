@@ -3,6 +3,7 @@
 //! this node does not lead; read barriers for linearizable reads.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use eddy_storage::raft::GroupId;
@@ -151,7 +152,7 @@ impl Cluster {
         units: Vec<Vec<WriteOp>>,
     ) -> Result<Response, CallError> {
         match self.local_group(group).await {
-            Some(g) => queue(&g, group, units).await,
+            Some(g) => direct_or_queue(&g, group, units).await,
             None => self.propose_via_replica(group, units).await,
         }
     }
@@ -167,7 +168,7 @@ impl Cluster {
             .local_group(group)
             .await
             .ok_or(CallError::NoGroup(group))?;
-        queue(&g, group, units).await
+        direct_or_queue(&g, group, units).await
     }
 
     /// This node's replica of `group`, started first if the catalog just placed it here.
@@ -500,11 +501,27 @@ impl Cluster {
 }
 
 /// Queues units for a local group's proposer and waits for their outcome.
-async fn queue(
+/// Writes `units` to this node's replica of `group`: straight to the store when the
+/// group is this node's alone and nothing is queued for its proposer (see
+/// `Stubs::write_alone`; so the committer's group commit batches them, and a
+/// connection's writes keep their order, since none overtakes one that is queued);
+/// else through the proposer.
+async fn direct_or_queue(
     g: &super::Group,
     group: GroupId,
     units: Vec<Vec<WriteOp>>,
 ) -> Result<Response, CallError> {
+    let units = if g.queued.load(Ordering::SeqCst) == 0 {
+        match g.stubs.write_alone(&g.raft, units).await {
+            Ok(written) => return written.map_err(|e| unknown(group, e.to_string())),
+            Err(units) => units,
+        }
+    } else {
+        units
+    };
+    // Counted from before it is queued until it is answered (or given up).
+    g.queued.fetch_add(1, Ordering::SeqCst);
+    let _done = Queued(&g.queued);
     let (reply, rx) = oneshot::channel();
     g.proposals
         .send(Proposal { units, reply })
@@ -512,6 +529,15 @@ async fn queue(
         .map_err(|_| CallError::Unavailable(format!("group {group} is shutting down")))?;
     rx.await
         .map_err(|_| CallError::Unavailable(format!("group {group} is shutting down")))?
+}
+
+/// Counts a proposal out of its group's queue when dropped.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A write whose outcome is not known: it may be in a leader's log.
