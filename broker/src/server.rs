@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use eddy_consensus::{
-    split_group, Cluster, ClusterConfig, Faults, GossipConfig, NodeInfo, METADATA_GROUP,
+    group_of, split_group, Cluster, ClusterConfig, Faults, GossipConfig, NodeInfo, METADATA_GROUP,
 };
-use eddy_query::{Engine, GossipPeerRow, GroupRow, NodeRow, Writer};
+use eddy_query::{Engine, GossipPeerRow, GroupRow, NodeRow, PartitionRow, Writer};
 use eddy_storage::{Store, WriteOp, WriteResult};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -88,6 +88,25 @@ impl Writer for Replicated {
 
     fn led_partitions(&self, topic: u32, partitions: u32) -> Option<Vec<u32>> {
         self.0.led_partitions(topic, partitions)
+    }
+
+    async fn remote_partitions(&self, wanted: &[(u32, u32)]) -> Vec<PartitionRow> {
+        let groups = wanted.iter().map(|(t, p)| group_of(*t, *p)).collect();
+        self.0
+            .remote_partitions(groups)
+            .await
+            .into_iter()
+            .map(|p| {
+                let (topic, partition) = split_group(p.group);
+                PartitionRow {
+                    topic,
+                    partition,
+                    leader: p.leader,
+                    start_offset: p.start_offset,
+                    next_offset: p.next_offset,
+                }
+            })
+            .collect()
     }
 
     async fn metadata_barrier(&self) -> eddy_storage::Result<()> {

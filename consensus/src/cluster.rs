@@ -141,6 +141,20 @@ pub struct GroupInfo {
     pub learners: Vec<NodeId>,
 }
 
+/// A topic partition as a replica of its group sees it (for `eddy.partitions` on a node
+/// holding no replica of it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartitionInfo {
+    /// The partition's group.
+    pub group: GroupId,
+    /// The leader that replica knows of.
+    pub leader: Option<NodeId>,
+    /// The oldest offset it retains.
+    pub start_offset: u64,
+    /// Its next offset (high watermark).
+    pub next_offset: u64,
+}
+
 /// A Raft group on this node and its proposer queue.
 pub(crate) struct Group {
     raft: Raft,
@@ -360,6 +374,76 @@ impl Cluster {
         ids
     }
 
+    /// Leader and offsets of the topic partitions among `groups` held here.
+    fn partitions_here(&self, groups: Vec<GroupId>) -> Vec<PartitionInfo> {
+        let catalog = self.inner.store.catalog();
+        groups
+            .into_iter()
+            .filter_map(|group| {
+                let raft = self.raft(group)?;
+                let (object, partition) = split_group(group);
+                let def = catalog.by_id(object)?;
+                let ObjectDef::Topic(t) = &*def else {
+                    return None;
+                };
+                let state = self.inner.store.partition(t, partition).ok()?;
+                let leader = raft.metrics().borrow().current_leader;
+                Some(PartitionInfo {
+                    group,
+                    leader,
+                    start_offset: state.start_offset(),
+                    next_offset: state.next_offset(),
+                })
+            })
+            .collect()
+    }
+
+    /// Leader and offsets of topic partitions whose groups have no replica here, asked
+    /// of their replicas: one call per node, its first replica in placement order, then
+    /// the next for those not answered. A partition no replica answered for is missing.
+    pub async fn remote_partitions(&self, groups: Vec<GroupId>) -> Vec<PartitionInfo> {
+        const DEADLINE: Duration = Duration::from_secs(2);
+        let catalog = self.inner.store.catalog();
+        let nodes = self.nodes();
+        let me = self.id();
+        let replicas = |group: GroupId| -> Vec<NodeId> {
+            catalog
+                .by_id(split_group(group).0)
+                .and_then(|def| {
+                    groups_of(&def)
+                        .find(|(g, _)| *g == group)
+                        .map(|(_, p)| p.iter().copied().filter(|n| *n != me).collect())
+                })
+                .unwrap_or_default()
+        };
+        let mut left: Vec<(GroupId, Vec<NodeId>)> =
+            groups.into_iter().map(|g| (g, replicas(g))).collect();
+        let mut out = Vec::new();
+        for attempt in 0..3 {
+            let mut by_node: BTreeMap<NodeId, Vec<GroupId>> = BTreeMap::new();
+            for (g, r) in &left {
+                if let Some(n) = r.get(attempt) {
+                    by_node.entry(*n).or_default().push(*g);
+                }
+            }
+            if by_node.is_empty() {
+                break;
+            }
+            let calls = by_node.into_iter().filter_map(|(id, gs)| {
+                let addr = nodes.get(&id)?.cluster_addr.clone();
+                let peers = self.inner.peers.clone();
+                Some(async move { peers.call(id, &addr, Call::Partitions(gs), DEADLINE).await })
+            });
+            for reply in futures::future::join_all(calls).await {
+                if let Ok(Reply::Partitions(found)) = reply {
+                    out.extend(found);
+                }
+            }
+            left.retain(|(g, _)| !out.iter().any(|p| p.group == *g));
+        }
+        out
+    }
+
     /// What each group on this node looks like now, by group id.
     pub fn group_info(&self) -> Vec<GroupInfo> {
         let mut out: Vec<GroupInfo> = self
@@ -496,6 +580,7 @@ impl Cluster {
             Call::Deltas(from, batches) => Reply::Deltas(self.receive_deltas(from, batches).await),
             Call::Digest(_, theirs) => Reply::Digest(self.answer_digest(theirs)),
             Call::Resync(table) => Reply::Resync(self.gossip_table_state(table)),
+            Call::Partitions(groups) => Reply::Partitions(self.partitions_here(groups)),
         }
     }
 

@@ -17,7 +17,8 @@ pub mod types;
 
 pub use auth::FrameAuth;
 pub use cluster::{
-    group_of, split_group, Cluster, ClusterConfig, GroupInfo, DEV_SECRET, METADATA_GROUP,
+    group_of, split_group, Cluster, ClusterConfig, GroupInfo, PartitionInfo, DEV_SECRET,
+    METADATA_GROUP,
 };
 pub use gossip::{GossipConfig, PeerStats};
 pub use membership::{Liveness, Member, Membership, MembershipConfig, MembershipError};

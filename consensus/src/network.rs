@@ -81,6 +81,9 @@ pub enum Call {
     Digest(NodeId, Vec<crate::gossip::ObjectVv>),
     /// Gossip: the full state of a table, for a caller behind this node's horizon.
     Resync(eddy_storage::ObjectId),
+    /// The leader and offsets of these topic partitions' groups, as the receiving node
+    /// holds them (`eddy.partitions` on a node without a replica).
+    Partitions(Vec<GroupId>),
 }
 
 /// Why a forwarded call failed on the node that received it.
@@ -124,6 +127,8 @@ pub enum Reply {
     Digest(crate::gossip::DigestReply),
     /// To [`Call::Resync`].
     Resync(Result<crate::gossip::TableState, CallError>),
+    /// To [`Call::Partitions`]: those of the groups this node holds.
+    Partitions(Vec<crate::cluster::PartitionInfo>),
     /// The group named in the call is not running on this node.
     NoGroup,
 }

@@ -56,4 +56,4 @@ pub use functions::version_string;
 pub use provider::{table_schema, topic_schema};
 pub use subscribe::{rows_as_json, StartPosition, SubscribeOptions, SubscribeSpec};
 pub use types::{parse_duration_ms, parse_text};
-pub use writer::{GossipPeerRow, GroupRow, NodeRow, Writer};
+pub use writer::{GossipPeerRow, GroupRow, NodeRow, PartitionRow, Writer};

@@ -38,7 +38,7 @@ impl SchemaProvider for SystemSchema {
             return Ok(None);
         };
         let batch = match name {
-            "partitions" => engine.partitions_batch(),
+            "partitions" => engine.partitions_batch().await,
             "subscriptions" => engine.subscriptions_batch().await,
             "nodes" => engine.nodes_batch(),
             "raft_groups" => engine.raft_groups_batch(),
@@ -101,38 +101,85 @@ fn positions_text(next: &[u64]) -> String {
 
 impl Engine {
     /// `eddy.partitions`: every topic partition's retained start offset and next offset
-    /// (its high watermark) on this node, and its Raft group's leader and replicas.
-    fn partitions_batch(&self) -> Result<RecordBatch> {
+    /// (its high watermark), and its Raft group's leader and replicas: from this node's
+    /// replica, or for a partition without one here, from a node that has one (NULL
+    /// offsets and leader when none answers).
+    async fn partitions_batch(&self) -> Result<RecordBatch> {
         let groups: std::collections::HashMap<(String, u32), (Option<u64>, String)> = self
             .writer
             .raft_groups()
             .into_iter()
             .filter_map(|g| Some(((g.object?, g.partition), (g.leader, g.replicas))))
             .collect();
+        let topics: Vec<_> = self
+            .store()
+            .catalog()
+            .list()
+            .into_iter()
+            .filter_map(|obj| match &*obj {
+                ObjectDef::Topic(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        // Raft partitions without a replica here: a replica tells.
+        let elsewhere = |t: &eddy_storage::TopicDef, p: u32| {
+            !groups.contains_key(&(t.name.clone(), p)) && t.placement.get(p as usize).is_some()
+        };
+        let wanted: Vec<(u32, u32)> = topics
+            .iter()
+            .flat_map(|t| {
+                (0..t.partitions)
+                    .filter(|p| elsewhere(t, *p))
+                    .map(|p| (t.id, p))
+            })
+            .collect();
+        let remote: std::collections::HashMap<(u32, u32), crate::writer::PartitionRow> =
+            if wanted.is_empty() {
+                Default::default()
+            } else {
+                self.writer
+                    .remote_partitions(&wanted)
+                    .await
+                    .into_iter()
+                    .map(|r| ((r.topic, r.partition), r))
+                    .collect()
+            };
         let (mut topic, mut part, mut start, mut next) = (vec![], vec![], vec![], vec![]);
         let (mut leader, mut replicas) = (vec![], vec![]);
-        for obj in self.store().catalog().list() {
-            let ObjectDef::Topic(t) = &*obj else { continue };
+        for t in &topics {
             for p in 0..t.partitions {
-                let s = self.store().partition(t, p)?;
                 topic.push(Some(t.name.clone()));
                 part.push(p as i32);
-                start.push(s.start_offset());
-                next.push(s.next_offset());
-                let (l, r) = match groups.get(&(t.name.clone(), p)) {
-                    Some((l, r)) => (l.map(|l| l as i64), Some(r.clone())),
-                    // Not replicated here: a replica elsewhere, or a local topic.
-                    None => (
-                        None,
-                        t.placement.get(p as usize).map(|nodes| {
-                            nodes
-                                .iter()
-                                .map(u64::to_string)
-                                .collect::<Vec<_>>()
-                                .join(" ")
-                        }),
-                    ),
+                let placed = t.placement.get(p as usize).map(|nodes| {
+                    nodes
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                });
+                let (s, n, l, r) = match groups.get(&(t.name.clone(), p)) {
+                    _ if elsewhere(t, p) => match remote.get(&(t.id, p)) {
+                        Some(row) => (
+                            Some(row.start_offset),
+                            Some(row.next_offset),
+                            row.leader,
+                            placed,
+                        ),
+                        // No replica answered: unknown.
+                        None => (None, None, None, placed),
+                    },
+                    found => {
+                        let state = self.store().partition(t, p)?;
+                        let (l, r) = match found {
+                            Some((l, r)) => (*l, Some(r.clone())),
+                            // A local (gossip) topic.
+                            None => (None, placed),
+                        };
+                        (Some(state.start_offset()), Some(state.next_offset()), l, r)
+                    }
                 };
+                start.push(s);
+                next.push(n);
                 leader.push(l);
                 replicas.push(r);
             }
@@ -140,8 +187,8 @@ impl Engine {
         let schema = Arc::new(Schema::new(vec![
             Field::new("topic", DataType::Utf8, false),
             Field::new("partition", DataType::Int32, false),
-            Field::new("start_offset", DataType::Int64, false),
-            Field::new("next_offset", DataType::Int64, false),
+            Field::new("start_offset", DataType::Int64, true),
+            Field::new("next_offset", DataType::Int64, true),
             Field::new("leader", DataType::Int64, true),
             Field::new("replicas", DataType::Utf8, true),
         ]));
@@ -150,9 +197,9 @@ impl Engine {
             vec![
                 text(topic),
                 Arc::new(Int32Array::from(part)),
-                int8(start),
-                int8(next),
-                Arc::new(Int64Array::from(leader)),
+                opt_int8(start),
+                opt_int8(next),
+                opt_int8(leader),
                 text(replicas),
             ],
         )?)

@@ -43,6 +43,17 @@ pub trait Writer: Send + Sync + 'static {
         None
     }
 
+    /// Leader and offsets of these topic partitions (`(topic, partition)`), which have
+    /// no replica on this node, as nodes holding one report them (`eddy.partitions`);
+    /// a partition no replica answered for is left out.
+    async fn remote_partitions(
+        &self,
+        wanted: &[(eddy_storage::ObjectId, u32)],
+    ) -> Vec<PartitionRow> {
+        let _ = wanted;
+        Vec::new()
+    }
+
     /// Waits until this node's catalog has every change acknowledged before the call.
     async fn metadata_barrier(&self) -> eddy_storage::Result<()> {
         Ok(())
@@ -79,6 +90,21 @@ pub trait Writer: Send + Sync + 'static {
 
 fn no_cluster() -> eddy_storage::Error {
     eddy_storage::Error::InvalidValue("this node is not part of a cluster".into())
+}
+
+/// A topic partition held elsewhere, as a replica reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionRow {
+    /// The topic.
+    pub topic: eddy_storage::ObjectId,
+    /// The partition.
+    pub partition: u32,
+    /// The leader that replica knows of.
+    pub leader: Option<u64>,
+    /// The oldest offset retained.
+    pub start_offset: u64,
+    /// The next offset (high watermark).
+    pub next_offset: u64,
 }
 
 /// One row of `eddy.nodes`.

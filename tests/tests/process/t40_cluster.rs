@@ -597,6 +597,26 @@ async fn statements_on_a_node_without_a_replica_run_on_a_node_that_has_one() -> 
     let ca = cluster.client(a).await?;
     let n: i64 = ca.query_one("SELECT count(*) FROM solo", &[]).await?.get(0);
     assert_eq!(n, 30, "a strong read through node {a}");
+    // eddy.partitions on node a: leader and high watermarks as the holder reports them.
+    let parts: Vec<(i32, Option<i64>, Option<i64>, String)> = ca
+        .query(
+            "SELECT partition, leader, next_offset, replicas FROM eddy.partitions
+             WHERE topic = 'solo' ORDER BY partition",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(parts.len(), 3, "{parts:?}");
+    assert!(
+        parts
+            .iter()
+            .all(|(_, l, _, r)| *l == Some(holder as i64) && *r == holder.to_string()),
+        "{parts:?}"
+    );
+    let written: i64 = parts.iter().map(|(_, _, n, _)| n.unwrap_or(0)).sum();
+    assert_eq!(written, 30, "high watermarks from the holder: {parts:?}");
     let row = ca
         .query_one("SELECT _offset, item FROM solo WHERE item = $1", &[&"m07"])
         .await?;
@@ -697,6 +717,20 @@ async fn statements_on_a_node_without_a_replica_run_on_a_node_that_has_one() -> 
         .await
         .expect_err("no replica left");
     assert_eq!(err.code().map(|c| c.code()), Some("40001"), "{err}");
+    let unknown: Vec<Option<i64>> = ca
+        .query(
+            "SELECT next_offset FROM eddy.partitions WHERE topic = 'solo'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        unknown,
+        vec![None; 3],
+        "no replica to ask: unknown, not zero"
+    );
     let one: i64 = ca.query_one("SELECT 1", &[]).await?.get(0);
     assert_eq!(one, 1);
     Ok(())
