@@ -40,6 +40,7 @@ mod functions;
 mod point;
 mod provider;
 mod route;
+pub use route::ListenChange;
 mod subscribe;
 mod system;
 mod text_encode;

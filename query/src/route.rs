@@ -50,7 +50,7 @@ impl Engine {
 
     /// The topics and tables whose rows running `statement` reads: those of a query,
     /// an `UPDATE`, `DELETE`, upsert or `INSERT .. SELECT`, `COPY .. TO`, a subscription
-    /// or cursor, and the topic of a durable subscription fetched or acked. A blind
+    /// or cursor, `LISTEN`, and the topic of a durable subscription fetched or acked. A blind
     /// `INSERT .. VALUES` and `COPY .. FROM` read none; neither do DDL and settings.
     pub fn objects_read(&self, statement: &Statement) -> Vec<ObjectId> {
         let catalog = self.store.catalog();
@@ -86,10 +86,37 @@ impl Engine {
             Statement::FetchSubscription { name, .. } | Statement::Ack { name, .. } => {
                 let _ = add(name);
             }
+            Statement::Listen(name) => {
+                let _ = add(name);
+            }
             _ => {}
         }
         ids
     }
+
+    /// What `statement` does to the session's LISTENs: the channel it starts or stops
+    /// (`LISTEN x`, `UNLISTEN x`), `Some(None)` for `UNLISTEN *`, `None` otherwise.
+    pub fn listen_change(statement: &Statement) -> Option<ListenChange> {
+        match statement {
+            Statement::Listen(name) => Some(ListenChange::Listen(object_name(name).ok()?)),
+            Statement::Unlisten(Some(name)) => {
+                Some(ListenChange::Unlisten(object_name(name).ok()?))
+            }
+            Statement::Unlisten(None) => Some(ListenChange::UnlistenAll),
+            _ => None,
+        }
+    }
+}
+
+/// See [`Engine::listen_change`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenChange {
+    /// `LISTEN channel`.
+    Listen(String),
+    /// `UNLISTEN channel`.
+    Unlisten(String),
+    /// `UNLISTEN *`.
+    UnlistenAll,
 }
 
 /// True for the SQL statements whose result depends on stored rows (see

@@ -268,14 +268,18 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
                             m = socket.next(), if pipeline.has_room() => break m,
                         }
                     }
-                } else if listeners.is_empty() {
+                } else if listeners.is_empty() && !relay.listening() {
                     socket.next().await
                 } else {
-                    // Between statements: deliver LISTEN notifications until the client speaks.
+                    // Between statements: deliver LISTEN notifications (this node's, and
+                    // those of LISTENs relayed to other nodes) until the client speaks.
                     loop {
                         tokio::select! {
                             m = socket.next() => break m,
                             (channel, rows) = listeners.next() => notify(&mut socket, &channel, rows).await?,
+                            (addr, frame) = relay.notification(), if relay.listening() => {
+                                relay.deliver(&mut socket, addr, frame).await?;
+                            }
                         }
                     }
                 };
@@ -367,6 +371,7 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
         if matches!(socket.state(), PgWireConnectionState::ReadyForQuery) {
             let wanted = super::session_of(&socket).lock().listens().clone();
             listeners.reconcile(&engine, &wanted).await;
+            relay.settle().await;
         }
     }
     // Writes already submitted are answered even when the client has stopped reading

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
-use eddy_query::{Engine, Prepared, Statement};
+use eddy_query::{Engine, ListenChange, Prepared, Statement};
 use futures::{FutureExt, SinkExt, StreamExt};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::stmt::StoredStatement;
@@ -47,8 +47,8 @@ const BACKEND_STATEMENTS: usize = 256;
 /// Relayed output held before it is written to the client.
 const FLUSH_BYTES: usize = 64 * 1024;
 
-/// One client connection's relay state: its backend connections and the cursors declared
-/// through them.
+/// One client connection's relay state: its backend connections, and the cursors
+/// declared and the channels LISTENed through them.
 #[derive(Default)]
 pub(crate) struct Relay {
     /// Backend connections by the Postgres address of their node.
@@ -56,6 +56,11 @@ pub(crate) struct Relay {
     /// Cursors declared through the relay, by name, with the node holding them: their
     /// FETCH and CLOSE follow them there.
     cursors: HashMap<String, String>,
+    /// Channels LISTENed through the relay, with the node listening: its notifications
+    /// are passed on while the client is idle, and UNLISTEN follows it there.
+    listens: HashMap<String, String>,
+    /// An `UNLISTEN *` ran here: the backends' LISTENs end too ([`Relay::settle`]).
+    unlisten_all: bool,
 }
 
 /// A statement to relay, found before pgwire handles its message.
@@ -69,8 +74,8 @@ pub(crate) struct Requested {
 struct Route {
     /// Nodes that can run it, in the order to try them (or the error to answer).
     targets: Result<Vec<String>, PgWireError>,
-    /// A cursor it declares or closes.
-    cursor: CursorChange,
+    /// A cursor it declares or closes, a channel it listens to or stops.
+    change: Change,
     /// It only reads (a query, a subscription, a cursor's declaration, a Describe): if
     /// its node goes away before answering, it runs on the next one instead.
     retry: bool,
@@ -101,10 +106,12 @@ enum Then {
     Describe(u8),
 }
 
-enum CursorChange {
+enum Change {
     None,
     Declare(String),
     Close(String),
+    Listen(String),
+    Unlisten(String),
 }
 
 impl Relay {
@@ -175,7 +182,7 @@ impl Relay {
                 };
                 Some(Requested {
                     route: Route {
-                        cursor: CursorChange::None,
+                        change: Change::None,
                         retry: true,
                         ..route
                     },
@@ -194,41 +201,53 @@ impl Relay {
         self.route(engine, &prepared.statement)
     }
 
-    /// False while this node holds every replica and no cursor lives elsewhere: then
-    /// nothing is relayed, and statements need no look.
+    /// False while this node holds every replica and no cursor or LISTEN lives
+    /// elsewhere: then nothing is relayed, and statements need no look.
     fn may_route(&self, engine: &Engine) -> bool {
-        !self.cursors.is_empty() || engine.lacks_replicas()
+        !self.cursors.is_empty() || !self.listens.is_empty() || engine.lacks_replicas()
     }
 
     /// Where `statement` goes; `None` to run it here.
     fn route(&mut self, engine: &Engine, statement: &Statement) -> Option<Route> {
         let held = |name: &str| self.cursors.get(name).cloned();
-        let (targets, cursor) = match statement {
-            Statement::Fetch { cursor, .. } => (Ok(vec![held(cursor)?]), CursorChange::None),
-            Statement::Close { cursor: Some(c) } => {
-                (Ok(vec![held(c)?]), CursorChange::Close(c.clone()))
-            }
+        let (targets, change) = match statement {
+            Statement::Fetch { cursor, .. } => (Ok(vec![held(cursor)?]), Change::None),
+            Statement::Close { cursor: Some(c) } => (Ok(vec![held(c)?]), Change::Close(c.clone())),
+            Statement::Unlisten(_) => match Engine::listen_change(statement)? {
+                ListenChange::Unlisten(channel) => {
+                    let at = self.listens.get(&channel).cloned()?;
+                    (Ok(vec![at]), Change::Unlisten(channel))
+                }
+                // Runs here; the backends' LISTENs end before the client hears again.
+                _ => {
+                    self.unlisten_all |= !self.listens.is_empty();
+                    return None;
+                }
+            },
             _ => {
                 let targets = match engine.route(statement) {
                     Ok(None) => return None,
                     Ok(Some(nodes)) => Ok(nodes),
                     Err(e) => Err(to_pg(e)),
                 };
-                let cursor = match statement {
-                    Statement::DeclareCursor { name, .. } => CursorChange::Declare(name.clone()),
-                    _ => CursorChange::None,
+                let change = match (statement, Engine::listen_change(statement)) {
+                    (Statement::DeclareCursor { name, .. }, _) => Change::Declare(name.clone()),
+                    (_, Some(ListenChange::Listen(channel))) => Change::Listen(channel),
+                    _ => Change::None,
                 };
-                (targets, cursor)
+                (targets, change)
             }
         };
         let retry = match statement {
             Statement::Sql(s) => matches!(**s, SqlStatement::Query(_) | SqlStatement::Copy { .. }),
-            Statement::CopySubscribe { .. } | Statement::DeclareCursor { .. } => true,
+            Statement::CopySubscribe { .. }
+            | Statement::DeclareCursor { .. }
+            | Statement::Listen(_) => true,
             _ => false,
         };
         Some(Route {
             targets,
-            cursor,
+            change,
             retry,
         })
     }
@@ -248,7 +267,7 @@ impl Relay {
         let token = super::cancel::begin_statement(socket);
         let Route {
             targets,
-            cursor,
+            change,
             retry,
         } = req.route;
         let mut targets = match targets {
@@ -282,7 +301,7 @@ impl Relay {
             .await;
             let (e, early) = match outcome {
                 Ok(failed) => {
-                    self.finished(cursor, failed, addr);
+                    self.finished(change, failed, addr);
                     if extended && failed {
                         // As after any error in the extended protocol: skip to the Sync.
                         socket.set_state(PgWireConnectionState::AwaitingSync);
@@ -299,10 +318,9 @@ impl Relay {
                 Err(Gone::Early(e)) => (e, true),
                 Err(Gone::Backend(e)) => (e, false),
             };
-            // The replica's node went away: its cursors went with it. A read it had not
-            // answered yet runs on the next replica.
-            self.backends.remove(&addr);
-            self.cursors.retain(|_, at| at != &addr);
+            // The replica's node went away: its cursors and LISTENs went with it. A read
+            // it had not answered yet runs on the next replica.
+            self.lost(socket, &addr).await.map_err(io::Error::other)?;
             targets.retain(|t| t != &addr);
             if !(retry && early && !targets.is_empty()) {
                 let e = user_error(
@@ -315,17 +333,130 @@ impl Relay {
         }
     }
 
-    /// Records the cursor a statement that ran on `addr` declared or closed.
-    fn finished(&mut self, cursor: CursorChange, failed: bool, addr: String) {
-        match cursor {
+    /// Records the cursor or channel a statement that ran on `addr` started or ended.
+    fn finished(&mut self, change: Change, failed: bool, addr: String) {
+        match change {
             _ if failed => {}
-            CursorChange::Declare(name) => {
+            Change::Declare(name) => {
                 self.cursors.insert(name, addr);
             }
-            CursorChange::Close(name) => {
+            Change::Close(name) => {
                 self.cursors.remove(&name);
             }
-            CursorChange::None => {}
+            Change::Listen(channel) => {
+                self.listens.insert(channel, addr);
+            }
+            Change::Unlisten(channel) => {
+                self.listens.remove(&channel);
+            }
+            Change::None => {}
+        }
+    }
+
+    /// Drops the backend connection to `addr`, whose node went away, with the cursors
+    /// and LISTENs it held; tells the client which channels it no longer hears.
+    async fn lost<T, ST>(
+        &mut self,
+        socket: &mut Framed<FrameGuard<T>, PgWireMessageServerCodec<ST>>,
+        addr: &str,
+    ) -> Result<(), PgWireError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+    {
+        self.backends.remove(addr);
+        self.cursors.retain(|_, at| at != addr);
+        let mut gone: Vec<String> = Vec::new();
+        self.listens.retain(|channel, at| {
+            let keep = at != addr;
+            if !keep {
+                gone.push(channel.clone());
+            }
+            keep
+        });
+        if gone.is_empty() {
+            return Ok(());
+        }
+        gone.sort();
+        let note = ErrorInfo::new(
+            "WARNING".into(),
+            "01000".into(),
+            format!(
+                "LISTEN {} ended: the node at {addr} that listened went away; LISTEN again",
+                gone.join(", ")
+            ),
+        );
+        socket
+            .send(PgWireBackendMessage::NoticeResponse(note.into()))
+            .await
+            .map_err(PgWireError::IoError)
+    }
+
+    /// True while some channel is LISTENed through the relay.
+    pub(crate) fn listening(&self) -> bool {
+        !self.listens.is_empty()
+    }
+
+    /// The next frame (or failure) of a backend connection that listens; for the client's
+    /// idle time. Cancel-safe: a frame not yet whole stays in its connection's buffer.
+    pub(crate) async fn notification(&mut self) -> (String, io::Result<(u8, Bytes)>) {
+        let listening: std::collections::HashSet<&String> = self.listens.values().collect();
+        let waits: Vec<_> = self
+            .backends
+            .iter_mut()
+            .filter(|(addr, _)| listening.contains(addr))
+            .map(|(addr, b)| Box::pin(async move { (addr.clone(), b.next().await) }))
+            .collect();
+        if waits.is_empty() {
+            return std::future::pending().await;
+        }
+        futures::future::select_all(waits).await.0
+    }
+
+    /// Passes a frame [`Relay::notification`] returned on to the client: a notification
+    /// (as if from this connection) or a notice; a failure drops that backend.
+    pub(crate) async fn deliver<T, ST>(
+        &mut self,
+        socket: &mut Framed<FrameGuard<T>, PgWireMessageServerCodec<ST>>,
+        addr: String,
+        frame: io::Result<(u8, Bytes)>,
+    ) -> io::Result<()>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+    {
+        match frame {
+            Ok((b'A', f)) => {
+                let pid = socket.pid_and_secret_key().0;
+                socket.get_mut().queue_raw(&as_ours(pid, f));
+                flush_client(socket).await
+            }
+            Ok((b'N', f)) => {
+                socket.get_mut().queue_raw(&f);
+                flush_client(socket).await
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "listening backend connection lost");
+                self.lost(socket, &addr).await.map_err(io::Error::other)
+            }
+        }
+    }
+
+    /// After an `UNLISTEN *` that ran here: ends the LISTENs of the backend connections
+    /// too (their notifications meanwhile are dropped, as the client stopped listening).
+    pub(crate) async fn settle(&mut self) {
+        if !std::mem::take(&mut self.unlisten_all) {
+            return;
+        }
+        let addrs: std::collections::BTreeSet<String> =
+            self.listens.drain().map(|(_, a)| a).collect();
+        for addr in addrs {
+            let Some(b) = self.backends.get_mut(&addr) else {
+                continue;
+            };
+            if b.simple("UNLISTEN *").await.is_err() {
+                self.backends.remove(&addr);
+                self.cursors.retain(|_, at| at != &addr);
+            }
         }
     }
 
@@ -339,7 +470,11 @@ impl Relay {
     ) -> Result<String, PgWireError> {
         // A connection whose node went away since its last statement reads as closed
         // (or holds the node's goodbye): dropped, so the statement goes elsewhere.
-        self.backends.retain(|_, b| b.idle_and_open());
+        // One that listens is kept: what it sent unasked are notifications, which the
+        // statement's relay passes on; if it is closed, the statement finds out.
+        let listening: std::collections::HashSet<String> = self.listens.values().cloned().collect();
+        self.backends
+            .retain(|addr, b| listening.contains(addr) || b.idle_and_open());
         self.cursors.retain(|_, at| self.backends.contains_key(at));
         if let Some(open) = targets.iter().find(|t| self.backends.contains_key(*t)) {
             return Ok(open.clone());
@@ -578,6 +713,15 @@ impl BackendConn {
         self.io.send(bytes).await
     }
 
+    /// Runs a simple query whose answer nobody needs, up to its ReadyForQuery.
+    async fn simple(&mut self, sql: &str) -> io::Result<()> {
+        let mut b = BytesMut::new();
+        frame(&mut b, b'Q', |b| put_cstr(b, sql));
+        self.send(b.freeze()).await?;
+        while self.next().await?.0 != b'Z' {}
+        Ok(())
+    }
+
     async fn next(&mut self) -> io::Result<(u8, Bytes)> {
         match self.io.next().await {
             Some(r) => r,
@@ -662,6 +806,11 @@ impl BackendConn {
                         }
                         // Parse, Bind and Close were answered here already.
                         b'1' | b'2' | b'3' => {}
+                        // A LISTEN's notification: passed on as this connection's.
+                        b'A' => {
+                            let pid = socket.pid_and_secret_key().0;
+                            socket.get_mut().queue_raw(&as_ours(pid, f));
+                        }
                         _ => {
                             failed |= tag == b'E';
                             passed = true;
@@ -689,6 +838,15 @@ impl BackendConn {
             }
         }
     }
+}
+
+/// A backend's NotificationResponse frame with `pid` (the client's connection) as sender.
+fn as_ours(pid: i32, frame: Bytes) -> Bytes {
+    let mut f = BytesMut::from(&frame[..]);
+    if f.len() >= 9 {
+        f[5..9].copy_from_slice(&pid.to_be_bytes());
+    }
+    f.freeze()
 }
 
 /// Sends a CancelRequest for the backend connection `pid` to the node at `addr`.

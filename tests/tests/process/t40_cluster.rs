@@ -617,6 +617,7 @@ async fn statements_on_a_node_without_a_replica_run_on_a_node_that_has_one() -> 
     );
     let written: i64 = parts.iter().map(|(_, _, n, _)| n.unwrap_or(0)).sum();
     assert_eq!(written, 30, "high watermarks from the holder: {parts:?}");
+
     let row = ca
         .query_one("SELECT _offset, item FROM solo WHERE item = $1", &[&"m07"])
         .await?;
@@ -709,6 +710,48 @@ async fn statements_on_a_node_without_a_replica_run_on_a_node_that_has_one() -> 
         Some("57014"),
         "the subscription was cancelled"
     );
+
+    // LISTEN on node a: the holder listens, node a passes its notifications on.
+    let (listener, mut notes) = eddy_tests::connect_listening(cluster.addr(a)).await?;
+    listener.batch_execute("LISTEN solo").await?;
+    let published = |from: i32| {
+        let cb = &cb;
+        async move {
+            for i in from..from + 5 {
+                cb.execute("INSERT INTO solo (item) VALUES ($1)", &[&format!("n{i}")])
+                    .await?;
+            }
+            anyhow::Ok(())
+        }
+    };
+    published(0).await?;
+    let mut heard = Vec::new();
+    while heard.len() < 5 {
+        let (channel, payload) = tokio::time::timeout(Duration::from_secs(20), notes.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("listener closed"))?;
+        assert_eq!(channel, "solo");
+        let v: serde_json::Value = serde_json::from_str(&payload)?;
+        heard.push(v["item"].as_str().unwrap_or_default().to_owned());
+    }
+    heard.sort();
+    assert_eq!(heard, (0..5).map(|i| format!("n{i}")).collect::<Vec<_>>());
+    // The connection still runs statements, relayed or not, between notifications.
+    let n: i64 = listener
+        .query_one("SELECT count(*) FROM solo", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 35);
+    // UNLISTEN follows the LISTEN to its node; so does UNLISTEN *.
+    for stop in ["UNLISTEN solo", "UNLISTEN *"] {
+        listener.batch_execute(stop).await?;
+        published(100).await?;
+        // A round trip after the inserts: a notification would have come before it.
+        listener.query_one("SELECT count(*) FROM solo", &[]).await?;
+        listener.batch_execute("SELECT 1").await?;
+        assert!(notes.try_recv().is_err(), "a notification after {stop}");
+        listener.batch_execute("LISTEN solo").await?;
+    }
 
     // With the holder gone, node a says so with a retryable error and stays up.
     cluster.kill9(holder)?;
