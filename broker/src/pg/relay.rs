@@ -136,10 +136,10 @@ impl Relay {
                     return None;
                 }
                 let stmts = engine.parse(&q.query).ok()?;
-                if stmts.len() != 1 {
-                    return None;
-                }
-                let route = self.route(engine, &stmts[0])?;
+                let route = match stmts.as_slice() {
+                    [one] => self.route(engine, one)?,
+                    many => self.route_all(engine, many)?,
+                };
                 Some(Requested {
                     route,
                     message: Outgoing::Query(q.query.clone()),
@@ -241,6 +241,59 @@ impl Relay {
         Some(Route {
             targets,
             change,
+            retry,
+        })
+    }
+
+    /// Where a simple query of several statements goes: to the nodes that every one
+    /// reading objects can run on, when some must run elsewhere and the others change
+    /// nothing here (queries of no object, blind writes, transaction control). Else
+    /// `None`, and the whole query runs here, as a single statement would.
+    fn route_all(&mut self, engine: &Engine, statements: &[Statement]) -> Option<Route> {
+        let mut common: Option<Vec<String>> = None;
+        let mut retry = true;
+        for statement in statements {
+            match self.route(engine, statement) {
+                Some(Route {
+                    targets: Ok(targets),
+                    change: Change::None,
+                    retry: reads,
+                }) => {
+                    retry &= reads;
+                    common = Some(match common {
+                        None => targets,
+                        Some(c) => c.into_iter().filter(|a| targets.contains(a)).collect(),
+                    });
+                }
+                None if engine.objects_read(statement).is_empty() => {
+                    let Statement::Sql(s) = statement else {
+                        return None;
+                    };
+                    match **s {
+                        SqlStatement::Query(_) => {}
+                        SqlStatement::Insert(_)
+                        | SqlStatement::StartTransaction { .. }
+                        | SqlStatement::Commit { .. }
+                        | SqlStatement::Rollback { .. } => retry = false,
+                        _ => return None,
+                    }
+                }
+                _ => return None,
+            }
+        }
+        let targets = common?;
+        Some(Route {
+            targets: if targets.is_empty() {
+                Err(user_error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "the statements of this query read objects no one node holds replicas of \
+                     all of: send them one at a time"
+                        .to_owned(),
+                ))
+            } else {
+                Ok(targets)
+            },
+            change: Change::None,
             retry,
         })
     }

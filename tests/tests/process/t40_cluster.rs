@@ -597,6 +597,19 @@ async fn statements_on_a_node_without_a_replica_run_on_a_node_that_has_one() -> 
     let ca = cluster.client(a).await?;
     let n: i64 = ca.query_one("SELECT count(*) FROM solo", &[]).await?.get(0);
     assert_eq!(n, 30, "a strong read through node {a}");
+    // Several statements in one simple query run there together.
+    let counts: Vec<String> = ca
+        .simple_query(
+            "SELECT count(*) FROM solo; SELECT 1; SELECT count(*) FROM solo WHERE item >= 'm10'",
+        )
+        .await?
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(counts, vec!["30", "1", "20"]);
     // eddy.partitions on node a: leader and high watermarks as the holder reports them.
     let parts: Vec<(i32, Option<i64>, Option<i64>, String)> = ca
         .query(
