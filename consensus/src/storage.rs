@@ -217,9 +217,7 @@ impl Stubs {
         .await?;
         Ok(())
     }
-}
 
-impl Stubs {
     /// Applies `units` straight to the store, fsync'd, without a Raft entry: what a
     /// write costs on a group of this node alone, which it leads, while its stubs are
     /// open. Such a group's log would only have kept a stub of the write, and its

@@ -500,7 +500,6 @@ impl Cluster {
     }
 }
 
-/// Queues units for a local group's proposer and waits for their outcome.
 /// Writes `units` to this node's replica of `group`: straight to the store when the
 /// group is this node's alone and nothing is queued for its proposer (see
 /// `Stubs::write_alone`; so the committer's group commit batches them, and a
