@@ -279,13 +279,13 @@ fn psql_blocking(addr: SocketAddr, args: &[String], stdin: &str) -> anyhow::Resu
     })
 }
 
-/// Connects tokio-postgres and forwards the connection's notifications (LISTEN) as
-/// (channel, payload) pairs.
-pub async fn connect_listening(
+/// Connects tokio-postgres and forwards the connection's asynchronous messages:
+/// notifications (LISTEN) and notices.
+pub async fn connect_async(
     addr: SocketAddr,
 ) -> anyhow::Result<(
     Client,
-    tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::AsyncMessage>,
 )> {
     let conn_str = format!(
         "host={} port={} user=eddy dbname=eddy",
@@ -296,6 +296,23 @@ pub async fn connect_listening(
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(Ok(msg)) = futures::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            let _ = tx.send(msg);
+        }
+    });
+    Ok((client, rx))
+}
+
+/// [`connect_async`], keeping the notifications (LISTEN) as (channel, payload) pairs.
+pub async fn connect_listening(
+    addr: SocketAddr,
+) -> anyhow::Result<(
+    Client,
+    tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+)> {
+    let (client, mut all) = connect_async(addr).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(msg) = all.recv().await {
             if let tokio_postgres::AsyncMessage::Notification(n) = msg {
                 let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
             }

@@ -725,7 +725,7 @@ async fn statements_on_a_node_without_a_replica_run_on_a_node_that_has_one() -> 
     );
 
     // LISTEN on node a: the holder listens, node a passes its notifications on.
-    let (listener, mut notes) = eddy_tests::connect_listening(cluster.addr(a)).await?;
+    let (listener, mut notes) = eddy_tests::connect_async(cluster.addr(a)).await?;
     listener.batch_execute("LISTEN solo").await?;
     let published = |from: i32| {
         let cb = &cb;
@@ -740,11 +740,14 @@ async fn statements_on_a_node_without_a_replica_run_on_a_node_that_has_one() -> 
     published(0).await?;
     let mut heard = Vec::new();
     while heard.len() < 5 {
-        let (channel, payload) = tokio::time::timeout(Duration::from_secs(20), notes.recv())
+        let message = tokio::time::timeout(Duration::from_secs(20), notes.recv())
             .await?
             .ok_or_else(|| anyhow::anyhow!("listener closed"))?;
-        assert_eq!(channel, "solo");
-        let v: serde_json::Value = serde_json::from_str(&payload)?;
+        let tokio_postgres::AsyncMessage::Notification(n) = message else {
+            panic!("a notification, not {message:?}")
+        };
+        assert_eq!(n.channel(), "solo");
+        let v: serde_json::Value = serde_json::from_str(n.payload())?;
         heard.push(v["item"].as_str().unwrap_or_default().to_owned());
     }
     heard.sort();
@@ -786,6 +789,22 @@ async fn statements_on_a_node_without_a_replica_run_on_a_node_that_has_one() -> 
         unknown,
         vec![None; 3],
         "no replica to ask: unknown, not zero"
+    );
+    // The idle listener is told its LISTEN ended with the holder.
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match notes.recv().await {
+                Some(tokio_postgres::AsyncMessage::Notice(e)) => break Some(e),
+                Some(_) => continue,
+                None => break None,
+            }
+        }
+    })
+    .await?
+    .ok_or_else(|| anyhow::anyhow!("listener closed"))?;
+    assert!(
+        ended.message().contains("LISTEN solo ended") && ended.severity() == "WARNING",
+        "{ended:?}"
     );
     let one: i64 = ca.query_one("SELECT 1", &[]).await?.get(0);
     assert_eq!(one, 1);
