@@ -374,6 +374,21 @@ impl Cluster {
         ids
     }
 
+    /// The nodes the catalog places `group` on, in placement order (empty for a group
+    /// it does not know).
+    fn placement_of(&self, group: GroupId) -> Vec<NodeId> {
+        self.inner
+            .store
+            .catalog()
+            .by_id(split_group(group).0)
+            .and_then(|def| {
+                groups_of(&def)
+                    .find(|(g, _)| *g == group)
+                    .map(|(_, nodes)| nodes.to_vec())
+            })
+            .unwrap_or_default()
+    }
+
     /// Leader and offsets of the topic partitions among `groups` held here.
     fn partitions_here(&self, groups: Vec<GroupId>) -> Vec<PartitionInfo> {
         let catalog = self.inner.store.catalog();
@@ -403,21 +418,16 @@ impl Cluster {
     /// the next for those not answered. A partition no replica answered for is missing.
     pub async fn remote_partitions(&self, groups: Vec<GroupId>) -> Vec<PartitionInfo> {
         const DEADLINE: Duration = Duration::from_secs(2);
-        let catalog = self.inner.store.catalog();
         let nodes = self.nodes();
         let me = self.id();
-        let replicas = |group: GroupId| -> Vec<NodeId> {
-            catalog
-                .by_id(split_group(group).0)
-                .and_then(|def| {
-                    groups_of(&def)
-                        .find(|(g, _)| *g == group)
-                        .map(|(_, p)| p.iter().copied().filter(|n| *n != me).collect())
-                })
-                .unwrap_or_default()
-        };
-        let mut left: Vec<(GroupId, Vec<NodeId>)> =
-            groups.into_iter().map(|g| (g, replicas(g))).collect();
+        let mut left: Vec<(GroupId, Vec<NodeId>)> = groups
+            .into_iter()
+            .map(|g| {
+                let mut replicas = self.placement_of(g);
+                replicas.retain(|n| *n != me);
+                (g, replicas)
+            })
+            .collect();
         let mut out = Vec::new();
         for attempt in 0..3 {
             let mut by_node: BTreeMap<NodeId, Vec<GroupId>> = BTreeMap::new();

@@ -259,11 +259,19 @@ impl Stubs {
 fn alone_leader(raft: &crate::types::Raft, me: NodeId) -> bool {
     let metrics = raft.metrics();
     let m = metrics.borrow();
-    let membership = m.membership_config.membership();
     m.state == openraft::ServerState::Leader
         && m.current_leader == Some(me)
-        && membership.get_joint_config().len() == 1
-        && membership.nodes().map(|(id, _)| *id).eq([me])
+        && only_member(m.membership_config.membership(), me)
+}
+
+/// Whether `me` is the only voter of `m`, outside a joint configuration (learners aside).
+fn sole_voter(m: &Membership, me: NodeId) -> bool {
+    matches!(m.get_joint_config().as_slice(), [v] if v.len() == 1 && v.contains(&me))
+}
+
+/// Whether `me` is the only member of `m`: its sole voter, and no learner.
+fn only_member(m: &Membership, me: NodeId) -> bool {
+    sole_voter(m, me) && m.nodes().count() == 1
 }
 
 /// Entries a solo group applied as it appended them.
@@ -316,18 +324,17 @@ impl LogStore {
         if applied.log_id.map(|l| l.index + 1) != Some(first.log_id.index) {
             return Ok(None);
         }
-        let solo = |m: &Membership| matches!(m.get_joint_config().as_slice(), [v] if v.len() == 1 && v.contains(&me));
         let mut last = applied.membership.membership();
         for entry in entries {
             if let EntryPayload::Membership(m) = &entry.payload {
                 last = m;
             }
-            if !solo(last) || entry.log_id.leader_id.node_id != me {
+            if !sole_voter(last, me) || entry.log_id.leader_id.node_id != me {
                 return Ok(None);
             }
         }
         // Learners would read the log: only a group of this node alone logs stubs.
-        let alone = last.nodes().count() == 1;
+        let alone = only_member(last, me);
         Ok(Some((applied.membership, alone)))
     }
 }

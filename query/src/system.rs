@@ -157,26 +157,30 @@ impl Engine {
                         .collect::<Vec<_>>()
                         .join(" ")
                 });
-                let (s, n, l, r) = match groups.get(&(t.name.clone(), p)) {
-                    _ if elsewhere(t, p) => match remote.get(&(t.id, p)) {
+                let here = |leader: Option<u64>, replicas: Option<String>| {
+                    let state = self.store().partition(t, p)?;
+                    Ok::<_, crate::error::Error>((
+                        Some(state.start_offset()),
+                        Some(state.next_offset()),
+                        leader,
+                        replicas,
+                    ))
+                };
+                let (s, n, l, r) = match (groups.get(&(t.name.clone(), p)), placed) {
+                    // This node's replica.
+                    (Some((l, r)), _) => here(*l, Some(r.clone()))?,
+                    // A replica elsewhere tells (see `wanted`); unknown if none answered.
+                    (None, Some(placed)) => match remote.get(&(t.id, p)) {
                         Some(row) => (
                             Some(row.start_offset),
                             Some(row.next_offset),
                             row.leader,
-                            placed,
+                            Some(placed),
                         ),
-                        // No replica answered: unknown.
-                        None => (None, None, None, placed),
+                        None => (None, None, None, Some(placed)),
                     },
-                    found => {
-                        let state = self.store().partition(t, p)?;
-                        let (l, r) = match found {
-                            Some((l, r)) => (*l, Some(r.clone())),
-                            // A local (gossip) topic.
-                            None => (None, placed),
-                        };
-                        (Some(state.start_offset()), Some(state.next_offset()), l, r)
-                    }
+                    // A local (gossip) topic.
+                    (None, None) => here(None, None)?,
                 };
                 start.push(s);
                 next.push(n);

@@ -109,7 +109,7 @@ enum Change {
 
 impl Relay {
     /// The relay `msg` asks for, if its statement reads objects this node holds no replica
-    /// of, or uses a cursor declared through the relay.
+    /// of, or uses a cursor declared or a channel LISTENed through the relay.
     pub(crate) fn requested<S>(
         &mut self,
         engine: &Engine,
@@ -136,6 +136,7 @@ impl Relay {
                     return None;
                 }
                 let stmts = engine.parse(&q.query).ok()?;
+                self.note_unlisten_all(&stmts);
                 let route = match stmts.as_slice() {
                     [one] => self.route(engine, one)?,
                     many => self.route_all(engine, many)?,
@@ -150,6 +151,7 @@ impl Relay {
                     .portal_store()
                     .get_portal(e.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME))?;
                 let portal = entry.value()?;
+                self.note_unlisten_all(std::slice::from_ref(&portal.statement.statement.statement));
                 let route = self.route_prepared(engine, &portal.statement.statement)?;
                 let call = Extended::of(&portal.statement, Some(portal), Then::Execute)?;
                 Some(Requested {
@@ -186,8 +188,17 @@ impl Relay {
         }
     }
 
+    /// Marks an `UNLISTEN *` about to run (not just described): the LISTENs relayed to
+    /// other nodes end too before the client hears again ([`Relay::settle`]).
+    fn note_unlisten_all(&mut self, statements: &[Statement]) {
+        self.unlisten_all |= !self.listens.is_empty()
+            && statements
+                .iter()
+                .any(|s| Engine::listen_change(s) == Some(ListenChange::UnlistenAll));
+    }
+
     /// [`Relay::route`] for a prepared statement (blind writes always run here).
-    fn route_prepared(&mut self, engine: &Engine, prepared: &Prepared) -> Option<Route> {
+    fn route_prepared(&self, engine: &Engine, prepared: &Prepared) -> Option<Route> {
         if prepared.is_blind_write() || !self.may_route(engine) {
             return None;
         }
@@ -201,7 +212,7 @@ impl Relay {
     }
 
     /// Where `statement` goes; `None` to run it here.
-    fn route(&mut self, engine: &Engine, statement: &Statement) -> Option<Route> {
+    fn route(&self, engine: &Engine, statement: &Statement) -> Option<Route> {
         let held = |name: &str| self.cursors.get(name).cloned();
         let (targets, change) = match statement {
             Statement::Fetch { cursor, .. } => (Ok(vec![held(cursor)?]), Change::None),
@@ -211,11 +222,8 @@ impl Relay {
                     let at = self.listens.get(&channel).cloned()?;
                     (Ok(vec![at]), Change::Unlisten(channel))
                 }
-                // Runs here; the backends' LISTENs end before the client hears again.
-                _ => {
-                    self.unlisten_all |= !self.listens.is_empty();
-                    return None;
-                }
+                // `UNLISTEN *` runs here (see `note_unlisten_all`).
+                _ => return None,
             },
             _ => {
                 let targets = match engine.route(statement) {
@@ -249,7 +257,7 @@ impl Relay {
     /// reading objects can run on, when some must run elsewhere and the others change
     /// nothing here (queries of no object, blind writes, transaction control). Else
     /// `None`, and the whole query runs here, as a single statement would.
-    fn route_all(&mut self, engine: &Engine, statements: &[Statement]) -> Option<Route> {
+    fn route_all(&self, engine: &Engine, statements: &[Statement]) -> Option<Route> {
         let mut common: Option<Vec<String>> = None;
         let mut retry = true;
         for statement in statements {

@@ -187,22 +187,9 @@ impl Cluster {
         group: GroupId,
         units: Vec<Vec<WriteOp>>,
     ) -> Result<Response, CallError> {
-        let object = (group >> 32) as u32;
-        let replicas: Vec<NodeId> = self
-            .inner
-            .store
-            .catalog()
-            .by_id(object)
-            .and_then(|def| {
-                groups_of(&def)
-                    .into_iter()
-                    .find(|(g, _)| *g == group)
-                    .map(|(_, nodes)| nodes.to_vec())
-            })
-            .unwrap_or_default();
         let nodes = self.nodes();
         let mut last = CallError::NoGroup(group);
-        for id in replicas {
+        for id in self.placement_of(group) {
             let Some(info) = nodes.get(&id) else { continue };
             let call = Call::Forward(group, units.clone());
             match self
