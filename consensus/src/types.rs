@@ -220,6 +220,7 @@ mod tests {
             replicas: Some(3),
             placement: vec![vec![1, 2, 3], vec![2, 3, 1]],
             reassigned: true,
+            dedup_window_ms: 30_000,
         });
         let mut records = Records::new();
         records
@@ -240,6 +241,12 @@ mod tests {
             WriteOp::Append {
                 topic: 3,
                 partition: 1,
+                records: records.clone(),
+            },
+            WriteOp::AppendOnce {
+                topic: 3,
+                partition: 0,
+                id: "order-17".into(),
                 records,
             },
             WriteOp::Insert {

@@ -319,8 +319,13 @@ pub(crate) async fn plan_copy(
             };
             let def = crate::dml::target(engine, table_name)?;
             let all = crate::dml::write_columns(&def);
-            // Without a column list a topic takes its user columns (not _key), as INSERT does.
-            let skip = usize::from(matches!(*def, ObjectDef::Topic(_)));
+            // Without a column list a topic takes its user columns (not _key, _msg_id), as
+            // INSERT does.
+            let skip = if matches!(*def, ObjectDef::Topic(_)) {
+                crate::dml::TOPIC_WRITE_META
+            } else {
+                0
+            };
             let targets: Vec<usize> = if columns.is_empty() {
                 (skip..all.len()).collect()
             } else {

@@ -119,6 +119,7 @@ impl Engine {
             match k.as_str() {
                 "partitions" => topic.partitions = parse_count("partitions", &v, MAX_PARTITIONS)?,
                 "retention" => topic.retention_ms = retention_value(&v)?,
+                "dedup_window" => topic.dedup_window_ms = parse_duration_ms(&v)?,
                 "replication" => topic.replication = parse_replication(&v)?,
                 "replicas" => topic.replicas = Some(parse_count("replicas", &v, 9)?),
                 other => {
@@ -156,6 +157,7 @@ impl Engine {
         for (k, v) in options_map(options)? {
             match k.as_str() {
                 "retention" => topic.retention_ms = retention_value(&v)?,
+                "dedup_window" => topic.dedup_window_ms = parse_duration_ms(&v)?,
                 "partitions" | "replication" => {
                     return Err(Error::NotSupported(format!(
                         "changing {k} of an existing topic"

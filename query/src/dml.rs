@@ -29,8 +29,8 @@ use datafusion::sql::sqlparser::ast::{
     SetExpr, Statement as SqlStatement, UnaryOperator, Value as SqlValue,
 };
 use eddy_storage::{
-    encode_row, partition_for_key, ColumnType, ObjectDef, OnConflict, Records, TableDef, TopicDef,
-    Value, WriteOp, WriteResult,
+    encode_row, partition_for_key, ColumnType, ObjectDef, OnConflict, Records, Replication,
+    TableDef, TopicDef, Value, WriteOp, WriteResult,
 };
 use futures::TryStreamExt;
 
@@ -89,16 +89,30 @@ enum Conflict {
     },
 }
 
-/// The columns an INSERT may name: for topics `_key` then the user columns.
+/// The columns an INSERT may name: for topics `_key` and `_msg_id` (see
+/// [`TOPIC_WRITE_META`]), then the user columns.
 pub(crate) fn write_columns(def: &ObjectDef) -> Vec<(String, ColumnType)> {
     match def {
-        ObjectDef::Topic(t) => std::iter::once(("_key".to_owned(), ColumnType::Text))
-            .chain(t.columns.iter().map(|c| (c.name.clone(), c.ty)))
-            .collect(),
+        ObjectDef::Topic(t) => [
+            ("_key".to_owned(), ColumnType::Text),
+            ("_msg_id".to_owned(), ColumnType::Text),
+        ]
+        .into_iter()
+        .chain(t.columns.iter().map(|c| (c.name.clone(), c.ty)))
+        .collect(),
         ObjectDef::Table(t) => t.columns.iter().map(|c| (c.name.clone(), c.ty)).collect(),
         ObjectDef::Subscription(_) => vec![],
     }
 }
+
+/// How many of a topic's [`write_columns`] are metadata an INSERT may set: `_key` (picks
+/// the partition) and `_msg_id` (a message id: a message whose id its partition took
+/// within the topic's `dedup_window` is not stored again). Without a column list an
+/// INSERT or COPY fills the user columns only.
+pub(crate) const TOPIC_WRITE_META: usize = 2;
+
+/// Longest `_msg_id`, in bytes.
+const MAX_MSG_ID_BYTES: usize = 256;
 
 /// The schema of the rows a statement writes (what RETURNING sees).
 fn written_schema(def: &ObjectDef) -> SchemaRef {
@@ -332,8 +346,12 @@ async fn plan_insert(engine: &Engine, ins: &ast::Insert) -> Result<DmlPlan> {
     let def = target(engine, name)?;
     let cols = write_columns(&def);
     let columns: Vec<usize> = if ins.columns.is_empty() {
-        // Without a column list a topic takes its user columns (not _key).
-        let skip = usize::from(matches!(*def, ObjectDef::Topic(_)));
+        // Without a column list a topic takes its user columns (not _key, _msg_id).
+        let skip = if matches!(*def, ObjectDef::Topic(_)) {
+            TOPIC_WRITE_META
+        } else {
+            0
+        };
         (skip..cols.len()).collect()
     } else {
         ins.columns
@@ -790,7 +808,7 @@ fn check_size(engine: &Engine, values: &[Value]) -> Result<()> {
     Ok(())
 }
 
-/// Writes full rows (for topics: `_key` first, then the user columns).
+/// Writes full rows (for topics: `_key` and `_msg_id` first, then the user columns).
 async fn write_rows(
     engine: &Engine,
     plan: &DmlPlan,
@@ -1005,29 +1023,56 @@ struct Appended {
 
 async fn append(engine: &Engine, topic: &TopicDef, rows: Vec<Vec<Value>>) -> Result<Vec<Appended>> {
     // Encode per partition here, on the session's thread; keep each row's position and
-    // values for the answer.
+    // values for the answer. A row with a message id is an op of its own, which the
+    // partition may find it already took.
     struct Part {
         records: Records,
         rows: Vec<(usize, Option<String>, Vec<Value>)>,
     }
     let mut by_partition: std::collections::BTreeMap<u32, Part> = Default::default();
+    let mut once: Vec<(u32, String, Part)> = Vec::new();
     let n = rows.len();
     let mut round_robin = engine.round_robin(topic);
     for (pos, mut row) in rows.into_iter().enumerate() {
-        let key = match row.remove(0) {
-            Value::Text(k) => Some(k),
-            Value::Null => None,
-            other => {
-                return Err(Error::DatatypeMismatch(format!(
-                    "_key must be text, got {other:?}"
-                )))
+        let mut meta = row
+            .drain(..TOPIC_WRITE_META.min(row.len()))
+            .map(|v| match v {
+                Value::Text(t) => Ok(Some(t)),
+                Value::Null => Ok(None),
+                other => Err(other),
+            });
+        let key = meta.next().unwrap_or(Ok(None));
+        let msg_id = meta.next().unwrap_or(Ok(None));
+        drop(meta);
+        let key =
+            key.map_err(|v| Error::DatatypeMismatch(format!("_key must be text, got {v:?}")))?;
+        let msg_id = msg_id
+            .map_err(|v| Error::DatatypeMismatch(format!("_msg_id must be text, got {v:?}")))?;
+        if let Some(id) = &msg_id {
+            if topic.replication == Replication::Gossip {
+                return Err(Error::NotSupported(format!(
+                    "_msg_id on a topic replicated by gossip (\"{}\")",
+                    topic.name
+                )));
             }
+            if id.len() > MAX_MSG_ID_BYTES {
+                return Err(Error::InvalidParameter(format!(
+                    "_msg_id is {} bytes; the limit is {MAX_MSG_ID_BYTES}",
+                    id.len()
+                )));
+            }
+        }
+        // A retried message must reach the partition that took it: without a key, its
+        // id picks the partition.
+        let partition = match (&key, &msg_id) {
+            (Some(k), _) | (None, Some(k)) => partition_for_key(k, topic.partitions),
+            (None, None) => round_robin.next(),
         };
-        let partition = match &key {
-            Some(k) => partition_for_key(k, topic.partitions),
-            None => round_robin.next(),
-        };
-        let part = by_partition.entry(partition).or_insert_with(|| Part {
+        let mut part = match msg_id {
+            Some(_) => None,
+            None => by_partition.remove(&partition),
+        }
+        .unwrap_or_else(|| Part {
             records: Records::new(),
             rows: Vec::new(),
         });
@@ -1039,6 +1084,12 @@ async fn append(engine: &Engine, topic: &TopicDef, rows: Vec<Vec<Value>>) -> Res
             });
         }
         part.rows.push((pos, key, row));
+        match msg_id {
+            Some(id) => once.push((partition, id, part)),
+            None => {
+                by_partition.insert(partition, part);
+            }
+        }
     }
     let mut kept = Vec::new();
     let mut ops = Vec::new();
@@ -1047,6 +1098,15 @@ async fn append(engine: &Engine, topic: &TopicDef, rows: Vec<Vec<Value>>) -> Res
         ops.push(WriteOp::Append {
             topic: topic.id,
             partition: p,
+            records: part.records,
+        });
+    }
+    for (p, id, part) in once {
+        kept.push(part.rows);
+        ops.push(WriteOp::AppendOnce {
+            topic: topic.id,
+            partition: p,
+            id,
             records: part.records,
         });
     }
@@ -1074,7 +1134,7 @@ async fn append(engine: &Engine, topic: &TopicDef, rows: Vec<Vec<Value>>) -> Res
     Ok(out.into_iter().flatten().collect())
 }
 
-/// Appends already-typed messages (`_key` first); used by COPY.
+/// Appends already-typed messages (`_key` and `_msg_id` first); used by COPY.
 pub(crate) async fn append_rows(
     engine: &Engine,
     topic: &TopicDef,

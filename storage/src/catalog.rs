@@ -70,6 +70,17 @@ pub struct TopicDef {
     /// to a group waits for the group's leader to add it instead of initializing it.
     #[serde(default)]
     pub reassigned: bool,
+    /// How long, in append time, a partition remembers a message id (`_msg_id`): a
+    /// message whose id it took within this window is not stored again.
+    #[serde(default = "default_dedup_window")]
+    pub dedup_window_ms: u64,
+}
+
+/// How long a topic remembers message ids unless it says otherwise: two minutes.
+pub const DEFAULT_DEDUP_WINDOW_MS: u64 = 120 * 1000;
+
+fn default_dedup_window() -> u64 {
+    DEFAULT_DEDUP_WINDOW_MS
 }
 
 /// Rows with a primary key.
@@ -143,6 +154,7 @@ impl TableDef {
             replicas: None,
             placement: self.placement.clone(),
             reassigned: self.reassigned,
+            dedup_window_ms: DEFAULT_DEDUP_WINDOW_MS,
         }
     }
 }
@@ -198,6 +210,7 @@ impl TopicDef {
             replicas: None,
             placement: Vec::new(),
             reassigned: false,
+            dedup_window_ms: DEFAULT_DEDUP_WINDOW_MS,
         }
     }
 

@@ -26,9 +26,10 @@ use crate::catalog::{ObjectDef, ObjectId, Replication};
 use crate::error::{Error, Result};
 use crate::gossip::RowChange;
 use crate::layout::{
-    catalog_key, check_row, log_key, log_start_key, row_key, sub_next_key, sub_pending_key,
-    table_prefix, Records, CF_CATALOG, CF_GOSSIP, CF_LOG, CF_META, CF_ROWS, CF_SUBS,
-    META_NEXT_OBJECT_ID,
+    catalog_key, check_row, log_key, log_start_key, msg_id_expiry_key, msg_id_expiry_parts,
+    msg_id_expiry_start, msg_id_key, msg_id_value, parse_msg_id_value, row_key, sub_next_key,
+    sub_pending_key, table_prefix, Records, CF_CATALOG, CF_GOSSIP, CF_LOG, CF_META, CF_ROWS,
+    CF_SUBS, META_NEXT_OBJECT_ID,
 };
 use crate::raft::{entry_key, slot_key, GroupId, KeyRange, RaftWrite, CF_RAFT};
 use crate::store::Inner;
@@ -65,6 +66,19 @@ pub enum WriteOp {
         /// Partition (must exist).
         partition: u32,
         /// The messages, encoded (and checked) against the topic's columns.
+        records: Records,
+    },
+    /// Append one message unless its partition took a message with the same id within
+    /// the topic's dedup window (in append time); then nothing is written and the
+    /// result is the first copy's offset and append time (idempotent publishes).
+    AppendOnce {
+        /// Topic id (a Raft topic).
+        topic: ObjectId,
+        /// Partition (must exist).
+        partition: u32,
+        /// The message id (`_msg_id`).
+        id: String,
+        /// The one message, encoded against the topic's columns.
         records: Records,
     },
     /// Insert or upsert table rows (full rows in column order).
@@ -323,6 +337,8 @@ struct Staged {
     offsets: HashMap<(ObjectId, u32), (u64, i64)>,
     /// row key -> the row's encoded value (None: deleted)
     rows: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// message id key or its expiry key -> value (None: deleted)
+    msg_ids: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// (topic, partition) -> new start offset
     trims: HashMap<(ObjectId, u32), u64>,
     /// (log, partition) -> appended entries, for the in-memory tail
@@ -343,6 +359,7 @@ impl Staged {
     fn merge(&mut self, layer: Staged) {
         self.offsets.extend(layer.offsets);
         self.rows.extend(layer.rows);
+        self.msg_ids.extend(layer.msg_ids);
         for (k, mut v) in layer.appended {
             self.appended.entry(k).or_default().append(&mut v);
         }
@@ -554,18 +571,7 @@ impl Committer {
                     records,
                 } => {
                     let def = self.object(*topic)?;
-                    let ObjectDef::Topic(def) = &*def else {
-                        return Err(Error::InvalidValue(format!(
-                            "\"{}\" is not a topic",
-                            def.name()
-                        )));
-                    };
-                    if *partition >= def.partitions {
-                        return Err(Error::NoSuchPartition {
-                            topic: def.name.clone(),
-                            partition: *partition,
-                        });
-                    }
+                    let def = topic_partition(&def, *partition)?;
                     let records = std::mem::take(records);
                     let (first_offset, ts_micros) = if def.replication == Replication::Gossip {
                         self.append_local_gossip(*topic, *partition, records, batch, staged, group)?
@@ -577,6 +583,27 @@ impl Committer {
                         first_offset,
                         ts_micros,
                     }
+                }
+                WriteOp::AppendOnce {
+                    topic,
+                    partition,
+                    id,
+                    records,
+                } => {
+                    let def = self.object(*topic)?;
+                    let def = topic_partition(&def, *partition)?;
+                    if def.replication == Replication::Gossip {
+                        return Err(Error::InvalidValue(format!(
+                            "_msg_id needs a topic replicated by raft; \"{}\" uses gossip",
+                            def.name
+                        )));
+                    }
+                    let window =
+                        i64::try_from(def.dedup_window_ms.saturating_mul(1000)).unwrap_or(i64::MAX);
+                    let records = std::mem::take(records);
+                    self.append_once(
+                        *topic, *partition, id, window, records, batch, staged, group,
+                    )?
                 }
                 WriteOp::Insert {
                     table,
@@ -726,6 +753,112 @@ impl Committer {
             });
         }
         Ok(results)
+    }
+
+    /// [`WriteOp::AppendOnce`]: the first copy's position if the partition took `id`
+    /// within `window` µs of this append's time, else the append, the id remembered,
+    /// and a few ids that fell out of the window forgotten. Only stored state and the
+    /// append time decide, so every replica answers alike.
+    #[allow(clippy::too_many_arguments)]
+    fn append_once(
+        &self,
+        topic: ObjectId,
+        partition: u32,
+        id: &str,
+        window: i64,
+        records: Records,
+        batch: &mut StagedBatch,
+        staged: &mut Staged,
+        group: &Staged,
+    ) -> Result<WriteResult> {
+        let key = msg_id_key(topic, partition, id.as_bytes());
+        let (_, now) = self.next_position(topic, partition, staged, group)?;
+        if let Some(v) = self.msg_id(&key, staged, group)? {
+            let (ts, offset) = parse_msg_id_value(&v)?;
+            if ts.saturating_add(window) >= now {
+                return Ok(WriteResult::Appended {
+                    partition,
+                    first_offset: offset,
+                    ts_micros: ts,
+                });
+            }
+        }
+        self.forget_msg_ids(
+            topic,
+            partition,
+            now.saturating_sub(window),
+            batch,
+            staged,
+            group,
+        )?;
+        let (first, ts) = self.append_entries(topic, partition, records, batch, staged, group)?;
+        let value = msg_id_value(ts, first);
+        let expiry = msg_id_expiry_key(topic, partition, ts, id.as_bytes());
+        batch.put(CF_LOG, key.clone(), value.clone());
+        batch.put(CF_LOG, expiry.clone(), Vec::new());
+        staged.msg_ids.insert(key, Some(value));
+        staged.msg_ids.insert(expiry, Some(Vec::new()));
+        Ok(WriteResult::Appended {
+            partition,
+            first_offset: first,
+            ts_micros: ts,
+        })
+    }
+
+    /// The stored value of a message id key (or expiry key), as this batch left it.
+    fn msg_id(&self, key: &[u8], staged: &Staged, group: &Staged) -> Result<Option<Vec<u8>>> {
+        if let Some(e) = staged.msg_ids.get(key).or_else(|| group.msg_ids.get(key)) {
+            return Ok(e.clone());
+        }
+        Ok(self
+            .inner
+            .db
+            .get_pinned_cf(self.inner.cf(CF_LOG), key)?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Forgets up to [`FORGET_PER_APPEND`] of the partition's message ids taken before
+    /// `before` (append time), oldest first: their expiry keys go, and each id's key too
+    /// unless the id was taken again since.
+    fn forget_msg_ids(
+        &self,
+        topic: ObjectId,
+        partition: u32,
+        before: i64,
+        batch: &mut StagedBatch,
+        staged: &mut Staged,
+        group: &Staged,
+    ) -> Result<()> {
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_upper_bound(msg_id_expiry_key(topic, partition, before, b""));
+        let mut it = self.inner.db.raw_iterator_cf_opt(self.inner.cf(CF_LOG), ro);
+        it.seek(msg_id_expiry_start(topic, partition));
+        let mut forgotten = 0;
+        while forgotten < FORGET_PER_APPEND {
+            let Some(expiry) = it.key().map(<[u8]>::to_vec) else {
+                break;
+            };
+            it.next();
+            // Already forgotten by an earlier append of this batch.
+            if self.msg_id(&expiry, staged, group)?.is_none() {
+                continue;
+            }
+            let Some((ts, id)) = msg_id_expiry_parts(&expiry) else {
+                return Err(Error::corrupt("message id expiry key"));
+            };
+            let key = msg_id_key(topic, partition, id);
+            if let Some(v) = self.msg_id(&key, staged, group)? {
+                if parse_msg_id_value(&v)?.0 == ts {
+                    batch.delete(CF_LOG, key.clone());
+                    staged.msg_ids.insert(key, None);
+                }
+            }
+            batch.delete(CF_LOG, expiry.clone());
+            staged.msg_ids.insert(expiry, None);
+            forgotten += 1;
+        }
+        it.status()?;
+        Ok(())
     }
 
     /// The catalog object with this id.
@@ -1005,6 +1138,27 @@ struct CatalogChange {
 
 /// Stages a table row's new value (encoded) and records the change: an update if a row
 /// `existed` under the key, an insert otherwise.
+/// Message ids forgotten (at most) by each append that takes one: more than one, so the
+/// index shrinks back after a burst.
+const FORGET_PER_APPEND: usize = 4;
+
+/// `def` as a topic that has `partition`.
+fn topic_partition(def: &ObjectDef, partition: u32) -> Result<&crate::catalog::TopicDef> {
+    let ObjectDef::Topic(t) = def else {
+        return Err(Error::InvalidValue(format!(
+            "\"{}\" is not a topic",
+            def.name()
+        )));
+    };
+    if partition >= t.partitions {
+        return Err(Error::NoSuchPartition {
+            topic: t.name.clone(),
+            partition,
+        });
+    }
+    Ok(t)
+}
+
 fn put_row(
     key: Vec<u8>,
     row: Vec<u8>,

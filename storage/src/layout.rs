@@ -7,6 +7,8 @@
 //! | `log`         | `u32 topic id, u32 partition, u64 first offset` | a log entry (below)  |
 //! | `log`         | `u32 topic id, u32 partition`         | `u64` first retained offset (after a trim) |
 //! | `log`         | `u32 table id, u32 0, u64 first offset` (a table's change log) | a log entry, key = `insert`/`update`/`delete` |
+//! | `log`         | `u32 topic id, u32 partition, u64::MAX, 0x00, id` ([`msg_id_key`]) | append time and offset of the message that took the id |
+//! | `log`         | `u32 topic id, u32 partition, u64::MAX, 0x01, u64 time, id` | empty: the ids by the time they were taken |
 //! | `rows`        | `u32 table id ++ memcomparable primary key` | [`crate::value::encode_row`] |
 //! | `subs`        | `u32 sub id, u32 partition, 0x00`     | `u64` next offset to read      |
 //! | `subs`        | `u32 sub id, u32 partition, 0x01, u64 offset` | `u32` deliveries of a pending row |
@@ -82,6 +84,62 @@ pub(crate) fn log_start_key(topic: ObjectId, partition: u32) -> [u8; 8] {
     let mut k = [0u8; 8];
     k[..4].copy_from_slice(&topic.to_be_bytes());
     k[4..].copy_from_slice(&partition.to_be_bytes());
+    k
+}
+
+/// Key of a message id a partition took (idempotent publishes): `log_key(.., u64::MAX) ·
+/// 0x00 · id`, with the append time and offset of the message as value
+/// ([`msg_id_value`]). No entry has offset `u64::MAX`, so these keys sort after every
+/// entry of the partition, inside its snapshot range; they are longer than entry keys,
+/// which is how scans of entries tell them apart.
+pub(crate) fn msg_id_key(topic: ObjectId, partition: u32, id: &[u8]) -> Vec<u8> {
+    let mut k = msg_id_space(topic, partition, 0, id.len());
+    k.extend_from_slice(id);
+    k
+}
+
+/// Key of a message id in its partition's expiry index, by append time:
+/// `log_key(.., u64::MAX) · 0x01 · u64 append time · id` (empty value).
+pub(crate) fn msg_id_expiry_key(topic: ObjectId, partition: u32, ts: i64, id: &[u8]) -> Vec<u8> {
+    let mut k = msg_id_space(topic, partition, 1, 8 + id.len());
+    k.extend_from_slice(&(ts.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(id);
+    k
+}
+
+/// The start of a partition's expiry index.
+pub(crate) fn msg_id_expiry_start(topic: ObjectId, partition: u32) -> Vec<u8> {
+    msg_id_space(topic, partition, 1, 0)
+}
+
+/// The append time and id of an expiry index key.
+pub(crate) fn msg_id_expiry_parts(key: &[u8]) -> Option<(i64, &[u8])> {
+    let rest = key.get(17..)?;
+    let ts: [u8; 8] = rest.get(..8)?.try_into().ok()?;
+    Some((u64::from_be_bytes(ts) as i64, &rest[8..]))
+}
+
+/// The value of a [`msg_id_key`]: the message's append time and offset.
+pub(crate) fn msg_id_value(ts: i64, offset: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16);
+    v.extend_from_slice(&ts.to_be_bytes());
+    v.extend_from_slice(&offset.to_be_bytes());
+    v
+}
+
+/// Reads a [`msg_id_value`].
+pub(crate) fn parse_msg_id_value(v: &[u8]) -> Result<(i64, u64)> {
+    let (ts, offset) = v
+        .split_first_chunk::<8>()
+        .and_then(|(ts, rest)| Some((*ts, *rest.first_chunk::<8>()?)))
+        .ok_or_else(|| Error::corrupt("message id value"))?;
+    Ok((i64::from_be_bytes(ts), u64::from_be_bytes(offset)))
+}
+
+fn msg_id_space(topic: ObjectId, partition: u32, tag: u8, more: usize) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17 + more);
+    k.extend_from_slice(&log_key(topic, partition, u64::MAX));
+    k.push(tag);
     k
 }
 

@@ -863,3 +863,104 @@ async fn place_moves_one_group_and_alter_keeps_placement() {
     assert_eq!(def.placement(), &[vec![1, 2, 4], vec![2, 1, 4]]);
     assert!(def.reassigned());
 }
+
+/// One message with id `id` appended to partition 0 at append time `at` (µs); its
+/// offset and append time as answered.
+async fn append_once(
+    store: &Store,
+    topic: ObjectId,
+    id: &str,
+    payload: &str,
+    at: i64,
+) -> (u64, i64) {
+    let mut r = store
+        .commit(Commit {
+            units: vec![vec![WriteOp::AppendOnce {
+                topic,
+                partition: 0,
+                id: id.into(),
+                records: texts(&[payload]),
+            }]],
+            at: Some(at),
+            sync: true,
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    match r.remove(0).unwrap().remove(0) {
+        WriteResult::Appended {
+            first_offset,
+            ts_micros,
+            ..
+        } => (first_offset, ts_micros),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn has_key(store: &Store, key: &[u8]) -> bool {
+    let cf = store.inner.cf(crate::layout::CF_LOG);
+    store.inner.db.get_cf(cf, key).unwrap().is_some()
+}
+
+#[tokio::test]
+async fn a_message_id_is_stored_once_within_the_window_and_forgotten_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
+    let mut def = topic("ids", 1);
+    if let ObjectDef::Topic(t) = &mut def {
+        t.dedup_window_ms = 1000;
+    }
+    let id = create(&store, def).await.id();
+    // Ahead of the clock, so that the plain append below takes the log's newest time.
+    let t0 = now_micros() + 3_600_000_000;
+    assert_eq!(append_once(&store, id, "m1", "first", t0).await, (0, t0));
+    // The same id again within the window: the first copy's answer, nothing stored.
+    assert_eq!(
+        append_once(&store, id, "m1", "again", t0 + 500_000).await,
+        (0, t0)
+    );
+    assert_eq!(
+        append_once(&store, id, "m2", "second", t0 + 600_000)
+            .await
+            .0,
+        1
+    );
+    let t = as_topic(&store.catalog().topic("ids").unwrap()).clone();
+    let read: Vec<String> = store
+        .read_log(&t, 0, 0, u64::MAX, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| format!("{:?}", r.values))
+        .collect();
+    assert_eq!(read, [r#"[Text("first")]"#, r#"[Text("second")]"#]);
+    assert_eq!(store.partition(&t, 0).unwrap().next_offset(), 2);
+    // A plain append between them is unaffected.
+    assert_eq!(append(&store, id, 0, &["plain"]).await.0, 2);
+    // Past m1's window it is a new message; m1's first take and m2 fell out of the
+    // window, so that append forgets them (its own m1 is kept).
+    let later = t0 + 1_700_000;
+    assert_eq!(
+        append_once(&store, id, "m1", "third", later).await,
+        (3, later)
+    );
+    let key = |id: &str| crate::layout::msg_id_key(t.id, 0, id.as_bytes());
+    let expiry = |ts: i64, id: &str| crate::layout::msg_id_expiry_key(t.id, 0, ts, id.as_bytes());
+    assert!(has_key(&store, &key("m1")), "m1's new take is remembered");
+    assert!(
+        !has_key(&store, &expiry(t0, "m1")),
+        "m1's first take is forgotten"
+    );
+    assert!(!has_key(&store, &key("m2")), "m2 is forgotten");
+    assert!(!has_key(&store, &expiry(t0 + 600_000, "m2")));
+    assert!(has_key(&store, &expiry(later, "m1")));
+    // Ids survive a restart, and scans still see messages only.
+    store.shutdown().unwrap();
+    drop(store);
+    let (store, t, p) = reopen(dir.path(), "ids");
+    assert_eq!(p.next_offset(), 4);
+    assert_eq!(
+        append_once(&store, t.id, "m1", "fourth", later + 1).await,
+        (3, later)
+    );
+    assert_eq!(store.read_log(&t, 0, 0, u64::MAX, 100).unwrap().len(), 4);
+}

@@ -16,9 +16,10 @@
 //!
 //! A failed publish is retried at once with the same message until it is acknowledged, so
 //! every message sent is acknowledged: fewer distinct messages stored than acknowledged is
-//! a loss. A retried attempt may have been committed after all (its outcome was unknown):
-//! eddy stores it twice, which is counted as a duplicate; NATS drops it by its
-//! `Nats-Msg-Id` header.
+//! a loss. A retried attempt may have been committed after all (its outcome was unknown);
+//! both systems get the message's sequence number as its id (eddy: `_msg_id`, NATS: the
+//! `Nats-Msg-Id` header), so such a copy is dropped. A message stored twice anyway is
+//! counted as a duplicate.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -364,7 +365,9 @@ impl Publisher {
             _ => {
                 let client = connect(url).await?;
                 let insert = client
-                    .prepare(&format!("INSERT INTO {TOPIC} (payload) VALUES ($1)"))
+                    .prepare(&format!(
+                        "INSERT INTO {TOPIC} (_msg_id, payload) VALUES ($1, $2)"
+                    ))
                     .await?;
                 Publisher::Eddy {
                     url: url.to_owned(),
@@ -387,10 +390,14 @@ impl Publisher {
                     // The node itself is never killed, but a connection may still drop.
                     *client = connect(url).await?;
                     *insert = client
-                        .prepare(&format!("INSERT INTO {TOPIC} (payload) VALUES ($1)"))
+                        .prepare(&format!(
+                            "INSERT INTO {TOPIC} (_msg_id, payload) VALUES ($1, $2)"
+                        ))
                         .await?;
                 }
-                client.execute(&*insert, &[&payload]).await?;
+                client
+                    .execute(&*insert, &[&seq.to_string(), &payload])
+                    .await?;
             }
             Publisher::Nats(js) => {
                 let mut headers = async_nats::HeaderMap::new();

@@ -96,6 +96,9 @@ impl Cluster {
             | WriteOp::SubState { .. } => Some(METADATA_GROUP),
             WriteOp::Append {
                 topic, partition, ..
+            }
+            | WriteOp::AppendOnce {
+                topic, partition, ..
             } => placed(*topic, *partition).then(|| group_of(*topic, *partition)),
             WriteOp::Insert { table, .. } | WriteOp::Delete { table, .. } => {
                 placed(*table, 0).then(|| group_of(*table, 0))

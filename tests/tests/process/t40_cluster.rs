@@ -157,9 +157,6 @@ async fn killing_a_partition_leader_while_publishing_loses_no_acknowledged_row(
     let via = if leader == 1 { 2 } else { 1 };
     let mut client = cluster.client(via).await?;
     let mut acked: Vec<i64> = Vec::new();
-    // Ids whose insert failed at least once before it was acknowledged: the failed
-    // attempt may have committed too (its outcome was unknown), so they may appear twice.
-    let mut retried: Vec<i64> = Vec::new();
     let mut errors = 0;
     let mut id = 0i64;
     let mut killed = false;
@@ -168,8 +165,13 @@ async fn killing_a_partition_leader_while_publishing_loses_no_acknowledged_row(
             cluster.kill9(leader)?;
             killed = true;
         }
+        // Each row carries its id as _msg_id: a retry after an unknown outcome (the
+        // first attempt may have committed after all) is not stored twice.
         match client
-            .execute("INSERT INTO events (id) VALUES ($1)", &[&id])
+            .execute(
+                "INSERT INTO events (_msg_id, id) VALUES ($1, $2)",
+                &[&id.to_string(), &id],
+            )
             .await
         {
             Ok(1) => {
@@ -180,7 +182,6 @@ async fn killing_a_partition_leader_while_publishing_loses_no_acknowledged_row(
             Err(e) => {
                 errors += 1;
                 anyhow::ensure!(errors < 200, "writes never resumed: {e}");
-                retried.push(id);
                 if client.is_closed() {
                     client = cluster.client(via).await?;
                 }
@@ -216,11 +217,7 @@ async fn killing_a_partition_leader_while_publishing_loses_no_acknowledged_row(
         }
         for a in &acked {
             let n = seen.get(a).copied().unwrap_or(0);
-            assert!(n >= 1, "node {node} lost acknowledged row {a}");
-            assert!(
-                n == 1 || retried.contains(a),
-                "node {node} holds row {a} {n} times"
-            );
+            assert_eq!(n, 1, "node {node} holds acknowledged row {a} {n} times");
         }
         // In order: first appearances follow the order of acknowledgement.
         let mut firsts: Vec<i64> = Vec::new();
@@ -304,22 +301,21 @@ async fn a_minority_partitioned_node_refuses_writes_and_serves_local_reads() -> 
     Ok(())
 }
 
-/// Publishes ids 0, 1, 2, ... through `addr` with retries until `stop`; returns the
-/// acknowledged ids in order and the ids whose first attempt failed (their failed
-/// attempt may have committed too, so they may appear twice).
+/// Publishes ids 0, 1, 2, ... through `addr` with retries until `stop` (`sql` takes the
+/// id as text, its `_msg_id`, then as a number); returns the acknowledged ids in order.
 async fn publish_until(
     addr: std::net::SocketAddr,
     sql: &'static str,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     acked_count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) -> anyhow::Result<(Vec<i64>, Vec<i64>)> {
+) -> anyhow::Result<Vec<i64>> {
     use std::sync::atomic::Ordering;
     let mut client = eddy_tests::connect(addr).await?;
-    let (mut acked, mut retried) = (Vec::new(), Vec::new());
+    let mut acked = Vec::new();
     let mut id = 0i64;
     let mut errors = 0;
     while !stop.load(Ordering::Acquire) {
-        match client.execute(sql, &[&id]).await {
+        match client.execute(sql, &[&id.to_string(), &id]).await {
             Ok(1) => {
                 acked.push(id);
                 acked_count.store(acked.len(), Ordering::Release);
@@ -329,7 +325,6 @@ async fn publish_until(
             Err(e) => {
                 errors += 1;
                 anyhow::ensure!(errors < 400, "writes never resumed: {e}");
-                retried.push(id);
                 if client.is_closed() {
                     client = eddy_tests::connect(addr).await?;
                 }
@@ -337,7 +332,7 @@ async fn publish_until(
             }
         }
     }
-    Ok((acked, retried))
+    Ok(acked)
 }
 
 /// Waits until the publisher has `n` more acknowledgements than now.
@@ -380,7 +375,7 @@ async fn replace_node_while_publishing(dead: bool) -> anyhow::Result<()> {
     let count = Arc::new(AtomicUsize::new(0));
     let publisher = tokio::spawn(publish_until(
         cluster.addr(1),
-        "INSERT INTO events (id) VALUES ($1)",
+        "INSERT INTO events (_msg_id, id) VALUES ($1, $2)",
         stop.clone(),
         count.clone(),
     ));
@@ -432,7 +427,7 @@ async fn replace_node_while_publishing(dead: bool) -> anyhow::Result<()> {
     cluster.kill9(3)?;
     more_acks(&count, 30).await?;
     stop.store(true, Ordering::Release);
-    let (acked, retried) = publisher.await??;
+    let acked = publisher.await??;
 
     for node in [1, 2, new] {
         let c = cluster.client(node).await?;
@@ -496,11 +491,7 @@ async fn replace_node_while_publishing(dead: bool) -> anyhow::Result<()> {
         }
         for a in &acked {
             let n = seen.get(a).copied().unwrap_or(0);
-            assert!(n >= 1, "node {node} lost acknowledged row {a}");
-            assert!(
-                n == 1 || retried.contains(a),
-                "node {node} holds {a} {n} times"
-            );
+            assert_eq!(n, 1, "node {node} holds acknowledged row {a} {n} times");
         }
     }
     Ok(())

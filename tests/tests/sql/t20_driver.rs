@@ -563,3 +563,104 @@ async fn primary_key_point_reads_take_the_fast_path_with_the_same_answers() -> a
     );
     node.shutdown().await
 }
+
+#[tokio::test]
+async fn a_message_id_makes_a_retried_publish_store_once() -> anyhow::Result<()> {
+    use futures::SinkExt;
+    let node = TestNode::start().await?;
+    let c = node.client().await?;
+    c.batch_execute(
+        "CREATE TOPIC orders (item TEXT) WITH (partitions = 4, dedup_window = '10 minutes');
+         CREATE TOPIC gossiped (item TEXT) WITH (replication = 'gossip');",
+    )
+    .await?;
+    let ins = c
+        .prepare("INSERT INTO orders (_msg_id, item) VALUES ($1, $2) RETURNING _partition, _offset")
+        .await?;
+    let at = |row: tokio_postgres::Row| (row.get::<_, i32>(0), row.get::<_, i64>(1));
+    let first = at(c.query_one(&ins, &[&"o-1", &"a"]).await?);
+    // A retry (same id) answers with the first copy's position and stores nothing.
+    assert_eq!(
+        at(c.query_one(&ins, &[&"o-1", &"a, retried"]).await?),
+        first
+    );
+    let second = at(c.query_one(&ins, &[&"o-2", &"b"]).await?);
+    assert_ne!(second, first);
+    // Rows of one INSERT with and without ids; the id already taken answers where it went.
+    let rows = c
+        .query(
+            "INSERT INTO orders (_msg_id, item) VALUES ('o-1', 'x'), ('o-3', 'c'), (NULL, 'd')
+             RETURNING _partition, _offset, item",
+            &[],
+        )
+        .await?;
+    assert_eq!(rows.len(), 3);
+    assert_eq!((rows[0].get::<_, i32>(0), rows[0].get::<_, i64>(1)), first);
+    // With a key, the key picks the partition, and the id is still checked there.
+    let keyed = c
+        .prepare("INSERT INTO orders (_key, _msg_id, item) VALUES ($1, $2, $3) RETURNING _partition, _offset")
+        .await?;
+    let k = at(c.query_one(&keyed, &[&"cust-9", &"o-5", &"e"]).await?);
+    assert_eq!(
+        at(c.query_one(&keyed, &[&"cust-9", &"o-5", &"e"]).await?),
+        k
+    );
+    // COPY takes _msg_id too.
+    let sink = c.copy_in("COPY orders (_msg_id, item) FROM STDIN").await?;
+    futures::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(b"o-2\tb, copied again\no-6\tf\n"))
+        .await?;
+    assert_eq!(sink.finish().await?, 2);
+    // Blind INSERTs pipelined on one connection: the same id twice in flight, stored once.
+    let blind = c
+        .prepare("INSERT INTO orders (_msg_id, item) VALUES ($1, $2)")
+        .await?;
+    let (x, y) = futures::join!(
+        c.execute(&blind, &[&"o-7", &"g"]),
+        c.execute(&blind, &[&"o-7", &"g, twice"])
+    );
+    assert_eq!((x?, y?), (1, 1));
+    let items: Vec<String> = c
+        .query("SELECT item FROM orders ORDER BY item", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(items, ["a", "b", "c", "d", "e", "f", "g"]);
+    // _msg_id is not a column of the topic's rows.
+    let err = c
+        .query("SELECT _msg_id FROM orders", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::UNDEFINED_COLUMN));
+    // Gossip topics take writes on every node: no partition-wide memory of ids there.
+    let err = c
+        .execute(
+            "INSERT INTO gossiped (_msg_id, item) VALUES ('g-1', 'x')",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED), "{err}");
+    let long = "i".repeat(300);
+    let err = c.query_one(&ins, &[&long, &"y"]).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::INVALID_PARAMETER_VALUE),
+        "{err}"
+    );
+    let err = c
+        .batch_execute("ALTER TOPIC orders SET (dedup_window = 'soon')")
+        .await
+        .unwrap_err();
+    assert!(err.code().is_some(), "{err}");
+    c.batch_execute("ALTER TOPIC orders SET (dedup_window = '1 hour')")
+        .await?;
+    assert_eq!(at(c.query_one(&ins, &[&"o-1", &"z"]).await?), first);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 7);
+    Ok(())
+}
