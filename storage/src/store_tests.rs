@@ -953,6 +953,12 @@ async fn a_message_id_is_stored_once_within_the_window_and_forgotten_after() {
     assert!(!has_key(&store, &key("m2")), "m2 is forgotten");
     assert!(!has_key(&store, &expiry(t0 + 600_000, "m2")));
     assert!(has_key(&store, &expiry(later, "m1")));
+    // Both kinds of key are inside the partition's snapshot range, and no other's.
+    for k in [key("m1"), expiry(later, "m1")] {
+        assert!(crate::raft::KeyRange::partition(t.id, 0).contains(&k));
+        assert!(!crate::raft::KeyRange::partition(t.id, 1).contains(&k));
+        assert!(!crate::raft::KeyRange::partition(t.id + 1, 0).contains(&k));
+    }
     // Ids survive a restart, and scans still see messages only.
     store.shutdown().unwrap();
     drop(store);
