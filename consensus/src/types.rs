@@ -96,6 +96,13 @@ pub enum Outcome {
     Done,
     /// See [`WriteResult::Merged`].
     Merged(u64),
+    /// See [`WriteResult::Positions`].
+    Positions {
+        /// Partition.
+        partition: u32,
+        /// `(offset, append time)` per message.
+        each: Vec<(u64, i64)>,
+    },
 }
 
 impl From<WriteResult> for Outcome {
@@ -114,6 +121,7 @@ impl From<WriteResult> for Outcome {
             WriteResult::Created(def) => Outcome::Created((*def).clone()),
             WriteResult::Done => Outcome::Done,
             WriteResult::Merged { applied } => Outcome::Merged(applied),
+            WriteResult::Positions { partition, each } => Outcome::Positions { partition, each },
         }
     }
 }
@@ -134,6 +142,7 @@ impl From<Outcome> for WriteResult {
             Outcome::Created(def) => WriteResult::Created(Arc::new(def)),
             Outcome::Done => WriteResult::Done,
             Outcome::Merged(applied) => WriteResult::Merged { applied },
+            Outcome::Positions { partition, each } => WriteResult::Positions { partition, each },
         }
     }
 }
@@ -246,7 +255,7 @@ mod tests {
             WriteOp::AppendOnce {
                 topic: 3,
                 partition: 0,
-                id: "order-17".into(),
+                ids: vec![Some("order-17".into())],
                 records,
             },
             WriteOp::Insert {
@@ -275,7 +284,14 @@ mod tests {
         assert_eq!(back, req);
         let resp = Response {
             units: vec![
-                Ok(vec![Outcome::Created(topic), Outcome::Rows(2)]),
+                Ok(vec![
+                    Outcome::Created(topic),
+                    Outcome::Rows(2),
+                    Outcome::Positions {
+                        partition: 1,
+                        each: vec![(7, 100), (3, 90)],
+                    },
+                ]),
                 Err(WireError::DuplicateKey("t".into())),
             ],
         };

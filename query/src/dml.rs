@@ -1023,14 +1023,15 @@ struct Appended {
 
 async fn append(engine: &Engine, topic: &TopicDef, rows: Vec<Vec<Value>>) -> Result<Vec<Appended>> {
     // Encode per partition here, on the session's thread; keep each row's position and
-    // values for the answer. A row with a message id is an op of its own, which the
-    // partition may find it already took.
+    // values for the answer.
+    #[derive(Default)]
     struct Part {
         records: Records,
         rows: Vec<(usize, Option<String>, Vec<Value>)>,
+        /// One per row when some row has a message id.
+        ids: Vec<Option<String>>,
     }
     let mut by_partition: std::collections::BTreeMap<u32, Part> = Default::default();
-    let mut once: Vec<(u32, String, Part)> = Vec::new();
     let n = rows.len();
     let mut round_robin = engine.round_robin(topic);
     for (pos, mut row) in rows.into_iter().enumerate() {
@@ -1049,18 +1050,7 @@ async fn append(engine: &Engine, topic: &TopicDef, rows: Vec<Vec<Value>>) -> Res
         let msg_id = msg_id
             .map_err(|v| Error::DatatypeMismatch(format!("_msg_id must be text, got {v:?}")))?;
         if let Some(id) = &msg_id {
-            if topic.replication == Replication::Gossip {
-                return Err(Error::NotSupported(format!(
-                    "_msg_id on a topic replicated by gossip (\"{}\")",
-                    topic.name
-                )));
-            }
-            if id.len() > MAX_MSG_ID_BYTES {
-                return Err(Error::InvalidParameter(format!(
-                    "_msg_id is {} bytes; the limit is {MAX_MSG_ID_BYTES}",
-                    id.len()
-                )));
-            }
+            check_msg_id(topic, id)?;
         }
         // A retried message must reach the partition that took it: without a key, its
         // id picks the partition.
@@ -1068,14 +1058,7 @@ async fn append(engine: &Engine, topic: &TopicDef, rows: Vec<Vec<Value>>) -> Res
             (Some(k), _) | (None, Some(k)) => partition_for_key(k, topic.partitions),
             (None, None) => round_robin.next(),
         };
-        let mut part = match msg_id {
-            Some(_) => None,
-            None => by_partition.remove(&partition),
-        }
-        .unwrap_or_else(|| Part {
-            records: Records::new(),
-            rows: Vec::new(),
-        });
+        let part = by_partition.entry(partition).or_default();
         let size = part.records.push(&topic.columns, key.as_deref(), &row)?;
         if size > engine.config.max_message_bytes {
             return Err(Error::MessageTooLarge {
@@ -1083,55 +1066,76 @@ async fn append(engine: &Engine, topic: &TopicDef, rows: Vec<Vec<Value>>) -> Res
                 limit: engine.config.max_message_bytes,
             });
         }
-        part.rows.push((pos, key, row));
-        match msg_id {
-            Some(id) => once.push((partition, id, part)),
-            None => {
-                by_partition.insert(partition, part);
-            }
+        if msg_id.is_some() && part.ids.is_empty() {
+            part.ids = vec![None; part.rows.len()];
         }
+        if msg_id.is_some() || !part.ids.is_empty() {
+            part.ids.push(msg_id);
+        }
+        part.rows.push((pos, key, row));
     }
     let mut kept = Vec::new();
     let mut ops = Vec::new();
     for (p, part) in by_partition {
         kept.push(part.rows);
-        ops.push(WriteOp::Append {
-            topic: topic.id,
-            partition: p,
-            records: part.records,
-        });
-    }
-    for (p, id, part) in once {
-        kept.push(part.rows);
-        ops.push(WriteOp::AppendOnce {
-            topic: topic.id,
-            partition: p,
-            id,
-            records: part.records,
+        ops.push(if part.ids.is_empty() {
+            WriteOp::Append {
+                topic: topic.id,
+                partition: p,
+                records: part.records,
+            }
+        } else {
+            WriteOp::AppendOnce {
+                topic: topic.id,
+                partition: p,
+                ids: part.ids,
+                records: part.records,
+            }
         });
     }
     let results = engine.write(ops).await?;
     let mut out: Vec<Option<Appended>> = (0..n).map(|_| None).collect();
     for (rows, res) in kept.into_iter().zip(results) {
-        let WriteResult::Appended {
-            partition,
-            first_offset,
-            ts_micros,
-        } = res
-        else {
-            continue;
+        let (partition, each): (u32, Box<dyn Iterator<Item = (u64, i64)>>) = match res {
+            WriteResult::Appended {
+                partition,
+                first_offset,
+                ts_micros,
+            } => (
+                partition,
+                Box::new((first_offset..).map(move |o| (o, ts_micros))),
+            ),
+            WriteResult::Positions { partition, each } => (partition, Box::new(each.into_iter())),
+            _ => continue,
         };
-        for (k, (pos, key, values)) in rows.into_iter().enumerate() {
+        for ((pos, key, values), (offset, ts)) in rows.into_iter().zip(each) {
             out[pos] = Some(Appended {
                 partition,
-                offset: first_offset + k as u64,
-                ts: ts_micros,
+                offset,
+                ts,
                 key,
                 values,
             });
         }
     }
     Ok(out.into_iter().flatten().collect())
+}
+
+/// Refuses a message id eddy cannot keep: one on a gossip topic, or too long.
+fn check_msg_id(topic: &TopicDef, id: &str) -> Result<()> {
+    if topic.replication == Replication::Gossip {
+        return Err(Error::NotSupported(format!(
+            "_msg_id on a topic replicated by gossip (\"{}\")",
+            topic.name
+        )));
+    }
+    if id.len() > MAX_MSG_ID_BYTES {
+        return Err(Error::InvalidParameter(format!(
+            "_msg_id is {} bytes; the limit is {MAX_MSG_ID_BYTES}",
+            id.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Appends already-typed messages (`_key` and `_msg_id` first); used by COPY.

@@ -68,17 +68,18 @@ pub enum WriteOp {
         /// The messages, encoded (and checked) against the topic's columns.
         records: Records,
     },
-    /// Append one message unless its partition took a message with the same id within
-    /// the topic's dedup window (in append time); then nothing is written and the
-    /// result is the first copy's offset and append time (idempotent publishes).
+    /// Append messages, each with an optional id, leaving out those whose id the
+    /// partition took within the topic's dedup window (in append time) or that repeat an
+    /// id of an earlier message of the op: those are answered with the first copy's
+    /// offset and append time (idempotent publishes, `_msg_id`).
     AppendOnce {
         /// Topic id (a Raft topic).
         topic: ObjectId,
         /// Partition (must exist).
         partition: u32,
-        /// The message id (`_msg_id`).
-        id: String,
-        /// The one message, encoded against the topic's columns.
+        /// One per message: its id, if it has one.
+        ids: Vec<Option<String>>,
+        /// The messages, encoded against the topic's columns.
         records: Records,
     },
     /// Insert or upsert table rows (full rows in column order).
@@ -223,6 +224,14 @@ pub enum WriteResult {
         first_offset: u64,
         /// Append time of every message of the op.
         ts_micros: i64,
+    },
+    /// Each message's offset and append time, in order ([`WriteOp::AppendOnce`]: one
+    /// left out answers with its first copy's).
+    Positions {
+        /// Partition written.
+        partition: u32,
+        /// `(offset, append time)` per message.
+        each: Vec<(u64, i64)>,
     },
     /// Table rows changed (inserted, replaced or deleted).
     Rows(u64),
@@ -587,7 +596,7 @@ impl Committer {
                 WriteOp::AppendOnce {
                     topic,
                     partition,
-                    id,
+                    ids,
                     records,
                 } => {
                     let def = self.object(*topic)?;
@@ -602,7 +611,7 @@ impl Committer {
                         i64::try_from(def.dedup_window_ms.saturating_mul(1000)).unwrap_or(i64::MAX);
                     let records = std::mem::take(records);
                     self.append_once(
-                        *topic, *partition, id, window, records, batch, staged, group,
+                        *topic, *partition, ids, window, records, batch, staged, group,
                     )?
                 }
                 WriteOp::Insert {
@@ -755,33 +764,51 @@ impl Committer {
         Ok(results)
     }
 
-    /// [`WriteOp::AppendOnce`]: the first copy's position if the partition took `id`
-    /// within `window` µs of this append's time, else the append, the id remembered,
-    /// and a few ids that fell out of the window forgotten. Only stored state and the
-    /// append time decide, so every replica answers alike.
+    /// [`WriteOp::AppendOnce`]: each message whose id the partition took within `window`
+    /// µs of this append's time, or that repeats an id earlier in `ids`, is left out and
+    /// answered with the first copy's position; the others are appended, their ids
+    /// remembered, and a few ids that fell out of the window forgotten. Only stored state
+    /// and the append time decide, so every replica answers alike.
     #[allow(clippy::too_many_arguments)]
     fn append_once(
         &self,
         topic: ObjectId,
         partition: u32,
-        id: &str,
+        ids: &[Option<String>],
         window: i64,
         records: Records,
         batch: &mut StagedBatch,
         staged: &mut Staged,
         group: &Staged,
     ) -> Result<WriteResult> {
-        let key = msg_id_key(topic, partition, id.as_bytes());
+        if ids.len() as u64 != records.len() {
+            return Err(Error::InvalidValue(format!(
+                "{} message ids for {} messages",
+                ids.len(),
+                records.len()
+            )));
+        }
         let (_, now) = self.next_position(topic, partition, staged, group)?;
-        if let Some(v) = self.msg_id(&key, staged, group)? {
-            let (ts, offset) = parse_msg_id_value(&v)?;
-            if ts.saturating_add(window) >= now {
-                return Ok(WriteResult::Appended {
-                    partition,
-                    first_offset: offset,
-                    ts_micros: ts,
-                });
+        let mut each: Vec<Option<(u64, i64)>> = vec![None; ids.len()];
+        // Index of the message an id repeats, for those left out as repeats in this op.
+        let mut repeats: Vec<Option<usize>> = vec![None; ids.len()];
+        let mut firsts: HashMap<&str, usize> = HashMap::new();
+        for (i, id) in ids.iter().enumerate() {
+            let Some(id) = id.as_deref() else { continue };
+            if let Some(&j) = firsts.get(id) {
+                repeats[i] = Some(j);
+                continue;
             }
+            if let Some(v) =
+                self.msg_id(&msg_id_key(topic, partition, id.as_bytes()), staged, group)?
+            {
+                let (ts, offset) = parse_msg_id_value(&v)?;
+                if ts.saturating_add(window) >= now {
+                    each[i] = Some((offset, ts));
+                    continue;
+                }
+            }
+            firsts.insert(id, i);
         }
         self.forget_msg_ids(
             topic,
@@ -791,17 +818,40 @@ impl Committer {
             staged,
             group,
         )?;
-        let (first, ts) = self.append_entries(topic, partition, records, batch, staged, group)?;
-        let value = msg_id_value(ts, first);
-        let expiry = msg_id_expiry_key(topic, partition, ts, id.as_bytes());
-        batch.put(CF_LOG, key.clone(), value.clone());
-        batch.put(CF_LOG, expiry.clone(), Vec::new());
-        staged.msg_ids.insert(key, Some(value));
-        staged.msg_ids.insert(expiry, Some(Vec::new()));
-        Ok(WriteResult::Appended {
+        let keep: Vec<bool> = (0..ids.len())
+            .map(|i| each[i].is_none() && repeats[i].is_none())
+            .collect();
+        let records = if keep.iter().all(|&k| k) {
+            records
+        } else {
+            records.retain(&keep)?
+        };
+        let (mut next, ts) =
+            self.append_entries(topic, partition, records, batch, staged, group)?;
+        for (i, id) in ids.iter().enumerate() {
+            if !keep[i] {
+                continue;
+            }
+            each[i] = Some((next, ts));
+            if let Some(id) = id {
+                let key = msg_id_key(topic, partition, id.as_bytes());
+                let value = msg_id_value(ts, next);
+                let expiry = msg_id_expiry_key(topic, partition, ts, id.as_bytes());
+                batch.put(CF_LOG, key.clone(), value.clone());
+                batch.put(CF_LOG, expiry.clone(), Vec::new());
+                staged.msg_ids.insert(key, Some(value));
+                staged.msg_ids.insert(expiry, Some(Vec::new()));
+            }
+            next += 1;
+        }
+        for (i, j) in repeats.iter().enumerate() {
+            if let Some(j) = j {
+                each[i] = each[*j];
+            }
+        }
+        Ok(WriteResult::Positions {
             partition,
-            first_offset: first,
-            ts_micros: ts,
+            each: each.into_iter().map(Option::unwrap_or_default).collect(),
         })
     }
 

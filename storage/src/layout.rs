@@ -267,7 +267,46 @@ impl Records {
         self.push_with(key, |buf| buf.extend_from_slice(row));
     }
 
+    /// The messages whose flag in `keep` (one per message, in order) is set.
+    pub(crate) fn retain(&self, keep: &[bool]) -> Result<Records> {
+        let mut out = Records::new();
+        let mut flags = keep.iter();
+        for e in &self.entries {
+            let mut body = &e.buf[ENTRY_HEADER..];
+            for _ in 0..e.count {
+                let (len, rest) = body
+                    .split_first_chunk::<4>()
+                    .ok_or_else(|| Error::corrupt("message length"))?;
+                let len = u32::from_le_bytes(*len) as usize;
+                let message = rest
+                    .get(..len)
+                    .ok_or_else(|| Error::corrupt("message shorter than its length"))?;
+                if flags.next().copied().unwrap_or(true) {
+                    out.push_message(|buf| buf.extend_from_slice(message));
+                }
+                body = &rest[len..];
+            }
+        }
+        Ok(out)
+    }
+
     fn push_with(&mut self, key: Option<&str>, row: impl FnOnce(&mut Vec<u8>)) -> usize {
+        self.push_message(|buf| {
+            match key {
+                None => buf.push(0),
+                Some(k) => {
+                    // len+1 so that 0 can mean NULL.
+                    put_varint(buf, k.len() as u64 + 1);
+                    buf.extend_from_slice(k.as_bytes());
+                }
+            }
+            row(buf);
+        })
+    }
+
+    /// Appends one message that `message` writes (its `_key` then its row), framed with
+    /// its length; returns that length.
+    fn push_message(&mut self, message: impl FnOnce(&mut Vec<u8>)) -> usize {
         let entry = match self.entries.last_mut() {
             Some(e) if e.buf.len() < ENTRY_TARGET_BYTES => e,
             _ => {
@@ -283,15 +322,7 @@ impl Records {
         let buf = &mut entry.buf;
         let len_at = buf.len();
         buf.extend_from_slice(&[0; 4]);
-        match key {
-            None => buf.push(0),
-            Some(k) => {
-                // len+1 so that 0 can mean NULL.
-                put_varint(buf, k.len() as u64 + 1);
-                buf.extend_from_slice(k.as_bytes());
-            }
-        }
-        row(buf);
+        message(buf);
         let size = buf.len() - len_at - 4;
         buf[len_at..len_at + 4].copy_from_slice(&(size as u32).to_le_bytes());
         entry.count += 1;

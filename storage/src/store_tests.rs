@@ -864,22 +864,22 @@ async fn place_moves_one_group_and_alter_keeps_placement() {
     assert!(def.reassigned());
 }
 
-/// One message with id `id` appended to partition 0 at append time `at` (µs); its
-/// offset and append time as answered.
-async fn append_once(
+/// Messages with these ids (`None`: none) appended to partition 0 in one op at append
+/// time `at` (µs); each one's offset and append time as answered.
+async fn append_ids(
     store: &Store,
     topic: ObjectId,
-    id: &str,
-    payload: &str,
+    messages: &[(Option<&str>, &str)],
     at: i64,
-) -> (u64, i64) {
+) -> Vec<(u64, i64)> {
+    let payloads: Vec<&str> = messages.iter().map(|(_, p)| *p).collect();
     let mut r = store
         .commit(Commit {
             units: vec![vec![WriteOp::AppendOnce {
                 topic,
                 partition: 0,
-                id: id.into(),
-                records: texts(&[payload]),
+                ids: messages.iter().map(|(id, _)| id.map(Into::into)).collect(),
+                records: texts(&payloads),
             }]],
             at: Some(at),
             sync: true,
@@ -888,13 +888,23 @@ async fn append_once(
         .await
         .unwrap();
     match r.remove(0).unwrap().remove(0) {
-        WriteResult::Appended {
-            first_offset,
-            ts_micros,
-            ..
-        } => (first_offset, ts_micros),
+        WriteResult::Positions { partition, each } => {
+            assert_eq!(partition, 0);
+            each
+        }
         other => panic!("unexpected {other:?}"),
     }
+}
+
+/// One message with id `id` (see [`append_ids`]).
+async fn append_once(
+    store: &Store,
+    topic: ObjectId,
+    id: &str,
+    payload: &str,
+    at: i64,
+) -> (u64, i64) {
+    append_ids(store, topic, &[(Some(id), payload)], at).await[0]
 }
 
 fn has_key(store: &Store, key: &[u8]) -> bool {
@@ -943,6 +953,23 @@ async fn a_message_id_is_stored_once_within_the_window_and_forgotten_after() {
         append_once(&store, id, "m1", "third", later).await,
         (3, later)
     );
+    // In one op: a repeat of an id earlier in the op and one taken before are left out;
+    // the rest, with or without ids, get consecutive offsets.
+    let at = later + 1000;
+    let each = append_ids(
+        &store,
+        id,
+        &[
+            (Some("m3"), "fifth"),
+            (None, "sixth"),
+            (Some("m3"), "fifth again"),
+            (Some("m1"), "third again"),
+            (Some("m4"), "seventh"),
+        ],
+        at,
+    )
+    .await;
+    assert_eq!(each, [(4, at), (5, at), (4, at), (3, later), (6, at)]);
     let key = |id: &str| crate::layout::msg_id_key(t.id, 0, id.as_bytes());
     let expiry = |ts: i64, id: &str| crate::layout::msg_id_expiry_key(t.id, 0, ts, id.as_bytes());
     assert!(has_key(&store, &key("m1")), "m1's new take is remembered");
@@ -963,10 +990,20 @@ async fn a_message_id_is_stored_once_within_the_window_and_forgotten_after() {
     store.shutdown().unwrap();
     drop(store);
     let (store, t, p) = reopen(dir.path(), "ids");
-    assert_eq!(p.next_offset(), 4);
+    assert_eq!(p.next_offset(), 7);
     assert_eq!(
-        append_once(&store, t.id, "m1", "fourth", later + 1).await,
-        (3, later)
+        append_once(&store, t.id, "m4", "again", at + 1).await,
+        (6, at)
     );
-    assert_eq!(store.read_log(&t, 0, 0, u64::MAX, 100).unwrap().len(), 4);
+    let read: Vec<String> = store
+        .read_log(&t, 0, 0, u64::MAX, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| format!("{:?}", r.values))
+        .collect();
+    assert_eq!(
+        read,
+        ["first", "second", "plain", "third", "fifth", "sixth", "seventh"]
+            .map(|p| format!("[Text({p:?})]"))
+    );
 }
