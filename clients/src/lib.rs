@@ -9,7 +9,9 @@
 //! - [`Client`] — one connection: [`publish`](Client::publish), plain SQL through
 //!   [`raw`](Client::raw), and the builders below.
 //! - [`Message`] / [`Position`] — a row to publish; where a row landed.
-//! - [`Producer`] — rows batched into multi-row INSERTs, pipelined, one ack per row.
+//! - [`Producer`] — rows batched into multi-row INSERTs, pipelined, one ack per row;
+//!   [`idempotent`](ProducerBuilder::idempotent) ones retry failed batches without
+//!   storing a row twice.
 //! - [`Subscription`] — an ephemeral subscription (`DECLARE .. CURSOR FOR SUBSCRIBE`,
 //!   `FETCH`) as a stream of [`Delivery`].
 //! - [`Consumer`] — a durable subscription (`FETCH n FROM SUBSCRIPTION`, `ACK`, `NACK`).

@@ -3,14 +3,16 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_postgres::types::{ToSql, Type};
 
+use crate::backoff::Backoff;
 use crate::batcher::{self, Command, Limits, Turn};
 use crate::error::{Error, Result};
 use crate::link::Link;
@@ -26,6 +28,8 @@ pub struct ProducerBuilder {
     batch_size: usize,
     linger: Duration,
     max_in_flight: usize,
+    /// How long a batch is retried, when idempotent.
+    idempotent: Option<Duration>,
 }
 
 impl ProducerBuilder {
@@ -37,6 +41,7 @@ impl ProducerBuilder {
             batch_size: 500,
             linger: Duration::from_millis(5),
             max_in_flight: 4,
+            idempotent: None,
         }
     }
 
@@ -59,6 +64,19 @@ impl ProducerBuilder {
         self
     }
 
+    /// Makes sends idempotent: every row gets a message id (`_msg_id`: this producer's
+    /// random id and the row's number), and a batch that fails with an error after which
+    /// it may or may not be stored (a lost connection, a node going away: SQLSTATE class
+    /// `08`, `57P0x`, or eddy's `40001`) is sent again with the same ids, after a
+    /// backoff, for up to `retry_for`. The topic stores each row once, since it skips ids
+    /// it took within its `dedup_window` (default 2 minutes; keep `retry_for` below it).
+    /// One batch is in flight at a time, so a retried batch never lands after a later
+    /// one. Needs a topic replicated by raft (gossip topics refuse ids).
+    pub fn idempotent(mut self, retry_for: Duration) -> Self {
+        self.idempotent = Some(retry_for);
+        self
+    }
+
     /// Checks the topic and columns (by preparing the INSERT once) and starts the batching
     /// task.
     pub async fn build(self) -> Result<Producer> {
@@ -72,27 +90,35 @@ impl ProducerBuilder {
                 "max_in_flight must be between 1 and 1024".into(),
             ));
         }
-        let max_rows = self.batch_size.min(sql::max_rows(self.columns.len()));
+        let columns = self.columns.len();
+        // Idempotent: `_msg_id` is written first, and one batch at a time.
+        let mut written = self.columns;
+        let mut max_in_flight = self.max_in_flight;
+        if self.idempotent.is_some() {
+            written.insert(0, "_msg_id".to_owned());
+            max_in_flight = 1;
+        }
+        let max_rows = self.batch_size.min(sql::max_rows(written.len()));
         // The one-row statement tells us the parameter types, so later batches of any
         // size go out as one Parse/Bind/Execute round trip (`query_typed`).
         let session = self.link.session().await?;
         let statement = session
-            .prepared(&sql::insert(&self.topic, &self.columns, 1))
+            .prepared(&sql::insert(&self.topic, &written, 1))
             .await?;
         let types = statement.params().to_vec();
-        let columns = self.columns.len();
         let writer = Arc::new(Writer {
             link: self.link,
             topic: self.topic,
-            columns: self.columns,
+            columns: written,
             types,
+            retry_for: self.idempotent,
         });
         // Room for every in-flight batch plus one being filled; `send` waits when it is full.
-        let (tx, rx) = mpsc::channel(max_rows * (self.max_in_flight + 1));
+        let (tx, rx) = mpsc::channel(max_rows * (max_in_flight + 1));
         let limits = Limits {
             max_rows,
             linger: self.linger,
-            max_in_flight: self.max_in_flight,
+            max_in_flight,
         };
         let task = tokio::spawn(batcher::run(rx, limits, move |rows, turn| {
             let writer = writer.clone();
@@ -102,6 +128,7 @@ impl ProducerBuilder {
             tx: Some(tx),
             task: Some(task),
             columns,
+            ids: self.idempotent.map(|_| Ids::new()),
         })
     }
 }
@@ -109,22 +136,78 @@ impl ProducerBuilder {
 /// One queued row and where its answer goes.
 struct Pending {
     key: Option<String>,
+    /// Its message id, when the producer is idempotent.
+    id: Option<String>,
     values: Vec<Value>,
     ack: oneshot::Sender<Result<Position>>,
+}
+
+/// Message ids of an idempotent producer: a random prefix of its own and a row number.
+struct Ids {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl Ids {
+    fn new() -> Ids {
+        use std::hash::{BuildHasher, Hasher};
+        // Two draws of std's randomly keyed hasher over the time and the process: 128
+        // bits, so two producers never share a prefix.
+        let draw = || {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            h.write_u32(std::process::id());
+            h.finish()
+        };
+        Ids {
+            prefix: format!("{:016x}{:016x}", draw(), draw()),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        format!(
+            "{}-{}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
 }
 
 /// Writes batches: one INSERT each, answering every row.
 struct Writer {
     link: Arc<Link>,
     topic: String,
+    /// The columns after `_key`: `_msg_id` first when idempotent.
     columns: Vec<String>,
     /// Parameter types of one row: `_key`, then the columns.
     types: Vec<Type>,
+    /// Idempotent: how long a batch is retried.
+    retry_for: Option<Duration>,
 }
 
 impl Writer {
     async fn write(&self, rows: Vec<Pending>, turn: Turn) {
-        match self.insert(&rows, turn).await {
+        let mut outcome = self.insert(&rows, Some(turn)).await;
+        if let Some(retry_for) = self.retry_for {
+            // Alone in flight (one batch at a time), with the same ids every time.
+            let until = Instant::now() + retry_for;
+            let mut backoff = Backoff::default();
+            while let Err(e) = &outcome {
+                let wait = backoff.next_delay();
+                if !may_be_stored(e) || Instant::now() + wait > until {
+                    break;
+                }
+                tracing::warn!(topic = %self.topic, error = %e, ?wait, "producer retrying a batch");
+                tokio::time::sleep(wait).await;
+                outcome = self.insert(&rows, None).await;
+            }
+        }
+        match outcome {
             Ok(positions) => {
                 for (row, position) in rows.into_iter().zip(positions) {
                     let _ = row.ack.send(Ok(position));
@@ -138,13 +221,20 @@ impl Writer {
         }
     }
 
-    async fn insert(&self, rows: &[Pending], turn: Turn) -> Result<Vec<Position>> {
+    async fn insert(&self, rows: &[Pending], turn: Option<Turn>) -> Result<Vec<Position>> {
         let sql = sql::insert(&self.topic, &self.columns, rows.len());
         let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
             Vec::with_capacity(rows.len() * self.types.len());
         for row in rows {
             params.push((&row.key, self.types[0].clone()));
-            for (v, t) in row.values.iter().zip(&self.types[1..]) {
+            let mut types = self.types[1..].iter();
+            // Idempotent rows carry their id, in the column written first.
+            if let Some(id) = &row.id {
+                if let Some(t) = types.next() {
+                    params.push((id, t.clone()));
+                }
+            }
+            for (v, t) in row.values.iter().zip(types) {
                 params.push((v.as_ref() as &(dyn ToSql + Sync), t.clone()));
             }
         }
@@ -174,6 +264,13 @@ impl Writer {
     }
 }
 
+/// Whether a batch that failed with `e` may have been stored, so that sending it again
+/// with the same ids may help: the connection went, the node is going or starting, or
+/// eddy could not say whether the write was applied (`40001`).
+fn may_be_stored(e: &Error) -> bool {
+    e.is_retryable() || e.code().is_some_and(|c| c.code() == "40001")
+}
+
 /// Publishes rows to one topic in batches.
 ///
 /// Each [`send`](Producer::send) resolves once its row is durable, with the row's
@@ -184,13 +281,17 @@ impl Writer {
 /// [`close`](Producer::close) does the same and waits for it.
 ///
 /// A lost connection fails the batches in flight with a retryable error (the rows may
-/// or may not have been written); later rows go out on a new connection.
+/// or may not have been written); later rows go out on a new connection. An
+/// [`idempotent`](ProducerBuilder::idempotent) producer retries them instead, without
+/// storing a row twice.
 pub struct Producer {
     /// `None` once closing.
     tx: Option<mpsc::Sender<Command<Pending>>>,
     task: Option<JoinHandle<()>>,
     /// User columns per row.
     columns: usize,
+    /// Idempotent: where message ids come from.
+    ids: Option<Ids>,
 }
 
 impl Producer {
@@ -208,6 +309,7 @@ impl Producer {
         let (ack, rx) = oneshot::channel();
         let row = Pending {
             key: key.map(str::to_owned),
+            id: self.ids.as_ref().map(Ids::next),
             values,
             ack,
         };

@@ -338,6 +338,9 @@ impl StagedBatch {
     }
 }
 
+/// Keys of one column family staged in a batch, with their values (`None`: deleted).
+type Overlay = HashMap<Vec<u8>, Option<Vec<u8>>>;
+
 /// Changes staged in the current batch but not yet durable; lookups see them before the
 /// database so that requests in one batch observe each other in queue order.
 #[derive(Default)]
@@ -345,9 +348,9 @@ struct Staged {
     /// (topic, partition) -> (next offset, last append time)
     offsets: HashMap<(ObjectId, u32), (u64, i64)>,
     /// row key -> the row's encoded value (None: deleted)
-    rows: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    rows: Overlay,
     /// message id key or its expiry key -> value (None: deleted)
-    msg_ids: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    msg_ids: Overlay,
     /// (topic, partition) -> new start offset
     trims: HashMap<(ObjectId, u32), u64>,
     /// (log, partition) -> appended entries, for the in-memory tail
@@ -857,13 +860,26 @@ impl Committer {
 
     /// The stored value of a message id key (or expiry key), as this batch left it.
     fn msg_id(&self, key: &[u8], staged: &Staged, group: &Staged) -> Result<Option<Vec<u8>>> {
-        if let Some(e) = staged.msg_ids.get(key).or_else(|| group.msg_ids.get(key)) {
+        self.as_staged(CF_LOG, key, |s| &s.msg_ids, staged, group)
+    }
+
+    /// The value under `key` in `cf` as this batch has left it so far: the unit's staged
+    /// changes, then the batch's (`overlay` picks which of them), then the database.
+    fn as_staged(
+        &self,
+        cf: &str,
+        key: &[u8],
+        overlay: fn(&Staged) -> &Overlay,
+        staged: &Staged,
+        group: &Staged,
+    ) -> Result<Option<Vec<u8>>> {
+        if let Some(e) = overlay(staged).get(key).or_else(|| overlay(group).get(key)) {
             return Ok(e.clone());
         }
         Ok(self
             .inner
             .db
-            .get_pinned_cf(self.inner.cf(CF_LOG), key)?
+            .get_pinned_cf(self.inner.cf(cf), key)?
             .map(|v| v.to_vec()))
     }
 
@@ -934,14 +950,7 @@ impl Committer {
 
     /// The encoded row stored under `key`, as this batch has left it so far.
     fn current_row(&self, key: &[u8], staged: &Staged, group: &Staged) -> Result<Option<Vec<u8>>> {
-        if let Some(e) = staged.rows.get(key).or_else(|| group.rows.get(key)) {
-            return Ok(e.clone());
-        }
-        Ok(self
-            .inner
-            .db
-            .get_pinned_cf(self.inner.cf(CF_ROWS), key)?
-            .map(|v| v.to_vec()))
+        self.as_staged(CF_ROWS, key, |s| &s.rows, staged, group)
     }
 
     /// The next offset of a log (a topic partition or a table's change log) and the append

@@ -355,3 +355,73 @@ async fn a_cut_connection_fails_only_the_batches_in_flight() -> anyhow::Result<(
     assert!(proxy.accepted() >= 2);
     node.shutdown().await
 }
+
+/// A row the node stored but whose answer never reached the producer (the proxy swallows
+/// it, then cuts the connection): an idempotent producer sends it again with the same
+/// id and gets the stored row's position; a plain one fails it although it is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_producer_retries_a_lost_answer_without_storing_twice() -> anyhow::Result<()>
+{
+    let node = TestNode::start().await?;
+    let proxy = TcpProxy::start(node.addr()).await?;
+    let direct = Client::connect(&url(node.addr())).await?.raw().await?;
+    direct
+        .batch_execute("CREATE TOPIC t (sensor TEXT, temp DOUBLE PRECISION) WITH (partitions = 3)")
+        .await?;
+    let client = Client::connect(&url(proxy.addr())).await?;
+    let stored = |temp: f64| {
+        let direct = &direct;
+        async move {
+            let rows = direct
+                .query(
+                    "SELECT _partition, _offset FROM t WHERE temp = $1",
+                    &[&temp],
+                )
+                .await?;
+            anyhow::Ok(
+                rows.iter()
+                    .map(|r| Position {
+                        partition: r.get(0),
+                        offset: r.get(1),
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    for (idempotent, temp) in [(true, 1000.0), (false, 2000.0)] {
+        let mut builder = client
+            .producer("t", &["sensor", "temp"])
+            .linger(Duration::ZERO);
+        if idempotent {
+            builder = builder.idempotent(Duration::from_secs(30));
+        }
+        let producer = builder.build().await?;
+        let before = join_all(
+            (0..50).map(|i| producer.send(None, row("a".into(), temp + 1.0 + f64::from(i)))),
+        )
+        .await;
+        assert!(before.iter().all(Result::is_ok), "{before:?}");
+        assert!(proxy.swallow_replies() >= 1);
+        let ack = producer.enqueue(None, row("lost".into(), temp)).await?;
+        eddy_tests::wait_for("the row to be stored", Duration::from_secs(10), || async {
+            (stored(temp).await.ok()?.len() == 1).then_some(())
+        })
+        .await?;
+        assert!(proxy.cut_all().await >= 1);
+        let answer = ack.await;
+        let at = stored(temp).await?;
+        assert_eq!(at.len(), 1, "idempotent: {idempotent}: stored once");
+        if idempotent {
+            assert_eq!(answer?, at[0]);
+        } else {
+            let e = answer.expect_err("a plain producer cannot know");
+            assert!(e.is_retryable(), "{e:?}");
+        }
+        // The producer goes on, on a new connection.
+        let after = producer.send(None, row("b".into(), temp + 500.0)).await?;
+        assert_eq!(stored(temp + 500.0).await?, [after]);
+        producer.close().await?;
+    }
+    drop((client, direct));
+    node.shutdown().await
+}
