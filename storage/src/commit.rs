@@ -813,17 +813,20 @@ impl Committer {
             }
             firsts.insert(id, i);
         }
+        let keep: Vec<bool> = (0..ids.len())
+            .map(|i| each[i].is_none() && repeats[i].is_none())
+            .collect();
+        // Ids taken now: firsts. Forgetting a little more than that keeps the index at
+        // about one window's worth.
         self.forget_msg_ids(
             topic,
             partition,
+            FORGET_PER_ID * (firsts.len() + 1),
             now.saturating_sub(window),
             batch,
             staged,
             group,
         )?;
-        let keep: Vec<bool> = (0..ids.len())
-            .map(|i| each[i].is_none() && repeats[i].is_none())
-            .collect();
         let records = if keep.iter().all(|&k| k) {
             records
         } else {
@@ -883,13 +886,15 @@ impl Committer {
             .map(|v| v.to_vec()))
     }
 
-    /// Forgets up to [`FORGET_PER_APPEND`] of the partition's message ids taken before
-    /// `before` (append time), oldest first: their expiry keys go, and each id's key too
-    /// unless the id was taken again since.
+    /// Forgets up to `most` of the partition's message ids taken before `before` (append
+    /// time), oldest first: their expiry keys go, and each id's key too unless the id was
+    /// taken again since.
+    #[allow(clippy::too_many_arguments)]
     fn forget_msg_ids(
         &self,
         topic: ObjectId,
         partition: u32,
+        most: usize,
         before: i64,
         batch: &mut StagedBatch,
         staged: &mut Staged,
@@ -900,7 +905,7 @@ impl Committer {
         let mut it = self.inner.db.raw_iterator_cf_opt(self.inner.cf(CF_LOG), ro);
         it.seek(msg_id_expiry_start(topic, partition));
         let mut forgotten = 0;
-        while forgotten < FORGET_PER_APPEND {
+        while forgotten < most {
             let Some(expiry) = it.key().map(<[u8]>::to_vec) else {
                 break;
             };
@@ -1197,9 +1202,9 @@ struct CatalogChange {
 
 /// Stages a table row's new value (encoded) and records the change: an update if a row
 /// `existed` under the key, an insert otherwise.
-/// Message ids forgotten (at most) by each append that takes one: more than one, so the
-/// index shrinks back after a burst.
-const FORGET_PER_APPEND: usize = 4;
+/// Message ids an append may forget for each id it takes (and as many more once): more
+/// than one, so the index shrinks back after a burst, whatever the size of the appends.
+const FORGET_PER_ID: usize = 2;
 
 /// `def` as a topic that has `partition`.
 fn topic_partition(def: &ObjectDef, partition: u32) -> Result<&crate::catalog::TopicDef> {

@@ -1007,3 +1007,42 @@ async fn a_message_id_is_stored_once_within_the_window_and_forgotten_after() {
             .map(|p| format!("[Text({p:?})]"))
     );
 }
+
+fn with_ids(ids: &[String]) -> Vec<(Option<&str>, &str)> {
+    ids.iter().map(|i| (Some(i.as_str()), "x")).collect()
+}
+
+/// Forgetting keeps up with appends of many ids: an op forgets about twice as many old
+/// ids as it takes, so one window's ids are gone after the next window's first op.
+#[tokio::test]
+async fn large_appends_forget_as_many_old_ids_as_they_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
+    let mut def = topic("bulk", 1);
+    if let ObjectDef::Topic(t) = &mut def {
+        t.dedup_window_ms = 1000;
+    }
+    let id = create(&store, def).await.id();
+    let t0 = now_micros() + 3_600_000_000;
+    let names =
+        |from: usize| -> Vec<String> { (from..from + 300).map(|i| format!("b-{i}")).collect() };
+    let first = names(0);
+    assert_eq!(
+        append_ids(&store, id, &with_ids(&first), t0).await.len(),
+        300
+    );
+    let second = names(300);
+    let each = append_ids(&store, id, &with_ids(&second), t0 + 2_000_000).await;
+    assert_eq!(each[0].0, 300);
+    let remembered = |ids: &[String]| {
+        ids.iter()
+            .filter(|i| has_key(&store, &crate::layout::msg_id_key(id, 0, i.as_bytes())))
+            .count()
+    };
+    assert_eq!(
+        remembered(&first),
+        0,
+        "the first window's ids are forgotten"
+    );
+    assert_eq!(remembered(&second), 300);
+}
