@@ -35,7 +35,7 @@ use tokio_util::codec::Framed;
 use super::conn::FrameGuard;
 use crate::error::{sqlstate, to_pg, user_error};
 
-use backend::{as_ours, BackendConn, Gone, RELAY_APP};
+use backend::{as_ours, BackendConn, Gone, PORTAL_SUSPENDED, RELAY_APP};
 
 /// Relayed output held before it is written to the client.
 const FLUSH_BYTES: usize = 64 * 1024;
@@ -54,6 +54,37 @@ pub(crate) struct Relay {
     listens: HashMap<String, String>,
     /// An `UNLISTEN *` ran here: the backends' LISTENs end too ([`Relay::settle`]).
     unlisten_all: bool,
+    /// Relayed portals run with a row limit, by name: the statement ran there to its end,
+    /// and its rows are handed out here a page at a time (then none, as for a portal
+    /// run to its end), until the portal is bound again or closed.
+    pages: HashMap<String, Page>,
+}
+
+/// What a relayed portal has left: rows (DataRow frames) and its CommandComplete.
+#[derive(Default)]
+struct Page {
+    /// Most rows per Execute (0: all).
+    max_rows: usize,
+    /// Rows passed to the client by the Execute running now.
+    sent: usize,
+    /// Rows held back.
+    rest: std::collections::VecDeque<Bytes>,
+    /// The CommandComplete, sent after the last row (and for every Execute after it).
+    complete: Option<Bytes>,
+}
+
+impl Page {
+    fn new(max_rows: usize) -> Page {
+        Page {
+            max_rows,
+            ..Page::default()
+        }
+    }
+
+    /// Whether the Execute running now has passed as many rows as it may.
+    fn full(&self) -> bool {
+        self.max_rows != 0 && self.sent >= self.max_rows
+    }
 }
 
 /// A statement to relay, found before pgwire handles its message.
@@ -95,8 +126,17 @@ struct Extended {
 }
 
 enum Then {
-    Execute,
+    /// Execute the client's portal `portal`, `max_rows` at a time (0: all).
+    Execute {
+        portal: String,
+        max_rows: usize,
+    },
     Describe(u8),
+}
+
+/// A portal's name as the protocol gives it (none: the unnamed portal).
+fn portal_name(name: Option<&str>) -> &str {
+    name.unwrap_or(pgwire::api::DEFAULT_NAME)
 }
 
 enum Change {
@@ -120,6 +160,18 @@ impl Relay {
         S: ClientPortalStore + ClientInfo,
         S::PortalStore: PortalStore<Statement = Arc<Prepared>>,
     {
+        match msg {
+            // A portal bound again or closed starts over.
+            PgWireFrontendMessage::Bind(b) => {
+                self.pages.remove(portal_name(b.portal_name.as_deref()));
+                return None;
+            }
+            PgWireFrontendMessage::Close(c) if c.target_type == b'P' => {
+                self.pages.remove(portal_name(c.name.as_deref()));
+                return None;
+            }
+            _ => {}
+        }
         // A statement relayed here runs here: nodes whose catalogs disagree for a moment
         // about where a replica is could otherwise pass it back and forth.
         if socket
@@ -147,13 +199,16 @@ impl Relay {
                 })
             }
             PgWireFrontendMessage::Execute(e) => {
-                let entry = socket
-                    .portal_store()
-                    .get_portal(e.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME))?;
+                let name = portal_name(e.name.as_deref());
+                let entry = socket.portal_store().get_portal(name)?;
                 let portal = entry.value()?;
                 self.note_unlisten_all(std::slice::from_ref(&portal.statement.statement.statement));
                 let route = self.route_prepared(engine, &portal.statement.statement)?;
-                let call = Extended::of(&portal.statement, Some(portal), Then::Execute)?;
+                let then = Then::Execute {
+                    portal: name.to_owned(),
+                    max_rows: usize::try_from(e.max_rows).unwrap_or(0),
+                };
+                let call = Extended::of(&portal.statement, Some(portal), then)?;
                 Some(Requested {
                     route,
                     message: Outgoing::Extended(call),
@@ -318,6 +373,36 @@ impl Relay {
         T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
     {
         let extended = matches!(req.message, Outgoing::Extended(_));
+        // The portal's next page, if an earlier Execute left rows.
+        let paged = match &req.message {
+            Outgoing::Extended(Extended {
+                then: Then::Execute { portal, max_rows },
+                ..
+            }) => Some((portal.clone(), *max_rows)),
+            _ => None,
+        };
+        if let Some((portal, max_rows)) = &paged {
+            if let Some(mut page) = self.pages.remove(portal) {
+                page.max_rows = *max_rows;
+                page.sent = 0;
+                let sock = socket.get_mut();
+                while !page.full() {
+                    let Some(row) = page.rest.pop_front() else {
+                        break;
+                    };
+                    sock.queue_raw(&row);
+                    page.sent += 1;
+                }
+                // Run to its end, the portal answers every later Execute with no rows.
+                match (page.rest.is_empty(), &page.complete) {
+                    (true, Some(complete)) => sock.queue_raw(complete),
+                    _ => sock.queue_raw(PORTAL_SUSPENDED),
+                }
+                self.pages.insert(portal.clone(), page);
+                flush_client(socket).await?;
+                return Ok(Vec::new());
+            }
+        }
         let token = super::cancel::begin_statement(socket);
         let Route {
             targets,
@@ -342,10 +427,16 @@ impl Relay {
                 Err(e) => return finish(socket, e, extended, queued).await,
             };
             let backend = self.backends.get_mut(&addr).expect("connected above");
+            let mut page = paged
+                .as_ref()
+                .filter(|(_, max_rows)| *max_rows > 0)
+                .map(|(_, max_rows)| Page::new(*max_rows));
             let outcome = async {
                 backend.apply_settings(&settings).await?;
                 let prepared = backend.send_statement(&req.message).await?;
-                let outcome = backend.relay(socket, &token, &mut queued).await;
+                let outcome = backend
+                    .relay(socket, &token, &mut queued, page.as_mut())
+                    .await;
                 if let (Some(key), Ok(true) | Err(_)) = (prepared, &outcome) {
                     // It may not be prepared there after all: Parse it again next time.
                     backend.forget_statement(&key);
@@ -356,6 +447,11 @@ impl Relay {
             let (e, early) = match outcome {
                 Ok(failed) => {
                     self.finished(change, failed, addr);
+                    if let (Some((portal, _)), Some(page)) = (&paged, page) {
+                        if !page.rest.is_empty() || page.complete.is_some() {
+                            self.pages.insert(portal.clone(), page);
+                        }
+                    }
                     if extended && failed {
                         // As after any error in the extended protocol: skip to the Sync.
                         socket.set_state(PgWireConnectionState::AwaitingSync);
@@ -609,8 +705,8 @@ impl Extended {
         }
         match self.then {
             // All rows at once: a portal suspended there would end at the Sync below,
-            // and its next Execute would start it over.
-            Then::Execute => frame(&mut b, b'E', |b| {
+            // and its next Execute would start it over. A row limit is kept here.
+            Then::Execute { .. } => frame(&mut b, b'E', |b| {
                 put_cstr(b, "");
                 b.put_i32(0);
             }),

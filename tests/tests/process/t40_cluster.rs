@@ -663,6 +663,30 @@ async fn statements_on_a_node_without_a_replica_run_on_a_node_that_has_one() -> 
     let err = ca.query("FETCH 1 FROM c", &[]).await.expect_err("closed");
     assert_eq!(err.code().map(|c| c.code()), Some("34000"));
 
+    // A portal run a page at a time (an Execute's row limit, like JDBC's fetch size)
+    // through node a: the holder runs it, node a hands out the pages.
+    let mut cp = cluster.client(a).await?;
+    let tx = cp.transaction().await?;
+    let sql = "SELECT item FROM solo WHERE item >= $1 ORDER BY item";
+    let portal = tx.bind(sql, &[&"m05"]).await?;
+    let mut pages: Vec<Vec<String>> = Vec::new();
+    loop {
+        let rows = tx.query_portal(&portal, 10).await?;
+        if rows.is_empty() {
+            break;
+        }
+        anyhow::ensure!(pages.len() < 10, "the portal never ends: {pages:?}");
+        pages.push(rows.iter().map(|r| r.get(0)).collect());
+    }
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [10, 10, 5]);
+    assert_eq!(pages.concat(), items[5..]);
+    // Bound again, a portal starts over.
+    let again = tx.bind(sql, &[&"m20"]).await?;
+    let rows = tx.query_portal(&again, 3).await?;
+    let firsts: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(firsts, items[20..23]);
+    tx.commit().await?;
+
     // A durable subscription fetched and acked through node a.
     ca.batch_execute("CREATE SUBSCRIPTION s ON solo FROM BEGINNING")
         .await?;

@@ -664,3 +664,26 @@ async fn a_message_id_makes_a_retried_publish_store_once() -> anyhow::Result<()>
     assert_eq!(n, 7);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_portal_returns_rows_in_pages_of_the_execute_row_limit() -> anyhow::Result<()> {
+    let node = TestNode::start().await?;
+    let mut c = node.client().await?;
+    c.batch_execute(
+        "CREATE TOPIC pages (n BIGINT); INSERT INTO pages (n) VALUES (1), (2), (3), (4), (5)",
+    )
+    .await?;
+    let tx = c.transaction().await?;
+    let portal = tx.bind("SELECT n FROM pages ORDER BY n", &[]).await?;
+    let mut pages = Vec::new();
+    loop {
+        let rows = tx.query_portal(&portal, 2).await?;
+        if rows.is_empty() {
+            break;
+        }
+        pages.push(rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>());
+    }
+    assert_eq!(pages, [vec![1, 2], vec![3, 4], vec![5]]);
+    tx.commit().await?;
+    Ok(())
+}

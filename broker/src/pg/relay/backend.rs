@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::{Decoder, Encoder, Framed};
 
-use super::{flush_client, frame, put_cstr, Outgoing, FLUSH_BYTES};
+use super::{flush_client, frame, put_cstr, Outgoing, Page, FLUSH_BYTES};
 use crate::pg::conn::FrameGuard;
 
 /// Longest wait for a replica node to accept a backend connection.
@@ -208,11 +208,15 @@ impl BackendConn {
     /// Passes the backend's answer to the client up to its ReadyForQuery (not passed).
     /// Returns whether the statement failed. A cancel of the client's statement is sent
     /// on to the backend.
+    ///
+    /// With `page`, rows past its limit are held in it, with the CommandComplete after
+    /// them, and the client gets PortalSuspended instead.
     pub(super) async fn relay<T, ST>(
         &mut self,
         socket: &mut Framed<FrameGuard<T>, PgWireMessageServerCodec<ST>>,
         token: &tokio_util::sync::CancellationToken,
         queued: &mut Vec<PgWireFrontendMessage>,
+        mut page: Option<&mut Page>,
     ) -> Result<bool, Gone>
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
@@ -237,6 +241,13 @@ impl BackendConn {
                     };
                     match tag {
                         b'Z' => {
+                            if let Some(p) = page.as_deref_mut() {
+                                if failed {
+                                    *p = Page::default();
+                                } else if !p.rest.is_empty() {
+                                    socket.get_mut().queue_raw(PORTAL_SUSPENDED);
+                                }
+                            }
                             flush_client(socket).await.map_err(Gone::Client)?;
                             return Ok(failed);
                         }
@@ -247,7 +258,25 @@ impl BackendConn {
                             let pid = socket.pid_and_secret_key().0;
                             socket.get_mut().queue_raw(&as_ours(pid, f));
                         }
+                        // Rows past the page's limit, and the end after them, are held.
+                        b'D' if page.as_deref().is_some_and(Page::full) => {
+                            if let Some(p) = page.as_deref_mut() {
+                                p.rest.push_back(f);
+                            }
+                        }
+                        b'C' if page.as_deref().is_some_and(|p| !p.rest.is_empty()) => {
+                            if let Some(p) = page.as_deref_mut() {
+                                p.complete = Some(f);
+                            }
+                        }
                         _ => {
+                            if let Some(p) = page.as_deref_mut() {
+                                match tag {
+                                    b'D' => p.sent += 1,
+                                    b'C' => p.complete = Some(f.clone()),
+                                    _ => {}
+                                }
+                            }
                             failed |= tag == b'E';
                             passed = true;
                             socket.get_mut().queue_raw(&f);
@@ -275,6 +304,9 @@ impl BackendConn {
         }
     }
 }
+
+/// The PortalSuspended message: an Execute's row limit was reached.
+pub(super) const PORTAL_SUSPENDED: &[u8] = &[b's', 0, 0, 0, 4];
 
 /// A backend's NotificationResponse frame with `pid` (the client's connection) as sender.
 pub(super) fn as_ours(pid: i32, frame: Bytes) -> Bytes {
