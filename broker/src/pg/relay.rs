@@ -63,6 +63,9 @@ pub(crate) struct Relay {
 /// What a relayed portal has left: rows (DataRow frames) and its CommandComplete.
 #[derive(Default)]
 struct Page {
+    /// The portal as bound when it ran: a portal bound again under the same name (even
+    /// unseen here, say behind pipelined writes) is another one, and runs anew.
+    bound: Option<Arc<Portal<Arc<Prepared>>>>,
     /// Most rows per Execute (0: all).
     max_rows: usize,
     /// Rows passed to the client by the Execute running now.
@@ -74,8 +77,9 @@ struct Page {
 }
 
 impl Page {
-    fn new(max_rows: usize) -> Page {
+    fn new(bound: Arc<Portal<Arc<Prepared>>>, max_rows: usize) -> Page {
         Page {
+            bound: Some(bound),
             max_rows,
             ..Page::default()
         }
@@ -126,9 +130,10 @@ struct Extended {
 }
 
 enum Then {
-    /// Execute the client's portal `portal`, `max_rows` at a time (0: all).
+    /// Execute the client's portal `portal` (`bound`), `max_rows` at a time (0: all).
     Execute {
         portal: String,
+        bound: Arc<Portal<Arc<Prepared>>>,
         max_rows: usize,
     },
     Describe(u8),
@@ -206,6 +211,7 @@ impl Relay {
                 let route = self.route_prepared(engine, &portal.statement.statement)?;
                 let then = Then::Execute {
                     portal: name.to_owned(),
+                    bound: portal.clone(),
                     max_rows: usize::try_from(e.max_rows).unwrap_or(0),
                 };
                 let call = Extended::of(&portal.statement, Some(portal), then)?;
@@ -376,13 +382,19 @@ impl Relay {
         // The portal's next page, if an earlier Execute left rows.
         let paged = match &req.message {
             Outgoing::Extended(Extended {
-                then: Then::Execute { portal, max_rows },
+                then:
+                    Then::Execute {
+                        portal,
+                        bound,
+                        max_rows,
+                    },
                 ..
-            }) => Some((portal.clone(), *max_rows)),
+            }) => Some((portal.clone(), bound.clone(), *max_rows)),
             _ => None,
         };
-        if let Some((portal, max_rows)) = &paged {
-            if let Some(mut page) = self.pages.remove(portal) {
+        if let Some((portal, bound, max_rows)) = &paged {
+            let same = |p: &Page| p.bound.as_ref().is_some_and(|b| Arc::ptr_eq(b, bound));
+            if let Some(mut page) = self.pages.remove(portal).filter(same) {
                 page.max_rows = *max_rows;
                 page.sent = 0;
                 let sock = socket.get_mut();
@@ -429,8 +441,8 @@ impl Relay {
             let backend = self.backends.get_mut(&addr).expect("connected above");
             let mut page = paged
                 .as_ref()
-                .filter(|(_, max_rows)| *max_rows > 0)
-                .map(|(_, max_rows)| Page::new(*max_rows));
+                .filter(|(_, _, max_rows)| *max_rows > 0)
+                .map(|(_, bound, max_rows)| Page::new(bound.clone(), *max_rows));
             let outcome = async {
                 backend.apply_settings(&settings).await?;
                 let prepared = backend.send_statement(&req.message).await?;
@@ -447,7 +459,7 @@ impl Relay {
             let (e, early) = match outcome {
                 Ok(failed) => {
                     self.finished(change, failed, addr);
-                    if let (Some((portal, _)), Some(page)) = (&paged, page) {
+                    if let (Some((portal, _, _)), Some(page)) = (&paged, page) {
                         if !page.rest.is_empty() || page.complete.is_some() {
                             self.pages.insert(portal.clone(), page);
                         }
