@@ -261,7 +261,12 @@ impl Positions {
         let rows = pg.query(sql::PARTITIONS, &[&topic]).await?;
         let mut ranges = Vec::with_capacity(rows.len());
         for row in rows {
-            ranges.push((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
+            // NULL offsets: the node could not learn them (no replica answered). Then
+            // the server resolves the start position itself.
+            match (row.try_get(1)?, row.try_get(2)?) {
+                (Some(start), Some(next)) => ranges.push((row.try_get(0)?, start, next)),
+                _ => return Ok(Positions::default()),
+            }
         }
         Ok(Positions::from_ranges(&ranges, from))
     }

@@ -341,6 +341,9 @@ impl Engine {
                     .map(format_duration_ms)
                     .unwrap_or_else(|| "forever".into())
             }))),
+            Arc::new(StringArray::from_iter_values(
+                topics.iter().map(|t| format_duration_ms(t.dedup_window_ms)),
+            )),
             Arc::new(StringArray::from_iter_values(topics.iter().map(|t| {
                 t.columns
                     .iter()
@@ -364,6 +367,7 @@ pub(crate) fn show_topics_schema() -> SchemaRef {
         Field::new("partitions", DataType::Int32, false),
         Field::new("replication", DataType::Utf8, false),
         Field::new("retention", DataType::Utf8, false),
+        Field::new("dedup_window", DataType::Utf8, false),
         Field::new("columns", DataType::Utf8, false),
         Field::new("messages", DataType::Int64, false),
     ]))

@@ -121,9 +121,23 @@ impl Engine {
                 _ => None,
             })
             .collect();
+        // Placed on this node, though its group may not run yet (a topic just created).
+        let me = self
+            .writer
+            .nodes()
+            .into_iter()
+            .find(|n| n.this_node)
+            .map(|n| n.id);
+        let placed_here = |t: &eddy_storage::TopicDef, p: u32| {
+            t.placement
+                .get(p as usize)
+                .is_some_and(|nodes| me.is_some_and(|me| nodes.contains(&me)))
+        };
         // Raft partitions without a replica here: a replica tells.
         let elsewhere = |t: &eddy_storage::TopicDef, p: u32| {
-            !groups.contains_key(&(t.name.clone(), p)) && t.placement.get(p as usize).is_some()
+            !groups.contains_key(&(t.name.clone(), p))
+                && t.placement.get(p as usize).is_some()
+                && !placed_here(t, p)
         };
         let wanted: Vec<(u32, u32)> = topics
             .iter()
@@ -169,6 +183,8 @@ impl Engine {
                 let (s, n, l, r) = match (groups.get(&(t.name.clone(), p)), placed) {
                     // This node's replica.
                     (Some((l, r)), _) => here(*l, Some(r.clone()))?,
+                    // This node's replica, its group not started yet: no leader known.
+                    (None, Some(placed)) if placed_here(t, p) => here(None, Some(placed))?,
                     // A replica elsewhere tells (see `wanted`); unknown if none answered.
                     (None, Some(placed)) => match remote.get(&(t.id, p)) {
                         Some(row) => (

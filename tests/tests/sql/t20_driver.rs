@@ -687,3 +687,27 @@ async fn a_portal_returns_rows_in_pages_of_the_execute_row_limit() -> anyhow::Re
     tx.commit().await?;
     Ok(())
 }
+
+/// Right after CREATE TOPIC, before the node has started the new partitions' Raft groups,
+/// `eddy.partitions` already shows their offsets (this node holds them): drivers and
+/// eddy-client read a subscription's start from it.
+#[tokio::test]
+async fn a_new_topics_partitions_show_offsets_at_once() -> anyhow::Result<()> {
+    let node = TestNode::start().await?;
+    let c = node.client().await?;
+    for i in 0..20 {
+        let name = format!("fresh{i}");
+        c.batch_execute(&format!("CREATE TOPIC {name} WITH (partitions = 3)"))
+            .await?;
+        let rows = c
+            .query(
+                "SELECT start_offset, next_offset FROM eddy.partitions WHERE topic = $1",
+                &[&name],
+            )
+            .await?;
+        let offsets: Vec<(Option<i64>, Option<i64>)> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        assert_eq!(offsets, [(Some(0), Some(0)); 3], "{name}");
+    }
+    Ok(())
+}
