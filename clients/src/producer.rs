@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
 use crate::backoff::Backoff;
@@ -268,7 +269,7 @@ impl Writer {
 /// with the same ids may help: the connection went, the node is going or starting, or
 /// eddy could not say whether the write was applied (`40001`).
 fn may_be_stored(e: &Error) -> bool {
-    e.is_retryable() || e.code().is_some_and(|c| c.code() == "40001")
+    e.is_retryable() || e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
 }
 
 /// Publishes rows to one topic in batches.

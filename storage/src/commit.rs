@@ -1055,8 +1055,6 @@ struct CatalogChange {
     next_id: u32,
 }
 
-/// Stages a table row's new value (encoded) and records the change: an update if a row
-/// `existed` under the key, an insert otherwise.
 /// `def` as a topic that has `partition`.
 fn topic_partition(def: &ObjectDef, partition: u32) -> Result<&crate::catalog::TopicDef> {
     let ObjectDef::Topic(t) = def else {
@@ -1074,6 +1072,8 @@ fn topic_partition(def: &ObjectDef, partition: u32) -> Result<&crate::catalog::T
     Ok(t)
 }
 
+/// Stages a table row's new value (encoded) and records the change: an update if a row
+/// `existed` under the key, an insert otherwise.
 fn put_row(
     key: Vec<u8>,
     row: Vec<u8>,

@@ -114,7 +114,7 @@ pub(crate) fn msg_id_expiry_start(topic: ObjectId, partition: u32) -> Vec<u8> {
 
 /// The append time and id of an expiry index key.
 pub(crate) fn msg_id_expiry_parts(key: &[u8]) -> Option<(i64, &[u8])> {
-    let rest = key.get(17..)?;
+    let rest = key.get(MSG_ID_SPACE..)?;
     let ts: [u8; 8] = rest.get(..8)?.try_into().ok()?;
     Some((u64::from_be_bytes(ts) as i64, &rest[8..]))
 }
@@ -136,8 +136,11 @@ pub(crate) fn parse_msg_id_value(v: &[u8]) -> Result<(i64, u64)> {
     Ok((i64::from_be_bytes(ts), u64::from_be_bytes(offset)))
 }
 
+/// Length of the prefix of message id keys: the partition's `log_key(.., u64::MAX)` and a tag.
+const MSG_ID_SPACE: usize = 17;
+
 fn msg_id_space(topic: ObjectId, partition: u32, tag: u8, more: usize) -> Vec<u8> {
-    let mut k = Vec::with_capacity(17 + more);
+    let mut k = Vec::with_capacity(MSG_ID_SPACE + more);
     k.extend_from_slice(&log_key(topic, partition, u64::MAX));
     k.push(tag);
     k

@@ -912,15 +912,20 @@ fn has_key(store: &Store, key: &[u8]) -> bool {
     store.inner.db.get_cf(cf, key).unwrap().is_some()
 }
 
+/// Creates one-partition topic `name` that remembers message ids for one second.
+async fn topic_with_ids(store: &Store, name: &str) -> ObjectId {
+    let mut def = topic(name, 1);
+    if let ObjectDef::Topic(t) = &mut def {
+        t.dedup_window_ms = 1000;
+    }
+    create(store, def).await.id()
+}
+
 #[tokio::test]
 async fn a_message_id_is_stored_once_within_the_window_and_forgotten_after() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
-    let mut def = topic("ids", 1);
-    if let ObjectDef::Topic(t) = &mut def {
-        t.dedup_window_ms = 1000;
-    }
-    let id = create(&store, def).await.id();
+    let id = topic_with_ids(&store, "ids").await;
     // Ahead of the clock, so that the plain append below takes the log's newest time.
     let t0 = now_micros() + 3_600_000_000;
     assert_eq!(append_once(&store, id, "m1", "first", t0).await, (0, t0));
@@ -1018,11 +1023,7 @@ fn with_ids(ids: &[String]) -> Vec<(Option<&str>, &str)> {
 async fn large_appends_forget_as_many_old_ids_as_they_take() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
-    let mut def = topic("bulk", 1);
-    if let ObjectDef::Topic(t) = &mut def {
-        t.dedup_window_ms = 1000;
-    }
-    let id = create(&store, def).await.id();
+    let id = topic_with_ids(&store, "bulk").await;
     let t0 = now_micros() + 3_600_000_000;
     let names =
         |from: usize| -> Vec<String> { (from..from + 300).map(|i| format!("b-{i}")).collect() };

@@ -61,11 +61,10 @@ pub(crate) struct Relay {
 }
 
 /// What a relayed portal has left: rows (DataRow frames) and its CommandComplete.
-#[derive(Default)]
 struct Page {
     /// The portal as bound when it ran: a portal bound again under the same name (even
     /// unseen here, say behind pipelined writes) is another one, and runs anew.
-    bound: Option<Arc<Portal<Arc<Prepared>>>>,
+    bound: Arc<Portal<Arc<Prepared>>>,
     /// Most rows per Execute (0: all).
     max_rows: usize,
     /// Rows passed to the client by the Execute running now.
@@ -79,15 +78,36 @@ struct Page {
 impl Page {
     fn new(bound: Arc<Portal<Arc<Prepared>>>, max_rows: usize) -> Page {
         Page {
-            bound: Some(bound),
+            bound,
             max_rows,
-            ..Page::default()
+            sent: 0,
+            rest: Default::default(),
+            complete: None,
         }
     }
 
     /// Whether the Execute running now has passed as many rows as it may.
     fn full(&self) -> bool {
         self.max_rows != 0 && self.sent >= self.max_rows
+    }
+
+    /// The next Execute of the portal, `max_rows` at most (0: all): its rows from those
+    /// held, then PortalSuspended while rows are left, else the CommandComplete (again,
+    /// for every Execute after the last row, which then gets none).
+    fn next_page(&mut self, max_rows: usize, mut queue: impl FnMut(&[u8])) {
+        self.max_rows = max_rows;
+        self.sent = 0;
+        while !self.full() {
+            let Some(row) = self.rest.pop_front() else {
+                break;
+            };
+            queue(&row);
+            self.sent += 1;
+        }
+        match (self.rest.is_empty(), &self.complete) {
+            (true, Some(complete)) => queue(complete),
+            _ => queue(PORTAL_SUSPENDED),
+        }
     }
 }
 
@@ -393,23 +413,10 @@ impl Relay {
             _ => None,
         };
         if let Some((portal, bound, max_rows)) = &paged {
-            let same = |p: &Page| p.bound.as_ref().is_some_and(|b| Arc::ptr_eq(b, bound));
+            let same = |p: &Page| Arc::ptr_eq(&p.bound, bound);
             if let Some(mut page) = self.pages.remove(portal).filter(same) {
-                page.max_rows = *max_rows;
-                page.sent = 0;
                 let sock = socket.get_mut();
-                while !page.full() {
-                    let Some(row) = page.rest.pop_front() else {
-                        break;
-                    };
-                    sock.queue_raw(&row);
-                    page.sent += 1;
-                }
-                // Run to its end, the portal answers every later Execute with no rows.
-                match (page.rest.is_empty(), &page.complete) {
-                    (true, Some(complete)) => sock.queue_raw(complete),
-                    _ => sock.queue_raw(PORTAL_SUSPENDED),
-                }
+                page.next_page(*max_rows, |f| sock.queue_raw(f));
                 self.pages.insert(portal.clone(), page);
                 flush_client(socket).await?;
                 return Ok(Vec::new());

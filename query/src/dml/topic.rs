@@ -16,7 +16,7 @@ use crate::engine::{Engine, Output};
 use crate::error::{Error, Result};
 use crate::provider::topic_schema;
 
-/// How many of a topic's [`write_columns`] are metadata an INSERT may set: `_key` (picks
+/// How many of a topic's [`super::write_columns`] are metadata an INSERT may set: `_key` (picks
 /// the partition) and `_msg_id` (a message id: a message whose id its partition took
 /// within the topic's `dedup_window` is not stored again). Without a column list an
 /// INSERT or COPY fills the user columns only.

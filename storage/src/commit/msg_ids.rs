@@ -142,8 +142,13 @@ impl Committer {
                 break;
             };
             it.next();
-            // Already forgotten by an earlier append of this batch.
-            if self.msg_id(&expiry, staged, group)?.is_none() {
+            // Already forgotten by an earlier append of this batch (the iterator read
+            // the database: only the staged changes can say so).
+            let staged_now = staged
+                .msg_ids
+                .get(&expiry)
+                .or_else(|| group.msg_ids.get(&expiry));
+            if matches!(staged_now, Some(None)) {
                 continue;
             }
             let Some((ts, id)) = msg_id_expiry_parts(&expiry) else {

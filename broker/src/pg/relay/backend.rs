@@ -243,7 +243,9 @@ impl BackendConn {
                         b'Z' => {
                             if let Some(p) = page.as_deref_mut() {
                                 if failed {
-                                    *p = Page::default();
+                                    // Nothing to page: the portal failed.
+                                    p.rest.clear();
+                                    p.complete = None;
                                 } else if !p.rest.is_empty() {
                                     socket.get_mut().queue_raw(PORTAL_SUSPENDED);
                                 }
