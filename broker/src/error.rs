@@ -93,7 +93,7 @@ pub fn classify(e: &QueryError) -> (&'static str, String) {
                 msg,
             )
         }
-        QueryError::Cancelled => QUERY_CANCELED,
+        QueryError::Cancelled | QueryError::StatementTimeout => QUERY_CANCELED,
         QueryError::PositionOutsideRetention { .. } => POSITION_OUTSIDE_RETENTION,
         QueryError::LaggedOut { .. } => LAGGED_OUT,
         QueryError::UndefinedCursor(_) => INVALID_CURSOR_NAME,

@@ -43,9 +43,9 @@ use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::copy::CopyData;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
-use tokio_util::sync::CancellationToken;
 
 use crate::error::to_pg;
+use cancel::Running;
 
 /// Shared by every connection of a node.
 pub struct Backend {
@@ -147,16 +147,16 @@ pub(crate) fn format_options<C: ClientInfo>(client: &C) -> Arc<FormatOptions> {
     Arc::new(FormatOptions::from_client_metadata(client.metadata()))
 }
 
-/// Turns an engine output into a wire response; its rows stop when `token` is cancelled.
+/// Turns an engine output into a wire response; its rows stop when the statement must.
 pub(crate) fn respond<C: ClientInfo>(
     client: &C,
     output: Output,
     format: &Format,
-    token: CancellationToken,
+    running: Running,
 ) -> PgWireResult<Response> {
     Ok(match output {
         Output::Rows { tag, stream } => {
-            rows_response(&tag, stream, format, format_options(client), token)?
+            rows_response(&tag, stream, format, format_options(client), running)?
         }
         Output::Command { tag, rows } => Response::Execution(command_tag(&tag, rows)),
         Output::TransactionStart => Response::TransactionStart(Tag::new("BEGIN")),
@@ -166,7 +166,7 @@ pub(crate) fn respond<C: ClientInfo>(
             copy::begin(client, sink);
             Response::CopyIn(CopyResponse::new(0, columns, stream::empty()))
         }
-        Output::CopyOut { stream, options } => copy_out(stream, options, token),
+        Output::CopyOut { stream, options } => copy_out(stream, options, running),
     })
 }
 
@@ -184,7 +184,7 @@ pub(crate) fn rows_response(
     stream: SendableRecordBatchStream,
     format: &Format,
     options: Arc<FormatOptions>,
-    token: CancellationToken,
+    running: Running,
 ) -> PgWireResult<Response> {
     let schema = stream.schema();
     let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, Some(options))?);
@@ -196,16 +196,12 @@ pub(crate) fn rows_response(
         })
         .flatten()
         .boxed();
-    let mut response = QueryResponse::new(fields, cancel::cancellable(rows, token));
+    let mut response = QueryResponse::new(fields, running.guard(rows));
     response.set_command_tag(tag);
     Ok(Response::Query(response))
 }
 
-fn copy_out(
-    stream: SendableRecordBatchStream,
-    options: CopyOptions,
-    token: CancellationToken,
-) -> Response {
+fn copy_out(stream: SendableRecordBatchStream, options: CopyOptions, running: Running) -> Response {
     let schema = stream.schema();
     let columns = schema.fields().len();
     let mut header = options.header.then(|| options.encode_header(&schema));
@@ -235,11 +231,7 @@ fn copy_out(
         })
         .flatten()
         .boxed();
-    Response::CopyOut(CopyResponse::new(
-        0,
-        columns,
-        cancel::cancellable(data, token),
-    ))
+    Response::CopyOut(CopyResponse::new(0, columns, running.guard(data)))
 }
 
 #[async_trait]
@@ -251,17 +243,19 @@ impl SimpleQueryHandler for Backend {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let statements = self.engine.parse(query).map_err(to_pg)?;
-        let token = cancel::begin_statement(client);
         let session = session_of(client);
+        // One deadline for the whole query string, as in PostgreSQL.
+        let timeout = session.lock().statement_timeout();
+        let running = Running::begin(client, timeout);
         let mut out = Vec::with_capacity(statements.len());
         for stmt in statements {
             // The session is cloned out and back so no lock is held across an await.
             let mut s = session.lock().clone();
-            let result = cancel::until_cancelled(&token, self.engine.run(&mut s, stmt)).await;
+            let result = running.until_stopped(self.engine.run(&mut s, stmt)).await;
             *session.lock() = s;
             match result
                 .map_err(to_pg)
-                .and_then(|o| respond(client, o, &Format::UnifiedText, token.clone()))
+                .and_then(|o| respond(client, o, &Format::UnifiedText, running.clone()))
             {
                 Ok(r) => {
                     let copy_in = matches!(r, Response::CopyIn(_));

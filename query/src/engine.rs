@@ -164,7 +164,7 @@ pub struct Session {
 }
 
 /// Defaults reported by SHOW (and as ParameterStatus at startup).
-pub const DEFAULT_SETTINGS: [(&str, &str); 14] = [
+pub const DEFAULT_SETTINGS: [(&str, &str); 15] = [
     ("server_version", "16.6"),
     ("server_version_num", "160006"),
     ("server_encoding", "UTF8"),
@@ -179,6 +179,7 @@ pub const DEFAULT_SETTINGS: [(&str, &str); 14] = [
     ("default_transaction_isolation", "read committed"),
     ("max_identifier_length", "63"),
     ("consistency", "strong"),
+    ("statement_timeout", "0"),
 ];
 
 impl Session {
@@ -196,9 +197,25 @@ impl Session {
                 .map(|(_, v)| (*v).to_owned())
         })
     }
+    /// How long a statement may run (`statement_timeout`; 0, the default: no limit).
+    pub fn statement_timeout(&self) -> Option<std::time::Duration> {
+        let ms = self
+            .get("statement_timeout")
+            .and_then(|v| crate::types::parse_duration_ms(&v).ok())?;
+        (ms > 0).then(|| std::time::Duration::from_millis(ms))
+    }
     /// Changes a setting.
     pub fn set(&mut self, name: &str, value: String) {
         self.vars.insert(name.to_ascii_lowercase(), value);
+    }
+    /// Puts a setting (`None`: every setting) back to its default.
+    pub fn reset(&mut self, name: Option<&str>) {
+        match name {
+            Some(name) => {
+                self.vars.remove(&name.to_ascii_lowercase());
+            }
+            None => self.vars.clear(),
+        }
     }
     /// The settings changed with SET in this session (lower-case names).
     pub fn settings(&self) -> &BTreeMap<String, String> {
@@ -768,6 +785,12 @@ impl Engine {
                         variable, values, ..
                     } => {
                         let name = variable.to_string().to_ascii_lowercase();
+                        if let [SqlExpr::Identifier(i)] = values.as_slice() {
+                            if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default") {
+                                session.reset(Some(&name));
+                                return command("SET");
+                            }
+                        }
                         let value = values
                             .iter()
                             .map(option_value)
@@ -778,12 +801,24 @@ impl Engine {
                                 "consistency must be 'strong' or 'local', not '{value}'"
                             )));
                         }
+                        if name == "statement_timeout" {
+                            crate::types::parse_duration_ms(&value)?;
+                        }
                         session.set(&name, value);
                     }
                     Set::SetTimeZone { value, .. } => session.set("timezone", option_value(value)),
                     _ => {}
                 }
                 command("SET")
+            }
+            SqlStatement::Reset(reset) => {
+                match &reset.reset {
+                    ast::Reset::ALL => session.reset(None),
+                    ast::Reset::ConfigurationParameter(name) => {
+                        session.reset(Some(&name.to_string()))
+                    }
+                }
+                command("RESET")
             }
             SqlStatement::ShowVariable { variable } => {
                 let name = variable
@@ -990,7 +1025,15 @@ fn plan_objects(engine: &Engine, plan: &LogicalPlan) -> Vec<ObjectId> {
 
 /// Parameter types of a DataFusion plan, ordered by `$n`.
 pub(crate) fn param_types_of(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
-    let map = plan.get_parameter_types()?;
+    let mut map = plan.get_parameter_types()?;
+    // DataFusion types a parameter compared with a column; one cast (`$1::float8`) or
+    // passed to a function of one exact signature (`pg_sleep($1)`) takes that type, as
+    // in PostgreSQL.
+    for (id, ty) in placeholder_hints(plan)? {
+        if let Some(slot @ None) = map.get_mut(&id) {
+            *slot = Some(ty);
+        }
+    }
     let mut out: Vec<Option<DataType>> = Vec::new();
     for (k, v) in map {
         let Some(n) = k.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) else {
@@ -1005,6 +1048,40 @@ pub(crate) fn param_types_of(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>
         out[n - 1] = v;
     }
     Ok(out)
+}
+
+/// Types the plan's expressions imply for parameters DataFusion left untyped: the target
+/// of a cast of the parameter, or the argument type of a function with one exact
+/// signature. The first hint of a parameter wins.
+fn placeholder_hints(plan: &LogicalPlan) -> Result<HashMap<String, DataType>> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::{Expr, TypeSignature};
+    let mut hints: HashMap<String, DataType> = HashMap::new();
+    let mut hint = |arg: &Expr, ty: &DataType| {
+        if let Expr::Placeholder(p) = arg {
+            hints.entry(p.id.clone()).or_insert_with(|| ty.clone());
+        }
+    };
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                match e {
+                    Expr::Cast(c) => hint(&c.expr, c.field.data_type()),
+                    Expr::TryCast(c) => hint(&c.expr, c.field.data_type()),
+                    Expr::ScalarFunction(f) => {
+                        if let TypeSignature::Exact(types) = &f.func.signature().type_signature {
+                            for (arg, ty) in f.args.iter().zip(types) {
+                                hint(arg, ty);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
+    Ok(hints)
 }
 
 /// The parameter values as scalars, by position.

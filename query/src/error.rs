@@ -108,6 +108,9 @@ pub enum Error {
     /// The statement was cancelled.
     #[error("canceling statement due to user request")]
     Cancelled,
+    /// The statement ran longer than the session's `statement_timeout`.
+    #[error("canceling statement due to statement timeout")]
+    StatementTimeout,
     /// DataFusion planning or execution.
     #[error("{0}")]
     DataFusion(Box<DataFusionError>),

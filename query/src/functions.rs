@@ -3,7 +3,10 @@
 use std::sync::Arc;
 
 use arrow::datatypes::DataType;
-use datafusion::logical_expr::{create_udf, ColumnarValue, Volatility};
+use datafusion::logical_expr::async_udf::{AsyncScalarUDF, AsyncScalarUDFImpl};
+use datafusion::logical_expr::{
+    create_udf, ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+};
 use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
 
@@ -28,4 +31,56 @@ pub(crate) fn register(ctx: &SessionContext) {
             ))))
         }),
     ));
+    let sleep = PgSleep {
+        signature: Signature::exact(vec![DataType::Float64], Volatility::Volatile),
+    };
+    ctx.register_udf(AsyncScalarUDF::new(Arc::new(sleep)).into_scalar_udf());
+}
+
+/// `pg_sleep(seconds)`: waits, without holding a thread, then answers an empty value (as
+/// PostgreSQL's `void`). Once per row, as PostgreSQL does; a cancel or the end of the
+/// connection stops it, since the statement's stream is dropped.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PgSleep {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for PgSleep {
+    fn name(&self) -> &str {
+        "pg_sleep"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, _: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        datafusion::common::internal_err!("pg_sleep runs only as an async function")
+    }
+}
+
+#[async_trait::async_trait]
+impl AsyncScalarUDFImpl for PgSleep {
+    async fn invoke_async_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let seconds = args.args[0].to_array(rows)?;
+        let seconds = seconds
+            .as_any()
+            .downcast_ref::<arrow::array::Float64Array>()
+            .ok_or_else(|| {
+                datafusion::error::DataFusionError::Plan("pg_sleep takes seconds".into())
+            })?;
+        // A NULL, negative or NaN wait is none, as in PostgreSQL.
+        let total: f64 = seconds.iter().flatten().filter(|s| *s > 0.0).sum();
+        if let Ok(wait) = std::time::Duration::try_from_secs_f64(total) {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(ColumnarValue::Array(Arc::new(
+            arrow::array::StringArray::from(vec![""; rows]),
+        )))
+    }
 }

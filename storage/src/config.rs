@@ -18,6 +18,10 @@ pub struct StorageConfig {
     /// Bytes of each partition's newest messages kept in memory, so subscribers that keep
     /// up read them without touching RocksDB (0 = off).
     pub tail_cache_bytes: usize,
+    /// The write-ahead log's total size past which the column families holding its
+    /// oldest file are flushed, so that file is finished and recycled. Bounds the WAL on
+    /// disk and the replay at restart.
+    pub max_wal_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -28,6 +32,7 @@ impl Default for StorageConfig {
             sync: true,
             retention_check_ms: 1000,
             tail_cache_bytes: 1 << 20,
+            max_wal_bytes: 256 << 20,
         }
     }
 }
@@ -40,6 +45,9 @@ impl StorageConfig {
         }
         if self.queue_depth == 0 {
             return Err("storage.queue_depth must be at least 1".into());
+        }
+        if self.max_wal_bytes < 1 << 20 {
+            return Err("storage.max_wal_bytes must be at least 1 MiB".into());
         }
         if self.retention_check_ms == 0 {
             return Err("storage.retention_check_ms must be at least 1".into());

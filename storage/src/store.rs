@@ -393,10 +393,22 @@ impl Store {
         // is overwritten in place has no file-size metadata to commit, which is most of
         // the difference between a durable ack and a plain write on an ext4 disk.
         opts.set_recycle_log_file_num(4);
+        // A WAL file is finished (and recycled) only once every family with data in it has
+        // been flushed. The small families (catalog, Raft metadata, subscriptions) fill
+        // their memtables slowly, so without a bound on the WAL's total size they would
+        // hold every WAL file for ever: the WAL grows by a file per memtable of the log,
+        // restarts replay all of it, and no file is ever recycled.
+        opts.set_max_total_wal_size(config.max_wal_bytes);
         let cfs = ALL_CFS.iter().map(|name| {
             let mut o = Options::default();
             if *name == CF_LOG || *name == CF_ROWS {
                 o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+                // Point gets that mostly miss once their keys are in SST files: message id
+                // lookups (every new id is a miss) and a table's key checks on insert. A
+                // whole-key bloom filter answers a miss without reading the file's blocks.
+                let mut table = rocksdb::BlockBasedOptions::default();
+                table.set_bloom_filter(10.0, false);
+                o.set_block_based_table_factory(&table);
             }
             ColumnFamilyDescriptor::new(*name, o)
         });

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -61,23 +62,94 @@ pub(crate) fn begin_statement<C: ClientInfo>(client: &C) -> CancellationToken {
     token
 }
 
-/// Ends `stream` with SQLSTATE 57014 once `token` is cancelled.
-pub(crate) fn cancellable<T: Send + 'static>(
-    stream: BoxStream<'static, PgWireResult<T>>,
-    token: CancellationToken,
-) -> BoxStream<'static, PgWireResult<T>> {
-    futures::stream::unfold(Some((stream, token)), |state| async move {
-        let (mut stream, token) = state?;
-        tokio::select! {
-            biased;
-            _ = token.cancelled() => Some((
-                Err(user_error(sqlstate::QUERY_CANCELED, "canceling statement due to user request")),
-                None,
-            )),
-            item = stream.next() => item.map(|i| (i, Some((stream, token)))),
+/// A statement running here: cancelled by a CancelRequest (its token) or by running past
+/// the session's `statement_timeout` (its deadline), both SQLSTATE 57014.
+#[derive(Clone)]
+pub(crate) struct Running {
+    pub(crate) token: CancellationToken,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Running {
+    /// A fresh token for the statement the connection starts now, with a deadline after
+    /// `timeout` if there is one.
+    pub(crate) fn begin<C: ClientInfo>(client: &C, timeout: Option<Duration>) -> Running {
+        Running {
+            token: begin_statement(client),
+            deadline: timeout.map(|t| tokio::time::Instant::now() + t),
         }
-    })
-    .boxed()
+    }
+
+    /// A statement nothing stops: a pipelined blind write, answered in its turn.
+    pub(crate) fn unstoppable() -> Running {
+        Running {
+            token: CancellationToken::new(),
+            deadline: None,
+        }
+    }
+
+    /// Resolves when the statement must stop, with why.
+    async fn stopped(&self) -> eddy_query::Error {
+        let mut deadline = self
+            .deadline
+            .map(|at| Box::pin(tokio::time::sleep_until(at)));
+        stopped(&self.token, &mut deadline).await
+    }
+
+    /// Runs a statement until it finishes or must stop (then 57014). Statements that wait
+    /// (FETCH ... WITH (timeout), a long plan) stop waiting at once; what they already
+    /// sent to storage still commits, as with PostgreSQL's cancel racing a commit.
+    pub(crate) async fn until_stopped<T>(
+        &self,
+        work: impl std::future::Future<Output = eddy_query::Result<T>>,
+    ) -> eddy_query::Result<T> {
+        tokio::select! {
+            r = work => r,
+            e = self.stopped() => Err(e),
+        }
+    }
+
+    /// Ends `stream` with SQLSTATE 57014 once the statement must stop. The deadline's
+    /// timer is set once, not per item.
+    pub(crate) fn guard<T: Send + 'static>(
+        self,
+        stream: BoxStream<'static, PgWireResult<T>>,
+    ) -> BoxStream<'static, PgWireResult<T>> {
+        let deadline = self
+            .deadline
+            .map(|at| Box::pin(tokio::time::sleep_until(at)));
+        futures::stream::unfold(Some((stream, self.token, deadline)), |state| async move {
+            let (mut stream, token, mut deadline) = state?;
+            let why = tokio::select! {
+                biased;
+                why = stopped(&token, &mut deadline) => why,
+                item = stream.next() => return item.map(|i| (i, Some((stream, token, deadline)))),
+            };
+            Some((
+                Err(user_error(sqlstate::QUERY_CANCELED, why.to_string())),
+                None,
+            ))
+        })
+        .boxed()
+    }
+}
+
+/// Resolves when `token` is cancelled or `deadline` passes, with why.
+async fn stopped(
+    token: &CancellationToken,
+    deadline: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+) -> eddy_query::Error {
+    let timer = async {
+        match deadline {
+            Some(sleep) => sleep.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = token.cancelled() => eddy_query::Error::Cancelled,
+        _ = timer => eddy_query::Error::StatementTimeout,
+    }
 }
 
 /// Trips our token and pgwire's.
@@ -92,18 +164,5 @@ impl CancelHandler for EddyCancelHandler {
         tracing::debug!(pid = request.pid, "cancel request");
         self.registry.cancel(request.pid, &request.secret_key);
         self.inner.on_cancel_request(request).await;
-    }
-}
-
-/// Runs a statement until it finishes or `token` is cancelled (then 57014). Statements that
-/// wait (FETCH ... WITH (timeout), a long plan) stop waiting at once; what they already
-/// sent to storage still commits, as with PostgreSQL's cancel racing a commit.
-pub(crate) async fn until_cancelled<T>(
-    token: &CancellationToken,
-    work: impl std::future::Future<Output = eddy_query::Result<T>>,
-) -> eddy_query::Result<T> {
-    tokio::select! {
-        r = work => r,
-        _ = token.cancelled() => Err(eddy_query::Error::Cancelled),
     }
 }

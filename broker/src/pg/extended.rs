@@ -132,18 +132,18 @@ impl ExtendedQueryHandler for Backend {
     {
         let prepared = &portal.statement.statement;
         let params = parameters(portal)?;
-        let token = super::cancel::begin_statement(client);
         let session = session_of(client);
         let mut s = session.lock().clone();
-        let result =
-            super::cancel::until_cancelled(&token, self.engine.execute(&mut s, prepared, &params))
-                .await;
+        let running = super::cancel::Running::begin(client, s.statement_timeout());
+        let result = running
+            .until_stopped(self.engine.execute(&mut s, prepared, &params))
+            .await;
         *session.lock() = s;
         respond(
             client,
             result.map_err(to_pg)?,
             &portal.result_column_format,
-            token,
+            running,
         )
     }
 }

@@ -28,6 +28,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
+use super::cancel::Running;
 use bytes::{Bytes, BytesMut};
 use eddy_query::{Engine, Prepared, Session};
 use futures::stream::FuturesOrdered;
@@ -40,7 +41,6 @@ use pgwire::error::{ErrorInfo, PgWireError};
 use pgwire::messages::extendedquery::Execute;
 use pgwire::messages::response::TransactionStatus;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
-use tokio_util::sync::CancellationToken;
 
 use crate::error::to_pg;
 
@@ -180,7 +180,7 @@ where
                     Ok(Response::Execution(super::command_tag(&tag, rows)))
                 }
                 eddy_query::Output::Rows { tag, stream } => {
-                    super::rows_response(&tag, stream, &format, options, CancellationToken::new())
+                    super::rows_response(&tag, stream, &format, options, Running::unstoppable())
                 }
                 _ => Err(PgWireError::ApiError(
                     "a blind write answered with neither rows nor a command tag".into(),

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use eddy_tests::TestNode;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 
 #[tokio::test]
 async fn prepared_statements_with_parameters() -> anyhow::Result<()> {
@@ -112,6 +113,11 @@ async fn prepared_statements_with_parameters() -> anyhow::Result<()> {
         .await?;
     let r = c.query_one(&get, &[&7i64]).await?;
     assert_eq!(r.get::<_, Option<String>>(0), None);
+    // A parameter compared with nothing takes the type it is cast to, as in PostgreSQL.
+    let stmt = c.prepare("SELECT $1::float8 * 2, $2::bigint + 1").await?;
+    assert_eq!(stmt.params(), &[Type::FLOAT8, Type::INT8]);
+    let r = c.query_one(&stmt, &[&1.25f64, &41i64]).await?;
+    assert_eq!((r.get::<_, f64>(0), r.get::<_, i64>(1)), (2.5, 42));
     node.shutdown().await
 }
 
@@ -379,6 +385,84 @@ async fn cancel_request_stops_a_running_query() -> anyhow::Result<()> {
     // The connection is still usable afterwards.
     let n: i64 = c.query_one("SELECT count(*) FROM n", &[]).await?.get(0);
     assert_eq!(n, 600);
+    node.shutdown().await
+}
+
+/// `pg_sleep` waits without a thread of its own, so a cancel stops it like any query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_request_stops_pg_sleep() -> anyhow::Result<()> {
+    let node = TestNode::start().await?;
+    let c = std::sync::Arc::new(node.client().await?);
+    let token = c.cancel_token();
+    let q = c.clone();
+    let running = tokio::spawn(async move { q.query("SELECT pg_sleep(600)", &[]).await });
+    let result = loop {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        token.cancel_query(tokio_postgres::NoTls).await?;
+        if running.is_finished() {
+            break running.await?;
+        }
+    };
+    let err = result.expect_err("the sleep was cancelled");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err:?}");
+    let row = c.query_one("SELECT pg_sleep(0.01)", &[]).await?;
+    assert_eq!(row.get::<_, &str>(0), "");
+    node.shutdown().await
+}
+
+/// `statement_timeout` stops a statement that runs too long, in either protocol, with
+/// 57014 and PostgreSQL's message, and leaves the connection usable. (Two workers, as a
+/// node has: the timer needs a thread while the query's own tasks keep one busy.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_timeout_stops_long_statements() -> anyhow::Result<()> {
+    let node = TestNode::start().await?;
+    let c = node.client().await?;
+    let bad = c
+        .batch_execute("SET statement_timeout = 'soon'")
+        .await
+        .expect_err("not a duration");
+    assert_eq!(bad.code(), Some(&SqlState::INVALID_PARAMETER_VALUE));
+    c.batch_execute("SET statement_timeout = '200ms'").await?;
+    let shown: String = c.query_one("SHOW statement_timeout", &[]).await?.get(0);
+    assert_eq!(shown, "200ms");
+    let timed_out = |e: tokio_postgres::Error| {
+        let db = e
+            .as_db_error()
+            .unwrap_or_else(|| panic!("not a server error: {e:?}"))
+            .clone();
+        assert_eq!(db.code(), &SqlState::QUERY_CANCELED);
+        assert_eq!(db.message(), "canceling statement due to statement timeout");
+    };
+    // Extended protocol, then simple (one deadline for the whole query string).
+    timed_out(
+        c.query("SELECT pg_sleep($1)", &[&600.0f64])
+            .await
+            .expect_err("timed out"),
+    );
+    timed_out(
+        c.simple_query("SELECT 1; SELECT pg_sleep(0.15); SELECT pg_sleep(0.15)")
+            .await
+            .expect_err("timed out"),
+    );
+    // Rows that stream for longer than the timeout are stopped too.
+    c.batch_execute("CREATE TABLE n (i INT PRIMARY KEY)")
+        .await?;
+    let values: Vec<String> = (0..600).map(|i| format!("({i})")).collect();
+    c.batch_execute(&format!("INSERT INTO n VALUES {}", values.join(",")))
+        .await?;
+    timed_out(
+        c.query(
+            "SELECT count(*) FROM n a, n b, n c WHERE a.i + b.i + c.i >= 0",
+            &[],
+        )
+        .await
+        .expect_err("timed out"),
+    );
+    // Quick statements are unaffected, and 0 turns the limit off.
+    let n: i64 = c.query_one("SELECT count(*) FROM n", &[]).await?.get(0);
+    assert_eq!(n, 600);
+    c.batch_execute("SET statement_timeout = 0").await?;
+    c.query_one("SELECT pg_sleep(0.3)", &[]).await?;
     node.shutdown().await
 }
 
