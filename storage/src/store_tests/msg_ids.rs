@@ -59,11 +59,17 @@ async fn topic_with_ids(store: &Store, name: &str) -> ObjectId {
     create(store, def).await.id()
 }
 
-#[tokio::test]
-async fn a_message_id_is_stored_once_within_the_window_and_forgotten_after() {
+/// A new store in a temp dir, with topic `name` as [`topic_with_ids`] makes it.
+async fn store_with_ids(name: &str) -> (tempfile::TempDir, Store, ObjectId) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
-    let id = topic_with_ids(&store, "ids").await;
+    let id = topic_with_ids(&store, name).await;
+    (dir, store, id)
+}
+
+#[tokio::test]
+async fn a_message_id_is_stored_once_within_the_window_and_forgotten_after() {
+    let (dir, store, id) = store_with_ids("ids").await;
     // Ahead of the clock, so that the plain append below takes the log's newest time.
     let t0 = now_micros() + 3_600_000_000;
     assert_eq!(append_once(&store, id, "m1", "first", t0).await, (0, t0));
@@ -159,9 +165,7 @@ fn with_ids(ids: &[String]) -> Vec<(Option<&str>, &str)> {
 /// ids as it takes, so one window's ids are gone after the next window's first op.
 #[tokio::test]
 async fn large_appends_forget_as_many_old_ids_as_they_take() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
-    let id = topic_with_ids(&store, "bulk").await;
+    let (_dir, store, id) = store_with_ids("bulk").await;
     let t0 = now_micros() + 3_600_000_000;
     let names =
         |from: usize| -> Vec<String> { (from..from + 300).map(|i| format!("b-{i}")).collect() };
@@ -190,9 +194,7 @@ async fn large_appends_forget_as_many_old_ids_as_they_take() {
 /// new id) does not read a file's blocks once the ids are flushed out of the memtable.
 #[tokio::test]
 async fn flushed_ids_are_covered_by_a_bloom_filter() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
-    let id = topic_with_ids(&store, "flushed").await;
+    let (_dir, store, id) = store_with_ids("flushed").await;
     let ids: Vec<String> = (0..200).map(|i| format!("f-{i}")).collect();
     let at = now_micros();
     append_ids(&store, id, &with_ids(&ids), at).await;
