@@ -42,6 +42,10 @@ pub struct QueryConfig {
     /// An idle `COPY (SUBSCRIBE ...)` sends a heartbeat row after this many milliseconds
     /// without rows (0 = never; a subscription's `WITH (heartbeat = '5s')` overrides it).
     pub subscription_heartbeat_ms: u64,
+    /// Bytes of rows a node may hold for one relayed portal run with a row limit (rows
+    /// past the first page wait here for the next Execute); past it the Execute fails
+    /// with SQLSTATE 54000.
+    pub relay_page_bytes: usize,
 }
 
 impl Default for QueryConfig {
@@ -51,6 +55,7 @@ impl Default for QueryConfig {
             default_partitions: 1,
             copy_batch_rows: 8192,
             subscription_heartbeat_ms: 0,
+            relay_page_bytes: 64 << 20,
         }
     }
 }
@@ -60,6 +65,9 @@ impl QueryConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_message_bytes == 0 {
             return Err("query.max_message_bytes must be at least 1".into());
+        }
+        if self.relay_page_bytes == 0 {
+            return Err("query.relay_page_bytes must be at least 1".into());
         }
         if !(1..=MAX_PARTITIONS).contains(&self.default_partitions) {
             return Err(format!(

@@ -236,7 +236,7 @@ pub async fn serve(tcp: TcpStream, handlers: super::Handlers) -> io::Result<()> 
     // Answers owed to pipelined writes, and output queued behind them.
     let mut pipeline = Pipeline::default();
     // Statements run on another node holding the replicas they read.
-    let mut relay = super::relay::Relay::default();
+    let mut relay = super::relay::Relay::new(engine.config().relay_page_bytes);
     loop {
         let msg = match pending.pop_front() {
             Some(m) => m,

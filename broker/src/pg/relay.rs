@@ -58,6 +58,8 @@ pub(crate) struct Relay {
     /// and its rows are handed out here a page at a time (then none, as for a portal
     /// run to its end), until the portal is bound again or closed.
     pages: HashMap<String, Page>,
+    /// The most bytes of rows one page may hold (`query.relay_page_bytes`).
+    page_limit: usize,
 }
 
 /// What a relayed portal has left: rows (DataRow frames) and its CommandComplete.
@@ -71,19 +73,42 @@ struct Page {
     sent: usize,
     /// Rows held back.
     rest: std::collections::VecDeque<Bytes>,
+    /// Their bytes, and the most they may reach (`query.relay_page_bytes`).
+    held: usize,
+    limit: usize,
+    /// The rows outgrew the limit: the rest of the answer is dropped and the Execute
+    /// fails.
+    over: bool,
     /// The CommandComplete, sent after the last row (and for every Execute after it).
     complete: Option<Bytes>,
 }
 
 impl Page {
-    fn new(bound: Arc<Portal<Arc<Prepared>>>, max_rows: usize) -> Page {
+    fn new(bound: Arc<Portal<Arc<Prepared>>>, max_rows: usize, limit: usize) -> Page {
         Page {
             bound,
             max_rows,
             sent: 0,
             rest: Default::default(),
+            held: 0,
+            limit,
+            over: false,
             complete: None,
         }
+    }
+
+    /// Holds a row past the page's limit. Returns false when it would outgrow the bytes
+    /// a page may hold: then nothing is held any more.
+    fn hold(&mut self, row: Bytes) -> bool {
+        if self.held + row.len() > self.limit {
+            self.over = true;
+            self.rest.clear();
+            self.held = 0;
+            return false;
+        }
+        self.held += row.len();
+        self.rest.push_back(row);
+        true
     }
 
     /// Whether the Execute running now has passed as many rows as it may.
@@ -101,6 +126,7 @@ impl Page {
             let Some(row) = self.rest.pop_front() else {
                 break;
             };
+            self.held -= row.len();
             queue(&row);
             self.sent += 1;
         }
@@ -173,6 +199,14 @@ enum Change {
 }
 
 impl Relay {
+    /// A connection's relay, holding at most `page_limit` bytes of rows per paged portal.
+    pub(crate) fn new(page_limit: usize) -> Relay {
+        Relay {
+            page_limit,
+            ..Relay::default()
+        }
+    }
+
     /// The relay `msg` asks for, if its statement reads objects this node holds no replica
     /// of, or uses a cursor declared or a channel LISTENed through the relay.
     pub(crate) fn requested<S>(
@@ -449,7 +483,7 @@ impl Relay {
             let mut page = paged
                 .as_ref()
                 .filter(|(_, _, max_rows)| *max_rows > 0)
-                .map(|(_, bound, max_rows)| Page::new(bound.clone(), *max_rows));
+                .map(|(_, bound, max_rows)| Page::new(bound.clone(), *max_rows, self.page_limit));
             let outcome = async {
                 backend.apply_settings(&settings).await?;
                 let prepared = backend.send_statement(&req.message).await?;
@@ -466,6 +500,19 @@ impl Relay {
             let (e, early) = match outcome {
                 Ok(failed) => {
                     self.finished(change, failed, addr);
+                    if page.as_ref().is_some_and(|p| p.over) {
+                        let e = user_error(
+                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                            format!(
+                                "the rows of this portal past its row limit are over \
+                                 query.relay_page_bytes ({} bytes) on this node, which \
+                                 holds them for a replica elsewhere; fetch without a row \
+                                 limit, or connect to a node holding a replica",
+                                self.page_limit
+                            ),
+                        );
+                        return finish(socket, e, extended, queued).await;
+                    }
                     if let (Some((portal, _, _)), Some(page)) = (&paged, page) {
                         if !page.rest.is_empty() || page.complete.is_some() {
                             self.pages.insert(portal.clone(), page);

@@ -541,7 +541,12 @@ async fn pipelined_publishes_through_a_follower_keep_their_order_on_every_replic
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_on_a_node_without_a_replica_run_on_a_node_that_has_one() -> anyhow::Result<()> {
     use futures::StreamExt;
-    let mut cluster = TestCluster::start(3).await?;
+    // Relayed pages small enough to outgrow (see the end of the portal part).
+    let config = tempfile::NamedTempFile::new()?;
+    std::fs::write(config.path(), "[query]\nrelay_page_bytes = 1000\n")?;
+    let path = config.path().to_string_lossy().into_owned();
+    let mut cluster =
+        TestCluster::start_with(3, |_| vec!["--config".to_owned(), path.clone()]).await?;
     cluster
         .client(1)
         .await?
@@ -686,6 +691,24 @@ async fn statements_on_a_node_without_a_replica_run_on_a_node_that_has_one() -> 
     let firsts: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(firsts, items[20..23]);
     tx.commit().await?;
+    // Rows past the first page may take up to query.relay_page_bytes (1,000 here) on
+    // node a: 900 rows of a join outgrow it, and the Execute fails with 54000.
+    let tx = cp.transaction().await?;
+    let big = tx
+        .bind(
+            "SELECT a.item FROM solo a, solo b WHERE b.item >= $1",
+            &[&"m00"],
+        )
+        .await?;
+    let err = tx
+        .query_portal(&big, 10)
+        .await
+        .expect_err("over the page bytes");
+    assert_eq!(err.code().map(|c| c.code()), Some("54000"), "{err:?}");
+    drop(tx);
+    // The connection and the holder go on.
+    let n: i64 = cp.query_one("SELECT count(*) FROM solo", &[]).await?.get(0);
+    assert_eq!(n, 30);
 
     // A durable subscription fetched and acked through node a.
     ca.batch_execute("CREATE SUBSCRIPTION s ON solo FROM BEGINNING")

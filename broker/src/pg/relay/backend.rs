@@ -242,7 +242,7 @@ impl BackendConn {
                     match tag {
                         b'Z' => {
                             if let Some(p) = page.as_deref_mut() {
-                                if failed {
+                                if failed || p.over {
                                     // Nothing to page: the portal failed.
                                     p.rest.clear();
                                     p.complete = None;
@@ -251,7 +251,7 @@ impl BackendConn {
                                 }
                             }
                             flush_client(socket).await.map_err(Gone::Client)?;
-                            return Ok(failed);
+                            return Ok(failed || page.is_some_and(|p| p.over));
                         }
                         // Parse, Bind and Close were answered here already.
                         b'1' | b'2' | b'3' => {}
@@ -260,10 +260,18 @@ impl BackendConn {
                             let pid = socket.pid_and_secret_key().0;
                             socket.get_mut().queue_raw(&as_ours(pid, f));
                         }
+                        // A page that outgrew its bytes: the rest of the answer is dropped
+                        // (the backend was told to stop), and the client gets an error.
+                        _ if page.as_deref().is_some_and(|p| p.over) => {}
                         // Rows past the page's limit, and the end after them, are held.
                         b'D' if page.as_deref().is_some_and(Page::full) => {
                             if let Some(p) = page.as_deref_mut() {
-                                p.rest.push_back(f);
+                                if !p.hold(f) && !cancel_sent {
+                                    cancel_sent = true;
+                                    if let Some((pid, secret)) = self.key {
+                                        send_cancel(&self.addr, pid, secret).await;
+                                    }
+                                }
                             }
                         }
                         b'C' if page.as_deref().is_some_and(|p| !p.rest.is_empty()) => {
