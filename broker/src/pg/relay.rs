@@ -504,10 +504,11 @@ impl Relay {
                         let e = user_error(
                             sqlstate::PROGRAM_LIMIT_EXCEEDED,
                             format!(
-                                "the rows of this portal past its row limit are over \
+                                "the portal's rows past its row limit outgrew \
                                  query.relay_page_bytes ({} bytes) on this node, which \
-                                 holds them for a replica elsewhere; fetch without a row \
-                                 limit, or connect to a node holding a replica",
+                                 holds them for the replica that ran it; fetch without a \
+                                 row limit, use a cursor, or connect to a node holding a \
+                                 replica",
                                 self.page_limit
                             ),
                         );
