@@ -1,6 +1,6 @@
 //! [`Engine`]: turns statements into [`Output`]s. One per node, shared by all sessions.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -11,7 +11,6 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::scalar::ScalarValue;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
     self as ast, Expr as SqlExpr, ObjectName, ObjectType, Statement as SqlStatement,
@@ -27,7 +26,9 @@ use crate::dialect::CursorSource;
 use crate::dialect::{self, Statement};
 use crate::dml::{self, DmlPlan};
 use crate::error::{Error, Result};
+pub(crate) use crate::params::{param_list, param_types_of};
 use crate::provider::EddySchemaProvider;
+use crate::session::Session;
 
 /// Settings of the query layer (the `[query]` section of `eddy.toml`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,80 +161,6 @@ pub(crate) enum Kind {
     Point(Arc<crate::point::PointRead>),
     Dml(Arc<DmlPlan>),
     Other,
-}
-
-/// Per-connection state: settings changed with SET, open cursors, LISTENed topics.
-#[derive(Debug, Clone, Default)]
-pub struct Session {
-    vars: BTreeMap<String, String>,
-    cursors: BTreeMap<String, Cursor>,
-    /// Topic -> the next offset of each partition when LISTEN ran.
-    listens: BTreeMap<String, Vec<u64>>,
-}
-
-/// Defaults reported by SHOW (and as ParameterStatus at startup).
-pub const DEFAULT_SETTINGS: [(&str, &str); 15] = [
-    ("server_version", "16.6"),
-    ("server_version_num", "160006"),
-    ("server_encoding", "UTF8"),
-    ("client_encoding", "UTF8"),
-    ("datestyle", "ISO, MDY"),
-    ("timezone", "UTC"),
-    ("intervalstyle", "postgres"),
-    ("standard_conforming_strings", "on"),
-    ("integer_datetimes", "on"),
-    ("search_path", "public"),
-    ("transaction_isolation", "read committed"),
-    ("default_transaction_isolation", "read committed"),
-    ("max_identifier_length", "63"),
-    ("consistency", "strong"),
-    ("statement_timeout", "0"),
-];
-
-impl Session {
-    /// A session with default settings.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// The current value of a setting.
-    pub fn get(&self, name: &str) -> Option<String> {
-        let name = name.to_ascii_lowercase();
-        self.vars.get(&name).cloned().or_else(|| {
-            DEFAULT_SETTINGS
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| (*v).to_owned())
-        })
-    }
-    /// How long a statement may run (`statement_timeout`; 0, the default: no limit).
-    pub fn statement_timeout(&self) -> Option<std::time::Duration> {
-        let ms = self
-            .get("statement_timeout")
-            .and_then(|v| crate::types::parse_duration_ms(&v).ok())?;
-        (ms > 0).then(|| std::time::Duration::from_millis(ms))
-    }
-    /// Changes a setting.
-    pub fn set(&mut self, name: &str, value: String) {
-        self.vars.insert(name.to_ascii_lowercase(), value);
-    }
-    /// Puts a setting (`None`: every setting) back to its default.
-    pub fn reset(&mut self, name: Option<&str>) {
-        match name {
-            Some(name) => {
-                self.vars.remove(&name.to_ascii_lowercase());
-            }
-            None => self.vars.clear(),
-        }
-    }
-    /// The settings changed with SET in this session (lower-case names).
-    pub fn settings(&self) -> &BTreeMap<String, String> {
-        &self.vars
-    }
-    /// The topics (or tables) this session LISTENs to, with the per-partition offsets the
-    /// notifications start from.
-    pub fn listens(&self) -> &BTreeMap<String, Vec<u64>> {
-        &self.listens
-    }
 }
 
 /// Most statements [`Engine::parse_one`] keeps (all are dropped when it is full).
@@ -1029,75 +956,6 @@ fn plan_objects(engine: &Engine, plan: &LogicalPlan) -> Vec<ObjectId> {
         Ok(TreeNodeRecursion::Continue)
     });
     ids
-}
-
-/// Parameter types of a DataFusion plan, ordered by `$n`.
-pub(crate) fn param_types_of(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
-    let mut map = plan.get_parameter_types()?;
-    // DataFusion types a parameter compared with a column; one cast (`$1::float8`) or
-    // passed to a function of one exact signature (`pg_sleep($1)`) takes that type, as
-    // in PostgreSQL.
-    for (id, ty) in placeholder_hints(plan)? {
-        if let Some(slot @ None) = map.get_mut(&id) {
-            *slot = Some(ty);
-        }
-    }
-    let mut out: Vec<Option<DataType>> = Vec::new();
-    for (k, v) in map {
-        let Some(n) = k.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) else {
-            continue;
-        };
-        if n == 0 {
-            continue;
-        }
-        if out.len() < n {
-            out.resize(n, None);
-        }
-        out[n - 1] = v;
-    }
-    Ok(out)
-}
-
-/// Types the plan's expressions imply for parameters DataFusion left untyped: the target
-/// of a cast of the parameter, or the argument type of a function with one exact
-/// signature. The first hint of a parameter wins.
-fn placeholder_hints(plan: &LogicalPlan) -> Result<HashMap<String, DataType>> {
-    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-    use datafusion::logical_expr::{Expr, TypeSignature};
-    let mut hints: HashMap<String, DataType> = HashMap::new();
-    let mut hint = |arg: &Expr, ty: &DataType| {
-        if let Expr::Placeholder(p) = arg {
-            hints.entry(p.id.clone()).or_insert_with(|| ty.clone());
-        }
-    };
-    plan.apply_with_subqueries(|node| {
-        node.apply_expressions(|e| {
-            e.apply(|e| {
-                match e {
-                    Expr::Cast(c) => hint(&c.expr, c.field.data_type()),
-                    Expr::TryCast(c) => hint(&c.expr, c.field.data_type()),
-                    Expr::ScalarFunction(f) => {
-                        if let TypeSignature::Exact(types) = &f.func.signature().type_signature {
-                            for (arg, ty) in f.args.iter().zip(types) {
-                                hint(arg, ty);
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-                Ok(TreeNodeRecursion::Continue)
-            })
-        })
-    })?;
-    Ok(hints)
-}
-
-/// The parameter values as scalars, by position.
-pub(crate) fn param_list(params: &ParamValues) -> Vec<ScalarValue> {
-    match params {
-        ParamValues::List(l) => l.iter().map(|s| s.value.clone()).collect(),
-        ParamValues::Map(_) => vec![],
-    }
 }
 
 #[cfg(test)]

@@ -37,9 +37,11 @@ mod engine;
 mod error;
 mod fanout;
 mod functions;
+mod params;
 mod point;
 mod provider;
 mod route;
+mod session;
 pub use route::ListenChange;
 mod subscribe;
 mod system;
@@ -49,12 +51,11 @@ pub mod writer;
 
 pub use copy::{CopyFormat, CopyInSink, CopyOptions};
 pub use dialect::Statement;
-pub use engine::{
-    Engine, Output, Prepared, QueryConfig, Session, DEFAULT_SETTINGS, MAX_PARTITIONS,
-};
+pub use engine::{Engine, Output, Prepared, QueryConfig, MAX_PARTITIONS};
 pub use error::{Error, Result};
 pub use functions::version_string;
 pub use provider::{table_schema, topic_schema};
+pub use session::{Session, DEFAULT_SETTINGS};
 pub use subscribe::{rows_as_json, StartPosition, SubscribeOptions, SubscribeSpec};
 pub use types::{parse_duration_ms, parse_text};
 pub use writer::{GossipPeerRow, GroupRow, NodeRow, PartitionRow, Writer};

@@ -587,7 +587,8 @@ mod tests {
 
     use super::*;
     use crate::dialect::Statement;
-    use crate::engine::{QueryConfig, Session};
+    use crate::engine::QueryConfig;
+    use crate::session::Session;
 
     async fn engine() -> (tempfile::TempDir, Arc<Engine>) {
         let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,79 @@
+//! A connection's session: its settings (SET, SHOW, RESET), cursors and LISTENs.
+
+use std::collections::BTreeMap;
+
+use crate::cursor::Cursor;
+
+/// Per-connection state: settings changed with SET, open cursors, LISTENed topics.
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    vars: BTreeMap<String, String>,
+    pub(crate) cursors: BTreeMap<String, Cursor>,
+    /// Topic -> the next offset of each partition when LISTEN ran.
+    pub(crate) listens: BTreeMap<String, Vec<u64>>,
+}
+
+/// Defaults reported by SHOW (and as ParameterStatus at startup).
+pub const DEFAULT_SETTINGS: [(&str, &str); 15] = [
+    ("server_version", "16.6"),
+    ("server_version_num", "160006"),
+    ("server_encoding", "UTF8"),
+    ("client_encoding", "UTF8"),
+    ("datestyle", "ISO, MDY"),
+    ("timezone", "UTC"),
+    ("intervalstyle", "postgres"),
+    ("standard_conforming_strings", "on"),
+    ("integer_datetimes", "on"),
+    ("search_path", "public"),
+    ("transaction_isolation", "read committed"),
+    ("default_transaction_isolation", "read committed"),
+    ("max_identifier_length", "63"),
+    ("consistency", "strong"),
+    ("statement_timeout", "0"),
+];
+
+impl Session {
+    /// A session with default settings.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// The current value of a setting.
+    pub fn get(&self, name: &str) -> Option<String> {
+        let name = name.to_ascii_lowercase();
+        self.vars.get(&name).cloned().or_else(|| {
+            DEFAULT_SETTINGS
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+    /// How long a statement may run (`statement_timeout`; 0, the default: no limit).
+    pub fn statement_timeout(&self) -> Option<std::time::Duration> {
+        let ms = self
+            .get("statement_timeout")
+            .and_then(|v| crate::types::parse_duration_ms(&v).ok())?;
+        (ms > 0).then(|| std::time::Duration::from_millis(ms))
+    }
+    /// Changes a setting.
+    pub fn set(&mut self, name: &str, value: String) {
+        self.vars.insert(name.to_ascii_lowercase(), value);
+    }
+    /// Puts a setting (`None`: every setting) back to its default.
+    pub fn reset(&mut self, name: Option<&str>) {
+        match name {
+            Some(name) => {
+                self.vars.remove(&name.to_ascii_lowercase());
+            }
+            None => self.vars.clear(),
+        }
+    }
+    /// The settings changed with SET in this session (lower-case names).
+    pub fn settings(&self) -> &BTreeMap<String, String> {
+        &self.vars
+    }
+    /// The topics (or tables) this session LISTENs to, with the per-partition offsets the
+    /// notifications start from.
+    pub fn listens(&self) -> &BTreeMap<String, Vec<u64>> {
+        &self.listens
+    }
+}
