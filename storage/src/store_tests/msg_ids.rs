@@ -59,6 +59,16 @@ async fn topic_with_ids(store: &Store, name: &str) -> ObjectId {
     create(store, def).await.id()
 }
 
+/// Partition 0's messages, each as its values' debug form.
+fn logged(store: &Store, t: &TopicDef) -> Vec<String> {
+    store
+        .read_log(&t, 0, 0, u64::MAX, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| format!("{:?}", r.values))
+        .collect()
+}
+
 /// A new store in a temp dir, with topic `name` as [`topic_with_ids`] makes it.
 async fn store_with_ids(name: &str) -> (tempfile::TempDir, Store, ObjectId) {
     let dir = tempfile::tempdir().unwrap();
@@ -85,12 +95,7 @@ async fn a_message_id_is_stored_once_within_the_window_and_forgotten_after() {
         1
     );
     let t = as_topic(&store.catalog().topic("ids").unwrap()).clone();
-    let read: Vec<String> = store
-        .read_log(&t, 0, 0, u64::MAX, 100)
-        .unwrap()
-        .into_iter()
-        .map(|(_, r)| format!("{:?}", r.values))
-        .collect();
+    let read = logged(&store, &t);
     assert_eq!(read, [r#"[Text("first")]"#, r#"[Text("second")]"#]);
     assert_eq!(store.partition(&t, 0).unwrap().next_offset(), 2);
     // A plain append between them is unaffected.
@@ -144,12 +149,7 @@ async fn a_message_id_is_stored_once_within_the_window_and_forgotten_after() {
         append_once(&store, t.id, "m4", "again", at + 1).await,
         (6, at)
     );
-    let read: Vec<String> = store
-        .read_log(&t, 0, 0, u64::MAX, 100)
-        .unwrap()
-        .into_iter()
-        .map(|(_, r)| format!("{:?}", r.values))
-        .collect();
+    let read = logged(&store, &t);
     assert_eq!(
         read,
         ["first", "second", "plain", "third", "fifth", "sixth", "seventh"]
