@@ -62,7 +62,7 @@ async fn topic_with_ids(store: &Store, name: &str) -> ObjectId {
 /// Partition 0's messages, each as its values' debug form.
 fn logged(store: &Store, t: &TopicDef) -> Vec<String> {
     store
-        .read_log(&t, 0, 0, u64::MAX, 100)
+        .read_log(t, 0, 0, u64::MAX, 100)
         .unwrap()
         .into_iter()
         .map(|(_, r)| format!("{:?}", r.values))
