@@ -6,6 +6,7 @@
 //! already-finished token and affects nothing, as in PostgreSQL.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,7 +67,7 @@ pub(crate) fn begin_statement<C: ClientInfo>(client: &C) -> CancellationToken {
 /// the session's `statement_timeout` (its deadline), both SQLSTATE 57014.
 #[derive(Clone)]
 pub(crate) struct Running {
-    pub(crate) token: CancellationToken,
+    token: CancellationToken,
     deadline: Option<tokio::time::Instant>,
 }
 
@@ -90,10 +91,13 @@ impl Running {
 
     /// Resolves when the statement must stop, with why.
     async fn stopped(&self) -> eddy_query::Error {
-        let mut deadline = self
-            .deadline
-            .map(|at| Box::pin(tokio::time::sleep_until(at)));
-        stopped(&self.token, &mut deadline).await
+        stopped(&self.token, &mut self.timer()).await
+    }
+
+    /// A timer that fires at the deadline, if there is one.
+    fn timer(&self) -> Option<Pin<Box<tokio::time::Sleep>>> {
+        self.deadline
+            .map(|at| Box::pin(tokio::time::sleep_until(at)))
     }
 
     /// Runs a statement until it finishes or must stop (then 57014). Statements that wait
@@ -115,9 +119,7 @@ impl Running {
         self,
         stream: BoxStream<'static, PgWireResult<T>>,
     ) -> BoxStream<'static, PgWireResult<T>> {
-        let deadline = self
-            .deadline
-            .map(|at| Box::pin(tokio::time::sleep_until(at)));
+        let deadline = self.timer();
         futures::stream::unfold(Some((stream, self.token, deadline)), |state| async move {
             let (mut stream, token, mut deadline) = state?;
             let why = tokio::select! {
@@ -137,7 +139,7 @@ impl Running {
 /// Resolves when `token` is cancelled or `deadline` passes, with why.
 async fn stopped(
     token: &CancellationToken,
-    deadline: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    deadline: &mut Option<Pin<Box<tokio::time::Sleep>>>,
 ) -> eddy_query::Error {
     let timer = async {
         match deadline {

@@ -205,6 +205,13 @@ impl BackendConn {
         Ok(())
     }
 
+    /// Asks the backend's node to cancel the statement running on this connection.
+    async fn cancel(&self) {
+        if let Some((pid, secret)) = self.key {
+            send_cancel(&self.addr, pid, secret).await;
+        }
+    }
+
     /// Passes the backend's answer to the client up to its ReadyForQuery (not passed).
     /// Returns whether the statement failed. A cancel of the client's statement is sent
     /// on to the backend.
@@ -268,9 +275,7 @@ impl BackendConn {
                             if let Some(p) = page.as_deref_mut() {
                                 if !p.hold(f) && !cancel_sent {
                                     cancel_sent = true;
-                                    if let Some((pid, secret)) = self.key {
-                                        send_cancel(&self.addr, pid, secret).await;
-                                    }
+                                    self.cancel().await;
                                 }
                             }
                         }
@@ -299,9 +304,7 @@ impl BackendConn {
                 }
                 _ = token.cancelled(), if !cancel_sent => {
                     cancel_sent = true;
-                    if let Some((pid, secret)) = self.key {
-                        send_cancel(&self.addr, pid, secret).await;
-                    }
+                    self.cancel().await;
                 }
                 // While a statement runs, the client only talks to end the session.
                 msg = socket.next() => match msg {
