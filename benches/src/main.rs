@@ -329,12 +329,24 @@ async fn main() -> anyhow::Result<()> {
             failover.push(f);
         }
     }
-    // latency: the disk's own floor under a durable publish, in the same run.
+    // latency: the disk's own floor under a durable publish, in the same run: writes one
+    // after another, and paced as the publisher is.
     let disk = if scenario == Scenario::Latency {
         let dir = std::env::temp_dir();
-        Some(tokio::task::spawn_blocking(move || DiskSync::measure(&dir, 2000)).await??)
+        let gap = opts
+            .rate
+            .filter(|r| *r > 0)
+            .map(|r| std::time::Duration::from_secs_f64(1.0 / r as f64));
+        tokio::task::spawn_blocking(move || {
+            let mut disk = vec![DiskSync::measure(&dir, 2000, None)?];
+            if gap.is_some() {
+                disk.push(DiskSync::measure(&dir, 2000, gap)?);
+            }
+            anyhow::Ok(disk)
+        })
+        .await??
     } else {
-        None
+        Vec::new()
     };
     let shape = match scenario {
         Scenario::PublishBulk => format!(
@@ -427,7 +439,7 @@ async fn converge(args: &Args, nodes: usize, rounds: usize) -> anyhow::Result<()
         peers: Vec::new(),
         failover: Vec::new(),
         gossip: Some(g),
-        disk: None,
+        disk: Vec::new(),
     };
     output(&report, args)
 }

@@ -77,17 +77,24 @@ pub struct Report {
     pub failover: Vec<Failover>,
     /// `gossip-converge`: its measurement (`eddy` and `peers` are empty then).
     pub gossip: Option<Convergence>,
-    /// `latency`: what one durable write costs the disk alone, measured in the same run.
-    pub disk: Option<DiskSync>,
+    /// `latency`: what one durable write costs the disk alone, measured in the same run:
+    /// writes one after another, then paced as the workload is.
+    pub disk: Vec<DiskSync>,
 }
 
 /// The disk's floor under a durable write: 4 KiB overwritten in place and fdatasync'd,
-/// one after another, in the directory the tool's servers use (the cheapest durable
-/// write a log can make: nothing to allocate, no size to commit).
+/// in the directory the tool's servers use (the cheapest durable write a log can make:
+/// nothing to allocate, no size to commit), one after another or one per `gap_us`.
+///
+/// The pace matters on a virtual machine: a write issued after the vCPU and the host's
+/// I/O thread went idle waits longer than one issued right behind another.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct DiskSync {
     /// Writes measured.
     pub syncs: u64,
+    /// One write started every this many µs (0: one after another).
+    #[serde(default)]
+    pub gap_us: u64,
     /// Median, µs.
     pub p50_us: u64,
     /// 99th percentile, µs.
@@ -97,8 +104,13 @@ pub struct DiskSync {
 }
 
 impl DiskSync {
-    /// Times `syncs` in-place 4 KiB writes with fdatasync in a temp file under `dir`.
-    pub fn measure(dir: &std::path::Path, syncs: u64) -> anyhow::Result<DiskSync> {
+    /// Times `syncs` in-place 4 KiB writes with fdatasync in a temp file under `dir`, one
+    /// started every `gap` (none: each right after the last), sleeping in between.
+    pub fn measure(
+        dir: &std::path::Path,
+        syncs: u64,
+        gap: Option<std::time::Duration>,
+    ) -> anyhow::Result<DiskSync> {
         use std::os::unix::fs::FileExt;
         const BLOCK: u64 = 4096;
         const BLOCKS: u64 = 256;
@@ -108,7 +120,12 @@ impl DiskSync {
         file.sync_all()?;
         let block = vec![b'x'; BLOCK as usize];
         let mut h = crate::histogram();
+        let first = std::time::Instant::now();
         for i in 0..syncs {
+            if let Some(gap) = gap {
+                let due = first + gap * i as u32;
+                std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+            }
             let start = std::time::Instant::now();
             file.write_all_at(&block, (i % BLOCKS) * BLOCK)?;
             file.sync_data()?;
@@ -116,6 +133,7 @@ impl DiskSync {
         }
         Ok(DiskSync {
             syncs,
+            gap_us: gap.map_or(0, |g| g.as_micros() as u64),
             p50_us: h.value_at_quantile(0.5),
             p99_us: h.value_at_quantile(0.99),
             p999_us: h.value_at_quantile(0.999),
@@ -124,8 +142,12 @@ impl DiskSync {
 
     /// The line printed under the latency table.
     fn line(&self) -> String {
+        let pace = match self.gap_us {
+            0 => "in a row".to_owned(),
+            gap => format!("one per {gap} µs"),
+        };
         format!(
-            "disk floor: 4 KiB overwritten in place + fdatasync, {} in a row: p50 {} µs, \
+            "disk floor: 4 KiB overwritten in place + fdatasync, {} {pace}: p50 {} µs, \
              p99 {} µs, p99.9 {} µs (a publish durable before delivery takes at least this)\n",
             self.syncs, self.p50_us, self.p99_us, self.p999_us
         )
@@ -196,7 +218,7 @@ impl Report {
                 ));
             }
         }
-        if let Some(d) = &self.disk {
+        for d in &self.disk {
             out.push_str(&d.line());
         }
         if !self.failover.is_empty() {
@@ -325,8 +347,8 @@ impl Report {
                 .collect();
             out["failover"] = failover.into();
         }
-        if let Some(d) = &self.disk {
-            out["disk_sync"] = serde_json::json!(d);
+        if !self.disk.is_empty() {
+            out["disk_sync"] = serde_json::json!(self.disk);
         }
         out
     }
@@ -347,7 +369,7 @@ impl Report {
                 peers: Vec::new(),
                 failover: Vec::new(),
                 gossip: Some(serde_json::from_value(field("gossip_converge")?)?),
-                disk: None,
+                disk: Vec::new(),
             });
         }
         let mut eddy: Vec<Entry> = vec![serde_json::from_value(field("eddy")?)?];
@@ -372,9 +394,14 @@ impl Report {
             None => Vec::new(),
         };
         failover.sort_by_key(|f| (f.system != System::Eddy, f.system.name()));
+        // One object before the paced measurement came in, a list since.
         let disk = match v.get("disk_sync") {
-            Some(d) => Some(serde_json::from_value(d.clone())?),
-            None => None,
+            Some(serde_json::Value::Array(ds)) => ds
+                .iter()
+                .map(|d| serde_json::from_value(d.clone()))
+                .collect::<Result<_, _>>()?,
+            Some(d) => vec![serde_json::from_value(d.clone())?],
+            None => Vec::new(),
         };
         Ok(Report {
             scenario,
@@ -600,7 +627,7 @@ mod tests {
             ],
             failover: Vec::new(),
             gossip: None,
-            disk: None,
+            disk: Vec::new(),
         };
         assert_eq!(report.ratios(), vec![("postgres", 0.5), ("redis", 2.0)]);
         assert_eq!(
@@ -622,9 +649,14 @@ mod tests {
     #[test]
     fn json_reads_back_into_the_same_report_and_charts() {
         let dir = tempfile::tempdir().unwrap();
-        let disk = DiskSync::measure(dir.path(), 20).unwrap();
-        assert_eq!(disk.syncs, 20);
-        assert!(disk.p50_us >= 1 && disk.p50_us <= disk.p99_us && disk.p99_us <= disk.p999_us);
+        let disk = DiskSync::measure(dir.path(), 20, None).unwrap();
+        let paced =
+            DiskSync::measure(dir.path(), 5, Some(std::time::Duration::from_millis(2))).unwrap();
+        assert_eq!((disk.syncs, disk.gap_us), (20, 0));
+        assert_eq!((paced.syncs, paced.gap_us), (5, 2000));
+        for d in [disk, paced] {
+            assert!(d.p50_us >= 1 && d.p50_us <= d.p99_us && d.p99_us <= d.p999_us);
+        }
         let report = Report {
             scenario: Scenario::Latency,
             shape: "tiny".into(),
@@ -636,18 +668,21 @@ mod tests {
             ],
             failover: Vec::new(),
             gossip: None,
-            disk: Some(disk),
+            disk: vec![disk, paced],
         };
         let table = report.table();
         assert!(
             table.contains(&format!(
                 "disk floor: 4 KiB overwritten in place + fdatasync, 20 in a row: p50 {} µs",
                 disk.p50_us
+            )) && table.contains(&format!(
+                "disk floor: 4 KiB overwritten in place + fdatasync, 5 one per 2000 µs: p50 {} µs",
+                paced.p50_us
             )),
             "{table}"
         );
         let back = Report::from_json(&report.json()).unwrap();
-        assert_eq!(back.disk, Some(disk));
+        assert_eq!(back.disk, vec![disk, paced]);
         assert_eq!(back.table(), table);
         let dir = tempfile::tempdir().unwrap();
         let svg = dir.path().join("chart.svg");
@@ -684,7 +719,7 @@ mod tests {
                 failover(System::Nats, vec![2000.0], 0),
             ],
             gossip: None,
-            disk: None,
+            disk: Vec::new(),
         };
         let f = &report.failover[0];
         assert_eq!((f.p50_ms, f.p99_ms, f.max_ms), (900.0, 1200.0, 1200.0));
@@ -737,7 +772,7 @@ mod tests {
                 cross_partition_keys: 90,
                 upsert_retries: 1,
             }),
-            disk: None,
+            disk: Vec::new(),
         };
         let g = report.gossip.as_ref().unwrap();
         assert_eq!((g.p50_ms, g.p99_ms, g.max_ms), (95.0, 300.0, 300.0));

@@ -630,16 +630,21 @@ fn entry_commit(
     Ok(commit)
 }
 
-/// Queues `commits` back to back, so the committer folds them into one batch.
+/// Queues `commits` back to back, so the committer folds them into one batch (a lone one
+/// may commit in place).
 async fn submit_all(
     store: &Store,
     commits: Vec<Commit>,
 ) -> Result<Vec<Pending>, eddy_storage::Error> {
-    let mut pending = Vec::with_capacity(commits.len());
-    for commit in commits {
-        pending.push(store.submit(commit).await?);
-    }
-    Ok(pending)
+    let several = commits.len() > 1;
+    eddy_storage::queue_if(several, async {
+        let mut pending = Vec::with_capacity(commits.len());
+        for commit in commits {
+            pending.push(store.submit(commit).await?);
+        }
+        Ok(pending)
+    })
+    .await
 }
 
 /// The responses of queued commits, in order.
@@ -751,22 +756,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Done(Response),
             Queued(LogId, Pending),
         }
-        let mut applying = Vec::new();
-        for entry in entries {
-            let log_id = entry.log_id;
-            let early = self.early.state.lock().responses.remove(&log_id.index);
-            applying.push(match early {
-                Some(response) => Applying::Done(response),
-                None => {
-                    let commit = entry_commit(self.group, entry, &mut membership)?;
-                    let pending = store
-                        .submit(commit)
-                        .await
-                        .map_err(|e| io_err(ErrorSubject::Apply(log_id), ErrorVerb::Write, e))?;
-                    Applying::Queued(log_id, pending)
-                }
-            });
-        }
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let several = entries.len() > 1;
+        let applying = eddy_storage::queue_if(several, async {
+            let mut applying = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let log_id = entry.log_id;
+                let early = self.early.state.lock().responses.remove(&log_id.index);
+                applying.push(match early {
+                    Some(response) => Applying::Done(response),
+                    None => {
+                        let commit = entry_commit(self.group, entry, &mut membership)?;
+                        let pending = store.submit(commit).await.map_err(|e| {
+                            io_err(ErrorSubject::Apply(log_id), ErrorVerb::Write, e)
+                        })?;
+                        Applying::Queued(log_id, pending)
+                    }
+                });
+            }
+            Ok::<_, StorageError>(applying)
+        })
+        .await?;
         let mut responses = Vec::with_capacity(applying.len());
         for a in applying {
             responses.push(match a {

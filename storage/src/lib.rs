@@ -46,7 +46,9 @@ pub use catalog::{
     def_as_json, Catalog, ColumnDef, ObjectDef, ObjectId, Replication, SubscriptionDef, TableDef,
     TopicDef, DEFAULT_CHANGE_RETENTION_MS, DEFAULT_DEDUP_WINDOW_MS,
 };
-pub use commit::{now_micros, Commit, OnConflict, SubChange, UnitResults, WriteOp, WriteResult};
+pub use commit::{
+    now_micros, queue_if, Commit, OnConflict, SubChange, UnitResults, WriteOp, WriteResult,
+};
 pub use config::StorageConfig;
 pub use error::{Error, Result};
 pub use layout::{LogRecord, Records};

@@ -15,7 +15,10 @@ use rocksdb::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::catalog::{Catalog, ObjectDef, ObjectId, SubscriptionDef, TableDef, TopicDef};
-use crate::commit::{spawn_committer, Commit, CommitRequest, UnitResults, WriteOp, WriteResult};
+use crate::commit::{
+    commit_in_place, spawn_committer, Commit, CommitGate, CommitRequest, UnitResults, WriteOp,
+    WriteResult,
+};
 use crate::config::StorageConfig;
 use crate::error::{Error, Result};
 use crate::layout::{
@@ -111,6 +114,8 @@ pub struct StoreStats {
     pub write_requests: AtomicU64,
     /// RocksDB write batches committed, each with one fsync (group commit: fewer than requests).
     pub commits: AtomicU64,
+    /// Of the write requests, those committed in place by a lone writer's own thread.
+    pub commits_in_place: AtomicU64,
     /// Messages subscribers read from the in-memory tail instead of RocksDB.
     pub log_records_from_memory: AtomicU64,
 }
@@ -128,6 +133,8 @@ pub(crate) struct Inner {
     pub(crate) hlc: crate::hlc::Hlc,
     /// Bumped after local gossip writes become durable.
     pub(crate) gossip_changes: watch::Sender<u64>,
+    /// Who commits next: the committer thread, or a lone writer in place.
+    pub(crate) gate: CommitGate,
 }
 
 impl Inner {
@@ -375,6 +382,18 @@ struct Writer {
     committer: Mutex<Option<JoinHandle<()>>>,
 }
 
+impl Drop for Writer {
+    /// With the last handle gone, the committer finishes what is queued and stops, and the
+    /// database closes before this returns, not later on the committer's own thread
+    /// (where, at process exit, closing raced RocksDB's static teardown and crashed).
+    fn drop(&mut self) {
+        self.tx.get_mut().take();
+        if let Some(handle) = self.committer.get_mut().take() {
+            let _ = handle.join();
+        }
+    }
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").finish_non_exhaustive()
@@ -425,6 +444,7 @@ impl Store {
             origin: AtomicU64::new(1),
             hlc: crate::hlc::Hlc::new(),
             gossip_changes: watch::channel(0).0,
+            gate: CommitGate::default(),
         });
         let (tx, rx) = mpsc::channel(config.queue_depth);
         let committer = spawn_committer(inner.clone(), rx)?;
@@ -472,11 +492,15 @@ impl Store {
     pub fn write_blocking(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>> {
         let (reply, rx) = oneshot::channel();
         let tx = self.writer.tx.read().clone().ok_or(Error::ShuttingDown)?;
+        self.inner.gate.queueing();
         tx.blocking_send(CommitRequest {
             commit: Commit::durable(ops),
             reply,
         })
-        .map_err(|_| Error::ShuttingDown)?;
+        .map_err(|_| {
+            self.inner.gate.unqueued();
+            Error::ShuttingDown
+        })?;
         single(rx.blocking_recv().map_err(|_| Error::ShuttingDown)??)
     }
 
@@ -487,13 +511,25 @@ impl Store {
     }
 
     /// Queues a [`Commit`] and returns once it is queued, so that commits submitted one
-    /// after another are applied in that order (and likely in one batch).
+    /// after another are applied in that order (and likely in one batch). A writer alone
+    /// commits in place instead, on this thread, and returns once it is committed.
     pub async fn submit(&self, commit: Commit) -> Result<Pending> {
         let (reply, rx) = oneshot::channel();
-        let tx = self.writer.tx.read().clone().ok_or(Error::ShuttingDown)?;
-        tx.send(CommitRequest { commit, reply })
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
+        let req = CommitRequest { commit, reply };
+        let (tx, req) = {
+            // Held, it keeps shutdown waiting until an in-place commit is done.
+            let guard = self.writer.tx.read();
+            let tx = guard.as_ref().ok_or(Error::ShuttingDown)?;
+            match commit_in_place(&self.inner, req) {
+                Ok(()) => return Ok(Pending(rx)),
+                Err(req) => (tx.clone(), req),
+            }
+        };
+        self.inner.gate.queueing();
+        tx.send(req).await.map_err(|_| {
+            self.inner.gate.unqueued();
+            Error::ShuttingDown
+        })?;
         Ok(Pending(rx))
     }
 

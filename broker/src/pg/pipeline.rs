@@ -170,31 +170,38 @@ where
     let format = portal.result_column_format.clone();
     let options = super::format_options(client);
     let engine = engine.clone();
+    // More than the Sync already here: the client is pipelining, so this write should
+    // share a group commit with the next ones rather than commit alone in place.
+    let more = read_buffer.len() > SYNC_LEN;
+    let write = async move {
+        // A blind write reads no session state.
+        let mut session = Session::default();
+        let output = engine.execute(&mut session, &prepared, &params).await;
+        let response = output.map_err(to_pg).and_then(|o| match o {
+            eddy_query::Output::Command { tag, rows } => {
+                Ok(Response::Execution(super::command_tag(&tag, rows)))
+            }
+            eddy_query::Output::Rows { tag, stream } => {
+                super::rows_response(&tag, stream, &format, options, Running::unstoppable())
+            }
+            _ => Err(PgWireError::ApiError(
+                "a blind write answered with neither rows nor a command tag".into(),
+            )),
+        });
+        encode(response).await
+    };
     pipeline
-        .push_write(async move {
-            // A blind write reads no session state.
-            let mut session = Session::default();
-            let output = engine.execute(&mut session, &prepared, &params).await;
-            let response = output.map_err(to_pg).and_then(|o| match o {
-                eddy_query::Output::Command { tag, rows } => {
-                    Ok(Response::Execution(super::command_tag(&tag, rows)))
-                }
-                eddy_query::Output::Rows { tag, stream } => {
-                    super::rows_response(&tag, stream, &format, options, Running::unstoppable())
-                }
-                _ => Err(PgWireError::ApiError(
-                    "a blind write answered with neither rows nor a command tag".into(),
-                )),
-            });
-            encode(response).await
-        })
+        .push_write(eddy_storage::queue_if(more, write))
         .await;
     true
 }
 
+/// A Sync frame's length: its tag and its length field.
+const SYNC_LEN: usize = 5;
+
 /// True when the next whole frame in `buf` is a Sync.
 fn sync_follows(buf: &[u8]) -> bool {
-    buf.len() >= 5 && buf[0] == b'S' && buf[1..5] == 4u32.to_be_bytes()
+    buf.len() >= SYNC_LEN && buf[0] == b'S' && buf[1..SYNC_LEN] == 4u32.to_be_bytes()
 }
 
 /// Encodes the answer to an Execute: its rows and CommandComplete, or an ErrorResponse.

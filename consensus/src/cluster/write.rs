@@ -36,7 +36,9 @@ impl Cluster {
             async move { (idx, self.write_group(group, ops).await) }
         });
         let mut out: Vec<Option<WriteResult>> = vec![None; n];
-        for (idx, results) in futures::future::join_all(writes).await {
+        // Several groups' writes at once: they share a group commit where they can.
+        let written = eddy_storage::queue_if(true, futures::future::join_all(writes)).await;
+        for (idx, results) in written {
             for (i, r) in idx.into_iter().zip(results?) {
                 out[i] = Some(r);
             }

@@ -197,6 +197,70 @@ async fn concurrent_writers_get_distinct_offsets_and_share_fsyncs() {
 }
 
 #[tokio::test]
+async fn a_lone_writer_commits_in_place_but_never_ahead_of_a_queued_request() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
+    let t = create(&store, topic("t", 1)).await;
+    // The first write may race the committer thread answering the CREATE; after it, each
+    // write finds the committer idle and nothing queued.
+    assert_eq!(append(&store, t.id(), 0, &["0"]).await.0, 0);
+    let in_place = || store.stats().commits_in_place.load(Relaxed);
+    let before = in_place();
+    for i in 1..=5u64 {
+        assert_eq!(append(&store, t.id(), 0, &[&i.to_string()]).await.0, i);
+    }
+    assert_eq!(
+        in_place() - before,
+        5,
+        "a lone writer commits on its own thread"
+    );
+
+    // A request queued and not yet committed keeps writers off the in-place path, or
+    // they would be written before it.
+    store.inner.gate.queueing();
+    assert_eq!(append(&store, t.id(), 0, &["6"]).await.0, 6);
+    assert_eq!(in_place() - before, 5, "went through the queue");
+    store.inner.gate.unqueued();
+    assert_eq!(append(&store, t.id(), 0, &["7"]).await.0, 7);
+    assert_eq!(in_place() - before, 6);
+
+    // While someone else commits, a writer queues and waits its turn.
+    let turn = store.inner.gate.turn.lock();
+    let op = |p: &str| WriteOp::Append {
+        topic: t.id(),
+        partition: 0,
+        records: texts(&[p]),
+    };
+    let first = store.submit(Commit::durable(vec![op("8")])).await.unwrap();
+    let second = store.submit(Commit::durable(vec![op("9")])).await.unwrap();
+    drop(turn);
+    for (pending, offset) in [(first, 8), (second, 9)] {
+        let results = pending.wait().await.unwrap().pop().unwrap().unwrap();
+        assert!(
+            matches!(results[0], WriteResult::Appended { first_offset, .. } if first_offset == offset),
+            "{results:?}"
+        );
+    }
+    assert_eq!(in_place() - before, 6);
+
+    let t = store.catalog().topic("t").unwrap();
+    let stored: Vec<_> = store
+        .read_log(as_topic(&t), 0, 0, 100, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(o, r)| (o, r.values[0].clone()))
+        .collect();
+    let expected: Vec<_> = (0..10u64)
+        .map(|i| (i, Value::Text(i.to_string())))
+        .collect();
+    assert_eq!(
+        stored, expected,
+        "every write stored once, in the order it was made"
+    );
+}
+
+#[tokio::test]
 async fn duplicate_key_fails_the_whole_request_only() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StorageConfig::default()).unwrap();

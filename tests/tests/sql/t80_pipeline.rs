@@ -17,6 +17,33 @@ fn commits(node: &TestNode) -> u64 {
     node.store().stats().commits.load(Ordering::Relaxed)
 }
 
+/// Write requests committed in place by their writer's own thread so far.
+fn in_place(node: &TestNode) -> u64 {
+    node.store()
+        .stats()
+        .commits_in_place
+        .load(Ordering::Relaxed)
+}
+
+/// Waits until the node has committed nothing for a while (new Raft groups finish
+/// starting in the background after CREATE returns).
+async fn settled(node: &TestNode) {
+    let requests = || node.store().stats().write_requests.load(Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut last = requests();
+    let mut quiet = 0;
+    while quiet < 6 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node never went quiet"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let now = requests();
+        quiet = if now == last { quiet + 1 } else { 0 };
+        last = now;
+    }
+}
+
 #[tokio::test]
 async fn pipelined_inserts_keep_their_order_and_share_commits() -> anyhow::Result<()> {
     let node = TestNode::start().await?;
@@ -28,12 +55,14 @@ async fn pipelined_inserts_keep_their_order_and_share_commits() -> anyhow::Resul
         .await?;
     const N: usize = 500;
     let before = commits(&node);
+    let alone_before = in_place(&node);
     // join_all polls the queries in order, so tokio-postgres sends them in this order
     // without waiting for any answer.
     let payloads: Vec<String> = (0..N).map(|i| format!("m{i}")).collect();
     let params: Vec<Params> = payloads.iter().map(|p| vec![p as _]).collect();
     let answers = join_all(params.iter().map(|p| c.query_one(&ins, p))).await;
     let spent = commits(&node) - before;
+    let alone = in_place(&node) - alone_before;
     for (i, a) in answers.into_iter().enumerate() {
         let row = a?;
         assert_eq!(row.get::<_, i64>(0), i as i64, "offset of publish {i}");
@@ -47,7 +76,7 @@ async fn pipelined_inserts_keep_their_order_and_share_commits() -> anyhow::Resul
     // publishes waiting together share them.
     assert!(
         spent < N as u64,
-        "{N} pipelined publishes took {spent} commits"
+        "{N} pipelined publishes took {spent} commits ({alone} committed alone in place)"
     );
     let stored: Vec<String> = c
         .query("SELECT payload FROM p ORDER BY _offset", &[])
@@ -154,5 +183,41 @@ async fn reads_and_prepares_in_a_pipeline_see_the_writes_before_them() -> anyhow
         assert_eq!(count?.get::<_, i64>(0), (round + 1) * 40);
         assert_eq!(point?.map(|r| r.get::<_, i64>(0)), Some(last));
     }
+    node.shutdown().await
+}
+
+#[tokio::test]
+async fn a_lone_insert_commits_in_place_and_one_over_partitions_queues() -> anyhow::Result<()> {
+    let node = TestNode::start().await?;
+    let c = node.client().await?;
+    c.batch_execute("CREATE TOPIC lone (payload TEXT) WITH (partitions = 4)")
+        .await?;
+    let ins = c.prepare("INSERT INTO lone (payload) VALUES ($1)").await?;
+    settled(&node).await;
+    // After a group commit of several requests, a write still goes through the queue
+    // (writers were overlapping); once one has gone alone, the next commit in place.
+    c.execute(&ins, &[&"warm-up"]).await?;
+    // One client, one write at a time: each is committed by its session's own thread.
+    let before = in_place(&node);
+    for i in 0..5 {
+        c.execute(&ins, &[&format!("m{i}")]).await?;
+    }
+    assert_eq!(in_place(&node) - before, 5);
+    // One statement writing several partitions makes a write to each at once: they go
+    // through the queue together, none commits alone ahead of the others.
+    let before = in_place(&node);
+    let written = c
+        .query(
+            "INSERT INTO lone (payload) VALUES ('a'), ('b'), ('c'), ('d') RETURNING _partition",
+            &[],
+        )
+        .await?;
+    let mut partitions: Vec<i32> = written.iter().map(|r| r.get(0)).collect();
+    partitions.sort();
+    partitions.dedup();
+    assert!(partitions.len() > 1, "{partitions:?}");
+    assert_eq!(in_place(&node) - before, 0);
+    let n: i64 = c.query_one("SELECT count(*) FROM lone", &[]).await?.get(0);
+    assert_eq!(n, 10);
     node.shutdown().await
 }
