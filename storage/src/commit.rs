@@ -16,7 +16,7 @@
 //! [`WriteOp`]s later and get the same results on every replica.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -306,11 +306,14 @@ impl CommitRequest {
 /// Who commits: the committer thread, or a writer committing its own request on its own
 /// thread.
 ///
-/// A writer alone (the last group commit held one request, nothing is queued and the
-/// committer is between batches) commits in place: that saves the hand-off to the
-/// committer thread and the wake-up back, two cross-thread wake-ups that cost a lone
-/// publish more than its own work (on a virtual machine, a wake-up of an idle vCPU can take
-/// tens of µs). Writers that overlap go through the queue, where they share one fsync.
+/// A writer alone commits in place: that saves the hand-off to the committer thread and
+/// the wake-up back, two cross-thread wake-ups that cost a lone publish more than its own
+/// work (on a virtual machine, a wake-up of an idle vCPU can take tens of µs). Alone
+/// means: its last [`ALONE_AFTER`] requests before this one came from it too (the same
+/// tokio task, say one connection), the last group commit held one request, nothing is
+/// queued, and the committer is between batches. Writers that overlap go through the
+/// queue and share one fsync; committing one of them in place would hold a runtime worker
+/// through an fsync while the others wait behind it.
 #[derive(Debug, Default)]
 pub(crate) struct CommitGate {
     /// Held by whoever commits.
@@ -321,7 +324,14 @@ pub(crate) struct CommitGate {
     done: AtomicU64,
     /// Requests in the last group commit.
     last_batch: AtomicUsize,
+    /// Who made the last request (a hash of its tokio task id, or of its thread outside a
+    /// task), and how many requests in a row before it came from the same writer.
+    last_writer: AtomicU64,
+    run: AtomicU32,
 }
+
+/// Requests in a row from one writer before it counts as alone.
+const ALONE_AFTER: u32 = 2;
 
 impl CommitGate {
     /// Counts a request about to be queued.
@@ -337,6 +347,24 @@ impl CommitGate {
     fn committed(&self, queued: usize) {
         self.last_batch.store(queued, Ordering::Relaxed);
         self.done.fetch_add(queued as u64, Ordering::SeqCst);
+    }
+
+    /// Notes who makes a request; true if the same writer made the [`ALONE_AFTER`] before.
+    pub(crate) fn same_writer(&self) -> bool {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hasher = BuildHasherDefault::<DefaultHasher>::default();
+        let me = match tokio::task::try_id() {
+            Some(task) => hasher.hash_one(task) | 1,
+            // Outside a task (a runtime's `block_on`, a thread of its own): the thread.
+            None => hasher.hash_one(std::thread::current().id()) & !1,
+        };
+        let before = self.last_writer.swap(me, Ordering::Relaxed);
+        if before == me {
+            self.run.fetch_add(1, Ordering::Relaxed) >= ALONE_AFTER - 1
+        } else {
+            self.run.store(0, Ordering::Relaxed);
+            false
+        }
     }
 }
 
@@ -364,7 +392,8 @@ pub(crate) fn commit_in_place(
     req: CommitRequest,
 ) -> std::result::Result<(), CommitRequest> {
     let gate = &inner.gate;
-    if req.is_catalog()
+    if !gate.same_writer()
+        || req.is_catalog()
         || gate.last_batch.load(Ordering::Relaxed) > 1
         || AHEAD.try_with(|_| ()).is_ok()
     {

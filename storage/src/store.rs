@@ -492,6 +492,7 @@ impl Store {
     pub fn write_blocking(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>> {
         let (reply, rx) = oneshot::channel();
         let tx = self.writer.tx.read().clone().ok_or(Error::ShuttingDown)?;
+        self.inner.gate.same_writer();
         self.inner.gate.queueing();
         tx.blocking_send(CommitRequest {
             commit: Commit::durable(ops),

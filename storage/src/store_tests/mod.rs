@@ -202,8 +202,8 @@ async fn a_lone_writer_commits_in_place_but_never_ahead_of_a_queued_request() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
     let t = create(&store, topic("t", 1)).await;
-    // The first write may race the committer thread answering the CREATE; after it, each
-    // write finds the committer idle and nothing queued.
+    // This task made the CREATE, and with this write two requests in a row: from the
+    // next one on it counts as alone.
     assert_eq!(append(&store, t.id(), 0, &["0"]).await.0, 0);
     let in_place = || store.stats().commits_in_place.load(Relaxed);
     let before = in_place();
@@ -244,6 +244,21 @@ async fn a_lone_writer_commits_in_place_but_never_ahead_of_a_queued_request() {
     }
     assert_eq!(in_place() - before, 6);
 
+    // Two writers taking turns: neither counts as alone.
+    for i in 10..16u64 {
+        let (store2, id) = (store.clone(), t.id());
+        let payload = i.to_string();
+        let offset = if i % 2 == 0 {
+            append(&store, id, 0, &[&payload]).await.0
+        } else {
+            tokio::spawn(async move { append(&store2, id, 0, &[&payload]).await.0 })
+                .await
+                .unwrap()
+        };
+        assert_eq!(offset, i);
+    }
+    assert_eq!(in_place() - before, 6);
+
     let t = store.catalog().topic("t").unwrap();
     let stored: Vec<_> = store
         .read_log(as_topic(&t), 0, 0, 100, 100)
@@ -251,7 +266,7 @@ async fn a_lone_writer_commits_in_place_but_never_ahead_of_a_queued_request() {
         .into_iter()
         .map(|(o, r)| (o, r.values[0].clone()))
         .collect();
-    let expected: Vec<_> = (0..10u64)
+    let expected: Vec<_> = (0..16u64)
         .map(|i| (i, Value::Text(i.to_string())))
         .collect();
     assert_eq!(
