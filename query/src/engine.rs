@@ -273,7 +273,12 @@ impl Engine {
             .with_information_schema(true)
             .with_default_catalog_and_schema("eddy", "public")
             .with_create_default_catalog_and_schema(true);
-        let ctx = SessionContext::new_with_config(cfg);
+        let state = datafusion::execution::SessionStateBuilder::new()
+            .with_config(cfg)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(crate::coop::YieldingJoins))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         let catalog = ctx
             .catalog("eddy")
             .ok_or_else(|| Error::InvalidParameter("default catalog missing".into()))?;

@@ -27,6 +27,7 @@
 //! ```
 
 mod convert;
+mod coop;
 mod copy;
 mod cursor;
 mod ddl;

@@ -388,6 +388,46 @@ async fn cancel_request_stops_a_running_query() -> anyhow::Result<()> {
     node.shutdown().await
 }
 
+/// A query stopped while a join computes stops computing: the tasks it spawned end (they
+/// yield as the join emits batches, so their abort takes effect), instead of looping for
+/// as long as the whole join takes. (More workers than the query's partitions, so that
+/// without the fix the test itself still runs and fails instead of hanging.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_timed_out_join_stops_computing() -> anyhow::Result<()> {
+    let node = TestNode::start().await?;
+    let c = node.client().await?;
+    c.batch_execute("CREATE TABLE n (i INT PRIMARY KEY)")
+        .await?;
+    let values: Vec<String> = (0..1500).map(|i| format!("({i})")).collect();
+    c.batch_execute(&format!("INSERT INTO n VALUES {}", values.join(",")))
+        .await?;
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let idle = metrics.num_alive_tasks();
+    c.batch_execute("SET statement_timeout = 300").await?;
+    // 1500^3 joined rows: minutes of work.
+    let err = c
+        .query_one(
+            "SELECT count(*) FROM n a, n b, n c WHERE a.i + b.i + c.i >= 0",
+            &[],
+        )
+        .await
+        .expect_err("timed out");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while metrics.num_alive_tasks() > idle {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} tasks still alive, {idle} before the query",
+            metrics.num_alive_tasks()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    c.batch_execute("SET statement_timeout = 0").await?;
+    let n: i64 = c.query_one("SELECT count(*) FROM n", &[]).await?.get(0);
+    assert_eq!(n, 1500);
+    node.shutdown().await
+}
+
 /// `pg_sleep` waits without a thread of its own, so a cancel stops it like any query.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_request_stops_pg_sleep() -> anyhow::Result<()> {
