@@ -16,7 +16,7 @@
 //! [`WriteOp`]s later and get the same results on every replica.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -36,8 +36,18 @@ use crate::raft::{entry_key, slot_key, GroupId, KeyRange, RaftWrite, CF_RAFT};
 use crate::store::Inner;
 use crate::value::{encode_row, Value};
 
+mod gate;
 mod gossip;
 mod msg_ids;
+
+mod ops;
+
+pub use gate::queue_if;
+pub(crate) use gate::{commit_in_place, CommitGate};
+pub use ops::{
+    Commit, OnConflict, SubChange, UnitResults, WriteOp, WriteResult, CHANGE_DELETE, CHANGE_INSERT,
+    CHANGE_UPDATE,
+};
 
 /// A log entry as the in-memory tail keeps it: first offset, message count, stored bytes.
 #[derive(Debug, Clone)]
@@ -46,238 +56,6 @@ pub(crate) struct TailEntry {
     pub(crate) count: u32,
     pub(crate) data: bytes::Bytes,
 }
-
-/// What to do when an inserted row's primary key already exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum OnConflict {
-    /// Fail the whole request with [`Error::DuplicateKey`].
-    Error,
-    /// Keep the existing row and skip the new one.
-    Ignore,
-    /// Overwrite the existing row.
-    Replace,
-}
-
-/// One change to the database.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub enum WriteOp {
-    /// Append messages to one partition; they get consecutive offsets and one append time.
-    Append {
-        /// Topic id.
-        topic: ObjectId,
-        /// Partition (must exist).
-        partition: u32,
-        /// The messages, encoded (and checked) against the topic's columns.
-        records: Records,
-    },
-    /// Append messages, each with an optional id, leaving out those whose id the
-    /// partition took within the topic's dedup window (in append time) or that repeat an
-    /// id of an earlier message of the op: those are answered with the first copy's
-    /// offset and append time (idempotent publishes, `_msg_id`).
-    AppendOnce {
-        /// Topic id (a Raft topic).
-        topic: ObjectId,
-        /// Partition (must exist).
-        partition: u32,
-        /// One per message: its id, if it has one.
-        ids: Vec<Option<String>>,
-        /// The messages, encoded against the topic's columns.
-        records: Records,
-    },
-    /// Insert or upsert table rows (full rows in column order).
-    Insert {
-        /// Table id.
-        table: ObjectId,
-        /// The rows.
-        rows: Vec<Vec<Value>>,
-        /// Conflict behaviour.
-        on_conflict: OnConflict,
-    },
-    /// Delete table rows by primary key (values in key order).
-    Delete {
-        /// Table id.
-        table: ObjectId,
-        /// Primary keys.
-        keys: Vec<Vec<Value>>,
-    },
-    /// Create a topic or table (its id is assigned here).
-    Create(#[serde(with = "crate::catalog::def_as_json")] ObjectDef),
-    /// Replace an existing object's definition (same id and name), e.g. a new retention.
-    Alter(#[serde(with = "crate::catalog::def_as_json")] ObjectDef),
-    /// Move an object's Raft group (topic partition, or a table's group 0) to other
-    /// nodes: its placement becomes `nodes` and the object is marked reassigned.
-    Place {
-        /// Object id.
-        object: ObjectId,
-        /// Partition (0 for a table).
-        partition: u32,
-        /// The group's nodes, preferred leader first.
-        nodes: Vec<u64>,
-    },
-    /// Drop an object and all its data.
-    Drop {
-        /// Object name.
-        name: String,
-    },
-    /// Change a durable subscription's positions and pending rows.
-    SubState {
-        /// Subscription id.
-        sub: ObjectId,
-        /// The changes, applied in order.
-        changes: Vec<SubChange>,
-    },
-    /// Apply deltas of a gossip object received from another node: each origin's deltas
-    /// apply in sequence (duplicates are skipped, a gap stops the batch).
-    Merge(crate::gossip::DeltaBatch),
-    /// Collect a gossip object's deltas and tombstones stamped before `before` (an HLC
-    /// timestamp: the horizon); each origin's version vector entry keeps the first seq
-    /// still held.
-    Collect {
-        /// The gossip topic or table.
-        object: ObjectId,
-        /// Horizon.
-        before: u64,
-    },
-    /// Merge a peer's full state of a gossip table (a node behind the peer's horizon):
-    /// its rows merge last-writer-wins, and each row here that the peer has seen (its
-    /// write is within the peer's version vector) but no longer holds goes, since the
-    /// peer deleted it and collected the tombstone.
-    Resync {
-        /// The gossip table.
-        table: ObjectId,
-        /// Every row version of the peer (tombstones included) with its row.
-        rows: Vec<crate::gossip::RowState>,
-        /// The peer's version vector.
-        vv: Vec<(crate::gossip::Origin, crate::gossip::VvEntry)>,
-    },
-    /// Move an origin's applied seq of a gossip topic forward to `to`, skipping deltas a
-    /// peer no longer holds (a node behind the peer's horizon).
-    Skip {
-        /// The gossip topic.
-        object: ObjectId,
-        /// The origin.
-        origin: crate::gossip::Origin,
-        /// New applied seq.
-        to: u64,
-    },
-    /// Remove a partition's messages below an offset (retention).
-    Trim {
-        /// Topic id.
-        topic: ObjectId,
-        /// Partition.
-        partition: u32,
-        /// First offset to keep.
-        before: u64,
-    },
-}
-
-/// One change to a durable subscription's stored state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum SubChange {
-    /// Every offset of `partition` below `next` has been read.
-    Next {
-        /// Partition.
-        partition: u32,
-        /// First offset not yet read.
-        next: u64,
-    },
-    /// A row is pending (unacked) after `deliveries` deliveries.
-    Pending {
-        /// Partition.
-        partition: u32,
-        /// Offset of the row.
-        offset: u64,
-        /// Times delivered so far.
-        deliveries: u32,
-    },
-    /// A pending row is done with (acknowledged, or moved to the dead-letter topic).
-    Done {
-        /// Partition.
-        partition: u32,
-        /// Offset of the row.
-        offset: u64,
-    },
-}
-
-/// The change kinds recorded in a table's change log (as each record's key).
-pub const CHANGE_INSERT: &str = "insert";
-/// See [`CHANGE_INSERT`].
-pub const CHANGE_UPDATE: &str = "update";
-/// See [`CHANGE_INSERT`].
-pub const CHANGE_DELETE: &str = "delete";
-
-impl WriteOp {
-    fn is_catalog(&self) -> bool {
-        matches!(
-            self,
-            WriteOp::Create(_) | WriteOp::Alter(_) | WriteOp::Place { .. } | WriteOp::Drop { .. }
-        )
-    }
-}
-
-/// The outcome of one [`WriteOp`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum WriteResult {
-    /// Messages appended at `first_offset..first_offset + n`, all with append time `ts_micros`.
-    Appended {
-        /// Partition written.
-        partition: u32,
-        /// Offset of the first message.
-        first_offset: u64,
-        /// Append time of every message of the op.
-        ts_micros: i64,
-    },
-    /// Each message's offset and append time, in order ([`WriteOp::AppendOnce`]: one
-    /// left out answers with its first copy's).
-    Positions {
-        /// Partition written.
-        partition: u32,
-        /// `(offset, append time)` per message.
-        each: Vec<(u64, i64)>,
-    },
-    /// Table rows changed (inserted, replaced or deleted).
-    Rows(u64),
-    /// The created object, with its id.
-    Created(Arc<ObjectDef>),
-    /// A catalog change or trim without further detail.
-    Done,
-    /// Deltas merged: the origin's applied seq for the object afterwards.
-    Merged {
-        /// Every delta of the origin up to this seq is applied.
-        applied: u64,
-    },
-}
-
-/// One request to the committer: units of ops, each applied all or nothing, plus Raft
-/// state written whatever the units' outcomes, all in one RocksDB batch.
-#[derive(Debug, Default)]
-pub struct Commit {
-    /// Each unit applies atomically; a failed unit leaves no trace and its error is its
-    /// result. A unit with a catalog change must be the request's only unit.
-    pub units: Vec<Vec<WriteOp>>,
-    /// Raft log and slot writes (always written, in the same batch as the units).
-    pub raft: Vec<RaftWrite>,
-    /// Append time chosen by a Raft leader (replicas must agree); `None`: now. Either way
-    /// never earlier than the log's newest append.
-    pub at: Option<i64>,
-    /// fsync before answering. A Raft state machine applies without it: the Raft log is
-    /// the durable copy, and RocksDB recovers a prefix of unsynced batches.
-    pub sync: bool,
-}
-
-impl Commit {
-    /// One unit, fsync'd: what a standalone write is.
-    pub fn durable(ops: Vec<WriteOp>) -> Commit {
-        Commit {
-            units: vec![ops],
-            sync: true,
-            ..Commit::default()
-        }
-    }
-}
-
-/// The outcome of each unit of a [`Commit`].
-pub type UnitResults = Vec<Result<Vec<WriteResult>>>;
 
 /// Answers owed to writers, sent once the committer's turn is over (so a writer woken by
 /// its answer finds the turn free).
@@ -301,120 +79,6 @@ impl CommitRequest {
             .iter()
             .any(|u| u.iter().any(WriteOp::is_catalog))
     }
-}
-
-/// Who commits: the committer thread, or a writer committing its own request on its own
-/// thread.
-///
-/// A writer alone commits in place: that saves the hand-off to the committer thread and
-/// the wake-up back, two cross-thread wake-ups that cost a lone publish more than its own
-/// work (on a virtual machine, a wake-up of an idle vCPU can take tens of µs). Alone
-/// means: its last [`ALONE_AFTER`] requests before this one came from it too (the same
-/// tokio task, say one connection), the last group commit held one request, nothing is
-/// queued, and the committer is between batches. Writers that overlap go through the
-/// queue and share one fsync; committing one of them in place would hold a runtime worker
-/// through an fsync while the others wait behind it.
-#[derive(Debug, Default)]
-pub(crate) struct CommitGate {
-    /// Held by whoever commits.
-    pub(crate) turn: parking_lot::Mutex<()>,
-    /// Requests handed to the queue, and of those how many are committed: a writer
-    /// commits in place only when the two are equal, so it never overtakes a queued one.
-    queued: AtomicU64,
-    done: AtomicU64,
-    /// Requests in the last group commit.
-    last_batch: AtomicUsize,
-    /// Who made the last request (a hash of its tokio task id, or of its thread outside a
-    /// task), and how many requests in a row before it came from the same writer.
-    last_writer: AtomicU64,
-    run: AtomicU32,
-}
-
-/// Requests in a row from one writer before it counts as alone.
-const ALONE_AFTER: u32 = 2;
-
-impl CommitGate {
-    /// Counts a request about to be queued.
-    pub(crate) fn queueing(&self) {
-        self.queued.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// Counts a queued request that will never be committed (its queue closed).
-    pub(crate) fn unqueued(&self) {
-        self.done.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn committed(&self, queued: usize) {
-        self.last_batch.store(queued, Ordering::Relaxed);
-        self.done.fetch_add(queued as u64, Ordering::SeqCst);
-    }
-
-    /// Notes who makes a request; true if the same writer made the [`ALONE_AFTER`] before.
-    pub(crate) fn same_writer(&self) -> bool {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let hasher = BuildHasherDefault::<DefaultHasher>::default();
-        let me = match tokio::task::try_id() {
-            Some(task) => hasher.hash_one(task) | 1,
-            // Outside a task (a runtime's `block_on`, a thread of its own): the thread.
-            None => hasher.hash_one(std::thread::current().id()) & !1,
-        };
-        let before = self.last_writer.swap(me, Ordering::Relaxed);
-        if before == me {
-            self.run.fetch_add(1, Ordering::Relaxed) >= ALONE_AFTER - 1
-        } else {
-            self.run.store(0, Ordering::Relaxed);
-            false
-        }
-    }
-}
-
-tokio::task_local! {
-    /// Set while polling writes their writer makes ahead of more (see [`queue_if`]).
-    static AHEAD: ();
-}
-
-/// Runs `writes`; if `more_follow`, their commits are queued, never committed in place.
-/// For commits a writer makes ahead of others without waiting (a connection's pipelined
-/// statements, several Raft entries at once): they should share one group commit, not
-/// each take an fsync of its own in turn.
-pub async fn queue_if<F: std::future::Future>(more_follow: bool, writes: F) -> F::Output {
-    if more_follow {
-        AHEAD.scope((), writes).await
-    } else {
-        writes.await
-    }
-}
-
-/// Commits `req` on this thread if its writer is alone (see [`CommitGate`]); gives it back
-/// otherwise, to be queued.
-pub(crate) fn commit_in_place(
-    inner: &Arc<Inner>,
-    req: CommitRequest,
-) -> std::result::Result<(), CommitRequest> {
-    let gate = &inner.gate;
-    if !gate.same_writer()
-        || req.is_catalog()
-        || gate.last_batch.load(Ordering::Relaxed) > 1
-        || AHEAD.try_with(|_| ()).is_ok()
-    {
-        return Err(req);
-    }
-    let Some(turn) = gate.turn.try_lock() else {
-        return Err(req);
-    };
-    if gate.queued.load(Ordering::SeqCst) != gate.done.load(Ordering::SeqCst) {
-        return Err(req);
-    }
-    let mut answers = Vec::with_capacity(1);
-    Committer {
-        inner: inner.clone(),
-    }
-    .commit_data(vec![req], &mut answers);
-    gate.last_batch.store(1, Ordering::Relaxed);
-    inner.stats.commits_in_place.fetch_add(1, Ordering::Relaxed);
-    drop(turn);
-    send_answers(answers);
-    Ok(())
 }
 
 pub(crate) fn spawn_committer(
