@@ -382,15 +382,25 @@ struct Writer {
     committer: Mutex<Option<JoinHandle<()>>>,
 }
 
-impl Drop for Writer {
-    /// With the last handle gone, the committer finishes what is queued and stops, and the
-    /// database closes before this returns, not later on the committer's own thread
-    /// (where, at process exit, closing raced RocksDB's static teardown and crashed).
-    fn drop(&mut self) {
-        self.tx.get_mut().take();
-        if let Some(handle) = self.committer.get_mut().take() {
-            let _ = handle.join();
+impl Writer {
+    /// Takes no more requests, and waits for the committer to finish what is queued.
+    fn stop(&self) {
+        self.tx.write().take();
+        if let Some(handle) = self.committer.lock().take() {
+            // Never on the committer itself (it holds no handle, but a join there would hang).
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
         }
+    }
+}
+
+impl Drop for Writer {
+    /// With the last handle gone, the committer stops and the database closes before this
+    /// returns, not later on the committer's own thread (where, at process exit, closing
+    /// raced RocksDB's static teardown and crashed).
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -601,10 +611,7 @@ impl Store {
     /// Stops accepting writes, lets the committer finish what is queued, and syncs the WAL.
     /// Idempotent; other clones then get [`Error::ShuttingDown`] from `write`.
     pub fn shutdown(&self) -> Result<()> {
-        self.writer.tx.write().take();
-        if let Some(handle) = self.writer.committer.lock().take() {
-            let _ = handle.join();
-        }
+        self.writer.stop();
         self.inner.db.flush_wal(true)?;
         Ok(())
     }
