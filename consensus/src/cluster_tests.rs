@@ -485,6 +485,15 @@ async fn a_solo_group_writes_around_its_log_then_applies_at_append_once_sealed_a
     let before = requests();
     write_in_turn(23, 28).await;
     assert_eq!(requests() - before, 5, "committer requests for 5 writes");
+    // openraft answers a write from its apply and publishes its metrics after: wait for
+    // them to show the last apply.
+    raft.wait(Some(Duration::from_secs(10)))
+        .metrics(
+            |m| m.last_applied.map(|l| l.index) == m.last_log_index,
+            "every entry in the log is applied",
+        )
+        .await
+        .unwrap();
     let (last, applied) = last_log();
     assert_eq!(last, Some(sealed_at + 5), "one entry per write");
     assert_eq!(applied, last, "every entry in the log is applied");

@@ -3,9 +3,11 @@
 use std::sync::Arc;
 
 use arrow::datatypes::DataType;
+use datafusion::common::types::{logical_float64, logical_string, NativeType};
 use datafusion::logical_expr::async_udf::{AsyncScalarUDF, AsyncScalarUDFImpl};
 use datafusion::logical_expr::{
-    create_udf, ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+    create_udf, Coercion, ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature,
+    TypeSignatureClass, Volatility,
 };
 use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
@@ -31,8 +33,18 @@ pub(crate) fn register(ctx: &SessionContext) {
             ))))
         }),
     ));
+    // Seconds as float8; an integer or a quoted number is cast to it, as PostgreSQL
+    // casts an unknown literal (`pg_sleep('0.5')`; `'x'` fails the cast with 22P02).
+    let seconds = Coercion::new_implicit(
+        TypeSignatureClass::Native(logical_float64()),
+        vec![
+            TypeSignatureClass::Numeric,
+            TypeSignatureClass::Native(logical_string()),
+        ],
+        NativeType::Float64,
+    );
     let sleep = PgSleep {
-        signature: Signature::exact(vec![DataType::Float64], Volatility::Volatile),
+        signature: Signature::coercible(vec![seconds], Volatility::Volatile),
     };
     ctx.register_udf(AsyncScalarUDF::new(Arc::new(sleep)).into_scalar_udf());
 }

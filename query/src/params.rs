@@ -13,8 +13,8 @@ use crate::error::Result;
 pub(crate) fn param_types_of(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
     let mut map = plan.get_parameter_types()?;
     // DataFusion types a parameter compared with a column; one cast (`$1::float8`) or
-    // passed to a function of one exact signature (`pg_sleep($1)`) takes that type, as
-    // in PostgreSQL.
+    // passed to a function taking one type (`pg_sleep($1)`) takes that type, as in
+    // PostgreSQL.
     for (id, ty) in placeholder_hints(plan)? {
         if let Some(slot @ None) = map.get_mut(&id) {
             *slot = Some(ty);
@@ -38,10 +38,11 @@ pub(crate) fn param_types_of(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>
 
 /// Types the plan's expressions imply for parameters DataFusion left untyped: the target
 /// of a cast of the parameter, or the argument type of a function with one exact
-/// signature. The first hint of a parameter wins.
+/// signature or one that coerces the argument to one native type. The first hint of a
+/// parameter wins.
 fn placeholder_hints(plan: &LogicalPlan) -> Result<HashMap<String, DataType>> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-    use datafusion::logical_expr::{Expr, TypeSignature};
+    use datafusion::logical_expr::{Expr, TypeSignature, TypeSignatureClass};
     let mut hints: HashMap<String, DataType> = HashMap::new();
     let mut hint = |arg: &Expr, ty: &DataType| {
         if let Expr::Placeholder(p) = arg {
@@ -54,13 +55,24 @@ fn placeholder_hints(plan: &LogicalPlan) -> Result<HashMap<String, DataType>> {
                 match e {
                     Expr::Cast(c) => hint(&c.expr, c.field.data_type()),
                     Expr::TryCast(c) => hint(&c.expr, c.field.data_type()),
-                    Expr::ScalarFunction(f) => {
-                        if let TypeSignature::Exact(types) = &f.func.signature().type_signature {
+                    Expr::ScalarFunction(f) => match &f.func.signature().type_signature {
+                        TypeSignature::Exact(types) => {
                             for (arg, ty) in f.args.iter().zip(types) {
                                 hint(arg, ty);
                             }
                         }
-                    }
+                        // An argument coerced to one native type (`pg_sleep`'s float8).
+                        TypeSignature::Coercible(coercions) => {
+                            for (arg, c) in f.args.iter().zip(coercions) {
+                                if let TypeSignatureClass::Native(t) = c.desired_type() {
+                                    if let Ok(ty) = t.default_cast_for(&DataType::Null) {
+                                        hint(arg, &ty);
+                                    }
+                                }
+                            }
+                        }
+                        _ => {}
+                    },
                     _ => {}
                 }
                 Ok(TreeNodeRecursion::Continue)
