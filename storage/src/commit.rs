@@ -189,7 +189,7 @@ impl Committer {
                 }
             }
             let mut answers = Vec::with_capacity(reqs.len());
-            let queued = reqs.len();
+            let taken = reqs.len();
             // Catalog changes commit on their own so that data ops never see a half-made object.
             let mut data = Vec::with_capacity(reqs.len());
             for req in reqs {
@@ -201,7 +201,7 @@ impl Committer {
                 }
             }
             self.commit_data(data, &mut answers);
-            self.inner.gate.committed(queued);
+            self.inner.gate.committed(taken);
             drop(turn);
             send_answers(answers);
         }

@@ -502,6 +502,7 @@ impl Store {
     pub fn write_blocking(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>> {
         let (reply, rx) = oneshot::channel();
         let tx = self.writer.tx.read().clone().ok_or(Error::ShuttingDown)?;
+        // Noted as a writer (it always queues), so one around it does not count as alone.
         self.inner.gate.same_writer();
         self.inner.gate.queueing();
         tx.blocking_send(CommitRequest {

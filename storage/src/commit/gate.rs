@@ -47,9 +47,10 @@ impl CommitGate {
         self.done.fetch_add(1, Ordering::SeqCst);
     }
 
-    pub(super) fn committed(&self, queued: usize) {
-        self.last_batch.store(queued, Ordering::Relaxed);
-        self.done.fetch_add(queued as u64, Ordering::SeqCst);
+    /// Counts the `taken` requests the committer thread took from the queue as committed.
+    pub(super) fn committed(&self, taken: usize) {
+        self.last_batch.store(taken, Ordering::Relaxed);
+        self.done.fetch_add(taken as u64, Ordering::SeqCst);
     }
 
     /// Notes who makes a request; true if the same writer made the [`ALONE_AFTER`] before.

@@ -3,9 +3,22 @@
 
 use std::sync::atomic::Ordering;
 
-use eddy_tests::TestNode;
+use eddy_tests::{wait_for, TestNode};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
+
+/// Table `n` of the integers `0..count`.
+async fn numbers(c: &tokio_postgres::Client, count: usize) -> anyhow::Result<()> {
+    c.batch_execute("CREATE TABLE n (i INT PRIMARY KEY)")
+        .await?;
+    let values: Vec<String> = (0..count).map(|i| format!("({i})")).collect();
+    c.batch_execute(&format!("INSERT INTO n VALUES {}", values.join(",")))
+        .await?;
+    Ok(())
+}
+
+/// A count over `n`'s three-way cross join: `count^3` joined rows, long enough to stop.
+const CUBE: &str = "SELECT count(*) FROM n a, n b, n c WHERE a.i + b.i + c.i >= 0";
 
 #[tokio::test]
 async fn prepared_statements_with_parameters() -> anyhow::Result<()> {
@@ -358,21 +371,11 @@ async fn retention_removes_old_messages_in_the_background() -> anyhow::Result<()
 async fn cancel_request_stops_a_running_query() -> anyhow::Result<()> {
     let node = TestNode::start().await?;
     let c = std::sync::Arc::new(node.client().await?);
-    c.batch_execute("CREATE TABLE n (i INT PRIMARY KEY)")
-        .await?;
-    let values: Vec<String> = (0..600).map(|i| format!("({i})")).collect();
-    c.batch_execute(&format!("INSERT INTO n VALUES {}", values.join(",")))
-        .await?;
+    numbers(&c, 600).await?;
     let token = c.cancel_token();
     let q = c.clone();
     // 600^3 = 216M joined rows: far longer than the cancel takes to arrive.
-    let running = tokio::spawn(async move {
-        q.query(
-            "SELECT count(*) FROM n a, n b, n c WHERE a.i + b.i + c.i >= 0",
-            &[],
-        )
-        .await
-    });
+    let running = tokio::spawn(async move { q.query(CUBE, &[]).await });
     let result = loop {
         token.cancel_query(tokio_postgres::NoTls).await?;
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -396,32 +399,19 @@ async fn cancel_request_stops_a_running_query() -> anyhow::Result<()> {
 async fn a_timed_out_join_stops_computing() -> anyhow::Result<()> {
     let node = TestNode::start().await?;
     let c = node.client().await?;
-    c.batch_execute("CREATE TABLE n (i INT PRIMARY KEY)")
-        .await?;
-    let values: Vec<String> = (0..1500).map(|i| format!("({i})")).collect();
-    c.batch_execute(&format!("INSERT INTO n VALUES {}", values.join(",")))
-        .await?;
+    numbers(&c, 1500).await?;
     let metrics = tokio::runtime::Handle::current().metrics();
     let idle = metrics.num_alive_tasks();
     c.batch_execute("SET statement_timeout = 300").await?;
     // 1500^3 joined rows: minutes of work.
-    let err = c
-        .query_one(
-            "SELECT count(*) FROM n a, n b, n c WHERE a.i + b.i + c.i >= 0",
-            &[],
-        )
-        .await
-        .expect_err("timed out");
+    let err = c.query_one(CUBE, &[]).await.expect_err("timed out");
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err:?}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while metrics.num_alive_tasks() > idle {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} tasks still alive, {idle} before the query",
-            metrics.num_alive_tasks()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_for(
+        &format!("the query's tasks to end ({idle} alive before it)"),
+        std::time::Duration::from_secs(30),
+        || std::future::ready((metrics.num_alive_tasks() <= idle).then_some(())),
+    )
+    .await?;
     c.batch_execute("SET statement_timeout = 0").await?;
     let n: i64 = c.query_one("SELECT count(*) FROM n", &[]).await?.get(0);
     assert_eq!(n, 1500);
@@ -485,19 +475,8 @@ async fn statement_timeout_stops_long_statements() -> anyhow::Result<()> {
             .expect_err("timed out"),
     );
     // Rows that stream for longer than the timeout are stopped too.
-    c.batch_execute("CREATE TABLE n (i INT PRIMARY KEY)")
-        .await?;
-    let values: Vec<String> = (0..600).map(|i| format!("({i})")).collect();
-    c.batch_execute(&format!("INSERT INTO n VALUES {}", values.join(",")))
-        .await?;
-    timed_out(
-        c.query(
-            "SELECT count(*) FROM n a, n b, n c WHERE a.i + b.i + c.i >= 0",
-            &[],
-        )
-        .await
-        .expect_err("timed out"),
-    );
+    numbers(&c, 600).await?;
+    timed_out(c.query(CUBE, &[]).await.expect_err("timed out"));
     // Quick statements are unaffected, and 0 turns the limit off.
     let n: i64 = c.query_one("SELECT count(*) FROM n", &[]).await?.get(0);
     assert_eq!(n, 600);

@@ -3,8 +3,9 @@
 //! one's acknowledgement, answers in order, and lets reads see every write before them.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use eddy_tests::TestNode;
+use eddy_tests::{wait_for, TestNode};
 use futures::future::join_all;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -25,23 +26,19 @@ fn in_place(node: &TestNode) -> u64 {
         .load(Ordering::Relaxed)
 }
 
-/// Waits until the node has committed nothing for a while (new Raft groups finish
-/// starting in the background after CREATE returns).
-async fn settled(node: &TestNode) {
+/// Waits until the node has committed nothing for 300 ms (new Raft groups finish starting
+/// in the background after CREATE returns).
+async fn settled(node: &TestNode) -> anyhow::Result<()> {
     let requests = || node.store().stats().write_requests.load(Ordering::Relaxed);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let mut last = requests();
-    let mut quiet = 0;
-    while quiet < 6 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the node never went quiet"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let (mut last, mut quiet) = (requests(), 0);
+    // Polled every 20 ms: 15 polls without a new request.
+    wait_for("the node to go quiet", Duration::from_secs(20), || {
         let now = requests();
         quiet = if now == last { quiet + 1 } else { 0 };
         last = now;
-    }
+        std::future::ready((quiet >= 15).then_some(()))
+    })
+    .await
 }
 
 #[tokio::test]
@@ -193,7 +190,7 @@ async fn a_lone_insert_commits_in_place_and_one_over_partitions_queues() -> anyh
     c.batch_execute("CREATE TOPIC lone (payload TEXT) WITH (partitions = 4)")
         .await?;
     let ins = c.prepare("INSERT INTO lone (payload) VALUES ($1)").await?;
-    settled(&node).await;
+    settled(&node).await?;
     // Background writers (the new groups' Raft state) came last: this connection's
     // writes count as alone once two in a row were its own.
     for _ in 0..2 {
