@@ -14,11 +14,14 @@
 //! - [`gossip_converge`] — `gossip-converge`: a gossip table written on both sides of a
 //!   partition (cut through the nodes' fault files), the time every node takes to hold
 //!   the same rows after the heal, and gossip's delta bytes per update, [`Convergence`].
+//! - [`floor`] — the floor peer: the least a Postgres-protocol server does for a durable
+//!   INSERT (a group fdatasync and canned replies), showing what this machine allows.
 //! - [`report`] — the table, JSON (ratio above 1 means eddy wins) and SVG chart.
 //!
 //! Tests check counting (every acknowledged message is stored or received exactly once),
 //! never timings.
 
+pub mod floor;
 pub mod report;
 pub mod scenarios;
 pub mod servers;
@@ -67,10 +70,12 @@ impl Scenario {
         match self {
             Scenario::PointSelect => &[System::Postgres],
             Scenario::PublishBulk => &[System::Postgres, System::Redis],
-            Scenario::PublishDurable => &[System::Postgres, System::Redis, System::Nats],
+            Scenario::PublishDurable => {
+                &[System::Postgres, System::Redis, System::Nats, System::Floor]
+            }
             Scenario::Fanout => &[System::Redis, System::Nats],
             Scenario::Latency => &[System::Redis, System::Nats, System::Postgres],
-            Scenario::Replicated => &[System::Nats],
+            Scenario::Replicated => &[System::Nats, System::Floor],
             Scenario::GossipConverge => &[],
         }
     }
@@ -124,6 +129,9 @@ pub enum System {
     Redis,
     /// NATS (core, and JetStream for durable publishing).
     Nats,
+    /// The floor ([`floor`]): the least a Postgres-protocol server does for a durable
+    /// INSERT.
+    Floor,
 }
 
 impl System {
@@ -134,6 +142,7 @@ impl System {
             System::Postgres => "postgres",
             System::Redis => "redis",
             System::Nats => "nats",
+            System::Floor => "floor",
         }
     }
 }

@@ -22,7 +22,11 @@ enum Peer {
     /// NATS (`apt-get install nats-server`), with JetStream on file storage (for
     /// `replicated`: 3 servers clustered on loopback, a stream with 3 replicas).
     Nats,
-    /// Every peer the scenario has a workload for.
+    /// The floor: a Postgres-protocol server of this tool's own that only writes each
+    /// INSERT's parameter to a file, with one fdatasync for all that wait, and answers
+    /// (publish-durable, replicated). Every real server does more.
+    Floor,
+    /// Every peer the scenario (but the floor) has a workload for.
     All,
 }
 
@@ -72,6 +76,10 @@ struct Args {
     /// restarted before the next (0: no failover measurement).
     #[arg(long, default_value_t = 5)]
     kills: usize,
+    /// With `--peer floor`: the floor skips its fdatasync, showing what the protocol,
+    /// loopback and this client alone allow.
+    #[arg(long)]
+    floor_no_sync: bool,
     /// Payload bytes per published message.
     #[arg(long, default_value_t = 100)]
     size: usize,
@@ -130,10 +138,17 @@ fn peers(scenario: Scenario, asked: &[Peer]) -> anyhow::Result<Vec<System>> {
     let mut out = Vec::new();
     for p in asked {
         let systems = match p {
-            Peer::All => scenario.peers().to_vec(),
+            // The floor is no system people pick: asked for by name only.
+            Peer::All => scenario
+                .peers()
+                .iter()
+                .copied()
+                .filter(|s| *s != System::Floor)
+                .collect(),
             Peer::Postgres => vec![System::Postgres],
             Peer::Redis => vec![System::Redis],
             Peer::Nats => vec![System::Nats],
+            Peer::Floor => vec![System::Floor],
         };
         for s in systems {
             if !scenario.peers().contains(&s) {
@@ -194,9 +209,17 @@ async fn measured(
     result.map_err(|e| e.context(format!("{label}, round {}", round + 1)))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // A child started as the floor server serves it and never returns.
+    eddy_bench::floor::serve_if_asked()?;
     let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(bench(args))
+}
+
+async fn bench(args: Args) -> anyhow::Result<()> {
     let scenario = args.scenario;
     let rounds = args.rounds.unwrap_or(scenario.default_rounds());
     anyhow::ensure!(rounds >= 1, "--rounds must be at least 1");
@@ -284,7 +307,11 @@ async fn main() -> anyhow::Result<()> {
         } else {
             1
         };
-        servers.push(Server::start(*s, n).await?);
+        servers.push(if *s == System::Floor {
+            Server::start_floor(!args.floor_no_sync)?
+        } else {
+            Server::start(*s, n).await?
+        });
     }
     // eddy's variants: publish-bulk and replicated measure statements (COPY, or one INSERT
     // per message) and the client's producer.
@@ -386,7 +413,14 @@ async fn main() -> anyhow::Result<()> {
         peers: servers
             .iter()
             .zip(peer_rounds)
-            .map(|(s, r)| Entry::median(s.system.name().into(), s.system, scenario, r))
+            .map(|(s, r)| {
+                let label = if s.system == System::Floor && args.floor_no_sync {
+                    "floor (no fsync)"
+                } else {
+                    s.system.name()
+                };
+                Entry::median(label.into(), s.system, scenario, r)
+            })
             .collect(),
         failover,
         gossip: None,
@@ -485,5 +519,10 @@ mod tests {
             Some(vec![System::Nats])
         );
         assert!(peers(Scenario::Replicated, &[Peer::Postgres]).is_err());
+        assert_eq!(
+            peers(Scenario::PublishDurable, &[Peer::Floor]).ok(),
+            Some(vec![System::Floor])
+        );
+        assert!(peers(Scenario::Fanout, &[Peer::Floor]).is_err());
     }
 }

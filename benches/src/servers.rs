@@ -64,6 +64,8 @@ impl Server {
                 System::Nats,
                 Cluster::start_nats(nodes)?,
             )),
+            // One process whatever `nodes` says: it stands for any server, replicated or not.
+            System::Floor => Server::start_floor(true),
             System::Postgres | System::Redis => {
                 anyhow::ensure!(
                     nodes == 1,
@@ -85,6 +87,35 @@ impl Server {
         anyhow::ensure!(nodes >= 1, "a server has at least one node");
         let cluster = Cluster::start_eddy(nodes, extra).await?;
         Ok(Server::cluster_of(System::Eddy, cluster))
+    }
+
+    /// The floor ([`crate::floor`]): this executable started again to serve it, its file in
+    /// a temp dir; `sync: false` skips its fdatasync.
+    pub fn start_floor(sync: bool) -> anyhow::Result<Server> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let log = dir.path().join("floor.log");
+        let spec = format!(
+            "127.0.0.1:{port} {} {}",
+            dir.path().join("floor.dat").display(),
+            if sync { "sync" } else { "nosync" }
+        );
+        let mut child = Command::new(std::env::current_exe()?)
+            .env(crate::floor::SERVE_ENV, spec)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        wait_listening(&mut child, port, "the floor server", &log)?;
+        Ok(Server {
+            system: System::Floor,
+            urls: vec![format!(
+                "host=127.0.0.1 port={port} user=floor dbname=floor"
+            )],
+            processes: Processes::Tree {
+                pid: Some(child.id()),
+                _guard: Box::new(ChildGuard { child, _dir: dir }),
+            },
+        })
     }
 
     fn cluster_of(system: System, cluster: Cluster) -> Server {

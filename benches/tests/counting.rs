@@ -24,16 +24,15 @@ fn tiny(scenario: Scenario) -> Options {
     o
 }
 
+/// One tiny run of `scenario` against `server`.
+async fn run_tiny(scenario: Scenario, server: &Server) -> anyhow::Result<eddy_bench::Summary> {
+    run(scenario, server, &tiny(scenario), &Meter::default()).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_durable_counts_every_acknowledged_message_once() -> anyhow::Result<()> {
     let eddy = Server::start(System::Eddy, 1).await?;
-    let s = run(
-        Scenario::PublishDurable,
-        &eddy,
-        &tiny(Scenario::PublishDurable),
-        &Meter::default(),
-    )
-    .await?;
+    let s = run_tiny(Scenario::PublishDurable, &eddy).await?;
     assert!(s.ops > 0);
     let stored: i64 = connect(eddy.url())
         .await?
@@ -49,6 +48,37 @@ async fn publish_durable_counts_every_acknowledged_message_once() -> anyhow::Res
         s.cpu_seconds.is_some_and(|c| c >= 0.0),
         "the child's CPU seconds are read: {s:?}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floor_makes_every_acknowledged_publish_durable_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("floor.dat");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!(
+        "host=127.0.0.1 port={} user=floor",
+        listener.local_addr()?.port()
+    );
+    let serving = {
+        let file = file.clone();
+        tokio::spawn(async move { eddy_bench::floor::serve(listener, &file, true).await })
+    };
+    let floor = Server::external(System::Floor, vec![url])?;
+    let durable = run_tiny(Scenario::PublishDurable, &floor).await?;
+    let replicated = run_tiny(Scenario::Replicated, &floor).await?;
+    assert!(durable.ops > 0 && replicated.ops > 0);
+    let written = eddy_bench::floor::written(&file)?;
+    assert_eq!(
+        written.len() as u64,
+        durable.ops + replicated.ops,
+        "acknowledged publishes = payloads in the floor's file"
+    );
+    // replicated's payloads are all different: none written twice.
+    let distinct: std::collections::HashSet<_> = written[durable.ops as usize..].iter().collect();
+    assert_eq!(distinct.len() as u64, replicated.ops);
+    assert!(!serving.is_finished(), "the floor still serves");
+    serving.abort();
     Ok(())
 }
 

@@ -339,5 +339,10 @@ where
 
 /// Directory of the SQL golden files.
 pub fn slt_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("slt")
+    // cargo sets the variable for the test process as well: preferring it, a test binary
+    // built from another checkout of the tree (a shared target dir) reads this one's files.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("slt")
 }

@@ -60,6 +60,7 @@ pub(super) async fn setup(scenario: Scenario, server: &Server) -> anyhow::Result
                 .query_async::<()>(&mut r)
                 .await?;
         }
+        System::Floor => {} // keeps nothing to drop or create
         System::Nats => {
             let js = jetstream::new(async_nats::connect(server.url()).await?);
             let _ = js.delete_stream(STREAM).await; // absent on the first run
@@ -96,12 +97,12 @@ impl Writer {
     async fn connect(server: &Server, i: usize) -> anyhow::Result<Writer> {
         let url = server.url_for(i);
         Ok(match server.system {
-            System::Eddy | System::Postgres => {
+            System::Eddy | System::Postgres | System::Floor => {
                 let c = connect(url).await?;
-                let returning = if server.system == System::Eddy {
-                    "_offset"
-                } else {
+                let returning = if server.system == System::Postgres {
                     "id"
+                } else {
+                    "_offset"
                 };
                 let stmt = c
                     .prepare(&format!(
@@ -187,7 +188,9 @@ pub(super) async fn bulk(
                     copy(&url, rows, batch, &payload, &meter).await
                 }
                 (System::Redis, _) => xadd_pipelined(&url, rows, batch, &payload, &meter).await,
-                (System::Nats, _) => anyhow::bail!("publish-bulk has no NATS workload"),
+                (System::Nats | System::Floor, _) => {
+                    anyhow::bail!("publish-bulk has no {} workload", system.name())
+                }
             }
         }
     })

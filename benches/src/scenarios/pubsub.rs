@@ -195,6 +195,7 @@ async fn subscribe(
             })
             .boxed()
         }
+        System::Floor => anyhow::bail!("the floor has no pub/sub workload"),
         System::Postgres => {
             let (c, mut conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
             let (tx, rx) = mpsc::unbounded_channel();
@@ -283,6 +284,7 @@ impl Publisher {
             }
             System::Redis => Publisher::Redis(redis_connection(server.url()).await?),
             System::Nats => Publisher::Nats(async_nats::connect(server.url()).await?),
+            System::Floor => anyhow::bail!("the floor has no pub/sub workload"),
         })
     }
 
