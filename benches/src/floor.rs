@@ -4,11 +4,13 @@
 //!
 //! It understands just what tokio-postgres sends for a prepared `INSERT` (startup,
 //! Parse/Describe/Sync, Bind/Execute/Sync, simple queries answered with an empty
-//! `CommandComplete`). Each Bind hands its first parameter to one committer thread,
-//! which writes whatever is waiting into a file written in full beforehand and calls
-//! `fdatasync` once for all of it (group commit), and a connection's replies go out once
-//! the write of its last Execute is durable. No SQL, no catalog, no index, no
-//! replication, no recovery: every real server does more.
+//! `CommandComplete`). Each Bind hands its last parameter (the message) to one committer
+//! thread, which writes whatever is waiting into a file written in full beforehand and
+//! calls `fdatasync` once for all of it (group commit), and a connection's replies go
+//! out once the write of its last Execute is durable. A prepared `COPY ... TO STDOUT`
+//! subscribes: from its Execute on, the connection is sent every message made durable
+//! after that, one COPY text row each, as soon as its fdatasync returns. No SQL, no
+//! catalog, no index, no replication, no recovery: every real server does more.
 //!
 //! It runs as a process of its own (this executable started again with
 //! [`SERVE_ENV`] set), so its CPU seconds are read from `/proc` like a peer's.
@@ -20,7 +22,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Set to `<listen address> <file> <sync|nosync>` in the environment of a child started
 /// from this executable, it makes the child serve the floor instead of running a
@@ -49,6 +51,12 @@ pub fn serve_if_asked() -> anyhow::Result<()> {
 /// One write waiting for the committer, answered once durable.
 type Pending = (Vec<u8>, oneshot::Sender<()>);
 
+/// The messages of one group commit, sent to subscribers once durable.
+type Durable = Arc<Vec<Vec<u8>>>;
+
+/// Group commits a subscriber may fall behind by before it is cut off.
+const SUBSCRIBER_LAG: usize = 4096;
+
 /// Serves the floor on `listener` until it fails, writing to `file` (created and filled
 /// before the first connection is taken).
 pub async fn serve(listener: TcpListener, file: &Path, sync: bool) -> anyhow::Result<()> {
@@ -60,18 +68,32 @@ pub async fn serve(listener: TcpListener, file: &Path, sync: bool) -> anyhow::Re
         .open(file)?;
     fill(&log)?;
     let (tx, rx) = mpsc::unbounded_channel();
+    let (deliver, _) = broadcast::channel(SUBSCRIBER_LAG);
+    let shared = Shared {
+        commit: tx,
+        deliver: deliver.clone(),
+        offsets: Arc::new(AtomicU64::new(0)),
+    };
     std::thread::Builder::new()
         .name("floor-commit".into())
-        .spawn(move || commit(log, sync, rx))?;
-    let offsets = Arc::new(AtomicU64::new(0));
+        .spawn(move || commit(log, sync, rx, deliver))?;
     loop {
         let (socket, _) = listener.accept().await?;
         socket.set_nodelay(true)?;
-        let (tx, offsets) = (tx.clone(), offsets.clone());
+        let shared = shared.clone();
         tokio::spawn(async move {
-            let _ = session(socket, tx, offsets).await; // a client hanging up ends it
+            let _ = session(socket, shared).await; // a client hanging up ends it
         });
     }
+}
+
+/// What every connection shares: the committer's queue, the durable messages' broadcast
+/// and the next offset to answer `RETURNING` with.
+#[derive(Clone)]
+struct Shared {
+    commit: mpsc::UnboundedSender<Pending>,
+    deliver: broadcast::Sender<Durable>,
+    offsets: Arc<AtomicU64>,
 }
 
 /// Bytes of the file the floor writes round and round.
@@ -105,17 +127,24 @@ fn fill(log: &std::fs::File) -> std::io::Result<()> {
 
 /// The committer: takes every waiting write, writes them in one `pwrite` into a file
 /// written in full beforehand (so `fdatasync` has only data to flush, never the file's
-/// size or extents: the cheapest durable write ext4 offers), then answers them all.
-/// Without `sync` it skips the `fdatasync`.
-fn commit(log: std::fs::File, sync: bool, mut rx: mpsc::UnboundedReceiver<Pending>) {
+/// size or extents: the cheapest durable write ext4 offers), then answers them all and
+/// hands them to the subscribers. Without `sync` it skips the `fdatasync`.
+fn commit(
+    log: std::fs::File,
+    sync: bool,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    deliver: broadcast::Sender<Durable>,
+) {
     let mut at = 0u64;
     let mut buf = Vec::new();
     let mut answers = Vec::new();
     while let Some(first) = rx.blocking_recv() {
+        let mut payloads = Vec::new();
         let mut next = Some(first);
         while let Some((payload, answer)) = next {
             buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             buf.extend_from_slice(&payload);
+            payloads.push(payload);
             answers.push(answer);
             next = rx.try_recv().ok();
         }
@@ -133,6 +162,9 @@ fn commit(log: std::fs::File, sync: bool, mut rx: mpsc::UnboundedReceiver<Pendin
         buf.clear();
         for a in answers.drain(..) {
             let _ = a.send(());
+        }
+        if deliver.receiver_count() > 0 {
+            let _ = deliver.send(Arc::new(payloads));
         }
     }
 }
@@ -175,11 +207,13 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// A prepared statement's shape: parameters (`$n`, the highest n) and, for
-/// `RETURNING <column>`, the one int8 column it returns.
+/// A prepared statement's shape: parameters (`$n`, the highest n), for `RETURNING
+/// <column>` the one int8 column it returns, and whether it is a `COPY`.
 struct Shape {
     params: usize,
     returning: Option<Vec<u8>>,
+    /// A `COPY`: executing it subscribes.
+    copy: bool,
 }
 
 impl Shape {
@@ -203,15 +237,16 @@ impl Shape {
                 .as_bytes()
                 .to_vec()
         });
-        Shape { params, returning }
+        let copy = upper.trim_start().starts_with("COPY");
+        Shape {
+            params,
+            returning,
+            copy,
+        }
     }
 }
 
-async fn session(
-    mut socket: TcpStream,
-    tx: mpsc::UnboundedSender<Pending>,
-    offsets: Arc<AtomicU64>,
-) -> anyhow::Result<()> {
+async fn session(mut socket: TcpStream, shared: Shared) -> anyhow::Result<()> {
     // Startup, after refusing TLS if asked.
     loop {
         let len = socket.read_u32().await? as usize;
@@ -235,6 +270,7 @@ async fn session(
 
     let mut statements: std::collections::HashMap<Vec<u8>, Shape> = Default::default();
     let mut portal_returns: Option<Vec<u8>> = None;
+    let mut portal_copies = false;
     let mut input = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -285,26 +321,38 @@ async fn session(
                 }
                 b'B' => {
                     f.cstr()?; // portal
-                    let statement = f.cstr()?;
-                    portal_returns = statements.get(statement).and_then(|s| s.returning.clone());
+                    let statement = statements.get(f.cstr()?);
+                    portal_returns = statement.and_then(|s| s.returning.clone());
+                    portal_copies = statement.is_some_and(|s| s.copy);
                     let formats = f.u16()?;
                     f.take(2 * formats)?;
                     let values = f.u16()?;
-                    let mut first = None;
+                    let mut last = None;
                     for _ in 0..values {
                         let len = f.i32()?;
-                        let v = f.take(len.max(0) as usize)?;
-                        first.get_or_insert(v.to_vec());
+                        last = Some(f.take(len.max(0) as usize)?.to_vec());
                     }
-                    let (answer, done) = oneshot::channel();
-                    tx.send((first.unwrap_or_default(), answer))
-                        .map_err(|_| anyhow::anyhow!("the committer stopped"))?;
-                    durable = Some(done);
+                    if !portal_copies {
+                        let (answer, done) = oneshot::channel();
+                        shared
+                            .commit
+                            .send((last.unwrap_or_default(), answer))
+                            .map_err(|_| anyhow::anyhow!("the committer stopped"))?;
+                        durable = Some(done);
+                    }
                     message(&mut out, b'2', b"");
+                }
+                b'E' if portal_copies => {
+                    // Subscribed before the client hears of it: nothing made durable
+                    // after this answer is missed.
+                    let durable = shared.deliver.subscribe();
+                    message(&mut out, b'H', &[0, 0, 1, 0, 0]); // text, one column
+                    socket.write_all(&out).await?;
+                    return stream(socket, durable).await;
                 }
                 b'E' => {
                     if portal_returns.is_some() {
-                        let offset = offsets.fetch_add(1, Ordering::Relaxed);
+                        let offset = shared.offsets.fetch_add(1, Ordering::Relaxed);
                         let mut row = 1u16.to_be_bytes().to_vec();
                         row.extend_from_slice(&8u32.to_be_bytes());
                         row.extend_from_slice(&offset.to_be_bytes());
@@ -331,6 +379,31 @@ async fn session(
         if !out.is_empty() {
             socket.write_all(&out).await?;
             out.clear();
+        }
+    }
+}
+
+/// Sends every durable message to a subscribed connection as a COPY text row, until the
+/// client hangs up (or falls [`SUBSCRIBER_LAG`] commits behind).
+async fn stream(
+    socket: TcpStream,
+    mut durable: broadcast::Receiver<Durable>,
+) -> anyhow::Result<()> {
+    let (mut read, mut write) = socket.into_split();
+    let mut ignored = [0u8; 1024];
+    let mut out = Vec::new();
+    loop {
+        tokio::select! {
+            batch = durable.recv() => {
+                for payload in batch?.iter() {
+                    let mut row = payload.clone();
+                    row.push(b'\n');
+                    message(&mut out, b'd', &row);
+                }
+                write.write_all(&out).await?;
+                out.clear();
+            }
+            n = read.read(&mut ignored) => if n? == 0 { return Ok(()) },
         }
     }
 }

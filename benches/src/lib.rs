@@ -74,7 +74,7 @@ impl Scenario {
                 &[System::Postgres, System::Redis, System::Nats, System::Floor]
             }
             Scenario::Fanout => &[System::Redis, System::Nats],
-            Scenario::Latency => &[System::Redis, System::Nats, System::Postgres],
+            Scenario::Latency => &[System::Redis, System::Nats, System::Postgres, System::Floor],
             Scenario::Replicated => &[System::Nats, System::Floor],
             Scenario::GossipConverge => &[],
         }

@@ -23,8 +23,9 @@ enum Peer {
     /// `replicated`: 3 servers clustered on loopback, a stream with 3 replicas).
     Nats,
     /// The floor: a Postgres-protocol server of this tool's own that only writes each
-    /// INSERT's parameter to a file, with one fdatasync for all that wait, and answers
-    /// (publish-durable, replicated). Every real server does more.
+    /// INSERT's message to a file, with one fdatasync for all that wait, answers, and
+    /// sends it to COPY subscribers (publish-durable, replicated, latency). Every real
+    /// server does more.
     Floor,
     /// Every peer the scenario (but the floor) has a workload for.
     All,

@@ -52,7 +52,8 @@ async fn publish_durable_counts_every_acknowledged_message_once() -> anyhow::Res
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_floor_makes_every_acknowledged_publish_durable_once() -> anyhow::Result<()> {
+async fn the_floor_makes_every_acknowledged_publish_durable_once_and_delivers_it(
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("floor.dat");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -67,16 +68,18 @@ async fn the_floor_makes_every_acknowledged_publish_durable_once() -> anyhow::Re
     let floor = Server::external(System::Floor, vec![url])?;
     let durable = run_tiny(Scenario::PublishDurable, &floor).await?;
     let replicated = run_tiny(Scenario::Replicated, &floor).await?;
-    assert!(durable.ops > 0 && replicated.ops > 0);
+    // The run fails unless its subscriber receives every message once.
+    let delivered = run_tiny(Scenario::Latency, &floor).await?;
+    assert!(durable.ops > 0 && replicated.ops > 0 && delivered.ops > 0);
     let written = eddy_bench::floor::written(&file)?;
     assert_eq!(
         written.len() as u64,
-        durable.ops + replicated.ops,
+        durable.ops + replicated.ops + delivered.ops,
         "acknowledged publishes = payloads in the floor's file"
     );
-    // replicated's payloads are all different: none written twice.
+    // replicated's and latency's payloads are all different: none written twice.
     let distinct: std::collections::HashSet<_> = written[durable.ops as usize..].iter().collect();
-    assert_eq!(distinct.len() as u64, replicated.ops);
+    assert_eq!(distinct.len() as u64, replicated.ops + delivered.ops);
     assert!(!serving.is_finished(), "the floor still serves");
     serving.abort();
     Ok(())

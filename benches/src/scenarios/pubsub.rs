@@ -8,6 +8,7 @@
 //! | Redis | `PUBLISH` (pipelined in fanout) | pub/sub `SUBSCRIBE` |
 //! | NATS | core `publish` | core `subscribe` |
 //! | PostgreSQL | `SELECT pg_notify(..)` | `LISTEN` |
+//! | the floor (latency) | prepared `INSERT`, acknowledged once durable | `COPY .. TO STDOUT`, sent each message once durable |
 //!
 //! Every payload carries its sequence number and send time; each subscriber checks that it
 //! receives every message exactly once, and records publish-to-receive latency (from the
@@ -160,7 +161,7 @@ async fn subscribe(
 ) -> anyhow::Result<BoxStream<'static, anyhow::Result<Bytes>>> {
     let url = server.url_for(i);
     Ok(match server.system {
-        System::Eddy => {
+        System::Eddy | System::Floor => {
             let c = connect(url).await?;
             let rows = c
                 .copy_out(&format!(
@@ -195,7 +196,6 @@ async fn subscribe(
             })
             .boxed()
         }
-        System::Floor => anyhow::bail!("the floor has no pub/sub workload"),
         System::Postgres => {
             let (c, mut conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
             let (tx, rx) = mpsc::unbounded_channel();
@@ -284,7 +284,15 @@ impl Publisher {
             }
             System::Redis => Publisher::Redis(redis_connection(server.url()).await?),
             System::Nats => Publisher::Nats(async_nats::connect(server.url()).await?),
-            System::Floor => anyhow::bail!("the floor has no pub/sub workload"),
+            System::Floor => {
+                let c = connect(server.url()).await?;
+                let stmt = c
+                    .prepare(&format!(
+                        "INSERT INTO {TOPIC} (channel, payload) VALUES ($1, $2) RETURNING _offset"
+                    ))
+                    .await?;
+                Publisher::Postgres(Arc::new(c), stmt)
+            }
         })
     }
 
