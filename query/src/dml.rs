@@ -20,27 +20,26 @@ use arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::common::ParamValues;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::memory::MemoryStream;
-use datafusion::prelude::SessionContext;
-use datafusion::scalar::ScalarValue;
 use datafusion::sql::sqlparser::ast::{
     self as ast, AssignmentTarget, Expr as SqlExpr, OnConflictAction, OnInsert, SelectItem,
-    SetExpr, Statement as SqlStatement, UnaryOperator, Value as SqlValue,
+    SetExpr, Statement as SqlStatement,
 };
-use eddy_storage::{
-    encode_row, ColumnType, ObjectDef, OnConflict, TableDef, Value, WriteOp, WriteResult,
-};
+use eddy_storage::{ColumnType, ObjectDef, OnConflict, TableDef, Value, WriteOp, WriteResult};
 use futures::TryStreamExt;
 
-use crate::convert::{build_array, cast_column, scalar_to_value, value_at};
+use crate::convert::{build_array, cast_column, value_at};
 use crate::engine::{normalize_ident, object_name, param_list, param_types_of, Engine, Output};
 use crate::error::{Error, Result};
 use crate::provider::{table_schema, topic_schema};
-use crate::types::{arrow_type, parse_text};
 
+mod table;
 mod topic;
+mod values;
 
+use table::check_size;
 use topic::{append, finish_topic};
 pub(crate) use topic::{append_rows, TOPIC_WRITE_META};
+pub(crate) use values::{eval_simple, is_simple, note_param};
 
 /// A planned INSERT / UPDATE / DELETE.
 #[derive(Debug)]
@@ -186,140 +185,6 @@ fn plan_returning(def: &ObjectDef, items: &Option<Vec<SelectItem>>) -> Result<Op
         indexes,
         schema: Arc::new(Schema::new(fields)),
     }))
-}
-
-/// True when `e` can be evaluated without DataFusion.
-pub(crate) fn is_simple(e: &SqlExpr) -> bool {
-    match e {
-        SqlExpr::Value(v) => matches!(
-            v.value,
-            SqlValue::Number(..)
-                | SqlValue::SingleQuotedString(_)
-                | SqlValue::Boolean(_)
-                | SqlValue::Null
-                | SqlValue::Placeholder(_)
-                | SqlValue::EscapedStringLiteral(_)
-                | SqlValue::DollarQuotedString(_)
-        ),
-        SqlExpr::UnaryOp {
-            op: UnaryOperator::Minus | UnaryOperator::Plus,
-            expr,
-        } => {
-            matches!(&**expr, SqlExpr::Value(v) if matches!(v.value, SqlValue::Number(..)))
-        }
-        SqlExpr::Cast { expr, .. } => is_simple(expr),
-        SqlExpr::Nested(e) => is_simple(e),
-        _ => false,
-    }
-}
-
-fn placeholder_index(p: &str) -> Result<usize> {
-    p.strip_prefix('$')
-        .and_then(|n| n.parse::<usize>().ok())
-        .filter(|n| *n >= 1)
-        .map(|n| n - 1)
-        .ok_or_else(|| Error::Syntax(format!("bad parameter {p}")))
-}
-
-/// Records `$n` → `ty` for a (possibly cast) bare placeholder.
-pub(crate) fn note_param(
-    e: &SqlExpr,
-    ty: ColumnType,
-    types: &mut Vec<Option<DataType>>,
-) -> Result<()> {
-    match e {
-        SqlExpr::Value(v) => {
-            if let SqlValue::Placeholder(p) = &v.value {
-                let i = placeholder_index(p)?;
-                if types.len() <= i {
-                    types.resize(i + 1, None);
-                }
-                types[i].get_or_insert_with(|| arrow_type(ty));
-            }
-            Ok(())
-        }
-        SqlExpr::Cast { expr, .. } | SqlExpr::Nested(expr) => note_param(expr, ty, types),
-        _ => Ok(()),
-    }
-}
-
-/// Evaluates a simple expression (see [`is_simple`]) as a value of `ty`.
-pub(crate) fn eval_simple(
-    e: &SqlExpr,
-    ty: ColumnType,
-    column: &str,
-    params: &[ScalarValue],
-) -> Result<Value> {
-    match e {
-        SqlExpr::Value(v) => match &v.value {
-            SqlValue::Null => Ok(Value::Null),
-            SqlValue::Number(n, _) => number_value(ty, n, column),
-            SqlValue::SingleQuotedString(s) | SqlValue::EscapedStringLiteral(s) => {
-                parse_text(ty, s)
-            }
-            SqlValue::DollarQuotedString(d) => parse_text(ty, &d.value),
-            SqlValue::Boolean(b) => match ty {
-                ColumnType::Bool => Ok(Value::Bool(*b)),
-                ColumnType::Text => Ok(Value::Text(b.to_string())),
-                _ => Err(mismatch(column, ty, "boolean")),
-            },
-            SqlValue::Placeholder(p) => {
-                let i = placeholder_index(p)?;
-                let s = params.get(i).ok_or_else(|| {
-                    Error::InvalidParameter(format!("no value for parameter {p}"))
-                })?;
-                scalar_to_value(s, ty, column)
-            }
-            other => Err(Error::NotSupported(format!("value {other}"))),
-        },
-        SqlExpr::UnaryOp { op, expr } => {
-            let SqlExpr::Value(v) = &**expr else {
-                return Err(Error::NotSupported(e.to_string()));
-            };
-            let SqlValue::Number(n, _) = &v.value else {
-                return Err(Error::NotSupported(e.to_string()));
-            };
-            let n = if matches!(op, UnaryOperator::Minus) {
-                format!("-{n}")
-            } else {
-                n.clone()
-            };
-            number_value(ty, &n, column)
-        }
-        SqlExpr::Cast { expr, .. } | SqlExpr::Nested(expr) => eval_simple(expr, ty, column, params),
-        other => Err(Error::NotSupported(other.to_string())),
-    }
-}
-
-fn mismatch(column: &str, ty: ColumnType, got: &str) -> Error {
-    Error::DatatypeMismatch(format!(
-        "column \"{column}\" is of type {} but expression is of type {got}",
-        ty.sql_name()
-    ))
-}
-
-fn number_value(ty: ColumnType, n: &str, column: &str) -> Result<Value> {
-    match ty {
-        ColumnType::Int16 | ColumnType::Int32 | ColumnType::Int64 => {
-            if let Ok(i) = n.parse::<i128>() {
-                return crate::types::int_value(ty, i).ok_or_else(|| Error::OutOfRange {
-                    ty: ty.sql_name(),
-                    value: n.into(),
-                });
-            }
-            // 1.5 into an integer column rounds, as PostgreSQL's assignment cast does.
-            let f: f64 = n.parse().map_err(|_| Error::InvalidText {
-                ty: ty.sql_name(),
-                value: n.into(),
-            })?;
-            crate::types::int_value(ty, f.round() as i128).ok_or_else(|| Error::OutOfRange {
-                ty: ty.sql_name(),
-                value: n.into(),
-            })
-        }
-        ColumnType::Float32 | ColumnType::Float64 | ColumnType::Text => parse_text(ty, n),
-        _ => Err(mismatch(column, ty, "numeric")),
-    }
 }
 
 /// Plans an INSERT, UPDATE or DELETE.
@@ -789,18 +654,6 @@ pub(crate) async fn execute(
     }
 }
 
-fn check_size(engine: &Engine, values: &[Value]) -> Result<()> {
-    let mut buf = Vec::new();
-    encode_row(values, &mut buf);
-    if buf.len() > engine.config.max_message_bytes {
-        return Err(Error::MessageTooLarge {
-            size: buf.len(),
-            limit: engine.config.max_message_bytes,
-        });
-    }
-    Ok(())
-}
-
 /// Writes full rows (for topics: `_key` and `_msg_id` first, then the user columns).
 async fn write_rows(
     engine: &Engine,
@@ -818,191 +671,8 @@ async fn write_rows(
             let written = append(engine, topic, rows).await?;
             finish_topic(plan, topic, written)
         }
-        ObjectDef::Table(table) => {
-            for r in &rows {
-                check_size(engine, r)?;
-            }
-            match conflict {
-                Conflict::Error | Conflict::Nothing => {
-                    let mode = if matches!(conflict, Conflict::Error) {
-                        OnConflict::Error
-                    } else {
-                        OnConflict::Ignore
-                    };
-                    let n = match engine
-                        .write(vec![WriteOp::Insert {
-                            table: table.id,
-                            rows: rows.clone(),
-                            on_conflict: mode,
-                        }])
-                        .await?
-                        .first()
-                    {
-                        Some(WriteResult::Rows(n)) => *n,
-                        _ => 0,
-                    };
-                    // With DO NOTHING some rows may be skipped; RETURNING then shows those written.
-                    let mut rows = rows;
-                    if (n as usize) < rows.len() {
-                        rows.truncate(n as usize);
-                    }
-                    finish(plan, "INSERT", rows)
-                }
-                Conflict::Update {
-                    assignments,
-                    table_alias,
-                } => {
-                    let _guard = engine.rmw.lock().await;
-                    // The rows are read, merged and written back; the write refuses a
-                    // key that appeared after the read (another node's upsert, a gossip
-                    // delta merged meanwhile). Nothing of the statement is written then,
-                    // so it runs again on fresh rows, after this replica has caught up.
-                    let mut attempt = 0;
-                    loop {
-                        let tried =
-                            upsert_once(engine, table, table_alias, assignments, &rows, params)
-                                .await;
-                        match tried {
-                            Err(Error::Storage(eddy_storage::Error::DuplicateKey { .. }))
-                                if attempt < UPSERT_ATTEMPTS =>
-                            {
-                                attempt += 1;
-                                tokio::time::sleep(std::time::Duration::from_millis(5 * attempt))
-                                    .await;
-                                engine.writer.read_barrier(&[table.id]).await?;
-                            }
-                            Err(e) => return Err(e),
-                            Ok(written) => return finish(plan, "INSERT", written),
-                        }
-                    }
-                }
-            }
-        }
+        ObjectDef::Table(table) => table::write(engine, plan, table, rows, conflict, params).await,
     }
-}
-
-/// How often an upsert runs again after a key appeared between its read and its write.
-const UPSERT_ATTEMPTS: u64 = 10;
-
-/// One try of `INSERT ... ON CONFLICT DO UPDATE`: reads each row's current version,
-/// merges, and writes all of them at once; returns the rows written.
-async fn upsert_once(
-    engine: &Engine,
-    table: &TableDef,
-    table_alias: &str,
-    assignments: &[(usize, SqlExpr)],
-    rows: &[Vec<Value>],
-    params: &ParamValues,
-) -> Result<Vec<Vec<Value>>> {
-    let mut written = Vec::new();
-    let mut ops = Vec::new();
-    for row in rows {
-        let pk: Vec<Value> = table.primary_key.iter().map(|&i| row[i].clone()).collect();
-        let store = engine.store().clone();
-        let t = table.clone();
-        let existing = tokio::task::spawn_blocking(move || store.get_row(&t, &pk))
-            .await
-            .map_err(|e| Error::InvalidParameter(e.to_string()))??;
-        match existing {
-            None => {
-                ops.push(WriteOp::Insert {
-                    table: table.id,
-                    rows: vec![row.clone()],
-                    on_conflict: OnConflict::Error,
-                });
-                written.push(row.clone());
-            }
-            Some(old) => {
-                let merged =
-                    merge_update(table, table_alias, &old, row, assignments, params).await?;
-                check_size(engine, &merged)?;
-                ops.push(WriteOp::Insert {
-                    table: table.id,
-                    rows: vec![merged.clone()],
-                    on_conflict: OnConflict::Replace,
-                });
-                written.push(merged);
-            }
-        }
-    }
-    engine.write(ops).await?;
-    Ok(written)
-}
-
-/// The row after `ON CONFLICT DO UPDATE SET ...` applied to `old` with `excluded` = `new`.
-async fn merge_update(
-    table: &TableDef,
-    alias: &str,
-    old: &[Value],
-    new: &[Value],
-    assignments: &[(usize, SqlExpr)],
-    params: &ParamValues,
-) -> Result<Vec<Value>> {
-    let mut merged = old.to_vec();
-    let scalars = param_list(params);
-    let mut complex = Vec::new();
-    for (i, e) in assignments {
-        let col = &table.columns[*i];
-        let excluded_col = match e {
-            SqlExpr::CompoundIdentifier(ids)
-                if ids.len() == 2 && normalize_ident(&ids[0]) == "excluded" =>
-            {
-                table
-                    .columns
-                    .iter()
-                    .position(|c| c.name == normalize_ident(&ids[1]))
-            }
-            _ => None,
-        };
-        if let Some(j) = excluded_col {
-            merged[*i] = new[j].clone();
-        } else if is_simple(e) {
-            merged[*i] = eval_simple(e, col.ty, &col.name, &scalars)?;
-        } else {
-            complex.push((*i, e));
-        }
-    }
-    if complex.is_empty() {
-        return Ok(merged);
-    }
-    // General expressions (`n = t.n + excluded.n`): evaluate over a one-row relation for the
-    // existing row and one for the excluded row, in a throwaway context.
-    let ctx = SessionContext::new();
-    let schema = table_schema(table);
-    let batch = |row: &[Value]| -> Result<RecordBatch> {
-        let cols: Vec<ArrayRef> = table
-            .columns
-            .iter()
-            .zip(row)
-            .map(|(c, v)| build_array(c.ty, std::iter::once(v)))
-            .collect();
-        Ok(RecordBatch::try_new(schema.clone(), cols)?)
-    };
-    ctx.register_batch("eddy_existing", batch(old)?)?;
-    ctx.register_batch("eddy_excluded", batch(new)?)?;
-    let exprs: Vec<String> = complex.iter().map(|(_, e)| e.to_string()).collect();
-    let sql = format!(
-        "SELECT {} FROM eddy_existing AS {} CROSS JOIN eddy_excluded AS excluded",
-        exprs.join(", "),
-        quote(alias)
-    );
-    let df = ctx.sql(&sql).await?;
-    let df = if scalars.is_empty() {
-        df
-    } else {
-        df.with_param_values(params.clone())?
-    };
-    let batches = df.collect().await?;
-    let b = batches
-        .iter()
-        .find(|b| b.num_rows() > 0)
-        .ok_or_else(|| Error::InvalidParameter("upsert expression returned no row".into()))?;
-    for (k, (i, _)) in complex.iter().enumerate() {
-        let col = &table.columns[*i];
-        let a = cast_column(b.column(k), col.ty, &col.name)?;
-        merged[*i] = value_at(&a, 0, col.ty)?;
-    }
-    Ok(merged)
 }
 
 fn finish(plan: &DmlPlan, verb: &str, rows: Vec<Vec<Value>>) -> Result<Output> {

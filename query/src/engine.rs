@@ -12,23 +12,24 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
-use datafusion::sql::sqlparser::ast::{
-    self as ast, Expr as SqlExpr, ObjectName, ObjectType, Statement as SqlStatement,
-};
+use datafusion::sql::sqlparser::ast::{self as ast, ObjectName, Statement as SqlStatement};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use eddy_storage::{ObjectId, Store, TopicDef, WriteOp, WriteResult};
 use serde::{Deserialize, Serialize};
 
 use crate::copy::{CopyInSink, CopyOptions};
-use crate::cursor::Cursor;
-use crate::ddl::{option_value, show_topics_schema};
-use crate::dialect::CursorSource;
+use crate::ddl::show_topics_schema;
 use crate::dialect::{self, Statement};
 use crate::dml::{self, DmlPlan};
 use crate::error::{Error, Result};
 pub(crate) use crate::params::{param_list, param_types_of};
 use crate::provider::EddySchemaProvider;
 use crate::session::Session;
+
+mod names;
+mod statements;
+
+use names::{pg_column_names, show_column, show_name};
 
 /// Settings of the query layer (the `[query]` section of `eddy.toml`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -471,11 +472,7 @@ impl Engine {
                     (Kind::Dml(Arc::new(plan)), types, schema)
                 }
                 SqlStatement::ShowVariable { variable } => {
-                    let name = variable
-                        .iter()
-                        .map(|i| i.value.to_ascii_lowercase())
-                        .collect::<Vec<_>>()
-                        .join(" ");
+                    let name = show_name(variable);
                     let schema = Arc::new(Schema::new(vec![Field::new(
                         show_column(&name),
                         DataType::Utf8,
@@ -589,210 +586,6 @@ impl Engine {
         self.execute(session, &p, &ParamValues::List(vec![])).await
     }
 
-    async fn execute_other(&self, session: &mut Session, statement: &Statement) -> Result<Output> {
-        match statement {
-            Statement::CreateTopic { name, columns, options, if_not_exists } => {
-                self.create_topic(name, columns, options, *if_not_exists).await
-            }
-            Statement::AlterTopic { name, options } => self.alter_topic(name, options).await,
-            Statement::DropTopic { name, if_exists } => self.drop_object(name, *if_exists, true).await,
-            Statement::ShowTopics => self.show_topics(),
-            Statement::ShowCluster => {
-                let batch = self.nodes_batch()?;
-                let schema = batch.schema();
-                Ok(Output::Rows {
-                    tag: "SHOW".into(),
-                    stream: Box::pin(MemoryStream::try_new(vec![batch], schema, None)?),
-                })
-            }
-            Statement::AddNode(addr) => {
-                let id = self.writer.add_node(addr).await?;
-                tracing::info!(node = id, addr, "node added to the cluster");
-                Ok(Output::Command {
-                    tag: "ALTER CLUSTER".into(),
-                    rows: None,
-                })
-            }
-            Statement::RemoveNode(id) => {
-                self.writer.remove_node(*id).await?;
-                Ok(Output::Command {
-                    tag: "ALTER CLUSTER".into(),
-                    rows: None,
-                })
-            }
-            Statement::CopySubscribe { .. } => Err(Error::NotSupported(
-                "COPY (SUBSCRIBE ...) here: the connection drives subscriptions itself".into(),
-            )),
-            Statement::Subscribe(_) => Err(Error::NotSupported(
-                "SUBSCRIBE on its own; use COPY (SUBSCRIBE ...) TO STDOUT, DECLARE c CURSOR FOR SUBSCRIBE ..., or LISTEN"
-                    .into(),
-            )),
-            Statement::DeclareCursor { name, source } => {
-                if session.cursors.contains_key(name) {
-                    return Err(Error::DuplicateCursor(name.clone()));
-                }
-                let cursor = match source {
-                    CursorSource::Subscribe(spec) => Cursor::new(self.subscribe(spec, "cursor").await?, true),
-                    CursorSource::Query(q) => {
-                        let plan = pg_column_names(q, self.plan_sql(q).await?)?;
-                        Cursor::new(self.run_plan(&plan, &ParamValues::List(vec![])).await?, false)
-                    }
-                };
-                session.cursors.insert(name.clone(), cursor);
-                Ok(Output::Command { tag: "DECLARE CURSOR".into(), rows: None })
-            }
-            Statement::Fetch { cursor, count, timeout } => {
-                let c = session.cursors.get(cursor).ok_or_else(|| Error::UndefinedCursor(cursor.clone()))?;
-                Ok(Output::Rows { tag: "FETCH".into(), stream: c.fetch(*count, *timeout) })
-            }
-            Statement::Close { cursor } => {
-                match cursor {
-                    Some(c) => {
-                        session.cursors.remove(c).ok_or_else(|| Error::UndefinedCursor(c.clone()))?;
-                    }
-                    None => session.cursors.clear(),
-                }
-                Ok(Output::Command { tag: "CLOSE CURSOR".into(), rows: None })
-            }
-            Statement::Listen(name) => {
-                let source = self.source(name)?;
-                let positions = self.resolve_positions(&source.log, &crate::subscribe::StartPosition::Now).await?;
-                session.listens.entry(source.log.name.clone()).or_insert(positions);
-                Ok(Output::Command { tag: "LISTEN".into(), rows: None })
-            }
-            Statement::Unlisten(name) => {
-                match name {
-                    Some(n) => {
-                        session.listens.remove(&object_name(n)?);
-                    }
-                    None => session.listens.clear(),
-                }
-                Ok(Output::Command { tag: "UNLISTEN".into(), rows: None })
-            }
-            Statement::CreateSubscription { name, spec, if_not_exists } => {
-                self.create_subscription(name, spec, *if_not_exists).await
-            }
-            Statement::DropSubscription { name, if_exists } => self.drop_subscription(name, *if_exists).await,
-            Statement::ShowSubscriptions => {
-                let all = self.subscriptions_batch().await?;
-                let kinds = all.column(1).as_any().downcast_ref::<StringArray>().cloned();
-                let durable: arrow::array::BooleanArray =
-                    kinds.iter().flat_map(|k| k.iter()).map(|k| Some(k == Some("durable"))).collect();
-                let batch = arrow::compute::filter_record_batch(&all, &durable)?;
-                let stream = MemoryStream::try_new(vec![batch], Engine::subscriptions_schema(), None)?;
-                Ok(Output::Rows { tag: "SHOW".into(), stream: Box::pin(stream) })
-            }
-            Statement::FetchSubscription { name, count, timeout } => {
-                self.fetch_subscription(name, *count, *timeout).await
-            }
-            Statement::Ack { name, positions, nack } => self.ack_subscription(name, positions, *nack).await,
-            Statement::Sql(s) => self.execute_sql_other(session, s).await,
-        }
-    }
-
-    async fn execute_sql_other(&self, session: &mut Session, s: &SqlStatement) -> Result<Output> {
-        let command = |tag: &str| {
-            Ok(Output::Command {
-                tag: tag.into(),
-                rows: None,
-            })
-        };
-        match s {
-            SqlStatement::CreateTable(ct) => self.create_table(ct).await,
-            SqlStatement::Drop {
-                object_type: ObjectType::Table,
-                if_exists,
-                names,
-                ..
-            } => {
-                for name in names {
-                    self.drop_object(name, *if_exists, false).await?;
-                }
-                command("DROP TABLE")
-            }
-            SqlStatement::Copy {
-                source,
-                to,
-                target,
-                options,
-                legacy_options,
-                ..
-            } => crate::copy::plan_copy(self, source, *to, target, options, legacy_options).await,
-            SqlStatement::Set(set) => {
-                use ast::Set;
-                match set {
-                    Set::SingleAssignment {
-                        variable, values, ..
-                    } => {
-                        let name = variable.to_string().to_ascii_lowercase();
-                        if let [SqlExpr::Identifier(i)] = values.as_slice() {
-                            if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default") {
-                                session.reset(Some(&name));
-                                return command("SET");
-                            }
-                        }
-                        let value = values
-                            .iter()
-                            .map(option_value)
-                            .collect::<Vec<_>>()
-                            .join(", ");
-                        if name == "consistency" && !["strong", "local"].contains(&value.as_str()) {
-                            return Err(Error::InvalidParameter(format!(
-                                "consistency must be 'strong' or 'local', not '{value}'"
-                            )));
-                        }
-                        if name == "statement_timeout" {
-                            crate::types::parse_duration_ms(&value)?;
-                        }
-                        session.set(&name, value);
-                    }
-                    Set::SetTimeZone { value, .. } => session.set("timezone", option_value(value)),
-                    _ => {}
-                }
-                command("SET")
-            }
-            SqlStatement::Reset(reset) => {
-                match &reset.reset {
-                    ast::Reset::ALL => session.reset(None),
-                    ast::Reset::ConfigurationParameter(name) => {
-                        session.reset(Some(&name.to_string()))
-                    }
-                }
-                command("RESET")
-            }
-            SqlStatement::ShowVariable { variable } => {
-                let name = variable
-                    .iter()
-                    .map(|i| i.value.to_ascii_lowercase())
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                let key = match name.as_str() {
-                    "time zone" => "timezone",
-                    "transaction isolation level" => "transaction_isolation",
-                    other => other,
-                };
-                let value = session.get(key).ok_or_else(|| {
-                    Error::InvalidParameter(format!(
-                        "unrecognized configuration parameter \"{name}\""
-                    ))
-                })?;
-                Ok(Output::Rows {
-                    tag: "SHOW".into(),
-                    stream: one_text_column(&show_column(&name), vec![value])?,
-                })
-            }
-            SqlStatement::StartTransaction { .. } => Ok(Output::TransactionStart),
-            SqlStatement::Commit { .. } => Ok(Output::TransactionEnd { tag: "COMMIT" }),
-            SqlStatement::Rollback { .. } => Ok(Output::TransactionEnd { tag: "ROLLBACK" }),
-            SqlStatement::Discard { .. } => command("DISCARD ALL"),
-            SqlStatement::Deallocate { .. } => command("DEALLOCATE"),
-            other => Err(Error::NotSupported(format!(
-                "statement \"{}\"",
-                first_words(&other.to_string())
-            ))),
-        }
-    }
-
     /// The rows a LISTEN on `name` notifies, from the offsets LISTEN recorded.
     pub async fn listen_stream(
         &self,
@@ -859,87 +652,6 @@ impl RoundRobin<'_> {
             k => led[(n % k as u64) as usize],
         }
     }
-}
-
-/// The name PostgreSQL gives an unaliased output column.
-fn pg_name(e: &SqlExpr) -> String {
-    match e {
-        SqlExpr::Identifier(i) => normalize_ident(i),
-        SqlExpr::CompoundIdentifier(ids) => ids.last().map(normalize_ident).unwrap_or_default(),
-        SqlExpr::Function(f) => f
-            .name
-            .0
-            .last()
-            .and_then(|p| p.as_ident())
-            .map(normalize_ident)
-            .unwrap_or_else(|| "?column?".into()),
-        SqlExpr::Cast {
-            expr, data_type, ..
-        } => match pg_name(expr) {
-            n if n == "?column?" => data_type.to_string().to_lowercase(),
-            n => n,
-        },
-        SqlExpr::Nested(e) => pg_name(e),
-        SqlExpr::Case { .. } => "case".into(),
-        SqlExpr::Exists { .. } => "exists".into(),
-        _ => "?column?".into(),
-    }
-}
-
-/// Renames a SELECT's output columns the way PostgreSQL names them (`count`, not
-/// `count(*)`; `?column?` for unnamed expressions), so drivers that address columns by
-/// name find them. Queries with `*` keep DataFusion's names, which are already the
-/// column names. Duplicate names keep DataFusion's name (its plans need unique names).
-fn pg_column_names(stmt: &SqlStatement, plan: LogicalPlan) -> Result<LogicalPlan> {
-    use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
-    let SqlStatement::Query(q) = stmt else {
-        return Ok(plan);
-    };
-    let SetExpr::Select(sel) = &*q.body else {
-        return Ok(plan);
-    };
-    let names: Option<Vec<String>> = sel
-        .projection
-        .iter()
-        .map(|item| match item {
-            SelectItem::UnnamedExpr(e) => Some(pg_name(e)),
-            SelectItem::ExprWithAlias { alias, .. } => Some(normalize_ident(alias)),
-            _ => None,
-        })
-        .collect();
-    let Some(names) = names else { return Ok(plan) };
-    let columns = plan.schema().columns();
-    if names.len() != columns.len() || columns.iter().zip(&names).all(|(c, n)| &c.name == n) {
-        return Ok(plan);
-    }
-    let mut seen = std::collections::HashSet::new();
-    let exprs: Vec<datafusion::logical_expr::Expr> = columns
-        .iter()
-        .zip(names)
-        .map(|(c, n)| {
-            let name = if seen.insert(n.clone()) {
-                n
-            } else {
-                c.name.clone()
-            };
-            datafusion::logical_expr::Expr::Column(c.clone()).alias(name)
-        })
-        .collect();
-    Ok(datafusion::logical_expr::LogicalPlanBuilder::from(plan)
-        .project(exprs)?
-        .build()?)
-}
-
-fn show_column(name: &str) -> String {
-    match name {
-        "time zone" => "TimeZone".into(),
-        "transaction isolation level" => "transaction_isolation".into(),
-        other => other.to_owned(),
-    }
-}
-
-fn first_words(sql: &str) -> String {
-    sql.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
 }
 
 /// The topics and tables a plan reads (system and catalog tables excluded).

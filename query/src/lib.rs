@@ -2,7 +2,9 @@
 //!
 //! # Layout
 //! - [`Engine`] — one per node: parses ([`dialect`]), plans and runs statements, producing
-//!   an [`Output`] (rows, a command tag, or a COPY in/out to drive).
+//!   an [`Output`] (rows, a command tag, or a COPY in/out to drive); `engine::statements`
+//!   runs those that neither read nor write, `engine::names` names output columns as
+//!   PostgreSQL does.
 //! - [`Session`] — per-connection settings (SET/SHOW).
 //! - `ddl` — CREATE/ALTER/DROP TOPIC, CREATE/DROP TABLE, SHOW TOPICS.
 //! - [`SubscribeSpec`] / `Engine::subscribe` — live, filtered streams of a topic's rows or
@@ -11,7 +13,9 @@
 //! - `provider` — DataFusion table providers for topics (pushdown of `_partition`,
 //!   `_offset`, `_ts`) and tables (primary-key point reads).
 //! - `route` — which topics and tables a statement reads, and which nodes can run it.
-//! - `dml` — INSERT (with a fast path that never plans through DataFusion), UPDATE, DELETE.
+//! - `dml` — INSERT (with a fast path that never plans through DataFusion), UPDATE, DELETE;
+//!   its `values` evaluate literals and parameters without DataFusion, `table` and `topic`
+//!   write.
 //! - [`CopyInSink`], [`CopyOptions`] — COPY FROM STDIN parsing and COPY TO encoding.
 //!
 //! # Example
