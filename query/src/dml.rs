@@ -9,7 +9,7 @@
 //! |---|---|
 //! | `INSERT INTO topic VALUES (literals/$n)` | fast path → `Append` per partition |
 //! | `INSERT INTO table ... [ON CONFLICT DO NOTHING]` | fast path → `Insert` (Error / Ignore) |
-//! | `... ON CONFLICT (pk) DO UPDATE SET ...` | read existing row, merge, `Insert(Replace)`, or `Insert(Error)` for a new key; under the RMW lock; run again if a key appeared meanwhile (another node, a gossip merge) |
+//! | `... ON CONFLICT (pk) DO UPDATE SET ... [WHERE ..]` | read existing row, merge where the WHERE holds (`excluded.col` bound as a parameter, unqualified columns the existing row's), `Insert(Replace)`, or `Insert(Error)` for a new key; under the RMW lock; run again if a key appeared meanwhile (another node, a gossip merge) |
 //! | `UPDATE t SET .. WHERE ..` | `SELECT *, <new values> FROM t WHERE ..` → `Insert(Replace)`; under the RMW lock |
 //! | `DELETE FROM t WHERE ..` | `SELECT * FROM t WHERE ..` → `Delete` |
 
@@ -86,6 +86,9 @@ enum Conflict {
     Nothing,
     Update {
         assignments: Vec<(usize, SqlExpr)>,
+        /// `DO UPDATE ... WHERE`: a conflicting row is updated only where it holds.
+        condition: Option<Box<SqlExpr>>,
+        /// The existing row's name in the expressions: the INSERT's alias, else the table's.
         table_alias: String,
     },
 }
@@ -231,7 +234,8 @@ async fn plan_insert(engine: &Engine, ins: &ast::Insert) -> Result<DmlPlan> {
             )));
         }
     }
-    let conflict = plan_conflict(&def, &cols, ins.on.as_ref())?;
+    let alias = ins.table_alias.as_ref().map(|a| normalize_ident(&a.alias));
+    let conflict = plan_conflict(&def, &cols, ins.on.as_ref(), alias)?;
     let mut param_types = Vec::new();
     if let Conflict::Update { assignments, .. } = &conflict {
         for (i, e) in assignments {
@@ -316,6 +320,7 @@ fn plan_conflict(
     def: &ObjectDef,
     cols: &[(String, ColumnType)],
     on: Option<&OnInsert>,
+    alias: Option<String>,
 ) -> Result<Conflict> {
     let Some(on) = on else {
         return Ok(Conflict::Error);
@@ -348,11 +353,6 @@ fn plan_conflict(
     match &oc.action {
         OnConflictAction::DoNothing => Ok(Conflict::Nothing),
         OnConflictAction::DoUpdate(du) => {
-            if du.selection.is_some() {
-                return Err(Error::NotSupported(
-                    "ON CONFLICT DO UPDATE ... WHERE".into(),
-                ));
-            }
             let assignments = du
                 .assignments
                 .iter()
@@ -372,7 +372,8 @@ fn plan_conflict(
                 .collect::<Result<Vec<_>>>()?;
             Ok(Conflict::Update {
                 assignments,
-                table_alias: table.name.clone(),
+                condition: du.selection.clone().map(Box::new),
+                table_alias: alias.unwrap_or_else(|| table.name.clone()),
             })
         }
     }

@@ -5,8 +5,9 @@
 use arrow::array::{ArrayRef, RecordBatch};
 use datafusion::common::ParamValues;
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::ast::Expr as SqlExpr;
-use eddy_storage::{encode_row, OnConflict, TableDef, Value, WriteOp, WriteResult};
+use datafusion::scalar::ScalarValue;
+use datafusion::sql::sqlparser::ast::{visit_expressions_mut, Expr as SqlExpr, Value as SqlValue};
+use eddy_storage::{encode_row, ColumnType, OnConflict, TableDef, Value, WriteOp, WriteResult};
 
 use super::values::{eval_simple, is_simple};
 use super::{finish, quote, Conflict, DmlPlan};
@@ -55,8 +56,16 @@ pub(super) async fn write(
         }
         Conflict::Update {
             assignments,
+            condition,
             table_alias,
         } => {
+            let update = Update {
+                table,
+                alias: table_alias,
+                assignments,
+                condition: condition.as_deref(),
+                params,
+            };
             let _guard = engine.rmw.lock().await;
             // The rows are read, merged and written back; the write refuses a
             // key that appeared after the read (another node's upsert, a gossip
@@ -64,8 +73,7 @@ pub(super) async fn write(
             // so it runs again on fresh rows, after this replica has caught up.
             let mut attempt = 0;
             loop {
-                let tried =
-                    upsert_once(engine, table, table_alias, assignments, &rows, params).await;
+                let tried = upsert_once(engine, &update, &rows).await;
                 match tried {
                     Err(Error::Storage(eddy_storage::Error::DuplicateKey { .. }))
                         if attempt < UPSERT_ATTEMPTS =>
@@ -98,16 +106,26 @@ pub(super) fn check_size(engine: &Engine, values: &[Value]) -> Result<()> {
 /// How often an upsert runs again after a key appeared between its read and its write.
 const UPSERT_ATTEMPTS: u64 = 10;
 
+/// What `ON CONFLICT ... DO UPDATE` does to a conflicting row.
+struct Update<'a> {
+    table: &'a TableDef,
+    /// The existing row's name in the expressions.
+    alias: &'a str,
+    assignments: &'a [(usize, SqlExpr)],
+    condition: Option<&'a SqlExpr>,
+    /// The statement's own parameters.
+    params: &'a ParamValues,
+}
+
 /// One try of `INSERT ... ON CONFLICT DO UPDATE`: reads each row's current version,
-/// merges, and writes all of them at once; returns the rows written.
+/// merges where the condition holds, and writes all of them at once; returns the rows
+/// written (inserted or updated).
 async fn upsert_once(
     engine: &Engine,
-    table: &TableDef,
-    table_alias: &str,
-    assignments: &[(usize, SqlExpr)],
+    update: &Update<'_>,
     rows: &[Vec<Value>],
-    params: &ParamValues,
 ) -> Result<Vec<Vec<Value>>> {
+    let table = update.table;
     let mut written = Vec::new();
     let mut ops = Vec::new();
     for row in rows {
@@ -127,8 +145,9 @@ async fn upsert_once(
                 written.push(row.clone());
             }
             Some(old) => {
-                let merged =
-                    merge_update(table, table_alias, &old, row, assignments, params).await?;
+                let Some(merged) = merge_update(update, &old, row).await? else {
+                    continue; // the condition does not hold: the row stays as it is
+                };
                 check_size(engine, &merged)?;
                 ops.push(WriteOp::Insert {
                     table: table.id,
@@ -139,36 +158,26 @@ async fn upsert_once(
             }
         }
     }
-    engine.write(ops).await?;
+    if !ops.is_empty() {
+        engine.write(ops).await?;
+    }
     Ok(written)
 }
 
-/// The row after `ON CONFLICT DO UPDATE SET ...` applied to `old` with `excluded` = `new`.
+/// The row after `ON CONFLICT DO UPDATE SET ... [WHERE ...]` applied to `old` with
+/// `excluded` = `new`; `None` where the condition is false or NULL.
 async fn merge_update(
-    table: &TableDef,
-    alias: &str,
+    update: &Update<'_>,
     old: &[Value],
     new: &[Value],
-    assignments: &[(usize, SqlExpr)],
-    params: &ParamValues,
-) -> Result<Vec<Value>> {
+) -> Result<Option<Vec<Value>>> {
+    let table = update.table;
     let mut merged = old.to_vec();
-    let scalars = param_list(params);
+    let scalars = param_list(update.params);
     let mut complex = Vec::new();
-    for (i, e) in assignments {
+    for (i, e) in update.assignments {
         let col = &table.columns[*i];
-        let excluded_col = match e {
-            SqlExpr::CompoundIdentifier(ids)
-                if ids.len() == 2 && normalize_ident(&ids[0]) == "excluded" =>
-            {
-                table
-                    .columns
-                    .iter()
-                    .position(|c| c.name == normalize_ident(&ids[1]))
-            }
-            _ => None,
-        };
-        if let Some(j) = excluded_col {
+        if let Some(j) = excluded_column(table, e) {
             merged[*i] = new[j].clone();
         } else if is_simple(e) {
             merged[*i] = eval_simple(e, col.ty, &col.name, &scalars)?;
@@ -176,45 +185,119 @@ async fn merge_update(
             complex.push((*i, e));
         }
     }
-    if complex.is_empty() {
-        return Ok(merged);
+    if complex.is_empty() && update.condition.is_none() {
+        return Ok(Some(merged));
     }
-    // General expressions (`n = t.n + excluded.n`): evaluate over a one-row relation for the
-    // existing row and one for the excluded row, in a throwaway context.
-    let ctx = SessionContext::new();
-    let schema = table_schema(table);
-    let batch = |row: &[Value]| -> Result<RecordBatch> {
-        let cols: Vec<ArrayRef> = table
-            .columns
-            .iter()
-            .zip(row)
-            .map(|(c, v)| build_array(c.ty, std::iter::once(v)))
-            .collect();
-        Ok(RecordBatch::try_new(schema.clone(), cols)?)
-    };
-    ctx.register_batch("eddy_existing", batch(old)?)?;
-    ctx.register_batch("eddy_excluded", batch(new)?)?;
-    let exprs: Vec<String> = complex.iter().map(|(_, e)| e.to_string()).collect();
-    let sql = format!(
-        "SELECT {} FROM eddy_existing AS {} CROSS JOIN eddy_excluded AS excluded",
-        exprs.join(", "),
-        quote(alias)
-    );
-    let df = ctx.sql(&sql).await?;
-    let df = if scalars.is_empty() {
-        df
-    } else {
-        df.with_param_values(params.clone())?
-    };
-    let batches = df.collect().await?;
-    let b = batches
+    // General expressions (`n = t.n + excluded.n`, the WHERE): evaluated in a throwaway
+    // context over the existing row as a one-row relation named `alias`, so unqualified
+    // columns are the existing row's as in PostgreSQL. `excluded.col` becomes a
+    // parameter after the statement's own, bound to the excluded row's value.
+    let exprs: Vec<&SqlExpr> = complex
         .iter()
-        .find(|b| b.num_rows() > 0)
-        .ok_or_else(|| Error::InvalidParameter("upsert expression returned no row".into()))?;
+        .map(|(_, e)| *e)
+        .chain(update.condition)
+        .collect();
+    let b = eval_over_row(update, old, new, &scalars, &exprs).await?;
+    if update.condition.is_some() {
+        let holds = cast_column(b.column(exprs.len() - 1), ColumnType::Bool, "WHERE")?;
+        if !matches!(value_at(&holds, 0, ColumnType::Bool)?, Value::Bool(true)) {
+            return Ok(None);
+        }
+    }
     for (k, (i, _)) in complex.iter().enumerate() {
         let col = &table.columns[*i];
         let a = cast_column(b.column(k), col.ty, &col.name)?;
         merged[*i] = value_at(&a, 0, col.ty)?;
     }
-    Ok(merged)
+    Ok(Some(merged))
+}
+
+/// The column `e` names when it is `excluded.col`.
+fn excluded_column(table: &TableDef, e: &SqlExpr) -> Option<usize> {
+    match e {
+        SqlExpr::CompoundIdentifier(ids)
+            if ids.len() == 2 && normalize_ident(&ids[0]) == "excluded" =>
+        {
+            let name = normalize_ident(&ids[1]);
+            table.columns.iter().position(|c| c.name == name)
+        }
+        _ => None,
+    }
+}
+
+/// `exprs` evaluated over the existing row `old` (named `update.alias`), with
+/// `excluded.col` bound to `new`'s values: one row, one column per expression.
+async fn eval_over_row(
+    update: &Update<'_>,
+    old: &[Value],
+    new: &[Value],
+    scalars: &[ScalarValue],
+    exprs: &[&SqlExpr],
+) -> Result<RecordBatch> {
+    use std::ops::ControlFlow;
+    let table = update.table;
+    let mut bound = scalars.to_vec();
+    for (c, v) in table.columns.iter().zip(new) {
+        bound.push(ScalarValue::try_from_array(
+            &build_array(c.ty, std::iter::once(v)),
+            0,
+        )?);
+    }
+    let mut rewritten = Vec::with_capacity(exprs.len());
+    for e in exprs {
+        let mut e = (*e).clone();
+        let mut unknown = None;
+        let _ = visit_expressions_mut(&mut e, |x| {
+            let named = match &*x {
+                SqlExpr::CompoundIdentifier(ids)
+                    if ids.len() == 2 && normalize_ident(&ids[0]) == "excluded" =>
+                {
+                    Some((excluded_column(table, x), normalize_ident(&ids[1])))
+                }
+                _ => None,
+            };
+            match named {
+                Some((Some(j), _)) => {
+                    let n = scalars.len() + j + 1;
+                    *x = SqlExpr::value(SqlValue::Placeholder(format!("${n}")));
+                }
+                Some((None, column)) => unknown = Some(column),
+                None => {}
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        if let Some(column) = unknown {
+            return Err(Error::UndefinedColumn {
+                relation: "excluded".into(),
+                column,
+            });
+        }
+        rewritten.push(e.to_string());
+    }
+    let ctx = SessionContext::new();
+    let cols: Vec<ArrayRef> = table
+        .columns
+        .iter()
+        .zip(old)
+        .map(|(c, v)| build_array(c.ty, std::iter::once(v)))
+        .collect();
+    ctx.register_batch(
+        "eddy_existing",
+        RecordBatch::try_new(table_schema(table), cols)?,
+    )?;
+    let sql = format!(
+        "SELECT {} FROM eddy_existing AS {}",
+        rewritten.join(", "),
+        quote(update.alias)
+    );
+    let batches = ctx
+        .sql(&sql)
+        .await?
+        .with_param_values(ParamValues::from(bound))?
+        .collect()
+        .await?;
+    batches
+        .into_iter()
+        .find(|b| b.num_rows() > 0)
+        .ok_or_else(|| Error::InvalidParameter("upsert expression returned no row".into()))
 }
