@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use datafusion::execution::SendableRecordBatchStream;
 use eddy_query::{CopyOptions, Engine, Output, Session};
-use futures::{stream, Sink, StreamExt};
+use futures::{stream, Sink, SinkExt, StreamExt};
 use parking_lot::Mutex;
 use pgwire::api::auth::{self, DefaultServerParameterProvider, StartupHandler};
 use pgwire::api::cancel::DefaultCancelHandler;
@@ -39,7 +39,7 @@ use pgwire::api::{
     ClientInfo, ConnectionGuard, ConnectionHandle, ConnectionManager, PgWireServerHandlers,
     PidSecretKeyGenerator, RandomPidSecretKeyGenerator,
 };
-use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::copy::CopyData;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
@@ -160,7 +160,7 @@ pub(crate) fn respond<C: ClientInfo>(
         }
         Output::Command { tag, rows } => Response::Execution(command_tag(&tag, rows)),
         Output::TransactionStart => Response::TransactionStart(Tag::new("BEGIN")),
-        Output::TransactionEnd { tag } => Response::TransactionEnd(Tag::new(tag)),
+        Output::TransactionEnd { tag, .. } => Response::TransactionEnd(Tag::new(tag)),
         Output::CopyIn(sink) => {
             let columns = sink.columns();
             copy::begin(client, sink);
@@ -168,6 +168,23 @@ pub(crate) fn respond<C: ClientInfo>(
         }
         Output::CopyOut { stream, options } => copy_out(stream, options, running),
     })
+}
+
+/// Sends the warning an output carries ([`Output::warning`]: a ROLLBACK of a block that
+/// wrote) as a notice, ahead of the output itself. Takes the text, not the output: an
+/// output holding a row stream is not `Sync`, so no reference to it may cross an await.
+pub(crate) async fn warn_first<C>(client: &mut C, warning: Option<String>) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin,
+    PgWireError: From<C::Error>,
+{
+    if let Some(text) = warning {
+        let note = ErrorInfo::new("WARNING".into(), "01000".into(), text);
+        client
+            .send(PgWireBackendMessage::NoticeResponse(note.into()))
+            .await?;
+    }
+    Ok(())
 }
 
 /// A CommandComplete tag, with its row count when the command has one.
@@ -253,6 +270,11 @@ impl SimpleQueryHandler for Backend {
             let mut s = session.lock().clone();
             let result = running.until_stopped(self.engine.run(&mut s, stmt)).await;
             *session.lock() = s;
+            let warning = result
+                .as_ref()
+                .ok()
+                .and_then(|o| o.warning().map(str::to_owned));
+            warn_first(client, warning).await?;
             match result
                 .map_err(to_pg)
                 .and_then(|o| respond(client, o, &Format::UnifiedText, running.clone()))

@@ -117,7 +117,35 @@ pub enum Output {
     TransactionEnd {
         /// "COMMIT" or "ROLLBACK".
         tag: &'static str,
+        /// A warning for the client before the tag: a ROLLBACK of a block whose
+        /// statements wrote (they committed as they ran, and stay).
+        warning: Option<String>,
     },
+}
+
+impl Output {
+    /// The warning to send the client ahead of this output, if any.
+    pub fn warning(&self) -> Option<&str> {
+        match self {
+            Output::TransactionEnd { warning, .. } => warning.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// True when the statement that gave this output wrote (or, for COPY FROM, is
+    /// about to): rows, objects, subscription positions.
+    fn writes(&self) -> bool {
+        let tag = match self {
+            Output::CopyIn(_) => return true,
+            Output::Command { tag, .. } | Output::Rows { tag, .. } => tag,
+            _ => return false,
+        };
+        let verb = tag.split_whitespace().next().unwrap_or_default();
+        matches!(
+            verb,
+            "INSERT" | "UPDATE" | "DELETE" | "CREATE" | "DROP" | "ALTER" | "ACK" | "NACK"
+        )
+    }
 }
 
 /// A statement ready to execute, possibly many times with different parameters
@@ -525,6 +553,19 @@ impl Engine {
 
     /// Runs a prepared statement with parameter values.
     pub async fn execute(
+        &self,
+        session: &mut Session,
+        p: &Prepared,
+        params: &ParamValues,
+    ) -> Result<Output> {
+        let output = self.execute_kind(session, p, params).await?;
+        if let Some(wrote) = &mut session.block_writes {
+            *wrote += u64::from(output.writes());
+        }
+        Ok(output)
+    }
+
+    async fn execute_kind(
         &self,
         session: &mut Session,
         p: &Prepared,

@@ -11,6 +11,9 @@ pub struct Session {
     pub(crate) cursors: BTreeMap<String, Cursor>,
     /// Topic -> the next offset of each partition when LISTEN ran.
     pub(crate) listens: BTreeMap<String, Vec<u64>>,
+    /// Inside BEGIN .. COMMIT/ROLLBACK: how many of the block's statements wrote (each
+    /// committed on its own; a ROLLBACK warns that it undoes none of them).
+    pub(crate) block_writes: Option<u64>,
 }
 
 /// Defaults reported by SHOW (and as ParameterStatus at startup).

@@ -302,6 +302,25 @@ pub async fn connect_async(
     Ok((client, rx))
 }
 
+/// The next notice among a [`connect_async`] connection's messages (notifications are
+/// skipped); fails after `timeout` or when the connection ends first.
+pub async fn next_notice(
+    messages: &mut tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::AsyncMessage>,
+    timeout: Duration,
+) -> anyhow::Result<tokio_postgres::error::DbError> {
+    tokio::time::timeout(timeout, async {
+        loop {
+            match messages.recv().await {
+                Some(tokio_postgres::AsyncMessage::Notice(n)) => return Some(n),
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+    })
+    .await?
+    .ok_or_else(|| anyhow::anyhow!("the connection ended without a notice"))
+}
+
 /// [`connect_async`], keeping the notifications (LISTEN) as (channel, payload) pairs.
 pub async fn connect_listening(
     addr: SocketAddr,

@@ -139,11 +139,8 @@ impl ExtendedQueryHandler for Backend {
             .until_stopped(self.engine.execute(&mut s, prepared, &params))
             .await;
         *session.lock() = s;
-        respond(
-            client,
-            result.map_err(to_pg)?,
-            &portal.result_column_format,
-            running,
-        )
+        let output = result.map_err(to_pg)?;
+        super::warn_first(client, output.warning().map(str::to_owned)).await?;
+        respond(client, output, &portal.result_column_format, running)
     }
 }

@@ -212,9 +212,30 @@ impl Engine {
                     stream: one_text_column(&show_column(&name), vec![value])?,
                 })
             }
-            SqlStatement::StartTransaction { .. } => Ok(Output::TransactionStart),
-            SqlStatement::Commit { .. } => Ok(Output::TransactionEnd { tag: "COMMIT" }),
-            SqlStatement::Rollback { .. } => Ok(Output::TransactionEnd { tag: "ROLLBACK" }),
+            SqlStatement::StartTransaction { .. } => {
+                session.block_writes.get_or_insert(0);
+                Ok(Output::TransactionStart)
+            }
+            SqlStatement::Commit { .. } => {
+                session.block_writes = None;
+                Ok(Output::TransactionEnd {
+                    tag: "COMMIT",
+                    warning: None,
+                })
+            }
+            SqlStatement::Rollback { .. } => {
+                let wrote = session.block_writes.take().unwrap_or(0);
+                Ok(Output::TransactionEnd {
+                    tag: "ROLLBACK",
+                    warning: (wrote > 0).then(|| {
+                        format!(
+                            "eddy has no multi-statement transactions: the {wrote} \
+                             statement(s) of this block that wrote committed as they ran, and \
+                             ROLLBACK does not undo them"
+                        )
+                    }),
+                })
+            }
             SqlStatement::Discard { .. } => command("DISCARD ALL"),
             SqlStatement::Deallocate { .. } => command("DEALLOCATE"),
             other => Err(Error::NotSupported(format!(

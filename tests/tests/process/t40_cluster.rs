@@ -829,17 +829,7 @@ async fn statements_on_a_node_without_a_replica_run_on_a_node_that_has_one() -> 
         "no replica to ask: unknown, not zero"
     );
     // The idle listener is told its LISTEN ended with the holder.
-    let ended = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match notes.recv().await {
-                Some(tokio_postgres::AsyncMessage::Notice(e)) => break Some(e),
-                Some(_) => continue,
-                None => break None,
-            }
-        }
-    })
-    .await?
-    .ok_or_else(|| anyhow::anyhow!("listener closed"))?;
+    let ended = eddy_tests::next_notice(&mut notes, Duration::from_secs(20)).await?;
     assert!(
         ended.message().contains("LISTEN solo ended") && ended.severity() == "WARNING",
         "{ended:?}"

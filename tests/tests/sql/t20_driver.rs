@@ -814,3 +814,39 @@ async fn a_new_topics_partitions_show_offsets_at_once() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_rollback_after_writes_warns_that_they_stay() -> anyhow::Result<()> {
+    let node = TestNode::start().await?;
+    let (c, mut messages) = eddy_tests::connect_async(node.addr()).await?;
+    c.batch_execute("CREATE TOPIC t (v TEXT)").await?;
+    // A block that only read rolls back without a word.
+    c.batch_execute("BEGIN").await?;
+    c.query("SELECT count(*) FROM t", &[]).await?;
+    c.batch_execute("ROLLBACK").await?;
+    // A block that wrote, once by the extended protocol and once by the simple one.
+    c.batch_execute("BEGIN").await?;
+    c.execute("INSERT INTO t VALUES ($1)", &[&"a"]).await?;
+    c.batch_execute("INSERT INTO t VALUES ('b')").await?;
+    c.batch_execute("ROLLBACK").await?;
+    let notice = eddy_tests::next_notice(&mut messages, std::time::Duration::from_secs(10)).await?;
+    assert_eq!(notice.code(), &SqlState::WARNING);
+    assert!(
+        notice.message().contains("the 2 statement(s)"),
+        "the first notice is the writing block's, counting its two writes: {}",
+        notice.message()
+    );
+    // What the block wrote stays, as the warning says.
+    let n: i64 = c.query_one("SELECT count(*) FROM t", &[]).await?.get(0);
+    assert_eq!(n, 2);
+    // COMMIT after writes, and ROLLBACK outside a block, say nothing.
+    c.batch_execute("BEGIN; INSERT INTO t VALUES ('c'); COMMIT; ROLLBACK")
+        .await?;
+    c.batch_execute("SELECT 1").await?;
+    assert!(
+        messages.try_recv().is_err(),
+        "no notice after COMMIT or a ROLLBACK outside a block"
+    );
+    node.shutdown().await?;
+    Ok(())
+}
