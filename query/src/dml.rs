@@ -16,10 +16,12 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::ParamValues;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{
     self as ast, AssignmentTarget, Expr as SqlExpr, OnConflictAction, OnInsert, SelectItem,
     SetExpr, Statement as SqlStatement,
@@ -28,7 +30,9 @@ use eddy_storage::{ColumnType, ObjectDef, OnConflict, TableDef, Value, WriteOp, 
 use futures::TryStreamExt;
 
 use crate::convert::{build_array, cast_column, value_at};
-use crate::engine::{normalize_ident, object_name, param_list, param_types_of, Engine, Output};
+use crate::engine::{
+    normalize_ident, object_name, param_list, param_types_of, pg_name, Engine, Output,
+};
 use crate::error::{Error, Result};
 use crate::provider::{table_schema, topic_schema};
 
@@ -51,10 +55,21 @@ pub struct DmlPlan {
     returning: Option<Returning>,
 }
 
+/// What a statement's RETURNING gives for the rows it wrote.
 #[derive(Debug)]
 struct Returning {
-    indexes: Vec<usize>,
+    /// One per output column.
+    columns: Vec<Returned>,
     schema: SchemaRef,
+}
+
+/// One RETURNING column.
+#[derive(Debug)]
+enum Returned {
+    /// A column of the written rows.
+    Column(usize),
+    /// An expression over them.
+    Expr(Arc<dyn PhysicalExpr>),
 }
 
 #[derive(Debug)]
@@ -146,16 +161,32 @@ pub(crate) fn column_index(
     })
 }
 
-fn plan_returning(def: &ObjectDef, items: &Option<Vec<SelectItem>>) -> Result<Option<Returning>> {
+async fn plan_returning(
+    def: &ObjectDef,
+    items: &Option<Vec<SelectItem>>,
+) -> Result<Option<Returning>> {
     let Some(items) = items else { return Ok(None) };
     let schema = written_schema(def);
-    let mut indexes = Vec::new();
+    match returning_columns(def, &schema, items)? {
+        Some(r) => Ok(Some(r)),
+        None => Ok(Some(returning_exprs(def, &schema, items).await?)),
+    }
+}
+
+/// RETURNING of column names (and `*`) only: the written rows' columns, picked. `None`
+/// when some item is an expression.
+fn returning_columns(
+    def: &ObjectDef,
+    schema: &SchemaRef,
+    items: &[SelectItem],
+) -> Result<Option<Returning>> {
+    let mut columns = Vec::new();
     let mut fields = Vec::new();
     for item in items {
         let (expr, alias) = match item {
             SelectItem::Wildcard(_) => {
                 for (i, f) in schema.fields().iter().enumerate() {
-                    indexes.push(i);
+                    columns.push(Returned::Column(i));
                     fields.push(f.as_ref().clone());
                 }
                 continue;
@@ -167,17 +198,13 @@ fn plan_returning(def: &ObjectDef, items: &Option<Vec<SelectItem>>) -> Result<Op
         let name = match expr {
             SqlExpr::Identifier(id) => normalize_ident(id),
             SqlExpr::CompoundIdentifier(ids) if ids.len() == 2 => normalize_ident(&ids[1]),
-            other => {
-                return Err(Error::NotSupported(format!(
-                    "RETURNING expression {other} (name columns only)"
-                )))
-            }
+            _ => return Ok(None),
         };
         let i = schema.index_of(&name).map_err(|_| Error::UndefinedColumn {
             relation: def.name().to_owned(),
             column: name.clone(),
         })?;
-        indexes.push(i);
+        columns.push(Returned::Column(i));
         let f = schema.field(i).clone();
         fields.push(match alias {
             Some(a) => f.with_name(a),
@@ -185,9 +212,83 @@ fn plan_returning(def: &ObjectDef, items: &Option<Vec<SelectItem>>) -> Result<Op
         });
     }
     Ok(Some(Returning {
-        indexes,
+        columns,
         schema: Arc::new(Schema::new(fields)),
     }))
+}
+
+/// RETURNING with expressions (`id * 2`, `upper(name)`): planned once, over an empty
+/// relation of the written rows' columns named as the target, into expressions each
+/// execution evaluates over the rows it wrote. Output columns are named as PostgreSQL
+/// names them.
+async fn returning_exprs(
+    def: &ObjectDef,
+    schema: &SchemaRef,
+    items: &[SelectItem],
+) -> Result<Returning> {
+    let ctx = SessionContext::new();
+    ctx.register_batch("eddy_written", RecordBatch::new_empty(schema.clone()))?;
+    let list: Vec<String> = items.iter().map(ToString::to_string).collect();
+    let sql = format!(
+        "SELECT {} FROM eddy_written AS {}",
+        list.join(", "),
+        quote(def.name())
+    );
+    let plan = ctx.sql(&sql).await?.into_unoptimized_plan();
+    // Expressions of the rows themselves only: a projection straight over the relation
+    // (an aggregate or window puts a node between them).
+    let projection = match &plan {
+        LogicalPlan::Projection(p)
+            if matches!(
+                &*p.input,
+                LogicalPlan::SubqueryAlias(_) | LogicalPlan::TableScan(_)
+            ) =>
+        {
+            p
+        }
+        _ => {
+            return Err(Error::NotSupported(format!(
+                "RETURNING {} (aggregates and window functions)",
+                list.join(", ")
+            )))
+        }
+    };
+    let mut names = Vec::new();
+    for item in items {
+        match item {
+            SelectItem::Wildcard(_) => {
+                names.extend(schema.fields().iter().map(|f| f.name().clone()))
+            }
+            SelectItem::UnnamedExpr(e) => names.push(pg_name(e)),
+            SelectItem::ExprWithAlias { alias, .. } => names.push(normalize_ident(alias)),
+            other => return Err(Error::NotSupported(format!("RETURNING {other}"))),
+        }
+    }
+    if names.len() != projection.expr.len() {
+        return Err(Error::NotSupported(format!(
+            "RETURNING {}",
+            list.join(", ")
+        )));
+    }
+    let input = projection.input.schema();
+    let mut columns = Vec::new();
+    let mut fields = Vec::new();
+    for ((e, name), out) in projection
+        .expr
+        .iter()
+        .zip(names)
+        .zip(projection.schema.fields())
+    {
+        let expr = ctx
+            .create_physical_expr(e.clone(), input)
+            .map_err(|err| Error::NotSupported(format!("RETURNING {e}: {err}")))?;
+        columns.push(Returned::Expr(expr));
+        fields.push(Field::new(name, out.data_type().clone(), true));
+    }
+    Ok(Returning {
+        columns,
+        schema: Arc::new(Schema::new(fields)),
+    })
 }
 
 /// Plans an INSERT, UPDATE or DELETE.
@@ -242,7 +343,7 @@ async fn plan_insert(engine: &Engine, ins: &ast::Insert) -> Result<DmlPlan> {
             note_param(e, cols[*i].1, &mut param_types)?;
         }
     }
-    let returning = plan_returning(&def, &ins.returning)?;
+    let returning = plan_returning(&def, &ins.returning).await?;
     let source = ins
         .source
         .as_ref()
@@ -441,7 +542,7 @@ async fn plan_update(engine: &Engine, up: &ast::Update) -> Result<DmlPlan> {
     }
     let plan = plan_select(engine, &sql).await?;
     merge_types(&mut param_types, param_types_of(&plan)?);
-    let returning = plan_returning(&def, &up.returning)?;
+    let returning = plan_returning(&def, &up.returning).await?;
     Ok(DmlPlan {
         target: def,
         action: Action::Update {
@@ -469,7 +570,7 @@ async fn plan_delete(engine: &Engine, del: &ast::Delete) -> Result<DmlPlan> {
     }
     let plan = plan_select(engine, &sql).await?;
     let param_types = param_types_of(&plan)?;
-    let returning = plan_returning(&def, &del.returning)?;
+    let returning = plan_returning(&def, &del.returning).await?;
     Ok(DmlPlan {
         target: def,
         action: Action::Delete {
@@ -702,11 +803,14 @@ fn finish(plan: &DmlPlan, verb: &str, rows: Vec<Vec<Value>>) -> Result<Output> {
 }
 
 fn returning_output(ret: &Returning, batch: RecordBatch, tag: &str) -> Result<Output> {
-    let cols: Vec<ArrayRef> = ret
-        .indexes
+    let cols = ret
+        .columns
         .iter()
-        .map(|&i| batch.column(i).clone())
-        .collect();
+        .map(|c| match c {
+            Returned::Column(i) => Ok(batch.column(*i).clone()),
+            Returned::Expr(e) => Ok(e.evaluate(&batch)?.into_array(batch.num_rows())?),
+        })
+        .collect::<Result<Vec<ArrayRef>>>()?;
     let batch = RecordBatch::try_new(ret.schema.clone(), cols)?;
     Ok(Output::Rows {
         tag: tag.to_owned(),

@@ -8,7 +8,7 @@ use super::normalize_ident;
 use crate::error::Result;
 
 /// The name PostgreSQL gives an unaliased output column.
-fn pg_name(e: &SqlExpr) -> String {
+pub(crate) fn pg_name(e: &SqlExpr) -> String {
     match e {
         SqlExpr::Identifier(i) => normalize_ident(i),
         SqlExpr::CompoundIdentifier(ids) => ids.last().map(normalize_ident).unwrap_or_default(),

@@ -850,3 +850,26 @@ async fn a_rollback_after_writes_warns_that_they_stay() -> anyhow::Result<()> {
     node.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn returning_expressions_are_described_and_named_as_in_postgres() -> anyhow::Result<()> {
+    let node = TestNode::start().await?;
+    let c = node.client().await?;
+    c.batch_execute("CREATE TABLE kv (k TEXT PRIMARY KEY, n BIGINT)")
+        .await?;
+    let stmt = c
+        .prepare("INSERT INTO kv VALUES ($1, $2) RETURNING upper(k), n * 2, k || '!' AS shout")
+        .await?;
+    let names: Vec<&str> = stmt.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["upper", "?column?", "shout"]);
+    let types: Vec<&Type> = stmt.columns().iter().map(|c| c.type_()).collect();
+    assert_eq!(types, [&Type::TEXT, &Type::INT8, &Type::TEXT]);
+    for (k, n) in [("a", 1i64), ("b", 21)] {
+        let row = c.query_one(&stmt, &[&k, &n]).await?;
+        assert_eq!(row.get::<_, String>(0), k.to_uppercase());
+        assert_eq!(row.get::<_, i64>(1), n * 2);
+        assert_eq!(row.get::<_, String>(2), format!("{k}!"));
+    }
+    node.shutdown().await?;
+    Ok(())
+}
