@@ -26,7 +26,9 @@ use datafusion::sql::sqlparser::ast::{
     self as ast, AssignmentTarget, Expr as SqlExpr, OnConflictAction, OnInsert, SelectItem,
     SetExpr, Statement as SqlStatement,
 };
-use eddy_storage::{ColumnType, ObjectDef, OnConflict, TableDef, Value, WriteOp, WriteResult};
+use eddy_storage::{
+    encode_row, ColumnType, ObjectDef, OnConflict, TableDef, Value, WriteOp, WriteResult,
+};
 use futures::TryStreamExt;
 
 use crate::convert::{build_array, cast_column, value_at};
@@ -510,12 +512,36 @@ async fn plan_select(engine: &Engine, sql: &str) -> Result<LogicalPlan> {
     engine.plan_sql(s).await
 }
 
+/// How the target of an UPDATE or DELETE is named in its SELECT: its alias, else its
+/// table name.
+fn target_ref(name: &ast::ObjectName, alias: Option<&ast::TableAlias>) -> Result<String> {
+    Ok(match alias {
+        Some(a) => quote(&normalize_ident(&a.name)),
+        None => quote(&object_name(name)?),
+    })
+}
+
+/// The target and the `FROM` (UPDATE) or `USING` (DELETE) relations it is joined with.
+fn relations(target: &ast::TableWithJoins, others: &[ast::TableWithJoins]) -> String {
+    std::iter::once(target)
+        .chain(others)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 async fn plan_update(engine: &Engine, up: &ast::Update) -> Result<DmlPlan> {
-    if up.from.is_some() || !up.table.joins.is_empty() {
-        return Err(Error::NotSupported("UPDATE ... FROM".into()));
+    if !up.table.joins.is_empty() {
+        return Err(Error::NotSupported("UPDATE of a join".into()));
     }
-    let ast::TableFactor::Table { name, .. } = &up.table.relation else {
+    let ast::TableFactor::Table { name, alias, .. } = &up.table.relation else {
         return Err(Error::NotSupported("UPDATE of a derived table".into()));
+    };
+    let from = match &up.from {
+        None => &[][..],
+        Some(
+            ast::UpdateTableFromKind::AfterSet(list) | ast::UpdateTableFromKind::BeforeSet(list),
+        ) => &list[..],
     };
     let def = target(engine, name)?;
     table_of(&def, "UPDATE")?;
@@ -536,7 +562,12 @@ async fn plan_update(engine: &Engine, up: &ast::Update) -> Result<DmlPlan> {
         assigned.push(i);
         exprs.push(a.value.to_string());
     }
-    let mut sql = format!("SELECT *, {} FROM {}", exprs.join(", "), up.table);
+    let mut sql = format!(
+        "SELECT {}.*, {} FROM {}",
+        target_ref(name, alias.as_ref())?,
+        exprs.join(", "),
+        relations(&up.table, from)
+    );
     if let Some(w) = &up.selection {
         sql.push_str(&format!(" WHERE {w}"));
     }
@@ -556,15 +587,19 @@ async fn plan_update(engine: &Engine, up: &ast::Update) -> Result<DmlPlan> {
 
 async fn plan_delete(engine: &Engine, del: &ast::Delete) -> Result<DmlPlan> {
     let (ast::FromTable::WithFromKeyword(from) | ast::FromTable::WithoutKeyword(from)) = &del.from;
-    if from.len() != 1 || del.using.is_some() || !from[0].joins.is_empty() {
-        return Err(Error::NotSupported("DELETE ... USING".into()));
+    if from.len() != 1 || !from[0].joins.is_empty() {
+        return Err(Error::NotSupported("DELETE from several tables".into()));
     }
-    let ast::TableFactor::Table { name, .. } = &from[0].relation else {
+    let ast::TableFactor::Table { name, alias, .. } = &from[0].relation else {
         return Err(Error::NotSupported("DELETE from a derived table".into()));
     };
     let def = target(engine, name)?;
     table_of(&def, "DELETE")?;
-    let mut sql = format!("SELECT * FROM {}", from[0]);
+    let mut sql = format!(
+        "SELECT {}.* FROM {}",
+        target_ref(name, alias.as_ref())?,
+        relations(&from[0], del.using.as_deref().unwrap_or_default())
+    );
     if let Some(w) = &del.selection {
         sql.push_str(&format!(" WHERE {w}"));
     }
@@ -606,6 +641,20 @@ impl DmlPlan {
     /// The RETURNING columns, if any.
     pub fn returning_schema(&self) -> Option<SchemaRef> {
         self.returning.as_ref().map(|r| r.schema.clone())
+    }
+}
+
+/// The primary keys of a table's rows seen so far.
+#[derive(Default)]
+struct Keys(std::collections::HashSet<Vec<u8>>);
+
+impl Keys {
+    /// True the first time `row`'s primary key is seen.
+    fn first(&mut self, table: &TableDef, row: &[Value]) -> bool {
+        let pk: Vec<Value> = table.primary_key.iter().map(|&i| row[i].clone()).collect();
+        let mut key = Vec::new();
+        encode_row(&pk, &mut key);
+        self.0.insert(key)
     }
 }
 
@@ -693,7 +742,12 @@ pub(crate) async fn execute(
             let rows = collect_rows(engine, select, params, &types).await?;
             let mut ops = Vec::new();
             let mut written = Vec::new();
+            let mut seen = Keys::default();
             for mut r in rows {
+                // With FROM, a row joining several FROM rows is updated once, from the first.
+                if !seen.first(&table, &r) {
+                    continue;
+                }
                 let new_values = r.split_off(cols.len());
                 let mut new = r.clone();
                 for (&i, v) in assigned.iter().zip(new_values) {
@@ -732,7 +786,10 @@ pub(crate) async fn execute(
             // Serialised with UPDATE / upserts, so an UPDATE that read a row before this
             // DELETE removed it cannot write it back afterwards.
             let _guard = engine.rmw.lock().await;
-            let rows = collect_rows(engine, select, params, &cols).await?;
+            let mut rows = collect_rows(engine, select, params, &cols).await?;
+            // With USING, a row joining several USING rows is deleted (and counted) once.
+            let mut seen = Keys::default();
+            rows.retain(|r| seen.first(&table, r));
             let keys: Vec<Vec<Value>> = rows
                 .iter()
                 .map(|r| table.primary_key.iter().map(|&i| r[i].clone()).collect())
