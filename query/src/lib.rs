@@ -15,7 +15,7 @@
 //! - `route` — which topics and tables a statement reads, and which nodes can run it.
 //! - `dml` — INSERT (with a fast path that never plans through DataFusion), UPDATE, DELETE;
 //!   its `values` evaluate literals and parameters without DataFusion, `table` and `topic`
-//!   write.
+//!   write, `returning` answers RETURNING.
 //! - [`CopyInSink`], [`CopyOptions`] — COPY FROM STDIN parsing and COPY TO encoding.
 //!
 //! # Example
