@@ -494,6 +494,11 @@ impl DmlPlan {
     }
 }
 
+/// The primary key of `row`, a full row of `table`.
+pub(super) fn key_of(table: &TableDef, row: &[Value]) -> Vec<Value> {
+    table.primary_key.iter().map(|&i| row[i].clone()).collect()
+}
+
 /// The primary keys of a table's rows seen so far.
 #[derive(Default)]
 struct Keys(std::collections::HashSet<Vec<u8>>);
@@ -501,9 +506,8 @@ struct Keys(std::collections::HashSet<Vec<u8>>);
 impl Keys {
     /// True the first time `row`'s primary key is seen.
     fn first(&mut self, table: &TableDef, row: &[Value]) -> bool {
-        let pk: Vec<Value> = table.primary_key.iter().map(|&i| row[i].clone()).collect();
         let mut key = Vec::new();
-        encode_row(&pk, &mut key);
+        encode_row(&key_of(table, row), &mut key);
         self.0.insert(key)
     }
 }
@@ -604,9 +608,8 @@ pub(crate) async fn execute(
                     new[i] = v;
                 }
                 check_size(engine, &new)?;
-                let old_pk: Vec<Value> = table.primary_key.iter().map(|&i| r[i].clone()).collect();
-                let new_pk: Vec<Value> =
-                    table.primary_key.iter().map(|&i| new[i].clone()).collect();
+                let old_pk = key_of(&table, &r);
+                let new_pk = key_of(&table, &new);
                 if old_pk != new_pk {
                     ops.push(WriteOp::Delete {
                         table: table.id,
@@ -640,10 +643,7 @@ pub(crate) async fn execute(
             // With USING, a row joining several USING rows is deleted (and counted) once.
             let mut seen = Keys::default();
             rows.retain(|r| seen.first(&table, r));
-            let keys: Vec<Vec<Value>> = rows
-                .iter()
-                .map(|r| table.primary_key.iter().map(|&i| r[i].clone()).collect())
-                .collect();
+            let keys: Vec<Vec<Value>> = rows.iter().map(|r| key_of(&table, r)).collect();
             let mut deleted = Vec::new();
             if !keys.is_empty() {
                 let res = engine

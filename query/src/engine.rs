@@ -29,7 +29,7 @@ use crate::session::Session;
 mod names;
 mod statements;
 
-pub(crate) use names::pg_name;
+pub(crate) use names::item_name;
 use names::{pg_column_names, show_column, show_name};
 
 /// Settings of the query layer (the `[query]` section of `eddy.toml`).

@@ -13,7 +13,7 @@ use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, SelectItem};
 use eddy_storage::ObjectDef;
 
 use super::{quote, written_schema};
-use crate::engine::{normalize_ident, pg_name, Output};
+use crate::engine::{item_name, normalize_ident, Output};
 use crate::error::{Error, Result};
 
 /// What a statement's RETURNING gives for the rows it wrote.
@@ -127,13 +127,12 @@ async fn returning_exprs(
     };
     let mut names = Vec::new();
     for item in items {
-        match item {
-            SelectItem::Wildcard(_) => {
+        match (item, item_name(item)) {
+            (_, Some(name)) => names.push(name),
+            (SelectItem::Wildcard(_), None) => {
                 names.extend(schema.fields().iter().map(|f| f.name().clone()))
             }
-            SelectItem::UnnamedExpr(e) => names.push(pg_name(e)),
-            SelectItem::ExprWithAlias { alias, .. } => names.push(normalize_ident(alias)),
-            other => return Err(Error::NotSupported(format!("RETURNING {other}"))),
+            (other, None) => return Err(Error::NotSupported(format!("RETURNING {other}"))),
         }
     }
     if names.len() != projection.expr.len() {

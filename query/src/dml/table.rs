@@ -10,7 +10,7 @@ use datafusion::sql::sqlparser::ast::{visit_expressions_mut, Expr as SqlExpr, Va
 use eddy_storage::{encode_row, ColumnType, OnConflict, TableDef, Value, WriteOp, WriteResult};
 
 use super::values::{eval_simple, is_simple};
-use super::{finish, quote, Conflict, DmlPlan};
+use super::{finish, key_of, quote, Conflict, DmlPlan};
 use crate::convert::{build_array, cast_column, value_at};
 use crate::engine::{normalize_ident, param_list, Engine, Output};
 use crate::error::{Error, Result};
@@ -129,7 +129,7 @@ async fn upsert_once(
     let mut written = Vec::new();
     let mut ops = Vec::new();
     for row in rows {
-        let pk: Vec<Value> = table.primary_key.iter().map(|&i| row[i].clone()).collect();
+        let pk = key_of(table, row);
         let store = engine.store().clone();
         let t = table.clone();
         let existing = tokio::task::spawn_blocking(move || store.get_row(&t, &pk))
@@ -212,17 +212,22 @@ async fn merge_update(
     Ok(Some(merged))
 }
 
-/// The column `e` names when it is `excluded.col`.
-fn excluded_column(table: &TableDef, e: &SqlExpr) -> Option<usize> {
+/// The column name `e` gives when it is `excluded.col`.
+fn excluded_name(e: &SqlExpr) -> Option<String> {
     match e {
         SqlExpr::CompoundIdentifier(ids)
             if ids.len() == 2 && normalize_ident(&ids[0]) == "excluded" =>
         {
-            let name = normalize_ident(&ids[1]);
-            table.columns.iter().position(|c| c.name == name)
+            Some(normalize_ident(&ids[1]))
         }
         _ => None,
     }
+}
+
+/// The column of `table` that `e` names when it is `excluded.col`.
+fn excluded_column(table: &TableDef, e: &SqlExpr) -> Option<usize> {
+    let name = excluded_name(e)?;
+    table.columns.iter().position(|c| c.name == name)
 }
 
 /// `exprs` evaluated over the existing row `old` (named `update.alias`), with
@@ -248,21 +253,14 @@ async fn eval_over_row(
         let mut e = (*e).clone();
         let mut unknown = None;
         let _ = visit_expressions_mut(&mut e, |x| {
-            let named = match &*x {
-                SqlExpr::CompoundIdentifier(ids)
-                    if ids.len() == 2 && normalize_ident(&ids[0]) == "excluded" =>
-                {
-                    Some((excluded_column(table, x), normalize_ident(&ids[1])))
+            if let Some(column) = excluded_name(x) {
+                match table.columns.iter().position(|c| c.name == column) {
+                    Some(j) => {
+                        let n = scalars.len() + j + 1;
+                        *x = SqlExpr::value(SqlValue::Placeholder(format!("${n}")));
+                    }
+                    None => unknown = Some(column),
                 }
-                _ => None,
-            };
-            match named {
-                Some((Some(j), _)) => {
-                    let n = scalars.len() + j + 1;
-                    *x = SqlExpr::value(SqlValue::Placeholder(format!("${n}")));
-                }
-                Some((None, column)) => unknown = Some(column),
-                None => {}
             }
             ControlFlow::<()>::Continue(())
         });

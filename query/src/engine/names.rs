@@ -2,13 +2,15 @@
 //! name find them.
 
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Ident, Statement as SqlStatement};
+use datafusion::sql::sqlparser::ast::{
+    Expr as SqlExpr, Ident, SelectItem, Statement as SqlStatement,
+};
 
 use super::normalize_ident;
 use crate::error::Result;
 
 /// The name PostgreSQL gives an unaliased output column.
-pub(crate) fn pg_name(e: &SqlExpr) -> String {
+fn pg_name(e: &SqlExpr) -> String {
     match e {
         SqlExpr::Identifier(i) => normalize_ident(i),
         SqlExpr::CompoundIdentifier(ids) => ids.last().map(normalize_ident).unwrap_or_default(),
@@ -37,22 +39,14 @@ pub(crate) fn pg_name(e: &SqlExpr) -> String {
 /// name find them. Queries with `*` keep DataFusion's names, which are already the
 /// column names. Duplicate names keep DataFusion's name (its plans need unique names).
 pub(super) fn pg_column_names(stmt: &SqlStatement, plan: LogicalPlan) -> Result<LogicalPlan> {
-    use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
+    use datafusion::sql::sqlparser::ast::SetExpr;
     let SqlStatement::Query(q) = stmt else {
         return Ok(plan);
     };
     let SetExpr::Select(sel) = &*q.body else {
         return Ok(plan);
     };
-    let names: Option<Vec<String>> = sel
-        .projection
-        .iter()
-        .map(|item| match item {
-            SelectItem::UnnamedExpr(e) => Some(pg_name(e)),
-            SelectItem::ExprWithAlias { alias, .. } => Some(normalize_ident(alias)),
-            _ => None,
-        })
-        .collect();
+    let names: Option<Vec<String>> = sel.projection.iter().map(item_name).collect();
     let Some(names) = names else { return Ok(plan) };
     let columns = plan.schema().columns();
     if names.len() != columns.len() || columns.iter().zip(&names).all(|(c, n)| &c.name == n) {
@@ -74,6 +68,16 @@ pub(super) fn pg_column_names(stmt: &SqlStatement, plan: LogicalPlan) -> Result<
     Ok(datafusion::logical_expr::LogicalPlanBuilder::from(plan)
         .project(exprs)?
         .build()?)
+}
+
+/// The name PostgreSQL gives the output column of a select item that is one expression
+/// (its alias, else [`pg_name`]); `None` for `*` and `t.*`.
+pub(crate) fn item_name(item: &SelectItem) -> Option<String> {
+    match item {
+        SelectItem::UnnamedExpr(e) => Some(pg_name(e)),
+        SelectItem::ExprWithAlias { alias, .. } => Some(normalize_ident(alias)),
+        _ => None,
+    }
 }
 
 /// The setting `SHOW` names, lower case, its words joined by one space.
