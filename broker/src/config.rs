@@ -16,8 +16,12 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Address of the Postgres wire protocol listener.
     pub pg_addr: SocketAddr,
-    /// On shutdown, how long in-flight statements may finish before connections are closed.
+    /// On shutdown, how long in-flight statements may finish before their connections are
+    /// closed (idle connections close at once; every one is told 57P01 admin_shutdown).
     pub shutdown_grace_ms: u64,
+    /// Most client connections open at once; a startup past it is refused with SQLSTATE
+    /// 53300 too_many_connections. A CancelRequest is served regardless.
+    pub max_connections: usize,
 }
 
 impl Default for NodeConfig {
@@ -26,7 +30,24 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("eddy-data"),
             pg_addr: SocketAddr::from(([127, 0, 0, 1], 5433)),
             shutdown_grace_ms: 5_000,
+            max_connections: 100,
         }
+    }
+}
+
+impl NodeConfig {
+    /// Largest `max_connections` accepted: far above what one node can serve, and well
+    /// inside what a semaphore counts.
+    const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=Self::MAX_CONNECTIONS_LIMIT).contains(&self.max_connections) {
+            return Err(format!(
+                "node.max_connections must be between 1 and {}",
+                Self::MAX_CONNECTIONS_LIMIT
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -193,6 +214,7 @@ impl Config {
 
     /// Checks every section.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.node.validate().map_err(anyhow::Error::msg)?;
         self.storage.validate().map_err(anyhow::Error::msg)?;
         self.query.validate().map_err(anyhow::Error::msg)?;
         self.cluster.validate().map_err(anyhow::Error::msg)?;
@@ -209,8 +231,8 @@ mod tests {
     fn example_config_parses_and_matches_defaults_where_unchanged() {
         let text = include_str!("../../eddy.example.toml");
         let cfg = Config::from_toml(text).expect("example config parses");
-        cfg.validate().unwrap();
-        assert_eq!(cfg.node.pg_addr, NodeConfig::default().pg_addr);
+        cfg.validate().expect("the example config is valid");
+        assert_eq!(cfg.node, NodeConfig::default());
         assert_eq!(cfg.storage, StorageConfig::default());
         assert_eq!(cfg.query, QueryConfig::default());
         assert_eq!(cfg.cluster, ClusterSection::default());
@@ -220,7 +242,11 @@ mod tests {
     fn unknown_keys_are_rejected() {
         assert!(Config::from_toml("[node]\nbogus = 1\n").is_err());
         assert!(Config::from_toml("[query]\nmax_message_bytes = 0\n")
-            .unwrap()
+            .expect("parses")
+            .validate()
+            .is_err());
+        assert!(Config::from_toml("[node]\nmax_connections = 0\n")
+            .expect("parses")
             .validate()
             .is_err());
     }

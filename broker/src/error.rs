@@ -3,7 +3,7 @@
 
 use datafusion::error::DataFusionError;
 use eddy_query::Error as QueryError;
-use eddy_storage::Error as StorageError;
+use eddy_storage::{Error as StorageError, ErrorClass};
 use pgwire::error::{ErrorInfo, PgWireError};
 
 /// SQLSTATE codes used by eddy (PostgreSQL's where one fits).
@@ -32,6 +32,8 @@ pub mod sqlstate {
     pub const INVALID_TEXT: &str = "22P02";
     /// numeric_value_out_of_range
     pub const OUT_OF_RANGE: &str = "22003";
+    /// data_exception
+    pub const DATA_EXCEPTION: &str = "22000";
     /// division_by_zero
     pub const DIVISION_BY_ZERO: &str = "22012";
     /// invalid_parameter_value
@@ -64,14 +66,53 @@ pub mod sqlstate {
     pub const SERIALIZATION_FAILURE: &str = "40001";
     /// data_corrupted
     pub const DATA_CORRUPTED: &str = "XX001";
+    /// transaction_resolution_unknown: a write whose leader went away after it had it;
+    /// it may or may not have been applied
+    pub const TRANSACTION_RESOLUTION_UNKNOWN: &str = "08007";
+    /// cardinality_violation: `ON CONFLICT DO UPDATE` naming one key twice
+    pub const CARDINALITY_VIOLATION: &str = "21000";
 }
 
 use sqlstate::*;
 
-/// SQLSTATE and client-facing message of an error.
+/// SQLSTATE and client-facing message of an error: by its class, and for the user's
+/// own errors by what exactly is wrong. Nothing here reads an error's text except
+/// DataFusion's (which carry no codes; see `classify_datafusion`).
 pub fn classify(e: &QueryError) -> (&'static str, String) {
-    let msg = e.to_string();
-    let code = match e {
+    match e.class() {
+        ErrorClass::User => match e {
+            QueryError::DataFusion(d) => classify_datafusion(d),
+            _ => (user_code(e), e.to_string()),
+        },
+        ErrorClass::Retry => (SERIALIZATION_FAILURE, e.to_string()),
+        ErrorClass::OutcomeUnknown => (TRANSACTION_RESOLUTION_UNKNOWN, e.to_string()),
+        ErrorClass::ShuttingDown => (ADMIN_SHUTDOWN, e.to_string()),
+        ErrorClass::Storage => {
+            let corrupt = matches!(e, QueryError::Storage(StorageError::Corrupt { .. }));
+            let (code, what) = if corrupt {
+                (DATA_CORRUPTED, "stored data is corrupt")
+            } else {
+                (IO_ERROR, "storage error")
+            };
+            let id = log_internal(&e.to_string());
+            (
+                code,
+                format!("{what} (id {id}; the server log has the details)"),
+            )
+        }
+        ErrorClass::Internal => {
+            let id = log_internal(&e.to_string());
+            (
+                INTERNAL_ERROR,
+                format!("internal error (id {id}; the server log has the details)"),
+            )
+        }
+    }
+}
+
+/// The SQLSTATE of an error of class [`ErrorClass::User`].
+fn user_code(e: &QueryError) -> &'static str {
+    match e {
         QueryError::Syntax(_) => SYNTAX_ERROR,
         QueryError::UndefinedObject { .. } => UNDEFINED_TABLE,
         QueryError::UndefinedColumn { .. } => UNDEFINED_COLUMN,
@@ -83,54 +124,44 @@ pub fn classify(e: &QueryError) -> (&'static str, String) {
         QueryError::NotSupported(_) => FEATURE_NOT_SUPPORTED,
         QueryError::InvalidParameter(_) => INVALID_PARAMETER,
         QueryError::WrongObjectType { .. } => WRONG_OBJECT_TYPE,
-        QueryError::BadCopyData(inner) => {
-            return (
-                if inner.contains("invalid input syntax") {
-                    INVALID_TEXT
-                } else {
-                    BAD_COPY_FORMAT
-                },
-                msg,
-            )
-        }
+        QueryError::BadCopyData(_) => BAD_COPY_FORMAT,
+        QueryError::CopyValue { source, .. } => user_code(source),
         QueryError::Cancelled | QueryError::StatementTimeout => QUERY_CANCELED,
         QueryError::PositionOutsideRetention { .. } => POSITION_OUTSIDE_RETENTION,
         QueryError::LaggedOut { .. } => LAGGED_OUT,
         QueryError::UndefinedCursor(_) => INVALID_CURSOR_NAME,
         QueryError::DuplicateCursor(_) => DUPLICATE_CURSOR,
-        QueryError::Storage(s) => return classify_storage(s),
-        QueryError::DataFusion(d) => return classify_datafusion(d),
-    };
-    (code, msg)
+        QueryError::CardinalityViolation(_) => CARDINALITY_VIOLATION,
+        QueryError::Storage(s) => match s {
+            StorageError::DuplicateKey { .. } => UNIQUE_VIOLATION,
+            StorageError::NotNull { .. } => NOT_NULL_VIOLATION,
+            StorageError::ObjectExists { .. } => DUPLICATE_TABLE,
+            StorageError::ObjectNotFound { .. } => UNDEFINED_TABLE,
+            StorageError::DependentObjects { .. } => DEPENDENT_OBJECTS,
+            _ => INVALID_PARAMETER,
+        },
+        QueryError::DataFusion(d) => classify_datafusion(d).0,
+        // Not of the user's class (see `classify`).
+        QueryError::Unavailable(_) | QueryError::OutcomeUnknown(_) | QueryError::Internal(_) => {
+            INTERNAL_ERROR
+        }
+    }
 }
 
-fn classify_storage(e: &StorageError) -> (&'static str, String) {
-    let code = match e {
-        StorageError::DuplicateKey { .. } => UNIQUE_VIOLATION,
-        StorageError::NotNull { .. } => NOT_NULL_VIOLATION,
-        StorageError::ObjectExists { .. } => DUPLICATE_TABLE,
-        StorageError::ObjectNotFound { .. } => UNDEFINED_TABLE,
-        StorageError::NoSuchPartition { .. } | StorageError::InvalidValue(_) => INVALID_PARAMETER,
-        StorageError::ShuttingDown => ADMIN_SHUTDOWN,
-        StorageError::Remote(_) => INTERNAL_ERROR,
-        StorageError::Unavailable(_) => SERIALIZATION_FAILURE,
-        StorageError::DependentObjects { .. } => DEPENDENT_OBJECTS,
-        StorageError::Engine(inner) => {
-            tracing::error!(error = %inner, "storage engine error");
-            return (IO_ERROR, "storage error (see the server log)".into());
-        }
-        StorageError::Corrupt { what } => {
-            tracing::error!(%what, "corrupt data");
-            return (
-                DATA_CORRUPTED,
-                "stored data is corrupt (see the server log)".into(),
-            );
-        }
-    };
-    (code, e.to_string())
+/// Logs an internal failure's text under a fresh id and returns the id: the client gets
+/// only the id to quote (no file paths, RocksDB or peer text on the wire).
+fn log_internal(detail: &str) -> String {
+    let id = INTERNAL_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = format!("{:x}-{id}", std::process::id());
+    tracing::error!(error_id = %id, %detail, "internal error");
+    id
 }
 
-/// DataFusion errors carry no codes; sort them by kind and by the shape of their message.
+/// Numbers the internal errors of this process.
+static INTERNAL_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// DataFusion errors carry no codes; those of the user's class (`datafusion_class` in
+/// eddy-query) are sorted by kind and by the shape of their message.
 fn classify_datafusion(e: &DataFusionError) -> (&'static str, String) {
     let text = e.strip_backtrace();
     let text = text
@@ -171,7 +202,8 @@ fn classify_datafusion(e: &DataFusionError) -> (&'static str, String) {
     } else if matches!(e, DataFusionError::Plan(_)) {
         SYNTAX_ERROR
     } else {
-        INTERNAL_ERROR
+        // A statement DataFusion could not run for a reason of its own values.
+        DATA_EXCEPTION
     };
     (code, text)
 }

@@ -91,6 +91,10 @@ struct StartArgs {
     /// heard there [default: off].
     #[arg(long, value_name = "PORT")]
     discover: Option<u16>,
+    /// Most client connections open at once; more are refused with SQLSTATE 53300
+    /// [default: 100].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
     /// Largest message or row accepted, in bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     max_message_bytes: Option<usize>,
@@ -147,6 +151,9 @@ async fn start(args: StartArgs) -> anyhow::Result<()> {
     }
     if let Some(p) = args.discover {
         config.gossip.discover_port = Some(p);
+    }
+    if let Some(n) = args.max_connections {
+        config.node.max_connections = n;
     }
     if let Some(m) = args.max_message_bytes {
         config.query.max_message_bytes = m;

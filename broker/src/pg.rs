@@ -15,6 +15,7 @@ mod cancel;
 pub(crate) mod conn;
 mod copy;
 mod extended;
+mod frame;
 mod listen;
 mod pipeline;
 mod relay;
@@ -119,11 +120,14 @@ impl StartupHandler for Backend {
             auth::save_startup_parameters_to_metadata(client, startup);
             let (pid, key) = self.pids.generate(client);
             client.set_pid_and_secret_key(pid, key.clone());
-            // Registering the connection makes CancelRequest work for it.
+            // Registering the connection makes CancelRequest work for it. Both
+            // registrations live in the session and leave with the connection, whether it
+            // ends or its task panics.
             let qc = client
                 .session_extensions()
                 .get_or_insert_with(cancel::QueryCancel::default);
-            self.cancels.register(pid, key.clone(), qc);
+            let registration = self.cancels.register(pid, key.clone(), qc);
+            client.session_extensions().insert(registration);
             let (handle, guard) = self.connections.register(pid, key);
             client
                 .session_extensions()

@@ -1,8 +1,10 @@
 //! A running node: storage, engine, the Postgres listener and background tasks.
 //!
-//! Shutdown order (see STYLE.md): stop accepting, give in-flight statements
-//! `shutdown_grace_ms`, close the remaining connections, stop retention, then let the
-//! Raft groups, then let the committer drain its queue and sync the WAL.
+//! Shutdown order (see STYLE.md): stop accepting; tell idle connections 57P01
+//! admin_shutdown and close them; give in-flight statements `shutdown_grace_ms`, each
+//! connection closing (57P01) as its statement ends; close the rest (57P01) when the grace
+//! is over; stop retention, then the Raft groups, then let the committer drain its queue
+//! and sync the WAL.
 //!
 //! Every node is a cluster node: a node started without `join` forms a cluster of one
 //! (its metadata group has one voter), which others can join later.
@@ -18,10 +20,12 @@ use eddy_consensus::{
 use eddy_query::{Engine, GossipPeerRow, GroupRow, NodeRow, PartitionRow, Writer};
 use eddy_storage::{Store, WriteOp, WriteResult};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::pg::conn::{serve, Admission, Shutdown, GOODBYE_TIMEOUT};
 use crate::pg::{Backend, Handlers};
 
 /// Handle to a running node.
@@ -65,17 +69,34 @@ async fn bind_cluster(
     }
 }
 
+/// A cluster error as the query layer carries it: storage outcomes stay themselves,
+/// the rest keep their class (retry, outcome unknown, refused, internal).
+fn from_cluster(e: eddy_consensus::Error) -> eddy_query::Error {
+    use eddy_consensus::Error as E;
+    use eddy_query::Error as Q;
+    match e {
+        E::Storage(s) => Q::Storage(s),
+        E::NotLeader { .. } | E::Unavailable(_) => Q::Unavailable(e.to_string()),
+        E::OutcomeUnknown(m) => Q::OutcomeUnknown(m),
+        E::Refused(m) => Q::InvalidParameter(m),
+        E::Internal(m) => Q::Internal(m),
+    }
+}
+
 /// The query layer's writes go through the cluster's Raft groups.
 struct Replicated(Cluster, Arc<Faults>);
 
 #[async_trait]
 impl Writer for Replicated {
-    async fn write(&self, ops: Vec<WriteOp>) -> eddy_storage::Result<Vec<WriteResult>> {
-        self.0.write(ops).await
+    async fn write(&self, ops: Vec<WriteOp>) -> eddy_query::Result<Vec<WriteResult>> {
+        self.0.write(ops).await.map_err(from_cluster)
     }
 
-    async fn read_barrier(&self, objects: &[u32]) -> eddy_storage::Result<()> {
-        self.0.read_barrier_objects(objects).await
+    async fn read_barrier(&self, objects: &[u32]) -> eddy_query::Result<()> {
+        self.0
+            .read_barrier_objects(objects)
+            .await
+            .map_err(from_cluster)
     }
 
     fn lacks_replicas(&self) -> bool {
@@ -109,16 +130,19 @@ impl Writer for Replicated {
             .collect()
     }
 
-    async fn metadata_barrier(&self) -> eddy_storage::Result<()> {
-        self.0.read_barrier(METADATA_GROUP).await
+    async fn metadata_barrier(&self) -> eddy_query::Result<()> {
+        self.0
+            .read_barrier(METADATA_GROUP)
+            .await
+            .map_err(from_cluster)
     }
 
-    async fn add_node(&self, cluster_addr: &str) -> eddy_storage::Result<u64> {
-        self.0.add_node_at(cluster_addr).await
+    async fn add_node(&self, cluster_addr: &str) -> eddy_query::Result<u64> {
+        self.0.add_node_at(cluster_addr).await.map_err(from_cluster)
     }
 
-    async fn remove_node(&self, node: u64) -> eddy_storage::Result<()> {
-        self.0.remove_node(node).await
+    async fn remove_node(&self, node: u64) -> eddy_query::Result<()> {
+        self.0.remove_node(node).await.map_err(from_cluster)
     }
 
     fn nodes(&self) -> Vec<NodeRow> {
@@ -341,15 +365,25 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
     let cancel = CancellationToken::new();
     let handlers = Handlers(Backend::new(engine.clone()));
     let grace = Duration::from_millis(config.node.shutdown_grace_ms);
-    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let max_connections = config.node.max_connections;
+    let places = Arc::new(Semaphore::new(max_connections));
+    let shutdown = Shutdown {
+        begun: cancel.clone(),
+        grace_over: CancellationToken::new(),
+    };
     let accept = tokio::spawn(accept_loop(
         listener,
         handlers,
-        cancel.clone(),
+        places.clone(),
+        shutdown,
         grace,
-        open.clone(),
     ));
-    tokio::spawn(load_loop(cluster.clone(), open, cancel.clone()));
+    tokio::spawn(load_loop(
+        cluster.clone(),
+        places,
+        max_connections,
+        cancel.clone(),
+    ));
     if let Some(file) = config.cluster.fault_file.clone() {
         tokio::spawn(fault_loop(file, faults.clone(), cancel.clone()));
     }
@@ -370,29 +404,44 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
     })
 }
 
+/// Connections being turned away at once (over `max_connections`, waiting for their
+/// startup message to be refused with 53300). Past this many a connection is closed
+/// without a word: whoever opens that many at once is not waiting for an answer.
+const REFUSING_MAX: usize = 64;
+
+/// Accepts connections until `shutdown.begun`, each served on its own task holding one of
+/// `places`; then lets them end as described in `pg/conn.rs`, within `grace`.
 async fn accept_loop(
     listener: TcpListener,
     handlers: Handlers,
-    cancel: CancellationToken,
+    places: Arc<Semaphore>,
+    shutdown: Shutdown,
     grace: Duration,
-    open: Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    let refusing = Arc::new(Semaphore::new(REFUSING_MAX));
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => break,
+            _ = shutdown.begun.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
+                    let admission = match places.clone().try_acquire_owned() {
+                        Ok(place) => Admission::admitted(place),
+                        Err(_) => match refusing.clone().try_acquire_owned() {
+                            Ok(place) => Admission::refused(place),
+                            Err(_) => {
+                                tracing::debug!(%peer, "too many connections being refused; closing this one at once");
+                                continue;
+                            }
+                        },
+                    };
                     let h = handlers.clone();
-                    let open = open.clone();
-                    open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let shutdown = shutdown.clone();
                     connections.spawn(async move {
-                        // A malformed frame ends this connection only; the node stays up.
-                        if let Err(e) = crate::pg::conn::serve(socket, h).await {
+                        if let Err(e) = serve(socket, h, admission, shutdown).await {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
-                        open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                     });
                 }
                 Err(e) => {
@@ -400,31 +449,60 @@ async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(ended) = connections.join_next(), if !connections.is_empty() => report(ended),
         }
     }
+    // Stop accepting: new connections are refused by the system from here on.
     drop(listener);
-    let drain = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(grace, drain).await.is_err() {
+    // Idle connections close at once (they saw `begun`); busy ones when their statement ends.
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(ended) = connections.join_next().await {
+            report(ended);
+        }
+    })
+    .await;
+    if drained.is_err() {
         tracing::info!(
             open = connections.len(),
-            "closing connections still open after the grace period"
+            "closing the connections still busy after the grace period"
         );
-        connections.shutdown().await;
+        shutdown.grace_over.cancel();
+        // Each says goodbye within GOODBYE_TIMEOUT; one that has not by then is aborted.
+        let said = tokio::time::timeout(2 * GOODBYE_TIMEOUT, async {
+            while let Some(ended) = connections.join_next().await {
+                report(ended);
+            }
+        })
+        .await;
+        if said.is_err() {
+            connections.shutdown().await;
+        }
     }
 }
 
-/// Gossips this node's load figures (for routing): open Postgres connections and Raft
-/// groups led here, refreshed every second while they change.
+/// Logs a connection task that panicked (the connection's own code catches its panics,
+/// so this is one in its setup or goodbye). Its place was given back as its task unwound.
+fn report(ended: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = ended {
+        if e.is_panic() {
+            tracing::error!(error = %e, "a connection task panicked");
+        }
+    }
+}
+
+/// Gossips this node's load figures (for routing): open Postgres connections (the places
+/// taken of `max_connections`) and Raft groups led here, refreshed every second while
+/// they change.
 async fn load_loop(
     cluster: Cluster,
-    open: Arc<std::sync::atomic::AtomicUsize>,
+    places: Arc<Semaphore>,
+    max_connections: usize,
     cancel: CancellationToken,
 ) {
     let mut last = (usize::MAX, usize::MAX);
     loop {
         let now = (
-            open.load(std::sync::atomic::Ordering::Relaxed),
+            max_connections.saturating_sub(places.available_permits()),
             cluster
                 .group_info()
                 .iter()
@@ -468,8 +546,9 @@ fn claim_node_id(dir: &std::path::Path, id: u64) -> anyhow::Result<()> {
     }
 }
 
-/// Testing only: applies the node ids listed in `file` as cut links, and `loss=N` as the
-/// per-mille share of gossip frames lost, until cancelled.
+/// Testing only: applies the node ids listed in `file` as cut links, `loss=N` as the
+/// per-mille share of gossip frames lost, and `fail-forwards` (writes forwarded here
+/// answered with an internal failure), until cancelled.
 async fn fault_loop(file: std::path::PathBuf, faults: Arc<Faults>, cancel: CancellationToken) {
     loop {
         let text = std::fs::read_to_string(&file).unwrap_or_default();
@@ -482,6 +561,7 @@ async fn fault_loop(file: std::path::PathBuf, faults: Arc<Faults>, cancel: Cance
             .find_map(|w| w.strip_prefix("loss=")?.parse().ok())
             .unwrap_or(0);
         faults.set_gossip_loss(loss);
+        faults.set_fail_forwards(text.split_whitespace().any(|w| w == "fail-forwards"));
         for id in faults.cut() {
             if !listed.contains(&id) {
                 faults.set_cut(id, false);

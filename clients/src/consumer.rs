@@ -14,38 +14,17 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use tokio_postgres::SimpleQueryMessage;
 
 use crate::backoff::Backoff;
 use crate::delivery::{Delivery, Positioned};
+use crate::durable::DurableSub;
 use crate::error::{Error, Result};
-use crate::link::Link;
-use crate::sql::{self, StartFrom, SubscriptionSpec};
-use crate::subscription::STALL_GRACE;
+use crate::link::{Link, STALL_GRACE};
+use crate::sql::{self, SubscriptionOptions, SubscriptionSpec};
 
 /// SQLSTATE of a FETCH that found rows removed by retention before they were delivered;
 /// delivery goes on after them.
 const LAGGED_OUT: &str = "YE003";
-
-/// How a durable subscription is created when it does not exist yet; every `None` takes
-/// the server's default.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SubscriptionOptions {
-    /// Only rows matching this SQL expression (`"temp > 30"`).
-    pub filter: Option<String>,
-    /// Where it starts (server default: now).
-    pub from: Option<StartFrom>,
-    /// How long a fetched row stays leased before it is redelivered.
-    pub ack_wait: Option<Duration>,
-    /// Deliveries after which a row goes to the dead-letter topic `<name>_dlq`.
-    pub max_deliver: Option<u32>,
-    /// `true`: rows of one key are delivered one at a time, in order (`ordering = 'key'`);
-    /// `false`: no ordering between fetches (`ordering = 'none'`).
-    pub ordering_key: Option<bool>,
-    /// Most rows leased or held back at once; while that many are pending, FETCH only
-    /// redelivers.
-    pub max_pending: Option<u32>,
-}
 
 /// Settings of a durable consumer; made by [`Client::consumer`](crate::Client::consumer).
 #[must_use = "a builder does nothing until .build().await"]
@@ -107,13 +86,13 @@ impl ConsumerBuilder {
                 .await?;
         }
         Ok(Consumer {
-            inner: Arc::new(Inner {
+            sub: Arc::new(DurableSub {
                 link: self.link,
                 name: self.name,
-                fetch_size: self.fetch_size,
-                fetch_timeout: self.fetch_timeout,
-                backoff: self.backoff,
             }),
+            fetch_size: self.fetch_size,
+            fetch_timeout: self.fetch_timeout,
+            backoff: self.backoff,
         })
     }
 }
@@ -125,12 +104,8 @@ impl ConsumerBuilder {
 /// the next call connects again. [`stream`](Consumer::stream) retries by itself.
 #[derive(Clone)]
 pub struct Consumer {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    link: Link,
-    name: String,
+    /// The subscription and its connection, shared with the rows this consumer fetched.
+    sub: Arc<DurableSub>,
     fetch_size: u32,
     fetch_timeout: Duration,
     backoff: Backoff,
@@ -139,7 +114,7 @@ struct Inner {
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
-            .field("name", &self.inner.name)
+            .field("name", &self.sub.name)
             .finish_non_exhaustive()
     }
 }
@@ -147,16 +122,16 @@ impl std::fmt::Debug for Consumer {
 impl Consumer {
     /// The subscription's name.
     pub fn name(&self) -> &str {
-        &self.inner.name
+        &self.sub.name
     }
 
     /// Up to `n` rows, waiting up to `timeout` for the first; an empty batch after the
     /// timeout is not an error. Each row is leased to this consumer until acked, nak'ed,
     /// or `ack_wait` passes.
     pub async fn fetch(&self, n: u32, timeout: Duration) -> Result<Vec<Delivery>> {
-        let sql = sql::fetch_subscription(&self.inner.name, n, timeout);
+        let sql = sql::fetch_subscription(&self.sub.name, n, timeout);
         let rows = self
-            .inner
+            .sub
             .link
             .call(|session| async move {
                 let wait = timeout + STALL_GRACE;
@@ -167,7 +142,7 @@ impl Consumer {
             })
             .await?;
         rows.into_iter()
-            .map(|row| Delivery::from_row(row, Some(self.clone())))
+            .map(|row| Delivery::from_row(row, Some(self.sub.clone())))
             .collect()
     }
 
@@ -195,22 +170,7 @@ impl Consumer {
                 (p.partition, p.offset)
             })
             .collect();
-        if positions.is_empty() {
-            return Ok(0);
-        }
-        let sql = sql::settle(verb, &self.inner.name, positions);
-        let answer = self
-            .inner
-            .link
-            .call(|session| async move { Ok(session.simple_query(&sql).await?) })
-            .await?;
-        Ok(answer
-            .iter()
-            .find_map(|m| match m {
-                SimpleQueryMessage::CommandComplete(n) => Some(*n),
-                _ => None,
-            })
-            .unwrap_or(0))
+        self.sub.settle(verb, positions).await
     }
 
     /// Fetches in a loop and yields rows one by one, reconnecting with backoff after a
@@ -220,7 +180,7 @@ impl Consumer {
     pub fn stream(&self) -> ConsumerStream {
         let poller = Poller {
             consumer: self.clone(),
-            backoff: self.inner.backoff.clone(),
+            backoff: self.backoff.clone(),
             buffer: VecDeque::new(),
             ended: false,
         };
@@ -252,10 +212,9 @@ impl Poller {
             if self.ended {
                 return None;
             }
-            let inner = &self.consumer.inner;
-            match self
-                .consumer
-                .fetch(inner.fetch_size, inner.fetch_timeout)
+            let consumer = &self.consumer;
+            match consumer
+                .fetch(consumer.fetch_size, consumer.fetch_timeout)
                 .await
             {
                 Ok(rows) => {
@@ -264,7 +223,7 @@ impl Poller {
                 }
                 Err(e) if e.is_retryable() => {
                     let wait = self.backoff.next_delay();
-                    tracing::warn!(subscription = %inner.name, error = %e, ?wait, "consumer lost its connection; retrying");
+                    tracing::warn!(subscription = %consumer.sub.name, error = %e, ?wait, "consumer lost its connection; retrying");
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => {

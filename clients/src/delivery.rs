@@ -1,11 +1,12 @@
 //! A received row: its position, key, append time and typed column access.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio_postgres::types::FromSql;
 use tokio_postgres::Row;
 
-use crate::consumer::Consumer;
+use crate::durable::DurableSub;
 use crate::error::{Error, Result};
 use crate::message::Position;
 
@@ -17,18 +18,19 @@ pub struct Delivery {
     ts: SystemTime,
     /// `_deliveries` of a durable subscription's row; `None` for ephemeral streams.
     deliveries: Option<i32>,
-    /// The consumer that fetched it, so [`Delivery::ack`] knows where to send the ack.
-    consumer: Option<Consumer>,
+    /// The durable subscription it was fetched from, so [`Delivery::ack`] knows where to
+    /// send the ack; `None` for ephemeral streams.
+    sub: Option<Arc<DurableSub>>,
 }
 
 impl Delivery {
     /// Wraps a row of `FETCH`, checking the metadata columns eddy always sends.
-    pub(crate) fn from_row(row: Row, consumer: Option<Consumer>) -> Result<Delivery> {
+    pub(crate) fn from_row(row: Row, sub: Option<Arc<DurableSub>>) -> Result<Delivery> {
         let position = Position::from_row(&row)?;
         let ts = row
             .try_get("_ts")
             .map_err(|e| Error::UnexpectedAnswer(format!("column _ts: {e}")))?;
-        let deliveries = match consumer {
+        let deliveries = match sub {
             Some(_) => Some(
                 row.try_get("_deliveries")
                     .map_err(|e| Error::UnexpectedAnswer(format!("column _deliveries: {e}")))?,
@@ -40,7 +42,7 @@ impl Delivery {
             position,
             ts,
             deliveries,
-            consumer,
+            sub,
         })
     }
 
@@ -93,27 +95,28 @@ impl Delivery {
     /// Acknowledges this row to the durable consumer that fetched it: it will not be
     /// delivered again. Fails with [`Error::NotDurable`] for ephemeral subscriptions.
     pub async fn ack(&self) -> Result<()> {
-        self.consumer
-            .as_ref()
-            .ok_or(Error::NotDurable)?
-            .ack([self])
-            .await
-            .map(drop)
+        self.settle("ACK").await
     }
 
     /// Gives the row back to the durable consumer that fetched it, for redelivery at once.
     /// Fails with [`Error::NotDurable`] for ephemeral subscriptions.
     pub async fn nak(&self) -> Result<()> {
-        self.consumer
-            .as_ref()
-            .ok_or(Error::NotDurable)?
-            .nak([self])
+        self.settle("NACK").await
+    }
+
+    /// [`Consumer::ack`](crate::Consumer::ack) (`verb` = `ACK`) or
+    /// [`Consumer::nak`](crate::Consumer::nak) of this row alone.
+    async fn settle(&self, verb: &str) -> Result<()> {
+        let sub = self.sub.as_ref().ok_or(Error::NotDurable)?;
+        let p = self.position;
+        sub.settle(verb, vec![(p.partition, p.offset)])
             .await
             .map(drop)
     }
 }
 
-/// Anything with a topic position: what [`Consumer::ack`] and [`Consumer::nak`] take.
+/// Anything with a topic position: what [`Consumer::ack`](crate::Consumer::ack) and
+/// [`Consumer::nak`](crate::Consumer::nak) take.
 pub trait Positioned {
     /// `(partition, offset)`.
     fn position(&self) -> Position;

@@ -68,6 +68,7 @@ mod batcher;
 mod client;
 mod consumer;
 mod delivery;
+mod durable;
 mod error;
 mod link;
 mod message;
@@ -76,13 +77,13 @@ mod sql;
 mod subscription;
 
 pub use client::Client;
-pub use consumer::{Consumer, ConsumerBuilder, ConsumerStream, SubscriptionOptions};
+pub use consumer::{Consumer, ConsumerBuilder, ConsumerStream};
 pub use delivery::{Delivery, Positioned};
 pub use error::{Error, Result};
 pub use link::Session;
 pub use message::{Message, Position, Value};
 pub use producer::{Ack, Producer, ProducerBuilder};
-pub use sql::{quote_ident, quote_literal, StartFrom};
+pub use sql::{quote_ident, quote_literal, StartFrom, SubscriptionOptions};
 pub use subscription::{SubscribeBuilder, Subscription};
 /// The driver underneath, for its types (`ToSql`, `FromSql`, `Row`, `SqlState`, ...).
 pub use tokio_postgres;

@@ -1,4 +1,5 @@
-//! A connection that is reopened on the next use after it was lost.
+//! A connection that is reopened on the next use after it was lost, and how long a fetch
+//! may stall before its connection counts as lost ([`STALL_GRACE`]).
 //!
 //! The failed call itself is not retried here: a publish whose answer was lost may or may
 //! not have been written, and only the caller can decide whether to send it again.
@@ -7,10 +8,15 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio_postgres::{Config, NoTls, Statement};
 
 use crate::error::{Error, Result};
+
+/// How long past its own timeout a FETCH may take before the connection is presumed dead
+/// (a peer that vanished without closing the socket).
+pub(crate) const STALL_GRACE: Duration = Duration::from_secs(10);
 
 /// Prepared statements kept per connection; past this many the cache starts over (names
 /// come from the caller, so their number is not ours to bound).

@@ -1,4 +1,5 @@
-//! The SQL text the client sends, built by pure functions so unit tests can read it.
+//! The SQL text the client sends, built by pure functions so unit tests can read it, and
+//! the options that become its clauses ([`StartFrom`], [`SubscriptionOptions`]).
 //!
 //! Names (topics, columns, subscriptions, cursors) are always double-quoted, so they are
 //! used exactly as given: `readings` and `Readings` are different topics, and a name may
@@ -7,8 +8,6 @@
 
 use std::fmt::Write as _;
 use std::time::Duration;
-
-use crate::consumer::SubscriptionOptions;
 
 /// Most parameters one statement carries. The wire protocol counts them in 16 bits
 /// (at most 65535); we stay one below that.
@@ -137,6 +136,26 @@ pub(crate) fn fetch_cursor(cursor: &str, n: u32, timeout: Duration) -> String {
         quote_ident(cursor),
         duration_literal(timeout)
     )
+}
+
+/// How a durable subscription is created when it does not exist yet; every `None` takes
+/// the server's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscriptionOptions {
+    /// Only rows matching this SQL expression (`"temp > 30"`).
+    pub filter: Option<String>,
+    /// Where it starts (server default: now).
+    pub from: Option<StartFrom>,
+    /// How long a fetched row stays leased before it is redelivered.
+    pub ack_wait: Option<Duration>,
+    /// Deliveries after which a row goes to the dead-letter topic `<name>_dlq`.
+    pub max_deliver: Option<u32>,
+    /// `true`: rows of one key are delivered one at a time, in order (`ordering = 'key'`);
+    /// `false`: no ordering between fetches (`ordering = 'none'`).
+    pub ordering_key: Option<bool>,
+    /// Most rows leased or held back at once; while that many are pending, FETCH only
+    /// redelivers.
+    pub max_pending: Option<u32>,
 }
 
 /// A durable subscription to create when it does not exist yet.

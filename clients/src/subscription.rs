@@ -24,15 +24,11 @@ use tokio_postgres::Config;
 use crate::backoff::Backoff;
 use crate::delivery::Delivery;
 use crate::error::{Error, Result};
-use crate::link;
+use crate::link::{self, STALL_GRACE};
 use crate::sql::{self, StartFrom};
 
 /// The cursor's name on the subscription's own connection.
 const CURSOR: &str = "eddy_subscription";
-
-/// How long past its own timeout a FETCH may take before the connection is presumed dead
-/// (a peer that vanished without closing the socket).
-pub(crate) const STALL_GRACE: Duration = Duration::from_secs(10);
 
 /// Settings of an ephemeral subscription; made by
 /// [`Client::subscribe`](crate::Client::subscribe).

@@ -15,8 +15,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::Error;
 use eddy_storage::raft::{GroupId, KeyRange};
-use eddy_storage::{Error, ObjectDef, Replication, Store, WriteOp};
+use eddy_storage::{ObjectDef, Replication, Store, WriteOp};
 use openraft::ServerState;
 use parking_lot::RwLock;
 use tokio::net::TcpListener;
@@ -31,7 +32,7 @@ mod gossip;
 mod members;
 mod write;
 use crate::storage::{group_storage, Stubs};
-use crate::types::{NodeId, NodeInfo, Raft, Response};
+use crate::types::{NodeId, NodeInfo, PartitionInfo, Raft, Response};
 
 /// The metadata group's id.
 pub const METADATA_GROUP: GroupId = 0;
@@ -141,20 +142,6 @@ pub struct GroupInfo {
     pub learners: Vec<NodeId>,
 }
 
-/// A topic partition as a replica of its group sees it (for `eddy.partitions` on a node
-/// holding no replica of it).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PartitionInfo {
-    /// The partition's group.
-    pub group: GroupId,
-    /// The leader that replica knows of.
-    pub leader: Option<NodeId>,
-    /// The oldest offset it retains.
-    pub start_offset: u64,
-    /// Its next offset (high watermark).
-    pub next_offset: u64,
-}
-
 /// A Raft group on this node and its proposer queue.
 pub(crate) struct Group {
     raft: Raft,
@@ -216,7 +203,7 @@ impl Cluster {
             ..Default::default()
         }
         .validate()
-        .map_err(|e| Error::InvalidValue(format!("raft settings: {e}")))?;
+        .map_err(|e| Error::Refused(format!("raft settings: {e}")))?;
         let auth = Arc::new(FrameAuth::new(&config.secret));
         let peers = Peers::new(config.node_id, faults.clone(), auth.clone());
         store.set_origin(config.node_id)?;
@@ -257,15 +244,16 @@ impl Cluster {
             .raft
             .is_initialized()
             .await
-            .map_err(|e| Error::InvalidValue(e.to_string()))?;
+            .map_err(|e| Error::Refused(e.to_string()))?;
         if fresh {
             match cluster.inner.config.join.clone() {
                 None => {
                     let mut members = BTreeMap::new();
                     members.insert(cluster.id(), cluster.inner.config.info.clone());
-                    meta.raft.initialize(members).await.map_err(|e| {
-                        Error::InvalidValue(format!("cannot form the cluster: {e}"))
-                    })?;
+                    meta.raft
+                        .initialize(members)
+                        .await
+                        .map_err(|e| Error::Refused(format!("cannot form the cluster: {e}")))?;
                 }
                 Some(seed) => cluster.join(&seed).await?,
             }
@@ -287,7 +275,7 @@ impl Cluster {
     ) -> Result<Membership, Error> {
         let addr = listener
             .local_addr()
-            .map_err(|e| Error::InvalidValue(format!("cluster listener: {e}")))?;
+            .map_err(|e| Error::Refused(format!("cluster listener: {e}")))?;
         let g = &config.gossip;
         let mut mc = MembershipConfig::new(config.node_id, addr, auth.clone());
         mc.pg_addr = config.info.pg_addr.clone();
@@ -303,7 +291,7 @@ impl Cluster {
         });
         Membership::start(mc)
             .await
-            .map_err(|e| Error::InvalidValue(format!("cannot start gossip on {addr}/udp: {e}")))
+            .map_err(|e| Error::Refused(format!("cannot start gossip on {addr}/udp: {e}")))
     }
 
     /// Every node gossip membership has heard of, this one included.
@@ -519,7 +507,7 @@ impl Cluster {
     async fn start_group(&self, id: GroupId, ranges: Vec<KeyRange>) -> Result<Arc<Group>, Error> {
         let _starting = self.inner.starting.lock().await;
         if self.inner.cancel.is_cancelled() {
-            return Err(Error::ShuttingDown);
+            return Err(eddy_storage::Error::ShuttingDown.into());
         }
         if let Some(g) = self.group(id) {
             return Ok(g);
@@ -538,7 +526,7 @@ impl Cluster {
             sm,
         )
         .await
-        .map_err(|e| Error::InvalidValue(format!("cannot start raft group {id}: {e}")))?;
+        .map_err(|e| Error::Refused(format!("cannot start raft group {id}: {e}")))?;
         let (tx, rx) = mpsc::channel(4096);
         let group = Arc::new(Group {
             raft: raft.clone(),
@@ -576,7 +564,15 @@ impl Cluster {
                 Some(gr) => Reply::Snapshot(gr.raft.install_snapshot(rpc).await),
                 None => Reply::NoGroup,
             },
-            Call::Forward(g, units) => Reply::Forward(self.propose_here(g, units).await),
+            Call::Forward(g, units) => match self.inner.peers.faults.forward_failure() {
+                Some(text) => Reply::Forward(Ok(Response {
+                    units: units
+                        .iter()
+                        .map(|_| Err(crate::types::WireError::Other(text.clone())))
+                        .collect(),
+                })),
+                None => Reply::Forward(self.propose_here(g, units).await),
+            },
             Call::ReadIndex(g) => Reply::ReadIndex(self.read_index_here(g).await),
             Call::Join(id, info) => Reply::Done(self.add_node(id, info).await),
             Call::Adopt(seed) => Reply::Adopted(self.adopt(seed).await),
@@ -588,8 +584,23 @@ impl Cluster {
                 Reply::Done(self.reconfigure_here(group, gone, add).await)
             }
             Call::Deltas(from, batches) => Reply::Deltas(self.receive_deltas(from, batches).await),
-            Call::Digest(_, theirs) => Reply::Digest(self.answer_digest(theirs)),
-            Call::Resync(table) => Reply::Resync(self.gossip_table_state(table)),
+            // Both read RocksDB at length: on the blocking pool, not the executor.
+            Call::Digest(_, theirs) => {
+                let c = self.clone();
+                match tokio::task::spawn_blocking(move || c.answer_digest(theirs)).await {
+                    Ok(reply) => Reply::Digest(reply),
+                    // Not a digest: the caller counts a failed round and tries again.
+                    Err(_) => Reply::NoGroup,
+                }
+            }
+            Call::Resync(table) => {
+                let c = self.clone();
+                Reply::Resync(
+                    tokio::task::spawn_blocking(move || c.gossip_table_state(table))
+                        .await
+                        .unwrap_or_else(|e| Err(CallError::Unavailable(e.to_string()))),
+                )
+            }
             Call::Partitions(groups) => Reply::Partitions(self.partitions_here(groups)),
         }
     }

@@ -1,14 +1,17 @@
 //! eddy-consensus: replication of eddy's topics and tables through openraft groups.
 //!
-//! - [`types`] — the openraft type configuration and what travels through Raft.
+//! - [`types`] — the openraft type configuration and what travels through Raft and
+//!   between nodes.
 //! - [`storage`] — openraft's log storage and state machine over eddy's store.
 //! - [`network`] — the internal RPC: framed TCP between nodes, many groups per connection.
 //! - [`cluster`] — a node's groups, the write path (batching, forwarding), joins.
+//! - [`Error`] — what a cluster operation fails with, typed by what the caller may do.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod auth;
 pub mod cluster;
+mod error;
 pub mod gossip;
 pub mod membership;
 pub mod network;
@@ -17,14 +20,14 @@ pub mod types;
 
 pub use auth::FrameAuth;
 pub use cluster::{
-    group_of, split_group, Cluster, ClusterConfig, GroupInfo, PartitionInfo, DEV_SECRET,
-    METADATA_GROUP,
+    group_of, split_group, Cluster, ClusterConfig, GroupInfo, DEV_SECRET, METADATA_GROUP,
 };
+pub use error::{Error, Result};
 pub use gossip::{GossipConfig, PeerStats};
 pub use membership::{Liveness, Member, Membership, MembershipConfig, MembershipError};
 pub use network::Faults;
 pub use storage::{LogStore, StateMachine};
-pub use types::{NodeId, NodeInfo, Request, Response, TypeConfig};
+pub use types::{NodeId, NodeInfo, PartitionInfo, Request, Response, TypeConfig};
 
 #[cfg(test)]
 mod cluster_tests;

@@ -40,7 +40,7 @@ use eddy_storage::raft::GroupId;
 use eddy_storage::WriteOp;
 
 use crate::auth::FrameAuth;
-use crate::types::{LogId, NodeId, NodeInfo, Response, TypeConfig};
+use crate::types::{LogId, NodeId, NodeInfo, PartitionInfo, Response, TypeConfig};
 
 /// Largest frame accepted (a snapshot chunk or a batch of entries fits well below it).
 const MAX_FRAME: usize = 256 << 20;
@@ -128,7 +128,7 @@ pub enum Reply {
     /// To [`Call::Resync`].
     Resync(Result<crate::gossip::TableState, CallError>),
     /// To [`Call::Partitions`]: those of the groups this node holds.
-    Partitions(Vec<crate::cluster::PartitionInfo>),
+    Partitions(Vec<PartitionInfo>),
     /// The group named in the call is not running on this node.
     NoGroup,
 }
@@ -167,6 +167,11 @@ pub struct Faults {
     dice: AtomicU64,
     /// Gossip frames lost to `gossip_loss`.
     pub gossip_lost: AtomicU64,
+    /// Writes forwarded to this node are answered with a storage failure reported by
+    /// its text (as a failing disk on this node would), instead of being proposed.
+    fail_forwards: std::sync::atomic::AtomicBool,
+    /// Forwarded writes answered so.
+    pub failed_forwards: AtomicU64,
 }
 
 impl Faults {
@@ -190,6 +195,21 @@ impl Faults {
         let mut v: Vec<_> = self.cut.read().iter().copied().collect();
         v.sort_unstable();
         v
+    }
+
+    /// Makes this node answer every forwarded write with an internal failure (see
+    /// `fail_forwards`), or stop doing so.
+    pub fn set_fail_forwards(&self, fail: bool) {
+        self.fail_forwards.store(fail, Ordering::Relaxed);
+    }
+
+    /// When forwarded writes are to fail: counts one and returns the failure's text.
+    pub fn forward_failure(&self) -> Option<String> {
+        if !self.fail_forwards.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.failed_forwards.fetch_add(1, Ordering::Relaxed);
+        Some("injected fault: IO error: While appending to file: /var/lib/eddy/000042.log: No space left on device".into())
     }
 
     /// Loses this share (per mille) of the gossip frames this node sends.

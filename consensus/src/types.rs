@@ -1,8 +1,10 @@
-//! What travels through Raft: the type configuration, requests, responses, nodes.
+//! What travels through Raft and between nodes: the type configuration, requests,
+//! responses, nodes, partitions.
 
 use std::io::Cursor;
 use std::sync::Arc;
 
+use eddy_storage::raft::GroupId;
 use eddy_storage::{Error, ObjectDef, WriteOp, WriteResult};
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +24,20 @@ impl std::fmt::Display for NodeInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} (pg {})", self.cluster_addr, self.pg_addr)
     }
+}
+
+/// A topic partition as a replica of its group sees it (for `eddy.partitions` on a node
+/// holding no replica of it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    /// The partition's group.
+    pub group: GroupId,
+    /// The leader that replica knows of.
+    pub leader: Option<NodeId>,
+    /// The oldest offset it retains.
+    pub start_offset: u64,
+    /// Its next offset (high watermark).
+    pub next_offset: u64,
 }
 
 openraft::declare_raft_types!(
@@ -167,6 +183,10 @@ pub enum WireError {
     Invalid(String),
     /// Anything else, by its message.
     Other(String),
+    /// [`Error::RowChanged`].
+    RowChanged(String),
+    /// [`Error::ShuttingDown`].
+    ShuttingDown,
 }
 
 impl From<&Error> for WireError {
@@ -183,24 +203,9 @@ impl From<&Error> for WireError {
             }
             Error::NotNull { column } => WireError::NotNull(column.clone()),
             Error::InvalidValue(m) => WireError::Invalid(m.clone()),
+            Error::RowChanged { table } => WireError::RowChanged(table.clone()),
+            Error::ShuttingDown => WireError::ShuttingDown,
             other => WireError::Other(other.to_string()),
-        }
-    }
-}
-
-impl From<WireError> for Error {
-    fn from(e: WireError) -> Self {
-        match e {
-            WireError::NotFound(name) => Error::ObjectNotFound { name },
-            WireError::Exists(name) => Error::ObjectExists { name },
-            WireError::DuplicateKey(table) => Error::DuplicateKey { table },
-            WireError::NoSuchPartition(topic, partition) => {
-                Error::NoSuchPartition { topic, partition }
-            }
-            WireError::Dependent(name, dependent) => Error::DependentObjects { name, dependent },
-            WireError::NotNull(column) => Error::NotNull { column },
-            WireError::Invalid(m) => Error::InvalidValue(m),
-            WireError::Other(m) => Error::Remote(m),
         }
     }
 }
@@ -274,6 +279,16 @@ mod tests {
                     next: 7,
                 }],
             },
+            WriteOp::Expect {
+                table: 4,
+                key: vec![Value::Int64(1)],
+                row: Some(vec![Value::Int64(1), Value::Null, Value::Float64(0.5)]),
+            },
+            WriteOp::Expect {
+                table: 4,
+                key: vec![Value::Int64(2)],
+                row: None,
+            },
         ];
         let req = Request::Write {
             units: vec![ops],
@@ -293,6 +308,7 @@ mod tests {
                     },
                 ]),
                 Err(WireError::DuplicateKey("t".into())),
+                Err(WireError::RowChanged("t".into())),
             ],
         };
         let back: Response = postcard::from_bytes(&postcard::to_stdvec(&resp).unwrap()).unwrap();

@@ -476,8 +476,10 @@ impl CopyInSink {
         let mut row = vec![Value::Null; self.all.len()];
         for (f, &t) in fields.into_iter().zip(&self.targets) {
             if let Some(text) = f {
-                row[t] = parse_text(self.all[t].1, &text)
-                    .map_err(|e| Error::BadCopyData(format!("line {}: {e}", self.line)))?;
+                row[t] = parse_text(self.all[t].1, &text).map_err(|e| Error::CopyValue {
+                    line: self.line,
+                    source: Box::new(e),
+                })?;
             }
         }
         self.rows.push(row);

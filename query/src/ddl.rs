@@ -74,8 +74,10 @@ impl Engine {
     async fn create_object(&self, def: ObjectDef, if_not_exists: bool) -> Result<()> {
         match self.writer.write(vec![WriteOp::Create(def)]).await {
             Ok(_) => Ok(()),
-            Err(eddy_storage::Error::ObjectExists { .. }) if if_not_exists => Ok(()),
-            Err(e) => Err(e.into()),
+            Err(Error::Storage(eddy_storage::Error::ObjectExists { .. })) if if_not_exists => {
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
     }
 

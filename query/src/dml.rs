@@ -9,9 +9,12 @@
 //! |---|---|
 //! | `INSERT INTO topic VALUES (literals/$n)` | fast path → `Append` per partition |
 //! | `INSERT INTO table ... [ON CONFLICT DO NOTHING]` | fast path → `Insert` (Error / Ignore) |
-//! | `... ON CONFLICT (pk) DO UPDATE SET ... [WHERE ..]` | read existing row, merge where the WHERE holds (`excluded.col` bound as a parameter, unqualified columns the existing row's), `Insert(Replace)`, or `Insert(Error)` for a new key; under the RMW lock; run again if a key appeared meanwhile (another node, a gossip merge) |
-//! | `UPDATE t SET .. WHERE ..` | `SELECT *, <new values> FROM t WHERE ..` → `Insert(Replace)`; under the RMW lock |
-//! | `DELETE FROM t WHERE ..` | `SELECT * FROM t WHERE ..` → `Delete` |
+//! | `... ON CONFLICT (pk) DO UPDATE SET ... [WHERE ..]` | read existing row, merge where the WHERE holds (`excluded.col` bound as a parameter, unqualified columns the existing row's) → `Expect` (row as read, or absent) + `Insert(Replace)` / `Insert(Error)` |
+//! | `UPDATE t SET .. WHERE ..` | `SELECT *, <new values> FROM t WHERE ..` → `Expect` + `Insert(Replace)` |
+//! | `DELETE FROM t WHERE ..` | `SELECT * FROM t WHERE ..` → `Expect` + `Delete` |
+//!
+//! The last three are read-modify-writes: their `Expect`s are checked where the write is
+//! ordered, and the statement runs again when a row changed meanwhile (`rmw`).
 
 use std::sync::Arc;
 
@@ -23,17 +26,18 @@ use datafusion::sql::sqlparser::ast::{
     self as ast, AssignmentTarget, Expr as SqlExpr, OnConflictAction, OnInsert, SetExpr,
     Statement as SqlStatement,
 };
-use eddy_storage::{
-    encode_row, ColumnType, ObjectDef, OnConflict, TableDef, Value, WriteOp, WriteResult,
-};
+use eddy_storage::{encode_row, ColumnType, ObjectDef, OnConflict, TableDef, Value, WriteOp};
 use futures::TryStreamExt;
 
 use crate::convert::{build_array, cast_column, value_at};
-use crate::engine::{normalize_ident, object_name, param_list, param_types_of, Engine, Output};
+use crate::engine::{
+    normalize_ident, object_name, param_list, param_types_of, plan_objects, Engine, Output,
+};
 use crate::error::{Error, Result};
 use crate::provider::{table_schema, topic_schema};
 
 mod returning;
+mod rmw;
 mod table;
 mod topic;
 mod values;
@@ -488,6 +492,24 @@ impl DmlPlan {
         )
     }
 
+    /// The topics and tables the statement reads before it writes: what a strong
+    /// (`consistency = 'strong'`) statement waits for, so it acts on every write
+    /// acknowledged before it began. Empty for a blind write.
+    pub(crate) fn reads(&self, engine: &Engine) -> Vec<eddy_storage::ObjectId> {
+        let (mut ids, conflict) = match &self.action {
+            Action::Values { conflict, .. } => (Vec::new(), Some(conflict)),
+            Action::Query { plan, conflict, .. } => (plan_objects(engine, plan), Some(conflict)),
+            Action::Update { plan, .. } | Action::Delete { plan } => {
+                (plan_objects(engine, plan), None)
+            }
+        };
+        let upsert = matches!(conflict, Some(Conflict::Update { .. }));
+        if upsert && !ids.contains(&self.target.id()) {
+            ids.push(self.target.id());
+        }
+        ids
+    }
+
     /// The RETURNING columns, if any.
     pub fn returning_schema(&self) -> Option<SchemaRef> {
         self.returning.as_ref().map(|r| r.schema.clone())
@@ -590,77 +612,109 @@ pub(crate) async fn execute(
             assigned,
         } => {
             let table = table_of(&plan.target, "UPDATE")?;
-            let mut types = cols.clone();
-            types.extend(assigned.iter().map(|&i| cols[i].clone()));
-            let _guard = engine.rmw.lock().await;
-            let rows = collect_rows(engine, select, params, &types).await?;
-            let mut ops = Vec::new();
-            let mut written = Vec::new();
-            let mut seen = Keys::default();
-            for mut r in rows {
-                // With FROM, a row joining several FROM rows is updated once, from the first.
-                if !seen.first(&table, &r) {
-                    continue;
+            let mut conflicts = rmw::Conflicts::new(engine, table.id);
+            loop {
+                match update_once(engine, &table, select, assigned, &cols, params).await {
+                    Ok(written) => return finish(plan, "UPDATE", written),
+                    Err(e) => conflicts.again(e).await?,
                 }
-                let new_values = r.split_off(cols.len());
-                let mut new = r.clone();
-                for (&i, v) in assigned.iter().zip(new_values) {
-                    new[i] = v;
-                }
-                check_size(engine, &new)?;
-                let old_pk = key_of(&table, &r);
-                let new_pk = key_of(&table, &new);
-                if old_pk != new_pk {
-                    ops.push(WriteOp::Delete {
-                        table: table.id,
-                        keys: vec![old_pk],
-                    });
-                    ops.push(WriteOp::Insert {
-                        table: table.id,
-                        rows: vec![new.clone()],
-                        on_conflict: OnConflict::Error,
-                    });
-                } else {
-                    ops.push(WriteOp::Insert {
-                        table: table.id,
-                        rows: vec![new.clone()],
-                        on_conflict: OnConflict::Replace,
-                    });
-                }
-                written.push(new);
             }
-            if !ops.is_empty() {
-                engine.write(ops).await?;
-            }
-            finish(plan, "UPDATE", written)
         }
         Action::Delete { plan: select } => {
             let table = table_of(&plan.target, "DELETE")?;
-            // Serialised with UPDATE / upserts, so an UPDATE that read a row before this
-            // DELETE removed it cannot write it back afterwards.
-            let _guard = engine.rmw.lock().await;
-            let mut rows = collect_rows(engine, select, params, &cols).await?;
-            // With USING, a row joining several USING rows is deleted (and counted) once.
-            let mut seen = Keys::default();
-            rows.retain(|r| seen.first(&table, r));
-            let keys: Vec<Vec<Value>> = rows.iter().map(|r| key_of(&table, r)).collect();
-            let mut deleted = Vec::new();
-            if !keys.is_empty() {
-                let res = engine
-                    .write(vec![WriteOp::Delete {
-                        table: table.id,
-                        keys,
-                    }])
-                    .await?;
-                // Rows deleted meanwhile by someone else are not counted (nor returned).
-                if let Some(WriteResult::Rows(n)) = res.first() {
-                    deleted = rows;
-                    deleted.truncate(*n as usize);
+            let mut conflicts = rmw::Conflicts::new(engine, table.id);
+            loop {
+                match delete_once(engine, &table, select, &cols, params).await {
+                    Ok(deleted) => return finish(plan, "DELETE", deleted),
+                    Err(e) => conflicts.again(e).await?,
                 }
             }
-            finish(plan, "DELETE", deleted)
         }
     }
+}
+
+/// One try of an UPDATE: reads the rows and their new values, and writes them on the
+/// condition that each row is still as read ([`WriteOp::Expect`]); returns the rows
+/// written.
+async fn update_once(
+    engine: &Engine,
+    table: &TableDef,
+    select: &LogicalPlan,
+    assigned: &[usize],
+    cols: &[(String, ColumnType)],
+    params: &ParamValues,
+) -> Result<Vec<Vec<Value>>> {
+    let mut types = cols.to_vec();
+    types.extend(assigned.iter().map(|&i| cols[i].clone()));
+    let rows = collect_rows(engine, select, params, &types).await?;
+    // The conditions first, so each is checked against the row as it was before the
+    // statement (not as an earlier row of it left it).
+    let mut ops = rmw::Ops::default();
+    let mut written = Vec::new();
+    let mut seen = Keys::default();
+    for mut r in rows {
+        // With FROM, a row joining several FROM rows is updated once, from the first.
+        if !seen.first(table, &r) {
+            continue;
+        }
+        let new_values = r.split_off(cols.len());
+        let mut new = r.clone();
+        for (&i, v) in assigned.iter().zip(new_values) {
+            new[i] = v;
+        }
+        check_size(engine, &new)?;
+        let old_pk = key_of(table, &r);
+        let new_pk = key_of(table, &new);
+        let moved = old_pk != new_pk;
+        ops.expect(table, old_pk.clone(), Some(r));
+        if moved {
+            ops.write(WriteOp::Delete {
+                table: table.id,
+                keys: vec![old_pk],
+            });
+        }
+        ops.write(WriteOp::Insert {
+            table: table.id,
+            rows: vec![new.clone()],
+            on_conflict: if moved {
+                OnConflict::Error
+            } else {
+                OnConflict::Replace
+            },
+        });
+        written.push(new);
+    }
+    ops.submit(engine).await?;
+    Ok(written)
+}
+
+/// One try of a DELETE: reads the rows and deletes them on the condition that each is
+/// still as read; returns the rows deleted.
+async fn delete_once(
+    engine: &Engine,
+    table: &TableDef,
+    select: &LogicalPlan,
+    cols: &[(String, ColumnType)],
+    params: &ParamValues,
+) -> Result<Vec<Vec<Value>>> {
+    let mut rows = collect_rows(engine, select, params, cols).await?;
+    // With USING, a row joining several USING rows is deleted (and counted) once.
+    let mut seen = Keys::default();
+    rows.retain(|r| seen.first(table, r));
+    if rows.is_empty() {
+        return Ok(rows);
+    }
+    let mut ops = rmw::Ops::default();
+    let keys: Vec<Vec<Value>> = rows.iter().map(|r| key_of(table, r)).collect();
+    for (k, r) in keys.iter().zip(&rows) {
+        ops.expect(table, k.clone(), Some(r.clone()));
+    }
+    ops.write(WriteOp::Delete {
+        table: table.id,
+        keys,
+    });
+    ops.submit(engine).await?;
+    Ok(rows)
 }
 
 /// Writes full rows (for topics: `_key` and `_msg_id` first, then the user columns).

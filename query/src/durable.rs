@@ -237,7 +237,7 @@ impl Engine {
             ])
             .await;
         match created {
-            Err(eddy_storage::Error::ObjectExists { .. })
+            Err(Error::Storage(eddy_storage::Error::ObjectExists { .. }))
                 if if_not_exists && self.store().catalog().subscription(&name).is_some() =>
             {
                 done
@@ -332,8 +332,7 @@ impl Engine {
             }
             Ok(parts)
         })
-        .await
-        .map_err(|e| Error::InvalidParameter(e.to_string()))??;
+        .await??;
         let durable = Arc::new(Durable {
             store: self.store().clone(),
             writer: self.writer.clone(),
@@ -379,9 +378,7 @@ impl Engine {
                 let d = d.clone();
                 async move { d.fetch_once(count as usize).await }
             });
-            let (batch, next_lease) = task
-                .await
-                .map_err(|e| Error::InvalidParameter(format!("FETCH failed: {e}")))??;
+            let (batch, next_lease) = task.await??;
             if batch.num_rows() > 0 || Instant::now() >= deadline {
                 let stream = datafusion::physical_plan::memory::MemoryStream::try_new(
                     vec![batch],
@@ -506,8 +503,7 @@ impl Durable {
                 (pick.partition, pick.offset),
             );
             let row = tokio::task::spawn_blocking(move || store.read_log(&topic, p, o, o + 1, 1))
-                .await
-                .map_err(|e| Error::InvalidParameter(e.to_string()))??;
+                .await??;
             pick.record = row.into_iter().next().map(|(_, r)| r);
         }
         // A row removed by retention meanwhile cannot be delivered: drop its entry.
@@ -701,9 +697,7 @@ impl Engine {
         let positions = positions.to_vec();
         // In a task of its own, like FETCH's critical section (cancel-safe).
         let task = tokio::spawn(async move { d.ack(&positions, nack).await });
-        let n = task
-            .await
-            .map_err(|e| Error::InvalidParameter(format!("ACK failed: {e}")))??;
+        let n = task.await??;
         Ok(Output::Command {
             tag: if nack { "NACK".into() } else { "ACK".into() },
             rows: Some(n),

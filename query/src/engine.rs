@@ -229,11 +229,6 @@ pub struct Engine {
     pub(crate) config: QueryConfig,
     /// Round-robin cursor per topic for messages without a key.
     round_robin: parking_lot::Mutex<HashMap<ObjectId, Arc<AtomicU64>>>,
-    /// Serialises statements that read rows and then write based on them (UPDATE,
-    /// ON CONFLICT DO UPDATE, DELETE) so none of them acts on a row another changed
-    /// between its read and its write. Plain INSERT does not take it: its duplicate-key
-    /// check is atomic in the committer.
-    pub(crate) rmw: tokio::sync::Mutex<()>,
     /// Live ephemeral subscriptions (for `eddy.subscriptions`).
     pub(crate) subscriptions: crate::subscribe::Registry,
     /// Durable subscriptions this node serves.
@@ -334,7 +329,6 @@ impl Engine {
                 prepared_writes: parking_lot::Mutex::new(HashMap::new()),
                 config,
                 round_robin: parking_lot::Mutex::new(HashMap::new()),
-                rmw: tokio::sync::Mutex::new(()),
                 subscriptions: crate::subscribe::Registry::default(),
                 durable: crate::durable::DurableSubs::default(),
             }
@@ -460,7 +454,8 @@ impl Engine {
         let reads = match &kind {
             Kind::Query(plan) => plan_objects(self, plan),
             Kind::Point(read) => vec![read.table_id()],
-            Kind::Dml(_) | Kind::Other => Vec::new(),
+            Kind::Dml(plan) => plan.reads(self),
+            Kind::Other => Vec::new(),
         };
         Ok(Prepared {
             statement,
@@ -587,7 +582,10 @@ impl Engine {
                     stream: read.execute(self, params)?,
                 })
             }
-            Kind::Dml(plan) => dml::execute(self, plan, params).await,
+            Kind::Dml(plan) => {
+                self.strong_read(session, &p.reads).await?;
+                dml::execute(self, plan, params).await
+            }
             Kind::Other => {
                 let mut done = self.execute_other(session, &p.statement).await;
                 if self.caught_up(session, done.as_ref().err()).await? {
@@ -697,7 +695,7 @@ impl RoundRobin<'_> {
 }
 
 /// The topics and tables a plan reads (system and catalog tables excluded).
-fn plan_objects(engine: &Engine, plan: &LogicalPlan) -> Vec<ObjectId> {
+pub(crate) fn plan_objects(engine: &Engine, plan: &LogicalPlan) -> Vec<ObjectId> {
     use datafusion::common::tree_node::TreeNodeRecursion;
     let mut ids = Vec::new();
     let _ = plan.apply_with_subqueries(|node| {

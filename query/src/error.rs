@@ -1,6 +1,7 @@
 //! The query crate's one error type. SQLSTATE codes are assigned in the broker.
 
 use datafusion::error::DataFusionError;
+use eddy_storage::ErrorClass;
 
 /// What can go wrong planning or running a statement.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +76,14 @@ pub enum Error {
     /// COPY data that does not fit the target.
     #[error("COPY: {0}")]
     BadCopyData(String),
+    /// A COPY value that does not fit its column (`source` says how).
+    #[error("COPY: line {line}: {source}")]
+    CopyValue {
+        /// The line of the COPY data.
+        line: u64,
+        /// Why the value was refused.
+        source: Box<Error>,
+    },
     /// A subscription position older than what retention kept.
     #[error(
         "offset {offset} of partition {partition} is outside retention (oldest kept: {start})"
@@ -114,6 +123,82 @@ pub enum Error {
     /// DataFusion planning or execution.
     #[error("{0}")]
     DataFusion(Box<DataFusionError>),
+    /// A statement would change one row twice (`ON CONFLICT DO UPDATE` naming a key
+    /// twice).
+    #[error("{0}")]
+    CardinalityViolation(String),
+    /// Not applied, and running it again can succeed: the cluster could not order the
+    /// write or serve the strong read now (no leader or quorum, a replica unreachable).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A write that reached a Raft leader which then went away: it may or may not have
+    /// been applied. `_msg_id` makes a publish safe to send again.
+    #[error("{0}")]
+    OutcomeUnknown(String),
+    /// A failure inside eddy, never the user's input: a task that panicked or was
+    /// cancelled, a broken invariant. The broker logs the text with an id and sends the
+    /// client only the id.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// What the client may do about it (the broker turns it into a SQLSTATE).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Storage(e) => e.class(),
+            Error::Unavailable(_) => ErrorClass::Retry,
+            Error::OutcomeUnknown(_) => ErrorClass::OutcomeUnknown,
+            Error::Internal(_) => ErrorClass::Internal,
+            Error::DataFusion(e) => datafusion_class(e),
+            Error::CopyValue { source, .. } => source.class(),
+            Error::Syntax(_)
+            | Error::UndefinedObject { .. }
+            | Error::UndefinedColumn { .. }
+            | Error::InvalidText { .. }
+            | Error::OutOfRange { .. }
+            | Error::DatatypeMismatch(_)
+            | Error::MessageTooLarge { .. }
+            | Error::ReadOnlyColumn { .. }
+            | Error::NotSupported(_)
+            | Error::InvalidParameter(_)
+            | Error::WrongObjectType { .. }
+            | Error::BadCopyData(_)
+            | Error::PositionOutsideRetention { .. }
+            | Error::LaggedOut { .. }
+            | Error::UndefinedCursor(_)
+            | Error::DuplicateCursor(_)
+            | Error::Cancelled
+            | Error::StatementTimeout
+            | Error::CardinalityViolation(_) => ErrorClass::User,
+        }
+    }
+}
+
+/// DataFusion's errors that come from the statement (planning, types, arithmetic on its
+/// values) are the user's; the rest (I/O, a join that failed, resources, DataFusion's
+/// own bugs) are eddy's.
+fn datafusion_class(e: &DataFusionError) -> ErrorClass {
+    match e {
+        DataFusionError::SQL(..)
+        | DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::NotImplemented(_)
+        | DataFusionError::Configuration(_)
+        | DataFusionError::Execution(_)
+        | DataFusionError::ArrowError(..) => ErrorClass::User,
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            datafusion_class(inner)
+        }
+        DataFusionError::Shared(inner) => datafusion_class(inner),
+        _ => ErrorClass::Internal,
+    }
+}
+
+impl From<tokio::task::JoinError> for Error {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Error::Internal(format!("background task failed: {e}"))
+    }
 }
 
 impl From<DataFusionError> for Error {

@@ -277,8 +277,7 @@ pub(crate) async fn read_chunk(
         let rows = store.read_log(&log2, p, from, high, CHUNK)?;
         Ok::<_, eddy_storage::Error>((start, rows))
     })
-    .await
-    .map_err(|e| Error::InvalidParameter(format!("subscription reader failed: {e}")))?;
+    .await?;
     let (start, rows) = read?;
     if from < start {
         return Err(Error::PositionOutsideRetention {
@@ -434,8 +433,7 @@ impl Engine {
             }
             Ok(out)
         })
-        .await
-        .map_err(|e| Error::InvalidParameter(e.to_string()))?
+        .await?
     }
 
     /// Starts a subscription: an endless stream of the topic's rows (with `_partition`,
@@ -460,9 +458,8 @@ impl Engine {
         let (snapshot_rows, positions) = match (&source.table, options.snapshot) {
             (Some(table), true) => {
                 let (store, t) = (self.store().clone(), table.clone());
-                let (rows, next) = tokio::task::spawn_blocking(move || store.table_snapshot(&t))
-                    .await
-                    .map_err(|e| Error::InvalidParameter(e.to_string()))??;
+                let (rows, next) =
+                    tokio::task::spawn_blocking(move || store.table_snapshot(&t)).await??;
                 (Some(rows), vec![next])
             }
             _ => (None, self.resolve_positions(&source.log, &spec.from).await?),

@@ -11,12 +11,12 @@ use eddy_storage::{Store, WriteOp, WriteResult};
 #[async_trait]
 pub trait Writer: Send + Sync + 'static {
     /// Applies `ops`; ops for one object apply atomically.
-    async fn write(&self, ops: Vec<WriteOp>) -> eddy_storage::Result<Vec<WriteResult>>;
+    async fn write(&self, ops: Vec<WriteOp>) -> crate::Result<Vec<WriteResult>>;
 
     /// Waits until this node's replicas of `objects` have applied every write
     /// acknowledged before the call, so that a read of them is linearizable
     /// (`SET consistency = 'strong'`). Local writes need no wait.
-    async fn read_barrier(&self, objects: &[eddy_storage::ObjectId]) -> eddy_storage::Result<()> {
+    async fn read_barrier(&self, objects: &[eddy_storage::ObjectId]) -> crate::Result<()> {
         let _ = objects;
         Ok(())
     }
@@ -55,19 +55,19 @@ pub trait Writer: Send + Sync + 'static {
     }
 
     /// Waits until this node's catalog has every change acknowledged before the call.
-    async fn metadata_barrier(&self) -> eddy_storage::Result<()> {
+    async fn metadata_barrier(&self) -> crate::Result<()> {
         Ok(())
     }
 
     /// `ALTER CLUSTER ADD NODE`: the empty node at this cluster address joins the
     /// cluster; returns its id.
-    async fn add_node(&self, cluster_addr: &str) -> eddy_storage::Result<u64> {
+    async fn add_node(&self, cluster_addr: &str) -> crate::Result<u64> {
         let _ = cluster_addr;
         Err(no_cluster())
     }
 
     /// `ALTER CLUSTER REMOVE NODE`: moves the node's replicas elsewhere, then removes it.
-    async fn remove_node(&self, node: u64) -> eddy_storage::Result<()> {
+    async fn remove_node(&self, node: u64) -> crate::Result<()> {
         let _ = node;
         Err(no_cluster())
     }
@@ -88,8 +88,8 @@ pub trait Writer: Send + Sync + 'static {
     }
 }
 
-fn no_cluster() -> eddy_storage::Error {
-    eddy_storage::Error::InvalidValue("this node is not part of a cluster".into())
+fn no_cluster() -> crate::Error {
+    crate::Error::InvalidParameter("this node is not part of a cluster".into())
 }
 
 /// A topic partition held elsewhere, as a replica reports it.
@@ -184,8 +184,8 @@ pub struct GroupRow {
 /// Writes into the local store only (a node without replication, and unit tests).
 #[async_trait]
 impl Writer for Store {
-    async fn write(&self, ops: Vec<WriteOp>) -> eddy_storage::Result<Vec<WriteResult>> {
-        Store::write(self, ops).await
+    async fn write(&self, ops: Vec<WriteOp>) -> crate::Result<Vec<WriteResult>> {
+        Ok(Store::write(self, ops).await?)
     }
 }
 

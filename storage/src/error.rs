@@ -30,6 +30,14 @@ pub enum Error {
         /// The table written to.
         table: String,
     },
+    /// A read-modify-write's row changed between the statement's read and its write
+    /// ([`WriteOp::Expect`](crate::WriteOp::Expect)): nothing of it was written, and
+    /// running it again on the new row can succeed.
+    #[error("could not serialize access due to concurrent update of \"{table}\"")]
+    RowChanged {
+        /// The table written to.
+        table: String,
+    },
     /// A partition number outside the topic's partitions.
     #[error("partition {partition} does not exist in topic \"{topic}\"")]
     NoSuchPartition {
@@ -55,15 +63,46 @@ pub enum Error {
     /// A value does not fit the column's type (caught before it reaches the log).
     #[error("{0}")]
     InvalidValue(String),
-    /// A Raft group cannot take the write now (no leader, no quorum); retrying can work.
-    #[error("{0}")]
-    Unavailable(String),
-    /// A storage error on another node, by its message (forwarded writes).
-    #[error("{0}")]
-    Remote(String),
     /// The committer thread is gone (the store is shutting down).
     #[error("storage is shutting down")]
     ShuttingDown,
+}
+
+/// What a client may do about an error, whichever crate's it is: every crate's error
+/// says its class, and the broker turns classes (and, for user errors, the variant)
+/// into SQLSTATEs in one table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The statement or its input is wrong: running it again changes nothing.
+    User,
+    /// Not applied; the same statement can succeed if run again (`40001`).
+    Retry,
+    /// Possibly applied, possibly not (a leader went away after it had the write).
+    OutcomeUnknown,
+    /// The node is shutting down (`57P01`): reconnect, to this node later or another.
+    ShuttingDown,
+    /// The node's storage failed (I/O, corruption).
+    Storage,
+    /// eddy's own failure, never the user's input (`XX000`).
+    Internal,
+}
+
+impl Error {
+    /// See [`ErrorClass`].
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Engine(_) | Error::Corrupt { .. } => ErrorClass::Storage,
+            Error::RowChanged { .. } => ErrorClass::Retry,
+            Error::ShuttingDown => ErrorClass::ShuttingDown,
+            Error::ObjectNotFound { .. }
+            | Error::ObjectExists { .. }
+            | Error::DuplicateKey { .. }
+            | Error::NoSuchPartition { .. }
+            | Error::DependentObjects { .. }
+            | Error::NotNull { .. }
+            | Error::InvalidValue(_) => ErrorClass::User,
+        }
+    }
 }
 
 /// Result with the storage [`Error`].

@@ -1,5 +1,7 @@
 //! Gossip replication's stored state: the delta log, version vectors and row versions
-//! (the `gossip` column family), and the reads anti-entropy needs.
+//! (the `gossip` column family), their keys and encodings, and the stored reads the
+//! committer needs. [`Store`](crate::Store)'s gossip reads, which anti-entropy uses, are
+//! in `store/gossip.rs`.
 //!
 //! | key                                         | value                                     |
 //! |---------------------------------------------|-------------------------------------------|
@@ -18,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::ObjectId;
 use crate::error::{Error, Result};
+use crate::inner::Inner;
 use crate::layout::CF_GOSSIP;
-use crate::store::Store;
 
 /// A node id as the origin of a write.
 pub type Origin = u64;
@@ -231,7 +233,7 @@ pub(crate) fn encode_delta(hlc: u64, body: &DeltaBody) -> Result<Vec<u8>> {
     Ok(v)
 }
 
-fn decode_delta(seq: u64, v: &[u8]) -> Result<Delta> {
+pub(crate) fn decode_delta(seq: u64, v: &[u8]) -> Result<Delta> {
     if v.len() < 8 {
         return Err(Error::corrupt("delta shorter than its timestamp"));
     }
@@ -246,7 +248,7 @@ fn decode_delta(seq: u64, v: &[u8]) -> Result<Delta> {
 }
 
 /// An object's version vector as stored (not what a batch in progress has staged).
-pub(crate) fn stored_vv(inner: &crate::store::Inner, object: ObjectId) -> Result<VersionVector> {
+pub(crate) fn stored_vv(inner: &Inner, object: ObjectId) -> Result<VersionVector> {
     let mut out = VersionVector::new();
     let from = prefix(object, TAG_VV);
     let mut it = inner.db.raw_iterator_cf(inner.cf(CF_GOSSIP));
@@ -266,7 +268,7 @@ pub(crate) fn stored_vv(inner: &crate::store::Inner, object: ObjectId) -> Result
 
 /// Every stored row version of a table: (version key, version).
 pub(crate) fn stored_versions(
-    inner: &crate::store::Inner,
+    inner: &Inner,
     table: ObjectId,
 ) -> Result<Vec<(Vec<u8>, RowVersion)>> {
     let mut out = Vec::new();
@@ -286,7 +288,7 @@ pub(crate) fn stored_versions(
 
 /// The timestamps of an origin's stored deltas from seq `from` to `to` (inclusive).
 pub(crate) fn stored_delta_stamps(
-    inner: &crate::store::Inner,
+    inner: &Inner,
     object: ObjectId,
     origin: Origin,
     from: u64,
@@ -314,119 +316,6 @@ pub(crate) fn stored_delta_stamps(
 /// One row of a table's full state, for a resync: its key, version and row (`None` for
 /// a tombstone).
 pub type RowState = (Vec<u8>, RowVersion, Option<Vec<u8>>);
-
-impl Store {
-    /// This node's id as the origin of its gossip writes.
-    pub fn origin(&self) -> Origin {
-        self.inner.origin.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Sets this node's id as the origin of its gossip writes (at start, before writing),
-    /// and moves the clock past every timestamp this origin stored, so a write after a
-    /// restart wins over the writes before it even if the wall clock went back.
-    pub fn set_origin(&self, origin: Origin) -> Result<()> {
-        self.inner
-            .origin
-            .store(origin, std::sync::atomic::Ordering::Release);
-        for object in self.gossip_objects() {
-            let Some(e) = self.version_vector(object)?.get(&origin).copied() else {
-                continue;
-            };
-            if e.applied == 0 {
-                continue;
-            }
-            if let Some(last) = self.read_deltas(object, origin, e.applied, 0)?.first() {
-                self.inner.hlc.observe(last.hlc);
-            }
-        }
-        Ok(())
-    }
-
-    /// The node's hybrid logical clock.
-    pub fn hlc(&self) -> &crate::hlc::Hlc {
-        &self.inner.hlc
-    }
-
-    /// Changes whenever a local write to a gossip object has become durable.
-    pub fn gossip_changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.inner.gossip_changes.subscribe()
-    }
-
-    /// The ids of every topic and table replicated by gossip.
-    pub fn gossip_objects(&self) -> Vec<ObjectId> {
-        self.inner
-            .catalog
-            .list()
-            .iter()
-            .filter(|d| d.is_gossip())
-            .map(|d| d.id())
-            .collect()
-    }
-
-    /// An object's version vector, as durable here.
-    pub fn version_vector(&self, object: ObjectId) -> Result<VersionVector> {
-        stored_vv(&self.inner, object)
-    }
-
-    /// Deltas of `origin` for `object` from seq `from` on, in order, until about
-    /// `max_bytes` (at least one if any).
-    pub fn read_deltas(
-        &self,
-        object: ObjectId,
-        origin: Origin,
-        from: u64,
-        max_bytes: usize,
-    ) -> Result<Vec<Delta>> {
-        let mut out = Vec::new();
-        let end = delta_key(object, origin, u64::MAX);
-        let mut it = self.inner.db.raw_iterator_cf(self.inner.cf(CF_GOSSIP));
-        it.seek(delta_key(object, origin, from));
-        let mut bytes = 0;
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if k.len() != 21 || k[..13] != end[..13] {
-                break;
-            }
-            let mut s = [0u8; 8];
-            s.copy_from_slice(&k[13..]);
-            let delta = decode_delta(u64::from_be_bytes(s), v)?;
-            bytes += delta.size();
-            out.push(delta);
-            if bytes >= max_bytes {
-                break;
-            }
-            it.next();
-        }
-        it.status()?;
-        Ok(out)
-    }
-
-    /// A row's stored version (or tombstone), by row key.
-    pub fn row_version(&self, row_key: &[u8]) -> Result<Option<RowVersion>> {
-        self.inner
-            .db
-            .get_pinned_cf(self.inner.cf(CF_GOSSIP), version_key(row_key))?
-            .map(|v| RowVersion::decode(v.as_ref()))
-            .transpose()
-    }
-
-    /// Every row version of a gossip table (tombstones included) with the row, by key.
-    pub fn table_state(&self, table: ObjectId) -> Result<Vec<RowState>> {
-        let mut out = Vec::new();
-        for (k, version) in stored_versions(&self.inner, table)? {
-            let row_key = row_key_of_version(&k);
-            let row = if version.tombstone {
-                None
-            } else {
-                self.inner
-                    .db
-                    .get_pinned_cf(self.inner.cf(crate::layout::CF_ROWS), &row_key)?
-                    .map(|r| r.to_vec())
-            };
-            out.push((row_key, version, row));
-        }
-        Ok(out)
-    }
-}
 
 #[cfg(test)]
 mod tests {

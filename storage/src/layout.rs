@@ -13,6 +13,7 @@
 //! | `subs`        | `u32 sub id, u32 partition, 0x00`     | `u64` next offset to read      |
 //! | `subs`        | `u32 sub id, u32 partition, 0x01, u64 offset` | `u32` deliveries of a pending row |
 //! | `gossip`      | `u32 object id, tag, ...` (see [`crate::gossip`]) | delta log, version vectors, row versions |
+//! | `raft`        | `u64 group, ...` (see [`crate::raft`]) | Raft logs and slots, opaque bytes |
 //!
 //! A *log entry* holds the messages of one append (split at about [`ENTRY_TARGET_BYTES`]),
 //! at consecutive offsets from the one in its key, all with one append time:
@@ -35,14 +36,10 @@ pub(crate) const CF_ROWS: &str = "rows";
 pub(crate) const CF_SUBS: &str = "subs";
 /// Gossip replication: delta log, version vectors, row versions (see [`crate::gossip`]).
 pub(crate) const CF_GOSSIP: &str = "gossip";
+/// Raft groups' own state: their logs and slots (see [`crate::raft`]).
+pub(crate) const CF_RAFT: &str = "raft";
 pub(crate) const ALL_CFS: [&str; 7] = [
-    CF_CATALOG,
-    CF_META,
-    CF_LOG,
-    CF_ROWS,
-    CF_SUBS,
-    CF_GOSSIP,
-    crate::raft::CF_RAFT,
+    CF_CATALOG, CF_META, CF_LOG, CF_ROWS, CF_SUBS, CF_GOSSIP, CF_RAFT,
 ];
 
 /// Key of a subscription partition's read position.

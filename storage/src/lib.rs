@@ -11,6 +11,15 @@
 //! - [`keys`] — order-preserving key encodings; [`layout`] — which key goes where.
 //! - [`Value`], [`ColumnType`], [`encode_row`]/[`decode_row`] — the row codec.
 //!
+//! Inside the crate, modules import one way: none uses a module on a later line.
+//! ```text
+//!  error, config, keys, value, catalog, layout, raft, hlc   encodings and plain types
+//!  partition, inner          what memory holds; the store's inner handle, shared by:
+//!  gossip                    gossip's stored state and its reads
+//!  commit                    the committer: every write
+//!  store                     Store: opens the database, submits commits, serves reads
+//! ```
+//!
 //! # Example
 //! ```
 //! # async fn demo() -> eddy_storage::Result<()> {
@@ -36,8 +45,10 @@ mod config;
 mod error;
 pub mod gossip;
 pub mod hlc;
+mod inner;
 pub mod keys;
 pub mod layout;
+mod partition;
 pub mod raft;
 mod store;
 mod value;
@@ -50,11 +61,11 @@ pub use commit::{
     now_micros, queue_if, Commit, OnConflict, SubChange, UnitResults, WriteOp, WriteResult,
 };
 pub use config::StorageConfig;
-pub use error::{Error, Result};
+pub use error::{Error, ErrorClass, Result};
+pub use inner::StoreStats;
 pub use layout::{LogRecord, Records};
-pub use store::{
-    PartitionState, PartitionSubState, Pending, RangeItem, Store, StoreStats, WeakStore,
-};
+pub use partition::PartitionState;
+pub use store::{PartitionSubState, Pending, RangeItem, Store, WeakStore};
 pub use value::{decode_row, encode_row, ColumnType, Value};
 
 /// The partition a message key maps to: FNV-1a (64-bit) of the key's UTF-8 bytes modulo the

@@ -13,9 +13,9 @@
 
 use crate::catalog::ObjectId;
 use crate::error::{Error, Result};
-use crate::layout::{log_start_key, table_prefix, CF_CATALOG, CF_LOG, CF_META, CF_ROWS, CF_SUBS};
-
-pub(crate) const CF_RAFT: &str = "raft";
+use crate::layout::{
+    log_start_key, table_prefix, CF_CATALOG, CF_LOG, CF_META, CF_RAFT, CF_ROWS, CF_SUBS,
+};
 
 /// A Raft group's id (0 is the metadata group).
 pub type GroupId = u64;

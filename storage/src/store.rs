@@ -1,95 +1,35 @@
-//! [`Store`]: the RocksDB database, its catalog, per-partition state, and the read API.
-//! Writes go through [`crate::commit`].
+//! [`Store`]: opens the RocksDB database, owns the committer thread, and serves reads
+//! (its gossip reads are in [`gossip`]). What it shares with the committer is
+//! [`Inner`](crate::inner::Inner); writes go through [`crate::commit`].
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use parking_lot::{Mutex, RwLock};
-use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DBRawIterator, Direction, IteratorMode, Options,
-    ReadOptions, DB,
-};
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, DB};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::catalog::{Catalog, ObjectDef, ObjectId, SubscriptionDef, TableDef, TopicDef};
+use crate::catalog::{Catalog, ObjectDef, SubscriptionDef, TableDef, TopicDef};
 use crate::commit::{
     commit_in_place, spawn_committer, Commit, CommitGate, CommitRequest, UnitResults, WriteOp,
     WriteResult,
 };
 use crate::config::StorageConfig;
 use crate::error::{Error, Result};
+use crate::hlc::Hlc;
+use crate::inner::{Inner, StoreStats};
 use crate::layout::{
-    entry_first_offset, log_key, log_start_key, row_key, sub_next_key, table_prefix, Entry,
-    LogRecord, ALL_CFS, CF_CATALOG, CF_LOG, CF_META, CF_ROWS, CF_SUBS, META_NEXT_OBJECT_ID,
+    entry_first_offset, log_key, row_key, sub_next_key, table_prefix, Entry, LogRecord, ALL_CFS,
+    CF_LOG, CF_RAFT, CF_ROWS, CF_SUBS,
 };
-use crate::raft::{entry_index, entry_key, slot_key, GroupId, KeyRange, Space, CF_RAFT};
+use crate::partition::PartitionState;
+use crate::raft::{entry_index, entry_key, slot_key, GroupId, KeyRange, Space};
 use crate::value::{decode_row, ColumnType, Value};
 
-/// Positions of one topic partition. Only the committer advances them, after the data
-/// they cover is durable, so a reader never sees an offset that could still be lost.
-#[derive(Debug)]
-pub struct PartitionState {
-    /// First offset not yet written (the high watermark).
-    pub(crate) next_offset: AtomicU64,
-    /// First offset still retained.
-    pub(crate) start_offset: AtomicU64,
-    /// Append time of the newest message; new messages never get an earlier one.
-    pub(crate) last_ts: AtomicI64,
-    /// Publishes the high watermark to subscribers (holds one value, never queues).
-    pub(crate) watermark: watch::Sender<u64>,
-    /// The newest records, for subscribers that keep up.
-    pub(crate) tail: Mutex<Tail>,
-}
-
-/// The newest log entries of a partition, consecutive offsets, bounded in bytes.
-#[derive(Debug, Default)]
-pub(crate) struct Tail {
-    entries: std::collections::VecDeque<crate::commit::TailEntry>,
-    bytes: usize,
-}
-
-impl Tail {
-    /// Appends entries that follow the newest one and evicts the oldest beyond `cap` bytes.
-    pub(crate) fn push(&mut self, entries: &[crate::commit::TailEntry], cap: usize) {
-        for e in entries {
-            if self
-                .entries
-                .back()
-                .is_some_and(|last| last.first + u64::from(last.count) != e.first)
-            {
-                // A gap (never expected): start over rather than serve a hole.
-                self.entries.clear();
-                self.bytes = 0;
-            }
-            self.bytes += e.data.len();
-            self.entries.push_back(e.clone());
-        }
-        while self.bytes > cap {
-            let Some(e) = self.entries.pop_front() else {
-                break;
-            };
-            self.bytes -= e.data.len();
-        }
-    }
-}
-
-impl PartitionState {
-    /// First offset not yet written.
-    pub fn next_offset(&self) -> u64 {
-        self.next_offset.load(Ordering::Acquire)
-    }
-    /// First offset still retained.
-    pub fn start_offset(&self) -> u64 {
-        self.start_offset.load(Ordering::Acquire)
-    }
-    /// A receiver that changes whenever the high watermark moves.
-    pub fn watch(&self) -> watch::Receiver<u64> {
-        self.watermark.subscribe()
-    }
-}
+mod gossip;
 
 /// The stored state of one partition of a durable subscription.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -102,205 +42,6 @@ pub struct PartitionSubState {
 
 /// A page of table rows and the row key of its last row (to continue from).
 pub type RowPage = (Vec<Vec<Value>>, Option<Vec<u8>>);
-
-/// Counters of what reads touched (for metrics, and for tests that prove pushdown).
-#[derive(Debug, Default)]
-pub struct StoreStats {
-    /// Messages read from topic logs.
-    pub log_records_read: AtomicU64,
-    /// Table rows read (point gets that found a row, and scanned rows).
-    pub table_rows_read: AtomicU64,
-    /// Write requests committed (each answered after its batch's fsync).
-    pub write_requests: AtomicU64,
-    /// RocksDB write batches committed, each with one fsync (group commit: fewer than requests).
-    pub commits: AtomicU64,
-    /// Of the write requests, those committed in place by a lone writer's own thread.
-    pub commits_in_place: AtomicU64,
-    /// Messages subscribers read from the in-memory tail instead of RocksDB.
-    pub log_records_from_memory: AtomicU64,
-}
-
-pub(crate) struct Inner {
-    pub(crate) stats: StoreStats,
-    pub(crate) db: DB,
-    pub(crate) catalog: Catalog,
-    pub(crate) partitions: RwLock<HashMap<(ObjectId, u32), Arc<PartitionState>>>,
-    pub(crate) next_object_id: AtomicU64,
-    pub(crate) config: StorageConfig,
-    /// This node's id as the origin of gossip writes.
-    pub(crate) origin: AtomicU64,
-    /// The clock of gossip writes.
-    pub(crate) hlc: crate::hlc::Hlc,
-    /// Bumped after local gossip writes become durable.
-    pub(crate) gossip_changes: watch::Sender<u64>,
-    /// Who commits next: the committer thread, or a lone writer in place.
-    pub(crate) gate: CommitGate,
-}
-
-impl Inner {
-    pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
-        // Every column family in ALL_CFS is created by `Store::open`, so the handle exists.
-        #[allow(clippy::expect_used)]
-        self.db
-            .cf_handle(name)
-            .expect("column family created at open")
-    }
-
-    /// Reads the catalog into `catalog`; returns the next object id.
-    fn load_catalog(db: &DB, catalog: &Catalog) -> Result<u64> {
-        let cf = db
-            .cf_handle(CF_CATALOG)
-            .ok_or_else(|| Error::corrupt("catalog column family"))?;
-        let mut defs = Vec::new();
-        for item in db.iterator_cf(cf, IteratorMode::Start) {
-            let (_, v) = item?;
-            let def: ObjectDef = serde_json::from_slice(&v)
-                .map_err(|e| Error::corrupt(format!("catalog entry: {e}")))?;
-            defs.push(def);
-        }
-        catalog.replace_all(defs);
-        let cf = db
-            .cf_handle(CF_META)
-            .ok_or_else(|| Error::corrupt("meta column family"))?;
-        Ok(match db.get_cf(cf, META_NEXT_OBJECT_ID)? {
-            Some(v) => u64::from(u32::from_be_bytes(
-                v.as_slice()
-                    .try_into()
-                    .map_err(|_| Error::corrupt("next id"))?,
-            )),
-            None => 1,
-        })
-    }
-
-    /// Reloads what memory holds of ranges a snapshot replaced: the catalog, and the
-    /// positions and tails of partitions (subscribers keep their handles and are woken).
-    pub(crate) fn reload(&self, ranges: &[KeyRange]) {
-        if ranges.iter().any(|r| r.space == Space::Catalog) {
-            match Self::load_catalog(&self.db, &self.catalog) {
-                Ok(next) => self.next_object_id.store(next, Ordering::Release),
-                Err(e) => tracing::error!(error = %e, "cannot reload the catalog"),
-            }
-        }
-        let parts: Vec<_> = self
-            .partitions
-            .read()
-            .iter()
-            .filter(|((t, p), _)| {
-                ranges
-                    .iter()
-                    .any(|r| r.space == Space::Log && r.contains(&log_start_key(*t, *p)))
-            })
-            .map(|(k, v)| (*k, v.clone()))
-            .collect();
-        for ((t, p), state) in parts {
-            match self.load_partition_bounds(t, p) {
-                Ok((start, next, last_ts)) => {
-                    *state.tail.lock() = Tail::default();
-                    state.start_offset.store(start, Ordering::Release);
-                    state.last_ts.store(last_ts, Ordering::Release);
-                    state.next_offset.store(next, Ordering::Release);
-                    state.watermark.send_replace(next);
-                }
-                Err(e) => tracing::error!(error = %e, "cannot reload partition {t}/{p}"),
-            }
-        }
-    }
-
-    /// The state of a partition, loaded from the log on first use.
-    pub(crate) fn partition(&self, topic: ObjectId, partition: u32) -> Result<Arc<PartitionState>> {
-        if let Some(p) = self.partitions.read().get(&(topic, partition)) {
-            return Ok(p.clone());
-        }
-        let (start, next, last_ts) = self.load_partition_bounds(topic, partition)?;
-        let mut map = self.partitions.write();
-        let state = map.entry((topic, partition)).or_insert_with(|| {
-            Arc::new(PartitionState {
-                next_offset: AtomicU64::new(next),
-                start_offset: AtomicU64::new(start),
-                last_ts: AtomicI64::new(last_ts),
-                watermark: watch::channel(next).0,
-                tail: Mutex::new(Tail::default()),
-            })
-        });
-        Ok(state.clone())
-    }
-
-    /// First retained offset, next offset and newest append time of a partition, from
-    /// its entries and its start key.
-    fn load_partition_bounds(&self, topic: ObjectId, partition: u32) -> Result<(u64, u64, i64)> {
-        let start = match self
-            .db
-            .get_pinned_cf(self.cf(CF_LOG), log_start_key(topic, partition))?
-        {
-            Some(v) => u64::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| Error::corrupt("log start offset"))?,
-            ),
-            None => 0,
-        };
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_LOG));
-        let Some((last_first, last)) = Self::last_entry(&mut it, topic, partition)? else {
-            // Empty, or trimmed to nothing: offsets continue after the trim.
-            return Ok((start, start, i64::MIN));
-        };
-        it.seek(log_key(topic, partition, 0));
-        let first = it
-            .key()
-            .and_then(|k| entry_first_offset(k, topic, partition))
-            .unwrap_or(last_first);
-        it.status()?;
-        let next = last_first + u64::from(last.count);
-        Ok((first.max(start).min(next), next, last.ts_micros))
-    }
-
-    /// The newest entry of a partition: its first offset and header.
-    fn last_entry(
-        it: &mut DBRawIterator<'_>,
-        topic: ObjectId,
-        partition: u32,
-    ) -> Result<Option<(u64, Entry<'static>)>> {
-        it.seek_for_prev(log_key(topic, partition, u64::MAX));
-        let found = match (it.key(), it.value()) {
-            (Some(k), Some(v)) => match entry_first_offset(k, topic, partition) {
-                Some(first) => {
-                    let e = Entry::parse(v)?;
-                    Some((first, e.header_only()))
-                }
-                None => None,
-            },
-            _ => None,
-        };
-        it.status()?;
-        Ok(found)
-    }
-
-    /// Positions `it` on the entry holding `offset`, or else the first entry after it, and
-    /// returns that entry's first offset (`None`: no such entry in this partition).
-    pub(crate) fn seek_entry(
-        &self,
-        it: &mut DBRawIterator<'_>,
-        topic: ObjectId,
-        partition: u32,
-        offset: u64,
-    ) -> Result<Option<u64>> {
-        it.seek_for_prev(log_key(topic, partition, offset));
-        if let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if let Some(first) = entry_first_offset(k, topic, partition) {
-                if first + u64::from(Entry::parse(v)?.count) > offset {
-                    return Ok(Some(first));
-                }
-            }
-        }
-        it.status()?;
-        it.seek(log_key(topic, partition, offset));
-        let found = it
-            .key()
-            .and_then(|k| entry_first_offset(k, topic, partition));
-        it.status()?;
-        Ok(found)
-    }
-}
 
 /// Appends to `out` the messages of one entry (first offset `first`) in `[from, to)`, up to
 /// `max` in `out`. Returns true when nothing more is wanted (`out` is full or `to` reached).
@@ -349,7 +90,7 @@ fn single(mut results: UnitResults) -> Result<Vec<WriteResult>> {
 #[derive(Clone)]
 pub struct Store {
     pub(crate) inner: Arc<Inner>,
-    writer: Arc<Writer>,
+    pub(crate) writer: Arc<Writer>,
 }
 
 /// A handle that does not keep the database open (for long-lived holders that may
@@ -376,10 +117,15 @@ impl WeakStore {
     }
 }
 
-struct Writer {
+/// The write path's end that the handles own: the queue to the committer, its thread,
+/// and the gate that decides who commits each request.
+pub(crate) struct Writer {
     /// Bounded: when full, `write` waits, which is the backpressure on publishers.
     tx: RwLock<Option<mpsc::Sender<CommitRequest>>>,
     committer: Mutex<Option<JoinHandle<()>>>,
+    /// Who commits next: the committer thread, or a lone writer in place. Shared with
+    /// the committer thread.
+    pub(crate) gate: Arc<CommitGate>,
 }
 
 impl Writer {
@@ -452,17 +198,18 @@ impl Store {
             next_object_id: AtomicU64::new(next_id),
             config: config.clone(),
             origin: AtomicU64::new(1),
-            hlc: crate::hlc::Hlc::new(),
+            hlc: Hlc::new(),
             gossip_changes: watch::channel(0).0,
-            gate: CommitGate::default(),
         });
+        let gate = Arc::new(CommitGate::default());
         let (tx, rx) = mpsc::channel(config.queue_depth);
-        let committer = spawn_committer(inner.clone(), rx)?;
+        let committer = spawn_committer(inner.clone(), gate.clone(), rx)?;
         Ok(Store {
             inner,
             writer: Arc::new(Writer {
                 tx: RwLock::new(Some(tx)),
                 committer: Mutex::new(Some(committer)),
+                gate,
             }),
         })
     }
@@ -503,14 +250,14 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         let tx = self.writer.tx.read().clone().ok_or(Error::ShuttingDown)?;
         // Noted as a writer (it always queues), so one around it does not count as alone.
-        self.inner.gate.same_writer();
-        self.inner.gate.queueing();
+        self.writer.gate.same_writer();
+        self.writer.gate.queueing();
         tx.blocking_send(CommitRequest {
             commit: Commit::durable(ops),
             reply,
         })
         .map_err(|_| {
-            self.inner.gate.unqueued();
+            self.writer.gate.unqueued();
             Error::ShuttingDown
         })?;
         single(rx.blocking_recv().map_err(|_| Error::ShuttingDown)??)
@@ -532,14 +279,14 @@ impl Store {
             // Held, it keeps shutdown waiting until an in-place commit is done.
             let guard = self.writer.tx.read();
             let tx = guard.as_ref().ok_or(Error::ShuttingDown)?;
-            match commit_in_place(&self.inner, req) {
+            match commit_in_place(&self.inner, &self.writer.gate, req) {
                 Ok(()) => return Ok(Pending(rx)),
                 Err(req) => (tx.clone(), req),
             }
         };
-        self.inner.gate.queueing();
+        self.writer.gate.queueing();
         tx.send(req).await.map_err(|_| {
-            self.inner.gate.unqueued();
+            self.writer.gate.unqueued();
             Error::ShuttingDown
         })?;
         Ok(Pending(rx))
@@ -682,19 +429,8 @@ impl Store {
         if from < state.start_offset() || from >= to || max == 0 {
             return Ok(None);
         }
-        let picked: Vec<crate::commit::TailEntry> = {
-            let tail = state.tail.lock();
-            // The entry holding `from`: the last one starting at or before it.
-            let i = tail.entries.partition_point(|e| e.first <= from);
-            match i.checked_sub(1).and_then(|i| tail.entries.get(i)) {
-                Some(e) if e.first + u64::from(e.count) > from => tail
-                    .entries
-                    .range(i - 1..)
-                    .take_while(|e| e.first < to)
-                    .cloned()
-                    .collect(),
-                _ => return Ok(None),
-            }
+        let Some(picked) = state.tail.lock().read(from, to) else {
+            return Ok(None);
         };
         let types = topic.column_types();
         let mut out = Vec::new();

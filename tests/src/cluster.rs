@@ -156,7 +156,7 @@ impl TestCluster {
             } else {
                 node.to_string()
             };
-            std::fs::write(&s.faults, cut)?;
+            write_atomic(&s.faults, &cut)?;
         }
         Ok(())
     }
@@ -164,15 +164,21 @@ impl TestCluster {
     /// Every node loses `permille` per mille of the gossip frames it sends (until `heal`).
     pub fn lose_gossip(&self, permille: u32) -> anyhow::Result<()> {
         for s in &self.slots {
-            std::fs::write(&s.faults, format!("loss={permille}"))?;
+            write_atomic(&s.faults, &format!("loss={permille}"))?;
         }
         Ok(())
+    }
+
+    /// Node `node` answers every write forwarded to it with an internal failure
+    /// (until `heal`).
+    pub fn fail_forwards(&self, node: usize) -> anyhow::Result<()> {
+        write_atomic(&self.slots[node - 1].faults, "fail-forwards")
     }
 
     /// Restores every link.
     pub fn heal(&self) -> anyhow::Result<()> {
         for s in &self.slots {
-            std::fs::write(&s.faults, "")?;
+            write_atomic(&s.faults, "")?;
         }
         Ok(())
     }
@@ -257,6 +263,14 @@ impl TestCluster {
         )
         .await
     }
+}
+
+/// Replaces `path`'s contents at once (a node polling it never reads half a write).
+fn write_atomic(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 impl Drop for TestCluster {

@@ -34,12 +34,27 @@ pub struct CancelRegistry {
 }
 
 impl CancelRegistry {
-    pub(crate) fn register(&self, pid: i32, key: SecretKey, cancel: Arc<QueryCancel>) {
-        self.by_pid.lock().insert(pid, (key, cancel));
+    /// Makes the connection `pid` cancellable until the returned registration is dropped.
+    /// The connection keeps it in its session, so it goes when the connection does,
+    /// however that ends (a panic included).
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        pid: i32,
+        key: SecretKey,
+        cancel: Arc<QueryCancel>,
+    ) -> Registration {
+        self.by_pid.lock().insert(pid, (key, cancel.clone()));
+        Registration {
+            registry: self.clone(),
+            pid,
+            cancel,
+        }
     }
 
-    pub(crate) fn unregister(&self, pid: i32) {
-        self.by_pid.lock().remove(&pid);
+    /// Connections registered now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_pid.lock().len()
     }
 
     fn cancel(&self, pid: i32, key: &SecretKey) {
@@ -49,6 +64,26 @@ impl CancelRegistry {
             Some((k, c)) if k.eq_value(key) => c.0.lock().cancel(),
             Some(_) => tracing::debug!(pid, "cancel request with a wrong key ignored"),
             None => tracing::debug!(pid, "cancel request for an unknown connection ignored"),
+        }
+    }
+}
+
+/// A connection's entry in the [`CancelRegistry`], removed on drop.
+pub(crate) struct Registration {
+    registry: Arc<CancelRegistry>,
+    pid: i32,
+    /// Tells this connection's entry from a later one given the same (random) pid.
+    cancel: Arc<QueryCancel>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut by_pid = self.registry.by_pid.lock();
+        if by_pid
+            .get(&self.pid)
+            .is_some_and(|(_, c)| Arc::ptr_eq(c, &self.cancel))
+        {
+            by_pid.remove(&self.pid);
         }
     }
 }
@@ -166,5 +201,23 @@ impl CancelHandler for EddyCancelHandler {
         tracing::debug!(pid = request.pid, "cancel request");
         self.registry.cancel(request.pid, &request.secret_key);
         self.inner.on_cancel_request(request).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registration_leaves_with_its_connection_and_only_its_own_entry() {
+        let registry = Arc::new(CancelRegistry::default());
+        let first = registry.register(7, SecretKey::I32(1), Arc::default());
+        assert_eq!(registry.len(), 1);
+        // The same pid given to a later connection: the first one's leaving keeps it.
+        let second = registry.register(7, SecretKey::I32(3), Arc::default());
+        drop(first);
+        assert_eq!(registry.len(), 1);
+        drop(second);
+        assert_eq!(registry.len(), 0);
     }
 }

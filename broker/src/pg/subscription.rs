@@ -28,6 +28,7 @@ use pgwire::tokio::server::PgWireMessageServerCodec;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
 
+use super::conn::{next_message, FrameGuard};
 use crate::error::{sqlstate, to_pg, user_error};
 
 /// A subscription a message asks for, found before pgwire handles the message.
@@ -89,7 +90,7 @@ fn mentions_subscribe(sql: &str) -> bool {
 /// the COPY, as PostgreSQL reads them only then.
 pub(crate) async fn drive<T, ST>(
     engine: &Engine,
-    socket: &mut Framed<T, PgWireMessageServerCodec<ST>>,
+    socket: &mut Framed<FrameGuard<T>, PgWireMessageServerCodec<ST>>,
     req: Requested,
 ) -> std::io::Result<Vec<PgWireFrontendMessage>>
 where
@@ -154,7 +155,7 @@ where
                 return finish_with_error(socket, ErrorInfo::from(e), req.extended, queued).await;
             }
             // While streaming, the client only talks to end the session (Terminate or EOF).
-            msg = socket.next() => {
+            msg = next_message(socket) => {
                 match msg {
                     Some(Ok(PgWireFrontendMessage::Terminate(_))) | None | Some(Err(_)) => {
                         return Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "client left a subscription"));

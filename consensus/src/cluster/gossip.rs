@@ -142,6 +142,33 @@ impl Cluster {
     /// peer moved on and more may be left.
     async fn push_to(&self, peer: NodeId, addr: &str) -> bool {
         let me = self.id();
+        // Reading the deltas is RocksDB work: on the blocking pool.
+        let c = self.clone();
+        let Ok(batches) = tokio::task::spawn_blocking(move || c.unpushed(peer)).await else {
+            return false;
+        };
+        if batches.is_empty() {
+            return false;
+        }
+        let before: Vec<u64> = {
+            let pushed = self.gossip().pushed.lock();
+            batches
+                .iter()
+                .map(|b| pushed.get(&(peer, b.object)).copied().unwrap_or(0))
+                .collect()
+        };
+        let Some(applied) = self.send_deltas(peer, addr, batches).await else {
+            return false;
+        };
+        applied
+            .iter()
+            .zip(before)
+            .any(|(a, was)| a.origin == me && a.applied > was)
+    }
+
+    /// This node's own deltas `peer` has not acknowledged, up to the push budget.
+    fn unpushed(&self, peer: NodeId) -> Vec<DeltaBatch> {
+        let me = self.id();
         let store = &self.inner.store;
         let mut budget = self.gossip().config.push_bytes;
         let mut batches = Vec::new();
@@ -166,23 +193,7 @@ impl Cluster {
                 });
             }
         }
-        if batches.is_empty() {
-            return false;
-        }
-        let before: Vec<u64> = {
-            let pushed = self.gossip().pushed.lock();
-            batches
-                .iter()
-                .map(|b| pushed.get(&(peer, b.object)).copied().unwrap_or(0))
-                .collect()
-        };
-        let Some(applied) = self.send_deltas(peer, addr, batches).await else {
-            return false;
-        };
-        applied
-            .iter()
-            .zip(before)
-            .any(|(a, was)| a.origin == me && a.applied > was)
+        batches
     }
 
     /// Sends deltas to `peer`; records what it applied. `None` when the call failed.
@@ -435,11 +446,27 @@ impl Cluster {
         if !reply.missing.is_empty() {
             self.receive_deltas(peer, reply.missing).await;
         }
-        // Push what the peer lacks, from every origin this node holds.
+        // Push what the peer lacks, from every origin this node holds (RocksDB reads:
+        // on the blocking pool).
+        let c = self.clone();
+        let Ok(batches) = tokio::task::spawn_blocking(move || c.lacking(peer, &reply.mine)).await
+        else {
+            return;
+        };
+        if batches.is_empty() {
+            self.synced(peer);
+        } else {
+            self.send_deltas(peer, addr, batches).await;
+        }
+    }
+
+    /// The deltas a peer lacks by its version vectors `mine` (of its digest reply), from
+    /// every origin this node holds, up to the sync budget.
+    fn lacking(&self, peer: NodeId, mine: &[ObjectVv]) -> Vec<DeltaBatch> {
         let store = &self.inner.store;
         let mut budget = self.gossip().config.sync_bytes;
         let mut batches = Vec::new();
-        for theirs in &reply.mine {
+        for theirs in mine {
             let has: HashMap<Origin, u64> = theirs.applied.iter().copied().collect();
             self.note_applied(
                 peer,
@@ -467,12 +494,9 @@ impl Cluster {
                 }
             }
         }
-        if batches.is_empty() {
-            self.synced(peer);
-        } else {
-            self.send_deltas(peer, addr, batches).await;
-        }
+        batches
     }
+
     /// Collects old deltas and tombstones, a few times per horizon, until the node stops.
     pub(crate) async fn collect_loop(self) {
         let horizon = self.gossip().config.horizon;

@@ -19,8 +19,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use crate::Error;
 use eddy_storage::raft::{GroupId, KeyRange};
-use eddy_storage::{Error, ObjectDef, Replication, WriteOp};
+use eddy_storage::{ObjectDef, Replication, WriteOp};
 use openraft::{ChangeMembers, ServerState};
 
 use super::{split_group, Cluster, LeaderView, METADATA_GROUP, METADATA_VOTERS};
@@ -56,11 +57,11 @@ impl Cluster {
             {
                 Ok(Reply::Done(Ok(()))) => return Ok(()),
                 Ok(Reply::Done(Err(CallError::Refused(why)))) => {
-                    return Err(Error::InvalidValue(format!("join refused: {why}")))
+                    return Err(Error::Refused(format!("join refused: {why}")))
                 }
                 other => {
                     if Instant::now() > deadline {
-                        return Err(Error::InvalidValue(format!(
+                        return Err(Error::Refused(format!(
                             "cannot join the cluster through {seed}: {other:?}"
                         )));
                     }
@@ -156,7 +157,7 @@ impl Cluster {
             .await
         {
             Ok(Reply::Adopted(Ok(id))) => Ok(id),
-            Ok(Reply::Adopted(Err(CallError::Refused(why)))) => Err(Error::InvalidValue(why)),
+            Ok(Reply::Adopted(Err(CallError::Refused(why)))) => Err(Error::Refused(why)),
             Ok(Reply::Adopted(Err(e))) => Err(Error::Unavailable(e.to_string())),
             Ok(other) => Err(Error::Unavailable(format!("{addr}: {other:?}"))),
             Err(e) => Err(Error::Unavailable(format!(
@@ -223,12 +224,10 @@ impl Cluster {
         let nodes = self.nodes();
         let moves = self.plan_moves(gone, &nodes)?;
         if !nodes.contains_key(&gone) && moves.is_empty() {
-            return Err(Error::InvalidValue(format!(
-                "node {gone} is not in the cluster"
-            )));
+            return Err(Error::Refused(format!("node {gone} is not in the cluster")));
         }
         if nodes.keys().all(|id| *id == gone) {
-            return Err(Error::InvalidValue(format!(
+            return Err(Error::Refused(format!(
                 "node {gone} is the cluster's only node"
             )));
         }
@@ -254,7 +253,7 @@ impl Cluster {
         if let Some(info) = nodes.get(&gone) {
             self.reconfigure_here(METADATA_GROUP, gone, Vec::new())
                 .await
-                .map_err(call_error)?;
+                .map_err(Error::from)?;
             // A removed node no longer hears from the metadata leader, so it would stand
             // for election forever: tell it (if it runs) to stop its groups.
             if gone == self.id() {
@@ -348,7 +347,7 @@ impl Cluster {
                     added.push(pick);
                 }
                 if to.is_empty() {
-                    return Err(Error::InvalidValue(format!(
+                    return Err(Error::Refused(format!(
                         "\"{}\" has its only replica on node {gone} and no other node can take it",
                         def.name()
                     )));
@@ -404,12 +403,12 @@ impl Cluster {
                 };
                 match r {
                     Ok(()) => return Ok(()),
-                    Err(CallError::Refused(why)) => return Err(Error::InvalidValue(why)),
+                    Err(CallError::Refused(why)) => return Err(Error::Refused(why)),
                     Err(e) => last = e,
                 }
             }
             if Instant::now() >= deadline {
-                return Err(call_error(last));
+                return Err(Error::from(last));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -502,12 +501,5 @@ fn place(m: &Move, nodes: Vec<NodeId>) -> WriteOp {
         object: m.object,
         partition: m.partition,
         nodes,
-    }
-}
-
-fn call_error(e: CallError) -> Error {
-    match e {
-        CallError::Refused(why) => Error::InvalidValue(why),
-        other => Error::Unavailable(other.to_string()),
     }
 }

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::Error;
 use eddy_storage::raft::GroupId;
-use eddy_storage::{now_micros, Error, ObjectDef, Replication, WriteOp, WriteResult};
+use eddy_storage::{now_micros, ObjectDef, Replication, WriteOp, WriteResult};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot};
@@ -55,15 +56,12 @@ impl Cluster {
         mut ops: Vec<WriteOp>,
     ) -> Result<Vec<WriteResult>, Error> {
         let Some(group) = group else {
-            return self.inner.store.write(ops).await;
+            return Ok(self.inner.store.write(ops).await?);
         };
         if group == METADATA_GROUP {
             self.place(&mut ops);
         }
-        let mut response = self.propose(group, vec![ops]).await.map_err(|e| match e {
-            CallError::Refused(m) => Error::InvalidValue(m),
-            other => Error::Unavailable(other.to_string()),
-        })?;
+        let mut response = self.propose(group, vec![ops]).await?;
         match response.units.pop() {
             Some(Ok(results)) => Ok(results.into_iter().map(Into::into).collect()),
             Some(Err(e)) => Err(e.into()),
@@ -102,9 +100,9 @@ impl Cluster {
             | WriteOp::AppendOnce {
                 topic, partition, ..
             } => placed(*topic, *partition).then(|| group_of(*topic, *partition)),
-            WriteOp::Insert { table, .. } | WriteOp::Delete { table, .. } => {
-                placed(*table, 0).then(|| group_of(*table, 0))
-            }
+            WriteOp::Insert { table, .. }
+            | WriteOp::Delete { table, .. }
+            | WriteOp::Expect { table, .. } => placed(*table, 0).then(|| group_of(*table, 0)),
             WriteOp::Trim { .. }
             | WriteOp::Merge(_)
             | WriteOp::Collect { .. }
@@ -472,9 +470,11 @@ impl Cluster {
                         });
                 }
                 Err(e) if Instant::now() >= deadline => {
-                    return Err(Error::Unavailable(format!(
-                        "raft group {group} cannot serve a strong read ({e}); retry"
-                    )))
+                    tracing::debug!(group, error = %e, "strong read: no leader answered in time");
+                    return Err(Error::NotLeader {
+                        group,
+                        leader: view.leader,
+                    });
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }

@@ -1,6 +1,6 @@
 //! Writes to tables: plain inserts (`ON CONFLICT` error or nothing) in one write, and
-//! upserts (`ON CONFLICT .. DO UPDATE`) read, merged and written under the RMW lock, run
-//! again when a key appeared between the read and the write.
+//! upserts (`ON CONFLICT .. DO UPDATE`) read, merged and written on the condition that
+//! the rows read are unchanged, run again when one changed (see `rmw`).
 
 use arrow::array::{ArrayRef, RecordBatch};
 use datafusion::common::ParamValues;
@@ -66,24 +66,11 @@ pub(super) async fn write(
                 condition: condition.as_deref(),
                 params,
             };
-            let _guard = engine.rmw.lock().await;
-            // The rows are read, merged and written back; the write refuses a
-            // key that appeared after the read (another node's upsert, a gossip
-            // delta merged meanwhile). Nothing of the statement is written then,
-            // so it runs again on fresh rows, after this replica has caught up.
-            let mut attempt = 0;
+            let mut conflicts = super::rmw::Conflicts::new(engine, table.id);
             loop {
-                let tried = upsert_once(engine, &update, &rows).await;
-                match tried {
-                    Err(Error::Storage(eddy_storage::Error::DuplicateKey { .. }))
-                        if attempt < UPSERT_ATTEMPTS =>
-                    {
-                        attempt += 1;
-                        tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
-                        engine.writer.read_barrier(&[table.id]).await?;
-                    }
-                    Err(e) => return Err(e),
+                match upsert_once(engine, &update, &rows).await {
                     Ok(written) => return finish(plan, "INSERT", written),
+                    Err(e) => conflicts.again(e).await?,
                 }
             }
         }
@@ -103,9 +90,6 @@ pub(super) fn check_size(engine: &Engine, values: &[Value]) -> Result<()> {
     Ok(())
 }
 
-/// How often an upsert runs again after a key appeared between its read and its write.
-const UPSERT_ATTEMPTS: u64 = 10;
-
 /// What `ON CONFLICT ... DO UPDATE` does to a conflicting row.
 struct Update<'a> {
     table: &'a TableDef,
@@ -118,8 +102,9 @@ struct Update<'a> {
 }
 
 /// One try of `INSERT ... ON CONFLICT DO UPDATE`: reads each row's current version,
-/// merges where the condition holds, and writes all of them at once; returns the rows
-/// written (inserted or updated).
+/// merges where the condition holds, and writes all of them at once on the condition
+/// that every row read is still as read (a key absent is still absent); returns the
+/// rows written (inserted or updated).
 async fn upsert_once(
     engine: &Engine,
     update: &Update<'_>,
@@ -127,17 +112,23 @@ async fn upsert_once(
 ) -> Result<Vec<Vec<Value>>> {
     let table = update.table;
     let mut written = Vec::new();
-    let mut ops = Vec::new();
+    let mut ops = super::rmw::Ops::default();
+    let mut seen = super::Keys::default();
     for row in rows {
+        if !seen.first(table, row) {
+            return Err(Error::CardinalityViolation(
+                "ON CONFLICT DO UPDATE command cannot affect row a second time".into(),
+            ));
+        }
         let pk = key_of(table, row);
         let store = engine.store().clone();
         let t = table.clone();
-        let existing = tokio::task::spawn_blocking(move || store.get_row(&t, &pk))
-            .await
-            .map_err(|e| Error::InvalidParameter(e.to_string()))??;
+        let key = pk.clone();
+        let existing = tokio::task::spawn_blocking(move || store.get_row(&t, &key)).await??;
+        ops.expect(table, pk, existing.clone());
         match existing {
             None => {
-                ops.push(WriteOp::Insert {
+                ops.write(WriteOp::Insert {
                     table: table.id,
                     rows: vec![row.clone()],
                     on_conflict: OnConflict::Error,
@@ -149,7 +140,7 @@ async fn upsert_once(
                     continue; // the condition does not hold: the row stays as it is
                 };
                 check_size(engine, &merged)?;
-                ops.push(WriteOp::Insert {
+                ops.write(WriteOp::Insert {
                     table: table.id,
                     rows: vec![merged.clone()],
                     on_conflict: OnConflict::Replace,
@@ -158,9 +149,7 @@ async fn upsert_once(
             }
         }
     }
-    if !ops.is_empty() {
-        engine.write(ops).await?;
-    }
+    ops.submit(engine).await?;
     Ok(written)
 }
 

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::{send_answers, CommitRequest, Committer};
-use crate::store::Inner;
+use crate::inner::Inner;
 
 /// Who commits: the committer thread, or a writer committing its own request on its own
 /// thread.
@@ -93,9 +93,9 @@ pub async fn queue_if<F: std::future::Future>(more_follow: bool, writes: F) -> F
 /// otherwise, to be queued.
 pub(crate) fn commit_in_place(
     inner: &Arc<Inner>,
+    gate: &CommitGate,
     req: CommitRequest,
 ) -> std::result::Result<(), CommitRequest> {
-    let gate = &inner.gate;
     if !gate.same_writer()
         || req.is_catalog()
         || gate.last_batch.load(Ordering::Relaxed) > 1

@@ -130,6 +130,20 @@ pub enum WriteOp {
         /// First offset to keep.
         before: u64,
     },
+    /// The condition of a read-modify-write (`UPDATE`, `DELETE ... WHERE`, `ON CONFLICT DO
+    /// UPDATE`): the unit fails with [`Error::RowChanged`](crate::Error::RowChanged),
+    /// writing nothing, unless the table's row at `key` is still `row` (`None`: absent)
+    /// byte for byte. Checked where the write is ordered (a Raft group's apply, the same
+    /// on every replica), so two nodes changing one row from the same version cannot
+    /// both succeed. On a gossip table it checks this node's copy only.
+    Expect {
+        /// Table id.
+        table: ObjectId,
+        /// Primary key (values in key order).
+        key: Vec<Value>,
+        /// The row as the statement read it.
+        row: Option<Vec<Value>>,
+    },
 }
 
 /// One change to a durable subscription's stored state.

@@ -65,15 +65,15 @@ async fn a_lone_writer_commits_in_place_but_never_ahead_of_a_queued_request() {
 
     // A request queued and not yet committed keeps writers off the in-place path, or
     // they would be written before it.
-    store.inner.gate.queueing();
+    store.writer.gate.queueing();
     assert_eq!(append(&store, t.id(), 0, &["6"]).await.0, 6);
     assert_eq!(in_place() - before, 5, "went through the queue");
-    store.inner.gate.unqueued();
+    store.writer.gate.unqueued();
     assert_eq!(append(&store, t.id(), 0, &["7"]).await.0, 7);
     assert_eq!(in_place() - before, 6);
 
     // While someone else commits, a writer queues and waits its turn.
-    let turn = store.inner.gate.turn.lock();
+    let turn = store.writer.gate.turn.lock();
     let op = |p: &str| WriteOp::Append {
         topic: t.id(),
         partition: 0,

@@ -1,8 +1,12 @@
 //! The real `eddy` binary as a process: durability across kill -9, malformed wire
-//! frames, the command line, clusters of processes, and gossip between them.
+//! frames, the command line, clusters of processes, gossip between them, and how
+//! connections end (shutdown, max_connections, malformed messages).
 
 mod t10_durability;
 mod t20_wire;
 mod t30_cli;
 mod t40_cluster;
 mod t50_gossip;
+mod t60_rmw;
+mod t70_errors;
+mod t80_connections;

@@ -17,6 +17,7 @@ fn help_lists_the_flags() -> anyhow::Result<()> {
         "--pg-addr",
         "--config",
         "--max-message-bytes",
+        "--max-connections",
         "--node-id",
         "--cluster-addr",
         "--join",

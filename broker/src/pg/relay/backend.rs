@@ -307,7 +307,7 @@ impl BackendConn {
                     self.cancel().await;
                 }
                 // While a statement runs, the client only talks to end the session.
-                msg = socket.next() => match msg {
+                msg = crate::pg::conn::next_message(socket) => match msg {
                     Some(Ok(PgWireFrontendMessage::Terminate(_))) | None | Some(Err(_)) => {
                         return Err(Gone::Client(io::Error::new(io::ErrorKind::ConnectionAborted, "client left during a relayed statement")));
                     }
