@@ -4,7 +4,8 @@
 //! - [`spawn_node`] / [`NodeHandle`] — open storage, build the engine, serve pgwire,
 //!   run retention; `shutdown()` stops it in order.
 //! - [`Config`] — the TOML config (`[node]`, `[storage]`, `[query]`), overridden by flags.
-//! - `pg` — pgwire handlers: startup (trust), simple and extended queries, COPY, cancel.
+//! - `pg` — pgwire handlers: startup (trust), simple and extended queries, COPY, cancel;
+//!   the connection loop (`pg/conn.rs`: frame checks, `max_connections`, shutdown).
 //! - `error` — the only mapping from errors to SQLSTATE codes.
 //!
 //! # Example

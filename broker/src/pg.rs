@@ -45,7 +45,7 @@ use pgwire::messages::copy::CopyData;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
 
-use crate::error::to_pg;
+use crate::error::{to_pg, user_error};
 use cancel::Running;
 
 /// Shared by every connection of a node.
@@ -200,6 +200,22 @@ pub(crate) fn command_tag(tag: &str, rows: Option<u64>) -> Tag {
     }
 }
 
+/// A Bind gives no result format (text), one for every column, or one per column. Any
+/// other count is the client's error, as in PostgreSQL (08P01, the connection stays);
+/// arrow-pg would index past the codes it was given.
+pub(crate) fn check_result_formats(format: &Format, columns: usize) -> PgWireResult<()> {
+    match format {
+        Format::Individual(codes) if codes.len() != columns => Err(user_error(
+            conn::PROTOCOL_VIOLATION,
+            format!(
+                "bind message has {} result formats but query has {columns} columns",
+                codes.len()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn rows_response(
     tag: &str,
     stream: SendableRecordBatchStream,
@@ -208,6 +224,7 @@ pub(crate) fn rows_response(
     running: Running,
 ) -> PgWireResult<Response> {
     let schema = stream.schema();
+    check_result_formats(format, schema.fields().len())?;
     let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, Some(options))?);
     let row_fields = fields.clone();
     let rows = stream

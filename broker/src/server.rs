@@ -431,7 +431,10 @@ async fn accept_loop(
                         Err(_) => match refusing.clone().try_acquire_owned() {
                             Ok(place) => Admission::refused(place),
                             Err(_) => {
-                                tracing::debug!(%peer, "too many connections being refused; closing this one at once");
+                                tracing::debug!(
+                                    %peer,
+                                    "too many connections being refused; closing this one at once"
+                                );
                                 continue;
                             }
                         },

@@ -59,7 +59,7 @@ use crate::error::sqlstate::{ADMIN_SHUTDOWN, INTERNAL_ERROR};
 /// too_many_connections. (Kept here until error.rs's `sqlstate` list takes it.)
 const TOO_MANY_CONNECTIONS: &str = "53300";
 /// protocol_violation. (Kept here until error.rs's `sqlstate` list takes it.)
-const PROTOCOL_VIOLATION: &str = "08P01";
+pub(crate) const PROTOCOL_VIOLATION: &str = "08P01";
 
 /// Startup must finish within this time (as pgwire's own loop does).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -305,7 +305,10 @@ pub(crate) async fn serve(
                             .map(|s| (*s).to_owned())
                             .or_else(|| panic.downcast_ref::<String>().cloned())
                             .unwrap_or_default();
-                        tracing::error!(panic = %what, "a connection's code panicked; closing that connection");
+                        tracing::error!(
+                            panic = %what,
+                            "a connection's code panicked; closing that connection"
+                        );
                         End::Panicked
                     }
                 }
@@ -319,7 +322,11 @@ pub(crate) async fn serve(
         (end, _) => end,
     };
     if let End::Violation(why) = &end {
-        tracing::debug!(peer = %socket.socket_addr(), %why, "malformed message; closing the connection");
+        tracing::debug!(
+            peer = %socket.socket_addr(),
+            %why,
+            "malformed message; closing the connection"
+        );
     }
     goodbye(&mut socket, end).await;
     Ok(())

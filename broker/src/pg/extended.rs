@@ -100,7 +100,9 @@ impl QueryParser for EddyParser {
     ) -> PgWireResult<Vec<FieldInfo>> {
         match &stmt.schema {
             Some(schema) => {
-                arrow_schema_to_pg_fields(schema, format.unwrap_or(&Format::UnifiedText), None)
+                let format = format.unwrap_or(&Format::UnifiedText);
+                super::check_result_formats(format, schema.fields().len())?;
+                arrow_schema_to_pg_fields(schema, format, None)
             }
             None => Ok(vec![]),
         }
@@ -131,6 +133,11 @@ impl ExtendedQueryHandler for Backend {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let prepared = &portal.statement.statement;
+        // Before the statement runs, as PostgreSQL checks at Bind (`respond` checks a
+        // schema known only from the output).
+        if let Some(schema) = &prepared.schema {
+            super::check_result_formats(&portal.result_column_format, schema.fields().len())?;
+        }
         let params = parameters(portal)?;
         let session = session_of(client);
         let mut s = session.lock().clone();

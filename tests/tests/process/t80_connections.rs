@@ -88,9 +88,12 @@ async fn shutdown_tells_idle_connections_at_once_and_busy_ones_after_their_state
 
     eprintln!("phase: a statement in flight (its INSERT is visible, its sleep running)");
     let (busy, busy_ended) = connect_watched(addr).await?;
+    // The client comes back with the answer: dropped, it would end its connection itself.
     let statement = tokio::spawn(async move {
-        busy.simple_query("INSERT INTO t VALUES (1); SELECT pg_sleep(2)")
-            .await
+        let answer = busy
+            .simple_query("INSERT INTO t VALUES (1); SELECT pg_sleep(2)")
+            .await;
+        (busy, answer)
     });
     wait_for("the busy connection's INSERT", DEADLINE, || async {
         let n: i64 = idle
@@ -106,8 +109,8 @@ async fn shutdown_tells_idle_connections_at_once_and_busy_ones_after_their_state
     let stopping = terminate(node);
     ended_by_shutdown(idle_ended, "idle connection").await?;
     // The statement running when the signal came finishes and answers in full ...
-    let answered = tokio::time::timeout(DEADLINE, statement).await???;
-    let rows = answered
+    let (_busy, answered) = tokio::time::timeout(DEADLINE, statement).await??;
+    let rows = answered?
         .iter()
         .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
         .count();
@@ -352,5 +355,75 @@ async fn malformed_messages_get_08p01_and_leave_nothing_counted() -> anyhow::Res
         (open_connections(&c).await == Some(1)).then_some(())
     })
     .await?;
+    Ok(())
+}
+
+/// A frame of type `kind` around `body`.
+fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = vec![kind];
+    f.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+/// Reads the server's messages up to and including the next ReadyForQuery.
+fn messages_until_ready(s: &mut TcpStream) -> anyhow::Result<Vec<(u8, Vec<u8>)>> {
+    let mut bytes = Vec::new();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        while bytes.len() >= 5 {
+            let len = i32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+            if bytes.len() <= len {
+                break;
+            }
+            let kind = bytes[0];
+            out.push((kind, bytes[5..1 + len].to_vec()));
+            bytes.drain(..1 + len);
+            if kind == b'Z' {
+                return Ok(out);
+            }
+        }
+        let n = s.read(&mut buf)?;
+        anyhow::ensure!(n > 0, "closed before ReadyForQuery; got {out:?}");
+        bytes.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_with_result_formats_not_one_per_column_is_refused_and_the_connection_stays(
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = ProcessNode::start(&dir.path().join("data"), &[])?;
+    let addr = node.addr();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(DEADLINE))?;
+        s.write_all(&startup_packet())?;
+        messages_until_ready(&mut s)?;
+        // Three columns, two result format codes: neither one for all nor one each.
+        let mut bytes = frame(b'P', b"\0SELECT 1, 2, 3\0\0\0");
+        bytes.extend(frame(b'B', b"\0\0\0\0\0\0\0\x02\0\0\0\0"));
+        bytes.extend(frame(b'E', b"\0\0\0\0\0"));
+        bytes.extend(frame(b'S', b""));
+        s.write_all(&bytes)?;
+        let answer = messages_until_ready(&mut s)?;
+        let (_, error) = answer
+            .iter()
+            .find(|(kind, _)| *kind == b'E')
+            .ok_or_else(|| anyhow::anyhow!("no error: {answer:?}"))?;
+        assert_eq!(error_field(error, b'C').as_deref(), Some("08P01"));
+        assert_eq!(error_field(error, b'S').as_deref(), Some("ERROR"));
+        assert_eq!(
+            error_field(error, b'M').as_deref(),
+            Some("bind message has 2 result formats but query has 3 columns")
+        );
+        // The connection goes on.
+        s.write_all(&frame(b'Q', b"SELECT 1\0"))?;
+        let answer = messages_until_ready(&mut s)?;
+        assert!(answer.iter().any(|(kind, _)| *kind == b'D'), "{answer:?}");
+        Ok(())
+    })
+    .await??;
     Ok(())
 }
