@@ -226,6 +226,33 @@ async fn max_connections_refuses_one_more_with_53300_until_one_closes() -> anyho
         c.simple_query("SELECT 1").await?;
     }
 
+    eprintln!("phase: a CancelRequest still gets through while every place is taken");
+    open[0].batch_execute("CREATE TOPIC t (n INT)").await?;
+    let cancel = open[2].cancel_token();
+    let sleeper = open.pop().ok_or_else(|| anyhow::anyhow!("three clients"))?;
+    let statement = tokio::spawn(async move {
+        let answer = sleeper
+            .simple_query("INSERT INTO t VALUES (1); SELECT pg_sleep(600)")
+            .await;
+        (sleeper, answer)
+    });
+    wait_for("the sleeper's INSERT", DEADLINE, || async {
+        let n: i64 = open[0]
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .ok()?
+            .get(0);
+        (n == 1).then_some(())
+    })
+    .await?;
+    cancel.cancel_query(NoTls).await?;
+    let (sleeper, answer) = tokio::time::timeout(DEADLINE, statement).await??;
+    let e = answer
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("pg_sleep(600) answered"))?;
+    assert_eq!(e.code(), Some(&SqlState::QUERY_CANCELED), "{e}");
+    open.push(sleeper);
+
     eprintln!("phase: one closes, and its place is taken again");
     drop(open.pop());
     let fourth = wait_for("a connection in the freed place", DEADLINE, || async {
