@@ -29,9 +29,8 @@ use crate::error::{Error, Result};
 use crate::gossip::RowChange;
 use crate::inner::Inner;
 use crate::layout::{
-    catalog_key, check_row, log_key, log_start_key, row_key, sub_next_key, sub_pending_key,
-    table_prefix, Records, CF_CATALOG, CF_GOSSIP, CF_LOG, CF_META, CF_RAFT, CF_ROWS, CF_SUBS,
-    META_NEXT_OBJECT_ID,
+    check_row, log_key, log_start_key, row_key, sub_next_key, sub_pending_key, Records, CF_LOG,
+    CF_RAFT, CF_ROWS, CF_SUBS,
 };
 use crate::partition::TailEntry;
 use crate::raft::{entry_key, slot_key, GroupId, KeyRange, RaftWrite};
