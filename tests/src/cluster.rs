@@ -161,6 +161,18 @@ impl TestCluster {
         Ok(())
     }
 
+    /// [`TestCluster::isolate`], then waits until the node shows every link cut in
+    /// `eddy.nodes` (the fault took effect).
+    pub async fn cut_off(&self, node: usize) -> anyhow::Result<()> {
+        self.isolate(node)?;
+        self.wait_rows(
+            node,
+            "SELECT node_id FROM eddy.nodes WHERE link = 'cut'",
+            self.slots.len() - 1,
+        )
+        .await
+    }
+
     /// Every node loses `permille` per mille of the gossip frames it sends (until `heal`).
     pub fn lose_gossip(&self, permille: u32) -> anyhow::Result<()> {
         for s in &self.slots {

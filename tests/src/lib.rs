@@ -16,6 +16,7 @@
 pub mod cluster;
 pub mod proxy;
 pub mod slt;
+pub mod wire;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;

@@ -4,34 +4,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use eddy_tests::wire::startup;
 use eddy_tests::{connect, ProcessNode};
-
-fn startup(addr: std::net::SocketAddr) -> anyhow::Result<TcpStream> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut body = Vec::new();
-    body.extend_from_slice(&196608i32.to_be_bytes()); // protocol 3.0
-    for kv in ["user", "eddy", "database", "eddy"] {
-        body.extend_from_slice(kv.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    msg.extend_from_slice(&body);
-    s.write_all(&msg)?;
-    // Read until ReadyForQuery ('Z', length 5, status).
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !seen
-        .windows(6)
-        .any(|w| w[0] == b'Z' && w[1..5] == 5i32.to_be_bytes())
-    {
-        let n = s.read(&mut buf)?;
-        anyhow::ensure!(n > 0, "server closed during startup");
-        seen.extend_from_slice(&buf[..n]);
-    }
-    Ok(s)
-}
 
 /// True when the server closed the connection (EOF or reset), after reading any last
 /// message it sent.

@@ -16,14 +16,7 @@ async fn a_leader_cut_off_after_taking_a_write_answers_outcome_unknown() -> anyh
         .await?;
     let leader = cluster.leader_of(1, "kv", 0).await?;
     let c = cluster.client(leader).await?;
-    cluster.isolate(leader)?;
-    cluster
-        .wait_rows(
-            leader,
-            "SELECT node_id FROM eddy.nodes WHERE link = 'cut'",
-            2,
-        )
-        .await?;
+    cluster.cut_off(leader).await?;
     // The leader appends the write to its log and can never get it acknowledged: it
     // cannot know whether a later leader will keep it.
     let err = c
@@ -45,14 +38,7 @@ async fn a_follower_cut_off_answers_retry_and_applies_nothing() -> anyhow::Resul
     let leader = cluster.leader_of(1, "kv", 0).await?;
     let follower = (1..=3).find(|n| *n != leader).expect("a follower");
     let c = cluster.client(follower).await?;
-    cluster.isolate(follower)?;
-    cluster
-        .wait_rows(
-            follower,
-            "SELECT node_id FROM eddy.nodes WHERE link = 'cut'",
-            2,
-        )
-        .await?;
+    cluster.cut_off(follower).await?;
     let err = c
         .execute("INSERT INTO kv VALUES ('b', 2)", &[])
         .await

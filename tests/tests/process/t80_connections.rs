@@ -7,6 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
+use eddy_tests::wire::{startup, startup_packet};
 use eddy_tests::{connect, wait_for, ProcessNode};
 use tokio::sync::oneshot;
 use tokio_postgres::error::{DbError, SqlState};
@@ -264,19 +265,6 @@ async fn max_connections_refuses_one_more_with_53300_until_one_closes() -> anyho
     Ok(())
 }
 
-/// A startup packet for user and database `eddy`.
-fn startup_packet() -> Vec<u8> {
-    let mut body = 196_608i32.to_be_bytes().to_vec(); // protocol 3.0
-    for kv in ["user", "eddy", "database", "eddy"] {
-        body.extend_from_slice(kv.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    msg.extend_from_slice(&body);
-    msg
-}
-
 /// Reads the server's messages until it closes the connection: (type, body) pairs.
 fn messages_until_closed(mut s: TcpStream) -> anyhow::Result<Vec<(u8, Vec<u8>)>> {
     let mut bytes = Vec::new();
@@ -318,27 +306,19 @@ async fn malformed_messages_get_08p01_and_leave_nothing_counted() -> anyhow::Res
         let mut sockets = Vec::new();
         for i in 0..80 {
             let bad = if i < 40 { parse } else { bind };
-            let mut s = TcpStream::connect(addr)?;
-            s.set_read_timeout(Some(DEADLINE))?;
-            if i % 2 == 0 {
+            let s = if i % 2 == 0 {
                 // Right behind the startup packet, before authentication is through.
+                let mut s = TcpStream::connect(addr)?;
                 let mut bytes = startup_packet();
                 bytes.extend_from_slice(bad);
                 s.write_all(&bytes)?;
+                s
             } else {
-                s.write_all(&startup_packet())?;
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !seen
-                    .windows(6)
-                    .any(|w| w[0] == b'Z' && w[1..5] == 5i32.to_be_bytes())
-                {
-                    let n = s.read(&mut buf)?;
-                    anyhow::ensure!(n > 0, "closed during startup");
-                    seen.extend_from_slice(&buf[..n]);
-                }
+                let mut s = startup(addr)?;
                 s.write_all(bad)?;
-            }
+                s
+            };
+            s.set_read_timeout(Some(DEADLINE))?;
             sockets.push(s);
         }
         sockets
