@@ -15,7 +15,7 @@ cargo test --locked --workspace -- --test-threads="${EDDY_TEST_THREADS:-2}" 2>&1
 status=${PIPESTATUS[0]}
 # The criterion micro-benchmarks, each run once (test mode) so they keep working.
 if [ "$status" = 0 ]; then
-  cargo test --locked -p eddy-bench --bench micro 2>&1 | tee -a "$log"
+  cargo test --locked --workspace --bench micro 2>&1 | tee -a "$log"
   status=${PIPESTATUS[0]}
 fi
 set -e

@@ -69,6 +69,10 @@ pub mod sqlstate {
     /// transaction_resolution_unknown: a write whose leader went away after it had it;
     /// it may or may not have been applied
     pub const TRANSACTION_RESOLUTION_UNKNOWN: &str = "08007";
+    /// too_many_connections: past `max_connections`
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    /// protocol_violation: a malformed frontend message
+    pub const PROTOCOL_VIOLATION: &str = "08P01";
     /// cardinality_violation: `ON CONFLICT DO UPDATE` naming one key twice
     pub const CARDINALITY_VIOLATION: &str = "21000";
 }
@@ -94,19 +98,9 @@ pub fn classify(e: &QueryError) -> (&'static str, String) {
             } else {
                 (IO_ERROR, "storage error")
             };
-            let id = log_internal(&e.to_string());
-            (
-                code,
-                format!("{what} (id {id}; the server log has the details)"),
-            )
+            (code, hidden(what, &e.to_string()))
         }
-        ErrorClass::Internal => {
-            let id = log_internal(&e.to_string());
-            (
-                INTERNAL_ERROR,
-                format!("internal error (id {id}; the server log has the details)"),
-            )
-        }
+        ErrorClass::Internal => (INTERNAL_ERROR, hidden("internal error", &e.to_string())),
     }
 }
 
@@ -148,13 +142,13 @@ fn user_code(e: &QueryError) -> &'static str {
     }
 }
 
-/// Logs an internal failure's text under a fresh id and returns the id: the client gets
-/// only the id to quote (no file paths, RocksDB or peer text on the wire).
-fn log_internal(detail: &str) -> String {
+/// Logs an internal failure's `detail` under a fresh id and returns what the client is
+/// told: `what` and the id to quote (no file paths, RocksDB or peer text on the wire).
+pub(crate) fn hidden(what: &str, detail: &str) -> String {
     let id = INTERNAL_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let id = format!("{:x}-{id}", std::process::id());
     tracing::error!(error_id = %id, %detail, "internal error");
-    id
+    format!("{what} (id {id}; the server log has the details)")
 }
 
 /// Numbers the internal errors of this process.

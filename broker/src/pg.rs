@@ -206,7 +206,7 @@ pub(crate) fn command_tag(tag: &str, rows: Option<u64>) -> Tag {
 pub(crate) fn check_result_formats(format: &Format, columns: usize) -> PgWireResult<()> {
     match format {
         Format::Individual(codes) if codes.len() != columns => Err(user_error(
-            conn::PROTOCOL_VIOLATION,
+            crate::error::sqlstate::PROTOCOL_VIOLATION,
             format!(
                 "bind message has {} result formats but query has {columns} columns",
                 codes.len()

@@ -16,6 +16,7 @@ use arrow::util::display::FormatOptions;
 use datafusion::sql::sqlparser::ast::{CopyLegacyOption, CopyOption, CopySource, CopyTarget};
 use eddy_storage::{ColumnType, ObjectDef, OnConflict, Value, WriteOp, WriteResult};
 
+use crate::description::Parsed;
 use crate::engine::{normalize_ident, object_name, Engine, Output};
 use crate::error::{Error, Result};
 use crate::text_encode::Column;
@@ -297,7 +298,11 @@ pub(crate) async fn plan_copy(
                 }
             };
             let stmts = engine.parse(&sql)?;
-            let [crate::dialect::Statement::Sql(s)] = stmts.as_slice() else {
+            let [Parsed {
+                statement: crate::dialect::Statement::Sql(s),
+                ..
+            }] = stmts.as_slice()
+            else {
                 return Err(Error::Syntax(sql));
             };
             let plan = engine.plan_sql(s).await?;

@@ -15,6 +15,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{FutureExt, StreamExt};
 
 use crate::error::Result;
+use crate::subscribe::{SubStats, Waiting};
 
 /// A declared cursor; cheap to clone (the session is cloned around each statement).
 #[derive(Clone)]
@@ -32,13 +33,14 @@ impl std::fmt::Debug for Cursor {
 struct CursorState {
     stream: SendableRecordBatchStream,
     leftover: Option<RecordBatch>,
-    /// A subscription (waits for rows) rather than a query (ends).
-    live: bool,
+    /// A subscription (waits for rows; its counters) rather than a query (ends).
+    live: Option<Arc<SubStats>>,
     done: bool,
 }
 
 impl Cursor {
-    pub(crate) fn new(stream: SendableRecordBatchStream, live: bool) -> Cursor {
+    /// A cursor over `stream`: a subscription's, with its counters (`live`), or a query's.
+    pub(crate) fn new(stream: SendableRecordBatchStream, live: Option<Arc<SubStats>>) -> Cursor {
         let schema = stream.schema();
         Cursor {
             schema,
@@ -85,10 +87,9 @@ impl CursorState {
             } else if self.done {
                 break;
             } else {
-                let next = if !self.live {
-                    self.stream.next().await
-                } else if have == 0 {
+                let next = if let (0, Some(stats)) = (have, &self.live) {
                     // The first row: wait, at most `timeout` when one is given.
+                    let _waiting = Waiting::start(&stats.waiting);
                     match timeout {
                         Some(t) => match tokio::time::timeout(t, self.stream.next()).await {
                             Ok(n) => n,
@@ -96,6 +97,8 @@ impl CursorState {
                         },
                         None => self.stream.next().await,
                     }
+                } else if self.live.is_none() {
+                    self.stream.next().await
                 } else {
                     // More rows only if they are ready now.
                     match self.stream.next().now_or_never() {

@@ -30,9 +30,8 @@ use eddy_storage::{encode_row, ColumnType, ObjectDef, OnConflict, TableDef, Valu
 use futures::TryStreamExt;
 
 use crate::convert::{build_array, cast_column, value_at};
-use crate::engine::{
-    normalize_ident, object_name, param_list, param_types_of, plan_objects, Engine, Output,
-};
+use crate::description::Parsed;
+use crate::engine::{normalize_ident, object_name, param_list, param_types_of, Engine, Output};
 use crate::error::{Error, Result};
 use crate::provider::{table_schema, topic_schema};
 
@@ -360,7 +359,11 @@ fn table_of(def: &Arc<ObjectDef>, verb: &str) -> Result<TableDef> {
 
 async fn plan_select(engine: &Engine, sql: &str) -> Result<LogicalPlan> {
     let stmts = engine.parse(sql)?;
-    let [crate::dialect::Statement::Sql(s)] = stmts.as_slice() else {
+    let [Parsed {
+        statement: crate::dialect::Statement::Sql(s),
+        ..
+    }] = stmts.as_slice()
+    else {
         return Err(Error::Syntax(sql.to_owned()));
     };
     engine.plan_sql(s).await
@@ -477,37 +480,6 @@ impl DmlPlan {
         catalog
             .get(self.target.name())
             .is_some_and(|d| Arc::ptr_eq(&d, &self.target))
-    }
-
-    /// True for `INSERT .. VALUES` without `ON CONFLICT DO UPDATE`: the statement reads
-    /// nothing before its write, so a connection may run the next statement before this
-    /// one's write is acknowledged (pipelining) without changing what either does.
-    pub(crate) fn writes_blind(&self) -> bool {
-        matches!(
-            &self.action,
-            Action::Values {
-                conflict: Conflict::Error | Conflict::Nothing,
-                ..
-            }
-        )
-    }
-
-    /// The topics and tables the statement reads before it writes: what a strong
-    /// (`consistency = 'strong'`) statement waits for, so it acts on every write
-    /// acknowledged before it began. Empty for a blind write.
-    pub(crate) fn reads(&self, engine: &Engine) -> Vec<eddy_storage::ObjectId> {
-        let (mut ids, conflict) = match &self.action {
-            Action::Values { conflict, .. } => (Vec::new(), Some(conflict)),
-            Action::Query { plan, conflict, .. } => (plan_objects(engine, plan), Some(conflict)),
-            Action::Update { plan, .. } | Action::Delete { plan } => {
-                (plan_objects(engine, plan), None)
-            }
-        };
-        let upsert = matches!(conflict, Some(Conflict::Update { .. }));
-        if upsert && !ids.contains(&self.target.id()) {
-            ids.push(self.target.id());
-        }
-        ids
     }
 
     /// The RETURNING columns, if any.

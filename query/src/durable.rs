@@ -57,6 +57,8 @@ pub(crate) struct DurableCounters {
     pub(crate) redelivered: AtomicU64,
     pub(crate) acked: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
+    /// FETCHes waiting for rows now.
+    pub(crate) waiting: AtomicU64,
 }
 
 /// One durable subscription as this node serves it.
@@ -391,6 +393,7 @@ impl Engine {
                 });
             }
             let wake_at = next_lease.map_or(deadline, |l| l.min(deadline));
+            let _waiting = crate::subscribe::Waiting::start(&d.counters.waiting);
             let moved = futures::future::select_all(
                 watches
                     .into_iter()

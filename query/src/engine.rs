@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::copy::{CopyInSink, CopyOptions};
 use crate::ddl::show_topics_schema;
+use crate::description::{Description, Parsed, Writes};
 use crate::dialect::{self, Statement};
 use crate::dml::{self, DmlPlan};
 use crate::error::{Error, Result};
@@ -132,21 +133,6 @@ impl Output {
             _ => None,
         }
     }
-
-    /// True when the statement that gave this output wrote (or, for COPY FROM, is
-    /// about to): rows, objects, subscription positions.
-    fn writes(&self) -> bool {
-        let tag = match self {
-            Output::CopyIn(_) => return true,
-            Output::Command { tag, .. } | Output::Rows { tag, .. } => tag,
-            _ => return false,
-        };
-        let verb = tag.split_whitespace().next().unwrap_or_default();
-        matches!(
-            verb,
-            "INSERT" | "UPDATE" | "DELETE" | "CREATE" | "DROP" | "ALTER" | "ACK" | "NACK"
-        )
-    }
 }
 
 /// A statement ready to execute, possibly many times with different parameters
@@ -155,24 +141,26 @@ impl Output {
 pub struct Prepared {
     /// The statement.
     pub statement: Statement,
+    /// What running it touches.
+    pub description: Description,
     pub(crate) kind: Kind,
     /// Types of `$1..$n` (None where unknown).
     pub param_types: Vec<Option<DataType>>,
     /// Result columns, if the statement returns rows.
     pub schema: Option<SchemaRef>,
-    /// Topics and tables a query reads (what a strong read waits for).
+    /// The topics and tables of `description.reads` when it was prepared (what a strong
+    /// read waits for).
     reads: Vec<ObjectId>,
     /// The SQL text, when prepared from it ([`Engine::prepare_text`]).
     sql: Option<String>,
 }
 
 impl Prepared {
-    /// True when executing this statement only writes (an `INSERT .. VALUES` into a
-    /// topic or table, no `ON CONFLICT DO UPDATE`): it reads nothing and needs no
-    /// session, so its execution may overlap the statements that follow it on the
-    /// connection. Its write is still submitted in statement order.
+    /// True when executing this statement only writes (see
+    /// [`Description::is_blind_write`]): its execution may overlap the statements that
+    /// follow it on the connection. Its write is still submitted in statement order.
     pub fn is_blind_write(&self) -> bool {
-        matches!(&self.kind, Kind::Dml(plan) if plan.writes_blind())
+        self.description.is_blind_write()
     }
 
     /// The SQL text it was prepared from (extended protocol).
@@ -222,7 +210,7 @@ pub struct Engine {
     pub(crate) ctx: SessionContext,
     compat: PostgresCompatibilityParser,
     /// Statements parsed for the extended protocol, by SQL text (see [`Engine::parse_one`]).
-    parsed: parking_lot::Mutex<HashMap<String, Statement>>,
+    parsed: parking_lot::Mutex<HashMap<String, Parsed>>,
     /// Blind writes prepared for the extended protocol, by SQL text, with the parameter
     /// types the client declared (see [`Engine::prepare_text`]).
     prepared_writes: parking_lot::Mutex<HashMap<String, KeptWrite>>,
@@ -250,34 +238,7 @@ fn one_text_column(name: &str, values: Vec<String>) -> Result<SendableRecordBatc
     Ok(Box::pin(MemoryStream::try_new(vec![batch], schema, None)?))
 }
 
-/// Lower-cases unquoted identifiers, as PostgreSQL does.
-pub(crate) fn normalize_ident(id: &ast::Ident) -> String {
-    if id.quote_style.is_some() {
-        id.value.clone()
-    } else {
-        id.value.to_lowercase()
-    }
-}
-
-/// The object name, accepting `name` and `public.name`.
-pub(crate) fn object_name(name: &ObjectName) -> Result<String> {
-    let parts: Vec<String> = name
-        .0
-        .iter()
-        .map(|p| {
-            p.as_ident()
-                .map(normalize_ident)
-                .unwrap_or_else(|| p.to_string())
-        })
-        .collect();
-    match parts.as_slice() {
-        [n] => Ok(n.clone()),
-        [schema, n] if schema == "public" => Ok(n.clone()),
-        _ => Err(Error::UndefinedObject {
-            name: name.to_string(),
-        }),
-    }
-}
+pub(crate) use crate::ident::{normalize_ident, object_name};
 
 impl Engine {
     /// An engine over `store`.
@@ -357,16 +318,17 @@ impl Engine {
         &self.config
     }
 
-    /// Splits and parses a query string.
-    pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
-        dialect::parse_sql(sql, &self.compat)
+    /// Splits and parses a query string, describing each statement.
+    pub fn parse(&self, sql: &str) -> Result<Vec<Parsed>> {
+        let statements = dialect::parse_sql(sql, &self.compat)?;
+        Ok(statements.into_iter().map(Parsed::new).collect())
     }
 
     /// Parses one statement (the extended protocol's Parse takes exactly one). Drivers
     /// send the same text over and over as unnamed statements (a producer's batch
     /// INSERT, a prepared lookup), so parses are kept by text: parsing is a pure function
     /// of it, and a clone of the tree costs far less than tokenizing again.
-    pub fn parse_one(&self, sql: &str) -> Result<Option<Statement>> {
+    pub fn parse_one(&self, sql: &str) -> Result<Option<Parsed>> {
         if let Some(stmt) = self.parsed.lock().get(sql) {
             return Ok(Some(stmt.clone()));
         }
@@ -434,10 +396,14 @@ impl Engine {
     /// resolves cursors (FETCH returns the rows of the cursor's query).
     pub async fn prepare(
         &self,
-        statement: Statement,
+        parsed: Parsed,
         hints: &[Option<DataType>],
         session: &Session,
     ) -> Result<Prepared> {
+        let Parsed {
+            statement,
+            description,
+        } = parsed;
         let mut planned = self.plan_statement(&statement, session).await;
         if self.caught_up(session, planned.as_ref().err()).await? {
             planned = self.plan_statement(&statement, session).await;
@@ -451,14 +417,10 @@ impl Engine {
                 param_types[i].get_or_insert_with(|| h.clone());
             }
         }
-        let reads = match &kind {
-            Kind::Query(plan) => plan_objects(self, plan),
-            Kind::Point(read) => vec![read.table_id()],
-            Kind::Dml(plan) => plan.reads(self),
-            Kind::Other => Vec::new(),
-        };
+        let reads = self.objects(&description.reads);
         Ok(Prepared {
             statement,
+            description,
             kind,
             param_types,
             schema,
@@ -556,7 +518,7 @@ impl Engine {
     ) -> Result<Output> {
         let output = self.execute_kind(session, p, params).await?;
         if let Some(wrote) = &mut session.block_writes {
-            *wrote += u64::from(output.writes());
+            *wrote += u64::from(p.description.writes != Writes::Nothing);
         }
         Ok(output)
     }
@@ -621,8 +583,8 @@ impl Engine {
     }
 
     /// Parses, plans and runs a statement without parameters (the simple protocol).
-    pub async fn run(&self, session: &mut Session, statement: Statement) -> Result<Output> {
-        let p = self.prepare(statement, &[], session).await?;
+    pub async fn run(&self, session: &mut Session, parsed: Parsed) -> Result<Output> {
+        let p = self.prepare(parsed, &[], session).await?;
         self.execute(session, &p, &ParamValues::List(vec![])).await
     }
 
@@ -692,27 +654,6 @@ impl RoundRobin<'_> {
             k => led[(n % k as u64) as usize],
         }
     }
-}
-
-/// The topics and tables a plan reads (system and catalog tables excluded).
-pub(crate) fn plan_objects(engine: &Engine, plan: &LogicalPlan) -> Vec<ObjectId> {
-    use datafusion::common::tree_node::TreeNodeRecursion;
-    let mut ids = Vec::new();
-    let _ = plan.apply_with_subqueries(|node| {
-        if let LogicalPlan::TableScan(scan) = node {
-            let user = matches!(scan.table_name.schema(), None | Some("public"));
-            if let Some(def) = user
-                .then(|| engine.store().catalog().get(scan.table_name.table()))
-                .flatten()
-            {
-                if !ids.contains(&def.id()) {
-                    ids.push(def.id());
-                }
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    ids
 }
 
 #[cfg(test)]

@@ -166,11 +166,6 @@ impl PointRead {
         Ok(Some((read, types)))
     }
 
-    /// The table read.
-    pub(crate) fn table_id(&self) -> eddy_storage::ObjectId {
-        self.table.id
-    }
-
     /// Looks the row up: one storage get, no planning.
     pub(crate) fn execute(
         &self,

@@ -154,6 +154,25 @@ pub struct SubStats {
     /// Bytes read from storage and handed over but not yet taken by the consumer: the
     /// last batch until the consumer asks for the next one.
     pub buffered_bytes: AtomicU64,
+    /// FETCHes of a subscription cursor waiting for their first row now.
+    pub waiting: AtomicU64,
+}
+
+/// Counts a wait in `counter` while it lives (a FETCH waiting for rows, shown as
+/// `eddy.subscriptions.waiting`, so a client or test can see that a FETCH waits).
+pub(crate) struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    pub(crate) fn start(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Waiting(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The live ephemeral subscriptions of a node (weak: a subscription ends when its stream
@@ -445,6 +464,15 @@ impl Engine {
         spec: &SubscribeSpec,
         kind: &'static str,
     ) -> Result<SendableRecordBatchStream> {
+        Ok(self.subscribe_counted(spec, kind).await?.0)
+    }
+
+    /// [`Engine::subscribe`], with the subscription's counters.
+    pub(crate) async fn subscribe_counted(
+        &self,
+        spec: &SubscribeSpec,
+        kind: &'static str,
+    ) -> Result<(SendableRecordBatchStream, Arc<SubStats>)> {
         let source = self.source(&spec.topic)?;
         let options = spec.parsed_options(0)?;
         if options.snapshot && source.table.is_none() {
@@ -472,6 +500,7 @@ impl Engine {
             next: positions.iter().map(|&o| AtomicU64::new(o)).collect(),
             rows: AtomicU64::new(0),
             buffered_bytes: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
         });
         self.subscriptions.register(&stats);
         let schema = source.schema.clone();
@@ -483,18 +512,22 @@ impl Engine {
             None => live.boxed(),
         };
         // Count what the consumer holds: the last batch, until it asks for the next one.
-        let tracked = futures::stream::unfold((rows, stats), |(mut rows, stats)| async move {
-            stats.buffered_bytes.store(0, Ordering::Relaxed);
-            let item = rows.next().await?;
-            if let Ok(b) = &item {
-                stats
-                    .buffered_bytes
-                    .store(b.get_array_memory_size() as u64, Ordering::Relaxed);
-                stats.rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
-            }
-            Some((item, (rows, stats)))
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, tracked)))
+        let tracked =
+            futures::stream::unfold((rows, stats.clone()), |(mut rows, stats)| async move {
+                stats.buffered_bytes.store(0, Ordering::Relaxed);
+                let item = rows.next().await?;
+                if let Ok(b) = &item {
+                    stats
+                        .buffered_bytes
+                        .store(b.get_array_memory_size() as u64, Ordering::Relaxed);
+                    stats.rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+                }
+                Some((item, (rows, stats)))
+            });
+        Ok((
+            Box::pin(RecordBatchStreamAdapter::new(schema, tracked)),
+            stats,
+        ))
     }
 
     /// The live part of a subscription: one reader per partition from `positions`, merged.
@@ -601,7 +634,7 @@ mod tests {
     }
 
     fn spec(e: &Engine, sql: &str) -> SubscribeSpec {
-        match e.parse(sql).unwrap().remove(0) {
+        match e.parse(sql).unwrap().remove(0).statement {
             Statement::Subscribe(s) => s,
             other => panic!("{other:?}"),
         }

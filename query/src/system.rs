@@ -337,6 +337,7 @@ impl Engine {
             int8("acked"),
             int8("dead_lettered"),
             int8("buffered_bytes"),
+            int8("waiting"),
         ]))
     }
 
@@ -380,6 +381,7 @@ impl Engine {
                 acked: count(|c| c.acked.load(Ordering::Relaxed)),
                 dead_lettered: count(|c| c.dead_lettered.load(Ordering::Relaxed)),
                 buffered_bytes: 0,
+                waiting: count(|c| c.waiting.load(Ordering::Relaxed)),
             });
         }
         for s in self.subscriptions.list() {
@@ -397,6 +399,7 @@ impl Engine {
                 acked: 0,
                 dead_lettered: 0,
                 buffered_bytes: s.buffered_bytes.load(Ordering::Relaxed),
+                waiting: s.waiting.load(Ordering::Relaxed),
             });
         }
         let col = |f: fn(&SubRow) -> u64| int8(rows.iter().map(f).collect());
@@ -415,6 +418,7 @@ impl Engine {
                 col(|r| r.acked),
                 col(|r| r.dead_lettered),
                 col(|r| r.buffered_bytes),
+                col(|r| r.waiting),
             ],
         )?)
     }
@@ -446,4 +450,5 @@ struct SubRow {
     acked: u64,
     dead_lettered: u64,
     buffered_bytes: u64,
+    waiting: u64,
 }

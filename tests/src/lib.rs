@@ -357,6 +357,19 @@ where
     }
 }
 
+/// Waits until `count` FETCHes wait for rows on the subscriptions of `eddy.subscriptions`
+/// matching `condition` (SQL, e.g. `name = 's'` or `kind = 'cursor'`), as the node
+/// counts them: a test publishes "while a FETCH waits" only once one does.
+pub async fn until_fetches_wait(c: &Client, condition: &str, count: i64) -> anyhow::Result<()> {
+    let sql = format!("SELECT sum(waiting)::bigint FROM eddy.subscriptions WHERE {condition}");
+    let what = format!("{count} FETCH(es) waiting on the subscriptions where {condition}");
+    wait_for(&what, Duration::from_secs(20), || async {
+        let n: Option<i64> = c.query_one(&sql, &[]).await.ok()?.get(0);
+        (n == Some(count)).then_some(())
+    })
+    .await
+}
+
 /// Directory of the SQL golden files.
 pub fn slt_dir() -> PathBuf {
     // cargo sets the variable for the test process as well: preferring it, a test binary

@@ -54,12 +54,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame::FrameCheck;
 use super::pipeline::{self, Pipeline};
-use crate::error::sqlstate::{ADMIN_SHUTDOWN, INTERNAL_ERROR};
-
-/// too_many_connections. (Kept here until error.rs's `sqlstate` list takes it.)
-const TOO_MANY_CONNECTIONS: &str = "53300";
-/// protocol_violation. (Kept here until error.rs's `sqlstate` list takes it.)
-pub(crate) const PROTOCOL_VIOLATION: &str = "08P01";
+use crate::error::hidden;
+use crate::error::sqlstate::{
+    ADMIN_SHUTDOWN, INTERNAL_ERROR, PROTOCOL_VIOLATION, TOO_MANY_CONNECTIONS,
+};
 
 /// Startup must finish within this time (as pgwire's own loop does).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -230,8 +228,8 @@ enum End {
     TooMany,
     /// A malformed message, and what was wrong with it.
     Violation(String),
-    /// The connection's code panicked.
-    Panicked,
+    /// The connection's code panicked: what the client is told (an id into the log).
+    Panicked(String),
 }
 
 /// Serves one client until it leaves, sends a malformed message, fails startup, or the
@@ -305,11 +303,10 @@ pub(crate) async fn serve(
                             .map(|s| (*s).to_owned())
                             .or_else(|| panic.downcast_ref::<String>().cloned())
                             .unwrap_or_default();
-                        tracing::error!(
-                            panic = %what,
-                            "a connection's code panicked; closing that connection"
-                        );
-                        End::Panicked
+                        End::Panicked(hidden(
+                            "internal error; the connection is closed",
+                            &format!("a connection's code panicked: {what}"),
+                        ))
                     }
                 }
             }
@@ -364,10 +361,7 @@ async fn goodbye(socket: &mut Socket, end: End) {
             "sorry, too many clients already".to_owned(),
         ),
         End::Violation(why) => (PROTOCOL_VIOLATION, why),
-        End::Panicked => (
-            INTERNAL_ERROR,
-            "internal error; the connection is closed (see the server log)".to_owned(),
-        ),
+        End::Panicked(message) => (INTERNAL_ERROR, message),
     };
     let guard = socket.get_mut();
     // Output held for after pipelined writes' answers would now come before them, and they

@@ -18,8 +18,7 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
-use eddy_query::{Engine, ListenChange, Prepared, Statement};
+use eddy_query::{Description, Engine, Parsed, Prepared, SessionChange, Writes};
 use futures::SinkExt;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::stmt::StoredStatement;
@@ -185,6 +184,18 @@ enum Then {
     Describe(u8),
 }
 
+/// True for a statement that reads no object and changes nothing here but rows (a query
+/// of no object, a blind write, transaction control): it runs wherever the statements
+/// around it in a simple query are relayed.
+fn runs_anywhere(d: &Description) -> bool {
+    d.reads.is_empty()
+        && matches!(d.writes, Writes::Nothing | Writes::Blind)
+        && matches!(
+            d.session,
+            SessionChange::None | SessionChange::Begin | SessionChange::End
+        )
+}
+
 /// A portal's name as the protocol gives it (none: the unnamed portal).
 fn portal_name(name: Option<&str>) -> &str {
     name.unwrap_or(pgwire::api::DEFAULT_NAME)
@@ -247,9 +258,9 @@ impl Relay {
                     return None;
                 }
                 let stmts = engine.parse(&q.query).ok()?;
-                self.note_unlisten_all(&stmts);
+                self.note_unlisten_all(stmts.iter().map(|p| &p.description));
                 let route = match stmts.as_slice() {
-                    [one] => self.route(engine, one)?,
+                    [one] => self.route(engine, &one.description)?,
                     many => self.route_all(engine, many)?,
                 };
                 Some(Requested {
@@ -261,7 +272,7 @@ impl Relay {
                 let name = portal_name(e.name.as_deref());
                 let entry = socket.portal_store().get_portal(name)?;
                 let portal = entry.value()?;
-                self.note_unlisten_all(std::slice::from_ref(&portal.statement.statement.statement));
+                self.note_unlisten_all([&portal.statement.statement.description]);
                 let route = self.route_prepared(engine, &portal.statement.statement)?;
                 let then = Then::Execute {
                     portal: name.to_owned(),
@@ -305,19 +316,19 @@ impl Relay {
 
     /// Marks an `UNLISTEN *` about to run (not just described): the LISTENs relayed to
     /// other nodes end too before the client hears again ([`Relay::settle`]).
-    fn note_unlisten_all(&mut self, statements: &[Statement]) {
+    fn note_unlisten_all<'a>(&mut self, statements: impl IntoIterator<Item = &'a Description>) {
         self.unlisten_all |= !self.listens.is_empty()
             && statements
-                .iter()
-                .any(|s| Engine::listen_change(s) == Some(ListenChange::UnlistenAll));
+                .into_iter()
+                .any(|d| d.session == SessionChange::UnlistenAll);
     }
 
-    /// [`Relay::route`] for a prepared statement (blind writes always run here).
+    /// [`Relay::route`] for a prepared statement.
     fn route_prepared(&self, engine: &Engine, prepared: &Prepared) -> Option<Route> {
-        if prepared.is_blind_write() || !self.may_route(engine) {
+        if !self.may_route(engine) {
             return None;
         }
-        self.route(engine, &prepared.statement)
+        self.route(engine, &prepared.description)
     }
 
     /// False while this node holds every replica and no cursor or LISTEN lives
@@ -326,45 +337,40 @@ impl Relay {
         !self.cursors.is_empty() || !self.listens.is_empty() || engine.lacks_replicas()
     }
 
-    /// Where `statement` goes; `None` to run it here.
-    fn route(&self, engine: &Engine, statement: &Statement) -> Option<Route> {
+    /// Where the statement `described` goes; `None` to run it here. A blind write always
+    /// runs here.
+    fn route(&self, engine: &Engine, described: &Description) -> Option<Route> {
+        if described.is_blind_write() {
+            return None;
+        }
         let held = |name: &str| self.cursors.get(name).cloned();
-        let (targets, change) = match statement {
-            Statement::Fetch { cursor, .. } => (Ok(vec![held(cursor)?]), Change::None),
-            Statement::Close { cursor: Some(c) } => (Ok(vec![held(c)?]), Change::Close(c.clone())),
-            Statement::Unlisten(_) => match Engine::listen_change(statement)? {
-                ListenChange::Unlisten(channel) => {
-                    let at = self.listens.get(&channel).cloned()?;
-                    (Ok(vec![at]), Change::Unlisten(channel))
-                }
-                // `UNLISTEN *` runs here (see `note_unlisten_all`).
-                _ => return None,
-            },
-            _ => {
-                let targets = match engine.route(statement) {
+        let (targets, change) = match &described.session {
+            SessionChange::Fetch(cursor) => (Ok(vec![held(cursor)?]), Change::None),
+            SessionChange::Close(Some(c)) => (Ok(vec![held(c)?]), Change::Close(c.clone())),
+            SessionChange::Unlisten(channel) => {
+                let at = self.listens.get(channel).cloned()?;
+                (Ok(vec![at]), Change::Unlisten(channel.clone()))
+            }
+            // `UNLISTEN *` runs here (see `note_unlisten_all`).
+            SessionChange::UnlistenAll => return None,
+            session => {
+                let targets = match engine.route(described) {
                     Ok(None) => return None,
                     Ok(Some(nodes)) => Ok(nodes),
                     Err(e) => Err(to_pg(e)),
                 };
-                let change = match (statement, Engine::listen_change(statement)) {
-                    (Statement::DeclareCursor { name, .. }, _) => Change::Declare(name.clone()),
-                    (_, Some(ListenChange::Listen(channel))) => Change::Listen(channel),
+                let change = match session {
+                    SessionChange::Declare(name) => Change::Declare(name.clone()),
+                    SessionChange::Listen(channel) => Change::Listen(channel.clone()),
                     _ => Change::None,
                 };
                 (targets, change)
             }
         };
-        let retry = match statement {
-            Statement::Sql(s) => matches!(**s, SqlStatement::Query(_) | SqlStatement::Copy { .. }),
-            Statement::CopySubscribe { .. }
-            | Statement::DeclareCursor { .. }
-            | Statement::Listen(_) => true,
-            _ => false,
-        };
         Some(Route {
             targets,
             change,
-            retry,
+            retry: described.may_retry(),
         })
     }
 
@@ -372,35 +378,23 @@ impl Relay {
     /// reading objects can run on, when some must run elsewhere and the others change
     /// nothing here (queries of no object, blind writes, transaction control). Else
     /// `None`, and the whole query runs here, as a single statement would.
-    fn route_all(&self, engine: &Engine, statements: &[Statement]) -> Option<Route> {
+    fn route_all(&self, engine: &Engine, statements: &[Parsed]) -> Option<Route> {
         let mut common: Option<Vec<String>> = None;
         let mut retry = true;
-        for statement in statements {
-            match self.route(engine, statement) {
+        for Parsed { description, .. } in statements {
+            retry &= description.may_retry();
+            match self.route(engine, description) {
                 Some(Route {
                     targets: Ok(targets),
                     change: Change::None,
-                    retry: reads,
+                    ..
                 }) => {
-                    retry &= reads;
                     common = Some(match common {
                         None => targets,
                         Some(c) => c.into_iter().filter(|a| targets.contains(a)).collect(),
                     });
                 }
-                None if engine.objects_read(statement).is_empty() => {
-                    let Statement::Sql(s) = statement else {
-                        return None;
-                    };
-                    match **s {
-                        SqlStatement::Query(_) => {}
-                        SqlStatement::Insert(_)
-                        | SqlStatement::StartTransaction { .. }
-                        | SqlStatement::Commit { .. }
-                        | SqlStatement::Rollback { .. } => retry = false,
-                        _ => return None,
-                    }
-                }
+                None if runs_anywhere(description) => {}
                 _ => return None,
             }
         }

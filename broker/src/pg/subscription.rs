@@ -53,10 +53,11 @@ where
         PgWireFrontendMessage::Query(q) if mentions_subscribe(&q.query) => {
             match engine.parse(&q.query) {
                 Ok(mut stmts)
-                    if stmts.len() == 1 && matches!(stmts[0], Statement::CopySubscribe { .. }) =>
+                    if stmts.len() == 1
+                        && matches!(stmts[0].statement, Statement::CopySubscribe { .. }) =>
                 {
                     Some(Requested {
-                        statement: stmts.remove(0),
+                        statement: stmts.remove(0).statement,
                         extended: false,
                     })
                 }

@@ -66,10 +66,13 @@ impl Engine {
                     return Err(Error::DuplicateCursor(name.clone()));
                 }
                 let cursor = match source {
-                    CursorSource::Subscribe(spec) => Cursor::new(self.subscribe(spec, "cursor").await?, true),
+                    CursorSource::Subscribe(spec) => {
+                        let (stream, stats) = self.subscribe_counted(spec, "cursor").await?;
+                        Cursor::new(stream, Some(stats))
+                    }
                     CursorSource::Query(q) => {
                         let plan = pg_column_names(q, self.plan_sql(q).await?)?;
-                        Cursor::new(self.run_plan(&plan, &ParamValues::List(vec![])).await?, false)
+                        Cursor::new(self.run_plan(&plan, &ParamValues::List(vec![])).await?, None)
                     }
                 };
                 session.cursors.insert(name.clone(), cursor);

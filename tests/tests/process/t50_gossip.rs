@@ -264,7 +264,23 @@ async fn a_node_refuses_deltas_from_origins_it_does_not_trust() -> anyhow::Resul
         (kv_digest(&cluster, 3).await.ok()? == "1=from 1,3=from 3").then_some(())
     })
     .await?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Node 3 holds node 1's row and offers it to node 2 too: wait until node 2 has
+    // refused it from node 3, then look.
+    wait_for(
+        "node 2 to refuse node 1's delta relayed by node 3",
+        DEADLINE,
+        || async {
+            let r = c2
+                .query_one(
+                    "SELECT sum(refused) FROM eddy.gossip_peers WHERE peer = 3",
+                    &[],
+                )
+                .await
+                .ok()?;
+            (r.get::<_, Option<i64>>(0)? > 0).then_some(())
+        },
+    )
+    .await?;
     assert_eq!(
         kv_digest(&cluster, 2).await?,
         "3=from 3",

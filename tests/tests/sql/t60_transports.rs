@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use eddy_tests::{connect_listening, wait_for, TestNode};
+use eddy_tests::{connect_listening, until_fetches_wait, wait_for, TestNode};
 use futures::StreamExt;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::SimpleQueryMessage;
@@ -56,7 +56,7 @@ async fn cursor_fetch_waits_up_to_its_timeout_and_keeps_offset_order() -> anyhow
             (c2, r)
         }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_fetches_wait(&publisher, "kind = 'cursor'", 1).await?;
     publisher
         .batch_execute("INSERT INTO t (_key, n) VALUES ('k1', 100)")
         .await?;

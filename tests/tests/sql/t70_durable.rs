@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use eddy_tests::TestNode;
+use eddy_tests::{until_fetches_wait, TestNode};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
@@ -129,7 +129,7 @@ async fn fetch_ack_survive_restart_and_redeliver_unacked_rows() -> anyhow::Resul
             fetch(&c2, "FETCH 10 FROM SUBSCRIPTION s WITH (timeout = '20s')").await
         }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_fetches_wait(&c, "name = 's'", 1).await?;
     publish(&c, 100..101).await?;
     let live = waiting.await??;
     assert_eq!(
@@ -350,11 +350,14 @@ async fn a_waiting_fetch_can_be_cancelled_and_loses_nothing() -> anyhow::Result<
             .await;
         (c, r)
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let watch = node.client().await?;
+    until_fetches_wait(&watch, "name = 's'", 1).await?;
     cancel.cancel_query(tokio_postgres::NoTls).await?;
     let (c, r) = tokio::time::timeout(Duration::from_secs(20), waiting).await??;
     let e = r.expect_err("cancelled");
     assert_eq!(e.code(), Some(&SqlState::QUERY_CANCELED), "{e:?}");
+    // The cancelled FETCH no longer counts as waiting.
+    until_fetches_wait(&watch, "name = 's'", 0).await?;
     publish(&c, 0..3).await?;
     let got = fetch(&c, "FETCH 10 FROM SUBSCRIPTION s WITH (timeout = '5s')").await?;
     assert_eq!(
