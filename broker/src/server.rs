@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use eddy_consensus::{
-    group_of, split_group, Cluster, ClusterConfig, Faults, GossipConfig, NodeInfo, METADATA_GROUP,
+    group_of, split_group, Cluster, ClusterConfig, Faults, NodeInfo, METADATA_GROUP,
 };
 use eddy_query::{Engine, GossipPeerRow, GroupRow, NodeRow, PartitionRow, Writer};
 use eddy_storage::{Store, WriteOp, WriteResult};
@@ -188,6 +188,7 @@ impl Writer for Replicated {
                             .join(" ")
                     }),
                     frames_refused: this_node.then(|| self.0.frames_refused()),
+                    faults: this_node.then(|| fault_counts(&self.1)),
                 }
             })
             .collect()
@@ -320,36 +321,17 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
     let want = config.cluster.cluster_addr_for(config.node.pg_addr);
     let (cluster_listener, udp_probe) = bind_cluster(want).await?;
     let cluster_addr = cluster_listener.local_addr()?;
-    let mut cc = ClusterConfig::new(
-        config.cluster.node_id,
+    let cc = ClusterConfig::from_sections(
+        &config.cluster,
+        &config.gossip,
         NodeInfo {
             pg_addr: pg_addr.to_string(),
             cluster_addr: cluster_addr.to_string(),
         },
     );
-    cc.join = config.cluster.join.clone();
-    cc.heartbeat = Duration::from_millis(config.cluster.heartbeat_ms);
-    cc.election_timeout = Duration::from_millis(config.cluster.election_timeout_ms);
-    match &config.cluster.secret {
-        Some(s) => cc.secret = s.clone(),
-        None => tracing::warn!("no cluster secret set (--cluster-secret, EDDY_CLUSTER_SECRET): internal frames are authenticated with the built-in development secret; set one before running a cluster across machines"),
+    if config.cluster.secret.is_none() {
+        tracing::warn!("no cluster secret set (--cluster-secret, EDDY_CLUSTER_SECRET): internal frames are authenticated with the built-in development secret; set one before running a cluster across machines");
     }
-    let g = &config.gossip;
-    cc.gossip = GossipConfig {
-        anti_entropy: Duration::from_millis(g.anti_entropy_ms),
-        sync_bytes: g.sync_bytes,
-        max_clock_offset: Duration::from_millis(g.max_clock_offset_ms),
-        trust_origins: g
-            .trust_origins
-            .as_ref()
-            .map(|t| t.iter().copied().collect()),
-        interval: Duration::from_millis(g.interval_ms),
-        dead_after: Duration::from_millis(g.dead_after_ms),
-        zone: g.zone.clone(),
-        discover: g.discover_port,
-        horizon: Duration::from_millis(g.tombstone_horizon_ms),
-        ..GossipConfig::default()
-    };
     let faults = Arc::new(Faults::default());
     // Released just before gossip binds the same port.
     drop(udp_probe);
@@ -546,6 +528,16 @@ fn claim_node_id(dir: &std::path::Path, id: u64) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))
         }
         Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", file.display())),
+    }
+}
+
+/// What the faults injected through the fault file did on this node (`eddy.nodes`).
+fn fault_counts(faults: &Faults) -> eddy_query::FaultCounts {
+    use std::sync::atomic::Ordering::Relaxed;
+    eddy_query::FaultCounts {
+        calls_dropped: faults.dropped.load(Relaxed),
+        gossip_lost: faults.gossip_lost.load(Relaxed),
+        forwards_failed: faults.failed_forwards.load(Relaxed),
     }
 }
 

@@ -105,17 +105,11 @@ pub const DEV_SECRET: &str = "eddy-development-secret";
 impl ClusterConfig {
     /// Defaults for a node with this id and these addresses.
     pub fn new(node_id: NodeId, info: NodeInfo) -> Self {
-        Self {
+        let cluster = crate::ClusterSection {
             node_id,
-            info,
-            join: None,
-            heartbeat: Duration::from_millis(100),
-            election_timeout: Duration::from_millis(300),
-            snapshot_every: 10_000,
-            keep_after_snapshot: 1_000,
-            secret: DEV_SECRET.into(),
-            gossip: crate::gossip::GossipConfig::default(),
-        }
+            ..Default::default()
+        };
+        Self::from_sections(&cluster, &crate::GossipSection::default(), info)
     }
 }
 

@@ -39,18 +39,7 @@ pub struct GossipConfig {
 
 impl Default for GossipConfig {
     fn default() -> Self {
-        Self {
-            anti_entropy: Duration::from_millis(1000),
-            push_bytes: 1 << 20,
-            sync_bytes: 4 << 20,
-            max_clock_offset: Duration::from_millis(500),
-            trust_origins: None,
-            interval: Duration::from_millis(200),
-            dead_after: Duration::from_secs(3),
-            zone: String::new(),
-            discover: None,
-            horizon: Duration::from_secs(24 * 3600),
-        }
+        (&crate::GossipSection::default()).into()
     }
 }
 

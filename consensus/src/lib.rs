@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod cluster;
+mod config;
 mod error;
 pub mod gossip;
 pub mod membership;
@@ -22,6 +23,7 @@ pub use auth::FrameAuth;
 pub use cluster::{
     group_of, split_group, Cluster, ClusterConfig, GroupInfo, DEV_SECRET, METADATA_GROUP,
 };
+pub use config::{ClusterSection, GossipSection};
 pub use error::{Error, Result};
 pub use gossip::{GossipConfig, PeerStats};
 pub use membership::{Liveness, Member, Membership, MembershipConfig, MembershipError};

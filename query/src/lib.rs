@@ -65,4 +65,4 @@ pub use provider::{table_schema, topic_schema};
 pub use session::{Session, DEFAULT_SETTINGS};
 pub use subscribe::{rows_as_json, StartPosition, SubscribeOptions, SubscribeSpec};
 pub use types::{parse_duration_ms, parse_text};
-pub use writer::{GossipPeerRow, GroupRow, NodeRow, PartitionRow, Writer};
+pub use writer::{FaultCounts, GossipPeerRow, GroupRow, NodeRow, PartitionRow, Writer};

@@ -69,6 +69,9 @@ pub(crate) fn nodes_schema() -> SchemaRef {
         Field::new("zone", DataType::Utf8, true),
         Field::new("load", DataType::Utf8, true),
         Field::new("frames_refused", DataType::Int64, true),
+        Field::new("calls_dropped", DataType::Int64, true),
+        Field::new("gossip_lost", DataType::Int64, true),
+        Field::new("forwards_failed", DataType::Int64, true),
     ]))
 }
 
@@ -244,6 +247,21 @@ impl Engine {
                 text(rows.iter().map(|r| r.zone.clone()).collect()),
                 text(rows.iter().map(|r| r.load.clone()).collect()),
                 opt_int8(rows.iter().map(|r| r.frames_refused).collect()),
+                opt_int8(
+                    rows.iter()
+                        .map(|r| r.faults.map(|f| f.calls_dropped))
+                        .collect(),
+                ),
+                opt_int8(
+                    rows.iter()
+                        .map(|r| r.faults.map(|f| f.gossip_lost))
+                        .collect(),
+                ),
+                opt_int8(
+                    rows.iter()
+                        .map(|r| r.faults.map(|f| f.forwards_failed))
+                        .collect(),
+                ),
             ],
         )?)
     }

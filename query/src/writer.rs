@@ -131,6 +131,20 @@ pub struct NodeRow {
     /// On the answering node's row: internal frames it refused because they did not
     /// carry the cluster secret.
     pub frames_refused: Option<u64>,
+    /// On the answering node's row: what faults injected through its fault file
+    /// (testing) did there, so a test can prove a fault took effect.
+    pub faults: Option<FaultCounts>,
+}
+
+/// What injected faults did on a node (`eddy.nodes`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Internal calls dropped on links cut.
+    pub calls_dropped: u64,
+    /// Gossip frames lost to the configured loss.
+    pub gossip_lost: u64,
+    /// Writes forwarded here answered with an injected failure.
+    pub forwards_failed: u64,
 }
 
 /// One row of `eddy.gossip_peers`.

@@ -162,13 +162,25 @@ impl TestCluster {
     }
 
     /// [`TestCluster::isolate`], then waits until the node shows every link cut in
-    /// `eddy.nodes` (the fault took effect).
+    /// `eddy.nodes` and has dropped a call on them (the fault took effect).
     pub async fn cut_off(&self, node: usize) -> anyhow::Result<()> {
         self.isolate(node)?;
         self.wait_rows(
             node,
             "SELECT node_id FROM eddy.nodes WHERE link = 'cut'",
             self.slots.len() - 1,
+        )
+        .await?;
+        self.wait_fault(node, "calls_dropped").await
+    }
+
+    /// Waits until `node`'s own row of `eddy.nodes` counts at least one `counter`
+    /// (`calls_dropped`, `gossip_lost`, `forwards_failed`): the injected fault acted.
+    pub async fn wait_fault(&self, node: usize, counter: &str) -> anyhow::Result<()> {
+        self.wait_rows(
+            node,
+            &format!("SELECT node_id FROM eddy.nodes WHERE this_node AND {counter} > 0"),
+            1,
         )
         .await
     }

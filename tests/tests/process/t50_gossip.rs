@@ -133,6 +133,10 @@ async fn gossip_tables_and_topics_take_writes_on_every_node_through_a_partition(
     }
     let rows = converged(&cluster, 3).await?;
     assert_eq!(rows.matches("lossy").count(), 30);
+    // Frames were lost indeed, on every node.
+    for node in 1..=3 {
+        cluster.wait_fault(node, "gossip_lost").await?;
+    }
     Ok(())
 }
 

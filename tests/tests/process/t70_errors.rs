@@ -91,6 +91,8 @@ async fn an_internal_failure_reaches_the_client_as_xx000_without_its_text() -> a
     for secret in ["/var/lib/eddy", "No space left", "IO error", "injected"] {
         assert!(!msg.contains(secret), "internal text on the wire: {msg}");
     }
+    // The failure came from the fault injected on the leader.
+    cluster.wait_fault(leader, "forwards_failed").await?;
     // The node stays up, and the same statement succeeds once the fault is gone.
     cluster.heal()?;
     eddy_tests::wait_for(
