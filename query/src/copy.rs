@@ -3,7 +3,7 @@
 //! COPY FROM data arrives in arbitrary chunks. [`CopyInSink::push`] cuts complete lines
 //! (CSV: complete records, which may span lines inside quotes), parses them into typed
 //! rows and holds at most `copy_batch_rows` of them before the wire layer writes them
-//! with [`Engine::copy_write`], so a large COPY never sits in memory whole. Rows written
+//! with [`Core::copy_write`], so a large COPY never sits in memory whole. Rows written
 //! before a later bad line stay written (like a producer's earlier acknowledged batches);
 //! COPY answers only after everything it reports is durable.
 
@@ -13,11 +13,9 @@ use std::sync::Arc;
 use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use arrow::util::display::FormatOptions;
-use datafusion::sql::sqlparser::ast::{CopyLegacyOption, CopyOption, CopySource, CopyTarget};
-use eddy_storage::{ColumnType, ObjectDef, OnConflict, Value, WriteOp, WriteResult};
+use datafusion::sql::sqlparser::ast::{CopyLegacyOption, CopyOption};
+use eddy_storage::{ColumnType, ObjectDef, Value};
 
-use crate::description::Parsed;
-use crate::engine::{normalize_ident, object_name, Engine, Output};
 use crate::error::{Error, Result};
 use crate::text_encode::Column;
 use crate::types::parse_text;
@@ -263,100 +261,6 @@ impl CopyOptions {
     }
 }
 
-/// Plans a COPY statement.
-pub(crate) async fn plan_copy(
-    engine: &Engine,
-    source: &CopySource,
-    to: bool,
-    target: &CopyTarget,
-    options: &[CopyOption],
-    legacy: &[CopyLegacyOption],
-) -> Result<Output> {
-    let opts = CopyOptions::from_ast(options, legacy)?;
-    match (to, target) {
-        (true, CopyTarget::Stdout) => {
-            let sql = match source {
-                CopySource::Query(q) => q.to_string(),
-                CopySource::Table {
-                    table_name,
-                    columns,
-                } => {
-                    let cols = if columns.is_empty() {
-                        "*".to_owned()
-                    } else {
-                        columns
-                            .iter()
-                            .map(|c| format!("\"{}\"", normalize_ident(c)))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    };
-                    let name = object_name(table_name)?;
-                    if engine.store().catalog().get(&name).is_none() {
-                        return Err(Error::UndefinedObject { name });
-                    }
-                    format!("SELECT {cols} FROM \"{name}\"")
-                }
-            };
-            let stmts = engine.parse(&sql)?;
-            let [Parsed {
-                statement: crate::dialect::Statement::Sql(s),
-                ..
-            }] = stmts.as_slice()
-            else {
-                return Err(Error::Syntax(sql));
-            };
-            let plan = engine.plan_sql(s).await?;
-            let stream = engine
-                .run_plan(&plan, &datafusion::common::ParamValues::List(vec![]))
-                .await?;
-            Ok(Output::CopyOut {
-                stream,
-                options: opts,
-            })
-        }
-        (false, CopyTarget::Stdin) => {
-            let CopySource::Table {
-                table_name,
-                columns,
-            } = source
-            else {
-                return Err(Error::Syntax("COPY (query) FROM is not valid".into()));
-            };
-            let def = crate::dml::target(engine, table_name)?;
-            let all = crate::dml::write_columns(&def);
-            // Without a column list a topic takes its user columns (not _key, _msg_id), as
-            // INSERT does.
-            let skip = if matches!(*def, ObjectDef::Topic(_)) {
-                crate::dml::TOPIC_WRITE_META
-            } else {
-                0
-            };
-            let targets: Vec<usize> = if columns.is_empty() {
-                (skip..all.len()).collect()
-            } else {
-                columns
-                    .iter()
-                    .map(|c| crate::dml::column_index(&def, &all, &normalize_ident(c)))
-                    .collect::<Result<_>>()?
-            };
-            Ok(Output::CopyIn(Box::new(CopyInSink {
-                target: def,
-                header_pending: opts.header,
-                options: opts,
-                all,
-                targets,
-                partial: Vec::new(),
-                rows: Vec::new(),
-                line: 0,
-                ended: false,
-            })))
-        }
-        _ => Err(Error::NotSupported(
-            "COPY to or from a file or program (use STDIN / STDOUT)".into(),
-        )),
-    }
-}
-
 /// An in-progress COPY FROM STDIN.
 #[derive(Debug)]
 pub struct CopyInSink {
@@ -377,6 +281,32 @@ pub struct CopyInSink {
 }
 
 impl CopyInSink {
+    /// A sink for COPY FROM into `target`: input fields fill `targets` (indices into
+    /// `all`, the target's writable columns), in `options`' format.
+    pub(crate) fn new(
+        target: Arc<ObjectDef>,
+        options: CopyOptions,
+        all: Vec<(String, ColumnType)>,
+        targets: Vec<usize>,
+    ) -> Self {
+        CopyInSink {
+            target,
+            header_pending: options.header,
+            options,
+            all,
+            targets,
+            partial: Vec::new(),
+            rows: Vec::new(),
+            line: 0,
+            ended: false,
+        }
+    }
+
+    /// The topic or table written.
+    pub(crate) fn target(&self) -> &ObjectDef {
+        &self.target
+    }
+
     /// Number of fields each line has.
     pub fn columns(&self) -> usize {
         self.targets.len()
@@ -628,35 +558,6 @@ fn split_csv(line: &str, o: &CopyOptions) -> std::result::Result<Vec<Option<Stri
         Some(cur)
     });
     Ok(fields)
-}
-
-impl Engine {
-    /// Writes rows parsed by a COPY sink; returns how many were written.
-    pub async fn copy_write(&self, sink: &CopyInSink, rows: Vec<Vec<Value>>) -> Result<u64> {
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        match &*sink.target {
-            ObjectDef::Subscription(s) => Err(Error::WrongObjectType {
-                name: s.name.clone(),
-                expected: "topic or table",
-            }),
-            ObjectDef::Topic(t) => crate::dml::append_rows(self, t, rows).await,
-            ObjectDef::Table(t) => {
-                let res = self
-                    .write(vec![WriteOp::Insert {
-                        table: t.id,
-                        rows,
-                        on_conflict: OnConflict::Error,
-                    }])
-                    .await?;
-                Ok(match res.first() {
-                    Some(WriteResult::Rows(n)) => *n,
-                    _ => 0,
-                })
-            }
-        }
-    }
 }
 
 #[cfg(test)]

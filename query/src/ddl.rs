@@ -7,42 +7,18 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::sql::sqlparser::ast::{
     self as ast, ColumnOption, Expr as SqlExpr, ObjectName, SqlOption, TableConstraint,
-    Value as SqlValue,
 };
 use eddy_storage::{ColumnDef, ObjectDef, Replication, TableDef, TopicDef, WriteOp};
 
-use crate::engine::{normalize_ident, object_name, Engine, Output, MAX_PARTITIONS};
+use crate::core::Core;
+use crate::core::MAX_PARTITIONS;
 use crate::error::{Error, Result};
+use crate::ident::normalize_ident;
+use crate::ident::object_name;
+use crate::output::Output;
 use crate::types::{column_type_of, format_duration_ms, parse_duration_ms};
 
-/// The text of an option or SET value: quoted strings unquoted, numbers and names as written.
-pub(crate) fn option_value(v: &SqlExpr) -> String {
-    match v {
-        SqlExpr::Value(v) => match &v.value {
-            SqlValue::SingleQuotedString(s) | SqlValue::DoubleQuotedString(s) => s.clone(),
-            SqlValue::Number(n, _) => n.clone(),
-            SqlValue::Boolean(b) => b.to_string(),
-            other => other.to_string(),
-        },
-        SqlExpr::Identifier(i) => i.value.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// `WITH (...)` options as lower-case key → value text.
-pub(crate) fn options_map(options: &[SqlOption]) -> Result<Vec<(String, String)>> {
-    options
-        .iter()
-        .map(|o| match o {
-            SqlOption::KeyValue { key, value } => {
-                Ok((key.value.to_ascii_lowercase(), option_value(value)))
-            }
-            other => Err(Error::InvalidParameter(format!(
-                "unrecognized option {other}"
-            ))),
-        })
-        .collect()
-}
+pub(crate) use crate::ident::{option_value, options_map};
 
 fn parse_replication(v: &str) -> Result<Replication> {
     match v.to_ascii_lowercase().as_str() {
@@ -70,7 +46,7 @@ fn retention_value(v: &str) -> Result<Option<u64>> {
     }
 }
 
-impl Engine {
+impl Core {
     async fn create_object(&self, def: ObjectDef, if_not_exists: bool) -> Result<()> {
         match self.writer.write(vec![WriteOp::Create(def)]).await {
             Ok(_) => Ok(()),

@@ -56,11 +56,11 @@ pub enum Statement {
     /// leaves the cluster.
     RemoveNode(u64),
     /// `SUBSCRIBE topic [WHERE expr] [FROM BEGINNING | NOW | OFFSET n | TIMESTAMP '...']`
-    Subscribe(crate::subscribe::SubscribeSpec),
+    Subscribe(crate::spec::SubscribeSpec),
     /// `COPY (SUBSCRIBE ...) TO STDOUT [WITH (FORMAT text | csv, HEADER, DELIMITER 'c', NULL 's')]`
     CopySubscribe {
         /// The subscription.
-        spec: crate::subscribe::SubscribeSpec,
+        spec: crate::spec::SubscribeSpec,
         /// How rows are written.
         options: Vec<datafusion::sql::sqlparser::ast::CopyOption>,
     },
@@ -94,7 +94,7 @@ pub enum Statement {
         /// Subscription name.
         name: ObjectName,
         /// Topic, filter, start position and options.
-        spec: crate::subscribe::SubscribeSpec,
+        spec: crate::spec::SubscribeSpec,
         /// `IF NOT EXISTS`.
         if_not_exists: bool,
     },
@@ -133,7 +133,7 @@ pub enum Statement {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CursorSource {
     /// A live subscription: FETCH waits for rows.
-    Subscribe(Box<crate::subscribe::SubscribeSpec>),
+    Subscribe(Box<crate::spec::SubscribeSpec>),
     /// An ordinary query: FETCH pages through its rows.
     Query(Box<SqlStatement>),
 }
@@ -398,7 +398,7 @@ fn parse_fetch_timeout(p: &mut Parser<'_>) -> Result<Option<std::time::Duration>
                 key.value
             )));
         }
-        let text = crate::ddl::option_value(&value);
+        let text = crate::ident::option_value(&value);
         let ms = crate::types::parse_duration_ms(&text).map_err(|_| {
             ParserError::ParserError(format!("invalid timeout '{text}' (try '1s', '500ms')"))
         })?;
@@ -411,7 +411,7 @@ fn parse_fetch_timeout(p: &mut Parser<'_>) -> Result<Option<std::time::Duration>
 fn parse_subscription_statement(p: &mut Parser<'_>) -> Result<Option<Statement>, ParserError> {
     let ident = |p: &mut Parser<'_>| {
         p.parse_identifier()
-            .map(|i| crate::engine::normalize_ident(&i))
+            .map(|i| crate::ident::normalize_ident(&i))
     };
     let stmt = if parse_word(p, "DECLARE") {
         let name = ident(p)?;
@@ -550,8 +550,8 @@ fn parse_subscription_statement(p: &mut Parser<'_>) -> Result<Option<Statement>,
 
 /// `topic [WHERE expr] [FROM BEGINNING | NOW | OFFSET n | OFFSETS ((p, o), ...) | TIMESTAMP '...']
 /// [WITH (option = value, ...)]` (after SUBSCRIBE).
-fn parse_subscribe(p: &mut Parser<'_>) -> Result<crate::subscribe::SubscribeSpec, ParserError> {
-    use crate::subscribe::{StartPosition, SubscribeSpec};
+fn parse_subscribe(p: &mut Parser<'_>) -> Result<crate::spec::SubscribeSpec, ParserError> {
+    use crate::spec::{StartPosition, SubscribeSpec};
     let topic = p.parse_object_name(false)?;
     let filter = if p.parse_keyword(Keyword::WHERE) {
         Some(p.parse_expr()?)
@@ -761,7 +761,7 @@ mod tests {
         assert!(matches!(parse("CREATE TOPIC"), Err(Error::Syntax(_))));
         assert!(matches!(parse("SHOW TOPICS extra"), Err(Error::Syntax(_))));
         assert!(matches!(&parse("SELECT 1")?[0], Statement::Sql(_)));
-        use crate::subscribe::StartPosition;
+        use crate::spec::StartPosition;
         let s = parse("SUBSCRIBE readings WHERE temp > 30 FROM OFFSET 5")?;
         let Statement::Subscribe(spec) = &s[0] else {
             panic!("{s:?}")
@@ -819,7 +819,7 @@ mod tests {
         assert_eq!(name, "C1");
         assert_eq!(
             spec.from,
-            crate::subscribe::StartPosition::Offsets(vec![(0, 5), (2, 7)])
+            crate::spec::StartPosition::Offsets(vec![(0, 5), (2, 7)])
         );
         assert!(matches!(
             &parse("declare c cursor for select 1")?[0],

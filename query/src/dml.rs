@@ -30,17 +30,23 @@ use eddy_storage::{encode_row, ColumnType, ObjectDef, OnConflict, TableDef, Valu
 use futures::TryStreamExt;
 
 use crate::convert::{build_array, cast_column, value_at};
-use crate::description::Parsed;
-use crate::engine::{normalize_ident, object_name, param_list, param_types_of, Engine, Output};
+use crate::core::Core;
 use crate::error::{Error, Result};
+use crate::ident::normalize_ident;
+use crate::ident::object_name;
+use crate::output::Output;
+use crate::params::param_list;
+use crate::params::param_types_of;
 use crate::provider::{table_schema, topic_schema};
 
+mod copy;
 mod returning;
 mod rmw;
 mod table;
 mod topic;
 mod values;
 
+pub(crate) use copy::plan as plan_copy;
 use returning::{plan_returning, returning_output, Returning};
 use table::check_size;
 use topic::{append, finish_topic};
@@ -119,7 +125,7 @@ fn written_schema(def: &ObjectDef) -> SchemaRef {
 }
 
 /// The topic or table a statement writes.
-pub(crate) fn target(engine: &Engine, name: &ast::ObjectName) -> Result<Arc<ObjectDef>> {
+pub(crate) fn target(engine: &Core, name: &ast::ObjectName) -> Result<Arc<ObjectDef>> {
     let name = object_name(name)?;
     match engine.store().catalog().get(&name) {
         Some(def) if !matches!(*def, ObjectDef::Subscription(_)) => Ok(def),
@@ -147,7 +153,7 @@ pub(crate) fn column_index(
 }
 
 /// Plans an INSERT, UPDATE or DELETE.
-pub(crate) async fn plan(engine: &Engine, stmt: &SqlStatement) -> Result<DmlPlan> {
+pub(crate) async fn plan(engine: &Core, stmt: &SqlStatement) -> Result<DmlPlan> {
     match stmt {
         SqlStatement::Insert(ins) => plan_insert(engine, ins).await,
         SqlStatement::Update(up) => plan_update(engine, up).await,
@@ -156,7 +162,7 @@ pub(crate) async fn plan(engine: &Engine, stmt: &SqlStatement) -> Result<DmlPlan
     }
 }
 
-async fn plan_insert(engine: &Engine, ins: &ast::Insert) -> Result<DmlPlan> {
+async fn plan_insert(engine: &Core, ins: &ast::Insert) -> Result<DmlPlan> {
     let ast::TableObject::TableName(name) = &ins.table else {
         return Err(Error::NotSupported("INSERT INTO a table function".into()));
     };
@@ -357,13 +363,9 @@ fn table_of(def: &Arc<ObjectDef>, verb: &str) -> Result<TableDef> {
     }
 }
 
-async fn plan_select(engine: &Engine, sql: &str) -> Result<LogicalPlan> {
-    let stmts = engine.parse(sql)?;
-    let [Parsed {
-        statement: crate::dialect::Statement::Sql(s),
-        ..
-    }] = stmts.as_slice()
-    else {
+async fn plan_select(engine: &Core, sql: &str) -> Result<LogicalPlan> {
+    let stmts = crate::dialect::parse_sql(sql, &engine.compat)?;
+    let [crate::dialect::Statement::Sql(s)] = stmts.as_slice() else {
         return Err(Error::Syntax(sql.to_owned()));
     };
     engine.plan_sql(s).await
@@ -387,7 +389,7 @@ fn relations(target: &ast::TableWithJoins, others: &[ast::TableWithJoins]) -> St
         .join(", ")
 }
 
-async fn plan_update(engine: &Engine, up: &ast::Update) -> Result<DmlPlan> {
+async fn plan_update(engine: &Core, up: &ast::Update) -> Result<DmlPlan> {
     if !up.table.joins.is_empty() {
         return Err(Error::NotSupported("UPDATE of a join".into()));
     }
@@ -442,7 +444,7 @@ async fn plan_update(engine: &Engine, up: &ast::Update) -> Result<DmlPlan> {
     })
 }
 
-async fn plan_delete(engine: &Engine, del: &ast::Delete) -> Result<DmlPlan> {
+async fn plan_delete(engine: &Core, del: &ast::Delete) -> Result<DmlPlan> {
     let (ast::FromTable::WithFromKeyword(from) | ast::FromTable::WithoutKeyword(from)) = &del.from;
     if from.len() != 1 || !from[0].joins.is_empty() {
         return Err(Error::NotSupported("DELETE from several tables".into()));
@@ -508,7 +510,7 @@ impl Keys {
 
 /// Rows of a DataFusion result, cast to the given column types.
 async fn collect_rows(
-    engine: &Engine,
+    engine: &Core,
     plan: &LogicalPlan,
     params: &ParamValues,
     types: &[(String, ColumnType)],
@@ -536,11 +538,7 @@ async fn collect_rows(
 }
 
 /// Executes a planned DML statement.
-pub(crate) async fn execute(
-    engine: &Engine,
-    plan: &DmlPlan,
-    params: &ParamValues,
-) -> Result<Output> {
+pub(crate) async fn execute(engine: &Core, plan: &DmlPlan, params: &ParamValues) -> Result<Output> {
     let cols = write_columns(&plan.target);
     match &plan.action {
         Action::Values {
@@ -609,7 +607,7 @@ pub(crate) async fn execute(
 /// condition that each row is still as read ([`WriteOp::Expect`]); returns the rows
 /// written.
 async fn update_once(
-    engine: &Engine,
+    engine: &Core,
     table: &TableDef,
     select: &LogicalPlan,
     assigned: &[usize],
@@ -663,7 +661,7 @@ async fn update_once(
 /// One try of a DELETE: reads the rows and deletes them on the condition that each is
 /// still as read; returns the rows deleted.
 async fn delete_once(
-    engine: &Engine,
+    engine: &Core,
     table: &TableDef,
     select: &LogicalPlan,
     cols: &[(String, ColumnType)],
@@ -691,7 +689,7 @@ async fn delete_once(
 
 /// Writes full rows (for topics: `_key` and `_msg_id` first, then the user columns).
 async fn write_rows(
-    engine: &Engine,
+    engine: &Core,
     plan: &DmlPlan,
     rows: Vec<Vec<Value>>,
     conflict: &Conflict,

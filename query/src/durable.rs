@@ -22,8 +22,10 @@ use eddy_storage::{
     SubscriptionDef, TopicDef, Value, WriteOp,
 };
 
-use crate::engine::{object_name, Engine, Output};
+use crate::core::Core;
 use crate::error::{Error, Result};
+use crate::ident::object_name;
+use crate::output::Output;
 use crate::provider::{log_batch, topic_schema};
 use crate::subscribe::{filter_mask, SubscribeSpec};
 
@@ -127,7 +129,7 @@ struct Pick {
     record: Option<LogRecord>,
 }
 
-impl Engine {
+impl Core {
     /// `CREATE SUBSCRIPTION s ON topic [WHERE ...] [FROM ...] [WITH (...)]`: the subscription
     /// and its dead-letter topic `<s>_dlq`, in one catalog change.
     pub(crate) async fn create_subscription(
@@ -252,6 +254,7 @@ impl Engine {
     /// `DROP SUBSCRIPTION [IF EXISTS] s`: the subscription, its state and its dead-letter topic.
     pub(crate) async fn drop_subscription(
         &self,
+        subs: &DurableSubs,
         name: &ObjectName,
         if_exists: bool,
     ) -> Result<Output> {
@@ -275,7 +278,7 @@ impl Engine {
             });
         }
         self.write(ops).await?;
-        self.durable.map.lock().remove(&sub.id);
+        subs.map.lock().remove(&sub.id);
         Ok(Output::Command {
             tag: "DROP SUBSCRIPTION".into(),
             rows: None,
@@ -283,7 +286,11 @@ impl Engine {
     }
 
     /// The served state of a subscription, loading it from storage on first use.
-    pub(crate) async fn durable(&self, name: &ObjectName) -> Result<Arc<Durable>> {
+    pub(crate) async fn durable(
+        &self,
+        subs: &DurableSubs,
+        name: &ObjectName,
+    ) -> Result<Arc<Durable>> {
         let name = object_name(name)?;
         let def = self
             .store()
@@ -293,7 +300,7 @@ impl Engine {
         let ObjectDef::Subscription(sub) = &*def else {
             return Err(Error::UndefinedObject { name });
         };
-        if let Some(d) = self.durable.map.lock().get(&sub.id) {
+        if let Some(d) = subs.map.lock().get(&sub.id) {
             return Ok(d.clone());
         }
         let topic = match self.store().catalog().by_id(sub.topic).as_deref() {
@@ -348,23 +355,18 @@ impl Engine {
             counters: DurableCounters::default(),
         });
         // Another FETCH may have loaded it meanwhile: keep the first.
-        Ok(self
-            .durable
-            .map
-            .lock()
-            .entry(sub.id)
-            .or_insert(durable)
-            .clone())
+        Ok(subs.map.lock().entry(sub.id).or_insert(durable).clone())
     }
 
     /// `FETCH n FROM SUBSCRIPTION s [WITH (timeout = ...)]`
     pub(crate) async fn fetch_subscription(
         &self,
+        subs: &DurableSubs,
         name: &ObjectName,
         count: u64,
         timeout: Option<Duration>,
     ) -> Result<Output> {
-        let d = self.durable(name).await?;
+        let d = self.durable(subs, name).await?;
         let deadline = Instant::now() + timeout.unwrap_or(Duration::ZERO);
         loop {
             // Register interest before looking, so a change between the look and the wait wakes us.
@@ -687,16 +689,17 @@ impl Durable {
     }
 }
 
-impl Engine {
+impl Core {
     /// `ACK SUBSCRIPTION s (p, o), ...` (done with these rows) or `NACK ...` (deliver them
     /// again now). Positions that are not pending are ignored; the tag counts the others.
     pub(crate) async fn ack_subscription(
         &self,
+        subs: &DurableSubs,
         name: &ObjectName,
         positions: &[(u32, u64)],
         nack: bool,
     ) -> Result<Output> {
-        let d = self.durable(name).await?;
+        let d = self.durable(subs, name).await?;
         let positions = positions.to_vec();
         // In a task of its own, like FETCH's critical section (cancel-safe).
         let task = tokio::spawn(async move { d.ack(&positions, nack).await });
@@ -751,7 +754,7 @@ impl Durable {
     }
 }
 
-impl Engine {
+impl Core {
     /// The schema `FETCH ... FROM SUBSCRIPTION s` returns (for Describe).
     pub(crate) fn fetch_subscription_schema(&self, name: &ObjectName) -> Result<SchemaRef> {
         // Unknown here is an error at planning, so a strong session first catches up

@@ -1,139 +1,30 @@
 //! [`Engine`]: turns statements into [`Output`]s. One per node, shared by all sessions.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::ParamValues;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{self as ast, ObjectName, Statement as SqlStatement};
-use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
-use eddy_storage::{ObjectId, Store, TopicDef, WriteOp, WriteResult};
-use serde::{Deserialize, Serialize};
+use eddy_storage::{ObjectId, Store};
 
-use crate::copy::{CopyInSink, CopyOptions};
+pub use crate::core::{Core, QueryConfig, MAX_PARTITIONS};
 use crate::ddl::show_topics_schema;
 use crate::description::{Description, Parsed, Writes};
 use crate::dialect::{self, Statement};
 use crate::dml::{self, DmlPlan};
 use crate::error::{Error, Result};
-pub(crate) use crate::params::{param_list, param_types_of};
+pub use crate::output::Output;
+use crate::params::param_types_of;
 use crate::provider::EddySchemaProvider;
 use crate::session::Session;
 
-mod names;
 mod statements;
 
-pub(crate) use names::item_name;
-use names::{pg_column_names, show_column, show_name};
-
-/// Settings of the query layer (the `[query]` section of `eddy.toml`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct QueryConfig {
-    /// Largest encoded message (topic row) or table row accepted, in bytes (larger: SQLSTATE 54000).
-    pub max_message_bytes: usize,
-    /// Partitions of a topic created without `partitions = N`.
-    pub default_partitions: u32,
-    /// Rows a COPY FROM buffers before writing them (bounds its memory).
-    pub copy_batch_rows: usize,
-    /// An idle `COPY (SUBSCRIBE ...)` sends a heartbeat row after this many milliseconds
-    /// without rows (0 = never; a subscription's `WITH (heartbeat = '5s')` overrides it).
-    pub subscription_heartbeat_ms: u64,
-    /// Bytes of rows a node may hold for one relayed portal run with a row limit (rows
-    /// past the first page wait here for the next Execute); past it the Execute fails
-    /// with SQLSTATE 54000.
-    pub relay_page_bytes: usize,
-}
-
-impl Default for QueryConfig {
-    fn default() -> Self {
-        Self {
-            max_message_bytes: 1 << 20,
-            default_partitions: 1,
-            copy_batch_rows: 8192,
-            subscription_heartbeat_ms: 0,
-            relay_page_bytes: 64 << 20,
-        }
-    }
-}
-
-impl QueryConfig {
-    /// Checks that the settings make sense.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.max_message_bytes == 0 {
-            return Err("query.max_message_bytes must be at least 1".into());
-        }
-        if self.relay_page_bytes == 0 {
-            return Err("query.relay_page_bytes must be at least 1".into());
-        }
-        if !(1..=MAX_PARTITIONS).contains(&self.default_partitions) {
-            return Err(format!(
-                "query.default_partitions must be between 1 and {MAX_PARTITIONS}"
-            ));
-        }
-        if self.copy_batch_rows == 0 {
-            return Err("query.copy_batch_rows must be at least 1".into());
-        }
-        Ok(())
-    }
-}
-
-/// Most partitions a topic may have.
-pub const MAX_PARTITIONS: u32 = 4096;
-
-/// What a statement produced.
-pub enum Output {
-    /// Rows (SELECT, SHOW, RETURNING). `tag` is the command tag without the row count.
-    Rows {
-        /// Command tag ("SELECT", "INSERT 0", ...); the wire layer appends the row count.
-        tag: String,
-        /// The rows.
-        stream: SendableRecordBatchStream,
-    },
-    /// A command without rows; `rows` is appended to the tag when present.
-    Command {
-        /// Command tag.
-        tag: String,
-        /// Rows affected.
-        rows: Option<u64>,
-    },
-    /// COPY ... FROM STDIN: the wire layer feeds the sink.
-    CopyIn(Box<CopyInSink>),
-    /// COPY ... TO STDOUT: rows to encode as text or CSV lines.
-    CopyOut {
-        /// The rows.
-        stream: SendableRecordBatchStream,
-        /// Format of the lines.
-        options: CopyOptions,
-    },
-    /// BEGIN / START TRANSACTION (eddy runs each statement on its own; see docs).
-    TransactionStart,
-    /// COMMIT / ROLLBACK.
-    TransactionEnd {
-        /// "COMMIT" or "ROLLBACK".
-        tag: &'static str,
-        /// A warning for the client before the tag: a ROLLBACK of a block whose
-        /// statements wrote (they committed as they ran, and stay).
-        warning: Option<String>,
-    },
-}
-
-impl Output {
-    /// The warning to send the client ahead of this output, if any.
-    pub fn warning(&self) -> Option<&str> {
-        match self {
-            Output::TransactionEnd { warning, .. } => warning.as_deref(),
-            _ => None,
-        }
-    }
-}
+use crate::names::{pg_column_names, show_column, show_name};
 
 /// A statement ready to execute, possibly many times with different parameters
 /// (the extended protocol's prepared statements).
@@ -202,25 +93,24 @@ fn keep_by_text<V>(cache: &parking_lot::Mutex<HashMap<String, V>>, sql: &str, va
     cache.insert(sql.to_owned(), value);
 }
 
-/// The query engine of one node.
+/// The query engine of one node: parses and plans statements and dispatches each to the
+/// module that runs it, handing it the [`Core`].
 pub struct Engine {
-    pub(crate) store: Store,
-    /// Where writes go (the store, or the cluster).
-    pub(crate) writer: Arc<dyn crate::writer::Writer>,
-    pub(crate) ctx: SessionContext,
-    compat: PostgresCompatibilityParser,
+    core: Arc<Core>,
     /// Statements parsed for the extended protocol, by SQL text (see [`Engine::parse_one`]).
     parsed: parking_lot::Mutex<HashMap<String, Parsed>>,
     /// Blind writes prepared for the extended protocol, by SQL text, with the parameter
     /// types the client declared (see [`Engine::prepare_text`]).
     prepared_writes: parking_lot::Mutex<HashMap<String, KeptWrite>>,
-    pub(crate) config: QueryConfig,
-    /// Round-robin cursor per topic for messages without a key.
-    round_robin: parking_lot::Mutex<HashMap<ObjectId, Arc<AtomicU64>>>,
-    /// Live ephemeral subscriptions (for `eddy.subscriptions`).
-    pub(crate) subscriptions: crate::subscribe::Registry,
     /// Durable subscriptions this node serves.
-    pub(crate) durable: crate::durable::DurableSubs,
+    pub(crate) durable: Arc<crate::durable::DurableSubs>,
+}
+
+impl std::ops::Deref for Engine {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -228,17 +118,6 @@ impl std::fmt::Debug for Engine {
         f.debug_struct("Engine").finish_non_exhaustive()
     }
 }
-
-fn one_text_column(name: &str, values: Vec<String>) -> Result<SendableRecordBatchStream> {
-    let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, true)]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![Arc::new(StringArray::from(values)) as ArrayRef],
-    )?;
-    Ok(Box::pin(MemoryStream::try_new(vec![batch], schema, None)?))
-}
-
-pub(crate) use crate::ident::{normalize_ident, object_name};
 
 impl Engine {
     /// An engine over `store`.
@@ -276,23 +155,18 @@ impl Engine {
         )
         .map_err(|e| Error::from(*e))?;
         crate::functions::register(&ctx);
-        Ok(Arc::new_cyclic(|me| {
-            let system = Arc::new(crate::system::SystemSchema { engine: me.clone() });
-            if let Err(e) = catalog.register_schema("eddy", system) {
-                tracing::error!(error = %e, "cannot register the eddy system schema");
-            }
-            Engine {
-                store,
-                writer,
-                ctx,
-                compat: PostgresCompatibilityParser::new(),
-                parsed: parking_lot::Mutex::new(HashMap::new()),
-                prepared_writes: parking_lot::Mutex::new(HashMap::new()),
-                config,
-                round_robin: parking_lot::Mutex::new(HashMap::new()),
-                subscriptions: crate::subscribe::Registry::default(),
-                durable: crate::durable::DurableSubs::default(),
-            }
+        let core = Arc::new(Core::new(store, writer, ctx, config));
+        let durable = Arc::new(crate::durable::DurableSubs::default());
+        let system = Arc::new(crate::system::SystemSchema {
+            core: Arc::downgrade(&core),
+            durable: Arc::downgrade(&durable),
+        });
+        catalog.register_schema("eddy", system)?;
+        Ok(Arc::new(Engine {
+            core,
+            parsed: parking_lot::Mutex::new(HashMap::new()),
+            prepared_writes: parking_lot::Mutex::new(HashMap::new()),
+            durable,
         }))
     }
 
@@ -306,16 +180,6 @@ impl Engine {
             .catalog_list()
             .register_catalog("eddy".into(), empty);
         self.durable.clear();
-    }
-
-    /// The store underneath.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
-    /// The settings.
-    pub fn config(&self) -> &QueryConfig {
-        &self.config
     }
 
     /// Splits and parses a query string, describing each statement.
@@ -471,7 +335,7 @@ impl Engine {
             Statement::ShowTopics => (Kind::Other, vec![], Some(show_topics_schema())),
             Statement::ShowCluster => (Kind::Other, vec![], Some(crate::system::nodes_schema())),
             Statement::ShowSubscriptions => {
-                (Kind::Other, vec![], Some(Engine::subscriptions_schema()))
+                (Kind::Other, vec![], Some(Core::subscriptions_schema()))
             }
             Statement::Fetch { cursor, .. } => (
                 Kind::Other,
@@ -485,28 +349,6 @@ impl Engine {
             ),
             _ => (Kind::Other, vec![], None),
         })
-    }
-
-    pub(crate) async fn plan_sql(&self, stmt: &SqlStatement) -> Result<LogicalPlan> {
-        let state = self.ctx.state();
-        let plan = state
-            .statement_to_plan(DfStatement::Statement(Box::new(stmt.clone())))
-            .await?;
-        Ok(plan)
-    }
-
-    pub(crate) async fn run_plan(
-        &self,
-        plan: &LogicalPlan,
-        params: &ParamValues,
-    ) -> Result<SendableRecordBatchStream> {
-        let plan = if matches!(params, ParamValues::List(l) if l.is_empty()) {
-            plan.clone()
-        } else {
-            plan.clone().replace_params_with_values(params)?
-        };
-        let df = self.ctx.execute_logical_plan(plan).await?;
-        Ok(df.execute_stream().await?)
     }
 
     /// Runs a prepared statement with parameter values.
@@ -607,52 +449,6 @@ impl Engine {
             options: vec![],
         };
         self.subscribe(&spec, "listen").await
-    }
-
-    /// The partition of the next keyless message of `topic`: in turn over the
-    /// partitions this node leads when it leads some but not all of them (so the write
-    /// needs no hop to another node's leader), else over all of them.
-    pub(crate) fn round_robin(&self, topic: &TopicDef) -> RoundRobin<'_> {
-        RoundRobin {
-            cursor: self.round_robin.lock().entry(topic.id).or_default().clone(),
-            partitions: u64::from(topic.partitions.max(1)),
-            led: None,
-            writer: &*self.writer,
-            topic: topic.id,
-        }
-    }
-
-    /// Writes ops and returns their results (the one place the query layer writes).
-    pub(crate) async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>> {
-        Ok(self.writer.write(ops).await?)
-    }
-}
-
-/// The partition cursor of a topic for messages without a key (shared by all sessions).
-pub(crate) struct RoundRobin<'a> {
-    cursor: Arc<AtomicU64>,
-    partitions: u64,
-    /// The partitions led here, asked of the writer at the first keyless message.
-    led: Option<Vec<u32>>,
-    writer: &'a dyn crate::writer::Writer,
-    topic: ObjectId,
-}
-
-impl RoundRobin<'_> {
-    /// The next partition.
-    pub(crate) fn next(&mut self) -> u32 {
-        let n = self.cursor.fetch_add(1, Ordering::Relaxed);
-        if self.partitions == 1 {
-            return 0;
-        }
-        let (writer, topic, partitions) = (self.writer, self.topic, self.partitions as u32);
-        let led = self
-            .led
-            .get_or_insert_with(|| writer.led_partitions(topic, partitions).unwrap_or_default());
-        match led.len() {
-            0 => (n % self.partitions) as u32,
-            k => led[(n % k as u64) as usize],
-        }
     }
 }
 

@@ -3,17 +3,17 @@
 //! Subscribers that keep up with a partition are woken by the same watermark change and
 //! ask for the same range, so with many of them each chunk is read from the tail and
 //! turned into Arrow once ([`SharedChunks`]), and a COPY subscriber's lines are encoded
-//! once per batch and layout ([`Engine::copy_lines`]), instead of once per subscriber. A
+//! once per batch and layout ([`Shared::copy_lines`]), instead of once per subscriber. A
 //! subscriber behind the others asks for ranges nobody else does and decodes its own.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use arrow::array::RecordBatch;
-use eddy_storage::ObjectDef;
+use eddy_storage::{ObjectDef, TopicDef};
 
 use crate::copy::CopyOptions;
-use crate::engine::Engine;
 use crate::error::Result;
 
 /// The last `N` items put, newest found first.
@@ -107,16 +107,16 @@ pub(crate) fn same_batch(a: &RecordBatch, b: &RecordBatch) -> bool {
             .all(|(x, y)| Arc::ptr_eq(x, y))
 }
 
-impl Engine {
+impl Shared {
     /// `batch` as COPY lines in `options`' layout. Subscriptions reading the same chunk
     /// unfiltered get the same batch (see [`SharedChunks`]), so with many of them on one
     /// partition its lines are encoded once and shared.
-    pub fn copy_lines(
+    pub(crate) fn copy_lines(
         &self,
         options: &CopyOptions,
         batch: &RecordBatch,
     ) -> Result<Vec<bytes::Bytes>> {
-        let lines = &self.subscriptions.shared.lines;
+        let lines = &self.lines;
         let same = |e: &EncodedLines| &e.options == options && same_batch(&e.batch, batch);
         if let Some(found) = lines.find(|e| same(e).then(|| e.lines.clone())) {
             return Ok(found);
@@ -131,5 +131,72 @@ impl Engine {
             same,
         );
         Ok(encoded)
+    }
+}
+
+/// Live counters of one subscription, shown in `eddy.subscriptions`.
+#[derive(Debug)]
+pub struct SubStats {
+    /// Which transport: `copy`, `cursor`, `listen`.
+    pub kind: &'static str,
+    /// The topic or table.
+    pub object: String,
+    /// The WHERE text, if any.
+    pub filter: Option<String>,
+    /// The log read (for the head positions).
+    pub(crate) log: Arc<TopicDef>,
+    /// Next offset per partition.
+    pub next: Vec<AtomicU64>,
+    /// Rows handed to the consumer.
+    pub rows: AtomicU64,
+    /// Bytes read from storage and handed over but not yet taken by the consumer: the
+    /// last batch until the consumer asks for the next one.
+    pub buffered_bytes: AtomicU64,
+    /// FETCHes of a subscription cursor waiting for their first row now.
+    pub waiting: AtomicU64,
+}
+
+/// Counts a wait in `counter` while it lives (a FETCH waiting for rows, shown as
+/// `eddy.subscriptions.waiting`, so a client or test can see that a FETCH waits).
+pub(crate) struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    pub(crate) fn start(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Waiting(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The live ephemeral subscriptions of a node (weak: a subscription ends when its stream
+/// is dropped, and then it disappears from here).
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    next_id: AtomicU64,
+    live: parking_lot::Mutex<BTreeMap<u64, Weak<SubStats>>>,
+    /// Decoded chunks and COPY encodings shared by subscriptions (fanout).
+    pub(crate) shared: crate::fanout::Shared,
+}
+
+impl Registry {
+    pub(crate) fn register(&self, stats: &Arc<SubStats>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut live = self.live.lock();
+        live.retain(|_, w| w.strong_count() > 0);
+        live.insert(id, Arc::downgrade(stats));
+    }
+
+    /// The subscriptions still running.
+    pub(crate) fn list(&self) -> Vec<Arc<SubStats>> {
+        self.live
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
     }
 }

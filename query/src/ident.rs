@@ -1,7 +1,9 @@
-//! Identifiers as PostgreSQL reads them: unquoted names fold to lower case, and an
-//! object may be named `name` or `public.name`.
+//! Identifiers and option values as PostgreSQL reads them: unquoted names fold to lower
+//! case, an object may be named `name` or `public.name`, and an option's value is its text.
 
-use datafusion::sql::sqlparser::ast::{self, ObjectName};
+use datafusion::sql::sqlparser::ast::{
+    self, Expr as SqlExpr, ObjectName, SqlOption, Value as SqlValue,
+};
 
 use crate::error::{Error, Result};
 
@@ -32,4 +34,33 @@ pub(crate) fn object_name(name: &ObjectName) -> Result<String> {
             name: name.to_string(),
         }),
     }
+}
+
+/// The text of an option or SET value: quoted strings unquoted, numbers and names as written.
+pub(crate) fn option_value(v: &SqlExpr) -> String {
+    match v {
+        SqlExpr::Value(v) => match &v.value {
+            SqlValue::SingleQuotedString(s) | SqlValue::DoubleQuotedString(s) => s.clone(),
+            SqlValue::Number(n, _) => n.clone(),
+            SqlValue::Boolean(b) => b.to_string(),
+            other => other.to_string(),
+        },
+        SqlExpr::Identifier(i) => i.value.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `WITH (...)` options as lower-case key → value text.
+pub(crate) fn options_map(options: &[SqlOption]) -> Result<Vec<(String, String)>> {
+    options
+        .iter()
+        .map(|o| match o {
+            SqlOption::KeyValue { key, value } => {
+                Ok((key.value.to_ascii_lowercase(), option_value(value)))
+            }
+            other => Err(Error::InvalidParameter(format!(
+                "unrecognized option {other}"
+            ))),
+        })
+        .collect()
 }

@@ -16,8 +16,11 @@ use datafusion::sql::sqlparser::ast::{
 use eddy_storage::{ObjectDef, TableDef, Value};
 
 use crate::convert::build_array;
-use crate::engine::{normalize_ident, object_name, param_list, Engine};
+use crate::core::Core;
 use crate::error::Result;
+use crate::ident::normalize_ident;
+use crate::ident::object_name;
+use crate::params::param_list;
 use crate::provider::table_schema;
 
 /// A planned point read.
@@ -72,7 +75,7 @@ fn equalities(e: &SqlExpr, out: &mut Vec<(String, SqlExpr)>) -> Option<()> {
 impl PointRead {
     /// The point read `stmt` is, with its parameter types; `None` if it is not one.
     pub(crate) fn plan(
-        engine: &Engine,
+        engine: &Core,
         stmt: &SqlStatement,
     ) -> Result<Option<(PointRead, Vec<Option<DataType>>)>> {
         let SqlStatement::Query(q) = stmt else {
@@ -169,7 +172,7 @@ impl PointRead {
     /// Looks the row up: one storage get, no planning.
     pub(crate) fn execute(
         &self,
-        engine: &Engine,
+        engine: &Core,
         params: &ParamValues,
     ) -> Result<SendableRecordBatchStream> {
         // The table must still be the one planned (ids are never reused).

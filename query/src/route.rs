@@ -1,16 +1,16 @@
 //! Where a statement can run: here, or on a node holding replicas of what it reads
 //! (docs/architecture.md, "Statements relayed to a replica"). The broker relays a
-//! statement whose [`Engine::route`] names other nodes.
+//! statement whose [`Core::route`] names other nodes.
 
 use eddy_storage::{ObjectDef, ObjectId};
 
+use crate::core::Core;
 use crate::description::Description;
-use crate::engine::Engine;
 use crate::error::{Error, Result};
 
-impl Engine {
+impl Core {
     /// True when this node holds no replica of some Raft topic or table (a cluster with
-    /// more nodes than that object's `replicas`); only then can [`Engine::route`] send a
+    /// more nodes than that object's `replicas`); only then can [`Core::route`] send a
     /// statement elsewhere.
     pub fn lacks_replicas(&self) -> bool {
         self.writer.lacks_replicas()

@@ -14,9 +14,8 @@
 //! records, kept by the committer); one that fell behind reads RocksDB. A reader whose next offset was removed by retention fails with
 //! [`Error::PositionOutsideRetention`] instead of skipping silently.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{new_null_array, Array, BooleanArray, RecordBatch};
@@ -26,84 +25,17 @@ use datafusion::common::DFSchema;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, ObjectName, SqlOption};
+use datafusion::sql::sqlparser::ast::ObjectName;
 use eddy_storage::{LogRecord, ObjectDef, Store, TableDef, TopicDef};
 use futures::StreamExt;
 
-use crate::engine::{object_name, Engine};
+use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::fanout::{Chunk, ChunkKey, SharedChunks};
+pub(crate) use crate::fanout::{SubStats, Waiting};
+use crate::ident::object_name;
 use crate::provider::{log_batch, topic_schema};
-
-/// Where a subscription starts, in every partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StartPosition {
-    /// The oldest retained message.
-    Beginning,
-    /// The next message published (the default).
-    Now,
-    /// This offset (the same in every partition).
-    Offset(u64),
-    /// These offsets, as (partition, offset); partitions not listed start at the beginning.
-    Offsets(Vec<(u32, u64)>),
-    /// The first message appended at or after this time (microseconds since the epoch).
-    Timestamp(i64),
-}
-
-/// `SUBSCRIBE topic [WHERE expr] [FROM ...] [WITH (...)]`
-#[derive(Debug, Clone, PartialEq)]
-pub struct SubscribeSpec {
-    /// The topic (or table, for its changes).
-    pub topic: ObjectName,
-    /// Rows to keep.
-    pub filter: Option<SqlExpr>,
-    /// Start position.
-    pub from: StartPosition,
-    /// `WITH (...)` options: `snapshot` (tables), `heartbeat` (COPY).
-    pub options: Vec<SqlOption>,
-}
-
-/// The parsed `WITH (...)` options of a subscription.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct SubscribeOptions {
-    /// Tables: stream the current rows (as inserts) before the changes.
-    pub snapshot: bool,
-    /// COPY: a heartbeat row after this long without rows (`None` = never).
-    pub heartbeat: Option<Duration>,
-}
-
-impl SubscribeSpec {
-    /// The `WITH (...)` options; `heartbeat` defaults to `default_heartbeat_ms` (0 = off).
-    pub fn parsed_options(&self, default_heartbeat_ms: u64) -> Result<SubscribeOptions> {
-        let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
-        let mut out = SubscribeOptions {
-            snapshot: false,
-            heartbeat: ms(default_heartbeat_ms),
-        };
-        for (k, v) in crate::ddl::options_map(&self.options)? {
-            match k.as_str() {
-                "snapshot" => {
-                    out.snapshot = match v.to_ascii_lowercase().as_str() {
-                        "true" | "on" | "yes" | "1" => true,
-                        "false" | "off" | "no" | "0" => false,
-                        _ => {
-                            return Err(Error::InvalidParameter(format!(
-                                "snapshot must be true or false, not '{v}'"
-                            )))
-                        }
-                    }
-                }
-                "heartbeat" => out.heartbeat = ms(crate::types::parse_duration_ms(&v)?),
-                other => {
-                    return Err(Error::InvalidParameter(format!(
-                        "unrecognized subscription option \"{other}\""
-                    )))
-                }
-            }
-        }
-        Ok(out)
-    }
-}
+pub use crate::spec::{StartPosition, SubscribeOptions, SubscribeSpec};
 
 /// Rows read from storage per step of one partition's reader.
 const CHUNK: usize = 1024;
@@ -134,73 +66,6 @@ fn change_schema(log: &TopicDef) -> SchemaRef {
         })
         .collect();
     Arc::new(Schema::new(fields))
-}
-
-/// Live counters of one subscription, shown in `eddy.subscriptions`.
-#[derive(Debug)]
-pub struct SubStats {
-    /// Which transport: `copy`, `cursor`, `listen`.
-    pub kind: &'static str,
-    /// The topic or table.
-    pub object: String,
-    /// The WHERE text, if any.
-    pub filter: Option<String>,
-    /// The log read (for the head positions).
-    pub(crate) log: Arc<TopicDef>,
-    /// Next offset per partition.
-    pub next: Vec<AtomicU64>,
-    /// Rows handed to the consumer.
-    pub rows: AtomicU64,
-    /// Bytes read from storage and handed over but not yet taken by the consumer: the
-    /// last batch until the consumer asks for the next one.
-    pub buffered_bytes: AtomicU64,
-    /// FETCHes of a subscription cursor waiting for their first row now.
-    pub waiting: AtomicU64,
-}
-
-/// Counts a wait in `counter` while it lives (a FETCH waiting for rows, shown as
-/// `eddy.subscriptions.waiting`, so a client or test can see that a FETCH waits).
-pub(crate) struct Waiting<'a>(&'a AtomicU64);
-
-impl<'a> Waiting<'a> {
-    pub(crate) fn start(counter: &'a AtomicU64) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Waiting(counter)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// The live ephemeral subscriptions of a node (weak: a subscription ends when its stream
-/// is dropped, and then it disappears from here).
-#[derive(Debug, Default)]
-pub(crate) struct Registry {
-    next_id: AtomicU64,
-    live: parking_lot::Mutex<BTreeMap<u64, Weak<SubStats>>>,
-    /// Decoded chunks and COPY encodings shared by subscriptions (fanout).
-    pub(crate) shared: crate::fanout::Shared,
-}
-
-impl Registry {
-    fn register(&self, stats: &Arc<SubStats>) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut live = self.live.lock();
-        live.retain(|_, w| w.strong_count() > 0);
-        live.insert(id, Arc::downgrade(stats));
-    }
-
-    /// The subscriptions still running.
-    pub(crate) fn list(&self) -> Vec<Arc<SubStats>> {
-        self.live
-            .lock()
-            .values()
-            .filter_map(Weak::upgrade)
-            .collect()
-    }
 }
 
 struct PartitionReader {
@@ -348,7 +213,7 @@ fn to_df(e: Error) -> datafusion::error::DataFusionError {
     datafusion::error::DataFusionError::External(Box::new(e))
 }
 
-impl Engine {
+impl Core {
     /// Starts `COPY (SUBSCRIBE ...) TO STDOUT`: the rows, how to write them, and the heartbeat.
     pub async fn copy_subscribe(
         &self,
@@ -467,7 +332,7 @@ impl Engine {
         Ok(self.subscribe_counted(spec, kind).await?.0)
     }
 
-    /// [`Engine::subscribe`], with the subscription's counters.
+    /// [`Core::subscribe`], with the subscription's counters.
     pub(crate) async fn subscribe_counted(
         &self,
         spec: &SubscribeSpec,
@@ -609,6 +474,7 @@ fn snapshot_stream(
 
 #[cfg(test)]
 mod tests {
+    use crate::engine::Engine;
     use std::time::Duration;
 
     use arrow::array::{Int32Array, Int64Array};

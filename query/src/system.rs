@@ -11,13 +11,16 @@ use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::datasource::MemTable;
 use eddy_storage::ObjectDef;
 
-use crate::engine::Engine;
+use crate::core::Core;
+use crate::durable::DurableSubs;
 use crate::error::Result;
 
-/// Serves `eddy.<name>`; holds the engine weakly (the engine owns the catalog holding this).
+/// Serves `eddy.<name>`; holds what it reads weakly (the core owns the catalog holding
+/// this).
 #[derive(Debug)]
 pub(crate) struct SystemSchema {
-    pub(crate) engine: Weak<Engine>,
+    pub(crate) core: Weak<Core>,
+    pub(crate) durable: Weak<DurableSubs>,
 }
 
 const TABLES: [&str; 5] = [
@@ -34,12 +37,12 @@ impl SchemaProvider for SystemSchema {
         TABLES.iter().map(|s| (*s).to_owned()).collect()
     }
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
-        let Some(engine) = self.engine.upgrade() else {
+        let (Some(engine), Some(durable)) = (self.core.upgrade(), self.durable.upgrade()) else {
             return Ok(None);
         };
         let batch = match name {
             "partitions" => engine.partitions_batch().await,
-            "subscriptions" => engine.subscriptions_batch().await,
+            "subscriptions" => engine.subscriptions_batch(&durable).await,
             "nodes" => engine.nodes_batch(),
             "raft_groups" => engine.raft_groups_batch(),
             "gossip_peers" => engine.gossip_peers_batch(),
@@ -102,7 +105,7 @@ fn positions_text(next: &[u64]) -> String {
         .join(" ")
 }
 
-impl Engine {
+impl Core {
     /// `eddy.partitions`: every topic partition's retained start offset and next offset
     /// (its high watermark), and its Raft group's leader and replicas: from this node's
     /// replica, or for a partition without one here, from a node that has one (NULL
@@ -360,9 +363,9 @@ impl Engine {
     }
 
     /// `eddy.subscriptions`: durable subscriptions, then live ephemeral ones.
-    pub(crate) async fn subscriptions_batch(&self) -> Result<RecordBatch> {
+    pub(crate) async fn subscriptions_batch(&self, durable: &DurableSubs) -> Result<RecordBatch> {
         let mut rows: Vec<SubRow> = Vec::new();
-        let loaded = self.durable.loaded();
+        let loaded = durable.loaded();
         for obj in self.store().catalog().list() {
             let ObjectDef::Subscription(sub) = &*obj else {
                 continue;

@@ -13,8 +13,10 @@ use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, SelectItem};
 use eddy_storage::ObjectDef;
 
 use super::{quote, written_schema};
-use crate::engine::{item_name, normalize_ident, Output};
 use crate::error::{Error, Result};
+use crate::ident::normalize_ident;
+use crate::names::item_name;
+use crate::output::Output;
 
 /// What a statement's RETURNING gives for the rows it wrote.
 #[derive(Debug)]

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use eddy_storage::{ObjectId, TableDef, Value, WriteOp};
 
-use crate::engine::Engine;
+use crate::core::Core;
 use crate::error::{Error, Result};
 
 /// How often a statement runs again after its rows changed under it before it gives up
@@ -60,7 +60,7 @@ impl Ops {
     }
 
     /// Writes them all or nothing; nothing to write when no row was read.
-    pub(super) async fn submit(self, engine: &Engine) -> Result<()> {
+    pub(super) async fn submit(self, engine: &Core) -> Result<()> {
         if self.expects.is_empty() && self.writes.is_empty() {
             return Ok(());
         }
@@ -73,13 +73,13 @@ impl Ops {
 
 /// Counts one statement's tries.
 pub(super) struct Conflicts<'a> {
-    engine: &'a Engine,
+    engine: &'a Core,
     table: ObjectId,
     tries: u32,
 }
 
 impl<'a> Conflicts<'a> {
-    pub(super) fn new(engine: &'a Engine, table: ObjectId) -> Self {
+    pub(super) fn new(engine: &'a Core, table: ObjectId) -> Self {
         Conflicts {
             engine,
             table,

@@ -12,13 +12,16 @@ use eddy_storage::{encode_row, ColumnType, OnConflict, TableDef, Value, WriteOp,
 use super::values::{eval_simple, is_simple};
 use super::{finish, key_of, quote, Conflict, DmlPlan};
 use crate::convert::{build_array, cast_column, value_at};
-use crate::engine::{normalize_ident, param_list, Engine, Output};
+use crate::core::Core;
 use crate::error::{Error, Result};
+use crate::ident::normalize_ident;
+use crate::output::Output;
+use crate::params::param_list;
 use crate::provider::table_schema;
 
 /// Writes full rows to `table` as `conflict` says.
 pub(super) async fn write(
-    engine: &Engine,
+    engine: &Core,
     plan: &DmlPlan,
     table: &TableDef,
     rows: Vec<Vec<Value>>,
@@ -78,7 +81,7 @@ pub(super) async fn write(
 }
 
 /// Refuses a row whose encoding is longer than the node's `max_message_bytes`.
-pub(super) fn check_size(engine: &Engine, values: &[Value]) -> Result<()> {
+pub(super) fn check_size(engine: &Core, values: &[Value]) -> Result<()> {
     let mut buf = Vec::new();
     encode_row(values, &mut buf);
     if buf.len() > engine.config.max_message_bytes {
@@ -106,7 +109,7 @@ struct Update<'a> {
 /// that every row read is still as read (a key absent is still absent); returns the
 /// rows written (inserted or updated).
 async fn upsert_once(
-    engine: &Engine,
+    engine: &Core,
     update: &Update<'_>,
     rows: &[Vec<Value>],
 ) -> Result<Vec<Vec<Value>>> {

@@ -12,8 +12,9 @@ use eddy_storage::{
 
 use super::{returning_output, DmlPlan};
 use crate::convert::build_array;
-use crate::engine::{Engine, Output};
+use crate::core::Core;
 use crate::error::{Error, Result};
+use crate::output::Output;
 use crate::provider::topic_schema;
 
 /// How many of a topic's [`super::write_columns`] are metadata an INSERT may set: `_key` (picks
@@ -35,7 +36,7 @@ pub(super) struct Appended {
 }
 
 pub(super) async fn append(
-    engine: &Engine,
+    engine: &Core,
     topic: &TopicDef,
     rows: Vec<Vec<Value>>,
 ) -> Result<Vec<Appended>> {
@@ -157,7 +158,7 @@ fn check_msg_id(topic: &TopicDef, id: &str) -> Result<()> {
 
 /// Appends already-typed messages (`_key` and `_msg_id` first); used by COPY.
 pub(crate) async fn append_rows(
-    engine: &Engine,
+    engine: &Core,
     topic: &TopicDef,
     rows: Vec<Vec<Value>>,
 ) -> Result<u64> {

@@ -9,12 +9,14 @@ use datafusion::sql::sqlparser::ast::{
     self as ast, Expr as SqlExpr, ObjectType, Statement as SqlStatement,
 };
 
-use super::names::{pg_column_names, show_column, show_name};
-use super::{object_name, one_text_column, Engine, Output};
+use super::{Engine, Output};
+use crate::core::{one_text_column, Core};
 use crate::cursor::Cursor;
 use crate::ddl::option_value;
 use crate::dialect::{CursorSource, Statement};
 use crate::error::{Error, Result};
+use crate::ident::object_name;
+use crate::names::{pg_column_names, show_column, show_name};
 use crate::session::Session;
 
 impl Engine {
@@ -109,20 +111,20 @@ impl Engine {
             Statement::CreateSubscription { name, spec, if_not_exists } => {
                 self.create_subscription(name, spec, *if_not_exists).await
             }
-            Statement::DropSubscription { name, if_exists } => self.drop_subscription(name, *if_exists).await,
+            Statement::DropSubscription { name, if_exists } => self.drop_subscription(&self.durable, name, *if_exists).await,
             Statement::ShowSubscriptions => {
-                let all = self.subscriptions_batch().await?;
+                let all = self.subscriptions_batch(&self.durable).await?;
                 let kinds = all.column(1).as_any().downcast_ref::<StringArray>().cloned();
                 let durable: arrow::array::BooleanArray =
                     kinds.iter().flat_map(|k| k.iter()).map(|k| Some(k == Some("durable"))).collect();
                 let batch = arrow::compute::filter_record_batch(&all, &durable)?;
-                let stream = MemoryStream::try_new(vec![batch], Engine::subscriptions_schema(), None)?;
+                let stream = MemoryStream::try_new(vec![batch], Core::subscriptions_schema(), None)?;
                 Ok(Output::Rows { tag: "SHOW".into(), stream: Box::pin(stream) })
             }
             Statement::FetchSubscription { name, count, timeout } => {
-                self.fetch_subscription(name, *count, *timeout).await
+                self.fetch_subscription(&self.durable, name, *count, *timeout).await
             }
-            Statement::Ack { name, positions, nack } => self.ack_subscription(name, positions, *nack).await,
+            Statement::Ack { name, positions, nack } => self.ack_subscription(&self.durable, name, positions, *nack).await,
             Statement::Sql(s) => self.execute_sql_other(session, s).await,
         }
     }
@@ -155,7 +157,7 @@ impl Engine {
                 options,
                 legacy_options,
                 ..
-            } => crate::copy::plan_copy(self, source, *to, target, options, legacy_options).await,
+            } => crate::dml::plan_copy(self, source, *to, target, options, legacy_options).await,
             SqlStatement::Set(set) => {
                 use ast::Set;
                 match set {

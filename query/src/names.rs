@@ -6,8 +6,8 @@ use datafusion::sql::sqlparser::ast::{
     Expr as SqlExpr, Ident, SelectItem, Statement as SqlStatement,
 };
 
-use super::normalize_ident;
 use crate::error::Result;
+use crate::ident::normalize_ident;
 
 /// The name PostgreSQL gives an unaliased output column.
 fn pg_name(e: &SqlExpr) -> String {
@@ -38,7 +38,7 @@ fn pg_name(e: &SqlExpr) -> String {
 /// `count(*)`; `?column?` for unnamed expressions), so drivers that address columns by
 /// name find them. Queries with `*` keep DataFusion's names, which are already the
 /// column names. Duplicate names keep DataFusion's name (its plans need unique names).
-pub(super) fn pg_column_names(stmt: &SqlStatement, plan: LogicalPlan) -> Result<LogicalPlan> {
+pub(crate) fn pg_column_names(stmt: &SqlStatement, plan: LogicalPlan) -> Result<LogicalPlan> {
     use datafusion::sql::sqlparser::ast::SetExpr;
     let SqlStatement::Query(q) = stmt else {
         return Ok(plan);
@@ -81,7 +81,7 @@ pub(crate) fn item_name(item: &SelectItem) -> Option<String> {
 }
 
 /// The setting `SHOW` names, lower case, its words joined by one space.
-pub(super) fn show_name(variable: &[Ident]) -> String {
+pub(crate) fn show_name(variable: &[Ident]) -> String {
     variable
         .iter()
         .map(|i| i.value.to_ascii_lowercase())
@@ -90,7 +90,7 @@ pub(super) fn show_name(variable: &[Ident]) -> String {
 }
 
 /// The column name PostgreSQL gives `SHOW name`.
-pub(super) fn show_column(name: &str) -> String {
+pub(crate) fn show_column(name: &str) -> String {
     match name {
         "time zone" => "TimeZone".into(),
         "transaction isolation level" => "transaction_isolation".into(),
