@@ -12,13 +12,15 @@
 //! the client's own Sync (or simple query), with its own transaction status.
 
 mod backend;
+mod page;
+mod route;
 
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use eddy_query::{Description, Engine, Parsed, Prepared, SessionChange, Writes};
+use eddy_query::{Engine, Prepared};
 use futures::SinkExt;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::stmt::StoredStatement;
@@ -32,9 +34,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
 
 use super::conn::FrameGuard;
-use crate::error::{sqlstate, to_pg, user_error};
+use crate::error::{sqlstate, user_error};
 
-use backend::{as_ours, BackendConn, Gone, PORTAL_SUSPENDED, RELAY_APP};
+use backend::{as_ours, BackendConn, Gone, RELAY_APP};
+use page::Page;
+use route::{Change, Route};
 
 /// Relayed output held before it is written to the client.
 const FLUSH_BYTES: usize = 64 * 1024;
@@ -61,97 +65,11 @@ pub(crate) struct Relay {
     page_limit: usize,
 }
 
-/// What a relayed portal has left: rows (DataRow frames) and its CommandComplete.
-struct Page {
-    /// The portal as bound when it ran: a portal bound again under the same name (even
-    /// unseen here, say behind pipelined writes) is another one, and runs anew.
-    bound: Arc<Portal<Arc<Prepared>>>,
-    /// Most rows per Execute (0: all).
-    max_rows: usize,
-    /// Rows passed to the client by the Execute running now.
-    sent: usize,
-    /// Rows held back.
-    rest: std::collections::VecDeque<Bytes>,
-    /// Their bytes, and the most they may reach (`query.relay_page_bytes`).
-    held: usize,
-    limit: usize,
-    /// The rows outgrew the limit: the rest of the answer is dropped and the Execute
-    /// fails.
-    over: bool,
-    /// The CommandComplete, sent after the last row (and for every Execute after it).
-    complete: Option<Bytes>,
-}
-
-impl Page {
-    fn new(bound: Arc<Portal<Arc<Prepared>>>, max_rows: usize, limit: usize) -> Page {
-        Page {
-            bound,
-            max_rows,
-            sent: 0,
-            rest: Default::default(),
-            held: 0,
-            limit,
-            over: false,
-            complete: None,
-        }
-    }
-
-    /// Holds a row past the page's limit. Returns false when it would outgrow the bytes
-    /// a page may hold: then nothing is held any more.
-    fn hold(&mut self, row: Bytes) -> bool {
-        if self.held + row.len() > self.limit {
-            self.over = true;
-            self.rest.clear();
-            self.held = 0;
-            return false;
-        }
-        self.held += row.len();
-        self.rest.push_back(row);
-        true
-    }
-
-    /// Whether the Execute running now has passed as many rows as it may.
-    fn full(&self) -> bool {
-        self.max_rows != 0 && self.sent >= self.max_rows
-    }
-
-    /// The next Execute of the portal, `max_rows` at most (0: all): its rows from those
-    /// held, then PortalSuspended while rows are left, else the CommandComplete (again,
-    /// for every Execute after the last row, which then gets none).
-    fn next_page(&mut self, max_rows: usize, mut queue: impl FnMut(&[u8])) {
-        self.max_rows = max_rows;
-        self.sent = 0;
-        while !self.full() {
-            let Some(row) = self.rest.pop_front() else {
-                break;
-            };
-            self.held -= row.len();
-            queue(&row);
-            self.sent += 1;
-        }
-        match (self.rest.is_empty(), &self.complete) {
-            (true, Some(complete)) => queue(complete),
-            _ => queue(PORTAL_SUSPENDED),
-        }
-    }
-}
-
 /// A statement to relay, found before pgwire handles its message.
 pub(crate) struct Requested {
     route: Route,
     /// What to send.
     message: Outgoing,
-}
-
-/// Where a statement runs, and what running it there means here.
-struct Route {
-    /// Nodes that can run it, in the order to try them (or the error to answer).
-    targets: Result<Vec<String>, PgWireError>,
-    /// A cursor it declares or closes, a channel it listens to or stops.
-    change: Change,
-    /// It only reads (a query, a subscription, a cursor's declaration, a Describe): if
-    /// its node goes away before answering, it runs on the next one instead.
-    retry: bool,
 }
 
 enum Outgoing {
@@ -184,29 +102,9 @@ enum Then {
     Describe(u8),
 }
 
-/// True for a statement that reads no object and changes nothing here but rows (a query
-/// of no object, a blind write, transaction control): it runs wherever the statements
-/// around it in a simple query are relayed.
-fn runs_anywhere(d: &Description) -> bool {
-    d.reads.is_empty()
-        && matches!(d.writes, Writes::Nothing | Writes::Blind)
-        && matches!(
-            d.session,
-            SessionChange::None | SessionChange::Begin | SessionChange::End
-        )
-}
-
 /// A portal's name as the protocol gives it (none: the unnamed portal).
 fn portal_name(name: Option<&str>) -> &str {
     name.unwrap_or(pgwire::api::DEFAULT_NAME)
-}
-
-enum Change {
-    None,
-    Declare(String),
-    Close(String),
-    Listen(String),
-    Unlisten(String),
 }
 
 impl Relay {
@@ -312,107 +210,6 @@ impl Relay {
             }
             _ => None,
         }
-    }
-
-    /// Marks an `UNLISTEN *` about to run (not just described): the LISTENs relayed to
-    /// other nodes end too before the client hears again ([`Relay::settle`]).
-    fn note_unlisten_all<'a>(&mut self, statements: impl IntoIterator<Item = &'a Description>) {
-        self.unlisten_all |= !self.listens.is_empty()
-            && statements
-                .into_iter()
-                .any(|d| d.session == SessionChange::UnlistenAll);
-    }
-
-    /// [`Relay::route`] for a prepared statement.
-    fn route_prepared(&self, engine: &Engine, prepared: &Prepared) -> Option<Route> {
-        if !self.may_route(engine) {
-            return None;
-        }
-        self.route(engine, &prepared.description)
-    }
-
-    /// False while this node holds every replica and no cursor or LISTEN lives
-    /// elsewhere: then nothing is relayed, and statements need no look.
-    fn may_route(&self, engine: &Engine) -> bool {
-        !self.cursors.is_empty() || !self.listens.is_empty() || engine.lacks_replicas()
-    }
-
-    /// Where the statement `described` goes; `None` to run it here. A blind write always
-    /// runs here.
-    fn route(&self, engine: &Engine, described: &Description) -> Option<Route> {
-        if described.is_blind_write() {
-            return None;
-        }
-        let held = |name: &str| self.cursors.get(name).cloned();
-        let (targets, change) = match &described.session {
-            SessionChange::Fetch(cursor) => (Ok(vec![held(cursor)?]), Change::None),
-            SessionChange::Close(Some(c)) => (Ok(vec![held(c)?]), Change::Close(c.clone())),
-            SessionChange::Unlisten(channel) => {
-                let at = self.listens.get(channel).cloned()?;
-                (Ok(vec![at]), Change::Unlisten(channel.clone()))
-            }
-            // `UNLISTEN *` runs here (see `note_unlisten_all`).
-            SessionChange::UnlistenAll => return None,
-            session => {
-                let targets = match engine.route(described) {
-                    Ok(None) => return None,
-                    Ok(Some(nodes)) => Ok(nodes),
-                    Err(e) => Err(to_pg(e)),
-                };
-                let change = match session {
-                    SessionChange::Declare(name) => Change::Declare(name.clone()),
-                    SessionChange::Listen(channel) => Change::Listen(channel.clone()),
-                    _ => Change::None,
-                };
-                (targets, change)
-            }
-        };
-        Some(Route {
-            targets,
-            change,
-            retry: described.may_retry(),
-        })
-    }
-
-    /// Where a simple query of several statements goes: to the nodes that every one
-    /// reading objects can run on, when some must run elsewhere and the others change
-    /// nothing here (queries of no object, blind writes, transaction control). Else
-    /// `None`, and the whole query runs here, as a single statement would.
-    fn route_all(&self, engine: &Engine, statements: &[Parsed]) -> Option<Route> {
-        let mut common: Option<Vec<String>> = None;
-        let mut retry = true;
-        for Parsed { description, .. } in statements {
-            retry &= description.may_retry();
-            match self.route(engine, description) {
-                Some(Route {
-                    targets: Ok(targets),
-                    change: Change::None,
-                    ..
-                }) => {
-                    common = Some(match common {
-                        None => targets,
-                        Some(c) => c.into_iter().filter(|a| targets.contains(a)).collect(),
-                    });
-                }
-                None if runs_anywhere(description) => {}
-                _ => return None,
-            }
-        }
-        let targets = common?;
-        Some(Route {
-            targets: if targets.is_empty() {
-                Err(user_error(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    "the statements of this query read objects no one node holds replicas of \
-                     all of: send them one at a time"
-                        .to_owned(),
-                ))
-            } else {
-                Ok(targets)
-            },
-            change: Change::None,
-            retry,
-        })
     }
 
     /// Runs the statement on the first target that takes a connection and passes its
