@@ -151,6 +151,18 @@ pub(crate) fn hidden(what: &str, detail: &str) -> String {
     format!("{what} (id {id}; the server log has the details)")
 }
 
+/// The Arrow error inside `e`, through DataFusion's wrappers.
+fn arrow_error(e: &DataFusionError) -> Option<&arrow::error::ArrowError> {
+    match e {
+        DataFusionError::ArrowError(a, _) => Some(a),
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            arrow_error(inner)
+        }
+        DataFusionError::Shared(inner) => arrow_error(inner),
+        _ => None,
+    }
+}
+
 /// Numbers the internal errors of this process.
 static INTERNAL_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -170,6 +182,21 @@ fn classify_datafusion(e: &DataFusionError) -> (&'static str, String) {
         DataFusionError::NotImplemented(_) => return (FEATURE_NOT_SUPPORTED, text),
         _ => {}
     }
+    // Arrow's errors are typed: sorted by kind.
+    if let Some(arrow) = arrow_error(e) {
+        use arrow::error::ArrowError as A;
+        let code = match arrow {
+            A::DivideByZero => Some(DIVISION_BY_ZERO),
+            A::ArithmeticOverflow(_) => Some(OUT_OF_RANGE),
+            A::CastError(_) | A::ParseError(_) => Some(INVALID_TEXT),
+            _ => None,
+        };
+        if let Some(code) = code {
+            return (code, text);
+        }
+    }
+    // The rest reach eddy as DataFusion's plain messages (planning and execution errors
+    // have no finer type), sorted by their shape.
     if let Some(rest) = text.strip_prefix("table '") {
         if let Some(name) = rest.split('\'').next() {
             let short = name.rsplit('.').next().unwrap_or(name);

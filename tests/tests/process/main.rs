@@ -6,6 +6,7 @@ mod t10_durability;
 mod t20_wire;
 mod t30_cli;
 mod t40_cluster;
+mod t45_relay;
 mod t50_gossip;
 mod t60_rmw;
 mod t70_errors;
