@@ -4,17 +4,20 @@
 
 use eddy_tests::cluster::TestCluster;
 
+/// A 3-node cluster with a raft table `kv (k TEXT PRIMARY KEY, v INT)` after `setup`, its
+/// group's leader, and a follower.
+async fn kv_cluster(setup: &str) -> anyhow::Result<(TestCluster, usize, usize)> {
+    let cluster = TestCluster::start(3).await?;
+    let sql = format!("CREATE TABLE kv (k TEXT PRIMARY KEY, v INT); {setup}");
+    cluster.client(1).await?.batch_execute(&sql).await?;
+    let leader = cluster.leader_of(1, "kv", 0).await?;
+    let follower = (1..=3).find(|n| *n != leader).expect("a follower");
+    Ok((cluster, leader, follower))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_after_taking_a_write_answers_outcome_unknown() -> anyhow::Result<()> {
-    let cluster = TestCluster::start(3).await?;
-    cluster
-        .client(1)
-        .await?
-        .batch_execute(
-            "CREATE TABLE kv (k TEXT PRIMARY KEY, v INT); INSERT INTO kv VALUES ('a', 1)",
-        )
-        .await?;
-    let leader = cluster.leader_of(1, "kv", 0).await?;
+    let (cluster, leader, _) = kv_cluster("INSERT INTO kv VALUES ('a', 1)").await?;
     let c = cluster.client(leader).await?;
     cluster.cut_off(leader).await?;
     // The leader appends the write to its log and can never get it acknowledged: it
@@ -29,14 +32,7 @@ async fn a_leader_cut_off_after_taking_a_write_answers_outcome_unknown() -> anyh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_cut_off_answers_retry_and_applies_nothing() -> anyhow::Result<()> {
-    let cluster = TestCluster::start(3).await?;
-    cluster
-        .client(1)
-        .await?
-        .batch_execute("CREATE TABLE kv (k TEXT PRIMARY KEY, v INT)")
-        .await?;
-    let leader = cluster.leader_of(1, "kv", 0).await?;
-    let follower = (1..=3).find(|n| *n != leader).expect("a follower");
+    let (cluster, leader, follower) = kv_cluster("").await?;
     let c = cluster.client(follower).await?;
     cluster.cut_off(follower).await?;
     let err = c
@@ -57,14 +53,7 @@ async fn a_follower_cut_off_answers_retry_and_applies_nothing() -> anyhow::Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_internal_failure_reaches_the_client_as_xx000_without_its_text() -> anyhow::Result<()> {
-    let cluster = TestCluster::start(3).await?;
-    cluster
-        .client(1)
-        .await?
-        .batch_execute("CREATE TABLE kv (k TEXT PRIMARY KEY, v INT)")
-        .await?;
-    let leader = cluster.leader_of(1, "kv", 0).await?;
-    let follower = (1..=3).find(|n| *n != leader).expect("a follower");
+    let (cluster, leader, follower) = kv_cluster("").await?;
     let c = cluster.client(follower).await?;
     // The leader's storage "fails" on every write forwarded to it.
     cluster.fail_forwards(leader)?;

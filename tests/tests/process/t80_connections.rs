@@ -96,15 +96,7 @@ async fn shutdown_tells_idle_connections_at_once_and_busy_ones_after_their_state
             .await;
         (busy, answer)
     });
-    wait_for("the busy connection's INSERT", DEADLINE, || async {
-        let n: i64 = idle
-            .query_one("SELECT count(*) FROM t", &[])
-            .await
-            .ok()?
-            .get(0);
-        (n == 1).then_some(())
-    })
-    .await?;
+    rows_in_t(&idle, 1, "the busy connection's INSERT").await?;
 
     eprintln!("phase: SIGTERM");
     let stopping = terminate(node);
@@ -147,15 +139,7 @@ async fn shutdown_ends_statements_outlasting_the_grace_period_with_57p01() -> an
             .simple_query("INSERT INTO t VALUES (1); SELECT pg_sleep(600)")
             .await
     });
-    wait_for("the sleeper's INSERT", DEADLINE, || async {
-        let n: i64 = setup
-            .query_one("SELECT count(*) FROM t", &[])
-            .await
-            .ok()?
-            .get(0);
-        (n == 2).then_some(())
-    })
-    .await?;
+    rows_in_t(&setup, 2, "the sleeper's INSERT").await?;
 
     eprintln!("phase: SIGTERM; the grace period runs out");
     let stopping = terminate(node);
@@ -433,4 +417,17 @@ async fn a_bind_with_result_formats_not_one_per_column_is_refused_and_the_connec
     })
     .await??;
     Ok(())
+}
+
+/// Waits until topic `t` holds `n` rows, as `c` sees them (`what` names the write).
+async fn rows_in_t(c: &tokio_postgres::Client, n: i64, what: &str) -> anyhow::Result<()> {
+    wait_for(what, DEADLINE, || async {
+        let got: i64 = c
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .ok()?
+            .get(0);
+        (got == n).then_some(())
+    })
+    .await
 }
