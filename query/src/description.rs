@@ -97,9 +97,13 @@ impl Description {
         let mut session = SessionChange::None;
         match statement {
             Statement::Sql(s) => {
-                (writes, session) = describe_sql(s);
-                if writes != Writes::Blind && reads_rows(s) {
-                    add_relations(s, &mut reads);
+                let mut named = Vec::new();
+                if reads_rows(s) {
+                    add_relations(s, &mut named);
+                }
+                (writes, session) = describe_sql(s, named.len());
+                if writes != Writes::Blind {
+                    reads = named;
                 }
             }
             Statement::Subscribe(spec) => add(&spec.topic, &mut reads),
@@ -182,8 +186,9 @@ impl Description {
     }
 }
 
-/// What a PostgreSQL-shaped statement writes and does to the session.
-fn describe_sql(s: &SqlStatement) -> (Writes, SessionChange) {
+/// What a PostgreSQL-shaped statement writes and does to the session; `relations` is
+/// how many distinct relations it names.
+fn describe_sql(s: &SqlStatement, relations: usize) -> (Writes, SessionChange) {
     use SessionChange as S;
     match s {
         SqlStatement::Query(_) | SqlStatement::ShowVariable { .. } => (Writes::Nothing, S::None),
@@ -196,10 +201,8 @@ fn describe_sql(s: &SqlStatement) -> (Writes, SessionChange) {
                 &insert.on,
                 Some(OnInsert::OnConflict(c)) if matches!(c.action, OnConflictAction::DoUpdate(_))
             );
-            let mut others = Vec::new();
-            add_relations(s, &mut others);
             // The target is named once; a subquery in VALUES reads another relation.
-            let blind = values && !upsert && others.len() <= 1;
+            let blind = values && !upsert && relations <= 1;
             (if blind { Writes::Blind } else { Writes::Rows }, S::None)
         }
         SqlStatement::Update(_) | SqlStatement::Delete(_) => (Writes::Rows, S::None),

@@ -37,15 +37,15 @@ impl SchemaProvider for SystemSchema {
         TABLES.iter().map(|s| (*s).to_owned()).collect()
     }
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
-        let (Some(engine), Some(durable)) = (self.core.upgrade(), self.durable.upgrade()) else {
+        let (Some(core), Some(durable)) = (self.core.upgrade(), self.durable.upgrade()) else {
             return Ok(None);
         };
         let batch = match name {
-            "partitions" => engine.partitions_batch().await,
-            "subscriptions" => engine.subscriptions_batch(&durable).await,
-            "nodes" => engine.nodes_batch(),
-            "raft_groups" => engine.raft_groups_batch(),
-            "gossip_peers" => engine.gossip_peers_batch(),
+            "partitions" => core.partitions_batch().await,
+            "subscriptions" => core.subscriptions_batch(&durable).await,
+            "nodes" => core.nodes_batch(),
+            "raft_groups" => core.raft_groups_batch(),
+            "gossip_peers" => core.gossip_peers_batch(),
             _ => return Ok(None),
         }
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
