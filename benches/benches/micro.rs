@@ -16,8 +16,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use eddy_query::{CopyFormat, CopyOptions};
 use eddy_storage::layout::{decode_entry, log_key, row_key};
 use eddy_storage::{
-    decode_row, encode_row, ColumnDef, ColumnType, ObjectDef, Records, StorageConfig, Store,
-    TopicDef, Value, WriteOp, WriteResult,
+    decode_row, encode_row, ColumnDef, ColumnType, Lane, ObjectDef, Records, StorageConfig, Store,
+    TopicDef, Value, WriteOp, WriteResult, WriterId,
 };
 use pgwire::api::portal::Format;
 
@@ -107,6 +107,7 @@ fn append(c: &mut Criterion) {
         WriteResult::Created(d) => d.id(),
         other => panic!("unexpected {other:?}"),
     };
+    let lane = Lane::Alone(WriterId::Session(1));
     let mut g = c.benchmark_group("append");
     for n in [1usize, 100] {
         g.throughput(Throughput::Elements(n as u64));
@@ -125,7 +126,8 @@ fn append(c: &mut Criterion) {
                         records,
                     }]
                 },
-                |ops| rt.block_on(store.write(ops)).unwrap(),
+                // One writer waiting for each commit, as a connection does.
+                |ops| rt.block_on(store.write_in(lane, ops)).unwrap(),
                 BatchSize::SmallInput,
             )
         });

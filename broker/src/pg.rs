@@ -29,6 +29,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use datafusion::execution::SendableRecordBatchStream;
 use eddy_query::{CopyOptions, Engine, Output, Session};
+use eddy_storage::{Lane, WriterId};
 use futures::{stream, Sink, SinkExt, StreamExt};
 use parking_lot::Mutex;
 use pgwire::api::auth::{self, DefaultServerParameterProvider, StartupHandler};
@@ -120,6 +121,11 @@ impl StartupHandler for Backend {
             auth::save_startup_parameters_to_metadata(client, startup);
             let (pid, key) = self.pids.generate(client);
             client.set_pid_and_secret_key(pid, key.clone());
+            // The connection runs one statement at a time: a writer alone, by its pid.
+            let lane = Lane::Alone(WriterId::Session(pid as u32));
+            client
+                .session_extensions()
+                .insert(Mutex::new(Session::new().in_lane(lane)));
             // Registering the connection makes CancelRequest work for it. Both
             // registrations live in the session and leave with the connection, whether it
             // ends or its task panics.

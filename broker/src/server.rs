@@ -18,7 +18,7 @@ use eddy_consensus::{
     group_of, split_group, Cluster, ClusterConfig, Faults, NodeInfo, METADATA_GROUP,
 };
 use eddy_query::{Engine, GossipPeerRow, GroupRow, NodeRow, PartitionRow, Writer};
-use eddy_storage::{Store, WriteOp, WriteResult};
+use eddy_storage::{Lane, Store, WriteOp, WriteResult};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -88,8 +88,8 @@ struct Replicated(Cluster, Arc<Faults>);
 
 #[async_trait]
 impl Writer for Replicated {
-    async fn write(&self, ops: Vec<WriteOp>) -> eddy_query::Result<Vec<WriteResult>> {
-        self.0.write(ops).await.map_err(from_cluster)
+    async fn write(&self, lane: Lane, ops: Vec<WriteOp>) -> eddy_query::Result<Vec<WriteResult>> {
+        self.0.write_in(lane, ops).await.map_err(from_cluster)
     }
 
     async fn read_barrier(&self, objects: &[u32]) -> eddy_query::Result<()> {

@@ -80,7 +80,7 @@ pub(crate) async fn three_nodes_with(tune: impl Fn(&mut ClusterConfig)) -> Vec<T
     nodes
 }
 
-fn topic_def(name: &str, partitions: u32) -> ObjectDef {
+pub(crate) fn topic_def(name: &str, partitions: u32) -> ObjectDef {
     let columns = vec![ColumnDef::new("payload", ColumnType::Text, true)];
     ObjectDef::Topic(TopicDef {
         partitions,
@@ -88,7 +88,7 @@ fn topic_def(name: &str, partitions: u32) -> ObjectDef {
     })
 }
 
-fn texts(payloads: &[String]) -> Records {
+pub(crate) fn texts(payloads: &[String]) -> Records {
     let columns = [ColumnDef::new("payload", ColumnType::Text, true)];
     let mut r = Records::new();
     for p in payloads {
@@ -389,7 +389,7 @@ async fn a_node_that_fell_behind_a_purged_log_catches_up_by_snapshot() {
 }
 
 /// Starts a node of its own cluster on the store in `dir`.
-async fn start_solo_in(dir: &std::path::Path) -> Cluster {
+pub(crate) async fn start_solo_in(dir: &std::path::Path) -> Cluster {
     let store = Store::open(dir, StorageConfig::default()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -407,7 +407,7 @@ async fn start_solo_in(dir: &std::path::Path) -> Cluster {
 
 /// Stops a node and closes its store (so that it can be opened again, and no RocksDB
 /// work outlives the test).
-async fn stop_solo(cluster: Cluster) {
+pub(crate) async fn stop_solo(cluster: Cluster) {
     let store = cluster.store().clone();
     cluster.shutdown().await;
     drop(cluster);

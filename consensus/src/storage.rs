@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eddy_storage::raft::{GroupId, KeyRange, RaftWrite, Space};
-use eddy_storage::{Commit, Pending, Store, UnitResults, WeakStore, WriteOp};
+use eddy_storage::{Commit, Lane, Pending, Store, UnitResults, WeakStore, WriteOp, WriterId};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine};
 use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader,
@@ -238,6 +238,7 @@ impl Stubs {
     pub async fn write_alone(
         &self,
         raft: &crate::types::Raft,
+        lane: Lane,
         units: Vec<Vec<WriteOp>>,
     ) -> Result<Result<Response, eddy_storage::Error>, Vec<Vec<WriteOp>>> {
         let Some(me) = self.early.me else {
@@ -257,6 +258,7 @@ impl Stubs {
             .commit(Commit {
                 units,
                 sync: true,
+                lane,
                 ..Commit::default()
             })
             .await
@@ -344,21 +346,29 @@ fn entry_commit(
     Ok(commit)
 }
 
-/// Queues `commits` back to back, so the committer folds them into one batch (a lone one
-/// may commit in place).
+/// Submits `commits` of `writer` back to back: several are queued, so the committer folds
+/// them into one batch; a lone one is the writer's alone, and may commit in place.
 async fn submit_all(
     store: &Store,
+    writer: WriterId,
     commits: Vec<Commit>,
 ) -> Result<Vec<Pending>, eddy_storage::Error> {
-    let several = commits.len() > 1;
-    eddy_storage::queue_if(several, async {
-        let mut pending = Vec::with_capacity(commits.len());
-        for commit in commits {
-            pending.push(store.submit(commit).await?);
-        }
-        Ok(pending)
-    })
-    .await
+    let lane = lane_for(writer, commits.len());
+    let mut pending = Vec::with_capacity(commits.len());
+    for commit in commits {
+        pending.push(store.submit(commit.in_lane(lane)).await?);
+    }
+    Ok(pending)
+}
+
+/// The lane of `count` commits `writer` makes at once: alone for one, queued for more
+/// (they should share one group commit, not take an fsync each in turn).
+fn lane_for(writer: WriterId, count: usize) -> Lane {
+    if count == 1 {
+        Lane::Alone(writer)
+    } else {
+        Lane::Queued
+    }
 }
 
 /// The responses of queued commits, in order.

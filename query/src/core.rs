@@ -18,7 +18,7 @@ use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
-use eddy_storage::{ObjectId, Store, TopicDef, WriteOp, WriteResult};
+use eddy_storage::{Lane, ObjectId, Store, TopicDef, WriteOp, WriteResult};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -172,9 +172,10 @@ impl Core {
         }
     }
 
-    /// Writes ops and returns their results (the one place the query layer writes).
-    pub(crate) async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>> {
-        Ok(self.writer.write(ops).await?)
+    /// Writes ops in `lane` and returns their results (the one place the query layer
+    /// writes).
+    pub(crate) async fn write(&self, lane: Lane, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>> {
+        Ok(self.writer.write(lane, ops).await?)
     }
 }
 

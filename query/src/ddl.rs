@@ -8,7 +8,7 @@ use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::sql::sqlparser::ast::{
     self as ast, ColumnOption, Expr as SqlExpr, ObjectName, SqlOption, TableConstraint,
 };
-use eddy_storage::{ColumnDef, ObjectDef, Replication, TableDef, TopicDef, WriteOp};
+use eddy_storage::{ColumnDef, Lane, ObjectDef, Replication, TableDef, TopicDef, WriteOp};
 
 use crate::core::Core;
 use crate::core::MAX_PARTITIONS;
@@ -48,7 +48,7 @@ fn retention_value(v: &str) -> Result<Option<u64>> {
 
 impl Core {
     async fn create_object(&self, def: ObjectDef, if_not_exists: bool) -> Result<()> {
-        match self.writer.write(vec![WriteOp::Create(def)]).await {
+        match self.write(Lane::Queued, vec![WriteOp::Create(def)]).await {
             Ok(_) => Ok(()),
             Err(Error::Storage(eddy_storage::Error::ObjectExists { .. })) if if_not_exists => {
                 Ok(())
@@ -148,7 +148,7 @@ impl Core {
                 }
             }
         }
-        self.write(vec![WriteOp::Alter(ObjectDef::Topic(topic))])
+        self.write(Lane::Queued, vec![WriteOp::Alter(ObjectDef::Topic(topic))])
             .await?;
         Ok(Output::Command {
             tag: "ALTER TOPIC".into(),
@@ -178,7 +178,8 @@ impl Core {
                         expected: if topic { "topic" } else { "table" },
                     });
                 }
-                self.write(vec![WriteOp::Drop { name }]).await?;
+                self.write(Lane::Queued, vec![WriteOp::Drop { name }])
+                    .await?;
             }
         }
         Ok(Output::Command {

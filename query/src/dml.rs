@@ -26,7 +26,7 @@ use datafusion::sql::sqlparser::ast::{
     self as ast, AssignmentTarget, Expr as SqlExpr, OnConflictAction, OnInsert, SetExpr,
     Statement as SqlStatement,
 };
-use eddy_storage::{encode_row, ColumnType, ObjectDef, OnConflict, TableDef, Value, WriteOp};
+use eddy_storage::{encode_row, ColumnType, Lane, ObjectDef, OnConflict, TableDef, Value, WriteOp};
 use futures::TryStreamExt;
 
 use crate::convert::{build_array, cast_column, value_at};
@@ -538,7 +538,12 @@ async fn collect_rows(
 }
 
 /// Executes a planned DML statement.
-pub(crate) async fn execute(engine: &Core, plan: &DmlPlan, params: &ParamValues) -> Result<Output> {
+pub(crate) async fn execute(
+    engine: &Core,
+    lane: Lane,
+    plan: &DmlPlan,
+    params: &ParamValues,
+) -> Result<Output> {
     let cols = write_columns(&plan.target);
     match &plan.action {
         Action::Values {
@@ -555,7 +560,7 @@ pub(crate) async fn execute(engine: &Core, plan: &DmlPlan, params: &ParamValues)
                 }
                 out.push(full);
             }
-            write_rows(engine, plan, out, conflict, params).await
+            write_rows(engine, lane, plan, out, conflict, params).await
         }
         Action::Query {
             columns,
@@ -575,7 +580,7 @@ pub(crate) async fn execute(engine: &Core, plan: &DmlPlan, params: &ParamValues)
                     full
                 })
                 .collect();
-            write_rows(engine, plan, rows, conflict, params).await
+            write_rows(engine, lane, plan, rows, conflict, params).await
         }
         Action::Update {
             plan: select,
@@ -584,7 +589,7 @@ pub(crate) async fn execute(engine: &Core, plan: &DmlPlan, params: &ParamValues)
             let table = table_of(&plan.target, "UPDATE")?;
             let mut conflicts = rmw::Conflicts::new(engine, table.id);
             loop {
-                match update_once(engine, &table, select, assigned, &cols, params).await {
+                match update_once(engine, lane, &table, select, assigned, &cols, params).await {
                     Ok(written) => return finish(plan, "UPDATE", written),
                     Err(e) => conflicts.again(e).await?,
                 }
@@ -594,7 +599,7 @@ pub(crate) async fn execute(engine: &Core, plan: &DmlPlan, params: &ParamValues)
             let table = table_of(&plan.target, "DELETE")?;
             let mut conflicts = rmw::Conflicts::new(engine, table.id);
             loop {
-                match delete_once(engine, &table, select, &cols, params).await {
+                match delete_once(engine, lane, &table, select, &cols, params).await {
                     Ok(deleted) => return finish(plan, "DELETE", deleted),
                     Err(e) => conflicts.again(e).await?,
                 }
@@ -608,6 +613,7 @@ pub(crate) async fn execute(engine: &Core, plan: &DmlPlan, params: &ParamValues)
 /// written.
 async fn update_once(
     engine: &Core,
+    lane: Lane,
     table: &TableDef,
     select: &LogicalPlan,
     assigned: &[usize],
@@ -654,7 +660,7 @@ async fn update_once(
         });
         written.push(new);
     }
-    ops.submit(engine).await?;
+    ops.submit(engine, lane).await?;
     Ok(written)
 }
 
@@ -662,6 +668,7 @@ async fn update_once(
 /// still as read; returns the rows deleted.
 async fn delete_once(
     engine: &Core,
+    lane: Lane,
     table: &TableDef,
     select: &LogicalPlan,
     cols: &[(String, ColumnType)],
@@ -683,13 +690,14 @@ async fn delete_once(
         table: table.id,
         keys,
     });
-    ops.submit(engine).await?;
+    ops.submit(engine, lane).await?;
     Ok(rows)
 }
 
 /// Writes full rows (for topics: `_key` and `_msg_id` first, then the user columns).
 async fn write_rows(
     engine: &Core,
+    lane: Lane,
     plan: &DmlPlan,
     rows: Vec<Vec<Value>>,
     conflict: &Conflict,
@@ -701,10 +709,12 @@ async fn write_rows(
             expected: "topic or table",
         }),
         ObjectDef::Topic(topic) => {
-            let written = append(engine, topic, rows).await?;
+            let written = append(engine, lane, topic, rows).await?;
             finish_topic(plan, topic, written)
         }
-        ObjectDef::Table(table) => table::write(engine, plan, table, rows, conflict, params).await,
+        ObjectDef::Table(table) => {
+            table::write(engine, lane, plan, table, rows, conflict, params).await
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::sql::sqlparser::ast::ObjectName;
 use eddy_storage::{
-    ColumnDef, ColumnType, LogRecord, ObjectDef, ObjectId, Records, Store, SubChange,
+    ColumnDef, ColumnType, Lane, LogRecord, ObjectDef, ObjectId, Records, Store, SubChange,
     SubscriptionDef, TopicDef, Value, WriteOp,
 };
 
@@ -234,11 +234,13 @@ impl Core {
         columns.extend(source.log.columns.iter().cloned());
         let dlq = TopicDef::new(def.dlq.clone(), columns);
         let created = self
-            .writer
-            .write(vec![
-                WriteOp::Create(ObjectDef::Subscription(def)),
-                WriteOp::Create(ObjectDef::Topic(dlq)),
-            ])
+            .write(
+                Lane::Queued,
+                vec![
+                    WriteOp::Create(ObjectDef::Subscription(def)),
+                    WriteOp::Create(ObjectDef::Topic(dlq)),
+                ],
+            )
             .await;
         match created {
             Err(Error::Storage(eddy_storage::Error::ObjectExists { .. }))
@@ -277,7 +279,7 @@ impl Core {
                 name: sub.dlq.clone(),
             });
         }
-        self.write(ops).await?;
+        self.write(Lane::Queued, ops).await?;
         subs.map.lock().remove(&sub.id);
         Ok(Output::Command {
             tag: "DROP SUBSCRIPTION".into(),
@@ -576,7 +578,7 @@ impl Durable {
             });
         }
         // Durable before anything is handed out.
-        self.writer.write(ops).await?;
+        self.writer.write(Lane::Queued, ops).await?;
         for (part, next) in st.iter_mut().zip(&new_next) {
             part.next = *next;
         }
@@ -669,10 +671,13 @@ impl Durable {
                 offset: o,
             }));
             self.writer
-                .write(vec![WriteOp::SubState {
-                    sub: self.def.id,
-                    changes,
-                }])
+                .write(
+                    Lane::Queued,
+                    vec![WriteOp::SubState {
+                        sub: self.def.id,
+                        changes,
+                    }],
+                )
                 .await?;
             part.next = part.next.max(start);
             for o in lost_pending {
@@ -736,10 +741,13 @@ impl Durable {
                 .map(|&(partition, offset)| SubChange::Done { partition, offset })
                 .collect();
             self.writer
-                .write(vec![WriteOp::SubState {
-                    sub: self.def.id,
-                    changes,
-                }])
+                .write(
+                    Lane::Queued,
+                    vec![WriteOp::SubState {
+                        sub: self.def.id,
+                        changes,
+                    }],
+                )
                 .await?;
             for &(p, o) in &hit {
                 st[p as usize].pending.remove(&o);

@@ -388,7 +388,7 @@ impl Engine {
             }
             Kind::Dml(plan) => {
                 self.strong_read(session, &p.reads).await?;
-                dml::execute(self, plan, params).await
+                dml::execute(self, session.lane(), plan, params).await
             }
             Kind::Other => {
                 let mut done = self.execute_other(session, &p.statement).await;

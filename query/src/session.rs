@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use eddy_storage::Lane;
+
 use crate::cursor::Cursor;
 
 /// Per-connection state: settings changed with SET, open cursors, LISTENed topics.
@@ -14,6 +16,9 @@ pub struct Session {
     /// Inside BEGIN .. COMMIT/ROLLBACK: how many of the block's statements wrote (each
     /// committed on its own; a ROLLBACK warns that it undoes none of them).
     pub(crate) block_writes: Option<u64>,
+    /// How this session's writes are committed: a client connection running one
+    /// statement at a time is a writer alone; without one (the default), queued.
+    lane: Lane,
 }
 
 /// Defaults reported by SHOW (and as ParameterStatus at startup).
@@ -39,6 +44,15 @@ impl Session {
     /// A session with default settings.
     pub fn new() -> Self {
         Self::default()
+    }
+    /// This session, writing in `lane` (a connection: [`Lane::Alone`] with its id; a
+    /// pipelined write: [`Lane::Queued`]).
+    pub fn in_lane(self, lane: Lane) -> Self {
+        Self { lane, ..self }
+    }
+    /// How this session's writes are committed.
+    pub fn lane(&self) -> Lane {
+        self.lane
     }
     /// The current value of a setting.
     pub fn get(&self, name: &str) -> Option<String> {

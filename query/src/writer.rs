@@ -5,13 +5,14 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use eddy_storage::{Store, WriteOp, WriteResult};
+use eddy_storage::{Lane, Store, WriteOp, WriteResult};
 
 /// Applies writes, and tells what the cluster looks like.
 #[async_trait]
 pub trait Writer: Send + Sync + 'static {
-    /// Applies `ops`; ops for one object apply atomically.
-    async fn write(&self, ops: Vec<WriteOp>) -> crate::Result<Vec<WriteResult>>;
+    /// Applies `ops`; ops for one object apply atomically. `lane` says whether the
+    /// caller is a writer alone or makes more writes without waiting.
+    async fn write(&self, lane: Lane, ops: Vec<WriteOp>) -> crate::Result<Vec<WriteResult>>;
 
     /// Waits until this node's replicas of `objects` have applied every write
     /// acknowledged before the call, so that a read of them is linearizable
@@ -198,8 +199,8 @@ pub struct GroupRow {
 /// Writes into the local store only (a node without replication, and unit tests).
 #[async_trait]
 impl Writer for Store {
-    async fn write(&self, ops: Vec<WriteOp>) -> crate::Result<Vec<WriteResult>> {
-        Ok(Store::write(self, ops).await?)
+    async fn write(&self, lane: Lane, ops: Vec<WriteOp>) -> crate::Result<Vec<WriteResult>> {
+        Ok(self.write_in(lane, ops).await?)
     }
 }
 

@@ -43,11 +43,10 @@ mod msg_ids;
 
 mod ops;
 
-pub use gate::queue_if;
 pub(crate) use gate::{commit_in_place, CommitGate};
 pub use ops::{
-    Commit, OnConflict, SubChange, UnitResults, WriteOp, WriteResult, CHANGE_DELETE, CHANGE_INSERT,
-    CHANGE_UPDATE,
+    Commit, Lane, OnConflict, SubChange, UnitResults, WriteOp, WriteResult, WriterId,
+    CHANGE_DELETE, CHANGE_INSERT, CHANGE_UPDATE,
 };
 
 /// Answers owed to writers, sent once the committer's turn is over (so a writer woken by

@@ -58,7 +58,7 @@ pub use catalog::{
     TopicDef, DEFAULT_CHANGE_RETENTION_MS, DEFAULT_DEDUP_WINDOW_MS,
 };
 pub use commit::{
-    now_micros, queue_if, Commit, OnConflict, SubChange, UnitResults, WriteOp, WriteResult,
+    now_micros, Commit, Lane, OnConflict, SubChange, UnitResults, WriteOp, WriteResult, WriterId,
 };
 pub use config::StorageConfig;
 pub use error::{Error, ErrorClass, Result};

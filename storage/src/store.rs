@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::catalog::{Catalog, ObjectDef, SubscriptionDef, TableDef, TopicDef};
 use crate::commit::{
-    commit_in_place, spawn_committer, Commit, CommitGate, CommitRequest, UnitResults, WriteOp,
-    WriteResult,
+    commit_in_place, spawn_committer, Commit, CommitGate, CommitRequest, Lane, UnitResults,
+    WriteOp, WriteResult,
 };
 use crate::config::StorageConfig;
 use crate::error::{Error, Result};
@@ -241,16 +241,22 @@ impl Store {
 
     /// Applies `ops` atomically and durably (fsync'd, shared with concurrent writers) and
     /// returns one result per op. If any op fails, none of them is applied.
+    /// The writes are queued for a group commit; [`Store::write_in`] names a writer alone.
     pub async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>> {
-        single(self.commit(Commit::durable(ops)).await?)
+        self.write_in(Lane::Queued, ops).await
+    }
+
+    /// [`Store::write`] made in `lane`.
+    pub async fn write_in(&self, lane: Lane, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>> {
+        single(self.commit(Commit::durable(ops).in_lane(lane)).await?)
     }
 
     /// [`Store::write`] for threads outside the async runtime.
     pub fn write_blocking(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>> {
         let (reply, rx) = oneshot::channel();
         let tx = self.writer.tx.read().clone().ok_or(Error::ShuttingDown)?;
-        // Noted as a writer (it always queues), so one around it does not count as alone.
-        self.writer.gate.same_writer();
+        // Noted as a queued writer, so one around it does not count as alone.
+        self.writer.gate.same_writer(Lane::Queued);
         self.writer.gate.queueing();
         tx.blocking_send(CommitRequest {
             commit: Commit::durable(ops),
@@ -271,7 +277,8 @@ impl Store {
 
     /// Queues a [`Commit`] and returns once it is queued, so that commits submitted one
     /// after another are applied in that order (and likely in one batch). A writer alone
-    /// commits in place instead, on this thread, and returns once it is committed.
+    /// ([`Lane::Alone`]) may commit in place instead, on this thread, and returns once it
+    /// is committed.
     pub async fn submit(&self, commit: Commit) -> Result<Pending> {
         let (reply, rx) = oneshot::channel();
         let req = CommitRequest { commit, reply };

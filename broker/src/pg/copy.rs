@@ -59,9 +59,10 @@ impl CopyHandler for Backend {
         st.sink.push(&data.data).map_err(to_pg)?;
         if st.sink.pending() >= self.engine.config().copy_batch_rows {
             let rows = st.sink.take_rows();
+            let lane = super::session_of(client).lock().lane();
             st.written += self
                 .engine
-                .copy_write(&st.sink, rows)
+                .copy_write(lane, &st.sink, rows)
                 .await
                 .map_err(to_pg)?;
         }
@@ -78,9 +79,10 @@ impl CopyHandler for Backend {
         let mut st = take(client)?;
         st.sink.finish_input().map_err(to_pg)?;
         let rows = st.sink.take_rows();
+        let lane = super::session_of(client).lock().lane();
         st.written += self
             .engine
-            .copy_write(&st.sink, rows)
+            .copy_write(lane, &st.sink, rows)
             .await
             .map_err(to_pg)?;
         client

@@ -31,6 +31,7 @@ use std::task::Poll;
 use super::cancel::Running;
 use bytes::{Bytes, BytesMut};
 use eddy_query::{Engine, Prepared, Session};
+use eddy_storage::Lane;
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use pgwire::api::portal::PortalExecutionState;
@@ -172,10 +173,14 @@ where
     let engine = engine.clone();
     // More than the Sync already here: the client is pipelining, so this write should
     // share a group commit with the next ones rather than commit alone in place.
-    let more = read_buffer.len() > SYNC_LEN;
+    let lane = if read_buffer.len() > SYNC_LEN {
+        Lane::Queued
+    } else {
+        super::session_of(client).lock().lane()
+    };
     let write = async move {
-        // A blind write reads no session state.
-        let mut session = Session::default();
+        // A blind write reads no session state, only how the connection writes.
+        let mut session = Session::new().in_lane(lane);
         let output = engine.execute(&mut session, &prepared, &params).await;
         let response = output.map_err(to_pg).and_then(|o| match o {
             eddy_query::Output::Command { tag, rows } => {
@@ -190,9 +195,7 @@ where
         });
         encode(response).await
     };
-    pipeline
-        .push_write(eddy_storage::queue_if(more, write))
-        .await;
+    pipeline.push_write(write).await;
     true
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::Error;
 use eddy_storage::raft::GroupId;
-use eddy_storage::{now_micros, ObjectDef, Replication, WriteOp, WriteResult};
+use eddy_storage::{now_micros, Lane, ObjectDef, Replication, WriteOp, WriteResult, WriterId};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot};
@@ -20,8 +20,15 @@ use crate::types::{NodeId, Raft, Request, Response};
 impl Cluster {
     /// Applies `ops` through Raft: each op goes to its object's group (catalog and
     /// subscription changes to the metadata group); objects replicated by gossip and
-    /// trims are written locally. Ops for one group apply atomically.
+    /// trims are written locally. Ops for one group apply atomically. What is written
+    /// locally is queued for a group commit; [`Cluster::write_in`] names a writer alone.
     pub async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, Error> {
+        self.write_in(Lane::Queued, ops).await
+    }
+
+    /// [`Cluster::write`] with the caller's `lane` for what it writes locally (a Raft
+    /// group's log names its own).
+    pub async fn write_in(&self, lane: Lane, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, Error> {
         let mut by_group: BTreeMap<Option<GroupId>, Vec<(usize, WriteOp)>> = BTreeMap::new();
         let n = ops.len();
         for (i, op) in ops.into_iter().enumerate() {
@@ -30,15 +37,15 @@ impl Cluster {
         if by_group.len() == 1 {
             let (group, ops) = by_group.into_iter().next().unwrap_or((None, Vec::new()));
             let ops = ops.into_iter().map(|(_, op)| op).collect();
-            return self.write_group(group, ops).await;
+            return self.write_group(group, lane, ops).await;
         }
+        // Several groups' writes at once: they share a group commit where they can.
         let writes = by_group.into_iter().map(|(group, ops)| {
             let (idx, ops): (Vec<usize>, Vec<WriteOp>) = ops.into_iter().unzip();
-            async move { (idx, self.write_group(group, ops).await) }
+            async move { (idx, self.write_group(group, Lane::Queued, ops).await) }
         });
         let mut out: Vec<Option<WriteResult>> = vec![None; n];
-        // Several groups' writes at once: they share a group commit where they can.
-        let written = eddy_storage::queue_if(true, futures::future::join_all(writes)).await;
+        let written = futures::future::join_all(writes).await;
         for (idx, results) in written {
             for (i, r) in idx.into_iter().zip(results?) {
                 out[i] = Some(r);
@@ -53,15 +60,16 @@ impl Cluster {
     async fn write_group(
         &self,
         group: Option<GroupId>,
+        lane: Lane,
         mut ops: Vec<WriteOp>,
     ) -> Result<Vec<WriteResult>, Error> {
         let Some(group) = group else {
-            return Ok(self.inner.store.write(ops).await?);
+            return Ok(self.inner.store.write_in(lane, ops).await?);
         };
         if group == METADATA_GROUP {
             self.place(&mut ops);
         }
-        let mut response = self.propose(group, vec![ops]).await?;
+        let mut response = self.propose(group, lane, vec![ops]).await?;
         match response.units.pop() {
             Some(Ok(results)) => Ok(results.into_iter().map(Into::into).collect()),
             Some(Err(e)) => Err(e.into()),
@@ -149,19 +157,22 @@ impl Cluster {
 
     /// Queues units for `group`'s proposer and waits for their outcome. A node that holds
     /// no replica of the group (more nodes than replicas) hands them to one that does.
+    /// `lane` is the caller's, for a write this node makes straight to its store.
     pub(super) async fn propose(
         &self,
         group: GroupId,
+        lane: Lane,
         units: Vec<Vec<WriteOp>>,
     ) -> Result<Response, CallError> {
         match self.local_group(group).await {
-            Some(g) => direct_or_queue(&g, group, units).await,
+            Some(g) => direct_or_queue(&g, group, lane, units).await,
             None => self.propose_via_replica(group, units).await,
         }
     }
 
     /// [`Cluster::propose`] on this node's replica only: what a forwarded write gets, so
-    /// that a stale placement cannot bounce it between nodes.
+    /// that a stale placement cannot bounce it between nodes. Forwarded writes arrive
+    /// from many callers at once: they queue.
     pub(super) async fn propose_here(
         &self,
         group: GroupId,
@@ -171,7 +182,7 @@ impl Cluster {
             .local_group(group)
             .await
             .ok_or(CallError::NoGroup(group))?;
-        direct_or_queue(&g, group, units).await
+        direct_or_queue(&g, group, Lane::Queued, units).await
     }
 
     /// This node's replica of `group`, started first if the catalog just placed it here.
@@ -236,7 +247,14 @@ impl Cluster {
                 .iter_mut()
                 .flat_map(|p| std::mem::take(&mut p.units))
                 .collect();
-            let outcome = match stubs.write_alone(&raft, all).await {
+            // The proposer waits for each batch: alone for one proposal, and the
+            // proposals of a batch share a group commit.
+            let lane = if batch.len() == 1 {
+                Lane::Alone(WriterId::RaftLog(group))
+            } else {
+                Lane::Queued
+            };
+            let outcome = match stubs.write_alone(&raft, lane, all).await {
                 Ok(written) => written.map_err(|e| unknown(group, e.to_string())),
                 Err(all) => self.submit(group, &raft, all).await,
             };
@@ -500,10 +518,11 @@ impl Cluster {
 async fn direct_or_queue(
     g: &super::Group,
     group: GroupId,
+    lane: Lane,
     units: Vec<Vec<WriteOp>>,
 ) -> Result<Response, CallError> {
     let units = if g.queued.load(Ordering::SeqCst) == 0 {
-        match g.stubs.write_alone(&g.raft, units).await {
+        match g.stubs.write_alone(&g.raft, lane, units).await {
             Ok(written) => return written.map_err(|e| unknown(group, e.to_string())),
             Err(units) => units,
         }

@@ -150,6 +150,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(());
         }
         let value = encode(&committed)?;
+        // The log's own writer: its appends and this marker alternate, one at a time.
         self.store()?
             .commit(Commit {
                 raft: vec![RaftWrite::Put {
@@ -157,6 +158,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     slot: SLOT_COMMITTED,
                     value,
                 }],
+                lane: Lane::Alone(WriterId::RaftLog(self.group)),
                 ..Commit::default()
             })
             .await
@@ -191,7 +193,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let stubs = alone && self.early.stubs.load(Ordering::SeqCst);
             let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
             let commits = folded_commits(self.group, entries, membership, stubs)?;
-            let written = match submit_all(&store, commits).await {
+            let written = match submit_all(&store, WriterId::RaftLog(self.group), commits).await {
                 Ok(pending) => wait_all(pending).await,
                 Err(e) => Err(e),
             };
@@ -216,6 +218,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // The committer's batch is readable and durable at the same moment: once it
         // answers, both halves of the contract hold.
+        let lane = lane_for(WriterId::RaftLog(self.group), 1);
         let written = store
             .commit(Commit {
                 raft: vec![RaftWrite::Entries {
@@ -223,6 +226,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     entries: encoded,
                 }],
                 sync: true,
+                lane,
                 ..Commit::default()
             })
             .await;

@@ -106,26 +106,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Queued(LogId, Pending),
         }
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let several = entries.len() > 1;
-        let applying = eddy_storage::queue_if(several, async {
-            let mut applying = Vec::with_capacity(entries.len());
-            for entry in entries {
-                let log_id = entry.log_id;
-                let early = self.early.state.lock().responses.remove(&log_id.index);
-                applying.push(match early {
-                    Some(response) => Applying::Done(response),
-                    None => {
-                        let commit = entry_commit(self.group, entry, &mut membership)?;
-                        let pending = store.submit(commit).await.map_err(|e| {
-                            io_err(ErrorSubject::Apply(log_id), ErrorVerb::Write, e)
-                        })?;
-                        Applying::Queued(log_id, pending)
-                    }
-                });
-            }
-            Ok::<_, StorageError>(applying)
-        })
-        .await?;
+        let lane = lane_for(WriterId::RaftApply(self.group), entries.len());
+        let mut applying = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let log_id = entry.log_id;
+            let early = self.early.state.lock().responses.remove(&log_id.index);
+            applying.push(match early {
+                Some(response) => Applying::Done(response),
+                None => {
+                    let commit = entry_commit(self.group, entry, &mut membership)?;
+                    let pending = store
+                        .submit(commit.in_lane(lane))
+                        .await
+                        .map_err(|e| io_err(ErrorSubject::Apply(log_id), ErrorVerb::Write, e))?;
+                    Applying::Queued(log_id, pending)
+                }
+            });
+        }
         let mut responses = Vec::with_capacity(applying.len());
         for a in applying {
             responses.push(match a {

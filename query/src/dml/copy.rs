@@ -3,7 +3,7 @@
 //! written here, batch by batch, as an INSERT would write them.
 
 use datafusion::sql::sqlparser::ast::{CopyLegacyOption, CopyOption, CopySource, CopyTarget};
-use eddy_storage::{ObjectDef, OnConflict, Value, WriteOp, WriteResult};
+use eddy_storage::{Lane, ObjectDef, OnConflict, Value, WriteOp, WriteResult};
 
 use crate::copy::{CopyInSink, CopyOptions};
 use crate::core::Core;
@@ -94,8 +94,14 @@ pub(crate) async fn plan(
 }
 
 impl Core {
-    /// Writes rows parsed by a COPY sink; returns how many were written.
-    pub async fn copy_write(&self, sink: &CopyInSink, rows: Vec<Vec<Value>>) -> Result<u64> {
+    /// Writes rows parsed by a COPY sink, in the session's `lane`; returns how many were
+    /// written.
+    pub async fn copy_write(
+        &self,
+        lane: Lane,
+        sink: &CopyInSink,
+        rows: Vec<Vec<Value>>,
+    ) -> Result<u64> {
         if rows.is_empty() {
             return Ok(0);
         }
@@ -104,14 +110,17 @@ impl Core {
                 name: s.name.clone(),
                 expected: "topic or table",
             }),
-            ObjectDef::Topic(t) => super::append_rows(self, t, rows).await,
+            ObjectDef::Topic(t) => super::append_rows(self, lane, t, rows).await,
             ObjectDef::Table(t) => {
                 let res = self
-                    .write(vec![WriteOp::Insert {
-                        table: t.id,
-                        rows,
-                        on_conflict: OnConflict::Error,
-                    }])
+                    .write(
+                        lane,
+                        vec![WriteOp::Insert {
+                            table: t.id,
+                            rows,
+                            on_conflict: OnConflict::Error,
+                        }],
+                    )
                     .await?;
                 Ok(match res.first() {
                     Some(WriteResult::Rows(n)) => *n,

@@ -21,7 +21,7 @@
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
-use eddy_storage::{ObjectId, TableDef, Value, WriteOp};
+use eddy_storage::{Lane, ObjectId, TableDef, Value, WriteOp};
 
 use crate::core::Core;
 use crate::error::{Error, Result};
@@ -60,13 +60,13 @@ impl Ops {
     }
 
     /// Writes them all or nothing; nothing to write when no row was read.
-    pub(super) async fn submit(self, engine: &Core) -> Result<()> {
+    pub(super) async fn submit(self, engine: &Core, lane: Lane) -> Result<()> {
         if self.expects.is_empty() && self.writes.is_empty() {
             return Ok(());
         }
         let mut ops = self.expects;
         ops.extend(self.writes);
-        engine.write(ops).await?;
+        engine.write(lane, ops).await?;
         Ok(())
     }
 }

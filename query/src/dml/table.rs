@@ -7,7 +7,9 @@ use datafusion::common::ParamValues;
 use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::sqlparser::ast::{visit_expressions_mut, Expr as SqlExpr, Value as SqlValue};
-use eddy_storage::{encode_row, ColumnType, OnConflict, TableDef, Value, WriteOp, WriteResult};
+use eddy_storage::{
+    encode_row, ColumnType, Lane, OnConflict, TableDef, Value, WriteOp, WriteResult,
+};
 
 use super::values::{eval_simple, is_simple};
 use super::{finish, key_of, quote, Conflict, DmlPlan};
@@ -22,6 +24,7 @@ use crate::provider::table_schema;
 /// Writes full rows to `table` as `conflict` says.
 pub(super) async fn write(
     engine: &Core,
+    lane: Lane,
     plan: &DmlPlan,
     table: &TableDef,
     rows: Vec<Vec<Value>>,
@@ -39,11 +42,14 @@ pub(super) async fn write(
                 OnConflict::Ignore
             };
             let n = match engine
-                .write(vec![WriteOp::Insert {
-                    table: table.id,
-                    rows: rows.clone(),
-                    on_conflict: mode,
-                }])
+                .write(
+                    lane,
+                    vec![WriteOp::Insert {
+                        table: table.id,
+                        rows: rows.clone(),
+                        on_conflict: mode,
+                    }],
+                )
                 .await?
                 .first()
             {
@@ -71,7 +77,7 @@ pub(super) async fn write(
             };
             let mut conflicts = super::rmw::Conflicts::new(engine, table.id);
             loop {
-                match upsert_once(engine, &update, &rows).await {
+                match upsert_once(engine, lane, &update, &rows).await {
                     Ok(written) => return finish(plan, "INSERT", written),
                     Err(e) => conflicts.again(e).await?,
                 }
@@ -110,6 +116,7 @@ struct Update<'a> {
 /// rows written (inserted or updated).
 async fn upsert_once(
     engine: &Core,
+    lane: Lane,
     update: &Update<'_>,
     rows: &[Vec<Value>],
 ) -> Result<Vec<Vec<Value>>> {
@@ -152,7 +159,7 @@ async fn upsert_once(
             }
         }
     }
-    ops.submit(engine).await?;
+    ops.submit(engine, lane).await?;
     Ok(written)
 }
 

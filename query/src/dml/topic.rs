@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray};
 use arrow::record_batch::RecordBatch;
 use eddy_storage::{
-    partition_for_key, Records, Replication, TopicDef, Value, WriteOp, WriteResult,
+    partition_for_key, Lane, Records, Replication, TopicDef, Value, WriteOp, WriteResult,
 };
 
 use super::{returning_output, DmlPlan};
@@ -37,6 +37,7 @@ pub(super) struct Appended {
 
 pub(super) async fn append(
     engine: &Core,
+    lane: Lane,
     topic: &TopicDef,
     rows: Vec<Vec<Value>>,
 ) -> Result<Vec<Appended>> {
@@ -111,7 +112,7 @@ pub(super) async fn append(
             }
         });
     }
-    let results = engine.write(ops).await?;
+    let results = engine.write(lane, ops).await?;
     let mut out: Vec<Option<Appended>> = (0..n).map(|_| None).collect();
     for (rows, res) in kept.into_iter().zip(results) {
         let (partition, each): (u32, Box<dyn Iterator<Item = (u64, i64)>>) = match res {
@@ -159,10 +160,11 @@ fn check_msg_id(topic: &TopicDef, id: &str) -> Result<()> {
 /// Appends already-typed messages (`_key` and `_msg_id` first); used by COPY.
 pub(crate) async fn append_rows(
     engine: &Core,
+    lane: Lane,
     topic: &TopicDef,
     rows: Vec<Vec<Value>>,
 ) -> Result<u64> {
-    Ok(append(engine, topic, rows).await?.len() as u64)
+    Ok(append(engine, lane, topic, rows).await?.len() as u64)
 }
 
 pub(super) fn finish_topic(

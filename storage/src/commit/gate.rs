@@ -1,8 +1,10 @@
-//! Who commits: the committer thread, or a lone writer on its own thread.
+//! Who commits: the committer thread, or a lone writer on its own thread. The writer
+//! says which it is ([`Lane`]); nothing here looks at which task or thread calls.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::ops::Lane;
 use super::{send_answers, CommitRequest, Committer};
 use crate::inner::Inner;
 
@@ -12,11 +14,11 @@ use crate::inner::Inner;
 /// A writer alone commits in place: that saves the hand-off to the committer thread and
 /// the wake-up back, two cross-thread wake-ups that cost a lone publish more than its own
 /// work (on a virtual machine, a wake-up of an idle vCPU can take tens of µs). Alone
-/// means: its last [`ALONE_AFTER`] requests before this one came from it too (the same
-/// tokio task, say one connection), the last group commit held one request, nothing is
-/// queued, and the committer is between batches. Writers that overlap go through the
-/// queue and share one fsync; committing one of them in place would hold a runtime worker
-/// through an fsync while the others wait behind it.
+/// means: it asked for [`Lane::Alone`], its last [`ALONE_AFTER`] requests before this one
+/// came from it too, the last group commit held one request, nothing is queued, and the
+/// committer is between batches. Writers that overlap go through the queue and share one
+/// fsync; committing one of them in place would hold a runtime worker through an fsync
+/// while the others wait behind it.
 #[derive(Debug, Default)]
 pub(crate) struct CommitGate {
     /// Held by whoever commits.
@@ -27,8 +29,8 @@ pub(crate) struct CommitGate {
     done: AtomicU64,
     /// Requests in the last group commit.
     last_batch: AtomicUsize,
-    /// Who made the last request (a hash of its tokio task id, or of its thread outside a
-    /// task), and how many requests in a row before it came from the same writer.
+    /// Who made the last request ([`WriterId::key`], 0 for a queued one), and how many
+    /// requests in a row before it came from the same writer.
     last_writer: AtomicU64,
     run: AtomicU32,
 }
@@ -53,39 +55,20 @@ impl CommitGate {
         self.done.fetch_add(taken as u64, Ordering::SeqCst);
     }
 
-    /// Notes who makes a request; true if the same writer made the [`ALONE_AFTER`] before.
-    pub(crate) fn same_writer(&self) -> bool {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let hasher = BuildHasherDefault::<DefaultHasher>::default();
-        let me = match tokio::task::try_id() {
-            Some(task) => hasher.hash_one(task) | 1,
-            // Outside a task (a runtime's `block_on`, a thread of its own): the thread.
-            None => hasher.hash_one(std::thread::current().id()) & !1,
+    /// Notes who makes a request; true if it is a writer alone whose [`ALONE_AFTER`]
+    /// requests before this one were its own.
+    pub(crate) fn same_writer(&self, lane: Lane) -> bool {
+        let me = match lane {
+            Lane::Queued => 0,
+            Lane::Alone(writer) => writer.key(),
         };
         let before = self.last_writer.swap(me, Ordering::Relaxed);
-        if before == me {
+        if me != 0 && before == me {
             self.run.fetch_add(1, Ordering::Relaxed) >= ALONE_AFTER - 1
         } else {
             self.run.store(0, Ordering::Relaxed);
             false
         }
-    }
-}
-
-tokio::task_local! {
-    /// Set while polling writes their writer makes ahead of more (see [`queue_if`]).
-    static AHEAD: ();
-}
-
-/// Runs `writes`; if `more_follow`, their commits are queued, never committed in place.
-/// For commits a writer makes ahead of others without waiting (a connection's pipelined
-/// statements, several Raft entries at once): they should share one group commit, not
-/// each take an fsync of its own in turn.
-pub async fn queue_if<F: std::future::Future>(more_follow: bool, writes: F) -> F::Output {
-    if more_follow {
-        AHEAD.scope((), writes).await
-    } else {
-        writes.await
     }
 }
 
@@ -96,10 +79,9 @@ pub(crate) fn commit_in_place(
     gate: &CommitGate,
     req: CommitRequest,
 ) -> std::result::Result<(), CommitRequest> {
-    if !gate.same_writer()
+    if !gate.same_writer(req.commit.lane)
         || req.is_catalog()
         || gate.last_batch.load(Ordering::Relaxed) > 1
-        || AHEAD.try_with(|_| ()).is_ok()
     {
         return Err(req);
     }
@@ -119,4 +101,39 @@ pub(crate) fn commit_in_place(
     drop(turn);
     send_answers(answers);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commit::WriterId;
+
+    #[test]
+    fn only_a_named_writer_after_a_run_of_its_own_counts_as_alone() {
+        let gate = CommitGate::default();
+        let a = Lane::Alone(WriterId::Session(7));
+        let b = Lane::Alone(WriterId::Session(8));
+        assert!(!gate.same_writer(a));
+        assert!(!gate.same_writer(a), "one request before is not a run");
+        assert!(gate.same_writer(a));
+        assert!(gate.same_writer(a));
+        // Another writer breaks the run, and so does a queued request.
+        assert!(!gate.same_writer(b));
+        assert!(!gate.same_writer(a));
+        assert!(!gate.same_writer(a));
+        assert!(gate.same_writer(a));
+        assert!(!gate.same_writer(Lane::Queued));
+        assert!(!gate.same_writer(a));
+        // Queued requests never count as alone, however many in a row.
+        for _ in 0..5 {
+            assert!(!gate.same_writer(Lane::Queued));
+        }
+        // A group's log and its state machine are two writers; so are two groups.
+        let log = Lane::Alone(WriterId::RaftLog(3));
+        assert!(!gate.same_writer(log));
+        assert!(!gate.same_writer(log));
+        assert!(!gate.same_writer(Lane::Alone(WriterId::RaftApply(3))));
+        assert!(!gate.same_writer(log));
+        assert!(!gate.same_writer(Lane::Alone(WriterId::RaftLog(4))));
+    }
 }

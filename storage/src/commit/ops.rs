@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::catalog::{ObjectDef, ObjectId};
 use crate::error::Result;
 use crate::layout::Records;
-use crate::raft::RaftWrite;
+use crate::raft::{GroupId, RaftWrite};
 use crate::value::Value;
 
 /// What to do when an inserted row's primary key already exists.
@@ -238,6 +238,9 @@ pub struct Commit {
     /// fsync before answering. A Raft state machine applies without it: the Raft log is
     /// the durable copy, and RocksDB recovers a prefix of unsynced batches.
     pub sync: bool,
+    /// Who makes it: queued for a group commit (the default), or a writer alone that may
+    /// commit in place.
+    pub lane: Lane,
 }
 
 impl Commit {
@@ -249,7 +252,53 @@ impl Commit {
             ..Commit::default()
         }
     }
+
+    /// This commit, made in `lane`.
+    pub fn in_lane(self, lane: Lane) -> Commit {
+        Commit { lane, ..self }
+    }
 }
 
 /// The outcome of each unit of a [`Commit`].
 pub type UnitResults = Vec<Result<Vec<WriteResult>>>;
+
+/// How a commit may be made, as its caller declares it.
+///
+/// Only the caller knows whether more of its writes follow without waiting (a pipelining
+/// connection, several Raft entries at once), so only the caller chooses; the store never
+/// guesses it from the task or thread it is called on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Queued for the committer thread, to share a group commit with others. For writes
+    /// made ahead of more from the same writer, and for any writer that does not name
+    /// itself.
+    #[default]
+    Queued,
+    /// From the named writer, which waits for each commit before it makes the next. Once
+    /// its last two commits came from it and no one else, it may commit in
+    /// place (see `CommitGate`).
+    Alone(WriterId),
+}
+
+/// A writer that can be alone: one that waits for each of its commits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WriterId {
+    /// A client session, by its id on this node (its process id).
+    Session(u32),
+    /// A Raft group appending to its log.
+    RaftLog(GroupId),
+    /// A Raft group's state machine applying entries.
+    RaftApply(GroupId),
+}
+
+impl WriterId {
+    /// A distinct non-zero number per writer (zero means "no writer").
+    pub(super) fn key(self) -> u64 {
+        const GROUP_BITS: u64 = (1 << 62) - 1;
+        match self {
+            WriterId::Session(id) => (1 << 62) | u64::from(id),
+            WriterId::RaftLog(g) => (2 << 62) | (g & GROUP_BITS),
+            WriterId::RaftApply(g) => (3 << 62) | (g & GROUP_BITS),
+        }
+    }
+}

@@ -49,13 +49,17 @@ async fn a_lone_writer_commits_in_place_but_never_ahead_of_a_queued_request() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StorageConfig::default()).unwrap();
     let t = create(&store, topic("t", 1)).await;
-    // This task made the CREATE, and with this write two requests in a row: from the
-    // next one on it counts as alone.
-    assert_eq!(append(&store, t.id(), 0, &["0"]).await.0, 0);
+    let me = Lane::Alone(WriterId::Session(1));
+    // Two requests in a row from this writer: from the next one on it counts as alone.
+    assert_eq!(append_in(me, &store, t.id(), 0, &["0"]).await.0, 0);
+    assert_eq!(append_in(me, &store, t.id(), 0, &["1"]).await.0, 1);
     let in_place = || store.stats().commits_in_place.load(Relaxed);
     let before = in_place();
-    for i in 1..=5u64 {
-        assert_eq!(append(&store, t.id(), 0, &[&i.to_string()]).await.0, i);
+    for i in 2..=6u64 {
+        assert_eq!(
+            append_in(me, &store, t.id(), 0, &[&i.to_string()]).await.0,
+            i
+        );
     }
     assert_eq!(
         in_place() - before,
@@ -63,14 +67,39 @@ async fn a_lone_writer_commits_in_place_but_never_ahead_of_a_queued_request() {
         "a lone writer commits on its own thread"
     );
 
+    // The same writer saying more follow (queued) never commits in place, and breaks
+    // the run.
+    for i in 7..=9u64 {
+        assert_eq!(
+            append_in(Lane::Queued, &store, t.id(), 0, &[&i.to_string()])
+                .await
+                .0,
+            i
+        );
+    }
+    assert_eq!(
+        in_place() - before,
+        5,
+        "queued writes went through the queue"
+    );
+    assert_eq!(append_in(me, &store, t.id(), 0, &["10"]).await.0, 10);
+    assert_eq!(append_in(me, &store, t.id(), 0, &["11"]).await.0, 11);
+    assert_eq!(
+        in_place() - before,
+        5,
+        "a new run starts after a queued write"
+    );
+    assert_eq!(append_in(me, &store, t.id(), 0, &["12"]).await.0, 12);
+    assert_eq!(in_place() - before, 6);
+
     // A request queued and not yet committed keeps writers off the in-place path, or
     // they would be written before it.
     store.writer.gate.queueing();
-    assert_eq!(append(&store, t.id(), 0, &["6"]).await.0, 6);
-    assert_eq!(in_place() - before, 5, "went through the queue");
+    assert_eq!(append_in(me, &store, t.id(), 0, &["13"]).await.0, 13);
+    assert_eq!(in_place() - before, 6, "went through the queue");
     store.writer.gate.unqueued();
-    assert_eq!(append(&store, t.id(), 0, &["7"]).await.0, 7);
-    assert_eq!(in_place() - before, 6);
+    assert_eq!(append_in(me, &store, t.id(), 0, &["14"]).await.0, 14);
+    assert_eq!(in_place() - before, 7);
 
     // While someone else commits, a writer queues and waits its turn.
     let turn = store.writer.gate.turn.lock();
@@ -79,32 +108,36 @@ async fn a_lone_writer_commits_in_place_but_never_ahead_of_a_queued_request() {
         partition: 0,
         records: texts(&[p]),
     };
-    let first = store.submit(Commit::durable(vec![op("8")])).await.unwrap();
-    let second = store.submit(Commit::durable(vec![op("9")])).await.unwrap();
+    let first = store
+        .submit(Commit::durable(vec![op("15")]).in_lane(me))
+        .await
+        .unwrap();
+    let second = store
+        .submit(Commit::durable(vec![op("16")]).in_lane(me))
+        .await
+        .unwrap();
     drop(turn);
-    for (pending, offset) in [(first, 8), (second, 9)] {
+    for (pending, offset) in [(first, 15), (second, 16)] {
         let results = pending.wait().await.unwrap().pop().unwrap().unwrap();
         assert!(
             matches!(results[0], WriteResult::Appended { first_offset, .. } if first_offset == offset),
             "{results:?}"
         );
     }
-    assert_eq!(in_place() - before, 6);
+    assert_eq!(in_place() - before, 7);
 
-    // Two writers taking turns: neither counts as alone.
-    for i in 10..16u64 {
-        let (store2, id) = (store.clone(), t.id());
-        let payload = i.to_string();
-        let offset = if i % 2 == 0 {
-            append(&store, id, 0, &[&payload]).await.0
-        } else {
-            tokio::spawn(async move { append(&store2, id, 0, &[&payload]).await.0 })
+    // Two writers taking turns, on the same task: neither counts as alone.
+    let other = Lane::Alone(WriterId::Session(2));
+    for i in 17..23u64 {
+        let lane = if i % 2 == 0 { me } else { other };
+        assert_eq!(
+            append_in(lane, &store, t.id(), 0, &[&i.to_string()])
                 .await
-                .unwrap()
-        };
-        assert_eq!(offset, i);
+                .0,
+            i
+        );
     }
-    assert_eq!(in_place() - before, 6);
+    assert_eq!(in_place() - before, 7);
 
     let t = store.catalog().topic("t").unwrap();
     let stored: Vec<_> = store
@@ -113,7 +146,7 @@ async fn a_lone_writer_commits_in_place_but_never_ahead_of_a_queued_request() {
         .into_iter()
         .map(|(o, r)| (o, r.values[0].clone()))
         .collect();
-    let expected: Vec<_> = (0..16u64)
+    let expected: Vec<_> = (0..23u64)
         .map(|i| (i, Value::Text(i.to_string())))
         .collect();
     assert_eq!(

@@ -68,14 +68,23 @@ fn texts(payloads: &[&str]) -> Records {
 
 /// Appends text messages to one partition; returns the first offset and the append time.
 async fn append(store: &Store, topic: ObjectId, partition: u32, payloads: &[&str]) -> (u64, i64) {
-    let r = store
-        .write(vec![WriteOp::Append {
-            topic,
-            partition,
-            records: texts(payloads),
-        }])
-        .await
-        .unwrap();
+    append_in(Lane::Queued, store, topic, partition, payloads).await
+}
+
+/// [`append`] in `lane`.
+async fn append_in(
+    lane: Lane,
+    store: &Store,
+    topic: ObjectId,
+    partition: u32,
+    payloads: &[&str],
+) -> (u64, i64) {
+    let op = WriteOp::Append {
+        topic,
+        partition,
+        records: texts(payloads),
+    };
+    let r = store.write_in(lane, vec![op]).await.unwrap();
     match r[0] {
         WriteResult::Appended {
             partition: written,
