@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::pg::conn::{serve, Admission, Shutdown, GOODBYE_TIMEOUT};
@@ -32,8 +33,9 @@ use crate::pg::{Backend, Handlers};
 pub struct NodeHandle {
     pg_addr: SocketAddr,
     cancel: CancellationToken,
-    accept: tokio::task::JoinHandle<()>,
-    retention: tokio::task::JoinHandle<()>,
+    /// The node's own tasks (accepting and serving connections, load figures, the fault
+    /// file, retention); each ends once `cancel` fires, and shutdown waits for them.
+    tasks: TaskTracker,
     store: Store,
     engine: Arc<Engine>,
     cluster: Cluster,
@@ -269,23 +271,30 @@ impl NodeHandle {
         &self.engine
     }
 
-    /// Stops the node in order and waits for it.
+    /// Stops the node in order and waits for it: connections (drained within the grace
+    /// period) and the node's tasks, then gossip and Raft (the cluster waits for its own
+    /// tasks), then the store, which is closed when this returns.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.cancel.cancel();
-        let _ = self.accept.await;
-        let _ = self.retention.await;
+        self.tasks.close();
+        self.tasks.wait().await;
         self.engine.close();
         self.cluster.shutdown().await;
         drop(self.cluster);
         drop(self.engine);
-        // openraft's tasks end shortly after their groups shut down; each holds the store,
-        // and the database stays locked until the last handle goes.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.store.handle_count() > 1 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.shutdown()).await??;
+        // What still holds the store is a statement finishing its last read or write
+        // (a blocking read in flight, a durable subscription's commit): the database
+        // closes as the last of them lets go.
+        if tokio::time::timeout(Duration::from_secs(5), self.store.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the store is still held 5 s after shutdown; it closes when its last holder ends"
+            );
+        }
         tracing::info!("node stopped");
         Ok(())
     }
@@ -353,23 +362,24 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
         begun: cancel.clone(),
         grace_over: CancellationToken::new(),
     };
-    let accept = tokio::spawn(accept_loop(
+    let tasks = TaskTracker::new();
+    tasks.spawn(accept_loop(
         listener,
         handlers,
         places.clone(),
         shutdown,
         grace,
     ));
-    tokio::spawn(load_loop(
+    tasks.spawn(load_loop(
         cluster.clone(),
         places,
         max_connections,
         cancel.clone(),
     ));
     if let Some(file) = config.cluster.fault_file.clone() {
-        tokio::spawn(fault_loop(file, faults.clone(), cancel.clone()));
+        tasks.spawn(fault_loop(file, faults.clone(), cancel.clone()));
     }
-    let retention = tokio::spawn(retention_loop(
+    tasks.spawn(retention_loop(
         store.clone(),
         Duration::from_millis(config.storage.retention_check_ms),
         cancel.clone(),
@@ -377,8 +387,7 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
     Ok(NodeHandle {
         pg_addr,
         cancel,
-        accept,
-        retention,
+        tasks,
         store,
         engine,
         cluster,

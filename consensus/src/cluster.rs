@@ -23,6 +23,7 @@ use parking_lot::RwLock;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::FrameAuth;
 use crate::membership::{Liveness, Member, Membership, MembershipConfig};
@@ -161,6 +162,9 @@ struct Inner {
     starting: tokio::sync::Mutex<()>,
     /// Stops the RPC server and the background tasks.
     cancel: CancellationToken,
+    /// Every task the cluster starts (RPC connections and calls, proposers, gossip
+    /// loops and exchanges, group starts); [`Cluster::shutdown`] waits for them all.
+    tasks: TaskTracker,
     /// Delta gossip state.
     gossip: gossip::GossipState,
     /// Gossip membership and failure detection (`None` once shut down).
@@ -216,6 +220,7 @@ impl Cluster {
                 groups: RwLock::new(HashMap::new()),
                 starting: tokio::sync::Mutex::new(()),
                 cancel: CancellationToken::new(),
+                tasks: TaskTracker::new(),
             }),
         };
         let handler_cluster = cluster.clone();
@@ -223,12 +228,14 @@ impl Cluster {
             let c = handler_cluster.clone();
             Box::pin(async move { c.handle(call).await })
         });
-        tokio::spawn(serve(
+        let tasks = cluster.inner.tasks.clone();
+        cluster.spawn(serve(
             listener,
             handler,
             faults,
             auth,
             cluster.inner.cancel.clone(),
+            tasks,
         ));
 
         let meta = cluster
@@ -252,11 +259,20 @@ impl Cluster {
                 Some(seed) => cluster.join(&seed).await?,
             }
         }
-        tokio::spawn(cluster.clone().reconcile_loop(meta.raft.clone()));
-        tokio::spawn(cluster.clone().push_loop());
-        tokio::spawn(cluster.clone().anti_entropy_loop());
-        tokio::spawn(cluster.clone().collect_loop());
+        cluster.spawn(cluster.clone().reconcile_loop(meta.raft.clone()));
+        cluster.spawn(cluster.clone().push_loop());
+        cluster.spawn(cluster.clone().anti_entropy_loop());
+        cluster.spawn(cluster.clone().collect_loop());
         Ok(cluster)
+    }
+
+    /// Starts `task` as one of the cluster's own, which shutdown waits for. It must end
+    /// once the cluster's cancel token fires.
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.tasks.spawn(task);
     }
 
     /// Starts gossip membership on the cluster address (UDP), seeded by the join address.
@@ -496,6 +512,11 @@ impl Cluster {
         for (_, g) in groups {
             let _ = g.raft.shutdown().await;
         }
+        drop(_starting);
+        // Calls in flight fail; then every task of the cluster has ended.
+        self.inner.peers.close().await;
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
     }
 
     async fn start_group(&self, id: GroupId, ranges: Vec<KeyRange>) -> Result<Arc<Group>, Error> {
@@ -529,7 +550,7 @@ impl Cluster {
             queued: std::sync::atomic::AtomicUsize::new(0),
         });
         self.inner.groups.write().insert(id, group.clone());
-        tokio::spawn(self.clone().run_proposer(id, raft, stubs, rx));
+        self.spawn(self.clone().run_proposer(id, raft, stubs, rx));
         Ok(group)
     }
 
@@ -657,7 +678,7 @@ impl Cluster {
                             // first entry (same log id, same members), so this is safe.
                             let (me, placement) = (self.clone(), placement.to_vec());
                             let wait = me.inner.config.election_timeout * 4;
-                            tokio::spawn(async move {
+                            self.spawn(async move {
                                 tokio::select! {
                                     _ = me.inner.cancel.cancelled() => {}
                                     _ = tokio::time::sleep(wait) => {

@@ -35,6 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use eddy_storage::raft::GroupId;
 use eddy_storage::WriteOp;
@@ -257,6 +258,9 @@ impl Faults {
 pub struct Peers {
     me: NodeId,
     conns: Mutex<HashMap<NodeId, Arc<Conn>>>,
+    /// Each connection's task; [`Peers::close`] ends them and waits for them.
+    tasks: TaskTracker,
+    closing: CancellationToken,
     /// Network faults injected by tests.
     pub faults: Arc<Faults>,
     /// Seals and checks every frame.
@@ -274,9 +278,20 @@ impl Peers {
         Arc::new(Peers {
             me,
             conns: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+            closing: CancellationToken::new(),
             faults,
             auth,
         })
+    }
+
+    /// Closes every connection, refuses further calls, and waits for the connections'
+    /// tasks to end.
+    pub async fn close(&self) {
+        self.closing.cancel();
+        self.conns.lock().clear();
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     /// Sends `call` to `node` at `addr` and waits up to `timeout` for the reply.
@@ -287,6 +302,9 @@ impl Peers {
         call: Call,
         timeout: Duration,
     ) -> Result<Reply, TransportError> {
+        if self.closing.is_cancelled() {
+            return Err(TransportError::Unreachable(node, "shutting down".into()));
+        }
         if self.faults.blocks(node) {
             // A cut link looks like a peer that never answers.
             tokio::time::sleep(timeout.min(Duration::from_millis(200))).await;
@@ -342,7 +360,13 @@ impl Peers {
             .await
             .map_err(|e| TransportError::Unreachable(node, e.to_string()))?;
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(run_client(framed, rx, self.auth.clone()));
+        let (auth, closing) = (self.auth.clone(), self.closing.clone());
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = closing.cancelled() => {}
+                _ = run_client(framed, rx, auth) => {}
+            }
+        });
         let conn = Arc::new(Conn {
             addr: addr.to_owned(),
             tx,
@@ -409,54 +433,57 @@ async fn run_client(
     auth: Arc<FrameAuth>,
 ) {
     let (mut sink, mut stream) = framed.split();
-    let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>> = Arc::default();
-    let reader_pending = pending.clone();
-    let reader_auth = auth.clone();
-    let reader = tokio::spawn(async move {
+    let pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>> = Mutex::default();
+    // Reading replies and writing calls run side by side; when either ends (a side
+    // closed, a bad frame), so does the other.
+    let reader = async {
         while let Some(Ok(bytes)) = stream.next().await {
-            match opened::<Frame>(&reader_auth, &bytes) {
+            match opened::<Frame>(&auth, &bytes) {
                 Some(Frame::Reply(id, reply)) => {
-                    if let Some(tx) = reader_pending.lock().remove(&id) {
+                    if let Some(tx) = pending.lock().remove(&id) {
                         let _ = tx.send(reply);
                     }
                 }
                 Some(Frame::Call(..)) | None => break,
             }
         }
-        // Dropping the senders fails every call still waiting.
-        reader_pending.lock().clear();
-    });
-    let mut next_id = 0u64;
-    while let Some(first) = rx.recv().await {
-        if reader.is_finished() {
-            break;
-        }
-        let sent = write_coalesced(&mut sink, first, &mut rx, |(call, reply)| {
-            next_id += 1;
-            pending.lock().insert(next_id, reply);
-            let bytes = sealed(&auth, &Frame::Call(next_id, call)).ok();
-            if bytes.is_none() {
-                pending.lock().remove(&next_id);
+    };
+    let writer = async {
+        let mut next_id = 0u64;
+        while let Some(first) = rx.recv().await {
+            let sent = write_coalesced(&mut sink, first, &mut rx, |(call, reply)| {
+                next_id += 1;
+                pending.lock().insert(next_id, reply);
+                let bytes = sealed(&auth, &Frame::Call(next_id, call)).ok();
+                if bytes.is_none() {
+                    pending.lock().remove(&next_id);
+                }
+                bytes
+            })
+            .await;
+            if !sent {
+                break;
             }
-            bytes
-        })
-        .await;
-        if !sent {
-            break;
         }
+    };
+    tokio::select! {
+        _ = reader => {}
+        _ = writer => {}
     }
-    reader.abort();
+    // Dropping the senders fails every call still waiting.
     pending.lock().clear();
 }
 
 /// Accepts connections from other nodes and answers their calls with `handler`, until
-/// `cancel` fires (then every connection closes too).
+/// `cancel` fires (then every connection closes too). Each connection, and each call it
+/// answers, is a task of `tasks`.
 pub async fn serve(
     listener: TcpListener,
     handler: Handler,
     faults: Arc<Faults>,
     auth: Arc<FrameAuth>,
     cancel: CancellationToken,
+    tasks: TaskTracker,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -468,11 +495,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let (handler, faults, cancel) = (handler.clone(), faults.clone(), cancel.clone());
-        let auth = auth.clone();
-        tokio::spawn(async move {
+        let (auth, calls) = (auth.clone(), tasks.clone());
+        tasks.spawn(async move {
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                _ = serve_conn(stream, handler, faults, auth) => {}
+                _ = serve_conn(stream, handler, faults, auth, calls) => {}
             }
         });
     }
@@ -483,6 +510,7 @@ async fn serve_conn(
     handler: Handler,
     faults: Arc<Faults>,
     auth: Arc<FrameAuth>,
+    tasks: TaskTracker,
 ) {
     let peer = stream
         .peer_addr()
@@ -501,7 +529,7 @@ async fn serve_conn(
         _ => return,
     };
     let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
-    let writer = tokio::spawn(async move {
+    let writer = tasks.spawn(async move {
         while let Some(b) = rx.recv().await {
             if !write_coalesced(&mut sink, b, &mut rx, Some).await {
                 break;
@@ -522,7 +550,7 @@ async fn serve_conn(
         let handler = handler.clone();
         let tx = tx.clone();
         let auth = auth.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let reply = handler(call).await;
             if let Ok(b) = sealed(&auth, &Frame::Reply(id, reply)) {
                 let _ = tx.send(b).await;

@@ -126,6 +126,11 @@ pub(crate) struct Writer {
     /// Who commits next: the committer thread, or a lone writer in place. Shared with
     /// the committer thread.
     pub(crate) gate: Arc<CommitGate>,
+    /// Dropped after the committer stopped and the database closed: what
+    /// [`Store::close`] waits for.
+    _closed: oneshot::Sender<()>,
+    /// Its other end, taken by the first [`Store::close`].
+    on_close: Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 impl Writer {
@@ -204,12 +209,15 @@ impl Store {
         let gate = Arc::new(CommitGate::default());
         let (tx, rx) = mpsc::channel(config.queue_depth);
         let committer = spawn_committer(inner.clone(), gate.clone(), rx)?;
+        let (closed, on_close) = oneshot::channel();
         Ok(Store {
             inner,
             writer: Arc::new(Writer {
                 tx: RwLock::new(Some(tx)),
                 committer: Mutex::new(Some(committer)),
                 gate,
+                _closed: closed,
+                on_close: Mutex::new(Some(on_close)),
             }),
         })
     }
@@ -223,10 +231,23 @@ impl Store {
     }
 
     /// How many handles share this database. It stays open (and locked) until the last
-    /// one is dropped, so a node that reopens its directory waits for this to reach 1.
+    /// one is dropped.
     pub fn handle_count(&self) -> usize {
         // Only handles hold the writer; the committer thread holds `inner` too.
         Arc::strong_count(&self.writer)
+    }
+
+    /// Drops this handle and waits until every other one is gone: when it returns, the
+    /// committer has stopped and the database is closed, so its directory can be opened
+    /// again. Each owner of a handle lets go of it in its own time; nothing is polled.
+    /// Only the first call waits (a second returns at once).
+    pub async fn close(self) {
+        let on_close = self.writer.on_close.lock().take();
+        drop(self);
+        if let Some(rx) = on_close {
+            // An error is the sender dropped with the writer: that is the signal.
+            let _ = rx.await;
+        }
     }
 
     /// Read counters.

@@ -122,7 +122,7 @@ impl Cluster {
             pushing.insert(peer, false);
         }
         let this = self.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             loop {
                 let progressed = this.push_to(peer, &addr).await;
                 let mut pushing = this.gossip().pushing.lock();
@@ -417,7 +417,7 @@ impl Cluster {
                     continue;
                 }
                 let this = self.clone();
-                tokio::spawn(async move {
+                self.spawn(async move {
                     this.anti_entropy_with(peer, &addr).await;
                     this.gossip().syncing.lock().remove(&peer);
                 });

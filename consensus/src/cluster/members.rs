@@ -209,7 +209,7 @@ impl Cluster {
             .start_group(METADATA_GROUP, KeyRange::metadata())
             .await
             .map_err(|e| CallError::Unavailable(e.to_string()))?;
-        tokio::spawn(self.clone().reconcile_loop(meta.raft.clone()));
+        self.spawn(self.clone().reconcile_loop(meta.raft.clone()));
         tracing::info!(seed, "joining the cluster that added this node");
         self.join(&seed)
             .await
@@ -283,6 +283,8 @@ impl Cluster {
             "this node was removed from the cluster (ALTER CLUSTER REMOVE NODE); it serves nothing now: stop it"
         );
         let me = self.clone();
+        // Not one of the cluster's tasks: it is the shutdown's caller, and shutdown waits
+        // for those.
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
             me.shutdown().await;

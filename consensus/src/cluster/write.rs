@@ -230,7 +230,16 @@ impl Cluster {
         stubs: crate::storage::Stubs,
         mut rx: mpsc::Receiver<Proposal>,
     ) {
-        while let Some(first) = rx.recv().await {
+        loop {
+            // Proposals still queued at shutdown are dropped: their callers hear that
+            // the group is shutting down.
+            let first = tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                p = rx.recv() => match p {
+                    Some(p) => p,
+                    None => return,
+                },
+            };
             let mut batch = vec![first];
             let mut units: usize = batch[0].units.len();
             while units < 4096 {
