@@ -1,13 +1,24 @@
-//! A cluster of real `eddy` processes on free ports in one temp dir, formed with the
-//! documented commands: node 1 starts alone, the others `--join` it.
+//! A cluster on free ports in one temp dir, formed as the docs say: node 1 starts alone,
+//! the others join it. Its nodes are real `eddy` processes ([`TestCluster::start`]:
+//! `kill -9`, exit codes, the CLI), or nodes inside the test process
+//! ([`TestCluster::in_process`]: the same server code, started and stopped without a
+//! process each, for tests that need neither). Faults work the same on both: each node
+//! polls its own fault file.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use eddy_broker::{spawn_node, Config, NodeHandle};
 use tokio_postgres::Client;
 
 use crate::{connect, wait_for, ProcessNode};
+
+/// A running node: a child process, or a node inside the test process.
+enum Running {
+    Process(ProcessNode),
+    InProcess(NodeHandle),
+}
 
 /// One node's identity: kept across restarts so it comes back on the same addresses.
 struct Slot {
@@ -15,16 +26,18 @@ struct Slot {
     data_dir: PathBuf,
     pg_addr: SocketAddr,
     cluster_addr: SocketAddr,
-    process: Option<ProcessNode>,
+    running: Option<Running>,
     /// The node's `--fault-file`: the node ids its links are cut to.
     faults: PathBuf,
     /// Further flags, given on every start.
     extra: Vec<String>,
 }
 
-/// n `eddy` processes forming one cluster.
+/// n nodes forming one cluster.
 pub struct TestCluster {
     slots: Vec<Slot>,
+    /// Nodes run inside the test process.
+    in_process: bool,
     dir: tempfile::TempDir,
 }
 
@@ -40,13 +53,29 @@ impl TestCluster {
         n: usize,
         flags: impl Fn(usize) -> Vec<String>,
     ) -> anyhow::Result<TestCluster> {
+        Self::form(n, false, flags).await
+    }
+
+    /// [`TestCluster::start`] with the nodes inside the test process: the same server
+    /// code on the same sockets and fault files, without a process per node. It has no
+    /// [`TestCluster::kill9`]; [`TestCluster::stop`] shuts a node down in order.
+    pub async fn in_process(n: usize) -> anyhow::Result<TestCluster> {
+        Self::form(n, true, |_| Vec::new()).await
+    }
+
+    async fn form(
+        n: usize,
+        in_process: bool,
+        flags: impl Fn(usize) -> Vec<String>,
+    ) -> anyhow::Result<TestCluster> {
         let mut cluster = TestCluster {
             slots: Vec::new(),
+            in_process,
             dir: tempfile::tempdir()?,
         };
         for i in 1..=n {
             let seed = cluster.slots.first().map(|s| s.cluster_addr.to_string());
-            cluster.launch(seed.as_deref(), flags(i))?;
+            cluster.launch(seed.as_deref(), flags(i)).await?;
         }
         for i in 1..=n {
             cluster
@@ -58,40 +87,28 @@ impl TestCluster {
 
     /// Starts one more node (the next id) the way `ALTER CLUSTER ADD NODE` expects it:
     /// on its own, without `--join`. Returns its number; it is not in the cluster yet.
-    pub fn start_new_node(&mut self) -> anyhow::Result<usize> {
-        self.launch(None, Vec::new())
+    pub async fn start_new_node(&mut self) -> anyhow::Result<usize> {
+        self.launch(None, Vec::new()).await
     }
 
     /// Starts the node with the next id in its own data dir, joining through `seed`
     /// when given; returns its number.
-    fn launch(&mut self, seed: Option<&str>, flags: Vec<String>) -> anyhow::Result<usize> {
+    async fn launch(&mut self, seed: Option<&str>, flags: Vec<String>) -> anyhow::Result<usize> {
         let n = self.slots.len() + 1;
-        let data_dir = self.dir.path().join(format!("node{n}"));
         let faults = self.dir.path().join(format!("node{n}.faults"));
         std::fs::write(&faults, "")?;
-        let (id, fault_file) = (n.to_string(), faults.display().to_string());
-        let mut extra = vec![
-            "--node-id",
-            &id,
-            "--cluster-addr",
-            "127.0.0.1:0",
-            "--fault-file",
-            &fault_file,
-        ];
-        if let Some(seed) = seed {
-            extra.extend(["--join", seed]);
-        }
-        extra.extend(flags.iter().map(String::as_str));
-        let p = ProcessNode::start(&data_dir, &extra)?;
-        self.slots.push(Slot {
+        let mut slot = Slot {
             id: n as u64,
-            data_dir,
-            pg_addr: p.addr(),
-            cluster_addr: p.cluster_addr()?,
-            process: Some(p),
+            data_dir: self.dir.path().join(format!("node{n}")),
+            pg_addr: "127.0.0.1:0".parse()?,
+            cluster_addr: "127.0.0.1:0".parse()?,
+            running: None,
             faults,
             extra: flags,
-        });
+        };
+        let running = slot.run(self.in_process, seed).await?;
+        slot.running = Some(running);
+        self.slots.push(slot);
         Ok(n)
     }
 
@@ -114,31 +131,35 @@ impl TestCluster {
         connect(self.addr(node)).await
     }
 
-    /// `kill -9` of node `node`.
+    /// `kill -9` of node `node` (a process; an in-process node cannot be killed, only
+    /// [stopped](TestCluster::stop)).
     pub fn kill9(&mut self, node: usize) -> anyhow::Result<()> {
-        if let Some(mut p) = self.slot(node).process.take() {
-            p.kill9()?;
+        match self.slot(node).running.take() {
+            Some(Running::Process(mut p)) => p.kill9(),
+            Some(Running::InProcess(h)) => {
+                self.slot(node).running = Some(Running::InProcess(h));
+                anyhow::bail!("node {node} runs in process: it cannot be killed, only stopped")
+            }
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Stops node `node`: `kill -9` of a process, an orderly shutdown in process.
+    pub async fn stop(&mut self, node: usize) -> anyhow::Result<()> {
+        match self.slot(node).running.take() {
+            Some(Running::Process(mut p)) => p.kill9(),
+            Some(Running::InProcess(h)) => h.shutdown().await,
+            None => Ok(()),
+        }
     }
 
     /// Starts a stopped node again on its old addresses and data.
-    pub fn restart(&mut self, node: usize) -> anyhow::Result<()> {
+    pub async fn restart(&mut self, node: usize) -> anyhow::Result<()> {
+        let in_process = self.in_process;
         let slot = self.slot(node);
-        anyhow::ensure!(slot.process.is_none(), "node {node} is running");
-        let (id, cluster) = (slot.id.to_string(), slot.cluster_addr.to_string());
-        let faults = slot.faults.display().to_string();
-        let mut args = vec![
-            "--node-id",
-            &id,
-            "--cluster-addr",
-            &cluster,
-            "--fault-file",
-            &faults,
-        ];
-        args.extend(slot.extra.iter().map(String::as_str));
-        let p = ProcessNode::start_at(&slot.data_dir, &slot.pg_addr.to_string(), &args)?;
-        slot.process = Some(p);
+        anyhow::ensure!(slot.running.is_none(), "node {node} is running");
+        let running = slot.run(in_process, None).await?;
+        slot.running = Some(running);
         Ok(())
     }
 
@@ -215,7 +236,7 @@ impl TestCluster {
         replicas: usize,
     ) -> anyhow::Result<Vec<(usize, usize)>> {
         let running: Vec<usize> = (1..=self.slots.len())
-            .filter(|n| self.slots[n - 1].process.is_some())
+            .filter(|n| self.slots[n - 1].running.is_some())
             .collect();
         wait_for(
             &format!("{replicas} replicas of {object}"),
@@ -297,10 +318,52 @@ fn write_atomic(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl Slot {
+    /// Starts this node on its addresses (port 0 the first time, then the ones it got),
+    /// joining through `seed` when given, and records the addresses it listens on.
+    async fn run(&mut self, in_process: bool, seed: Option<&str>) -> anyhow::Result<Running> {
+        let running = if in_process {
+            let mut config = Config::default();
+            config.node.data_dir = self.data_dir.clone();
+            config.node.pg_addr = self.pg_addr;
+            config.cluster.node_id = self.id;
+            config.cluster.cluster_addr = Some(self.cluster_addr);
+            config.cluster.join = seed.map(str::to_owned);
+            config.cluster.fault_file = Some(self.faults.clone());
+            let h = spawn_node(config).await?;
+            self.pg_addr = h.pg_addr();
+            self.cluster_addr = h.cluster_addr();
+            Running::InProcess(h)
+        } else {
+            let (id, cluster) = (self.id.to_string(), self.cluster_addr.to_string());
+            let faults = self.faults.display().to_string();
+            let mut args = vec![
+                "--node-id",
+                &id,
+                "--cluster-addr",
+                &cluster,
+                "--fault-file",
+                &faults,
+            ];
+            if let Some(seed) = seed {
+                args.extend(["--join", seed]);
+            }
+            args.extend(self.extra.iter().map(String::as_str));
+            let p = ProcessNode::start_at(&self.data_dir, &self.pg_addr.to_string(), &args)?;
+            self.pg_addr = p.addr();
+            self.cluster_addr = p.cluster_addr()?;
+            Running::Process(p)
+        };
+        Ok(running)
+    }
+}
+
 impl Drop for TestCluster {
+    /// Processes are killed; nodes in process are left to the test's runtime, which
+    /// stops their tasks as it ends.
     fn drop(&mut self) {
         for s in &mut self.slots {
-            if let Some(mut p) = s.process.take() {
+            if let Some(Running::Process(mut p)) = s.running.take() {
                 let _ = p.kill9();
             }
         }

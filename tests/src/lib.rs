@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`TestNode`] — an in-process node on port 0 in a temp dir.
 //! - [`ProcessNode`] — the real `eddy` binary as a child process (kill -9, restart).
-//! - [`cluster::TestCluster`] — n real processes forming a cluster (kill, restart).
+//! - [`cluster::TestCluster`] — n nodes forming a cluster: real processes (kill -9,
+//!   restart) or nodes in the test process; cut links, lost frames, failing forwards.
 //! - [`psql`] — runs the real `psql` client.
 //! - [`slt`] — a small sqllogictest-style runner over the wire protocol.
 //! - [`wait_for`] — condition waits instead of sleeps.

@@ -1,5 +1,6 @@
-//! Real 3-node clusters formed with the documented commands (`--node-id`,
-//! `--cluster-addr`, `--join`): replication, forwarding, leader failure.
+//! 3-node clusters formed with the documented commands (`--node-id`, `--cluster-addr`,
+//! `--join`), or their settings for nodes in the test process where no process must be
+//! killed: replication, forwarding, leader failure.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use eddy_tests::wait_for;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_replicates_writes_sent_to_any_node() -> anyhow::Result<()> {
-    let cluster = TestCluster::start(3).await?;
+    let mut cluster = TestCluster::in_process(3).await?;
     let c1 = cluster.client(1).await?;
     c1.batch_execute(
         "CREATE TOPIC orders (item TEXT) WITH (partitions = 3);
@@ -141,6 +142,27 @@ async fn a_three_node_cluster_replicates_writes_sent_to_any_node() -> anyhow::Re
             .collect();
         assert_eq!(keyed, by_hash, "keyed rows through node {node}");
     }
+
+    // Node 3 shut down in order and started again in this process: its shutdown closed
+    // its store (the directory opens again), and it catches up with what it missed.
+    cluster.stop(3).await?;
+    c1.execute("INSERT INTO orders (item) VALUES ('late')", &[])
+        .await?;
+    cluster.restart(3).await?;
+    let c3 = cluster.client(3).await?;
+    let n: i64 = wait_for("node 3 to catch up", Duration::from_secs(30), || async {
+        let n: i64 = c3
+            .query_one("SELECT count(*) FROM orders", &[])
+            .await
+            .ok()?
+            .get(0);
+        (n == 31).then_some(n)
+    })
+    .await?;
+    assert_eq!(
+        n, 31,
+        "6, 8 through each node, and one while node 3 was down"
+    );
     Ok(())
 }
 
@@ -191,7 +213,7 @@ async fn killing_a_partition_leader_while_publishing_loses_no_acknowledged_row(
     }
     let new_leader = cluster.leader_of(via, "events", 0).await?;
     assert_ne!(new_leader, leader, "a new leader took over after the kill");
-    cluster.restart(leader)?;
+    cluster.restart(leader).await?;
     let want = acked.len();
     for node in 1..=3 {
         let c = cluster.client(node).await?;
@@ -237,7 +259,7 @@ async fn killing_a_partition_leader_while_publishing_loses_no_acknowledged_row(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minority_partitioned_node_refuses_writes_and_serves_local_reads() -> anyhow::Result<()> {
-    let cluster = TestCluster::start(3).await?;
+    let cluster = TestCluster::in_process(3).await?;
     let c1 = cluster.client(1).await?;
     c1.batch_execute("CREATE TOPIC t (n INT); INSERT INTO t VALUES (1)")
         .await?;
@@ -396,7 +418,7 @@ async fn replace_node_while_publishing(dead: bool) -> anyhow::Result<()> {
     }
 
     // A new node, started on its own, joins through ALTER CLUSTER ADD NODE.
-    let new = cluster.start_new_node()?;
+    let new = cluster.start_new_node().await?;
     let new_addr = cluster.cluster_addr(new).to_string();
     c2.batch_execute(&format!("ALTER CLUSTER ADD NODE '{new_addr}'"))
         .await?;
@@ -510,7 +532,7 @@ async fn replace_node_while_publishing(dead: bool) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_publishes_through_a_follower_keep_their_order_on_every_replica(
 ) -> anyhow::Result<()> {
-    let cluster = TestCluster::start(3).await?;
+    let cluster = TestCluster::in_process(3).await?;
     cluster
         .client(1)
         .await?

@@ -1,6 +1,6 @@
-//! Gossip between real `eddy` processes: failure detection in `eddy.nodes`, gossip
-//! tables and topics written on every node during a partition and after it, frames
-//! without the cluster secret refused.
+//! Gossip between eddy nodes (real processes, or nodes in the test process where none is
+//! killed): failure detection in `eddy.nodes`, gossip tables and topics written on every
+//! node during a partition and after it, frames without the cluster secret refused.
 
 use std::time::Duration;
 
@@ -193,7 +193,7 @@ async fn gossip_marks_a_killed_node_dead_and_live_again_after_restart() -> anyho
     })
     .await?;
     assert_eq!(gossip_of(2).await.as_deref(), Some("live"));
-    cluster.restart(3)?;
+    cluster.restart(3).await?;
     wait_for("node 3 live again", DEADLINE, || async {
         (gossip_of(3).await.as_deref() == Some("live")).then_some(())
     })
@@ -298,7 +298,7 @@ async fn subscribers_on_every_node_get_every_gossip_message_once_in_origin_order
 ) -> anyhow::Result<()> {
     use futures::StreamExt;
     const EACH: usize = 20;
-    let cluster = TestCluster::start(3).await?;
+    let cluster = TestCluster::in_process(3).await?;
     cluster
         .client(1)
         .await?
@@ -362,7 +362,7 @@ async fn subscribers_on_every_node_get_every_gossip_message_once_in_origin_order
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_upserts_on_every_node_never_fail_with_a_duplicate_key() -> anyhow::Result<()> {
-    let cluster = TestCluster::start(3).await?;
+    let cluster = TestCluster::in_process(3).await?;
     cluster
         .client(1)
         .await?
