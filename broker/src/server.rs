@@ -191,6 +191,7 @@ impl Writer for Replicated {
                     }),
                     frames_refused: this_node.then(|| self.0.frames_refused()),
                     faults: this_node.then(|| fault_counts(&self.1)),
+                    hlc: this_node.then(|| self.0.store().hlc().now()),
                 }
             })
             .collect()

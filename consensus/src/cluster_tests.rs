@@ -390,18 +390,29 @@ async fn a_node_that_fell_behind_a_purged_log_catches_up_by_snapshot() {
 /// Starts a node of its own cluster on the store in `dir`.
 pub(crate) async fn start_solo_in(dir: &std::path::Path) -> Cluster {
     let store = Store::open(dir, StorageConfig::default()).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let config = ClusterConfig::new(
-        1,
-        NodeInfo {
-            pg_addr: "pg-1".into(),
-            cluster_addr: addr,
-        },
-    );
-    Cluster::start(store, config, listener, Arc::new(Faults::default()))
-        .await
-        .unwrap()
+    // Gossip binds UDP on the port the system gave for TCP, where another socket may
+    // already be: then another port.
+    let mut attempts = 0;
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let config = ClusterConfig::new(
+            1,
+            NodeInfo {
+                pg_addr: "pg-1".into(),
+                cluster_addr: addr,
+            },
+        );
+        let faults = Arc::new(Faults::default());
+        match Cluster::start(store.clone(), config, listener, faults).await {
+            Ok(cluster) => return cluster,
+            Err(e) if attempts < 5 => {
+                attempts += 1;
+                eprintln!("a solo node did not start ({e}); trying another port");
+            }
+            Err(e) => panic!("a solo node did not start: {e}"),
+        }
+    }
 }
 
 /// Stops a node and closes its store (so that it can be opened again, and no RocksDB

@@ -15,7 +15,7 @@ use eddy_storage::{
 use openraft::testing::{StoreBuilder, Suite};
 use tempfile::TempDir;
 
-use crate::cluster_tests::{start_solo_in, stop_solo, texts, topic_def};
+use crate::cluster_tests::{start_solo_in, stop_solo, texts, topic_def, wait_for};
 use crate::storage::{group_storage, LogStore, StateMachine};
 use crate::types::{StorageError, TypeConfig};
 use crate::{group_of, Cluster};
@@ -307,7 +307,8 @@ async fn run_model(seed: u64, steps: usize) -> (u64, bool) {
                 let mut groups = vec![group_of(node.table, 0)];
                 groups.extend((0..2).map(|p| group_of(node.topic, p)));
                 for g in groups {
-                    // After a restart the group elects itself first.
+                    // After a restart the group starts and elects itself first.
+                    wait_for("the group to start", || node.cluster.raft(g).is_some()).await;
                     let raft = node.cluster.raft(g).unwrap();
                     raft.wait(Some(std::time::Duration::from_secs(10)))
                         .metrics(|m| m.current_leader == Some(1), "the node leads its group")

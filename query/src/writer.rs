@@ -135,6 +135,9 @@ pub struct NodeRow {
     /// On the answering node's row: what faults injected through its fault file
     /// (testing) did there, so a test can prove a fault took effect.
     pub faults: Option<FaultCounts>,
+    /// On the answering node's row: its hybrid logical clock now, a timestamp greater
+    /// than every one it has given its writes or seen from another node.
+    pub hlc: Option<u64>,
 }
 
 /// What injected faults did on a node (`eddy.nodes`).

@@ -28,6 +28,15 @@ async fn refused(c: &tokio_postgres::Client) -> anyhow::Result<i64> {
     Ok(r.get::<_, Option<i64>>(0).unwrap_or(0))
 }
 
+/// The hybrid logical clock of the node behind `c`, as `eddy.nodes` shows it.
+async fn hlc(c: &tokio_postgres::Client) -> anyhow::Result<i64> {
+    let r = c
+        .query_one("SELECT hlc FROM eddy.nodes WHERE this_node", &[])
+        .await?;
+    r.get::<_, Option<i64>>(0)
+        .ok_or_else(|| anyhow::anyhow!("no hlc on this node's row"))
+}
+
 async fn converged(cluster: &TestCluster, n: usize) -> anyhow::Result<String> {
     wait_for("every node to hold the same rows", DEADLINE, || async {
         let first = kv_digest(cluster, 1).await.ok()?;
@@ -72,7 +81,15 @@ async fn gossip_tables_and_topics_take_writes_on_every_node_through_a_partition(
         .await?;
     c3.batch_execute("INSERT INTO kv VALUES (30, 'from 3'); DELETE FROM kv WHERE id = 3")
         .await?;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Node 3's next write must be later by HLC than node 2's: node 2's clock now is past
+    // its write; wait until node 3's own clock (which cannot see node 2's) is past that.
+    let written_on_2 = hlc(&c2).await?;
+    wait_for(
+        "node 3's clock to pass node 2's write",
+        DEADLINE,
+        || async { (hlc(&c3).await.ok()? > written_on_2).then_some(()) },
+    )
+    .await?;
     c3.batch_execute("INSERT INTO kv VALUES (5, 'minority, later') ON CONFLICT (id) DO UPDATE SET v = excluded.v")
         .await?;
     for (i, c) in [&c1, &c2, &c3].iter().enumerate() {
