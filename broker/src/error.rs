@@ -16,6 +16,10 @@ pub mod sqlstate {
     pub const UNDEFINED_COLUMN: &str = "42703";
     /// undefined_function
     pub const UNDEFINED_FUNCTION: &str = "42883";
+    /// ambiguous_column
+    pub const AMBIGUOUS_COLUMN: &str = "42702";
+    /// duplicate_column
+    pub const DUPLICATE_COLUMN: &str = "42701";
     /// duplicate_table
     pub const DUPLICATE_TABLE: &str = "42P07";
     /// wrong_object_type
@@ -80,8 +84,7 @@ pub mod sqlstate {
 use sqlstate::*;
 
 /// SQLSTATE and client-facing message of an error: by its class, and for the user's
-/// own errors by what exactly is wrong. Nothing here reads an error's text except
-/// DataFusion's (which carry no codes; see `classify_datafusion`).
+/// own errors by what exactly is wrong. Nothing here reads an error's text.
 pub fn classify(e: &QueryError) -> (&'static str, String) {
     match e.class() {
         ErrorClass::User => match e {
@@ -109,6 +112,7 @@ fn user_code(e: &QueryError) -> &'static str {
     match e {
         QueryError::Syntax(_) => SYNTAX_ERROR,
         QueryError::UndefinedObject { .. } => UNDEFINED_TABLE,
+        QueryError::UndefinedFunction(_) => UNDEFINED_FUNCTION,
         QueryError::UndefinedColumn { .. } => UNDEFINED_COLUMN,
         QueryError::InvalidText { .. } => INVALID_TEXT,
         QueryError::OutOfRange { .. } => OUT_OF_RANGE,
@@ -151,15 +155,14 @@ pub(crate) fn hidden(what: &str, detail: &str) -> String {
     format!("{what} (id {id}; the server log has the details)")
 }
 
-/// The Arrow error inside `e`, through DataFusion's wrappers.
-fn arrow_error(e: &DataFusionError) -> Option<&arrow::error::ArrowError> {
+/// The error inside DataFusion's wrappers (context, diagnostics, shared).
+fn innermost(e: &DataFusionError) -> &DataFusionError {
     match e {
-        DataFusionError::ArrowError(a, _) => Some(a),
         DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
-            arrow_error(inner)
+            innermost(inner)
         }
-        DataFusionError::Shared(inner) => arrow_error(inner),
-        _ => None,
+        DataFusionError::Shared(inner) => innermost(inner),
+        _ => e,
     }
 }
 
@@ -167,66 +170,34 @@ fn arrow_error(e: &DataFusionError) -> Option<&arrow::error::ArrowError> {
 static INTERNAL_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// DataFusion errors carry no codes; those of the user's class (`datafusion_class` in
-/// eddy-query) are sorted by kind and by the shape of their message.
+/// eddy-query) are sorted by their type: DataFusion's variant, and inside it the typed
+/// schema or Arrow error. (A relation or function that does not exist never gets here:
+/// planning reports those typed, `unplanned.rs` in eddy-query.)
 fn classify_datafusion(e: &DataFusionError) -> (&'static str, String) {
-    let text = e.strip_backtrace();
-    let text = text
-        .trim_start_matches("Error during planning: ")
-        .trim_start_matches("Schema error: ")
-        .trim_start_matches("Execution error: ")
-        .trim_start_matches("Arrow error: ")
-        .to_owned();
-    match e {
-        DataFusionError::SQL(..) => return (SYNTAX_ERROR, text),
-        DataFusionError::SchemaError(..) => return (UNDEFINED_COLUMN, text),
-        DataFusionError::NotImplemented(_) => return (FEATURE_NOT_SUPPORTED, text),
-        _ => {}
-    }
-    // Arrow's errors are typed: sorted by kind.
-    if let Some(arrow) = arrow_error(e) {
-        use arrow::error::ArrowError as A;
-        let code = match arrow {
-            A::DivideByZero => Some(DIVISION_BY_ZERO),
-            A::ArithmeticOverflow(_) => Some(OUT_OF_RANGE),
-            A::CastError(_) | A::ParseError(_) => Some(INVALID_TEXT),
-            _ => None,
-        };
-        if let Some(code) = code {
-            return (code, text);
-        }
-    }
-    // The rest reach eddy as DataFusion's plain messages (planning and execution errors
-    // have no finer type), sorted by their shape.
-    if let Some(rest) = text.strip_prefix("table '") {
-        if let Some(name) = rest.split('\'').next() {
-            let short = name.rsplit('.').next().unwrap_or(name);
-            return (
-                UNDEFINED_TABLE,
-                format!("relation \"{short}\" does not exist"),
-            );
-        }
-    }
-    let lower = text.to_ascii_lowercase();
-    let code = if lower.contains("no field named") {
-        UNDEFINED_COLUMN
-    } else if lower.contains("invalid function") || lower.contains("no function matches") {
-        UNDEFINED_FUNCTION
-    } else if lower.contains("divide by zero") || lower.contains("division by zero") {
-        DIVISION_BY_ZERO
-    } else if lower.contains("cannot cast")
-        || lower.contains("cast error")
-        || lower.contains("parser error")
-    {
-        INVALID_TEXT
-    } else if lower.contains("overflow") {
-        OUT_OF_RANGE
-    } else if matches!(e, DataFusionError::Plan(_)) {
-        SYNTAX_ERROR
-    } else {
+    use arrow::error::ArrowError as A;
+    use datafusion::common::SchemaError as S;
+    let inner = innermost(e);
+    let code = match inner {
+        DataFusionError::SQL(..) | DataFusionError::Plan(_) => SYNTAX_ERROR,
+        DataFusionError::SchemaError(s, _) => match **s {
+            S::AmbiguousReference { .. } => AMBIGUOUS_COLUMN,
+            S::DuplicateQualifiedField { .. } | S::DuplicateUnqualifiedField { .. } => {
+                DUPLICATE_COLUMN
+            }
+            S::FieldNotFound { .. } => UNDEFINED_COLUMN,
+        },
+        DataFusionError::NotImplemented(_) => FEATURE_NOT_SUPPORTED,
+        DataFusionError::Configuration(_) => INVALID_PARAMETER,
+        DataFusionError::ArrowError(a, _) => match **a {
+            A::DivideByZero => DIVISION_BY_ZERO,
+            A::ArithmeticOverflow(_) => OUT_OF_RANGE,
+            A::CastError(_) | A::ParseError(_) => INVALID_TEXT,
+            _ => DATA_EXCEPTION,
+        },
         // A statement DataFusion could not run for a reason of its own values.
-        DATA_EXCEPTION
+        _ => DATA_EXCEPTION,
     };
-    (code, text)
+    (code, inner.message().into_owned())
 }
 
 /// An ERROR-severity wire error (the connection stays usable).
@@ -258,10 +229,31 @@ mod tests {
             .0,
             "23505"
         );
+        // A relation that does not exist is reported typed by planning; a DataFusion
+        // message saying the same is not read, only its variant is.
+        let (code, msg) = classify(&QueryError::UndefinedObject {
+            name: "nope".into(),
+        });
+        assert_eq!(
+            (code, msg.as_str()),
+            ("42P01", "relation \"nope\" does not exist")
+        );
         let df = DataFusionError::Plan("table 'eddy.public.nope' not found".into());
-        let (code, msg) = classify(&QueryError::from(df));
-        assert_eq!(code, "42P01");
-        assert_eq!(msg, "relation \"nope\" does not exist");
+        assert_eq!(classify(&QueryError::from(df)).0, "42601");
+        let missing = datafusion::common::SchemaError::FieldNotFound {
+            field: Box::new(datafusion::common::Column::from_name("x")),
+            valid_fields: Vec::new(),
+        };
+        let df = DataFusionError::SchemaError(Box::new(missing), Box::new(None));
+        let wrapped = DataFusionError::Context("planning".into(), Box::new(df));
+        assert_eq!(classify(&QueryError::from(wrapped)).0, "42703");
+        let df =
+            DataFusionError::ArrowError(Box::new(arrow::error::ArrowError::DivideByZero), None);
+        assert_eq!(classify(&QueryError::from(df)).0, "22012");
+        assert_eq!(
+            classify(&QueryError::UndefinedFunction("f".into())).0,
+            "42883"
+        );
         assert_eq!(
             classify(&QueryError::MessageTooLarge { size: 2, limit: 1 }).0,
             "54000"

@@ -139,10 +139,13 @@ impl Core {
 
     pub(crate) async fn plan_sql(&self, stmt: &SqlStatement) -> Result<LogicalPlan> {
         let state = self.ctx.state();
-        let plan = state
+        match state
             .statement_to_plan(DfStatement::Statement(Box::new(stmt.clone())))
-            .await?;
-        Ok(plan)
+            .await
+        {
+            Ok(plan) => Ok(plan),
+            Err(e) => Err(crate::unplanned::cause(&state, stmt, e).await),
+        }
     }
 
     pub(crate) async fn run_plan(

@@ -18,6 +18,9 @@ pub enum Error {
         /// The name.
         name: String,
     },
+    /// A function no registry knows.
+    #[error("function {0} does not exist")]
+    UndefinedFunction(String),
     /// No column of that name.
     #[error("column \"{column}\" of relation \"{relation}\" does not exist")]
     UndefinedColumn {
@@ -154,6 +157,7 @@ impl Error {
             Error::CopyValue { source, .. } => source.class(),
             Error::Syntax(_)
             | Error::UndefinedObject { .. }
+            | Error::UndefinedFunction(_)
             | Error::UndefinedColumn { .. }
             | Error::InvalidText { .. }
             | Error::OutOfRange { .. }
@@ -226,13 +230,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// True when a statement names a topic or table this node's catalog does not have
-    /// (ours, or DataFusion's "table '...' not found").
+    /// (planning reports it typed: see `unplanned.rs`).
     pub(crate) fn is_undefined_relation(&self) -> bool {
-        match self {
-            Error::UndefinedObject { .. } => true,
-            Error::Storage(eddy_storage::Error::ObjectNotFound { .. }) => true,
-            Error::DataFusion(d) => d.to_string().starts_with("Error during planning: table '"),
-            _ => false,
-        }
+        matches!(
+            self,
+            Error::UndefinedObject { .. }
+                | Error::Storage(eddy_storage::Error::ObjectNotFound { .. })
+        )
     }
 }

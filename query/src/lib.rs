@@ -57,6 +57,7 @@ mod subscribe;
 mod system;
 mod text_encode;
 mod types;
+mod unplanned;
 pub mod writer;
 
 pub use copy::{CopyFormat, CopyInSink, CopyOptions};

@@ -3,6 +3,7 @@
 
 mod t10_slt;
 mod t20_driver;
+mod t25_stopping;
 mod t30_psql;
 mod t40_psycopg;
 mod t50_subscribe;
