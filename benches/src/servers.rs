@@ -227,14 +227,7 @@ fn find_on_path(name: &str, extra: &[&str]) -> Option<PathBuf> {
 /// The `eddy` binary: `$EDDY_BIN`, else next to this executable (target/release/eddy for
 /// target/release/eddy-bench; target/debug/eddy for a test in target/debug/deps).
 pub fn eddy_bin() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("EDDY_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    let candidates = exe.ancestors().skip(1).take(2).map(|d| d.join("eddy"));
-    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
-        anyhow::anyhow!("the eddy binary is not built next to {}: run `cargo build --release --bin eddy` (or set EDDY_BIN)", exe.display())
-    })
+    eddy_kit::eddy_bin()
 }
 
 fn start_redis() -> anyhow::Result<Server> {

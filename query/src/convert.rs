@@ -101,12 +101,10 @@ pub fn cast_column(array: &ArrayRef, ty: ColumnType, column: &str) -> Result<Arr
     let numbers = array.data_type().is_numeric() && target.is_numeric();
     cast_with_options(array, &target, &opts).map_err(|e| match e {
         // A cast between numeric types fails only on a number the target cannot hold.
-        arrow::error::ArrowError::CastError(msg) if numbers => {
-            Error::OutOfRange {
-                ty: ty.sql_name(),
-                value: msg,
-            }
-        }
+        arrow::error::ArrowError::CastError(msg) if numbers => Error::OutOfRange {
+            ty: ty.sql_name(),
+            value: msg,
+        },
         other => Error::from(other),
     })
 }

@@ -3,11 +3,12 @@
 //! # Layout
 //! - [`TestNode`] — an in-process node on port 0 in a temp dir.
 //! - [`ProcessNode`] — the real `eddy` binary as a child process (kill -9, restart).
-//! - [`cluster::TestCluster`] — n nodes forming a cluster: real processes (kill -9,
-//!   restart) or nodes in the test process; cut links, lost frames, failing forwards.
+//! - [`cluster::TestCluster`] — n nodes forming a cluster: real processes (eddy-kit's
+//!   `ProcessCluster`, shared with eddy-bench) or nodes in the test process; cut links,
+//!   lost frames, failing forwards.
 //! - [`psql`] — runs the real `psql` client.
 //! - [`slt`] — a small sqllogictest-style runner over the wire protocol.
-//! - [`wait_for`] — condition waits instead of sleeps.
+//! - [`wait_for`] — condition waits instead of sleeps (eddy-kit's, shared with eddy-bench).
 //! - [`proxy::TcpProxy`] — a TCP proxy that cuts connections (client reconnect tests).
 //!
 //! Test binaries: `tests/sql` (golden files, drivers, psql, psycopg),
@@ -19,27 +20,24 @@ pub mod proxy;
 pub mod slt;
 pub mod wire;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use eddy_broker::{spawn_node, Config, NodeHandle};
+use eddy_kit::EddyProcess;
 use tokio_postgres::{Client, NoTls};
 
 /// Connects tokio-postgres to a node and drives the connection in the background.
 pub async fn connect(addr: SocketAddr) -> anyhow::Result<Client> {
-    let conn_str = format!(
+    eddy_kit::connect(&format!(
         "host={} port={} user=eddy dbname=eddy",
         addr.ip(),
         addr.port()
-    );
-    let (client, conn) = tokio_postgres::connect(&conn_str, NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
+    ))
+    .await
 }
 
 /// A node running inside the test process.
@@ -119,30 +117,19 @@ impl TestNode {
 /// Path of the `eddy` binary next to the test executable (built by `scripts/test.sh`);
 /// builds it if it is missing.
 pub fn eddy_bin() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    // target/debug/deps/<test> -> target/debug/eddy
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| anyhow::anyhow!("odd test path"))?;
-    let bin = dir.join("eddy");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--bin", "eddy"])
-            .status()?;
-        anyhow::ensure!(status.success(), "cargo build --bin eddy failed");
+    if let Ok(bin) = eddy_kit::eddy_bin() {
+        return Ok(bin);
     }
-    Ok(bin)
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--bin", "eddy"])
+        .status()?;
+    anyhow::ensure!(status.success(), "cargo build --bin eddy failed");
+    eddy_kit::eddy_bin()
 }
 
-/// The real `eddy` binary running as a child process.
-pub struct ProcessNode {
-    child: Child,
-    addr: SocketAddr,
-    cluster_addr: Option<SocketAddr>,
-    /// Where its stderr (logs) goes.
-    pub log: PathBuf,
-}
+/// The real `eddy` binary running as a child process (eddy-kit's [`EddyProcess`], which
+/// it derefs to: `addr`, `cluster_addr`, `kill9`, `terminate`, `is_running`, `log`).
+pub struct ProcessNode(EddyProcess);
 
 impl ProcessNode {
     /// Starts `eddy start` on `data_dir` with a free port, plus `extra` flags, and waits
@@ -154,86 +141,25 @@ impl ProcessNode {
     /// [`ProcessNode::start`] with the Postgres listener on `pg_addr`. Its stderr is
     /// appended to `<data_dir>.log`, so a restarted node's log follows the first run's.
     pub fn start_at(data_dir: &Path, pg_addr: &str, extra: &[&str]) -> anyhow::Result<ProcessNode> {
-        let log = data_dir.with_extension("log");
-        let mut child = Command::new(eddy_bin()?)
-            .arg("start")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--pg-addr", pg_addr])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)?,
-            )
-            .spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-        let mut out = BufReader::new(stdout);
-        let mut line = String::new();
-        out.read_line(&mut line)?;
-        let addr = line
-            .trim()
-            .strip_prefix("eddy listening on ")
-            .ok_or_else(|| {
-                let logs = std::fs::read_to_string(&log).unwrap_or_default();
-                anyhow::anyhow!("eddy did not start: {line:?}\n{logs}")
-            })?
-            .parse()?;
-        // Second line: "eddy node N cluster address HOST:PORT".
-        line.clear();
-        out.read_line(&mut line)?;
-        let cluster_addr = line.trim().rsplit(' ').next().and_then(|a| a.parse().ok());
-        Ok(ProcessNode {
-            child,
-            addr,
-            cluster_addr,
-            log,
-        })
-    }
-
-    /// The cluster (internal RPC) address it printed.
-    pub fn cluster_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.cluster_addr
-            .ok_or_else(|| anyhow::anyhow!("the node printed no cluster address"))
-    }
-
-    /// The Postgres address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// `kill -9`: no shutdown code runs.
-    pub fn kill9(&mut self) -> anyhow::Result<()> {
-        self.child.kill()?; // SIGKILL
-        self.child.wait()?;
-        Ok(())
-    }
-
-    /// SIGTERM, then waits for the exit status.
-    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()?;
-        anyhow::ensure!(status.success(), "kill -TERM failed");
-        Ok(self.child.wait()?)
-    }
-
-    /// True while the process runs.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        Ok(ProcessNode(EddyProcess::start(
+            &eddy_bin()?,
+            data_dir,
+            pg_addr,
+            extra,
+        )?))
     }
 }
 
-impl Drop for ProcessNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for ProcessNode {
+    type Target = EddyProcess;
+    fn deref(&self) -> &EddyProcess {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ProcessNode {
+    fn deref_mut(&mut self) -> &mut EddyProcess {
+        &mut self.0
     }
 }
 
@@ -342,21 +268,7 @@ pub async fn connect_listening(
     Ok((client, rx))
 }
 
-/// Polls `f` until it returns `Some`, or fails after `timeout`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        anyhow::ensure!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use eddy_kit::wait_for;
 
 /// Waits until `count` FETCHes wait for rows on the subscriptions of `eddy.subscriptions`
 /// matching `condition` (SQL, e.g. `name = 's'` or `kind = 'cursor'`), as the node

@@ -21,7 +21,6 @@
 //! `Nats-Msg-Id` header), so such a copy is dropped. A message stored twice anyway is
 //! counted as a duplicate.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -115,7 +114,7 @@ pub async fn failover(server: &Server, opts: &Options) -> anyhow::Result<Failove
         server.cluster()?.restart(leader)?;
         if let Err(e) = caught_up(server, leader).await {
             // The log goes with the temp dir when the cluster is dropped: quote its end.
-            let log = server.cluster()?.log(leader).map(Path::to_path_buf);
+            let log = server.cluster()?.log(leader);
             let log = log
                 .and_then(|l| std::fs::read_to_string(l).ok())
                 .unwrap_or_default();

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use crate::*;
 
 mod commits;
-mod msg_ids;
 mod groups;
+mod msg_ids;
 mod wal;
 
 fn topic(name: &str, partitions: u32) -> ObjectDef {

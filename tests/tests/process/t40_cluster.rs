@@ -418,7 +418,7 @@ async fn replace_node_while_publishing(dead: bool) -> anyhow::Result<()> {
     }
 
     // A new node, started on its own, joins through ALTER CLUSTER ADD NODE.
-    let new = cluster.start_new_node().await?;
+    let new = cluster.start_new_node()?;
     let new_addr = cluster.cluster_addr(new).to_string();
     c2.batch_execute(&format!("ALTER CLUSTER ADD NODE '{new_addr}'"))
         .await?;
