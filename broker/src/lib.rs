@@ -22,6 +22,7 @@
 mod config;
 pub mod error;
 mod pg;
+pub mod router;
 mod server;
 
 pub use config::{ClusterSection, Config, NodeConfig};
