@@ -226,9 +226,7 @@ fn find_on_path(name: &str, extra: &[&str]) -> Option<PathBuf> {
 
 /// The `eddy` binary: `$EDDY_BIN`, else next to this executable (target/release/eddy for
 /// target/release/eddy-bench; target/debug/eddy for a test in target/debug/deps).
-pub fn eddy_bin() -> anyhow::Result<PathBuf> {
-    eddy_kit::eddy_bin()
-}
+pub use eddy_kit::eddy_bin;
 
 fn start_redis() -> anyhow::Result<Server> {
     let bin = find_on_path("redis-server", &[])

@@ -115,6 +115,24 @@ pub struct Candidate {
     pub up_for: Duration,
 }
 
+impl Candidate {
+    /// Its gossiped figures if fresh (no older than [`STALE_AFTER`]), else none.
+    fn fresh(&self) -> Figures {
+        self.gossiped
+            .as_ref()
+            .filter(|(_, age)| *age <= STALE_AFTER)
+            .map(|(f, _)| *f)
+            .unwrap_or_default()
+    }
+
+    /// Statements running or waiting there as far as this node knows: its fresh figures
+    /// plus what this node has sent there itself.
+    fn load(&self) -> u32 {
+        let fresh = self.fresh();
+        fresh.in_flight + fresh.queued + self.sent_in_flight
+    }
+}
+
 /// A node's own load figures, as it gossips them about once a second.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Figures {
@@ -143,19 +161,13 @@ const WARM_UP_COST: f64 = 0.5;
 /// cannot drown the other factors. Stale or missing gossip counts as no load and no CPU
 /// beyond what this node itself has sent there.
 pub fn cost(c: &Candidate, here: Option<&str>, w: &Weights) -> f64 {
-    let fresh = c
-        .gossiped
-        .as_ref()
-        .filter(|(_, age)| *age <= STALE_AFTER)
-        .map(|(f, _)| *f)
-        .unwrap_or_default();
-    let load = f64::from(fresh.in_flight + fresh.queued + c.sent_in_flight);
+    let load = f64::from(c.load());
     let load = load / (load + LOAD_HALF);
     let latency = c.latency.map_or(0.0, |l| {
         let ms = l.as_secs_f64() * 1000.0;
         ms / (ms + LATENCY_HALF_MS)
     });
-    let resources = fresh.cpu.clamp(0.0, 1.0);
+    let resources = c.fresh().cpu.clamp(0.0, 1.0);
     let remote = match (here, c.zone.as_deref()) {
         _ if c.local => 0.0,
         (Some(a), Some(b)) if a == b => 0.0,
@@ -218,15 +230,10 @@ pub fn choose(
             .find(|&i| candidates[i].local)
             .or_else(|| by_cost(&open, rng)),
         Strategy::RoundRobin => Some(open[(turn % open.len() as u64) as usize]),
-        Strategy::LeastConnections => open.iter().copied().min_by_key(|&i| {
-            let c = &candidates[i];
-            let gossiped = c
-                .gossiped
-                .as_ref()
-                .filter(|(_, age)| *age <= STALE_AFTER)
-                .map_or(0, |(f, _)| f.in_flight + f.queued);
-            (gossiped + c.sent_in_flight, !c.local)
-        }),
+        Strategy::LeastConnections => open
+            .iter()
+            .copied()
+            .min_by_key(|&i| (candidates[i].load(), !candidates[i].local)),
         Strategy::Locality => {
             let near: Vec<usize> = open
                 .iter()

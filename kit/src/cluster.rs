@@ -8,13 +8,41 @@ use std::time::Duration;
 
 use crate::{connect, wait_for, EddyProcess, FaultFiles};
 
-/// One node: kept across restarts so it comes back on the same addresses and data.
+/// Where one node lives: its id, data, addresses and fault file, kept across restarts so
+/// it comes back as the same node (a process here, a node in the test process in
+/// eddy-tests).
+pub struct NodeHome {
+    /// Node id (1-based).
+    pub id: u64,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Postgres address: port 0 until it first starts, then the one it got.
+    pub pg_addr: SocketAddr,
+    /// Cluster (internal RPC) address, likewise.
+    pub cluster_addr: SocketAddr,
+    /// Its `--fault-file`.
+    pub fault_file: PathBuf,
+}
+
+impl NodeHome {
+    /// The home of the next node in `dir` (the id after the last of `faults`' files),
+    /// with its empty fault file made.
+    pub fn next(dir: &Path, faults: &mut FaultFiles) -> anyhow::Result<NodeHome> {
+        let fault_file = faults.add(dir)?;
+        let id = faults.len() as u64;
+        Ok(NodeHome {
+            id,
+            data_dir: dir.join(format!("node{id}")),
+            pg_addr: "127.0.0.1:0".parse()?,
+            cluster_addr: "127.0.0.1:0".parse()?,
+            fault_file,
+        })
+    }
+}
+
+/// One process node.
 struct Slot {
-    id: u64,
-    data_dir: PathBuf,
-    pg_addr: SocketAddr,
-    cluster_addr: SocketAddr,
-    fault_file: PathBuf,
+    home: NodeHome,
     /// Further flags, given on every start.
     extra: Vec<String>,
     /// `None` while stopped.
@@ -62,21 +90,15 @@ impl ProcessCluster {
 
     /// Starts the node with the next id in its own data dir (joining node 1 if `join`).
     fn launch(&mut self, join: bool, extra: Vec<String>) -> anyhow::Result<usize> {
-        let id = self.slots.len() + 1;
-        let fault_file = self.faults.add(self.dir.path())?;
         let mut slot = Slot {
-            id: id as u64,
-            data_dir: self.dir.path().join(format!("node{id}")),
-            pg_addr: "127.0.0.1:0".parse()?,
-            cluster_addr: "127.0.0.1:0".parse()?,
-            fault_file,
+            home: NodeHome::next(self.dir.path(), &mut self.faults)?,
             extra,
             process: None,
         };
-        let seed = join.then(|| self.slots[0].cluster_addr.to_string());
+        let seed = join.then(|| self.slots[0].home.cluster_addr.to_string());
         slot.run(&self.bin, seed.as_deref())?;
         self.slots.push(slot);
-        Ok(id)
+        Ok(self.slots.len())
     }
 
     /// Waits until node `node` lists `n` nodes in `eddy.nodes`.
@@ -115,7 +137,7 @@ impl ProcessCluster {
 
     /// Postgres address of node `node` (1-based).
     pub fn addr(&self, node: usize) -> SocketAddr {
-        self.slots[node - 1].pg_addr
+        self.slots[node - 1].home.pg_addr
     }
 
     /// A libpq-style connection string for node `node`.
@@ -126,12 +148,12 @@ impl ProcessCluster {
 
     /// Cluster (internal RPC) address of node `node`.
     pub fn cluster_addr(&self, node: usize) -> SocketAddr {
-        self.slots[node - 1].cluster_addr
+        self.slots[node - 1].home.cluster_addr
     }
 
     /// Where node `node` writes its log (every start appends).
     pub fn log(&self, node: usize) -> PathBuf {
-        self.slots[node - 1].data_dir.with_extension("log")
+        self.slots[node - 1].home.data_dir.with_extension("log")
     }
 
     /// True while node `node` runs.
@@ -174,8 +196,9 @@ impl Slot {
     /// Starts this node on its addresses (port 0 the first time, then the ones it got),
     /// joining through `seed` when given, and records where it listens.
     fn run(&mut self, bin: &Path, seed: Option<&str>) -> anyhow::Result<()> {
-        let (id, cluster) = (self.id.to_string(), self.cluster_addr.to_string());
-        let faults = self.fault_file.display().to_string();
+        let home = &mut self.home;
+        let (id, cluster) = (home.id.to_string(), home.cluster_addr.to_string());
+        let faults = home.fault_file.display().to_string();
         let mut args = vec![
             "--node-id",
             &id,
@@ -188,9 +211,9 @@ impl Slot {
             args.extend(["--join", seed]);
         }
         args.extend(self.extra.iter().map(String::as_str));
-        let p = EddyProcess::start(bin, &self.data_dir, &self.pg_addr.to_string(), &args)?;
-        self.pg_addr = p.addr();
-        self.cluster_addr = p.cluster_addr()?;
+        let p = EddyProcess::start(bin, &home.data_dir, &home.pg_addr.to_string(), &args)?;
+        home.pg_addr = p.addr();
+        home.cluster_addr = p.cluster_addr()?;
         self.process = Some(p);
         Ok(())
     }

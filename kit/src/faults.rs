@@ -54,6 +54,16 @@ impl FaultFiles {
             .map_err(|_| anyhow::anyhow!("fault files poisoned"))
     }
 
+    /// How many nodes have a file.
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// True before any node has a file.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
     /// Cuts node `id` off from every other node, both ways (a `loss=` setting stays).
     pub fn isolate(&self, id: u64) -> anyhow::Result<()> {
         let n = self.paths.len() as u64;

@@ -13,7 +13,7 @@ mod cluster;
 mod faults;
 mod process;
 
-pub use cluster::ProcessCluster;
+pub use cluster::{NodeHome, ProcessCluster};
 pub use faults::FaultFiles;
 pub use process::EddyProcess;
 

@@ -7,7 +7,6 @@ use std::ops::ControlFlow;
 
 use datafusion::error::DataFusionError;
 use datafusion::execution::session_state::SessionState;
-use datafusion::execution::FunctionRegistry;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{visit_expressions, Expr, Statement as SqlStatement};
 
@@ -49,7 +48,6 @@ fn missing_function(state: &SessionState, stmt: &SqlStatement) -> Option<String>
             || state.aggregate_functions().contains_key(name)
             || state.window_functions().contains_key(name)
             || state.table_functions().contains_key(name)
-            || state.udfs().contains(name)
     };
     let found = visit_expressions(stmt, |e: &Expr| match e {
         Expr::Function(f) => {

@@ -7,11 +7,10 @@
 //! ([`FaultFiles`]), and every fault is shown to act through `eddy.nodes`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use eddy_broker::{spawn_node, Config, NodeHandle};
-use eddy_kit::{FaultFiles, ProcessCluster};
+use eddy_kit::{FaultFiles, NodeHome, ProcessCluster};
 use tokio_postgres::Client;
 
 use crate::{connect, eddy_bin, wait_for};
@@ -34,11 +33,7 @@ struct InProcess {
 }
 
 struct InSlot {
-    id: u64,
-    data_dir: PathBuf,
-    pg_addr: SocketAddr,
-    cluster_addr: SocketAddr,
-    fault_file: PathBuf,
+    home: NodeHome,
     /// `None` while stopped.
     handle: Option<NodeHandle>,
 }
@@ -119,7 +114,7 @@ impl TestCluster {
     pub fn cluster_addr(&self, node: usize) -> SocketAddr {
         match &self.nodes {
             Nodes::Processes(p) => p.cluster_addr(node),
-            Nodes::InProcess(n) => n.slots[node - 1].cluster_addr,
+            Nodes::InProcess(n) => n.slots[node - 1].home.cluster_addr,
         }
     }
 
@@ -127,7 +122,7 @@ impl TestCluster {
     pub fn addr(&self, node: usize) -> SocketAddr {
         match &self.nodes {
             Nodes::Processes(p) => p.addr(node),
-            Nodes::InProcess(n) => n.slots[node - 1].pg_addr,
+            Nodes::InProcess(n) => n.slots[node - 1].home.pg_addr,
         }
     }
 
@@ -299,17 +294,11 @@ impl TestCluster {
 impl InProcess {
     /// Starts the node with the next id, joining node 1 unless it is node 1.
     async fn launch(&mut self) -> anyhow::Result<()> {
-        let id = self.slots.len() + 1;
-        let fault_file = self.faults.add(self.dir.path())?;
         let mut slot = InSlot {
-            id: id as u64,
-            data_dir: self.dir.path().join(format!("node{id}")),
-            pg_addr: "127.0.0.1:0".parse()?,
-            cluster_addr: "127.0.0.1:0".parse()?,
-            fault_file,
+            home: NodeHome::next(self.dir.path(), &mut self.faults)?,
             handle: None,
         };
-        let seed = self.slots.first().map(|s| s.cluster_addr.to_string());
+        let seed = self.slots.first().map(|s| s.home.cluster_addr.to_string());
         slot.run(seed).await?;
         self.slots.push(slot);
         Ok(())
@@ -320,16 +309,17 @@ impl InSlot {
     /// Starts this node on its addresses (port 0 the first time, then the ones it got),
     /// joining through `seed` when given, and records where it listens.
     async fn run(&mut self, seed: Option<String>) -> anyhow::Result<()> {
+        let home = &mut self.home;
         let mut config = Config::default();
-        config.node.data_dir = self.data_dir.clone();
-        config.node.pg_addr = self.pg_addr;
-        config.cluster.node_id = self.id;
-        config.cluster.cluster_addr = Some(self.cluster_addr);
+        config.node.data_dir = home.data_dir.clone();
+        config.node.pg_addr = home.pg_addr;
+        config.cluster.node_id = home.id;
+        config.cluster.cluster_addr = Some(home.cluster_addr);
         config.cluster.join = seed;
-        config.cluster.fault_file = Some(self.fault_file.clone());
+        config.cluster.fault_file = Some(home.fault_file.clone());
         let h = spawn_node(config).await?;
-        self.pg_addr = h.pg_addr();
-        self.cluster_addr = h.cluster_addr();
+        home.pg_addr = h.pg_addr();
+        home.cluster_addr = h.cluster_addr();
         self.handle = Some(h);
         Ok(())
     }

@@ -218,7 +218,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // The committer's batch is readable and durable at the same moment: once it
         // answers, both halves of the contract hold.
-        let lane = lane_for(WriterId::RaftLog(self.group), 1);
+        // All of them in one commit, and the log waits for it: its writer alone.
+        let lane = Lane::Alone(WriterId::RaftLog(self.group));
         let written = store
             .commit(Commit {
                 raft: vec![RaftWrite::Entries {
