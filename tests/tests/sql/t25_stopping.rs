@@ -15,6 +15,24 @@ async fn numbers(c: &tokio_postgres::Client, count: usize) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Sends CancelRequests until the statement `running` ends, and returns how it ended. A
+/// cancel that arrives before the statement starts is ignored, so it sends again; but it
+/// waits for each to be answered first, so that none is still on its way when the next
+/// statement starts (that one would be cancelled instead).
+async fn cancel_until_stopped<T: Send + 'static>(
+    token: &tokio_postgres::CancelToken,
+    mut running: tokio::task::JoinHandle<T>,
+) -> anyhow::Result<T> {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        token.cancel_query(tokio_postgres::NoTls).await?;
+        let answered = std::time::Duration::from_secs(5);
+        if let Ok(done) = tokio::time::timeout(answered, &mut running).await {
+            return Ok(done?);
+        }
+    }
+}
+
 /// A count over `n`'s three-way cross join: `count^3` joined rows, long enough to stop.
 const CUBE: &str = "SELECT count(*) FROM n a, n b, n c WHERE a.i + b.i + c.i >= 0";
 
@@ -27,13 +45,7 @@ async fn cancel_request_stops_a_running_query() -> anyhow::Result<()> {
     let q = c.clone();
     // 600^3 = 216M joined rows: far longer than the cancel takes to arrive.
     let running = tokio::spawn(async move { q.query(CUBE, &[]).await });
-    let result = loop {
-        token.cancel_query(tokio_postgres::NoTls).await?;
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        if running.is_finished() {
-            break running.await?;
-        }
-    };
+    let result = cancel_until_stopped(&token, running).await?;
     let err = result.expect_err("the query was cancelled");
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err:?}");
     // The connection is still usable afterwards.
@@ -77,13 +89,7 @@ async fn cancel_request_stops_pg_sleep() -> anyhow::Result<()> {
     let token = c.cancel_token();
     let q = c.clone();
     let running = tokio::spawn(async move { q.query("SELECT pg_sleep(600)", &[]).await });
-    let result = loop {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        token.cancel_query(tokio_postgres::NoTls).await?;
-        if running.is_finished() {
-            break running.await?;
-        }
-    };
+    let result = cancel_until_stopped(&token, running).await?;
     let err = result.expect_err("the sleep was cancelled");
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err:?}");
     let row = c.query_one("SELECT pg_sleep(0.01)", &[]).await?;
