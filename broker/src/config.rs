@@ -24,6 +24,12 @@ pub struct NodeConfig {
     /// Most client connections open at once; a startup past it is refused with SQLSTATE
     /// 53300 too_many_connections. A CancelRequest is served regardless.
     pub max_connections: usize,
+    /// Address of the HTTP listener serving `/metrics` (Prometheus text), `/healthz`
+    /// and `/readyz`; none by default.
+    pub http_addr: Option<SocketAddr>,
+    /// On SIGTERM, drain first (as `ALTER CLUSTER DRAIN NODE`: hand leaders over, let
+    /// statements finish), then stop.
+    pub drain_on_shutdown: bool,
 }
 
 impl Default for NodeConfig {
@@ -33,6 +39,8 @@ impl Default for NodeConfig {
             pg_addr: SocketAddr::from(([127, 0, 0, 1], 5433)),
             shutdown_grace_ms: 5_000,
             max_connections: 100,
+            http_addr: None,
+            drain_on_shutdown: false,
         }
     }
 }
@@ -53,6 +61,71 @@ impl NodeConfig {
     }
 }
 
+/// The `[routing]` section: how statements and subscriptions are spread over the
+/// cluster (docs/operations.md, "Routing").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// The strategy of a session that sets none (`SET routing`): `adaptive`,
+    /// `round_robin`, `least_connections`, `locality` or `local`.
+    pub strategy: String,
+    /// The weights of `adaptive`'s cost, in percent: statements in flight and queued,
+    /// latency, CPU use, another zone.
+    pub weight_load: u32,
+    /// See `weight_load`.
+    pub weight_latency: u32,
+    /// See `weight_load`.
+    pub weight_resources: u32,
+    /// See `weight_load`.
+    pub weight_locality: u32,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            strategy: "adaptive".into(),
+            weight_load: 30,
+            weight_latency: 30,
+            weight_resources: 20,
+            weight_locality: 20,
+        }
+    }
+}
+
+impl RoutingConfig {
+    fn validate(&self) -> Result<(), String> {
+        if crate::router::Strategy::parse(&self.strategy).is_none() {
+            return Err(format!(
+                "routing.strategy must be one of {}, not '{}'",
+                eddy_query::ROUTING_STRATEGIES.join(", "),
+                self.strategy
+            ));
+        }
+        let sum =
+            self.weight_load + self.weight_latency + self.weight_resources + self.weight_locality;
+        if sum == 0 || sum > 1000 {
+            return Err(format!(
+                "the routing.weight_* must sum to between 1 and 1000, not {sum}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The strategy and the weights, as the router takes them.
+    pub(crate) fn router(&self) -> (crate::router::Strategy, crate::router::Weights) {
+        let w = |p: u32| f64::from(p) / 100.0;
+        (
+            crate::router::Strategy::parse(&self.strategy).unwrap_or_default(),
+            crate::router::Weights {
+                load: w(self.weight_load),
+                latency: w(self.weight_latency),
+                resources: w(self.weight_resources),
+                locality: w(self.weight_locality),
+            },
+        )
+    }
+}
+
 /// Everything a node is configured with.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -67,6 +140,8 @@ pub struct Config {
     pub cluster: ClusterSection,
     /// Gossip membership, failure detection and delta gossip (the consensus crate's).
     pub gossip: GossipSection,
+    /// Routing of statements and subscriptions.
+    pub routing: RoutingConfig,
 }
 
 impl Config {
@@ -89,6 +164,7 @@ impl Config {
         self.query.validate().map_err(anyhow::Error::msg)?;
         self.cluster.validate().map_err(anyhow::Error::msg)?;
         self.gossip.validate().map_err(anyhow::Error::msg)?;
+        self.routing.validate().map_err(anyhow::Error::msg)?;
         Ok(())
     }
 }
@@ -106,6 +182,10 @@ mod tests {
         assert_eq!(cfg.storage, StorageConfig::default());
         assert_eq!(cfg.query, QueryConfig::default());
         assert_eq!(cfg.cluster, ClusterSection::default());
+        assert_eq!(cfg.routing, RoutingConfig::default());
+        let (strategy, weights) = cfg.routing.router();
+        assert_eq!(strategy, crate::router::Strategy::Adaptive);
+        assert_eq!(weights, crate::router::Weights::default());
     }
 
     #[test]
@@ -116,6 +196,10 @@ mod tests {
             .validate()
             .is_err());
         assert!(Config::from_toml("[node]\nmax_connections = 0\n")
+            .expect("parses")
+            .validate()
+            .is_err());
+        assert!(Config::from_toml("[routing]\nstrategy = \"fastest\"\n")
             .expect("parses")
             .validate()
             .is_err());

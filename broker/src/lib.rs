@@ -7,6 +7,8 @@
 //! - `pg` — pgwire handlers: startup (trust), simple and extended queries, COPY, cancel;
 //!   the connection loop (`pg/conn.rs`: frame checks, `max_connections`, shutdown).
 //! - `error` — the only mapping from errors to SQLSTATE codes.
+//! - `router` (pure cost and choice), `routing` (the node's router: candidates, rules,
+//!   `EXPLAIN ROUTE`), `load` (what the node measures and gossips, `eddy.metrics`).
 //!
 //! # Example
 //! ```no_run
@@ -21,9 +23,11 @@
 
 mod config;
 pub mod error;
+mod load;
 mod pg;
 pub mod router;
+mod routing;
 mod server;
 
-pub use config::{ClusterSection, Config, NodeConfig};
+pub use config::{ClusterSection, Config, NodeConfig, RoutingConfig};
 pub use server::{spawn_node, NodeHandle};

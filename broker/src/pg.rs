@@ -28,7 +28,7 @@ use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use async_trait::async_trait;
 use bytes::Bytes;
 use datafusion::execution::SendableRecordBatchStream;
-use eddy_query::{CopyOptions, Engine, Output, Session};
+use eddy_query::{CopyOptions, Description, Engine, Output, Parsed, Session, SessionChange};
 use eddy_storage::{Lane, WriterId};
 use futures::{stream, Sink, SinkExt, StreamExt};
 use parking_lot::Mutex;
@@ -47,11 +47,15 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
 
 use crate::error::{to_pg, user_error};
+use crate::load::Work;
+use crate::routing::Routing;
 use cancel::Running;
 
 /// Shared by every connection of a node.
 pub struct Backend {
     pub(crate) engine: Arc<Engine>,
+    /// The node's router and meter.
+    pub(crate) routing: Arc<Routing>,
     params: DefaultServerParameterProvider,
     pids: RandomPidSecretKeyGenerator,
     connections: Arc<ConnectionManager>,
@@ -59,8 +63,8 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// A backend serving `engine`.
-    pub fn new(engine: Arc<Engine>) -> Arc<Backend> {
+    /// A backend serving `engine`, routing with `routing`.
+    pub(crate) fn new(engine: Arc<Engine>, routing: Arc<Routing>) -> Arc<Backend> {
         let mut params = DefaultServerParameterProvider::default();
         if let Some((_, v)) = eddy_query::DEFAULT_SETTINGS
             .iter()
@@ -71,6 +75,7 @@ impl Backend {
         params.time_zone = "UTC".into();
         Arc::new(Backend {
             engine,
+            routing,
             params,
             pids: RandomPidSecretKeyGenerator::default(),
             connections: Arc::new(ConnectionManager::new()),
@@ -104,6 +109,27 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::startup_settings;
+
+    #[test]
+    fn startup_options_give_settings() {
+        let got = startup_settings(
+            "-c routing=round_robin  -cstatement_timeout=5s --Search-Path=a\\ b -x",
+        );
+        assert_eq!(
+            got,
+            vec![
+                ("routing".to_owned(), "round_robin".to_owned()),
+                ("statement_timeout".to_owned(), "5s".to_owned()),
+                ("search_path".to_owned(), "a b".to_owned()),
+            ]
+        );
+        assert!(startup_settings("").is_empty());
+    }
+}
+
 #[async_trait]
 impl StartupHandler for Backend {
     async fn on_startup<C>(
@@ -123,9 +149,23 @@ impl StartupHandler for Backend {
             client.set_pid_and_secret_key(pid, key.clone());
             // The connection runs one statement at a time: a writer alone, by its pid.
             let lane = Lane::Alone(WriterId::Session(pid as u32));
-            client
-                .session_extensions()
-                .insert(Mutex::new(Session::new().in_lane(lane)));
+            let mut session = Session::new()
+                .in_lane(lane)
+                .with_default("routing", self.routing.default_strategy().name());
+            // `options=-c name=value ...`, as PostgreSQL takes settings at startup.
+            if let Some(options) = startup.parameters.get("options") {
+                for (name, value) in startup_settings(options) {
+                    eddy_query::check_setting(&name, &value).map_err(|e| {
+                        PgWireError::UserError(Box::new(ErrorInfo::new(
+                            "FATAL".into(),
+                            crate::error::sqlstate::INVALID_PARAMETER.into(),
+                            e.to_string(),
+                        )))
+                    })?;
+                    session.set(&name, value);
+                }
+            }
+            client.session_extensions().insert(Mutex::new(session));
             // Registering the connection makes CancelRequest work for it. Both
             // registrations live in the session and leave with the connection, whether it
             // ends or its task panics.
@@ -144,6 +184,99 @@ impl StartupHandler for Backend {
         }
         Ok(())
     }
+}
+
+/// The settings in a startup packet's `options` (`-c name=value`, `--name=value`, with
+/// `\ ` for a space in a value), lower-cased names.
+fn startup_settings(options: &str) -> Vec<(String, String)> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut out = Vec::new();
+    let mut words = words.into_iter();
+    while let Some(w) = words.next() {
+        let setting = if w == "-c" {
+            words.next()
+        } else if let Some(rest) = w.strip_prefix("-c").or_else(|| w.strip_prefix("--")) {
+            Some(rest.to_owned())
+        } else {
+            None
+        };
+        if let Some((name, value)) = setting.as_deref().and_then(|s| s.split_once('=')) {
+            out.push((
+                name.trim().replace('-', "_").to_ascii_lowercase(),
+                value.to_owned(),
+            ));
+        }
+    }
+    out
+}
+
+/// What the statement a connection just ran was, for its latency histogram: set by the
+/// query handlers, taken by the connection loop's [`Timing`](crate::load::Timing).
+#[derive(Default)]
+pub(crate) struct WorkDone(Mutex<Option<Work>>);
+
+/// Notes the work of the statement running on `client` ([`WorkDone`]).
+fn note_work<C: ClientInfo>(client: &C, p: &Parsed) {
+    let work = work_of(&p.statement, &p.description);
+    *client
+        .session_extensions()
+        .get_or_insert_with(WorkDone::default)
+        .0
+        .lock() = work;
+}
+
+/// Takes the work [`note_work`] noted, if any.
+pub(crate) fn take_work<C: ClientInfo>(client: &C) -> Option<Work> {
+    client
+        .session_extensions()
+        .get::<WorkDone>()
+        .and_then(|w| w.0.lock().take())
+}
+
+/// The histogram a statement's latency goes to; `None` for statements that wait on
+/// purpose (FETCH) or only touch the session.
+fn work_of(statement: &eddy_query::Statement, d: &Description) -> Option<Work> {
+    use eddy_query::Statement as S;
+    if matches!(statement, S::Fetch { .. } | S::FetchSubscription { .. }) {
+        return None;
+    }
+    if d.is_blind_write() {
+        return Some(Work::Publish);
+    }
+    match d.session {
+        SessionChange::None => Some(Work::Query),
+        _ => None,
+    }
+}
+
+/// Statements the relay parsed for a query string it decided to run here, kept so the
+/// simple query handler does not parse the same text again.
+#[derive(Default)]
+pub(crate) struct Preparsed(Mutex<Option<(String, Vec<Parsed>)>>);
+
+/// Keeps `statements`, parsed from `query`, for the simple query handler.
+pub(crate) fn keep_parsed<C: ClientInfo>(client: &C, query: &str, statements: Vec<Parsed>) {
+    *client
+        .session_extensions()
+        .get_or_insert_with(Preparsed::default)
+        .0
+        .lock() = Some((query.to_owned(), statements));
 }
 
 /// The connection's session settings.
@@ -286,7 +419,18 @@ impl SimpleQueryHandler for Backend {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let statements = self.engine.parse(query).map_err(to_pg)?;
+        let kept = client
+            .session_extensions()
+            .get::<Preparsed>()
+            .and_then(|p| p.0.lock().take())
+            .filter(|(text, _)| text == query);
+        let statements = match kept {
+            Some((_, statements)) => statements,
+            None => self.engine.parse(query).map_err(to_pg)?,
+        };
+        if let Some(first) = statements.first() {
+            note_work(client, first);
+        }
         let session = session_of(client);
         // One deadline for the whole query string, as in PostgreSQL.
         let timeout = session.lock().statement_timeout();

@@ -142,6 +142,8 @@ pub struct Figures {
     pub queued: u32,
     /// CPU use over the last interval, 0 to 1 (of all its cores).
     pub cpu: f64,
+    /// Flagged as a hotspot: work moves away from it.
+    pub hot: bool,
 }
 
 /// Figures older than this are ignored: the candidate is judged on this node's own view.
@@ -154,6 +156,13 @@ const LOAD_HALF: f64 = 8.0;
 const LATENCY_HALF_MS: f64 = 5.0;
 /// What a warm-up adds to the cost of a node that has just come back (falling to 0).
 const WARM_UP_COST: f64 = 0.5;
+/// What a hotspot's flag adds to its cost: work moves to any node not far worse.
+const HOT_COST: f64 = 0.25;
+/// What running a statement elsewhere costs over running it here (a second hop, and
+/// this node's work relaying the answer): `adaptive` keeps a statement here unless
+/// this node costs more than the other choice by this much, so a healthy cluster
+/// relays nothing and a slow or loaded node sheds its work.
+pub const HOP_COST: f64 = 0.05;
 
 /// The cost of sending work to `c`, from `here` (this node's zone): lower is better, each
 /// factor in [0, 1) before its weight. Load and latency grow without bound, so they are
@@ -179,7 +188,8 @@ pub fn cost(c: &Candidate, here: Option<&str>, w: &Weights) -> f64 {
     } else {
         0.0
     };
-    w.load * load + w.latency * latency + w.resources * resources + w.locality * remote + warm
+    let hot = if c.fresh().hot { HOT_COST } else { 0.0 };
+    w.load * load + w.latency * latency + w.resources * resources + w.locality * remote + warm + hot
 }
 
 /// A source of randomness for the choice (the router's own generator, or a fixed one in
@@ -223,6 +233,19 @@ pub fn choose(
     }
     let by_cost =
         |pool: &[usize], rng: &mut dyn Random| two_choices(pool, candidates, here, weights, rng);
+    // This node, when it serves and costs at most HOP_COST more than the pick.
+    let stay = |pick: Option<usize>| {
+        let mine = open.iter().copied().find(|&i| candidates[i].local);
+        match (mine, pick) {
+            (Some(m), Some(p))
+                if cost(&candidates[m], here, weights)
+                    <= cost(&candidates[p], here, weights) + HOP_COST =>
+            {
+                Some(m)
+            }
+            _ => pick,
+        }
+    };
     match strategy {
         Strategy::Local => open
             .iter()
@@ -246,10 +269,10 @@ pub fn choose(
             if near.is_empty() {
                 by_cost(&open, rng)
             } else {
-                by_cost(&near, rng)
+                stay(by_cost(&near, rng))
             }
         }
-        Strategy::Adaptive => by_cost(&open, rng),
+        Strategy::Adaptive => stay(by_cost(&open, rng)),
     }
 }
 
@@ -306,19 +329,28 @@ impl PeakEwma {
     /// Adds a sample `rtt` taken at `now` (seconds since the caller's origin).
     pub fn observe(&mut self, rtt: Duration, now: f64) {
         let ms = rtt.as_secs_f64() * 1000.0;
-        if ms > self.value_ms {
+        let base = self.at(now).as_secs_f64() * 1000.0;
+        if ms > base {
             self.value_ms = ms;
         } else {
             let elapsed = (now - self.at).max(0.0);
             let keep = (-elapsed / self.tau).exp();
-            self.value_ms = self.value_ms * keep + ms * (1.0 - keep);
+            self.value_ms = base * keep + ms * (1.0 - keep);
         }
         self.at = now;
     }
 
-    /// The average now.
+    /// The average as of the last sample.
     pub fn get(&self) -> Duration {
         Duration::from_secs_f64(self.value_ms / 1000.0)
+    }
+
+    /// The average at `now`: after one time constant without samples it decays towards
+    /// zero, so a peer avoided for being slow (and thus no longer measured) is tried
+    /// again after a while, and measured afresh, instead of being shunned for good.
+    pub fn at(&self, now: f64) -> Duration {
+        let idle = (now - self.at - self.tau).max(0.0);
+        Duration::from_secs_f64(self.value_ms * (-idle / self.tau).exp() / 1000.0)
     }
 }
 
@@ -362,6 +394,7 @@ mod tests {
                     in_flight: 3,
                     queued: 0,
                     cpu: 0.5,
+                    hot: false,
                 },
                 Duration::from_secs(30),
             ));
@@ -386,6 +419,7 @@ mod tests {
                 in_flight: 40,
                 queued: 10,
                 cpu: 0.95,
+                hot: false,
             },
             Duration::ZERO,
         ));
@@ -430,6 +464,35 @@ mod tests {
     }
 
     #[test]
+    fn adaptive_keeps_work_here_until_this_node_is_clearly_worse() {
+        let mut cands: Vec<Candidate> = (1..=3).map(node).collect();
+        // Peers measured through the relay are a hop slower than this node's own
+        // service time: the work stays.
+        cands[1].latency = Some(Duration::from_micros(1500));
+        cands[2].latency = Some(Duration::from_micros(1500));
+        assert_eq!(
+            counts(Strategy::Adaptive, &cands, 1000, 3),
+            vec![1000, 0, 0]
+        );
+        // This node turns slow: its work goes to the others, spread over both.
+        cands[0].latency = Some(Duration::from_millis(40));
+        let n = counts(Strategy::Adaptive, &cands, 1000, 3);
+        assert_eq!(n[0], 0, "{n:?}");
+        assert!(n[1] > 300 && n[2] > 300, "{n:?}");
+        // Flagged hot instead: the same.
+        cands[0].latency = Some(Duration::from_millis(1));
+        cands[0].gossiped = Some((
+            Figures {
+                hot: true,
+                ..Figures::default()
+            },
+            Duration::ZERO,
+        ));
+        let n = counts(Strategy::Adaptive, &cands, 1000, 4);
+        assert_eq!(n[0], 0, "{n:?}");
+    }
+
+    #[test]
     fn a_node_that_just_came_back_warms_up() {
         let mut c = node(2);
         let w = Weights::default();
@@ -466,6 +529,7 @@ mod tests {
                 in_flight: 100,
                 queued: 0,
                 cpu: 1.0,
+                hot: false,
             },
             Duration::ZERO,
         ));
@@ -486,6 +550,23 @@ mod tests {
         assert!(after_short > Duration::from_millis(80), "{after_short:?}");
         e.observe(Duration::from_millis(1), 5.1);
         assert!(e.get() < Duration::from_millis(3), "{:?}", e.get());
+    }
+
+    #[test]
+    fn peak_ewma_unsampled_decays_so_the_peer_is_tried_again() {
+        let mut e = PeakEwma::new(Duration::from_millis(1), Duration::from_secs(2));
+        e.observe(Duration::from_millis(200), 10.0);
+        // Within one time constant it holds; then it falls towards zero.
+        assert_eq!(e.at(11.5), Duration::from_millis(200));
+        let later = e.at(18.0);
+        assert!(later < Duration::from_millis(12), "{later:?}");
+        // A sample after the idle time starts from the decayed value: a fast answer
+        // brings it down, a slow one takes over again at once.
+        let mut fast = e;
+        fast.observe(Duration::from_millis(2), 18.0);
+        assert!(fast.get() < Duration::from_millis(12), "{:?}", fast.get());
+        e.observe(Duration::from_millis(150), 18.0);
+        assert_eq!(e.get(), Duration::from_millis(150));
     }
 
     proptest::proptest! {
@@ -510,7 +591,7 @@ mod tests {
                     state: [NodeState::Serving, NodeState::Draining, NodeState::Dead][state as usize],
                     zone: (i % 2 == 0).then(|| "a".to_owned()),
                     gossiped: Some((
-                        Figures { in_flight, queued: 0, cpu },
+                        Figures { in_flight, queued: 0, cpu, hot: false },
                         Duration::from_millis(age_ms),
                     )),
                     sent_in_flight: sent,

@@ -11,13 +11,16 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use eddy_consensus::{
     group_of, split_group, Cluster, ClusterConfig, Faults, NodeInfo, METADATA_GROUP,
 };
-use eddy_query::{Engine, GossipPeerRow, GroupRow, NodeRow, PartitionRow, Writer};
+use eddy_query::{
+    CounterRow, Description, Engine, GossipPeerRow, GroupRow, Holder, MetricRow, NodeFigures,
+    NodeRow, PartitionRow, RouteRow, Writer,
+};
 use eddy_storage::{Lane, Store, WriteOp, WriteResult};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -26,8 +29,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::load::{self, Meter};
 use crate::pg::conn::{serve, Admission, Shutdown, GOODBYE_TIMEOUT};
 use crate::pg::{Backend, Handlers};
+use crate::routing::Routing;
 
 /// Handle to a running node.
 pub struct NodeHandle {
@@ -85,8 +90,9 @@ fn from_cluster(e: eddy_consensus::Error) -> eddy_query::Error {
     }
 }
 
-/// The query layer's writes go through the cluster's Raft groups.
-struct Replicated(Cluster, Arc<Faults>);
+/// The query layer's writes go through the cluster's Raft groups; what it asks of the
+/// cluster and the router is answered here too.
+struct Replicated(Cluster, Arc<Faults>, Arc<Routing>);
 
 #[async_trait]
 impl Writer for Replicated {
@@ -105,8 +111,78 @@ impl Writer for Replicated {
         self.0.lacks_replicas()
     }
 
-    fn serving_nodes(&self, objects: &[u32]) -> Option<Vec<String>> {
-        self.0.serving_nodes(objects)
+    fn holders(&self, objects: &[u32]) -> Option<Vec<Holder>> {
+        let holders = self.0.holders(objects)?;
+        Some(
+            holders
+                .into_iter()
+                .map(|h| Holder {
+                    node: h.node,
+                    pg_addr: h.pg_addr,
+                    leader: h.leader,
+                    this_node: h.this_node,
+                })
+                .collect(),
+        )
+    }
+
+    fn node_id(&self) -> Option<u64> {
+        Some(self.0.id())
+    }
+
+    fn routing(&self) -> Vec<CounterRow> {
+        self.2.meter().counters()
+    }
+
+    fn metrics(&self) -> Vec<MetricRow> {
+        self.2.meter().metrics()
+    }
+
+    fn explain_route(
+        &self,
+        description: &Description,
+        holders: Option<Vec<Holder>>,
+        strategy: &str,
+    ) -> Vec<RouteRow> {
+        let strategy = self.2.strategy(Some(strategy));
+        let decision = self.2.decide(description, holders, strategy, None, false);
+        if decision.rows.is_empty() {
+            // Nothing to weigh: it runs here, for the reason given.
+            let me = self.0.id();
+            let addr = self
+                .0
+                .nodes()
+                .get(&me)
+                .map(|n| n.pg_addr.clone())
+                .unwrap_or_default();
+            return vec![RouteRow {
+                node: me,
+                pg_addr: addr,
+                state: if self.2.draining() {
+                    "draining"
+                } else {
+                    "serving"
+                }
+                .into(),
+                leader: false,
+                load: u64::from(self.2.meter().in_flight()),
+                latency_ms: self
+                    .2
+                    .meter()
+                    .service_time()
+                    .map(|l| l.as_secs_f64() * 1000.0),
+                cpu: None,
+                figures_age_ms: None,
+                cost: None,
+                chosen: true,
+                reason: decision.reason.to_owned(),
+            }];
+        }
+        decision.rows
+    }
+
+    async fn drain_node(&self, node: u64, drain: bool) -> eddy_query::Result<()> {
+        self.0.drain_node(node, drain).await.map_err(from_cluster)
     }
 
     fn led_partitions(&self, topic: u32, partitions: u32) -> Option<Vec<u32>> {
@@ -182,13 +258,10 @@ impl Writer for Replicated {
                     link: if cut.contains(&id) { "cut" } else { "ok" }.into(),
                     gossip: member.map(|m| m.liveness.to_string()),
                     zone: member.map(|m| m.zone.clone()),
-                    load: member.map(|m| {
-                        m.load
-                            .iter()
-                            .map(|(k, v)| format!("{k}={v}"))
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    }),
+                    figures: member.and_then(|m| load::decode(&m.load)),
+                    figures_age_ms: member
+                        .and_then(|m| m.load_since)
+                        .map(|t| t.elapsed().as_millis() as u64),
                     frames_refused: this_node.then(|| self.0.frames_refused()),
                     faults: this_node.then(|| fault_counts(&self.1)),
                     hlc: this_node.then(|| self.0.store().hlc().now()),
@@ -348,14 +421,17 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
     let cluster = Cluster::start(store.clone(), cc, cluster_listener, faults.clone())
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the cluster: {e}"))?;
+    let meter = Arc::new(Meter::default());
+    let (strategy, weights) = config.routing.router();
+    let routing = Arc::new(Routing::new(cluster.clone(), meter, strategy, weights));
     let engine = Engine::with_writer(
         store.clone(),
-        Arc::new(Replicated(cluster.clone(), faults.clone())),
+        Arc::new(Replicated(cluster.clone(), faults.clone(), routing.clone())),
         config.query.clone(),
     )?;
     tracing::info!(%pg_addr, %cluster_addr, node_id = config.cluster.node_id, data_dir = %config.node.data_dir.display(), "eddy node started");
     let cancel = CancellationToken::new();
-    let handlers = Handlers(Backend::new(engine.clone()));
+    let handlers = Handlers(Backend::new(engine.clone(), routing.clone()));
     let grace = Duration::from_millis(config.node.shutdown_grace_ms);
     let max_connections = config.node.max_connections;
     let places = Arc::new(Semaphore::new(max_connections));
@@ -373,6 +449,7 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
     ));
     tasks.spawn(load_loop(
         cluster.clone(),
+        routing,
         places,
         max_connections,
         cancel.clone(),
@@ -485,35 +562,131 @@ fn report(ended: Result<(), tokio::task::JoinError>) {
     }
 }
 
-/// Gossips this node's load figures (for routing): open Postgres connections (the places
-/// taken of `max_connections`) and Raft groups led here, refreshed every second while
-/// they change.
+/// How often the load figures are measured and gossiped.
+const LOAD_EVERY: Duration = Duration::from_secs(1);
+/// A node is hot when its statements/s or CPU exceeds the cluster's mean by this factor
+/// (and the floors below) for [`HOT_SAMPLES`] samples in a row.
+const HOT_FACTOR: f64 = 1.5;
+const HOT_FLOOR_STATEMENTS: u64 = 200;
+const HOT_FLOOR_CPU_PERMILLE: u32 = 500;
+const HOT_SAMPLES: u32 = 3;
+
+/// Measures this node's load figures every [`LOAD_EVERY`] and gossips them (for the
+/// routers of every node, docs/architecture.md "Routing"): connections (the places
+/// taken of `max_connections`), statements in flight, tasks queued for a thread, the
+/// decayed service time, statements/s, CPU use, subscriptions and their bytes/s, Raft
+/// groups led and the entries/s they append, the state, and whether it is hot. A `seq`
+/// figure changes every time, so the others know the figures are fresh.
 async fn load_loop(
     cluster: Cluster,
+    routing: Arc<Routing>,
     places: Arc<Semaphore>,
     max_connections: usize,
     cancel: CancellationToken,
 ) {
-    let mut last = (usize::MAX, usize::MAX);
+    let meter = routing.meter().clone();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let mut last = Instant::now();
+    let mut last_cpu = load::process_cpu();
+    let (mut last_finished, mut last_bytes, _) = meter.totals();
+    let mut last_appended: u64 = 0;
+    let mut hot_samples = 0u32;
+    let mut seq = 0u64;
     loop {
-        let now = (
-            max_connections.saturating_sub(places.available_permits()),
-            cluster
-                .group_info()
-                .iter()
-                .filter(|g| g.state == "leader")
-                .count(),
-        );
-        if now != last {
-            cluster.set_load("connections", now.0.to_string());
-            cluster.set_load("leaders", now.1.to_string());
-            last = now;
+        routing.refresh_peers();
+        let now = Instant::now();
+        let secs = (now - last).as_secs_f64().max(1e-3);
+        let cpu = load::process_cpu();
+        let cpu_permille = match (cpu, last_cpu) {
+            (Some(a), Some(b)) => {
+                ((a.saturating_sub(b)).as_secs_f64() / secs / cores * 1000.0) as u32
+            }
+            _ => 0,
+        };
+        let (finished, bytes, subscriptions) = meter.totals();
+        let groups = cluster.group_info();
+        let led: Vec<_> = groups.iter().filter(|g| g.state == "leader").collect();
+        let appended: u64 = led.iter().filter_map(|g| g.last_log_index).sum();
+        let per_s = |d: u64| (d as f64 / secs).round() as u64;
+        let figures = NodeFigures {
+            draining: routing.draining(),
+            hot: routing.hot(),
+            connections: max_connections.saturating_sub(places.available_permits()) as u32,
+            in_flight: meter.in_flight(),
+            queued: runtime.global_queue_depth() as u32,
+            service_us: meter.service_time().map_or(0, |d| d.as_micros() as u64),
+            statements_per_s: per_s(finished.saturating_sub(last_finished)),
+            cpu_permille: cpu_permille.min(1000),
+            subscriptions,
+            subscription_bytes_per_s: per_s(bytes.saturating_sub(last_bytes)),
+            leaders: led.len() as u32,
+            writes_per_s: per_s(appended.saturating_sub(last_appended)),
+        };
+        let hot = is_hot(&figures, &others(&cluster));
+        hot_samples = if hot { hot_samples + 1 } else { 0 };
+        if (hot_samples >= HOT_SAMPLES) != routing.hot() {
+            let on = hot_samples >= HOT_SAMPLES;
+            routing.set_hot(on);
+            if on {
+                meter.count("hotspots", "detected");
+                tracing::info!(
+                    statements_per_s = figures.statements_per_s,
+                    cpu_permille,
+                    "this node is a hotspot: shedding reads"
+                );
+            }
         }
+        seq += 1;
+        for (key, value) in load::encode(&NodeFigures {
+            hot: routing.hot(),
+            ..figures
+        }) {
+            cluster.set_load(key, value);
+        }
+        cluster.set_load("seq", seq.to_string());
+        (last, last_cpu, last_finished, last_bytes, last_appended) =
+            (now, cpu, finished, bytes, appended);
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(LOAD_EVERY) => {}
         }
     }
+}
+
+/// The fresh figures of the other live nodes.
+fn others(cluster: &Cluster) -> Vec<NodeFigures> {
+    cluster
+        .members()
+        .into_iter()
+        .filter(|m| !m.this_node && m.liveness != eddy_consensus::Liveness::Dead)
+        .filter(|m| {
+            m.load_since
+                .is_some_and(|t| t.elapsed() <= crate::router::STALE_AFTER)
+        })
+        .filter_map(|m| load::decode(&m.load))
+        .collect()
+}
+
+/// True when `mine` stands well above the cluster's mean (this node included) in
+/// statements/s or CPU, and above an absolute floor: a node alone is never hot.
+fn is_hot(mine: &NodeFigures, others: &[NodeFigures]) -> bool {
+    if others.is_empty() {
+        return false;
+    }
+    let n = (others.len() + 1) as f64;
+    let mean_stmts =
+        (others.iter().map(|f| f.statements_per_s).sum::<u64>() + mine.statements_per_s) as f64 / n;
+    let mean_cpu = (others
+        .iter()
+        .map(|f| u64::from(f.cpu_permille))
+        .sum::<u64>()
+        + u64::from(mine.cpu_permille)) as f64
+        / n;
+    (mine.statements_per_s >= HOT_FLOOR_STATEMENTS
+        && mine.statements_per_s as f64 > HOT_FACTOR * mean_stmts)
+        || (mine.cpu_permille >= HOT_FLOOR_CPU_PERMILLE
+            && f64::from(mine.cpu_permille) > HOT_FACTOR * mean_cpu)
 }
 
 /// A data directory belongs to one node id for good: its Raft state (votes, logs) was

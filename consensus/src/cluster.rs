@@ -29,11 +29,14 @@ use crate::auth::FrameAuth;
 use crate::membership::{Liveness, Member, Membership, MembershipConfig};
 use crate::network::{serve, Call, CallError, Faults, GroupNetwork, Handler, Peers, Reply};
 
+mod balance;
 mod gossip;
 mod members;
 mod write;
+
 use crate::storage::{group_storage, Stubs};
 use crate::types::{NodeId, NodeInfo, PartitionInfo, Raft, Response};
+pub use write::Holder;
 
 /// The metadata group's id.
 pub const METADATA_GROUP: GroupId = 0;
@@ -171,6 +174,9 @@ struct Inner {
     membership: parking_lot::Mutex<Option<Membership>>,
     /// Cluster address -> node id, for the membership's fault injection.
     addrs: Arc<RwLock<HashMap<std::net::SocketAddr, NodeId>>>,
+    /// This node is draining (`ALTER CLUSTER DRAIN NODE`): it takes no new work and
+    /// hands its leaderships over.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// This node's side of the cluster. Cheap to clone.
@@ -221,6 +227,7 @@ impl Cluster {
                 starting: tokio::sync::Mutex::new(()),
                 cancel: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                draining: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         let handler_cluster = cluster.clone();
@@ -617,6 +624,10 @@ impl Cluster {
                 )
             }
             Call::Partitions(groups) => Reply::Partitions(self.partitions_here(groups)),
+            Call::Drain(on) => {
+                self.drain_here(on);
+                Reply::Done(Ok(()))
+            }
         }
     }
 

@@ -237,6 +237,10 @@ pub struct Member {
     pub this_node: bool,
     /// Its load figures ([`Membership::set_load`]).
     pub load: BTreeMap<String, String>,
+    /// When its load figures last changed as seen here (`None`: it has none): a node
+    /// gossips them about once a second, so figures that stood still for longer are
+    /// stale, whatever clock the node keeps.
+    pub load_since: Option<std::time::Instant>,
 }
 
 /// State shared by the handle and its tasks.
@@ -407,7 +411,10 @@ impl Membership {
 
     /// Sets a load figure of this node, gossiped as the key `load:<key>` (for a router).
     pub fn set_load(&self, key: &str, value: String) {
-        self.shared.view.write().set_own_load(key, &value);
+        self.shared
+            .view
+            .write()
+            .set_own_load(key, &value, std::time::Instant::now());
         self.shared
             .pending
             .lock()

@@ -85,6 +85,8 @@ pub enum Call {
     /// The leader and offsets of these topic partitions' groups, as the receiving node
     /// holds them (`eddy.partitions` on a node without a replica).
     Partitions(Vec<GroupId>),
+    /// The receiving node drains (`true`) or takes work again (`false`).
+    Drain(bool),
 }
 
 /// Why a forwarded call failed on the node that received it.

@@ -144,7 +144,10 @@ impl Description {
             | Statement::CreateSubscription { .. }
             | Statement::DropSubscription { .. }
             | Statement::AddNode(_)
-            | Statement::RemoveNode(_) => writes = Writes::Catalog,
+            | Statement::RemoveNode(_)
+            | Statement::DrainNode { .. } => writes = Writes::Catalog,
+            // Answered where it is asked: it runs nothing.
+            Statement::ExplainRoute(_) => {}
             Statement::ShowTopics | Statement::ShowCluster | Statement::ShowSubscriptions => {}
         }
         Description {

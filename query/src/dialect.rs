@@ -59,6 +59,16 @@ pub enum Statement {
     /// `ALTER CLUSTER REMOVE NODE id`: the node's replicas move to other nodes, then it
     /// leaves the cluster.
     RemoveNode(u64),
+    /// `ALTER CLUSTER DRAIN NODE id` (`drain`) or `ALTER CLUSTER RESUME NODE id`: the
+    /// node stops (or starts again) taking new work.
+    DrainNode {
+        /// The node.
+        node: u64,
+        /// Drain it, or take it back.
+        drain: bool,
+    },
+    /// `EXPLAIN ROUTE statement`: where the router would run the statement, and why.
+    ExplainRoute(Box<Statement>),
     /// `SUBSCRIBE topic [WHERE expr] [FROM BEGINNING | NOW | OFFSET n | TIMESTAMP '...']`
     Subscribe(crate::spec::SubscribeSpec),
     /// `COPY (SUBSCRIBE ...) TO STDOUT [WITH (FORMAT text | csv, HEADER, DELIMITER 'c', NULL 's')]`
@@ -216,6 +226,29 @@ fn leading_words(sql: &str) -> Vec<String> {
         .collect()
 }
 
+/// The text of `sql` after its first `n` words (comments and whitespace before them
+/// skipped).
+fn after_words(sql: &str, n: usize) -> String {
+    let dialect = PostgreSqlDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
+        return String::new();
+    };
+    let mut words = 0;
+    tokens
+        .into_iter()
+        .skip_while(|t| {
+            if words == n {
+                return false;
+            }
+            if !matches!(t, Token::Whitespace(_)) {
+                words += 1;
+            }
+            true
+        })
+        .map(|t| t.to_string())
+        .collect()
+}
+
 /// Parses one statement text (as produced by [`split_statements`]).
 pub fn parse_statement(sql: &str, compat: &PostgresCompatibilityParser) -> Result<Statement> {
     let words = leading_words(sql);
@@ -239,6 +272,18 @@ pub fn parse_statement(sql: &str, compat: &PostgresCompatibilityParser) -> Resul
         | ["UNLISTEN", ..]
         | ["ACK", ..]
         | ["NACK", ..] => parse_eddy(sql).map_err(syntax),
+        ["EXPLAIN", "ROUTE", ..] => {
+            let inner = after_words(sql, 2);
+            if inner.trim().is_empty() {
+                return Err(Error::Syntax("EXPLAIN ROUTE needs a statement".into()));
+            }
+            match parse_statement(&inner, compat)? {
+                Statement::ExplainRoute(_) => {
+                    Err(Error::Syntax("EXPLAIN ROUTE of EXPLAIN ROUTE".into()))
+                }
+                inner => Ok(Statement::ExplainRoute(Box::new(inner))),
+            }
+        }
         _ => {
             let mut stmts = compat.parse(sql).map_err(syntax)?;
             match stmts.len() {
@@ -320,6 +365,36 @@ mod tests {
             parse("ALTER CLUSTER REMOVE NODE 3")?,
             vec![Statement::RemoveNode(3)]
         );
+        assert_eq!(
+            parse("alter cluster drain node 2; ALTER CLUSTER RESUME NODE 2")?,
+            vec![
+                Statement::DrainNode {
+                    node: 2,
+                    drain: true
+                },
+                Statement::DrainNode {
+                    node: 2,
+                    drain: false
+                }
+            ]
+        );
+        assert_eq!(
+            parse("EXPLAIN ROUTE /* where */ SELECT 'a b'  FROM t")?,
+            vec![Statement::ExplainRoute(Box::new(
+                parse("SELECT 'a b'  FROM t")?.remove(0)
+            ))]
+        );
+        assert_eq!(
+            parse("explain route show topics")?,
+            vec![Statement::ExplainRoute(Box::new(Statement::ShowTopics))]
+        );
+        for bad in [
+            "EXPLAIN ROUTE",
+            "EXPLAIN ROUTE EXPLAIN ROUTE SELECT 1",
+            "EXPLAIN ROUTE SELEC 1",
+        ] {
+            assert!(matches!(parse(bad), Err(Error::Syntax(_))), "{bad}");
+        }
         for bad in [
             "ALTER CLUSTER ADD NODE 4",
             "ALTER CLUSTER REMOVE NODE '3'",

@@ -334,6 +334,9 @@ impl Engine {
             },
             Statement::ShowTopics => (Kind::Other, vec![], Some(show_topics_schema())),
             Statement::ShowCluster => (Kind::Other, vec![], Some(crate::system::nodes_schema())),
+            Statement::ExplainRoute(_) => {
+                (Kind::Other, vec![], Some(crate::system::route_schema()))
+            }
             Statement::ShowSubscriptions => {
                 (Kind::Other, vec![], Some(Core::subscriptions_schema()))
             }

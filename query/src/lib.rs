@@ -67,7 +67,10 @@ pub use engine::{Engine, Output, Prepared, QueryConfig, MAX_PARTITIONS};
 pub use error::{Error, Result};
 pub use functions::version_string;
 pub use provider::{table_schema, topic_schema};
-pub use session::{Session, DEFAULT_SETTINGS};
+pub use session::{check_setting, Session, DEFAULT_SETTINGS, ROUTING_STRATEGIES};
 pub use subscribe::{rows_as_json, StartPosition, SubscribeOptions, SubscribeSpec};
 pub use types::{parse_duration_ms, parse_text};
-pub use writer::{FaultCounts, GossipPeerRow, GroupRow, NodeRow, PartitionRow, Writer};
+pub use writer::{
+    CounterRow, FaultCounts, GossipPeerRow, GroupRow, Holder, MetricRow, NodeFigures, NodeRow,
+    PartitionRow, RouteRow, Writer,
+};

@@ -1,33 +1,32 @@
 //! Where a statement can run: here, or on a node holding replicas of what it reads
-//! (docs/architecture.md, "Statements relayed to a replica"). The broker relays a
-//! statement whose [`Core::route`] names other nodes.
+//! (docs/architecture.md, "Statements relayed to a replica", "Routing"). The broker's
+//! router chooses one of the nodes [`Core::route`] names.
 
 use eddy_storage::{ObjectDef, ObjectId};
 
 use crate::core::Core;
 use crate::description::Description;
 use crate::error::{Error, Result};
+use crate::writer::Holder;
 
 impl Core {
     /// True when this node holds no replica of some Raft topic or table (a cluster with
-    /// more nodes than that object's `replicas`); only then can [`Core::route`] send a
-    /// statement elsewhere.
+    /// more nodes than that object's `replicas`): then even the `local` strategy sends
+    /// some statements elsewhere.
     pub fn lacks_replicas(&self) -> bool {
         self.writer.lacks_replicas()
     }
 
-    /// Where a statement described by `description` runs: `None` here; otherwise the
-    /// Postgres addresses of the nodes holding a replica of every topic and table it
-    /// reads, in the order to try them.
-    pub fn route(&self, description: &Description) -> Result<Option<Vec<String>>> {
-        if !self.lacks_replicas() {
-            return Ok(None);
-        }
+    /// The nodes that can run a statement described by `description` (the broker's
+    /// router chooses among them): those holding a replica of every topic and table it
+    /// reads, this node included when it does. `None` when it reads no Raft object, so
+    /// runs here.
+    pub fn route(&self, description: &Description) -> Result<Option<Vec<Holder>>> {
         let objects = self.objects(&description.reads);
         if objects.is_empty() {
             return Ok(None);
         }
-        match self.writer.serving_nodes(&objects) {
+        match self.writer.holders(&objects) {
             Some(nodes) if nodes.is_empty() => {
                 let catalog = self.store.catalog();
                 let names: Vec<String> = objects

@@ -19,10 +19,46 @@ pub struct Session {
     /// How this session's writes are committed: a client connection running one
     /// statement at a time is a writer alone; without one (the default), queued.
     lane: Lane,
+    /// This node's defaults where its config sets them (`routing`), in place of
+    /// [`DEFAULT_SETTINGS`]; RESET returns to them.
+    defaults: BTreeMap<String, String>,
+}
+
+/// The strategies `SET routing` takes (the broker's router says what each does).
+pub const ROUTING_STRATEGIES: [&str; 5] = [
+    "adaptive",
+    "round_robin",
+    "least_connections",
+    "locality",
+    "local",
+];
+
+/// Checks a value for a setting eddy interprets (`consistency`, `routing`,
+/// `statement_timeout`); others are taken as they are.
+pub fn check_setting(name: &str, value: &str) -> crate::Result<()> {
+    match name {
+        "consistency" if !["strong", "local"].contains(&value) => {
+            Err(crate::Error::InvalidParameter(format!(
+                "consistency must be 'strong' or 'local', not '{value}'"
+            )))
+        }
+        "routing" if !ROUTING_STRATEGIES.contains(&value) => {
+            Err(crate::Error::InvalidParameter(format!(
+                "routing must be one of {}, not '{value}'",
+                ROUTING_STRATEGIES
+                    .iter()
+                    .map(|s| format!("'{s}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
+        "statement_timeout" => crate::types::parse_duration_ms(value).map(|_| ()),
+        _ => Ok(()),
+    }
 }
 
 /// Defaults reported by SHOW (and as ParameterStatus at startup).
-pub const DEFAULT_SETTINGS: [(&str, &str); 15] = [
+pub const DEFAULT_SETTINGS: [(&str, &str); 16] = [
     ("server_version", "16.6"),
     ("server_version_num", "160006"),
     ("server_encoding", "UTF8"),
@@ -38,6 +74,7 @@ pub const DEFAULT_SETTINGS: [(&str, &str); 15] = [
     ("max_identifier_length", "63"),
     ("consistency", "strong"),
     ("statement_timeout", "0"),
+    ("routing", "adaptive"),
 ];
 
 impl Session {
@@ -54,15 +91,25 @@ impl Session {
     pub fn lane(&self) -> Lane {
         self.lane
     }
+    /// This session, with `value` as the default of setting `name` (a node's config).
+    pub fn with_default(mut self, name: &str, value: &str) -> Self {
+        self.defaults
+            .insert(name.to_ascii_lowercase(), value.to_owned());
+        self
+    }
     /// The current value of a setting.
     pub fn get(&self, name: &str) -> Option<String> {
         let name = name.to_ascii_lowercase();
-        self.vars.get(&name).cloned().or_else(|| {
-            DEFAULT_SETTINGS
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| (*v).to_owned())
-        })
+        self.vars
+            .get(&name)
+            .or_else(|| self.defaults.get(&name))
+            .cloned()
+            .or_else(|| {
+                DEFAULT_SETTINGS
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            })
     }
     /// How long a statement may run (`statement_timeout`; 0, the default: no limit).
     pub fn statement_timeout(&self) -> Option<std::time::Duration> {

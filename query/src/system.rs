@@ -1,10 +1,13 @@
 //! The `eddy` system schema: `eddy.partitions`, `eddy.subscriptions`, `eddy.nodes`,
-//! `eddy.raft_groups` and `eddy.gossip_peers`, computed when a query reads them.
+//! `eddy.raft_groups`, `eddy.gossip_peers`, `eddy.routing` and `eddy.metrics`, computed
+//! when a query reads them.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-use arrow::array::{ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, TableProvider};
@@ -14,6 +17,7 @@ use eddy_storage::ObjectDef;
 use crate::core::Core;
 use crate::durable::DurableSubs;
 use crate::error::Result;
+use crate::writer::{NodeFigures, NodeRow};
 
 /// Serves `eddy.<name>`; holds what it reads weakly (the core owns the catalog holding
 /// this).
@@ -23,12 +27,14 @@ pub(crate) struct SystemSchema {
     pub(crate) durable: Weak<DurableSubs>,
 }
 
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 7] = [
     "partitions",
     "subscriptions",
     "nodes",
     "raft_groups",
     "gossip_peers",
+    "routing",
+    "metrics",
 ];
 
 #[async_trait]
@@ -46,6 +52,8 @@ impl SchemaProvider for SystemSchema {
             "nodes" => core.nodes_batch(),
             "raft_groups" => core.raft_groups_batch(),
             "gossip_peers" => core.gossip_peers_batch(),
+            "routing" => core.routing_batch(),
+            "metrics" => core.metrics_batch(),
             _ => return Ok(None),
         }
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
@@ -70,7 +78,19 @@ pub(crate) fn nodes_schema() -> SchemaRef {
         Field::new("link", DataType::Utf8, false),
         Field::new("gossip", DataType::Utf8, true),
         Field::new("zone", DataType::Utf8, true),
-        Field::new("load", DataType::Utf8, true),
+        Field::new("state", DataType::Utf8, true),
+        Field::new("connections", DataType::Int64, true),
+        Field::new("in_flight", DataType::Int64, true),
+        Field::new("queued", DataType::Int64, true),
+        Field::new("service_ms", DataType::Float64, true),
+        Field::new("statements_per_s", DataType::Int64, true),
+        Field::new("cpu", DataType::Float64, true),
+        Field::new("subscriptions", DataType::Int64, true),
+        Field::new("subscription_bytes_per_s", DataType::Int64, true),
+        Field::new("leaders", DataType::Int64, true),
+        Field::new("writes_per_s", DataType::Int64, true),
+        Field::new("hot", DataType::Boolean, true),
+        Field::new("figures_age_ms", DataType::Int64, true),
         Field::new("frames_refused", DataType::Int64, true),
         Field::new("calls_dropped", DataType::Int64, true),
         Field::new("gossip_lost", DataType::Int64, true),
@@ -79,10 +99,66 @@ pub(crate) fn nodes_schema() -> SchemaRef {
     ]))
 }
 
+/// The columns of `EXPLAIN ROUTE`.
+pub(crate) fn route_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("node_id", DataType::Int64, false),
+        Field::new("pg_addr", DataType::Utf8, false),
+        Field::new("state", DataType::Utf8, false),
+        Field::new("leader", DataType::Boolean, false),
+        Field::new("load", DataType::Int64, false),
+        Field::new("latency_ms", DataType::Float64, true),
+        Field::new("cpu", DataType::Float64, true),
+        Field::new("figures_age_ms", DataType::Int64, true),
+        Field::new("cost", DataType::Float64, true),
+        Field::new("chosen", DataType::Boolean, false),
+        Field::new("reason", DataType::Utf8, false),
+    ]))
+}
+
+/// `EXPLAIN ROUTE`'s rows.
+pub(crate) fn route_batch(rows: &[crate::writer::RouteRow]) -> Result<RecordBatch> {
+    let f64s = |f: fn(&crate::writer::RouteRow) -> Option<f64>| -> ArrayRef {
+        Arc::new(Float64Array::from(rows.iter().map(f).collect::<Vec<_>>()))
+    };
+    let bools = |f: fn(&crate::writer::RouteRow) -> bool| -> ArrayRef {
+        Arc::new(BooleanArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+    };
+    Ok(RecordBatch::try_new(
+        route_schema(),
+        vec![
+            int8(rows.iter().map(|r| r.node).collect()),
+            text(rows.iter().map(|r| Some(r.pg_addr.clone())).collect()),
+            text(rows.iter().map(|r| Some(r.state.clone())).collect()),
+            bools(|r| r.leader),
+            int8(rows.iter().map(|r| r.load).collect()),
+            f64s(|r| r.latency_ms),
+            f64s(|r| r.cpu),
+            opt_int8(rows.iter().map(|r| r.figures_age_ms).collect()),
+            f64s(|r| r.cost),
+            bools(|r| r.chosen),
+            text(rows.iter().map(|r| Some(r.reason.clone())).collect()),
+        ],
+    )?)
+}
+
 fn opt_int8(v: Vec<Option<u64>>) -> ArrayRef {
     Arc::new(Int64Array::from(
         v.into_iter()
             .map(|x| x.map(|x| x as i64))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// A column of one load figure of each node (NULL where none was heard).
+fn figure(rows: &[NodeRow], f: impl Fn(&NodeFigures) -> u64) -> ArrayRef {
+    opt_int8(rows.iter().map(|r| r.figures.as_ref().map(&f)).collect())
+}
+
+fn figure_f64(rows: &[NodeRow], f: impl Fn(&NodeFigures) -> f64) -> ArrayRef {
+    Arc::new(Float64Array::from(
+        rows.iter()
+            .map(|r| r.figures.as_ref().map(&f))
             .collect::<Vec<_>>(),
     ))
 }
@@ -249,7 +325,31 @@ impl Core {
                 text(rows.iter().map(|r| Some(r.link.clone())).collect()),
                 text(rows.iter().map(|r| r.gossip.clone()).collect()),
                 text(rows.iter().map(|r| r.zone.clone()).collect()),
-                text(rows.iter().map(|r| r.load.clone()).collect()),
+                text(
+                    rows.iter()
+                        .map(|r| {
+                            r.figures
+                                .as_ref()
+                                .map(|f| if f.draining { "draining" } else { "serving" }.to_owned())
+                        })
+                        .collect(),
+                ),
+                figure(&rows, |f| f.connections.into()),
+                figure(&rows, |f| f.in_flight.into()),
+                figure(&rows, |f| f.queued.into()),
+                figure_f64(&rows, |f| f.service_us as f64 / 1000.0),
+                figure(&rows, |f| f.statements_per_s),
+                figure_f64(&rows, |f| f64::from(f.cpu_permille) / 1000.0),
+                figure(&rows, |f| f.subscriptions.into()),
+                figure(&rows, |f| f.subscription_bytes_per_s),
+                figure(&rows, |f| f.leaders.into()),
+                figure(&rows, |f| f.writes_per_s),
+                Arc::new(BooleanArray::from(
+                    rows.iter()
+                        .map(|r| r.figures.as_ref().map(|f| f.hot))
+                        .collect::<Vec<_>>(),
+                )),
+                opt_int8(rows.iter().map(|r| r.figures_age_ms).collect()),
                 opt_int8(rows.iter().map(|r| r.frames_refused).collect()),
                 opt_int8(
                     rows.iter()
@@ -267,6 +367,60 @@ impl Core {
                         .collect(),
                 ),
                 opt_int8(rows.iter().map(|r| r.hlc).collect()),
+            ],
+        )?)
+    }
+
+    /// `eddy.routing`: what this node's router decided, a counter a row.
+    fn routing_batch(&self) -> Result<RecordBatch> {
+        let rows = self.writer.routing();
+        let node = self.writer.node_id();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("node_id", DataType::Int64, true),
+            Field::new("counter", DataType::Utf8, false),
+            Field::new("detail", DataType::Utf8, false),
+            Field::new("value", DataType::Int64, false),
+        ]));
+        Ok(RecordBatch::try_new(
+            schema,
+            vec![
+                opt_int8(vec![node; rows.len()]),
+                text(rows.iter().map(|r| Some(r.counter.clone())).collect()),
+                text(rows.iter().map(|r| Some(r.detail.clone())).collect()),
+                int8(rows.iter().map(|r| r.value).collect()),
+            ],
+        )?)
+    }
+
+    /// `eddy.metrics`: latency percentiles of what this node served, per kind of work.
+    fn metrics_batch(&self) -> Result<RecordBatch> {
+        let rows = self.writer.metrics();
+        let node = self.writer.node_id();
+        let ms = |n: &str| Field::new(n, DataType::Float64, false);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("node_id", DataType::Int64, true),
+            Field::new("metric", DataType::Utf8, false),
+            Field::new("count", DataType::Int64, false),
+            ms("p50_ms"),
+            ms("p90_ms"),
+            ms("p99_ms"),
+            ms("p99_9_ms"),
+            ms("max_ms"),
+        ]));
+        let col = |f: fn(&crate::writer::MetricRow) -> f64| -> ArrayRef {
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(f)))
+        };
+        Ok(RecordBatch::try_new(
+            schema,
+            vec![
+                opt_int8(vec![node; rows.len()]),
+                text(rows.iter().map(|r| Some(r.metric.clone())).collect()),
+                int8(rows.iter().map(|r| r.count).collect()),
+                col(|r| r.p50_ms),
+                col(|r| r.p90_ms),
+                col(|r| r.p99_ms),
+                col(|r| r.p999_ms),
+                col(|r| r.max_ms),
             ],
         )?)
     }

@@ -28,10 +28,11 @@ pub trait Writer: Send + Sync + 'static {
         false
     }
 
-    /// Where a statement reading `objects` can run: `None` on this node, which holds a
-    /// replica of every group of them; otherwise the Postgres addresses of the nodes
-    /// that do, in the order to try them (empty: no node holds them all).
-    fn serving_nodes(&self, objects: &[eddy_storage::ObjectId]) -> Option<Vec<String>> {
+    /// The nodes that can run a statement reading `objects`: those holding a replica of
+    /// every Raft group of them, this node included, in placement order (empty: no node
+    /// holds them all). `None` when the objects have no Raft groups (gossip and local
+    /// ones, or no cluster): the statement runs here.
+    fn holders(&self, objects: &[eddy_storage::ObjectId]) -> Option<Vec<Holder>> {
         let _ = objects;
         None
     }
@@ -73,6 +74,26 @@ pub trait Writer: Send + Sync + 'static {
         Err(no_cluster())
     }
 
+    /// `ALTER CLUSTER DRAIN NODE` (`drain`) or `RESUME NODE`: the node stops taking new
+    /// work and hands its leaders and subscriptions over, or takes work again.
+    async fn drain_node(&self, node: u64, drain: bool) -> crate::Result<()> {
+        let _ = (node, drain);
+        Err(no_cluster())
+    }
+
+    /// `EXPLAIN ROUTE`: the candidates the router weighs for a statement described by
+    /// `description` (which [`Writer::holders`] can run: `holders`), with the session's
+    /// `routing` strategy; the chosen one marked.
+    fn explain_route(
+        &self,
+        description: &crate::Description,
+        holders: Option<Vec<Holder>>,
+        strategy: &str,
+    ) -> Vec<RouteRow> {
+        let _ = (description, holders, strategy);
+        Vec::new()
+    }
+
     /// The cluster's nodes (`eddy.nodes`); empty without a cluster.
     fn nodes(&self) -> Vec<NodeRow> {
         Vec::new()
@@ -87,6 +108,121 @@ pub trait Writer: Send + Sync + 'static {
     fn gossip_peers(&self) -> Vec<GossipPeerRow> {
         Vec::new()
     }
+
+    /// This node's id in its cluster (`None` without one).
+    fn node_id(&self) -> Option<u64> {
+        None
+    }
+
+    /// What this node's router decided (`eddy.routing`), one counter a row.
+    fn routing(&self) -> Vec<CounterRow> {
+        Vec::new()
+    }
+
+    /// Latency percentiles of what this node served (`eddy.metrics`).
+    fn metrics(&self) -> Vec<MetricRow> {
+        Vec::new()
+    }
+}
+
+/// A node able to run a statement ([`Writer::holders`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// Node id.
+    pub node: u64,
+    /// Its Postgres address.
+    pub pg_addr: String,
+    /// It leads every Raft group of what the statement reads, as this node knows.
+    pub leader: bool,
+    /// It is the node answering.
+    pub this_node: bool,
+}
+
+/// A node's load figures, as it gossips them about once a second (`eddy.nodes`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFigures {
+    /// `ALTER CLUSTER DRAIN NODE` ran for it: it takes no new work.
+    pub draining: bool,
+    /// Flagged as a hotspot (statements/s or CPU well above the cluster's mean).
+    pub hot: bool,
+    /// Open Postgres connections.
+    pub connections: u32,
+    /// Statements running.
+    pub in_flight: u32,
+    /// Tasks waiting for a thread (the runtime's queue): work it has no CPU for yet.
+    pub queued: u32,
+    /// Decayed service time of its statements, in microseconds.
+    pub service_us: u64,
+    /// Statements finished per second.
+    pub statements_per_s: u64,
+    /// CPU use of the process over the last interval, in thousandths of all cores.
+    pub cpu_permille: u32,
+    /// Live subscriptions streaming from it.
+    pub subscriptions: u32,
+    /// Bytes per second sent to those subscriptions.
+    pub subscription_bytes_per_s: u64,
+    /// Raft groups it leads.
+    pub leaders: u32,
+    /// Raft entries per second appended by the groups it leads.
+    pub writes_per_s: u64,
+}
+
+/// One candidate of `EXPLAIN ROUTE`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteRow {
+    /// Node id.
+    pub node: u64,
+    /// Its Postgres address.
+    pub pg_addr: String,
+    /// `serving`, `draining` or `dead`.
+    pub state: String,
+    /// It leads the Raft group(s) read.
+    pub leader: bool,
+    /// Statements running or waiting there as this node counts them (fresh gossip plus
+    /// what this node sent there).
+    pub load: u64,
+    /// The latency the router weighs (`None`: none measured).
+    pub latency_ms: Option<f64>,
+    /// CPU use, 0 to 1, from fresh gossip.
+    pub cpu: Option<f64>,
+    /// Age of its gossiped figures.
+    pub figures_age_ms: Option<u64>,
+    /// The router's cost (lower is better; `None` where the strategy uses none).
+    pub cost: Option<f64>,
+    /// The statement runs here.
+    pub chosen: bool,
+    /// Why (on the chosen row), or why not.
+    pub reason: String,
+}
+
+/// One counter of `eddy.routing`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterRow {
+    /// What is counted (`routed`, `relayed`, `pinned`, ...).
+    pub counter: String,
+    /// Its detail (the strategy, the pin's reason), or "".
+    pub detail: String,
+    /// The count since the node started.
+    pub value: u64,
+}
+
+/// One row of `eddy.metrics`: latency percentiles of one kind of work.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricRow {
+    /// `publish`, `query`, `relay` or `subscription` (end to end: publish to delivery).
+    pub metric: String,
+    /// Samples since the node started.
+    pub count: u64,
+    /// Percentiles, in milliseconds.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Largest sample.
+    pub max_ms: f64,
 }
 
 fn no_cluster() -> crate::Error {
@@ -127,8 +263,11 @@ pub struct NodeRow {
     pub gossip: Option<String>,
     /// The node's zone label, as gossiped.
     pub zone: Option<String>,
-    /// The node's load figures, as gossiped (`connections=3 leaders=2`).
-    pub load: Option<String>,
+    /// The node's load figures, as last gossiped (`None`: none heard).
+    pub figures: Option<NodeFigures>,
+    /// How long ago those figures last changed, as seen here (a node gossips new ones
+    /// about once a second; older than a few seconds, the router ignores them).
+    pub figures_age_ms: Option<u64>,
     /// On the answering node's row: internal frames it refused because they did not
     /// carry the cluster secret.
     pub frames_refused: Option<u64>,

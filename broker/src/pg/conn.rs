@@ -396,6 +396,7 @@ async fn run(
     // The backend itself (not the opaque handler types) so the statement type is known.
     let backend = handlers.0.clone();
     let engine = backend.engine.clone();
+    let routing = backend.routing.clone();
     let (startup, simple, extended, copy) =
         (backend.clone(), backend.clone(), backend.clone(), backend);
     let cancel = handlers.cancel_handler();
@@ -406,7 +407,7 @@ async fn run(
     // Answers owed to pipelined writes, and output queued behind them.
     let mut pipeline = Pipeline::default();
     // Statements run on another node holding the replicas they read.
-    let mut relay = super::relay::Relay::new(engine.config().relay_page_bytes);
+    let mut relay = super::relay::Relay::new(routing.clone(), engine.config().relay_page_bytes);
     'messages: loop {
         if stop.is_cancelled() {
             // Between statements: what pipelined writes are owed is answered first.
@@ -508,7 +509,7 @@ async fn run(
                 continue;
             }
             if let Some(req) = super::subscription::requested(&engine, &msg, &*socket) {
-                match super::subscription::drive(&engine, socket, req).await {
+                match super::subscription::drive(&engine, routing.meter(), socket, req).await {
                     Ok(queued) => pending.extend(queued),
                     Err(_) => break,
                 }
@@ -524,6 +525,12 @@ async fn run(
         let capture = (!pipeline.is_empty()).then(|| socket.get_ref().out.len());
         socket.get_mut().hold = true;
         socket.get_mut().capture_from = capture;
+        // A statement run here counts in the node's load until its answer is out.
+        let mut timing = matches!(
+            msg,
+            PgWireFrontendMessage::Query(_) | PgWireFrontendMessage::Execute(_)
+        )
+        .then(|| routing.meter().statement());
         let handled = process_message(
             msg,
             socket,
@@ -543,6 +550,10 @@ async fn run(
         if hold_output(socket).await.is_err() {
             break;
         }
+        if let (Some(t), Some(work)) = (timing.as_mut(), super::take_work(&*socket)) {
+            t.set_work(work);
+        }
+        drop(timing);
         let guard = socket.get_mut();
         guard.hold = false;
         guard.capture_from = None;

@@ -35,18 +35,20 @@ use tokio_util::codec::Framed;
 
 use super::conn::FrameGuard;
 use crate::error::{sqlstate, user_error};
+use crate::routing::Routing;
 
 use backend::{as_ours, BackendConn, Gone, RELAY_APP};
 use page::Page;
-use route::{Change, Route};
+use route::{Change, Route, Session};
 
 /// Relayed output held before it is written to the client.
 const FLUSH_BYTES: usize = 64 * 1024;
 
 /// One client connection's relay state: its backend connections, and the cursors
 /// declared and the channels LISTENed through them.
-#[derive(Default)]
 pub(crate) struct Relay {
+    /// The node's router: where each statement goes, and what relaying it measured.
+    routing: Arc<Routing>,
     /// Backend connections by the Postgres address of their node.
     backends: HashMap<String, BackendConn>,
     /// Cursors declared through the relay, by name, with the node holding them: their
@@ -108,11 +110,17 @@ fn portal_name(name: Option<&str>) -> &str {
 }
 
 impl Relay {
-    /// A connection's relay, holding at most `page_limit` bytes of rows per paged portal.
-    pub(crate) fn new(page_limit: usize) -> Relay {
+    /// A connection's relay, routing with `routing`, holding at most `page_limit` bytes
+    /// of rows per paged portal.
+    pub(crate) fn new(routing: Arc<Routing>, page_limit: usize) -> Relay {
         Relay {
+            routing,
+            backends: HashMap::new(),
+            cursors: HashMap::new(),
+            listens: HashMap::new(),
+            unlisten_all: false,
+            pages: HashMap::new(),
             page_limit,
-            ..Relay::default()
         }
     }
 
@@ -150,16 +158,22 @@ impl Relay {
         {
             return None;
         }
+        let session = Session::of(&self.routing, socket);
         match msg {
             PgWireFrontendMessage::Query(q) => {
-                if !self.may_route(engine) {
+                if !self.may_route(engine, &session) {
                     return None;
                 }
                 let stmts = engine.parse(&q.query).ok()?;
                 self.note_unlisten_all(stmts.iter().map(|p| &p.description));
                 let route = match stmts.as_slice() {
-                    [one] => self.route(engine, &one.description)?,
-                    many => self.route_all(engine, many)?,
+                    [one] => self.route(engine, &one.description, &session),
+                    many => self.route_all(engine, many, &session),
+                };
+                let Some(route) = route else {
+                    // It runs here: the handler takes these instead of parsing again.
+                    super::keep_parsed(socket, &q.query, stmts);
+                    return None;
                 };
                 Some(Requested {
                     route,
@@ -171,7 +185,7 @@ impl Relay {
                 let entry = socket.portal_store().get_portal(name)?;
                 let portal = entry.value()?;
                 self.note_unlisten_all([&portal.statement.statement.description]);
-                let route = self.route_prepared(engine, &portal.statement.statement)?;
+                let route = self.route_prepared(engine, &portal.statement.statement, &session)?;
                 let then = Then::Execute {
                     portal: name.to_owned(),
                     bound: portal.clone(),
@@ -188,21 +202,28 @@ impl Relay {
                 let name = d.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME);
                 let store = socket.portal_store();
                 let then = Then::Describe(d.target_type);
+                // Described where it would run, without counting it as routed.
+                let session = Session {
+                    count: false,
+                    ..session
+                };
                 let (route, call) = if d.target_type == b'S' {
                     let entry = store.get_statement(name)?;
                     let statement = entry.value()?;
-                    let route = self.route_prepared(engine, &statement.statement)?;
+                    let route = self.route_prepared(engine, &statement.statement, &session)?;
                     (route, Extended::of(statement, None, then)?)
                 } else {
                     let entry = store.get_portal(name)?;
                     let portal = entry.value()?;
-                    let route = self.route_prepared(engine, &portal.statement.statement)?;
+                    let route =
+                        self.route_prepared(engine, &portal.statement.statement, &session)?;
                     (route, Extended::of(&portal.statement, Some(portal), then)?)
                 };
                 Some(Requested {
                     route: Route {
                         change: Change::None,
                         retry: true,
+                        measure: false,
                         ..route
                     },
                     message: Outgoing::Extended(call),
@@ -252,6 +273,7 @@ impl Relay {
             targets,
             change,
             retry,
+            measure,
         } = req.route;
         let mut targets = match targets {
             Ok(t) => t,
@@ -275,12 +297,16 @@ impl Relay {
                 .as_ref()
                 .filter(|(_, _, max_rows)| *max_rows > 0)
                 .map(|(_, bound, max_rows)| Page::new(bound.clone(), *max_rows, self.page_limit));
+            let measured = self.routing.meter().relay(&addr);
             let outcome = async {
                 backend.apply_settings(&settings).await?;
                 let prepared = backend.send_statement(&req.message).await?;
                 let outcome = backend
                     .relay(socket, &token, &mut queued, page.as_mut())
                     .await;
+                if outcome.is_ok() && measure {
+                    measured.answered();
+                }
                 if let (Some(key), Ok(true) | Err(_)) = (prepared, &outcome) {
                     // It may not be prepared there after all: Parse it again next time.
                     backend.forget_statement(&key);

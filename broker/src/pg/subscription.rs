@@ -30,6 +30,7 @@ use tokio_util::codec::Framed;
 
 use super::conn::{next_message, FrameGuard};
 use crate::error::{sqlstate, to_pg, user_error};
+use crate::load::Meter;
 
 /// A subscription a message asks for, found before pgwire handles the message.
 pub(crate) struct Requested {
@@ -91,6 +92,7 @@ fn mentions_subscribe(sql: &str) -> bool {
 /// the COPY, as PostgreSQL reads them only then.
 pub(crate) async fn drive<T, ST>(
     engine: &Engine,
+    meter: &Arc<Meter>,
     socket: &mut Framed<FrameGuard<T>, PgWireMessageServerCodec<ST>>,
     req: Requested,
 ) -> std::io::Result<Vec<PgWireFrontendMessage>>
@@ -98,6 +100,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
     let token = super::cancel::begin_statement(socket);
+    let _streaming = meter.subscription();
     let Statement::CopySubscribe { spec, options } = &req.statement else {
         return Ok(Vec::new());
     };
@@ -171,10 +174,12 @@ where
                         Err(e) => return finish_with_error(socket, ErrorInfo::from(to_pg(e)), req.extended, queued).await,
                     };
                     rows += lines.len();
+                    let bytes: usize = lines.iter().map(Bytes::len).sum();
                     for line in lines {
                         socket.feed(PgWireBackendMessage::CopyData(CopyData::new(line))).await?;
                     }
                     socket.flush().await?;
+                    meter.delivered(bytes as u64, published(&b));
                     last_sent = Instant::now();
                 }
                 Some(Err(e)) => {
@@ -202,6 +207,15 @@ where
     }
     socket.flush().await?;
     Ok(queued)
+}
+
+/// The publish timestamps (`_ts`, microseconds since the epoch) of a batch's messages.
+fn published(batch: &RecordBatch) -> impl Iterator<Item = i64> + '_ {
+    batch
+        .column_by_name("_ts")
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+        .into_iter()
+        .flat_map(|a| a.iter().flatten())
 }
 
 /// A heartbeat: every column NULL except `_ts`, the current time.

@@ -17,6 +17,19 @@ use super::{group_of, groups_of, Cluster, LeaderView, Proposal, METADATA_GROUP, 
 use crate::network::{Call, CallError, Reply, TransportError};
 use crate::types::{NodeId, Raft, Request, Response};
 
+/// A node holding a replica of every group a statement reads ([`Cluster::holders`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// Node id.
+    pub node: NodeId,
+    /// Its Postgres address.
+    pub pg_addr: String,
+    /// It leads every one of those groups, as this node knows.
+    pub leader: bool,
+    /// It is this node.
+    pub this_node: bool,
+}
+
 impl Cluster {
     /// Applies `ops` through Raft: each op goes to its object's group (catalog and
     /// subscription changes to the metadata group); objects replicated by gossip and
@@ -384,34 +397,46 @@ impl Cluster {
         (!led.is_empty() && led.len() < partitions as usize).then_some(led)
     }
 
-    /// Where a statement reading these topics and tables can run: `None` here, where
-    /// every group of them has a replica; otherwise the Postgres addresses of the nodes
-    /// holding a replica of every group, in the first group's placement order (so every
-    /// node sends a given object's statements to the same replica while it is up);
-    /// empty when no node holds them all.
-    pub fn serving_nodes(&self, objects: &[u32]) -> Option<Vec<String>> {
+    /// The nodes holding a replica of every Raft group of these topics and tables, in
+    /// the first group's placement order, each with whether it leads every one of those
+    /// groups as this node knows (it knows only for groups it holds a replica of).
+    /// `None` when they have no groups (gossip ones); empty when no node holds them all.
+    pub fn holders(&self, objects: &[u32]) -> Option<Vec<Holder>> {
         let catalog = self.inner.store.catalog();
-        let me = self.id();
-        let mut here = true;
         let mut common: Option<Vec<NodeId>> = None;
+        let mut leaders: Option<Vec<Option<NodeId>>> = Some(Vec::new());
         for def in objects.iter().filter_map(|id| catalog.by_id(*id)) {
-            for (_, placement) in groups_of(&def) {
-                here &= placement.contains(&me);
+            for (group, placement) in groups_of(&def) {
                 common = Some(match common {
                     None => placement.to_vec(),
                     Some(c) => c.into_iter().filter(|n| placement.contains(n)).collect(),
                 });
+                if let Some(l) = leaders.as_mut() {
+                    l.push(
+                        self.raft(group)
+                            .and_then(|r| r.metrics().borrow().current_leader),
+                    );
+                }
             }
         }
-        if here {
-            return None;
-        }
+        let common = common?;
+        let leader = leaders.and_then(|l| {
+            let first = *l.first()?;
+            l.iter().all(|x| *x == first).then_some(first).flatten()
+        });
         let nodes = self.nodes();
+        let me = self.id();
         Some(
             common
-                .unwrap_or_default()
                 .iter()
-                .filter_map(|n| nodes.get(n).map(|info| info.pg_addr.clone()))
+                .filter_map(|n| {
+                    nodes.get(n).map(|info| Holder {
+                        node: *n,
+                        pg_addr: info.pg_addr.clone(),
+                        leader: leader == Some(*n),
+                        this_node: *n == me,
+                    })
+                })
                 .collect(),
         )
     }

@@ -187,14 +187,18 @@ impl View {
                     });
                 classify(obs.live, stalled_for, self.suspect_after)
             };
-            if let Some(row) = member(&obs.id, &obs.keys, liveness, this_node) {
+            if let Some(mut row) = member(&obs.id, &obs.keys, liveness, this_node) {
+                row.load_since = match self.members.get(&node_id) {
+                    Some(old) if old.load == row.load => old.load_since,
+                    _ => (!row.load.is_empty()).then_some(now),
+                };
                 self.members.insert(node_id, row);
             }
         }
     }
 
     /// Sets a load figure on this node's row (before chitchat has it back in a sample).
-    pub(super) fn set_own_load(&mut self, key: &str, value: &str) {
+    pub(super) fn set_own_load(&mut self, key: &str, value: &str, now: Instant) {
         if let Some(me) = self
             .self_id
             .node_id
@@ -202,7 +206,10 @@ impl View {
             .ok()
             .and_then(|id| self.members.get_mut(&id))
         {
-            me.load.insert(key.to_string(), value.to_string());
+            if me.load.get(key).map(String::as_str) != Some(value) {
+                me.load.insert(key.to_string(), value.to_string());
+                me.load_since = Some(now);
+            }
         }
     }
 }
@@ -222,6 +229,7 @@ fn member(
         liveness,
         this_node,
         load: BTreeMap::new(),
+        load_since: None,
     };
     for (key, value) in keys {
         if key == KEY_PG_ADDR {
@@ -294,6 +302,64 @@ mod tests {
         assert_eq!(
             suspect_after(Duration::from_millis(500), DEAD_AFTER),
             Duration::from_millis(1500)
+        );
+    }
+
+    #[test]
+    fn load_figures_are_dated_by_their_last_change() {
+        let me = id(1, 10);
+        let mut view = View::new(me.clone(), suspect_after(GOSSIP, DEAD_AFTER), &[]);
+        let other = id(2, 10);
+        let since = |view: &View| {
+            view.members()
+                .into_iter()
+                .find(|m| m.node_id == 2)
+                .unwrap()
+                .load_since
+        };
+        let t0 = Instant::now();
+        view.update(
+            &[
+                obs(me.clone(), true, 1, &[]),
+                obs(other.clone(), true, 1, &[]),
+            ],
+            t0,
+        );
+        assert_eq!(since(&view), None, "no figures yet");
+        let seq1 = [("load:seq", "1"), ("load:in_flight", "3")];
+        view.update(
+            &[
+                obs(me.clone(), true, 2, &[]),
+                obs(other.clone(), true, 2, &seq1),
+            ],
+            t0,
+        );
+        assert_eq!(since(&view), Some(t0));
+        // The same figures sampled later keep their date; new ones take the new date.
+        let t1 = t0 + Duration::from_secs(2);
+        view.update(
+            &[
+                obs(me.clone(), true, 3, &[]),
+                obs(other.clone(), true, 3, &seq1),
+            ],
+            t1,
+        );
+        assert_eq!(since(&view), Some(t0));
+        let seq2 = [("load:seq", "2"), ("load:in_flight", "3")];
+        view.update(
+            &[
+                obs(me.clone(), true, 4, &[]),
+                obs(other.clone(), true, 4, &seq2),
+            ],
+            t1,
+        );
+        assert_eq!(since(&view), Some(t1));
+        // This node's own figures are dated when it sets them.
+        view.set_own_load("seq", "7", t1);
+        let mine = view.members().into_iter().find(|m| m.node_id == 1).unwrap();
+        assert_eq!(
+            (mine.load.get("seq").map(String::as_str), mine.load_since),
+            (Some("7"), Some(t1))
         );
     }
 
@@ -424,7 +490,7 @@ mod tests {
         assert_eq!(liveness_of(&view, 2), Some(Liveness::Dead));
         assert_eq!(view.members()[1].pg_addr, "b:5432");
         // Load set locally shows at once.
-        view.set_own_load("cpu", "0.9");
+        view.set_own_load("cpu", "0.9", Instant::now());
         assert_eq!(
             view.members()[0].load.get("cpu").map(String::as_str),
             Some("0.9")

@@ -45,6 +45,18 @@ pub(super) fn parse_eddy(sql: &str) -> Result<Statement, ParserError> {
             if parse_word(&mut p, "ADD") {
                 expect_word(&mut p, "NODE")?;
                 Statement::AddNode(p.parse_literal_string()?)
+            } else if parse_word(&mut p, "DRAIN") {
+                expect_word(&mut p, "NODE")?;
+                Statement::DrainNode {
+                    node: parse_u64(&mut p, "node id")?,
+                    drain: true,
+                }
+            } else if parse_word(&mut p, "RESUME") {
+                expect_word(&mut p, "NODE")?;
+                Statement::DrainNode {
+                    node: parse_u64(&mut p, "node id")?,
+                    drain: false,
+                }
             } else {
                 expect_word(&mut p, "REMOVE")?;
                 expect_word(&mut p, "NODE")?;

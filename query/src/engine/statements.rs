@@ -56,6 +56,25 @@ impl Engine {
                     rows: None,
                 })
             }
+            Statement::DrainNode { node, drain } => {
+                self.writer.drain_node(*node, *drain).await?;
+                Ok(Output::Command {
+                    tag: "ALTER CLUSTER".into(),
+                    rows: None,
+                })
+            }
+            Statement::ExplainRoute(inner) => {
+                let description = crate::Description::of(inner);
+                let holders = self.route(&description)?;
+                let strategy = session.get("routing").unwrap_or_default();
+                let rows = self.writer.explain_route(&description, holders, &strategy);
+                let batch = crate::system::route_batch(&rows)?;
+                let schema = batch.schema();
+                Ok(Output::Rows {
+                    tag: "EXPLAIN".into(),
+                    stream: Box::pin(MemoryStream::try_new(vec![batch], schema, None)?),
+                })
+            }
             Statement::CopySubscribe { .. } => Err(Error::NotSupported(
                 "COPY (SUBSCRIBE ...) here: the connection drives subscriptions itself".into(),
             )),
@@ -176,14 +195,7 @@ impl Engine {
                             .map(option_value)
                             .collect::<Vec<_>>()
                             .join(", ");
-                        if name == "consistency" && !["strong", "local"].contains(&value.as_str()) {
-                            return Err(Error::InvalidParameter(format!(
-                                "consistency must be 'strong' or 'local', not '{value}'"
-                            )));
-                        }
-                        if name == "statement_timeout" {
-                            crate::types::parse_duration_ms(&value)?;
-                        }
+                        crate::session::check_setting(&name, &value)?;
                         session.set(&name, value);
                     }
                     Set::SetTimeZone { value, .. } => session.set("timezone", option_value(value)),

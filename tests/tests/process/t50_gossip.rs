@@ -183,23 +183,26 @@ async fn gossip_marks_a_killed_node_dead_and_live_again_after_restart() -> anyho
     // Load figures travel with gossip: node 1 sees node 2's.
     wait_for("node 2's load figures on node 1", DEADLINE, || async {
         let r = c1
-            .query_one("SELECT load FROM eddy.nodes WHERE node_id = 2", &[])
+            .query_one(
+                "SELECT connections, leaders, state, figures_age_ms FROM eddy.nodes \
+                 WHERE node_id = 2",
+                &[],
+            )
             .await
             .ok()?;
-        let load: String = r.get::<_, Option<String>>(0)?;
-        (load.contains("connections=") && load.contains("leaders=")).then_some(())
+        let (connections, leaders, state, age) = (
+            r.get::<_, Option<i64>>(0)?,
+            r.get::<_, Option<i64>>(1)?,
+            r.get::<_, Option<String>>(2)?,
+            r.get::<_, Option<i64>>(3)?,
+        );
+        // Fresh: a node gossips new figures every second.
+        (connections >= 0 && leaders >= 0 && state == "serving" && age < 3000).then_some(())
     })
     .await?;
     let leaders: i64 = wait_for("the metadata leader's figure", DEADLINE, || async {
-        let rows = c1.query("SELECT load FROM eddy.nodes", &[]).await.ok()?;
-        let sum: i64 = rows
-            .iter()
-            .filter_map(|r| r.get::<_, Option<String>>(0))
-            .filter_map(|l| {
-                l.split(' ')
-                    .find_map(|w| w.strip_prefix("leaders=")?.parse::<i64>().ok())
-            })
-            .sum();
+        let rows = c1.query("SELECT leaders FROM eddy.nodes", &[]).await.ok()?;
+        let sum: i64 = rows.iter().filter_map(|r| r.get::<_, Option<i64>>(0)).sum();
         (sum >= 1).then_some(sum)
     })
     .await?;

@@ -169,15 +169,14 @@ async fn shutdown_ends_statements_outlasting_the_grace_period_with_57p01() -> an
     Ok(())
 }
 
-/// The `connections=N` figure of this node's gossiped load.
+/// The `connections` figure of this node's gossiped load.
 async fn open_connections(c: &Client) -> Option<u64> {
-    let load: String = c
-        .query_one("SELECT load FROM eddy.nodes WHERE this_node", &[])
+    let n: i64 = c
+        .query_one("SELECT connections FROM eddy.nodes WHERE this_node", &[])
         .await
         .ok()?
-        .get::<_, Option<String>>(0)?;
-    load.split(' ')
-        .find_map(|w| w.strip_prefix("connections=")?.parse().ok())
+        .get::<_, Option<i64>>(0)?;
+    u64::try_from(n).ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +188,7 @@ async fn max_connections_refuses_one_more_with_53300_until_one_closes() -> anyho
     for _ in 0..3 {
         open.push(connect(addr).await?);
     }
-    wait_for("connections=3 in the node's load", DEADLINE, || async {
+    wait_for("3 connections in the node's load", DEADLINE, || async {
         (open_connections(&open[0]).await == Some(3)).then_some(())
     })
     .await?;
@@ -342,7 +341,7 @@ async fn malformed_messages_get_08p01_and_leave_nothing_counted() -> anyhow::Res
         .await?
         .batch_execute("INSERT INTO t VALUES (2)")
         .await?;
-    wait_for("connections=1 in the node's load", DEADLINE, || async {
+    wait_for("1 connection in the node's load", DEADLINE, || async {
         (open_connections(&c).await == Some(1)).then_some(())
     })
     .await?;

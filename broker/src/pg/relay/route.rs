@@ -2,10 +2,37 @@
 //! decided from the statement's [`Description`].
 
 use eddy_query::{Description, Engine, Parsed, Prepared, SessionChange, Writes};
+use pgwire::api::ClientInfo;
 use pgwire::error::PgWireError;
+use pgwire::messages::response::TransactionStatus;
 
 use super::Relay;
 use crate::error::{sqlstate, to_pg, user_error};
+use crate::router::Strategy;
+use crate::routing::{Pin, Routing, Target};
+
+/// What of the client's session routing weighs.
+#[derive(Clone, Copy)]
+pub(crate) struct Session {
+    /// Its `routing` setting.
+    pub(super) strategy: Strategy,
+    /// Why it must stay here, if it must.
+    pub(super) pin: Option<Pin>,
+    /// Count the decision in `eddy.routing` (not for a Describe).
+    pub(super) count: bool,
+}
+
+impl Session {
+    /// The session of the connection `socket`.
+    pub(super) fn of<S: ClientInfo>(routing: &Routing, socket: &S) -> Session {
+        let setting = crate::pg::session_of(socket).lock().get("routing");
+        Session {
+            strategy: routing.strategy(setting.as_deref()),
+            pin: (socket.transaction_status() != TransactionStatus::Idle).then_some(Pin::Block),
+            count: true,
+        }
+    }
+}
 
 /// Where a statement runs, and what running it there means here.
 pub(super) struct Route {
@@ -16,6 +43,9 @@ pub(super) struct Route {
     /// It only reads (a query, a subscription, a cursor's declaration, a Describe): if
     /// its node goes away before answering, it runs on the next one instead.
     pub(super) retry: bool,
+    /// Its answer's latency tells how fast that node is (not a stream, a cursor's wait,
+    /// or a session change).
+    pub(super) measure: bool,
 }
 
 /// What a relayed statement changes of the relay's state.
@@ -53,22 +83,36 @@ impl Relay {
     }
 
     /// [`Relay::route`] for a prepared statement.
-    pub(super) fn route_prepared(&self, engine: &Engine, prepared: &Prepared) -> Option<Route> {
-        if !self.may_route(engine) {
+    pub(super) fn route_prepared(
+        &self,
+        engine: &Engine,
+        prepared: &Prepared,
+        session: &Session,
+    ) -> Option<Route> {
+        if !self.may_route(engine, session) {
             return None;
         }
-        self.route(engine, &prepared.description)
+        self.route(engine, &prepared.description, session)
     }
 
-    /// False while this node holds every replica and no cursor or LISTEN lives
-    /// elsewhere: then nothing is relayed, and statements need no look.
-    pub(super) fn may_route(&self, engine: &Engine) -> bool {
-        !self.cursors.is_empty() || !self.listens.is_empty() || engine.lacks_replicas()
+    /// False while nothing could go elsewhere (no other node, or the `local` strategy on
+    /// a node holding every replica) and no cursor or LISTEN lives elsewhere: then
+    /// statements need no look.
+    pub(super) fn may_route(&self, engine: &Engine, session: &Session) -> bool {
+        !self.cursors.is_empty()
+            || !self.listens.is_empty()
+            || engine.lacks_replicas()
+            || (session.strategy != Strategy::Local && self.routing.has_peers())
     }
 
     /// Where the statement `described` goes; `None` to run it here. A blind write always
     /// runs here.
-    pub(super) fn route(&self, engine: &Engine, described: &Description) -> Option<Route> {
+    pub(super) fn route(
+        &self,
+        engine: &Engine,
+        described: &Description,
+        session: &Session,
+    ) -> Option<Route> {
         if described.is_blind_write() {
             return None;
         }
@@ -82,13 +126,28 @@ impl Relay {
             }
             // `UNLISTEN *` runs here (see `note_unlisten_all`).
             SessionChange::UnlistenAll => return None,
-            session => {
+            change => {
                 let targets = match engine.route(described) {
-                    Ok(None) => return None,
-                    Ok(Some(nodes)) => Ok(nodes),
+                    Ok(holders) => {
+                        let decision = self.routing.decide(
+                            described,
+                            holders,
+                            session.strategy,
+                            session.pin,
+                            session.count,
+                        );
+                        match decision.target {
+                            Target::Here => return None,
+                            Target::Nodes(nodes) if nodes.is_empty() => Err(user_error(
+                                sqlstate::SERIALIZATION_FAILURE,
+                                format!("{}; retry", decision.reason),
+                            )),
+                            Target::Nodes(nodes) => Ok(nodes),
+                        }
+                    }
                     Err(e) => Err(to_pg(e)),
                 };
-                let change = match session {
+                let change = match change {
                     SessionChange::Declare(name) => Change::Declare(name.clone()),
                     SessionChange::Listen(channel) => Change::Listen(channel.clone()),
                     _ => Change::None,
@@ -100,6 +159,7 @@ impl Relay {
             targets,
             change,
             retry: described.may_retry(),
+            measure: described.session == SessionChange::None,
         })
     }
 
@@ -107,12 +167,17 @@ impl Relay {
     /// reading objects can run on, when some must run elsewhere and the others change
     /// nothing here (queries of no object, blind writes, transaction control). Else
     /// `None`, and the whole query runs here, as a single statement would.
-    pub(super) fn route_all(&self, engine: &Engine, statements: &[Parsed]) -> Option<Route> {
+    pub(super) fn route_all(
+        &self,
+        engine: &Engine,
+        statements: &[Parsed],
+        session: &Session,
+    ) -> Option<Route> {
         let mut common: Option<Vec<String>> = None;
         let mut retry = true;
         for Parsed { description, .. } in statements {
             retry &= description.may_retry();
-            match self.route(engine, description) {
+            match self.route(engine, description, session) {
                 Some(Route {
                     targets: Ok(targets),
                     change: Change::None,
@@ -141,6 +206,7 @@ impl Relay {
             },
             change: Change::None,
             retry,
+            measure: false,
         })
     }
 }
