@@ -23,6 +23,7 @@
 
 mod config;
 pub mod error;
+mod http;
 mod load;
 mod pg;
 pub mod router;

@@ -21,28 +21,29 @@ use parking_lot::Mutex;
 
 use crate::router::PeakEwma;
 
-/// The kinds of work whose latency is kept (`eddy.metrics`).
+/// The statements run here, as their latency is kept (`eddy.metrics`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Work {
-    /// A write that reads nothing first (INSERT, COPY FROM).
+    /// A write that reads nothing first (INSERT, COPY FROM): `publish`.
     Publish,
-    /// Any other statement run here.
-    Query,
-    /// A statement relayed to another node, as the client waits for it.
-    Relay,
-    /// A message, from its publish timestamp to its delivery to a subscriber here.
-    Subscription,
+    /// A statement that only reads: `query` (the router's service time is theirs).
+    Read,
+    /// Any other (read-modify-writes, DDL): `query` too.
+    Write,
 }
 
-const WORKS: [Work; 4] = [Work::Publish, Work::Query, Work::Relay, Work::Subscription];
+/// The histograms kept, by name: the statements run here (see [`Work`]), those relayed
+/// to another node as the client waits for them, and messages from their publish
+/// timestamp to their delivery to a subscriber here.
+const HISTOGRAMS: [&str; 4] = ["publish", "query", "relay", "subscription"];
+const RELAY: usize = 2;
+const SUBSCRIPTION: usize = 3;
 
 impl Work {
-    fn name(self) -> &'static str {
+    fn histogram(self) -> usize {
         match self {
-            Work::Publish => "publish",
-            Work::Query => "query",
-            Work::Relay => "relay",
-            Work::Subscription => "subscription",
+            Work::Publish => 0,
+            Work::Read | Work::Write => 1,
         }
     }
 }
@@ -85,7 +86,7 @@ impl Default for Meter {
             subscriptions: AtomicU32::new(0),
             subscription_bytes: AtomicU64::new(0),
             histograms: Mutex::new(
-                WORKS
+                HISTOGRAMS
                     .iter()
                     .map(|_| {
                         Histogram::new_with_bounds(1, HIST_MAX_US, 3)
@@ -106,7 +107,7 @@ impl Meter {
     }
 
     /// A statement starts running here; the guard counts it until dropped, then records
-    /// its service time (as the `work` [`Timing::set_work`] names, if any).
+    /// its latency as the work [`Timing::set_work`] names (reads: the service time too).
     pub fn statement(self: &Arc<Self>) -> Timing {
         self.in_flight.fetch_add(1, Relaxed);
         Timing {
@@ -148,7 +149,7 @@ impl Meter {
         let mut h = self.histograms.lock();
         for ts in published {
             record(
-                &mut h[3],
+                &mut h[SUBSCRIPTION],
                 Duration::from_micros(now.saturating_sub(ts).max(0) as u64),
             );
         }
@@ -200,11 +201,11 @@ impl Meter {
     pub fn metrics(&self) -> Vec<MetricRow> {
         let h = self.histograms.lock();
         let ms = |v: u64| v as f64 / 1000.0;
-        WORKS
+        HISTOGRAMS
             .iter()
             .zip(h.iter())
-            .map(|(w, h)| MetricRow {
-                metric: w.name().to_owned(),
+            .map(|(name, h)| MetricRow {
+                metric: (*name).to_owned(),
                 count: h.len(),
                 p50_ms: ms(h.value_at_quantile(0.5)),
                 p90_ms: ms(h.value_at_quantile(0.9)),
@@ -251,14 +252,15 @@ impl Drop for Timing {
         let took = self.started.elapsed();
         m.in_flight.fetch_sub(1, Relaxed);
         m.finished.fetch_add(1, Relaxed);
-        let now = m.now();
-        m.service
-            .lock()
-            .get_or_insert_with(|| PeakEwma::new(took, DECAY))
-            .observe(took, now);
+        if self.work == Some(Work::Read) {
+            let now = m.now();
+            m.service
+                .lock()
+                .get_or_insert_with(|| PeakEwma::new(took, DECAY))
+                .observe(took, now);
+        }
         if let Some(w) = self.work {
-            let i = WORKS.iter().position(|x| *x == w).expect("a listed work");
-            record(&mut m.histograms.lock()[i], took);
+            record(&mut m.histograms.lock()[w.histogram()], took);
         }
     }
 }
@@ -280,7 +282,7 @@ impl Relayed {
                 .get_or_insert_with(|| PeakEwma::new(took, DECAY))
                 .observe(took, now);
         }
-        record(&mut self.meter.histograms.lock()[2], took);
+        record(&mut self.meter.histograms.lock()[RELAY], took);
     }
 }
 
@@ -400,6 +402,8 @@ mod tests {
         assert_eq!(m.in_flight(), 1);
         drop(t);
         assert_eq!(m.in_flight(), 0);
+        assert!(m.service_time().is_none(), "a write says nothing of reads");
+        m.statement().set_work(Work::Read);
         assert!(m.service_time().is_some());
         let r = m.relay("n2:5432");
         assert_eq!(m.peer("n2:5432"), (1, None));
@@ -413,7 +417,7 @@ mod tests {
         m.delivered(100, [now - 2_000, now - 4_000].into_iter());
         drop(s);
         let (finished, bytes, live) = m.totals();
-        assert_eq!((finished, bytes, live), (1, 100, 0));
+        assert_eq!((finished, bytes, live), (2, 100, 0));
         let rows = m.metrics();
         let count = |name: &str| rows.iter().find(|r| r.metric == name).unwrap().count;
         assert_eq!(
@@ -423,7 +427,7 @@ mod tests {
                 count("relay"),
                 count("subscription")
             ),
-            (1, 0, 1, 2)
+            (1, 1, 1, 2)
         );
         let sub = rows.iter().find(|r| r.metric == "subscription").unwrap();
         assert!(sub.p50_ms >= 1.9 && sub.max_ms >= 3.9, "{sub:?}");

@@ -95,6 +95,18 @@ struct StartArgs {
     /// [default: 100].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+    /// Serve /metrics (Prometheus text), /healthz and /readyz over HTTP on this address
+    /// [default: off].
+    #[arg(long, value_name = "HOST:PORT")]
+    http_addr: Option<SocketAddr>,
+    /// On SIGTERM, drain first (no new work comes here; the other nodes' routers see it),
+    /// then stop.
+    #[arg(long)]
+    drain_on_shutdown: bool,
+    /// Adaptive routing's default strategy for sessions that set none (SET routing):
+    /// adaptive, round_robin, least_connections, locality or local [default: adaptive].
+    #[arg(long, value_name = "STRATEGY")]
+    routing: Option<String>,
     /// Largest message or row accepted, in bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     max_message_bytes: Option<usize>,
@@ -158,6 +170,16 @@ async fn start(args: StartArgs) -> anyhow::Result<()> {
     if let Some(m) = args.max_message_bytes {
         config.query.max_message_bytes = m;
     }
+    if let Some(a) = args.http_addr {
+        config.node.http_addr = Some(a);
+    }
+    if args.drain_on_shutdown {
+        config.node.drain_on_shutdown = true;
+    }
+    if let Some(r) = args.routing {
+        config.routing.strategy = r;
+    }
+    let drain_first = config.node.drain_on_shutdown;
     let signal = shutdown_signal()?;
     let node = spawn_node(config).await?;
     // Printed on stdout for scripts and tests. Whoever started us may read the first line
@@ -172,9 +194,16 @@ async fn start(args: StartArgs) -> anyhow::Result<()> {
             node.cluster().id(),
             node.cluster_addr()
         );
+        if let Some(http) = node.http_addr() {
+            let _ = writeln!(out, "eddy http on {http}");
+        }
         let _ = out.flush();
     }
     let signal = signal.await;
+    if drain_first && signal == "SIGTERM" {
+        tracing::info!(signal, "draining before shutting down");
+        node.drain().await;
+    }
     tracing::info!(signal, "shutting down");
     node.shutdown().await
 }

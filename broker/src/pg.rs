@@ -28,7 +28,9 @@ use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use async_trait::async_trait;
 use bytes::Bytes;
 use datafusion::execution::SendableRecordBatchStream;
-use eddy_query::{CopyOptions, Description, Engine, Output, Parsed, Session, SessionChange};
+use eddy_query::{
+    CopyOptions, Description, Engine, Output, Parsed, Session, SessionChange, Writes,
+};
 use eddy_storage::{Lane, WriterId};
 use futures::{stream, Sink, SinkExt, StreamExt};
 use parking_lot::Mutex;
@@ -56,6 +58,8 @@ pub struct Backend {
     pub(crate) engine: Arc<Engine>,
     /// The node's router and meter.
     pub(crate) routing: Arc<Routing>,
+    /// Faults injected through the fault file (testing): a statement delay.
+    faults: Arc<eddy_consensus::Faults>,
     params: DefaultServerParameterProvider,
     pids: RandomPidSecretKeyGenerator,
     connections: Arc<ConnectionManager>,
@@ -64,7 +68,11 @@ pub struct Backend {
 
 impl Backend {
     /// A backend serving `engine`, routing with `routing`.
-    pub(crate) fn new(engine: Arc<Engine>, routing: Arc<Routing>) -> Arc<Backend> {
+    pub(crate) fn new(
+        engine: Arc<Engine>,
+        routing: Arc<Routing>,
+        faults: Arc<eddy_consensus::Faults>,
+    ) -> Arc<Backend> {
         let mut params = DefaultServerParameterProvider::default();
         if let Some((_, v)) = eddy_query::DEFAULT_SETTINGS
             .iter()
@@ -76,6 +84,7 @@ impl Backend {
         Arc::new(Backend {
             engine,
             routing,
+            faults,
             params,
             pids: RandomPidSecretKeyGenerator::default(),
             connections: Arc::new(ConnectionManager::new()),
@@ -259,8 +268,9 @@ fn work_of(statement: &eddy_query::Statement, d: &Description) -> Option<Work> {
     if d.is_blind_write() {
         return Some(Work::Publish);
     }
-    match d.session {
-        SessionChange::None => Some(Work::Query),
+    match (d.session.clone(), d.writes) {
+        (SessionChange::None, Writes::Nothing) if !d.reads.is_empty() => Some(Work::Read),
+        (SessionChange::None, _) => Some(Work::Write),
         _ => None,
     }
 }
@@ -277,6 +287,15 @@ pub(crate) fn keep_parsed<C: ClientInfo>(client: &C, query: &str, statements: Ve
         .get_or_insert_with(Preparsed::default)
         .0
         .lock() = Some((query.to_owned(), statements));
+}
+
+impl Backend {
+    /// Waits as a slow node would, when the fault file says so (testing).
+    pub(crate) async fn slow_down(&self) {
+        if let Some(d) = self.faults.statement_delay() {
+            tokio::time::sleep(d).await;
+        }
+    }
 }
 
 /// The connection's session settings.
@@ -431,6 +450,7 @@ impl SimpleQueryHandler for Backend {
         if let Some(first) = statements.first() {
             note_work(client, first);
         }
+        self.slow_down().await;
         let session = session_of(client);
         // One deadline for the whole query string, as in PostgreSQL.
         let timeout = session.lock().statement_timeout();

@@ -43,6 +43,21 @@ pub struct Decision {
     pub rows: Vec<RouteRow>,
 }
 
+/// The most a peer never measured is assumed to take (see `candidates`).
+const UNKNOWN_LATENCY: Duration = Duration::from_millis(5);
+
+/// Who asks for a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// The relay, about to run the statement: the decision is counted in `eddy.routing`.
+    Run,
+    /// The relay, for a Describe: the same choice, not counted.
+    Describe,
+    /// `EXPLAIN ROUTE`, itself a statement running here: not counted, and not counted
+    /// in this node's own load either.
+    Explain,
+}
+
 /// Why a session must run its statement here whatever the strategy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pin {
@@ -72,9 +87,6 @@ pub struct Routing {
     seen: Mutex<HashMap<u64, (bool, Instant)>>,
     /// This node is flagged as a hotspot by its load loop.
     hot: AtomicBool,
-    /// The cluster has other nodes (refreshed by the load loop): without, nothing is
-    /// routed.
-    peers: AtomicBool,
 }
 
 impl Routing {
@@ -92,7 +104,6 @@ impl Routing {
             rng: Mutex::new(SplitMix(seed)),
             seen: Mutex::new(HashMap::new()),
             hot: AtomicBool::new(false),
-            peers: AtomicBool::new(true),
         }
     }
 
@@ -117,14 +128,9 @@ impl Routing {
         self.cluster.draining()
     }
 
-    /// True when the cluster has other nodes, as last counted.
+    /// True when the cluster has other nodes.
     pub fn has_peers(&self) -> bool {
-        self.peers.load(Relaxed)
-    }
-
-    /// Counts the cluster's other nodes again.
-    pub fn refresh_peers(&self) {
-        self.peers.store(self.cluster.nodes().len() > 1, Relaxed);
+        self.cluster.node_count() > 1
     }
 
     /// Marks this node a hotspot (or not).
@@ -138,28 +144,29 @@ impl Routing {
     }
 
     /// Where the statement `d` runs, among `holders` (`Engine::route`), for a session
-    /// with `strategy` and `pin`. Counts the decision in `eddy.routing` when `count`.
+    /// with `strategy` and `pin`, asked for `purpose`.
     pub fn decide(
         &self,
         d: &Description,
         holders: Option<Vec<Holder>>,
         strategy: Strategy,
         pin: Option<Pin>,
-        count: bool,
+        purpose: Purpose,
     ) -> Decision {
+        let count = purpose == Purpose::Run;
         let here = |reason| Decision {
             target: Target::Here,
             reason,
             rows: Vec::new(),
         };
-        let Some(holders) = holders else {
-            return here("it reads no replicated object");
-        };
         if d.is_blind_write() {
             return here("a blind write runs where it arrives");
         }
+        let Some(holders) = holders else {
+            return here("it reads no replicated object");
+        };
         let mine = holders.iter().position(|h| h.this_node);
-        let cands = self.candidates(&holders);
+        let cands = self.candidates(&holders, purpose == Purpose::Explain);
         let zone = self.own_zone();
         let mut rows = self.rows(&holders, &cands, zone.as_deref());
         let (chosen, reason) = match (pin, mine) {
@@ -284,8 +291,9 @@ impl Routing {
         (pick, reason)
     }
 
-    /// The router's view of each holder.
-    fn candidates(&self, holders: &[Holder]) -> Vec<Candidate> {
+    /// The router's view of each holder; `asking` is a statement running here that is
+    /// not part of this node's load.
+    fn candidates(&self, holders: &[Holder], asking: bool) -> Vec<Candidate> {
         let members = self.cluster.members();
         let now = Instant::now();
         let mut seen = self.seen.lock();
@@ -312,7 +320,8 @@ impl Routing {
                 }
                 let up_for = if live { now - since.1 } else { Duration::ZERO };
                 if h.this_node {
-                    let mine = self.own_figures();
+                    let mut mine = self.own_figures();
+                    mine.in_flight = mine.in_flight.saturating_sub(u32::from(asking));
                     return Candidate {
                         node: h.node,
                         local: true,
@@ -347,8 +356,13 @@ impl Routing {
                     .as_ref()
                     .filter(|(_, age)| *age <= router::STALE_AFTER)
                     .map(|(f, _)| Duration::from_micros(f.service_us));
+                // Nothing measured at all: as fast as this node, up to a few ms, so that
+                // a healthy node keeps its work (only load, CPU and the hop tell them
+                // apart) and a slow one tries the others.
+                let reported = reported.filter(|d| !d.is_zero());
                 let latency = match (relayed, reported) {
                     (Some(a), Some(b)) => Some(a.max(b)),
+                    (None, None) => self.meter.service_time().map(|l| l.min(UNKNOWN_LATENCY)),
                     (a, b) => a.or(b),
                 };
                 Candidate {

@@ -29,10 +29,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::http;
 use crate::load::{self, Meter};
 use crate::pg::conn::{serve, Admission, Shutdown, GOODBYE_TIMEOUT};
 use crate::pg::{Backend, Handlers};
-use crate::routing::Routing;
+use crate::routing::{Purpose, Routing};
 
 /// Handle to a running node.
 pub struct NodeHandle {
@@ -45,6 +46,7 @@ pub struct NodeHandle {
     engine: Arc<Engine>,
     cluster: Cluster,
     cluster_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
 }
 
 /// Binds the cluster (internal RPC) listener. Gossip uses the same port over UDP, so with
@@ -145,7 +147,9 @@ impl Writer for Replicated {
         strategy: &str,
     ) -> Vec<RouteRow> {
         let strategy = self.2.strategy(Some(strategy));
-        let decision = self.2.decide(description, holders, strategy, None, false);
+        let decision = self
+            .2
+            .decide(description, holders, strategy, None, Purpose::Explain);
         if decision.rows.is_empty() {
             // Nothing to weigh: it runs here, for the reason given.
             let me = self.0.id();
@@ -335,6 +339,20 @@ impl NodeHandle {
         self.cluster_addr
     }
 
+    /// The address the HTTP endpoint is bound to (`--http-addr`), if it runs.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Drains this node (as `ALTER CLUSTER DRAIN NODE` on it) and waits until the other
+    /// nodes' routers have seen it: then nothing new is sent here, and a shutdown only
+    /// waits for what runs.
+    pub async fn drain(&self) {
+        self.cluster.drain_here_now();
+        // Figures go out every LOAD_EVERY; two rounds and their gossip.
+        tokio::time::sleep(LOAD_EVERY * 2 + Duration::from_millis(500)).await;
+    }
+
     /// This node's part of the cluster.
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
@@ -431,7 +449,11 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
     )?;
     tracing::info!(%pg_addr, %cluster_addr, node_id = config.cluster.node_id, data_dir = %config.node.data_dir.display(), "eddy node started");
     let cancel = CancellationToken::new();
-    let handlers = Handlers(Backend::new(engine.clone(), routing.clone()));
+    let handlers = Handlers(Backend::new(
+        engine.clone(),
+        routing.clone(),
+        faults.clone(),
+    ));
     let grace = Duration::from_millis(config.node.shutdown_grace_ms);
     let max_connections = config.node.max_connections;
     let places = Arc::new(Semaphore::new(max_connections));
@@ -440,6 +462,23 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
         grace_over: CancellationToken::new(),
     };
     let tasks = TaskTracker::new();
+    let http_addr = match config.node.http_addr {
+        Some(want) => {
+            let listener = TcpListener::bind(want)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {want}: {e}"))?;
+            let bound = listener.local_addr()?;
+            let endpoint = http::Endpoint {
+                cluster: cluster.clone(),
+                routing: routing.clone(),
+                stopping: cancel.clone(),
+            };
+            tasks.spawn(http::serve(listener, endpoint, tasks.clone()));
+            tracing::info!(%bound, "HTTP endpoint: /metrics, /healthz, /readyz");
+            Some(bound)
+        }
+        None => None,
+    };
     tasks.spawn(accept_loop(
         listener,
         handlers,
@@ -470,6 +509,7 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
         engine,
         cluster,
         cluster_addr,
+        http_addr,
     })
 }
 
@@ -594,7 +634,6 @@ async fn load_loop(
     let mut hot_samples = 0u32;
     let mut seq = 0u64;
     loop {
-        routing.refresh_peers();
         let now = Instant::now();
         let secs = (now - last).as_secs_f64().max(1e-3);
         let cpu = load::process_cpu();
@@ -721,12 +760,14 @@ fn fault_counts(faults: &Faults) -> eddy_query::FaultCounts {
         calls_dropped: faults.dropped.load(Relaxed),
         gossip_lost: faults.gossip_lost.load(Relaxed),
         forwards_failed: faults.failed_forwards.load(Relaxed),
+        statements_slowed: faults.statements_slowed.load(Relaxed),
     }
 }
 
 /// Testing only: applies the node ids listed in `file` as cut links, `loss=N` as the
-/// per-mille share of gossip frames lost, and `fail-forwards` (writes forwarded here
-/// answered with an internal failure), until cancelled.
+/// per-mille share of gossip frames lost, `fail-forwards` (writes forwarded here
+/// answered with an internal failure) and `slow=N` (every statement run here waits N ms
+/// first: a slow node), until cancelled.
 async fn fault_loop(file: std::path::PathBuf, faults: Arc<Faults>, cancel: CancellationToken) {
     loop {
         let text = std::fs::read_to_string(&file).unwrap_or_default();
@@ -740,6 +781,11 @@ async fn fault_loop(file: std::path::PathBuf, faults: Arc<Faults>, cancel: Cance
             .unwrap_or(0);
         faults.set_gossip_loss(loss);
         faults.set_fail_forwards(text.split_whitespace().any(|w| w == "fail-forwards"));
+        faults.set_slow_ms(
+            text.split_whitespace()
+                .find_map(|w| w.strip_prefix("slow=")?.parse().ok())
+                .unwrap_or(0),
+        );
         for id in faults.cut() {
             if !listed.contains(&id) {
                 faults.set_cut(id, false);

@@ -506,6 +506,14 @@ impl Cluster {
         m.nodes().map(|(id, n)| (*id, n.clone())).collect()
     }
 
+    /// How many nodes the cluster has (as [`Cluster::nodes`] lists them), without copying
+    /// their addresses.
+    pub fn node_count(&self) -> usize {
+        self.metadata().map_or(0, |meta| {
+            meta.metrics().borrow().membership_config.nodes().count()
+        })
+    }
+
     /// Stops the RPC server, the background tasks and every group.
     pub async fn shutdown(&self) {
         self.inner.cancel.cancel();

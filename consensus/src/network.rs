@@ -175,6 +175,11 @@ pub struct Faults {
     fail_forwards: std::sync::atomic::AtomicBool,
     /// Forwarded writes answered so.
     pub failed_forwards: AtomicU64,
+    /// Every statement run on this node first waits this many milliseconds (a slow node,
+    /// deterministic where a CPU quota is not).
+    slow_ms: AtomicU64,
+    /// Statements slowed so.
+    pub statements_slowed: AtomicU64,
 }
 
 impl Faults {
@@ -204,6 +209,21 @@ impl Faults {
     /// `fail_forwards`), or stop doing so.
     pub fn set_fail_forwards(&self, fail: bool) {
         self.fail_forwards.store(fail, Ordering::Relaxed);
+    }
+
+    /// Slows every statement run on this node by `ms` milliseconds (0: not at all).
+    pub fn set_slow_ms(&self, ms: u64) {
+        self.slow_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long the statement starting now must wait first, if at all (counts it).
+    pub fn statement_delay(&self) -> Option<std::time::Duration> {
+        let ms = self.slow_ms.load(Ordering::Relaxed);
+        if ms == 0 {
+            return None;
+        }
+        self.statements_slowed.fetch_add(1, Ordering::Relaxed);
+        Some(std::time::Duration::from_millis(ms))
     }
 
     /// When forwarded writes are to fail: counts one and returns the failure's text.

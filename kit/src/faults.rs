@@ -1,7 +1,8 @@
 //! eddy's fault injection for tests and benchmarks: one `--fault-file` per node, which
 //! the node re-reads every 100 ms. A file lists the node ids its links are cut to, then
-//! `loss=N` (per mille of the gossip frames it sends that are lost) and `fail-forwards`
-//! (it answers writes forwarded to it with an internal failure). Both ends of a cut
+//! `loss=N` (per mille of the gossip frames it sends that are lost), `fail-forwards`
+//! (it answers writes forwarded to it with an internal failure) and `slow=N` (every
+//! statement run on it waits N ms first: a slow node). Both ends of a cut
 //! list each other, so calls are dropped in both directions at once:
 //!
 //! ```text
@@ -26,6 +27,8 @@ struct State {
     loss_permille: u64,
     /// Nodes failing the writes forwarded to them.
     failing: Vec<u64>,
+    /// Per node, the delay of every statement run there, in ms (0: none).
+    slow_ms: Vec<u64>,
 }
 
 impl FaultFiles {
@@ -44,7 +47,9 @@ impl FaultFiles {
         let path = dir.join(format!("node{id}.faults"));
         std::fs::write(&path, "")?;
         self.paths.push(path.clone());
-        self.state()?.cut.push(Vec::new());
+        let mut st = self.state()?;
+        st.cut.push(Vec::new());
+        st.slow_ms.push(0);
         Ok(path)
     }
 
@@ -97,6 +102,15 @@ impl FaultFiles {
         self.write(&st)
     }
 
+    /// Every statement run on node `id` waits `ms` milliseconds first (0: none again).
+    pub fn slow(&self, id: u64, ms: u64) -> anyhow::Result<()> {
+        let mut st = self.state()?;
+        let n = st.slow_ms.len() as u64;
+        anyhow::ensure!((1..=n).contains(&id), "node {id} of {n}");
+        st.slow_ms[id as usize - 1] = ms;
+        self.write(&st)
+    }
+
     /// No cut link any more (a `loss=` setting stays).
     pub fn heal_links(&self) -> anyhow::Result<()> {
         let mut st = self.state()?;
@@ -110,6 +124,7 @@ impl FaultFiles {
         let n = st.cut.len();
         *st = State {
             cut: vec![Vec::new(); n],
+            slow_ms: vec![0; n],
             ..State::default()
         };
         self.write(&st)
@@ -123,7 +138,12 @@ impl FaultFiles {
             let tmp = path.with_extension("faults.tmp");
             std::fs::write(
                 &tmp,
-                text(&st.cut[i], st.loss_permille, st.failing.contains(&id)),
+                text(
+                    &st.cut[i],
+                    st.loss_permille,
+                    st.failing.contains(&id),
+                    st.slow_ms[i],
+                ),
             )?;
             std::fs::rename(&tmp, path)?;
         }
@@ -138,13 +158,16 @@ impl Default for FaultFiles {
 }
 
 /// A fault file's contents.
-fn text(cut: &[u64], loss_permille: u64, fail_forwards: bool) -> String {
+fn text(cut: &[u64], loss_permille: u64, fail_forwards: bool, slow_ms: u64) -> String {
     let mut words: Vec<String> = cut.iter().map(u64::to_string).collect();
     if loss_permille > 0 {
         words.push(format!("loss={loss_permille}"));
     }
     if fail_forwards {
         words.push("fail-forwards".into());
+    }
+    if slow_ms > 0 {
+        words.push(format!("slow={slow_ms}"));
     }
     let mut text = words.join(" ");
     text.push('\n');
@@ -181,6 +204,9 @@ mod tests {
         assert_eq!(read(&f), vec!["loss=250\n"; 3]);
         f.fail_forwards(3)?;
         assert_eq!(read(&f)[2], "loss=250 fail-forwards\n");
+        f.slow(3, 40)?;
+        assert_eq!(read(&f)[2], "loss=250 fail-forwards slow=40\n");
+        assert_eq!(read(&f)[1], "loss=250\n");
         f.clear()?;
         assert_eq!(read(&f), vec!["\n"; 3]);
         // Replaced whole: no temporary file is left beside them.

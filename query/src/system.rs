@@ -95,6 +95,7 @@ pub(crate) fn nodes_schema() -> SchemaRef {
         Field::new("calls_dropped", DataType::Int64, true),
         Field::new("gossip_lost", DataType::Int64, true),
         Field::new("forwards_failed", DataType::Int64, true),
+        Field::new("statements_slowed", DataType::Int64, true),
         Field::new("hlc", DataType::Int64, true),
     ]))
 }
@@ -364,6 +365,11 @@ impl Core {
                 opt_int8(
                     rows.iter()
                         .map(|r| r.faults.map(|f| f.forwards_failed))
+                        .collect(),
+                ),
+                opt_int8(
+                    rows.iter()
+                        .map(|r| r.faults.map(|f| f.statements_slowed))
                         .collect(),
                 ),
                 opt_int8(rows.iter().map(|r| r.hlc).collect()),

@@ -288,6 +288,8 @@ pub struct FaultCounts {
     pub gossip_lost: u64,
     /// Writes forwarded here answered with an injected failure.
     pub forwards_failed: u64,
+    /// Statements run here slowed by an injected delay.
+    pub statements_slowed: u64,
 }
 
 /// One row of `eddy.gossip_peers`.

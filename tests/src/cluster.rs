@@ -206,6 +206,11 @@ impl TestCluster {
         self.faults().fail_forwards(node as u64)
     }
 
+    /// Every statement run on node `node` waits `ms` milliseconds first (0: none).
+    pub fn slow(&self, node: usize, ms: u64) -> anyhow::Result<()> {
+        self.faults().slow(node as u64, ms)
+    }
+
     /// Takes every fault away.
     pub fn heal(&self) -> anyhow::Result<()> {
         self.faults().clear()

@@ -89,6 +89,11 @@ impl TestNode {
         self.addr
     }
 
+    /// The HTTP endpoint's address, when the config asked for one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.handle.as_ref().and_then(NodeHandle::http_addr)
+    }
+
     /// The node's storage (for read counters).
     pub fn store(&self) -> &eddy_storage::Store {
         // The handle is only taken by `shutdown`, which consumes the node.

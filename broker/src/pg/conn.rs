@@ -487,6 +487,7 @@ async fn run(
         if let PgWireFrontendMessage::Execute(execute) = &msg {
             if pipeline::defer(
                 &engine,
+                routing.meter(),
                 &*socket,
                 socket.read_buffer(),
                 execute,

@@ -144,6 +144,7 @@ impl ExtendedQueryHandler for Backend {
             super::check_result_formats(&portal.result_column_format, schema.fields().len())?;
         }
         let params = parameters(portal)?;
+        self.slow_down().await;
         let session = session_of(client);
         let mut s = session.lock().clone();
         let running = super::cancel::Running::begin(client, s.statement_timeout());

@@ -41,6 +41,8 @@ use pgwire::api::{ClientInfo, ClientPortalStore, PgWireConnectionState};
 use pgwire::error::{ErrorInfo, PgWireError};
 use pgwire::messages::extendedquery::Execute;
 use pgwire::messages::response::TransactionStatus;
+
+use crate::load::{Meter, Work};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
 use crate::error::to_pg;
@@ -129,6 +131,7 @@ pub(crate) fn runs_ahead(msg: &PgWireFrontendMessage) -> bool {
 /// on `pipeline` and returns true. Returns false to have it handled the ordinary way.
 pub(crate) async fn defer<C>(
     engine: &Arc<Engine>,
+    meter: &Arc<Meter>,
     client: &C,
     read_buffer: &[u8],
     execute: &Execute,
@@ -178,7 +181,10 @@ where
     } else {
         super::session_of(client).lock().lane()
     };
+    let mut timing = meter.statement();
+    timing.set_work(Work::Publish);
     let write = async move {
+        let _timing = timing;
         // A blind write reads no session state, only how the connection writes.
         let mut session = Session::new().in_lane(lane);
         let output = engine.execute(&mut session, &prepared, &params).await;

@@ -204,7 +204,7 @@ impl Relay {
                 let then = Then::Describe(d.target_type);
                 // Described where it would run, without counting it as routed.
                 let session = Session {
-                    count: false,
+                    purpose: crate::routing::Purpose::Describe,
                     ..session
                 };
                 let (route, call) = if d.target_type == b'S' {

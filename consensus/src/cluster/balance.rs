@@ -46,6 +46,11 @@ impl Cluster {
         }
     }
 
+    /// Drains this node (its own shutdown, `--drain-on-shutdown`).
+    pub fn drain_here_now(&self) {
+        self.drain_here(true);
+    }
+
     /// Drains this node, or has it take work again.
     pub(super) fn drain_here(&self, on: bool) {
         let was = self.inner.draining.swap(on, Ordering::Relaxed);

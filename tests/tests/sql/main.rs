@@ -10,3 +10,4 @@ mod t50_subscribe;
 mod t60_transports;
 mod t70_durable;
 mod t80_pipeline;
+mod t90_observability;

@@ -9,7 +9,7 @@ use pgwire::messages::response::TransactionStatus;
 use super::Relay;
 use crate::error::{sqlstate, to_pg, user_error};
 use crate::router::Strategy;
-use crate::routing::{Pin, Routing, Target};
+use crate::routing::{Pin, Purpose, Routing, Target};
 
 /// What of the client's session routing weighs.
 #[derive(Clone, Copy)]
@@ -18,8 +18,8 @@ pub(crate) struct Session {
     pub(super) strategy: Strategy,
     /// Why it must stay here, if it must.
     pub(super) pin: Option<Pin>,
-    /// Count the decision in `eddy.routing` (not for a Describe).
-    pub(super) count: bool,
+    /// Why it asks: to run the statement, or to describe it.
+    pub(super) purpose: Purpose,
 }
 
 impl Session {
@@ -29,7 +29,7 @@ impl Session {
         Session {
             strategy: routing.strategy(setting.as_deref()),
             pin: (socket.transaction_status() != TransactionStatus::Idle).then_some(Pin::Block),
-            count: true,
+            purpose: Purpose::Run,
         }
     }
 }
@@ -134,7 +134,7 @@ impl Relay {
                             holders,
                             session.strategy,
                             session.pin,
-                            session.count,
+                            session.purpose,
                         );
                         match decision.target {
                             Target::Here => return None,
