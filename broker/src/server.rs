@@ -486,6 +486,11 @@ pub async fn spawn_node(config: Config) -> anyhow::Result<NodeHandle> {
         shutdown,
         grace,
     ));
+    tasks.spawn(balance_loop(
+        cluster.clone(),
+        routing.clone(),
+        cancel.clone(),
+    ));
     tasks.spawn(load_loop(
         cluster.clone(),
         routing,
@@ -689,6 +694,64 @@ async fn load_loop(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(LOAD_EVERY) => {}
+        }
+    }
+}
+
+/// How often a node looks at the leaderships it holds (see `balance_loop`).
+const BALANCE_EVERY: Duration = Duration::from_secs(2);
+
+/// Leader balancing: every [`BALANCE_EVERY`], this node hands leaderships over when it
+/// drains (all), is hot (one), or leads more groups than its share of the live nodes'
+/// (one, to the voter leading fewest); never to a node draining, hot or dead. The
+/// metadata group (five voters) is left where it is and not counted.
+async fn balance_loop(cluster: Cluster, routing: Arc<Routing>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(BALANCE_EVERY) => {}
+        }
+        let me = cluster.id();
+        let metadata_leader = cluster
+            .group_info()
+            .into_iter()
+            .find(|g| g.group == METADATA_GROUP)
+            .and_then(|g| g.leader);
+        let mut plan = eddy_consensus::Balance {
+            shed_all: routing.draining(),
+            shed_one: routing.hot(),
+            ..Default::default()
+        };
+        for m in cluster.members() {
+            let fresh = m.this_node
+                || m.load_since
+                    .is_some_and(|t| t.elapsed() <= crate::router::STALE_AFTER);
+            let figures = load::decode(&m.load).filter(|_| fresh);
+            match figures {
+                Some(f)
+                    if m.liveness != eddy_consensus::Liveness::Dead && !f.draining && !f.hot =>
+                {
+                    let metadata = u32::from(metadata_leader == Some(m.node_id));
+                    plan.leaders
+                        .insert(m.node_id, f.leaders.saturating_sub(metadata));
+                }
+                _ if m.node_id == me => {}
+                _ => plan.avoid.push(m.node_id),
+            }
+        }
+        let reason = if plan.shed_all {
+            "drain"
+        } else if plan.shed_one {
+            "hot"
+        } else {
+            "balance"
+        };
+        let moved = tokio::select! {
+            _ = cancel.cancelled() => return,
+            moved = cluster.balance_leaders(&plan) => moved,
+        };
+        for _ in 0..moved {
+            routing.meter().count("leader_moves", reason);
         }
     }
 }

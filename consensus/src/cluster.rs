@@ -36,6 +36,7 @@ mod write;
 
 use crate::storage::{group_storage, Stubs};
 use crate::types::{NodeId, NodeInfo, PartitionInfo, Raft, Response};
+pub use balance::Balance;
 pub use write::Holder;
 
 /// The metadata group's id.
@@ -148,6 +149,10 @@ pub(crate) struct Group {
     stubs: Stubs,
     /// Proposals queued for the proposer and not answered yet.
     queued: std::sync::atomic::AtomicUsize,
+    /// Held (shared) by the proposer while it proposes a batch; taken (exclusive) while
+    /// leadership is handed over, so that the leader's log stops growing and the new
+    /// leader can catch up with it ([`Cluster::transfer_leader`]).
+    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 struct Proposal {
@@ -558,14 +563,16 @@ impl Cluster {
         .await
         .map_err(|e| Error::Refused(format!("cannot start raft group {id}: {e}")))?;
         let (tx, rx) = mpsc::channel(4096);
+        let gate = Arc::new(tokio::sync::RwLock::new(()));
         let group = Arc::new(Group {
             raft: raft.clone(),
             proposals: tx,
             stubs: stubs.clone(),
             queued: std::sync::atomic::AtomicUsize::new(0),
+            gate: gate.clone(),
         });
         self.inner.groups.write().insert(id, group.clone());
-        self.spawn(self.clone().run_proposer(id, raft, stubs, rx));
+        self.spawn(self.clone().run_proposer(id, raft, stubs, rx, gate));
         Ok(group)
     }
 
@@ -636,6 +643,7 @@ impl Cluster {
                 self.drain_here(on);
                 Reply::Done(Ok(()))
             }
+            Call::Elect(group) => Reply::Done(self.elect_here(group).await),
         }
     }
 

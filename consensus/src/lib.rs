@@ -21,7 +21,8 @@ pub mod types;
 
 pub use auth::FrameAuth;
 pub use cluster::{
-    group_of, split_group, Cluster, ClusterConfig, GroupInfo, Holder, DEV_SECRET, METADATA_GROUP,
+    group_of, split_group, Balance, Cluster, ClusterConfig, GroupInfo, Holder, DEV_SECRET,
+    METADATA_GROUP,
 };
 pub use config::{ClusterSection, GossipSection};
 pub use error::{Error, Result};

@@ -87,6 +87,9 @@ pub enum Call {
     Partitions(Vec<GroupId>),
     /// The receiving node drains (`true`) or takes work again (`false`).
     Drain(bool),
+    /// The group's leader hands leadership over: the receiving node, caught up with it,
+    /// stands for election now.
+    Elect(GroupId),
 }
 
 /// Why a forwarded call failed on the node that received it.

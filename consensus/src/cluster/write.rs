@@ -242,6 +242,7 @@ impl Cluster {
         raft: Raft,
         stubs: crate::storage::Stubs,
         mut rx: mpsc::Receiver<Proposal>,
+        gate: std::sync::Arc<tokio::sync::RwLock<()>>,
     ) {
         loop {
             // Proposals still queued at shutdown are dropped: their callers hear that
@@ -253,6 +254,8 @@ impl Cluster {
                     None => return,
                 },
             };
+            // While leadership is handed over, the batch waits (then finds the new leader).
+            let _proposing = gate.read().await;
             let mut batch = vec![first];
             let mut units: usize = batch[0].units.len();
             while units < 4096 {

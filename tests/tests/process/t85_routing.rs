@@ -299,3 +299,94 @@ async fn adaptive_sheds_a_slow_node_and_avoids_a_drained_one() -> anyhow::Result
     assert!(bad.code().is_some(), "{bad}");
     Ok(())
 }
+
+/// Groups (other than the metadata group) node `node` leads, as it reports them.
+async fn leads(cluster: &TestCluster, node: usize) -> Option<i64> {
+    let c = cluster.client(node).await.ok()?;
+    let r = c
+        .query_one(
+            "SELECT count(*) FROM eddy.raft_groups WHERE state = 'leader' AND group_id <> 0",
+            &[],
+        )
+        .await
+        .ok()?;
+    Some(r.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_spread_after_a_restart_and_leave_a_drained_node() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start(3).await?;
+    let c1 = cluster.client(1).await?;
+    for t in 0..6 {
+        c1.batch_execute(&format!(
+            "CREATE TABLE t{t} (k BIGINT PRIMARY KEY, v BIGINT)"
+        ))
+        .await?;
+        cluster.replicas_of(&format!("t{t}"), 3).await?;
+    }
+    // Node 2 goes away: the others take its leaderships. Back, it leads nothing at first,
+    // and the others hand some over until the leaderships are spread.
+    cluster.kill9(2)?;
+    wait_for("node 1 and 3 leading all six", DEADLINE, || async {
+        let (a, b) = (leads(&cluster, 1).await?, leads(&cluster, 3).await?);
+        (a + b == 6).then_some(())
+    })
+    .await?;
+    cluster.restart(2).await?;
+    wait_for(
+        "the leaderships spread again",
+        Duration::from_secs(60),
+        || async {
+            let n: Vec<i64> = vec![
+                leads(&cluster, 1).await?,
+                leads(&cluster, 2).await?,
+                leads(&cluster, 3).await?,
+            ];
+            (n.iter().sum::<i64>() == 6 && n.iter().all(|k| (1..=3).contains(k)) && n[1] >= 1)
+                .then_some(())
+        },
+    )
+    .await?;
+    let mut balanced = 0;
+    for n in [1, 3] {
+        balanced += count(
+            &routing(&cluster.client(n).await?).await?,
+            "leader_moves/balance",
+        );
+    }
+    assert!(balanced >= 1, "no leader moved to balance");
+
+    // Drained: node 2 hands every leadership over, and writes go on meanwhile.
+    let had = leads(&cluster, 2).await.unwrap_or(0);
+    c1.batch_execute("ALTER CLUSTER DRAIN NODE 2").await?;
+    wait_for(
+        "node 2 leading nothing",
+        Duration::from_secs(60),
+        || async { (leads(&cluster, 2).await? == 0).then_some(()) },
+    )
+    .await?;
+    for t in 0..6 {
+        c1.execute(&format!("INSERT INTO t{t} VALUES (1, 1)"), &[])
+            .await?;
+    }
+    let c2 = cluster.client(2).await?;
+    let counters = routing(&c2).await?;
+    assert!(
+        had == 0 || count(&counters, "leader_moves/drain") >= 1,
+        "node 2 led {had} when drained: {counters:?}"
+    );
+    // Resumed, it takes its share back.
+    c1.batch_execute("ALTER CLUSTER RESUME NODE 2").await?;
+    wait_for("node 2 leading again", Duration::from_secs(60), || async {
+        (leads(&cluster, 2).await? >= 1).then_some(())
+    })
+    .await?;
+    for t in 0..6 {
+        let v: i64 = c1
+            .query_one(&format!("SELECT count(*) FROM t{t}"), &[])
+            .await?
+            .get(0);
+        assert_eq!(v, 1);
+    }
+    Ok(())
+}
