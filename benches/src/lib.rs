@@ -14,6 +14,8 @@
 //! - [`gossip_converge`] — `gossip-converge`: a gossip table written on both sides of a
 //!   partition (cut through the nodes' fault files), the time every node takes to hold
 //!   the same rows after the heal, and gossip's delta bytes per update, [`Convergence`].
+//! - [`route`] — `route`: one node of three slowed, four routing variants, latency
+//!   before, during and after, [`RouteReport`].
 //! - [`floor`] — the floor peer: the least a Postgres-protocol server does for a durable
 //!   INSERT (a group fdatasync and canned replies), showing what this machine allows.
 //! - [`report`] — the table, JSON (ratio above 1 means eddy wins) and SVG chart.
@@ -33,7 +35,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-pub use scenarios::{failover, gossip_converge};
+pub use scenarios::{failover, gossip_converge, route, RouteOptions, RouteReport, Slowdown};
 pub use servers::{Cluster, Server};
 
 /// A workload.
@@ -62,6 +64,12 @@ pub enum Scenario {
     /// delta bytes per update; --loss loses a share of gossip frames (no peer; nodes of
     /// the tool's own only, default 3).
     GossipConverge,
+    /// Prepared primary-key SELECTs on a 3-node cluster, open loop, node 3 slowed for the
+    /// middle window (its fault file's `slow=`, or `--slowdown cpu`: a cgroup CPU quota);
+    /// variants `local`, `round_robin`, `adaptive` and `adaptive` with a cluster-aware
+    /// client, one after the other: latency before, during and after, and how fast
+    /// reads move off the slow node and back (no peer; nodes of the tool's own only).
+    Route,
 }
 
 impl Scenario {
@@ -76,14 +84,14 @@ impl Scenario {
             Scenario::Fanout => &[System::Redis, System::Nats],
             Scenario::Latency => &[System::Redis, System::Nats, System::Postgres, System::Floor],
             Scenario::Replicated => &[System::Nats, System::Floor],
-            Scenario::GossipConverge => &[],
+            Scenario::GossipConverge | Scenario::Route => &[],
         }
     }
 
     /// Nodes of the tool's own eddy (and of a NATS peer) unless `--nodes` says otherwise.
     pub fn default_nodes(self) -> usize {
         match self {
-            Scenario::Replicated | Scenario::GossipConverge => 3,
+            Scenario::Replicated | Scenario::GossipConverge | Scenario::Route => 3,
             _ => 1,
         }
     }
@@ -91,10 +99,10 @@ impl Scenario {
     /// Rounds unless `--rounds` says otherwise: `gossip-converge` reports percentiles
     /// over its rounds, the others the median round.
     pub fn default_rounds(self) -> usize {
-        if self == Scenario::GossipConverge {
-            20
-        } else {
-            3
+        match self {
+            Scenario::GossipConverge => 20,
+            Scenario::Route => 1,
+            _ => 3,
         }
     }
 
@@ -105,6 +113,8 @@ impl Scenario {
             Scenario::PublishDurable => 50,
             // gossip-converge: one connection per node, whatever this says.
             Scenario::Fanout | Scenario::Latency | Scenario::GossipConverge => 1,
+            // route: per node.
+            Scenario::Route => 8,
             // One publish in flight per connection: eddy serves a connection's statements
             // one after another, so pipelining on fewer connections would only queue.
             Scenario::Replicated => 256,

@@ -106,6 +106,19 @@ struct Args {
     /// node loses, 0 to 100 (one decimal: the nodes take per mille).
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
+    /// route: how node 3 is slowed in the middle window.
+    #[arg(long, value_enum, default_value = "fault")]
+    slowdown: eddy_bench::Slowdown,
+    /// route, `--slowdown fault`: milliseconds every statement run on node 3 waits.
+    #[arg(long, default_value_t = 30)]
+    slow_ms: u64,
+    /// route, `--slowdown cpu`: node 3's CPU quota, in percent of one CPU.
+    #[arg(long, default_value_t = 10)]
+    cpu_percent: u64,
+    /// route: a variant to run (repeatable; local, round_robin, adaptive,
+    /// adaptive+client) [default: all four].
+    #[arg(long)]
+    variant: Vec<String>,
     /// Write the results as JSON to this file (ratio above 1 means eddy wins).
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -261,6 +274,28 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             args.loss
         );
     }
+    if scenario == Scenario::Route {
+        anyhow::ensure!(
+            args.peer.is_empty(),
+            "route compares routing strategies and has no peer: drop --peer"
+        );
+        anyhow::ensure!(
+            args.url.is_empty(),
+            "route slows a node through nodes it starts itself: drop --url"
+        );
+        anyhow::ensure!(nodes == 3, "route runs on 3 nodes, not {nodes}");
+        anyhow::ensure!(
+            args.replot.is_none(),
+            "route has no --replot: its --json is the record"
+        );
+        for v in &args.variant {
+            anyhow::ensure!(
+                eddy_bench::scenarios::ROUTE_VARIANTS.contains(&v.as_str()),
+                "no route variant {v}: one of {}",
+                eddy_bench::scenarios::ROUTE_VARIANTS.join(", ")
+            );
+        }
+    }
     if let Some(path) = &args.replot {
         let report = Report::from_json(&serde_json::from_slice(&std::fs::read(path)?)?)?;
         anyhow::ensure!(
@@ -273,6 +308,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     if scenario == Scenario::GossipConverge {
         return converge(&args, nodes, rounds).await;
+    }
+    if scenario == Scenario::Route {
+        return route(&args, nodes).await;
     }
     let peer_systems = peers(scenario, &args.peer)?;
     let mut opts = Options::defaults(scenario);
@@ -477,6 +515,39 @@ async fn converge(args: &Args, nodes: usize, rounds: usize) -> anyhow::Result<()
         disk: Vec::new(),
     };
     output(&report, args)
+}
+
+/// route: starts 3 eddy nodes and runs the variants asked for.
+async fn route(args: &Args, nodes: usize) -> anyhow::Result<()> {
+    let eddy = Server::start_eddy(nodes, &args.eddy_arg).await?;
+    let o = eddy_bench::RouteOptions {
+        rate: args.rate.unwrap_or(150).max(1),
+        per_node: args
+            .connections
+            .unwrap_or(Scenario::Route.default_connections())
+            .max(1),
+        slow_for: args.duration,
+        slowdown: args.slowdown,
+        slow_ms: args.slow_ms,
+        cpu_percent: args.cpu_percent.clamp(1, 100),
+        variants: if args.variant.is_empty() {
+            eddy_bench::scenarios::ROUTE_VARIANTS
+                .iter()
+                .map(|v| (*v).to_owned())
+                .collect()
+        } else {
+            args.variant.clone()
+        },
+    };
+    let report = eddy_bench::route(&eddy, &o).await?;
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    if let Some(path) = &args.chart {
+        std::fs::write(path, report.chart())?;
+    }
+    Ok(())
 }
 
 /// Prints the table and writes the JSON and chart files asked for.

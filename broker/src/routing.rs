@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eddy_consensus::{Cluster, Liveness};
+use eddy_consensus::{Cluster, Liveness, Member};
 use eddy_query::{Description, Holder, NodeFigures, RouteRow, SessionChange, Writes};
 use parking_lot::Mutex;
 
@@ -166,8 +166,10 @@ impl Routing {
             return here("it reads no replicated object");
         };
         let mine = holders.iter().position(|h| h.this_node);
-        let cands = self.candidates(&holders, purpose == Purpose::Explain);
-        let zone = self.own_zone();
+        // One look at the members for the whole decision.
+        let members = self.cluster.members();
+        let cands = self.candidates(&members, &holders, purpose == Purpose::Explain);
+        let zone = own_zone(&members);
         let mut rows = self.rows(&holders, &cands, zone.as_deref());
         let (chosen, reason) = match (pin, mine) {
             (Some(p), Some(m)) => {
@@ -176,7 +178,7 @@ impl Routing {
                 }
                 (Some(m), "the session holds state here")
             }
-            _ => self.choose(d, &holders, &cands, strategy, zone.as_deref()),
+            _ => self.choose(d, &members, &holders, &cands, strategy, zone.as_deref()),
         };
         let Some(chosen) = chosen else {
             if count {
@@ -239,6 +241,7 @@ impl Routing {
     fn choose(
         &self,
         d: &Description,
+        members: &[Member],
         holders: &[Holder],
         cands: &[Candidate],
         strategy: Strategy,
@@ -254,7 +257,10 @@ impl Routing {
             }
         }
         if is_subscription(d) {
-            let figures = self.figures_by_node();
+            let figures: HashMap<u64, NodeFigures> = members
+                .iter()
+                .filter_map(|m| Some((m.node_id, load::decode(&m.load)?)))
+                .collect();
             let subs = |i: usize| {
                 if cands[i].local {
                     self.meter.totals().2
@@ -293,8 +299,7 @@ impl Routing {
 
     /// The router's view of each holder; `asking` is a statement running here that is
     /// not part of this node's load.
-    fn candidates(&self, holders: &[Holder], asking: bool) -> Vec<Candidate> {
-        let members = self.cluster.members();
+    fn candidates(&self, members: &[Member], holders: &[Holder], asking: bool) -> Vec<Candidate> {
         let now = Instant::now();
         let mut seen = self.seen.lock();
         holders
@@ -320,7 +325,7 @@ impl Routing {
                 }
                 let up_for = if live { now - since.1 } else { Duration::ZERO };
                 if h.this_node {
-                    let mut mine = self.own_figures();
+                    let mut mine = self.own_figures(member);
                     mine.in_flight = mine.in_flight.saturating_sub(u32::from(asking));
                     return Candidate {
                         node: h.node,
@@ -421,38 +426,25 @@ impl Routing {
             .collect()
     }
 
-    /// This node's own figures as the router weighs them (not waiting for gossip).
-    fn own_figures(&self) -> Figures {
-        let members = self.cluster.members();
-        let gossiped = members
-            .iter()
-            .find(|m| m.this_node)
-            .and_then(|m| load::decode(&m.load))
-            .unwrap_or_default();
+    /// This node's own figures as the router weighs them (not waiting for gossip), from
+    /// its member row.
+    fn own_figures(&self, me: Option<&Member>) -> Figures {
+        let gossiped = me.and_then(|m| load::decode(&m.load)).unwrap_or_default();
         Figures {
             in_flight: self.meter.in_flight(),
             hot: self.hot(),
             ..router_figures(&gossiped)
         }
     }
+}
 
-    fn own_zone(&self) -> Option<String> {
-        self.cluster
-            .members()
-            .into_iter()
-            .find(|m| m.this_node)
-            .map(|m| m.zone)
-            .filter(|z| !z.is_empty())
-    }
-
-    /// Every node's gossiped figures, fresh or not.
-    fn figures_by_node(&self) -> HashMap<u64, NodeFigures> {
-        self.cluster
-            .members()
-            .into_iter()
-            .filter_map(|m| Some((m.node_id, load::decode(&m.load)?)))
-            .collect()
-    }
+/// This node's zone, if it has one.
+fn own_zone(members: &[Member]) -> Option<String> {
+    members
+        .iter()
+        .find(|m| m.this_node)
+        .map(|m| m.zone.clone())
+        .filter(|z| !z.is_empty())
 }
 
 /// The router's part of a node's figures.

@@ -22,8 +22,30 @@ pub(crate) const STALL_GRACE: Duration = Duration::from_secs(10);
 /// come from the caller, so their number is not ours to bound).
 const STATEMENT_CACHE: usize = 256;
 
-/// Opens a connection and drives it on a background task until it ends.
+/// Opens a connection and drives it on a background task until it ends. Given several
+/// hosts (`host=a,b,c`), it is cluster-aware: it connects to the first that answers,
+/// reads the cluster's nodes and their load from `eddy.nodes`, and moves to the live,
+/// serving (not draining) node with the least work in flight, if that is another one.
+/// A node that went away or drains (57P01) is thus left for another on the next
+/// connection.
 pub(crate) async fn open(config: &Config) -> Result<tokio_postgres::Client> {
+    let first = open_one(config).await?;
+    if config.get_hosts().len() < 2 {
+        return Ok(first);
+    }
+    // The lighter nodes in order, until one answers (one that just died may still be
+    // listed live); none: stay.
+    for (host, port) in lighter(&first).await {
+        match open_one(&moved(config, &host, port)).await {
+            Ok(there) => return Ok(there),
+            Err(e) => tracing::debug!(error = %e, host, port, "a lighter node did not answer"),
+        }
+    }
+    Ok(first)
+}
+
+/// Connects to `config` as given (its hosts in order).
+async fn open_one(config: &Config) -> Result<tokio_postgres::Client> {
     let (client, connection) = config.connect(NoTls).await.map_err(Error::from_connect)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -31,6 +53,61 @@ pub(crate) async fn open(config: &Config) -> Result<tokio_postgres::Client> {
         }
     });
     Ok(client)
+}
+
+/// The Postgres addresses of the live, serving nodes with less work (statements in
+/// flight and queued, then connections) than the one `pg` is connected to, least first;
+/// all of them when that one drains.
+async fn lighter(pg: &tokio_postgres::Client) -> Vec<(String, u16)> {
+    let Ok(rows) = pg
+        .query(
+            "SELECT pg_addr, this_node, coalesce(state, 'serving') = 'serving', \
+             coalesce(gossip, 'live') = 'live', \
+             coalesce(in_flight, 0) + coalesce(queued, 0), coalesce(connections, 0) \
+             FROM eddy.nodes",
+            &[],
+        )
+        .await
+    else {
+        return Vec::new();
+    };
+    let mut open: Vec<_> = rows
+        .iter()
+        .filter(|r| r.get::<_, bool>(2) && (r.get::<_, bool>(1) || r.get::<_, bool>(3)))
+        .collect();
+    open.sort_by_key(|r| (r.get::<_, i64>(4), r.get::<_, i64>(5), !r.get::<_, bool>(1)));
+    open.iter()
+        .take_while(|r| !r.get::<_, bool>(1))
+        .filter_map(|r| {
+            let (host, port) = r.get::<_, &str>(0).rsplit_once(':')?;
+            Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `config` with `host:port` as its only address.
+fn moved(config: &Config, host: &str, port: u16) -> Config {
+    let mut c = Config::new();
+    c.host(host).port(port);
+    if let Some(u) = config.get_user() {
+        c.user(u);
+    }
+    if let Some(d) = config.get_dbname() {
+        c.dbname(d);
+    }
+    if let Some(p) = config.get_password() {
+        c.password(p);
+    }
+    if let Some(o) = config.get_options() {
+        c.options(o);
+    }
+    if let Some(a) = config.get_application_name() {
+        c.application_name(a);
+    }
+    if let Some(t) = config.get_connect_timeout() {
+        c.connect_timeout(*t);
+    }
+    c
 }
 
 /// Locks a std mutex; a panic elsewhere while holding it leaves plain data behind, which

@@ -169,6 +169,15 @@ impl ProcessCluster {
             .collect()
     }
 
+    /// The process id of node `node`, while it runs.
+    pub fn pid(&self, node: usize) -> Option<u32> {
+        self.slots
+            .get(node.checked_sub(1)?)?
+            .process
+            .as_ref()
+            .map(EddyProcess::pid)
+    }
+
     /// `kill -9` of node `node`: no shutdown code runs, as in a crash.
     pub fn kill9(&mut self, node: usize) -> anyhow::Result<()> {
         match self.slot(node)?.process.take() {

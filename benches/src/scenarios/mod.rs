@@ -7,9 +7,11 @@ mod point;
 mod publish;
 mod pubsub;
 mod replicated;
+mod route;
 
 pub use failover::failover;
 pub use gossip::{gossip_converge, TABLE as GOSSIP_TABLE};
+pub use route::{route, RouteOptions, RouteReport, Slowdown, VARIANTS as ROUTE_VARIANTS};
 
 use crate::{Measured, Meter, Options, Scenario, Server, System};
 
@@ -25,13 +27,16 @@ pub async fn setup(scenario: Scenario, server: &Server, opts: &Options) -> anyho
         Scenario::PublishBulk | Scenario::PublishDurable => publish::setup(scenario, server).await,
         Scenario::Fanout | Scenario::Latency => pubsub::setup(server, opts).await,
         Scenario::Replicated => replicated::setup(server).await,
-        Scenario::GossipConverge => Err(not_a_run()),
+        Scenario::GossipConverge | Scenario::Route => Err(not_a_run()),
     }
 }
 
-/// gossip-converge is no timed run of operations: it is measured by [`gossip_converge`].
+/// gossip-converge and route are no single timed run: they are measured by
+/// [`gossip_converge`] and [`route`].
 fn not_a_run() -> anyhow::Error {
-    anyhow::anyhow!("gossip-converge is measured by gossip_converge(), not run()")
+    anyhow::anyhow!(
+        "gossip-converge and route are measured by gossip_converge() and route(), not run()"
+    )
 }
 
 /// Runs the workload (after [`setup`]).
@@ -47,7 +52,7 @@ pub async fn run(
         Scenario::PublishDurable => publish::durable(server, opts, meter).await,
         Scenario::Fanout | Scenario::Latency => pubsub::run(scenario, server, opts, meter).await,
         Scenario::Replicated => replicated::run(server, opts, meter).await,
-        Scenario::GossipConverge => Err(not_a_run()),
+        Scenario::GossipConverge | Scenario::Route => Err(not_a_run()),
     }
 }
 

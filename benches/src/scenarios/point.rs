@@ -4,7 +4,7 @@
 use crate::{connect, Measured, Meter, Options, Server};
 
 /// Rows of the point-select table.
-const ROWS: i64 = 10_000;
+pub(super) const ROWS: i64 = 10_000;
 
 pub(super) async fn setup(server: &Server) -> anyhow::Result<()> {
     let c = connect(server.url()).await?;

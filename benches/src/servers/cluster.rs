@@ -222,6 +222,16 @@ impl Cluster {
         self.eddy()?.faults().lose_gossip(permille)
     }
 
+    /// eddy: every statement run on node `i` waits `ms` milliseconds first (0: none).
+    pub fn slow(&mut self, i: usize, ms: u64) -> anyhow::Result<()> {
+        self.eddy()?.faults().slow(i as u64 + 1, ms)
+    }
+
+    /// eddy: the process id of node `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.eddy().ok()?.pid(i + 1)
+    }
+
     /// NATS: node `i`'s HTTP monitoring port.
     pub fn monitor_port(&self, i: usize) -> Option<u16> {
         match self {
