@@ -192,14 +192,20 @@ async fn strategies_spread_reads_that_stay_linearizable_and_the_counters_agree(
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn adaptive_sheds_a_slow_node_and_avoids_a_drained_one() -> anyhow::Result<()> {
+/// Three nodes and a table `kv` on all of them holding the row (1, 1); a client of node 1.
+async fn cluster_with_kv() -> anyhow::Result<(TestCluster, Client)> {
     let cluster = TestCluster::start(3).await?;
     let c1 = cluster.client(1).await?;
     c1.batch_execute("CREATE TABLE kv (k BIGINT PRIMARY KEY, v BIGINT)")
         .await?;
     cluster.replicas_of("kv", 3).await?;
     c1.batch_execute("INSERT INTO kv VALUES (1, 1)").await?;
+    Ok((cluster, c1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_sheds_a_slow_node_and_avoids_a_drained_one() -> anyhow::Result<()> {
+    let (cluster, c1) = cluster_with_kv().await?;
 
     // Healthy: adaptive keeps reads where they arrive.
     let before = routing(&c1).await?;
@@ -388,5 +394,59 @@ async fn leaders_spread_after_a_restart_and_leave_a_drained_node() -> anyhow::Re
             .get(0);
         assert_eq!(v, 1);
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_node_is_flagged_and_its_reads_move_away() -> anyhow::Result<()> {
+    let (cluster, c1) = cluster_with_kv().await?;
+    // Node 1 alone serves a steady stream of cheap statements: far above the cluster's
+    // mean, and above the floor of 200/s.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let c = cluster.client(1).await?;
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if c.simple_query("SELECT 1").await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    wait_for(
+        "node 1 flagged hot, as node 2 sees it",
+        DEADLINE,
+        || async {
+            let c2 = cluster.client(2).await.ok()?;
+            let r = c2
+                .query_one("SELECT hot FROM eddy.nodes WHERE node_id = 1", &[])
+                .await
+                .ok()?;
+            r.get::<_, Option<bool>>(0)?.then_some(())
+        },
+    )
+    .await?;
+    assert!(count(&routing(&c1).await?, "hotspots/detected") >= 1);
+    // Its own reads now go to the others.
+    let before = count(&routing(&c1).await?, "relayed");
+    for _ in 0..10 {
+        c1.query_one("SELECT v FROM kv WHERE k = 1", &[]).await?;
+    }
+    let after = count(&routing(&c1).await?, "relayed");
+    assert!(after - before >= 8, "{before} -> {after} relayed while hot");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        let _ = l.await;
+    }
+    wait_for("node 1 no longer hot", DEADLINE, || async {
+        let r = c1
+            .query_one("SELECT hot FROM eddy.nodes WHERE node_id = 1", &[])
+            .await
+            .ok()?;
+        (!r.get::<_, Option<bool>>(0)?).then_some(())
+    })
+    .await?;
     Ok(())
 }
