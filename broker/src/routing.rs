@@ -224,12 +224,11 @@ impl Routing {
             ca.total_cmp(&cb)
         });
         let mut addrs = vec![holders[chosen].pg_addr.clone()];
-        addrs.extend(
-            order
-                .into_iter()
-                .filter(|&i| !holders[i].this_node)
-                .map(|i| holders[i].pg_addr.clone()),
-        );
+        // This node last: if the others do not answer (one just died and is not yet
+        // known dead), the statement runs here, relayed to itself (a relayed statement
+        // runs where it arrives).
+        order.sort_by_key(|&i| holders[i].this_node);
+        addrs.extend(order.into_iter().map(|i| holders[i].pg_addr.clone()));
         Decision {
             target: Target::Nodes(addrs),
             reason,
