@@ -207,20 +207,20 @@ async fn cluster_with_kv() -> anyhow::Result<(TestCluster, Client)> {
 async fn adaptive_sheds_a_slow_node_and_avoids_a_drained_one() -> anyhow::Result<()> {
     let (cluster, c1) = cluster_with_kv().await?;
 
-    // Healthy: adaptive keeps reads where they arrive.
+    // Healthy: every read is routed by adaptive (whether one goes elsewhere depends on
+    // this node's own hiccups; the benchmark measures what that costs).
     let before = routing(&c1).await?;
     for _ in 0..20 {
-        c1.query_one("SELECT v FROM kv WHERE k = 1", &[]).await?;
+        let v: i64 = c1
+            .query_one("SELECT v FROM kv WHERE k = 1", &[])
+            .await?
+            .get(0);
+        assert_eq!(v, 1);
     }
     let after = routing(&c1).await?;
     assert_eq!(
         count(&after, "routed/adaptive") - count(&before, "routed/adaptive"),
         20
-    );
-    assert_eq!(
-        count(&after, "relayed"),
-        count(&before, "relayed"),
-        "{after:?}"
     );
 
     // Node 1 turns slow: its reads move to the others within a few statements.
