@@ -155,7 +155,8 @@ fn metrics(e: &Endpoint) -> String {
         draining,
         hot,
         connections,
-        in_flight,
+        // Counted live below, not as last gossiped.
+        in_flight: _,
         queued,
         service_us,
         statements_per_s,
@@ -190,7 +191,7 @@ fn metrics(e: &Endpoint) -> String {
         (
             "eddy_in_flight",
             "statements running",
-            f64::from(meter.in_flight().max(in_flight)),
+            f64::from(meter.in_flight()),
         ),
         (
             "eddy_queued",

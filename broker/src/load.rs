@@ -349,6 +349,15 @@ pub fn decode(load: &BTreeMap<String, String>) -> Option<NodeFigures> {
     })
 }
 
+/// The figures of `m` if they are fresh: this node's own always, another's when they
+/// changed within [`crate::router::STALE_AFTER`].
+pub fn fresh(m: &eddy_consensus::Member) -> Option<NodeFigures> {
+    let fresh = m.this_node
+        || m.load_since
+            .is_some_and(|t| t.elapsed() <= crate::router::STALE_AFTER);
+    decode(&m.load).filter(|_| fresh)
+}
+
 /// CPU time this process has used (user and system), from `/proc/self/stat`.
 pub fn process_cpu() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;

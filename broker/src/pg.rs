@@ -238,11 +238,15 @@ fn startup_settings(options: &str) -> Vec<(String, String)> {
 /// What the statement a connection just ran was, for its latency histogram: set by the
 /// query handlers, taken by the connection loop's [`Timing`](crate::load::Timing).
 #[derive(Default)]
-pub(crate) struct WorkDone(Mutex<Option<Work>>);
+struct WorkDone(Mutex<Option<Work>>);
 
 /// Notes the work of the statement running on `client` ([`WorkDone`]).
-fn note_work<C: ClientInfo>(client: &C, p: &Parsed) {
-    let work = work_of(&p.statement, &p.description);
+pub(crate) fn note_work<C: ClientInfo>(
+    client: &C,
+    statement: &eddy_query::Statement,
+    description: &Description,
+) {
+    let work = work_of(statement, description);
     *client
         .session_extensions()
         .get_or_insert_with(WorkDone::default)
@@ -448,7 +452,7 @@ impl SimpleQueryHandler for Backend {
             None => self.engine.parse(query).map_err(to_pg)?,
         };
         if let Some(first) = statements.first() {
-            note_work(client, first);
+            note_work(client, &first.statement, &first.description);
         }
         self.slow_down().await;
         let session = session_of(client);

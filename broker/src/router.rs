@@ -541,6 +541,15 @@ mod tests {
     }
 
     #[test]
+    fn every_name_set_routing_takes_is_a_strategy_of_that_name() {
+        // The query crate checks SET routing against its list; the two must agree.
+        for name in eddy_query::ROUTING_STRATEGIES {
+            assert_eq!(Strategy::parse(name).map(Strategy::name), Some(name));
+        }
+        assert_eq!(eddy_query::ROUTING_STRATEGIES.len(), 5);
+    }
+
+    #[test]
     fn peak_ewma_takes_a_peak_at_once_and_forgets_it_gradually() {
         let mut e = PeakEwma::new(Duration::from_millis(1), Duration::from_secs(1));
         e.observe(Duration::from_millis(100), 0.0);

@@ -143,6 +143,51 @@ impl Routing {
         self.hot.load(Relaxed)
     }
 
+    /// `EXPLAIN ROUTE`: the candidates for `d` as the session's `strategy` weighs them,
+    /// the chosen one marked; with nothing to weigh, this node's row and why it runs here.
+    pub fn explain(
+        &self,
+        d: &Description,
+        holders: Option<Vec<Holder>>,
+        strategy: &str,
+    ) -> Vec<RouteRow> {
+        let decision = self.decide(
+            d,
+            holders,
+            self.strategy(Some(strategy)),
+            None,
+            Purpose::Explain,
+        );
+        if !decision.rows.is_empty() {
+            return decision.rows;
+        }
+        let me = self.cluster.id();
+        vec![RouteRow {
+            node: me,
+            pg_addr: self
+                .cluster
+                .nodes()
+                .get(&me)
+                .map(|n| n.pg_addr.clone())
+                .unwrap_or_default(),
+            state: if self.draining() {
+                "draining"
+            } else {
+                "serving"
+            }
+            .into(),
+            leader: false,
+            // Not counting the EXPLAIN itself, as for the candidates.
+            load: u64::from(self.meter.in_flight().saturating_sub(1)),
+            latency_ms: self.meter.service_time().map(|l| l.as_secs_f64() * 1000.0),
+            cpu: None,
+            figures_age_ms: None,
+            cost: None,
+            chosen: true,
+            reason: decision.reason.to_owned(),
+        }]
+    }
+
     /// Where the statement `d` runs, among `holders` (`Engine::route`), for a session
     /// with `strategy` and `pin`, asked for `purpose`.
     pub fn decide(

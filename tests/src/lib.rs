@@ -275,6 +275,24 @@ pub async fn connect_listening(
 
 pub use eddy_kit::wait_for;
 
+/// Waits up to `deadline` until `eddy.nodes` on the node `c` is connected to shows node
+/// `node` in `state` (`serving` or `draining`).
+pub async fn wait_node_state(
+    c: &Client,
+    node: i64,
+    state: &str,
+    deadline: std::time::Duration,
+) -> anyhow::Result<()> {
+    wait_for(&format!("node {node} {state}"), deadline, || async {
+        let r = c
+            .query_one("SELECT state FROM eddy.nodes WHERE node_id = $1", &[&node])
+            .await
+            .ok()?;
+        (r.get::<_, Option<String>>(0)?.as_str() == state).then_some(())
+    })
+    .await
+}
+
 /// Waits until `count` FETCHes wait for rows on the subscriptions of `eddy.subscriptions`
 /// matching `condition` (SQL, e.g. `name = 's'` or `kind = 'cursor'`), as the node
 /// counts them: a test publishes "while a FETCH waits" only once one does.

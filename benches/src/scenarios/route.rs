@@ -387,7 +387,7 @@ fn shares(polls: &[(f64, i64, i64)]) -> Vec<(f64, f64)> {
 fn window(samples: &[Sample], from: f64, to: f64) -> Window {
     let mut h = crate::histogram();
     let (mut ok, mut errors, mut under) = (0u64, 0u64, 0u64);
-    for &(at, us, fine) in samples.iter().filter(|s| s.0 >= from && s.0 < to) {
+    for &(_, us, fine) in samples.iter().filter(|s| s.0 >= from && s.0 < to) {
         if fine {
             h.saturating_record(us.max(1));
             ok += 1;
@@ -395,7 +395,6 @@ fn window(samples: &[Sample], from: f64, to: f64) -> Window {
         } else {
             errors += 1;
         }
-        let _ = at;
     }
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     Window {

@@ -133,11 +133,7 @@ impl ExtendedQueryHandler for Backend {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let prepared = &portal.statement.statement;
-        *client
-            .session_extensions()
-            .get_or_insert_with(super::WorkDone::default)
-            .0
-            .lock() = super::work_of(&prepared.statement, &prepared.description);
+        super::note_work(client, &prepared.statement, &prepared.description);
         // Before the statement runs, as PostgreSQL checks at Bind (`respond` checks a
         // schema known only from the output).
         if let Some(schema) = &prepared.schema {

@@ -146,7 +146,11 @@ impl Relay {
                 self.pages.remove(portal_name(c.name.as_deref()));
                 return None;
             }
-            _ => {}
+            PgWireFrontendMessage::Query(_)
+            | PgWireFrontendMessage::Execute(_)
+            | PgWireFrontendMessage::Describe(_) => {}
+            // Nothing else is relayed: no need to look at the session.
+            _ => return None,
         }
         // A statement relayed here runs here: nodes whose catalogs disagree for a moment
         // about where a replica is could otherwise pass it back and forth.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use eddy_client::{Client, Message};
 use eddy_tests::cluster::TestCluster;
-use eddy_tests::wait_for;
+use eddy_tests::{wait_for, wait_node_state};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_aware_client_avoids_drained_and_dead_nodes() -> anyhow::Result<()> {
@@ -16,18 +16,7 @@ async fn a_cluster_aware_client_avoids_drained_and_dead_nodes() -> anyhow::Resul
         .await?;
     cluster.replicas_of("events", 9).await?;
     c1.batch_execute("ALTER CLUSTER DRAIN NODE 1").await?;
-    wait_for(
-        "node 1 draining, as node 1 shows it",
-        Duration::from_secs(20),
-        || async {
-            let r = c1
-                .query_one("SELECT state FROM eddy.nodes WHERE node_id = 1", &[])
-                .await
-                .ok()?;
-            (r.get::<_, Option<String>>(0)?.as_str() == "draining").then_some(())
-        },
-    )
-    .await?;
+    wait_node_state(&c1, 1, "draining", Duration::from_secs(20)).await?;
     let (a, b, c) = (cluster.addr(1), cluster.addr(2), cluster.addr(3));
     let url = format!(
         "host={},{},{} port={},{},{} user=eddy dbname=eddy",

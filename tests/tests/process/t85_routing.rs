@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use eddy_tests::cluster::TestCluster;
-use eddy_tests::wait_for;
+use eddy_tests::{wait_for, wait_node_state};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
@@ -272,14 +272,7 @@ async fn adaptive_sheds_a_slow_node_and_avoids_a_drained_one() -> anyhow::Result
     c1.batch_execute("ALTER CLUSTER DRAIN NODE 3").await?;
     let rr = cluster.client(2).await?;
     rr.batch_execute("SET routing = round_robin").await?;
-    wait_for("node 3 draining, as node 2 sees it", DEADLINE, || async {
-        let r = rr
-            .query_one("SELECT state FROM eddy.nodes WHERE node_id = 3", &[])
-            .await
-            .ok()?;
-        (r.get::<_, Option<String>>(0)?.as_str() == "draining").then_some(())
-    })
-    .await?;
+    wait_node_state(&rr, 3, "draining", DEADLINE).await?;
     let rows = explain(&rr, "SELECT v FROM kv").await?;
     assert!(
         rows.iter().any(|r| r.0 == 3 && r.1 == "draining" && !r.3),
@@ -290,14 +283,7 @@ async fn adaptive_sheds_a_slow_node_and_avoids_a_drained_one() -> anyhow::Result
         assert!(!rows.iter().any(|r| r.0 == 3 && r.3), "{rows:?}");
     }
     c1.batch_execute("ALTER CLUSTER RESUME NODE 3").await?;
-    wait_for("node 3 serving again", DEADLINE, || async {
-        let r = rr
-            .query_one("SELECT state FROM eddy.nodes WHERE node_id = 3", &[])
-            .await
-            .ok()?;
-        (r.get::<_, Option<String>>(0)?.as_str() == "serving").then_some(())
-    })
-    .await?;
+    wait_node_state(&rr, 3, "serving", DEADLINE).await?;
     let bad = c1
         .batch_execute("ALTER CLUSTER DRAIN NODE 9")
         .await

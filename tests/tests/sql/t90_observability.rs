@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use eddy_tests::{wait_for, TestNode};
+use eddy_tests::{wait_for, wait_node_state, TestNode};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -137,18 +137,7 @@ async fn figures_metrics_and_the_http_endpoint_show_what_the_node_did() -> anyho
     // Draining: not ready, and shown so; resumed: ready again.
     c.batch_execute("ALTER CLUSTER DRAIN NODE 1").await?;
     assert_eq!(get(web, "/readyz").await?, (503, "draining\n".to_owned()));
-    wait_for(
-        "the node's state draining",
-        Duration::from_secs(20),
-        || async {
-            let r = c
-                .query_one("SELECT state FROM eddy.nodes WHERE this_node", &[])
-                .await
-                .ok()?;
-            (r.get::<_, Option<String>>(0)?.as_str() == "draining").then_some(())
-        },
-    )
-    .await?;
+    wait_node_state(&c, 1, "draining", Duration::from_secs(20)).await?;
     c.batch_execute("ALTER CLUSTER RESUME NODE 1").await?;
     assert_eq!(get(web, "/readyz").await?.0, 200);
 
